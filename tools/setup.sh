@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything Gale needs to build and test on a fresh Debian/Ubuntu machine.
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build pkg-config
+      nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
+      libgtest-dev libgmock-dev clang lld libclang-rt-dev python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
