@@ -1,0 +1,177 @@
+// AVX-512 matmul kernels (AVX-512 F + BW + VL; compiled with those flags, called only after
+// the run-time check in matmul.cpp). 16 f32 lanes per vector.
+//
+// AVX512_BF16's vdpbf16ps would need x rounded to bf16, which changes the result; the
+// contract is exact f32 products of the stored weights, so bf16 is widened with a shift.
+#include <immintrin.h>
+
+// GCC 12's AVX-512 intrinsic headers fill "don't care" operands with a self-initialised
+// variable and then warn about it at every inlined use; the warnings are about the header.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include "kernels/cpu/matmul_kernels.h"
+
+namespace gale::cpu::detail {
+namespace {
+
+// 16 weights starting at element k of w, widened exactly to f32. Masked lanes load nothing
+// (no fault past the end of the row) and read as 0.
+template <WKind WK>
+inline __m512 load16(const void* w, int64_t k, __mmask16 m = 0xffff) {
+  if constexpr (WK == WKind::F32) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + k);
+  } else if constexpr (WK == WKind::F16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(w) + k));
+  } else if constexpr (WK == WKind::BF16) {
+    __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(w) + k);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else if constexpr (WK == WKind::E5M2) {
+    // E5M2 is the high byte of an f16.
+    __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const uint8_t*>(w) + k);
+    return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 8));
+  } else {
+    // E4M3 placed at f16 bit position (sign to bit 15, exponent+mantissa to bits 7..14) is an
+    // f16 whose exponent is 8 too small: scale by 2^8, exact. f16 has no S.1111.111 NaN, so
+    // those codes are patched afterwards.
+    __m128i b = _mm_maskz_loadu_epi8(m, static_cast<const uint8_t*>(w) + k);
+    __m256i h = _mm256_cvtepu8_epi16(b);
+    __m256i mag = _mm256_and_si256(h, _mm256_set1_epi16(0x7f));
+    __m256i f16 = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x80)), 8),
+                                  _mm256_slli_epi16(mag, 7));
+    __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(f16), _mm512_set1_ps(256.0f));
+    __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
+    return _mm512_mask_blend_ps(nan, f, _mm512_set1_ps(__builtin_nanf("")));
+  }
+}
+
+constexpr int64_t elem_size(WKind wk) {
+  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
+}
+
+// ---- decode: y[m, n] for MX ≤ 4 rows of x, R rows of W at a time --------------------------
+
+template <WKind WK, int MX, int R>
+inline void matvec_rows(const MatmulProblem& p, int64_t n) {
+  const char* w0 = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
+  const void* wr[R];
+  for (int r = 0; r < R; ++r) wr[r] = w0 + r * p.K * elem_size(WK);
+  // One accumulator per (x row, W row): with R = 4 that is ≥ 4 independent FMA chains,
+  // enough to cover the FMA latency at the rate memory delivers W.
+  __m512 acc[MX][R];
+  for (int m = 0; m < MX; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= p.K; k += 16) {
+    __m512 xv[MX];
+    for (int m = 0; m < MX; ++m) xv[m] = _mm512_loadu_ps(p.x + m * p.ldx + k);
+    for (int r = 0; r < R; ++r) {
+      __m512 wv = load16<WK>(wr[r], k);
+      for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+    }
+  }
+  if (k < p.K) {
+    __mmask16 mask = __mmask16((1u << (p.K - k)) - 1);
+    __m512 xv[MX];
+    for (int m = 0; m < MX; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, p.x + m * p.ldx + k);
+    for (int r = 0; r < R; ++r) {
+      __m512 wv = load16<WK>(wr[r], k, mask);
+      for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MX; ++m) {
+    float* out = p.y + m * p.ldy + n;
+    for (int r = 0; r < R; ++r) {
+      float v = _mm512_reduce_add_ps(acc[m][r]) + (p.bias ? p.bias[n + r] : 0.0f);
+      out[r] = p.accumulate ? out[r] + v : v;
+    }
+  }
+}
+
+template <WKind WK, int MX>
+void matvec_range(const MatmulProblem& p, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) matvec_rows<WK, MX, 4>(p, n);
+  for (; n < n1; ++n) matvec_rows<WK, MX, 1>(p, n);
+}
+
+template <WKind WK>
+void matvec_wk(const MatmulProblem& p, int64_t n0, int64_t n1) {
+  switch (p.M) {
+    case 1: return matvec_range<WK, 1>(p, n0, n1);
+    case 2: return matvec_range<WK, 2>(p, n0, n1);
+    case 3: return matvec_range<WK, 3>(p, n0, n1);
+    default: return matvec_range<WK, 4>(p, n0, n1);
+  }
+}
+
+void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
+  switch (p.wk) {
+    case WKind::F32: return matvec_wk<WKind::F32>(p, n0, n1);
+    case WKind::F16: return matvec_wk<WKind::F16>(p, n0, n1);
+    case WKind::BF16: return matvec_wk<WKind::BF16>(p, n0, n1);
+    case WKind::E4M3: return matvec_wk<WKind::E4M3>(p, n0, n1);
+    case WKind::E5M2: return matvec_wk<WKind::E5M2>(p, n0, n1);
+  }
+}
+
+// ---- prefill: W panel conversion and the register-blocked tile ---------------------------
+
+template <WKind WK>
+void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
+    float* dst = wc + j * kKc;
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(dst + k, load16<WK>(row, k));
+    if (k < kc) {
+      __mmask16 mask = __mmask16((1u << (kc - k)) - 1);
+      _mm512_mask_storeu_ps(dst + k, mask, load16<WK>(row, k, mask));
+    }
+  }
+}
+
+void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0, int64_t kc,
+                  float* wc) {
+  switch (wk) {
+    case WKind::F32: return convert_rows_wk<WKind::F32>(w, ldw, rows, k0, kc, wc);
+    case WKind::F16: return convert_rows_wk<WKind::F16>(w, ldw, rows, k0, kc, wc);
+    case WKind::BF16: return convert_rows_wk<WKind::BF16>(w, ldw, rows, k0, kc, wc);
+    case WKind::E4M3: return convert_rows_wk<WKind::E4M3>(w, ldw, rows, k0, kc, wc);
+    case WKind::E5M2: return convert_rows_wk<WKind::E5M2>(w, ldw, rows, k0, kc, wc);
+  }
+}
+
+constexpr int kNr = 12;
+
+// V vectors of 16 x rows × kNr W rows = 24 accumulators for V = 2, leaving registers for the
+// two x vectors; each W value is used through an embedded broadcast operand of the FMA.
+template <int V>
+void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
+  __m512 acc[V][kNr];
+  for (int v = 0; v < V; ++v)
+    for (int j = 0; j < kNr; ++j) acc[v][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 a[V];
+    for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_ps(xp + k * 16 * V + 16 * v);
+    for (int j = 0; j < kNr; ++j) {
+      __m512 b = _mm512_set1_ps(wc[j * kKc + k]);
+      for (int v = 0; v < V; ++v) acc[v][j] = _mm512_fmadd_ps(a[v], b, acc[v][j]);
+    }
+  }
+  for (int j = 0; j < kNr; ++j)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(ct + j * 16 * V + 16 * v, acc[v][j]);
+}
+
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
+  if (mr == 32) tile_v<2>(xp, wc, kc, ct);
+  else tile_v<1>(xp, wc, kc, ct);
+}
+
+}  // namespace
+
+const MatmulKernels kAvx512Kernels = {"avx512", 32, kNr, matvec, convert_rows, tile};
+
+}  // namespace gale::cpu::detail

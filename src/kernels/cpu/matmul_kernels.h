@@ -1,0 +1,59 @@
+// Internal interface between matmul.cpp (threading, blocking, dispatch) and the per-ISA
+// kernel files matmul_{scalar,avx2,avx512}.cpp.
+//
+// The ISA files are compiled with -mavx2 / -mavx512f ... flags. Any inline function or
+// template they instantiate from a shared header could be emitted there with those
+// instructions and then picked by the linker for a caller on a machine without them.
+// So this header, and the ISA files, use nothing but plain C types: no <vector>, no
+// std::function, not even core/dtype.h.
+#pragma once
+#include <cstdint>
+
+namespace gale::cpu::detail {
+
+// Weight element formats (mirrors the float rows of gale::DType).
+enum class WKind : int { F32, F16, BF16, E4M3, E5M2 };
+
+// One y = x·Wᵀ (+ bias) problem; see matmul.h for the meaning of each field.
+struct MatmulProblem {
+  const float* x;  // [M, K], row stride ldx
+  int64_t ldx, M, K;
+  const void* w;  // [N, K], row-major, WKind elements
+  WKind wk;
+  int64_t N;
+  const float* bias;  // [N] or nullptr
+  float* y;           // [M, N], row stride ldy
+  int64_t ldy;
+  bool accumulate;
+};
+
+// Decode kernel, M ≤ kMatvecMaxRows: writes y[:, n0:n1] in one pass over W[n0:n1, :].
+constexpr int64_t kMatvecMaxRows = 4;
+using MatvecFn = void (*)(const MatmulProblem& p, int64_t n0, int64_t n1);
+
+// GEMM pieces. The driver packs x into panels of mr rows, transposed: xp[k * mr + i] is
+// x[m0 + i, k] (rows past M are zero); converts nr rows of W for a K-block of kc ≤ kKc
+// columns to f32: wc[j * kKc + k] = W[n0 + j, k0 + k] (rows past N are zero); and calls
+// the tile kernel, which writes ct[j * mr + i] = Σ_{k<kc} xp[k * mr + i] · wc[j * kKc + k]
+// for i < mr, j < nr. Every tile kernel also accepts a half-height panel (mr / 2 rows) for
+// short M tails. The fixed wc row stride lets the tile kernel address all nr rows from one
+// pointer with constant offsets.
+constexpr int64_t kKc = 512;
+using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
+                               int64_t kc, float* wc);
+using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct);
+
+struct MatmulKernels {
+  const char* name;
+  int mr;  // x rows per tile (two SIMD vectors)
+  int nr;  // W rows per tile
+  MatvecFn matvec;
+  ConvertRowsFn convert_rows;  // converts `rows` ≤ nr rows; the driver zero-fills the rest
+  TileFn tile;
+};
+
+extern const MatmulKernels kScalarKernels;
+extern const MatmulKernels kAvx2Kernels;
+extern const MatmulKernels kAvx512Kernels;
+
+}  // namespace gale::cpu::detail

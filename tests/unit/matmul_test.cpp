@@ -1,0 +1,252 @@
+// cpu::matmul against the double-precision reference, for every weight dtype on every SIMD
+// path this CPU can run; and the thread pool behind it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_isa.h"
+#include "kernels/ref/matmul_ref.h"
+
+namespace gale {
+namespace {
+
+// Random weights of dtype t, stored as raw bytes; magnitudes spread over a few binades and
+// never zero, so every product matters.
+std::vector<uint8_t> random_weights(DType t, size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> mag(0.05f, 2.0f);
+  std::bernoulli_distribution neg(0.5);
+  std::vector<uint8_t> out(n * dtype_size(t));
+  for (size_t i = 0; i < n; ++i) {
+    float v = mag(rng) * (neg(rng) ? -1.0f : 1.0f);
+    switch (t) {
+      case DType::F32: std::memcpy(&out[i * 4], &v, 4); break;
+      case DType::F16: {
+        uint16_t h = f32_to_f16(v);
+        std::memcpy(&out[i * 2], &h, 2);
+        break;
+      }
+      case DType::BF16: {
+        uint16_t h = f32_to_bf16(v);
+        std::memcpy(&out[i * 2], &h, 2);
+        break;
+      }
+      case DType::F8_E4M3:
+      case DType::F8_E5M2: {
+        // Any code except NaN/inf, zero excluded: covers subnormals and the whole range.
+        uint8_t b;
+        do b = uint8_t(rng()); while (t == DType::F8_E4M3 ? (b & 0x7f) == 0x7f || (b & 0x7f) == 0
+                                                            : (b & 0x7c) == 0x7c || (b & 0x7f) == 0);
+        out[i] = b;
+        break;
+      }
+      default: throw std::logic_error("unsupported dtype");
+    }
+  }
+  return out;
+}
+
+std::vector<float> random_floats(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    do x = d(rng); while (x == 0.0f);
+  }
+  return v;
+}
+
+struct Case {
+  int64_t M, K, N;
+  int64_t ldx_pad = 0, ldy_pad = 0;
+  bool bias = false, accumulate = false;
+};
+
+// Runs one case on the current ISA and returns the worst error, scaled by the size of the
+// terms summed: |y - ref| / (Σ_k |x·w| + |bias| + |y_old|). An f32 sum of K terms is off by
+// at most ~K·2^-24 of that; in practice far less.
+double run_case(const Case& c, DType wdt, std::mt19937& rng) {
+  const int64_t ldx = c.K + c.ldx_pad, ldy = c.N + c.ldy_pad;
+  std::vector<float> x = random_floats(size_t(c.M * ldx), rng);
+  std::vector<uint8_t> w = random_weights(wdt, size_t(c.N * c.K), rng);
+  std::vector<float> bias = random_floats(size_t(c.N), rng);
+  std::vector<float> y0 = random_floats(size_t(c.M * ldy), rng);
+  std::vector<float> y = y0, yref = y0;
+  const float* b = c.bias ? bias.data() : nullptr;
+  cpu::matmul(x.data(), ldx, c.M, c.K, w.data(), wdt, c.N, b, y.data(), ldy, c.accumulate);
+  ref::matmul(x.data(), ldx, c.M, c.K, w.data(), wdt, c.N, b, yref.data(), ldy, c.accumulate);
+  double worst = 0;
+  for (int64_t m = 0; m < c.M; ++m) {
+    for (int64_t n = 0; n < ldy; ++n) {
+      const size_t i = size_t(m * ldy + n);
+      if (n >= c.N) {  // padding between rows must be left alone
+        EXPECT_EQ(y[i], y0[i]) << "wrote padding at m=" << m << " n=" << n;
+        continue;
+      }
+      double scale = 0;
+      for (int64_t k = 0; k < c.K; ++k)
+        scale += std::fabs(double(x[size_t(m * ldx + k)]) * load_as_f32(w.data(), wdt, size_t(n * c.K + k)));
+      if (c.bias) scale += std::fabs(bias[size_t(n)]);
+      if (c.accumulate) scale += std::fabs(y0[i]);
+      double err = std::fabs(double(y[i]) - double(yref[i])) / std::max(scale, 1e-30);
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+    }
+  }
+  return worst;
+}
+
+const DType kDtypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2};
+
+class MatmulIsa : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { cpu::set_matmul_isa(GetParam()); }
+  void TearDown() override { cpu::set_matmul_isa(cpu::matmul_isas_available().front()); }
+};
+
+TEST_P(MatmulIsa, ReportsChosenPath) { EXPECT_EQ(std::string(cpu::matmul_isa()), GetParam()); }
+
+TEST_P(MatmulIsa, AwkwardSizesAllDtypes) {
+  std::mt19937 rng(1234);
+  for (DType wdt : kDtypes) {
+    for (int64_t M : {1, 2, 3, 7, 33, 130}) {
+      for (int64_t K : {1, 3, 17, 64, 1000}) {
+        for (int64_t N : {1, 5, 31, 257}) {
+          Case c{M, K, N};
+          double err = run_case(c, wdt, rng);
+          ASSERT_LE(err, 1e-6) << dtype_name(wdt) << " M=" << M << " K=" << K << " N=" << N;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(MatmulIsa, StridesBiasAccumulate) {
+  std::mt19937 rng(99);
+  for (DType wdt : kDtypes) {
+    for (int64_t M : {1, 4, 5, 40}) {
+      for (bool bias : {false, true}) {
+        for (bool acc : {false, true}) {
+          Case c{M, 129, 37, /*ldx_pad=*/7, /*ldy_pad=*/3, bias, acc};
+          double err = run_case(c, wdt, rng);
+          ASSERT_LE(err, 1e-6) << dtype_name(wdt) << " M=" << M << " bias=" << bias << " acc=" << acc;
+        }
+      }
+    }
+  }
+}
+
+// Long K spans several K-blocks of the GEMM; the normalised error stays near f32 epsilon.
+TEST_P(MatmulIsa, LongK) {
+  std::mt19937 rng(7);
+  for (int64_t M : {1, 70}) {
+    Case c{M, 2500, 40, 0, 0, true, false};
+    EXPECT_LE(run_case(c, DType::BF16, rng), 1e-6) << "M=" << M;
+  }
+}
+
+// Special weight values pass through: E4M3's NaN code, f16/E5M2 infinities.
+TEST_P(MatmulIsa, NonFiniteWeights) {
+  for (int64_t M : {1, 9}) {
+    const int64_t K = 20, N = 3;
+    std::vector<float> x(size_t(M * K), 0.5f), y(size_t(M * N));
+    std::vector<uint8_t> e4(size_t(N * K), 0x38);  // 1.0
+    e4[5] = 0x7f;                                   // NaN in row 0
+    cpu::matmul(x.data(), K, M, K, e4.data(), DType::F8_E4M3, N, nullptr, y.data(), N);
+    for (int64_t m = 0; m < M; ++m) {
+      EXPECT_TRUE(std::isnan(y[size_t(m * N)]));
+      EXPECT_FLOAT_EQ(y[size_t(m * N + 1)], 10.0f);
+    }
+    std::vector<uint8_t> e5(size_t(N * K), 0x3c);  // 1.0
+    e5[K + 2] = 0x7c;                               // +inf in row 1
+    cpu::matmul(x.data(), K, M, K, e5.data(), DType::F8_E5M2, N, nullptr, y.data(), N);
+    for (int64_t m = 0; m < M; ++m) {
+      EXPECT_FLOAT_EQ(y[size_t(m * N)], 10.0f);
+      EXPECT_EQ(y[size_t(m * N + 1)], INFINITY);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, MatmulIsa, ::testing::ValuesIn(cpu::matmul_isas_available()),
+                         [](const auto& info) { return info.param; });
+
+TEST(MatmulIsaSelection, UnknownOrUnsupportedNameThrows) {
+  EXPECT_THROW(cpu::set_matmul_isa("neon9000"), std::exception);
+  EXPECT_EQ(cpu::matmul_isas_available().back(), "scalar");
+}
+
+// ---- thread pool --------------------------------------------------------------------------
+
+TEST(ThreadPool, EveryIndexVisitedOnce) {
+  for (int64_t n : {1, 2, 3, 7, 100, 1001}) {
+    for (int64_t min_chunk : {1, 4, 1000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> max_thread{-1};
+      parallel_for(n, [&](int64_t b, int64_t e, int t) {
+        EXPECT_LT(b, e);
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+        int prev = max_thread.load();
+        while (t > prev && !max_thread.compare_exchange_weak(prev, t)) {}
+      }, min_chunk);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[size_t(i)].load(), 1) << "n=" << n << " i=" << i;
+      EXPECT_LT(max_thread.load(), num_threads());
+      EXPECT_LT(max_thread.load(), std::max<int64_t>(1, n / min_chunk));
+    }
+  }
+}
+
+TEST(ThreadPool, EmptyRangeCallsNothing) {
+  bool called = false;
+  parallel_for(0, [&](int64_t, int64_t, int) { called = true; });
+  parallel_for(-3, [&](int64_t, int64_t, int) { called = true; });
+  EXPECT_FALSE(called);
+}
+
+TEST(ThreadPool, MoreThreadsThanWork) {
+  int saved = num_threads();
+  set_num_threads(8);
+  std::vector<std::atomic<int>> hits(3);
+  std::atomic<int> calls{0};
+  parallel_for(3, [&](int64_t b, int64_t e, int) {
+    calls.fetch_add(1);
+    for (int64_t i = b; i < e; ++i) hits[size_t(i)].fetch_add(1);
+  });
+  EXPECT_EQ(calls.load(), 3);
+  for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  set_num_threads(saved);
+}
+
+// Many back-to-back small calls, as in a decode step: exercises the spin/sleep hand-over.
+TEST(ThreadPool, ManyRapidCalls) {
+  int saved = num_threads();
+  set_num_threads(4);
+  std::atomic<int64_t> total{0};
+  for (int rep = 0; rep < 20000; ++rep)
+    parallel_for(16, [&](int64_t b, int64_t e, int) { total.fetch_add(e - b); });
+  EXPECT_EQ(total.load(), 16 * 20000);
+  set_num_threads(saved);
+}
+
+TEST(ThreadPool, ExceptionReachesCaller) {
+  int saved = num_threads();
+  set_num_threads(4);
+  EXPECT_THROW(parallel_for(8, [&](int64_t b, int64_t, int) {
+                 if (b >= 4) throw std::runtime_error("boom");
+               }),
+               std::runtime_error);
+  // Still usable afterwards.
+  std::atomic<int64_t> total{0};
+  parallel_for(8, [&](int64_t b, int64_t e, int) { total.fetch_add(e - b); });
+  EXPECT_EQ(total.load(), 8);
+  set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace gale
