@@ -1,0 +1,139 @@
+// gale bench: prompt-processing and decode speed, next to this machine's rooflines.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/model_options.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/machine_probe.h"
+#include "kernels/cpu/matmul.h"
+#include "model/model_loader.h"
+#include "runtime/sampler.h"
+
+namespace gale::cli {
+namespace {
+
+struct BenchOptions {
+  ModelOptions model;
+  int64_t prompt = 128;
+  int64_t gen = 32;
+  int reps = 3;
+  bool json = false;
+  bool no_probe = false;
+};
+
+// Bytes one decode step streams: every matrix once, the embedding table only gathered
+// (unless tied, when the LM head streams it), and only the routed experts of an MoE layer.
+double decode_bytes_per_token(const Transformer& m) {
+  const ModelConfig& c = m.config();
+  const ModelWeights& w = m.weights();
+  double embed = double(c.vocab_size * c.hidden_size) * double(dtype_size(w.embed_dtype));
+  double bytes = double(w.total_bytes) - embed + double(w.lm_head.bytes());
+  if (c.tie_word_embeddings) bytes -= double(w.lm_head.bytes()) - embed;  // counted once in total_bytes
+  if (c.num_experts > 0) {
+    double experts = 0;
+    for (auto& L : w.layers)
+      for (auto& e : L.experts) experts += double(e.gate.bytes() + e.up.bytes() + e.down.bytes());
+    bytes -= experts * (1.0 - double(c.num_experts_per_tok) / double(c.num_experts));
+  }
+  return bytes;
+}
+
+// Multiply-adds x2 of a prefill of n tokens (matrices + attention + one LM-head row).
+double prefill_flops(const ModelConfig& c, int64_t n) {
+  const double H = double(c.hidden_size), hd = double(c.head_dim), I = double(c.intermediate_size);
+  const double qd = double(c.num_heads) * hd, kvd = double(c.num_kv_heads) * hd;
+  double ffn = 3 * H * I * (c.num_experts > 0 ? double(c.num_experts_per_tok) : 1.0);
+  double per_token = 2 * (H * qd + 2 * H * kvd + qd * H + ffn);
+  double attn = 0;  // QK^T and PV over the causal triangle
+  for (int64_t t = 0; t < n; ++t) attn += 4.0 * double(t + 1) * qd;
+  return double(c.num_layers) * (per_token * double(n) + attn) + 2 * H * double(c.vocab_size);
+}
+
+CommandRegistrar reg{40, [](CLI::App& root) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* sub = root.add_subcommand("bench", "Measure prompt processing and decode speed against the machine's limits");
+  add_model_options(sub, o->model);
+  sub->add_option("--prompt", o->prompt, "Prompt tokens for the prefill test (default 128)")->check(CLI::PositiveNumber);
+  sub->add_option("--gen", o->gen, "Tokens for the decode test (default 32)")->check(CLI::PositiveNumber);
+  sub->add_option("--reps", o->reps, "Repetitions; the best is reported (default 3)")->check(CLI::PositiveNumber);
+  sub->add_flag("--no-probe", o->no_probe, "Skip measuring bandwidth and FMA peak");
+  sub->add_flag("--json", o->json, "JSON output");
+  sub->callback([o] {
+    using clock = std::chrono::steady_clock;
+    auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
+    const std::string path = resolve_model(o->model);
+    auto t_load = clock::now();
+    LoadedModel lm = load_model(path, parse_act_dtype(o->model.dtype));
+    const double load_s = secs(t_load);
+    Transformer& m = *lm.model;
+    const ModelConfig& c = m.config();
+    const int threads = num_threads();
+    double bw = 0, peak = 0;
+    if (!o->no_probe) {
+      if (!o->json) std::fprintf(stderr, "measuring memory bandwidth and FMA peak...\n");
+      bw = cpu::measure_read_bandwidth_gbs(threads);
+      peak = cpu::measure_fma_peak_gflops(threads);
+    }
+    const int64_t bs = 16, total = o->prompt + o->gen;
+    const int64_t nb = (total + bs - 1) / bs;
+    KVCache kv(c, nb, bs, m.kv_dtype());
+    std::vector<int32_t> table(static_cast<size_t>(nb));
+    for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
+    Rng rng(42);
+    std::vector<int32_t> prompt(static_cast<size_t>(o->prompt));
+    for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(c.vocab_size));
+    std::vector<float> logits;
+    double best_pp = 1e30, best_tg = 1e30;
+    for (int r = 0; r < o->reps; ++r) {
+      if (!o->json) std::fprintf(stderr, "run %d/%d: prefill %lld + decode %lld tokens\r", r + 1, o->reps,
+                                 (long long)o->prompt, (long long)o->gen);
+      auto t0 = clock::now();
+      SeqStep s{prompt, 0, table, SeqStep::Logits::Last};
+      m.forward({&s, 1}, kv, logits);
+      best_pp = std::min(best_pp, secs(t0));
+      int32_t tok = argmax(logits);
+      auto t1 = clock::now();
+      for (int64_t i = 0; i < o->gen; ++i) {
+        SeqStep d{std::span<const int32_t>(&tok, 1), o->prompt + i, table, SeqStep::Logits::Last};
+        m.forward({&d, 1}, kv, logits);
+        tok = argmax(logits);
+      }
+      best_tg = std::min(best_tg, secs(t1));
+    }
+    if (!o->json) std::fprintf(stderr, "\n");
+    const double pp_tps = double(o->prompt) / best_pp, tg_tps = double(o->gen) / best_tg;
+    const double pp_gflops = prefill_flops(c, o->prompt) / best_pp / 1e9;
+    const double tg_gbs = decode_bytes_per_token(m) * tg_tps / 1e9;
+    nlohmann::json j = {{"model", lm.source}, {"architecture", c.architecture}, {"threads", threads},
+                        {"matmul_isa", cpu::matmul_isa()}, {"dtype", o->model.dtype}, {"load_s", load_s},
+                        {"prompt_tokens", o->prompt}, {"gen_tokens", o->gen},
+                        {"prompt_tokens_per_s", pp_tps}, {"prompt_gflops", pp_gflops},
+                        {"decode_tokens_per_s", tg_tps}, {"decode_bytes_per_token", decode_bytes_per_token(m)},
+                        {"decode_gb_per_s", tg_gbs}};
+    if (!o->no_probe) {
+      j["machine_read_bandwidth_gb_per_s"] = bw;
+      j["machine_fma_peak_gflops"] = peak;
+      j["decode_fraction_of_bandwidth"] = tg_gbs / bw;
+      j["prompt_fraction_of_fma_peak"] = pp_gflops / peak;
+    }
+    if (o->json) {
+      std::printf("%s\n", j.dump(2).c_str());
+      return;
+    }
+    std::printf("model        %s (%s), %s activations, load %.2f s\n", lm.source.c_str(), c.architecture.c_str(),
+                o->model.dtype.c_str(), load_s);
+    std::printf("threads      %d, matmul path %s\n", threads, cpu::matmul_isa());
+    if (!o->no_probe) std::printf("machine      read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s\n", bw, peak);
+    std::printf("%-12s %10s %14s %12s\n", "test", "tokens/s", "achieved", "of limit");
+    std::printf("%-12s %10.2f %8.1f GFLOP/s %11s\n", ("pp" + std::to_string(o->prompt)).c_str(), pp_tps, pp_gflops,
+                o->no_probe ? "-" : (std::to_string(int(100 * pp_gflops / peak + 0.5)) + "% FMA").c_str());
+    std::printf("%-12s %10.2f %8.1f GB/s    %11s\n", ("tg" + std::to_string(o->gen)).c_str(), tg_tps, tg_gbs,
+                o->no_probe ? "-" : (std::to_string(int(100 * tg_gbs / bw + 0.5)) + "% BW").c_str());
+  });
+}};
+
+}  // namespace
+}  // namespace gale::cli

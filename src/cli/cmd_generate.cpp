@@ -1,0 +1,130 @@
+// gale generate: stream a completion of a prompt (text or ids).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "cli/command.h"
+#include "cli/model_options.h"
+#include "core/error.h"
+#include "engine/generator.h"
+#include "loader/model_config.h"
+#include "model/model_loader.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gale::cli {
+namespace {
+
+struct GenerateOptions {
+  ModelOptions model;
+  std::string prompt;
+  std::string ids;
+  int64_t n = 128;
+  std::optional<float> temperature, top_p, min_p;
+  std::optional<int> top_k;
+  std::optional<float> repetition_penalty;
+  float presence_penalty = 0, frequency_penalty = 0;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  bool json = false;
+};
+
+void run_generate(const GenerateOptions& o) {
+  using clock = std::chrono::steady_clock;
+  const std::string dir = resolve_model(o.model);
+  auto t0 = clock::now();
+  LoadedModel lm = load_model(dir, parse_act_dtype(o.model.dtype));
+  const ModelConfig& cfg = lm.model->config();
+  std::unique_ptr<Tokenizer> tok;
+  if (!lm.synthetic && std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
+    tok = Tokenizer::load(dir);
+  double load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+
+  GenerateRequest req;
+  if (!o.ids.empty()) {
+    req.prompt = parse_id_list(o.ids);
+  } else {
+    if (!tok) throw Error("-p needs a tokenizer.json in " + dir + "; pass token ids with --ids instead");
+    req.prompt = tok->encode(o.prompt, /*add_special_tokens=*/true);
+  }
+  if (req.prompt.empty()) throw Error("the prompt is empty");
+  if (o.n < 0) throw Error("-n must be >= 0");
+  req.max_new_tokens = o.n;
+  GenerationDefaults gd = lm.synthetic ? GenerationDefaults{} : load_generation_defaults(dir, cfg);
+  req.eos_ids = gd.eos_token_ids;
+  // Sampling: flags win; otherwise generation_config.json's defaults (greedy unless do_sample).
+  SamplingParams& sp = req.sampling;
+  sp.temperature = o.temperature.value_or(gd.do_sample ? gd.temperature : 0.0f);
+  sp.top_k = o.top_k.value_or(gd.do_sample ? gd.top_k : 0);
+  sp.top_p = o.top_p.value_or(gd.do_sample ? gd.top_p : 1.0f);
+  sp.min_p = o.min_p.value_or(gd.do_sample ? gd.min_p : 0.0f);
+  sp.repetition_penalty = o.repetition_penalty.value_or(gd.repetition_penalty);
+  sp.presence_penalty = o.presence_penalty;
+  sp.frequency_penalty = o.frequency_penalty;
+  sp.seed = o.seed ? *o.seed : std::random_device{}();
+  req.ignore_eos = o.ignore_eos;
+  req.stop = o.stop;
+
+  Generator gen(*lm.model, tok.get());
+  auto on_text = [&](std::string_view piece) {
+    if (o.json) return;
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  };
+  GenerateResult r = gen.generate(req, on_text);
+  const int64_t n_gen = int64_t(r.ids.size());
+  if (o.json) {
+    nlohmann::json j;
+    j["ids"] = r.ids;
+    j["text"] = r.text;
+    j["finish_reason"] = r.finish_reason;
+    j["seed"] = sp.seed;
+    j["usage"] = {{"prompt_tokens", r.prompt_tokens}, {"completion_tokens", n_gen},
+                  {"total_tokens", r.prompt_tokens + n_gen}};
+    j["timings"] = {{"load_ms", load_ms}, {"prefill_ms", r.prefill_ms}, {"decode_ms", r.decode_ms},
+                    {"ttft_ms", r.ttft_ms},
+                    {"prefill_tokens_per_s", r.prefill_ms > 0 ? 1000.0 * double(r.prompt_tokens) / r.prefill_ms : 0.0},
+                    {"decode_tokens_per_s",
+                     r.decode_ms > 0 && n_gen > 1 ? 1000.0 * double(n_gen - 1) / r.decode_ms : 0.0}};
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    if (!tok) {  // no tokenizer: print ids
+      for (size_t i = 0; i < r.ids.size(); ++i) std::printf("%s%d", i ? " " : "", r.ids[i]);
+    }
+    std::printf("\n");
+    std::fprintf(stderr, "[%lld prompt tokens, %lld generated (%s); prefill %.1f tok/s, decode %.1f tok/s]\n",
+                 (long long)r.prompt_tokens, (long long)n_gen, r.finish_reason.c_str(),
+                 r.prefill_ms > 0 ? 1000.0 * double(r.prompt_tokens) / r.prefill_ms : 0.0,
+                 r.decode_ms > 0 && n_gen > 1 ? 1000.0 * double(n_gen - 1) / r.decode_ms : 0.0);
+  }
+}
+
+CommandRegistrar reg{10, [](CLI::App& root) {
+  auto o = std::make_shared<GenerateOptions>();
+  CLI::App* sub = root.add_subcommand("generate", "Generate text from a prompt (streams to stdout)");
+  add_model_options(sub, o->model);
+  auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text");
+  auto* ids = sub->add_option("--ids", o->ids, "Prompt as comma-separated token ids");
+  p->excludes(ids);
+  sub->add_option("-n,--max-tokens", o->n, "Number of tokens to generate (default 128)");
+  sub->add_option("--temperature", o->temperature, "Sampling temperature (0 = greedy)");
+  sub->add_option("--top-k", o->top_k, "Keep the k most likely tokens (0 = off)");
+  sub->add_option("--top-p", o->top_p, "Nucleus sampling mass (1 = off)");
+  sub->add_option("--min-p", o->min_p, "Drop tokens below min_p x p(max) (0 = off)");
+  sub->add_option("--repetition-penalty", o->repetition_penalty, "HF repetition penalty (1 = off)");
+  sub->add_option("--presence-penalty", o->presence_penalty, "OpenAI presence penalty");
+  sub->add_option("--frequency-penalty", o->frequency_penalty, "OpenAI frequency penalty");
+  sub->add_option("--seed", o->seed, "Random seed (same seed, same output)");
+  sub->add_option("--stop", o->stop, "Stop string (repeatable); never printed");
+  sub->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-sequence tokens");
+  sub->add_flag("--json", o->json, "Print one JSON object {ids, text, usage, timings} at the end");
+  sub->callback([o, sub] {
+    if (sub->count("--prompt") == 0 && sub->count("--ids") == 0) throw Error("give a prompt with -p TEXT or --ids 1,2,3");
+    run_generate(*o);
+  });
+}};
+
+}  // namespace
+}  // namespace gale::cli

@@ -1,0 +1,163 @@
+#include "kernels/cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/thread_pool.h"
+
+// Plain loops that GCC vectorizes; target_clones builds each for AVX-512, AVX2 and baseline
+// and picks one at load time, so the binary still runs on any x86-64.
+#if defined(__x86_64__) && !defined(__clang__)
+#define GALE_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GALE_SIMD_CLONES
+#endif
+
+namespace gale::cpu {
+
+GALE_SIMD_CLONES float dot_f32(const float* a, const float* b, int64_t n) {
+  // 8 independent partial sums: vectorizes without -ffast-math and keeps the sum order fixed.
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+GALE_SIMD_CLONES void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+static void row_to_f32(const void* base, DType dt, int64_t row, int64_t n, float* out) {
+  const uint8_t* p = static_cast<const uint8_t*>(base) + size_t(row) * size_t(n) * dtype_size(dt);
+  switch (dt) {
+    case DType::F32: std::memcpy(out, p, size_t(n) * 4); break;
+    case DType::BF16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(h[i]);
+      break;
+    }
+    default:
+      for (int64_t i = 0; i < n; ++i) out[i] = load_as_f32(p, dt, size_t(i));
+  }
+}
+
+void embedding(const int32_t* ids, int64_t n_tokens, const void* emb, DType dt, int64_t hidden, float* out) {
+  for (int64_t t = 0; t < n_tokens; ++t) row_to_f32(emb, dt, ids[t], hidden, out + t * hidden);
+}
+
+void rmsnorm(const float* x, int64_t ldx, int64_t n, int64_t d, const float* w, float eps, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * ldx;
+    float* o = out + r * ldo;
+    float ss = dot_f32(xr, xr, d);
+    float inv = 1.0f / std::sqrt(ss / float(d) + eps);
+    for (int64_t i = 0; i < d; ++i) o[i] = w[i] * (xr[i] * inv);
+  }
+}
+
+void rope_apply(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                const float* cos, const float* sin) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* c = cos + t * half;
+    const float* s = sin + t * half;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + t * ld + h * head_dim;
+      for (int64_t i = 0; i < half; ++i) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+GALE_SIMD_CLONES static void silu_mul_row(float* g, const float* u, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void silu_mul(float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t n, int64_t d) {
+  auto rows = [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) silu_mul_row(gate + r * ldg, up + r * ldu, d);
+  };
+  if (n * d < 65536) rows(0, n, 0);  // too small to pay for waking the pool
+  else parallel_for(n, rows);
+}
+
+void round_to_bf16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
+void paged_kv_write(const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t n_tokens, int64_t start_pos,
+                    void* kcache, void* vcache, DType dtype, int64_t block_size, int64_t n_kv_heads, int64_t head_dim,
+                    std::span<const int32_t> block_table) {
+  const int64_t row = n_kv_heads * head_dim;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    int64_t pos = start_pos + t;
+    int64_t slot = int64_t(block_table[size_t(pos / block_size)]) * block_size + pos % block_size;
+    if (dtype == DType::F32) {
+      std::memcpy(static_cast<float*>(kcache) + slot * row, k + t * ldk, size_t(row) * 4);
+      std::memcpy(static_cast<float*>(vcache) + slot * row, v + t * ldv, size_t(row) * 4);
+    } else {
+      uint16_t* kd = static_cast<uint16_t*>(kcache) + slot * row;
+      uint16_t* vd = static_cast<uint16_t*>(vcache) + slot * row;
+      for (int64_t i = 0; i < row; ++i) {
+        kd[i] = f32_to_bf16(k[t * ldk + i]);
+        vd[i] = f32_to_bf16(v[t * ldv + i]);
+      }
+    }
+  }
+}
+
+void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_heads, int64_t start_pos,
+                     const PagedKV& kv, std::span<const int32_t> block_table, int64_t window, float scale,
+                     float* out, int64_t ldo) {
+  const int64_t hd = kv.head_dim;
+  const int64_t group = n_heads / kv.n_kv_heads;
+  const int64_t row = kv.n_kv_heads * hd;
+  const int64_t max_ctx = start_pos + n_tokens;
+  // One work item = (token, head). Scores for a whole row are kept (two-pass softmax, exact
+  // like the reference); keys are converted per block when the cache is bf16.
+  parallel_for(n_tokens * n_heads, [&](int64_t b, int64_t e, int) {
+    std::vector<float> scores(static_cast<size_t>(max_ctx));
+    std::vector<float> kbuf, vbuf;
+    if (kv.dtype != DType::F32) { kbuf.resize(size_t(hd)); vbuf.resize(size_t(hd)); }
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = item / n_heads, h = item % n_heads, g = h / group;
+      const int64_t pos = start_pos + t;
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+      const float* qh = q + t * ldq + h * hd;
+      auto key_row = [&](int64_t p, const void* cache, float* buf) -> const float* {
+        int64_t slot = int64_t(block_table[size_t(p / kv.block_size)]) * kv.block_size + p % kv.block_size;
+        if (kv.dtype == DType::F32) return static_cast<const float*>(cache) + slot * row + g * hd;
+        const uint16_t* src = static_cast<const uint16_t*>(cache) + slot * row + g * hd;
+        for (int64_t i = 0; i < hd; ++i) buf[i] = bf16_to_f32(src[i]);
+        return buf;
+      };
+      float m = -INFINITY;
+      for (int64_t p = first; p <= pos; ++p) {
+        float s = dot_f32(qh, key_row(p, kv.k, kbuf.data()), hd) * scale;
+        scores[size_t(p - first)] = s;
+        m = std::max(m, s);
+      }
+      float denom = 0.0f;
+      for (int64_t p = first; p <= pos; ++p) {
+        float w = std::exp(scores[size_t(p - first)] - m);
+        scores[size_t(p - first)] = w;
+        denom += w;
+      }
+      float* o = out + t * ldo + h * hd;
+      std::fill(o, o + hd, 0.0f);
+      const float inv = 1.0f / denom;
+      for (int64_t p = first; p <= pos; ++p)
+        axpy_f32(scores[size_t(p - first)] * inv, key_row(p, kv.v, vbuf.data()), o, hd);
+    }
+  });
+}
+
+}  // namespace gale::cpu

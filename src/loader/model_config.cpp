@@ -1,0 +1,273 @@
+#include "loader/model_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace gale {
+
+const char* rope_type_name(RopeType t) {
+  switch (t) {
+    case RopeType::Default: return "default";
+    case RopeType::Linear: return "linear";
+    case RopeType::Dynamic: return "dynamic";
+    case RopeType::Llama3: return "llama3";
+    case RopeType::Yarn: return "yarn";
+  }
+  return "?";
+}
+
+const std::vector<std::string>& supported_architectures() {
+  static const std::vector<std::string> a = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                             "Qwen3ForCausalLM", "MixtralForCausalLM"};
+  return a;
+}
+
+namespace {
+
+struct Reader {
+  const json& j;
+  std::string what;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
+    throw Error(what + ": '" + key + "' " + why);
+  }
+  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
+  int64_t i64(const char* k) const {
+    if (!has(k)) fail(k, "is missing");
+    const json& v = j[k];
+    if (v.is_number_integer()) return v.get<int64_t>();
+    if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+    fail(k, "must be an integer");
+  }
+  int64_t i64_or(const char* k, int64_t d) const { return has(k) ? i64(k) : d; }
+  double f64(const char* k) const {
+    if (!has(k)) fail(k, "is missing");
+    if (!j[k].is_number()) fail(k, "must be a number");
+    return j[k].get<double>();
+  }
+  double f64_or(const char* k, double d) const { return has(k) ? f64(k) : d; }
+  bool boolean_or(const char* k, bool d) const {
+    if (!has(k)) return d;
+    if (!j[k].is_boolean()) fail(k, "must be true or false");
+    return j[k].get<bool>();
+  }
+  int64_t positive(const char* k) const {
+    int64_t v = i64(k);
+    if (v <= 0 || v > (int64_t(1) << 31)) fail(k, "must be a positive integer (got " + std::to_string(v) + ")");
+    return v;
+  }
+};
+
+std::vector<int32_t> parse_id_or_list(const json& v, const std::string& what, const char* key) {
+  std::vector<int32_t> out;
+  if (v.is_null()) return out;
+  if (v.is_number_integer()) {
+    out.push_back(v.get<int32_t>());
+    return out;
+  }
+  if (v.is_array()) {
+    for (auto& e : v) {
+      if (!e.is_number_integer()) throw Error(what + ": '" + key + "' must hold integer token ids");
+      out.push_back(e.get<int32_t>());
+    }
+    return out;
+  }
+  throw Error(what + ": '" + key + "' must be a token id or a list of them");
+}
+
+RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
+  RopeConfig r;
+  // 5.x: rope_parameters holds rope_theta and the scaling; 4.x: rope_theta + rope_scaling.
+  const json* params = nullptr;
+  if (top.has("rope_parameters")) {
+    params = &j["rope_parameters"];
+    if (!params->is_object()) top.fail("rope_parameters", "must be an object");
+    // Models with per-layer-type rope (e.g. {"full_attention": {...}}) are not supported yet.
+    if (params->contains("full_attention") || params->contains("sliding_attention"))
+      top.fail("rope_parameters", "per-layer-type RoPE parameters are not supported");
+  } else if (top.has("rope_scaling")) {
+    params = &j["rope_scaling"];
+    if (!params->is_object()) top.fail("rope_scaling", "must be an object or null");
+  }
+  r.theta = top.f64_or("rope_theta", 10000.0);
+  r.partial_rotary_factor = top.f64_or("partial_rotary_factor", 1.0);
+  if (!params) return r;
+  Reader p{*params, top.what + ": rope parameters"};
+  if (p.has("rope_theta")) r.theta = p.f64("rope_theta");
+  if (p.has("partial_rotary_factor")) r.partial_rotary_factor = p.f64("partial_rotary_factor");
+  std::string type = "default";
+  if (p.has("rope_type")) type = (*params)["rope_type"].get<std::string>();
+  else if (p.has("type")) type = (*params)["type"].get<std::string>();
+  if (type == "default") {
+    r.type = RopeType::Default;
+  } else if (type == "linear") {
+    r.type = RopeType::Linear;
+    r.factor = p.f64("factor");
+  } else if (type == "dynamic") {
+    r.type = RopeType::Dynamic;
+    r.factor = p.f64("factor");
+    r.original_max_position = p.i64_or("original_max_position_embeddings", max_pos);
+  } else if (type == "llama3") {
+    r.type = RopeType::Llama3;
+    r.factor = p.f64("factor");
+    r.low_freq_factor = p.f64("low_freq_factor");
+    r.high_freq_factor = p.f64("high_freq_factor");
+    r.original_max_position = p.i64("original_max_position_embeddings");
+  } else if (type == "yarn") {
+    r.type = RopeType::Yarn;
+    r.original_max_position = p.i64_or("original_max_position_embeddings", max_pos);
+    r.factor = p.has("factor") ? p.f64("factor") : double(max_pos) / double(r.original_max_position);
+    if (p.has("attention_factor")) r.attention_factor = p.f64("attention_factor");
+    r.beta_fast = p.f64_or("beta_fast", 32.0);
+    r.beta_slow = p.f64_or("beta_slow", 1.0);
+    r.mscale = p.f64_or("mscale", 0.0);
+    r.mscale_all_dim = p.f64_or("mscale_all_dim", 0.0);
+    r.truncate = p.boolean_or("truncate", true);
+  } else {
+    throw Error(top.what + ": unsupported rope type '" + type + "' (supported: default, linear, dynamic, llama3, yarn)");
+  }
+  if (r.factor <= 0) throw Error(top.what + ": rope factor must be positive");
+  if (r.theta <= 1.0) throw Error(top.what + ": rope_theta must be > 1");
+  return r;
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j, const std::string& what) {
+  if (!j.is_object()) throw Error(what + ": expected a JSON object");
+  Reader r{j, what};
+  ModelConfig c;
+  if (!r.has("architectures") || !j["architectures"].is_array() || j["architectures"].empty() ||
+      !j["architectures"][0].is_string())
+    r.fail("architectures", "must be a non-empty list of architecture names");
+  c.architecture = j["architectures"][0].get<std::string>();
+  const auto& sup = supported_architectures();
+  if (std::find(sup.begin(), sup.end(), c.architecture) == sup.end()) {
+    std::string list;
+    for (auto& s : sup) list += (list.empty() ? "" : ", ") + s;
+    throw Error(what + ": unsupported architecture '" + c.architecture + "' (supported: " + list + ")");
+  }
+  if (r.has("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
+  c.vocab_size = r.positive("vocab_size");
+  c.hidden_size = r.positive("hidden_size");
+  c.intermediate_size = r.positive("intermediate_size");
+  c.num_layers = r.positive("num_hidden_layers");
+  c.num_heads = r.positive("num_attention_heads");
+  c.num_kv_heads = r.has("num_key_value_heads") ? r.positive("num_key_value_heads") : c.num_heads;
+  c.head_dim = r.has("head_dim") ? r.positive("head_dim") : c.hidden_size / c.num_heads;
+  if (!r.has("head_dim") && c.hidden_size % c.num_heads != 0)
+    r.fail("hidden_size", "is not divisible by num_attention_heads and no head_dim is given");
+  if (c.num_heads % c.num_kv_heads != 0) r.fail("num_key_value_heads", "must divide num_attention_heads");
+  if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
+  c.max_position_embeddings = r.i64_or("max_position_embeddings", 4096);
+  c.rms_norm_eps = r.f64_or("rms_norm_eps", 1e-6);
+  c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
+  if (r.has("hidden_act") && j["hidden_act"] != "silu")
+    r.fail("hidden_act", "'" + j["hidden_act"].dump() + "' is not supported (only silu)");
+  if (r.has("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"].get<std::string>();
+  if (r.has("dtype") && j["dtype"].is_string()) c.torch_dtype = j["dtype"].get<std::string>();
+
+  const std::string& a = c.architecture;
+  if (a == "Qwen2ForCausalLM") {
+    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and none on o_proj
+  } else if (a == "LlamaForCausalLM" || a == "Qwen3ForCausalLM") {
+    c.qkv_bias = c.o_bias = r.boolean_or("attention_bias", false);
+  }
+  if (a == "LlamaForCausalLM") c.mlp_bias = r.boolean_or("mlp_bias", false);
+  c.qk_norm = (a == "Qwen3ForCausalLM");
+
+  // Sliding-window attention, per layer.
+  c.layer_window.assign(size_t(c.num_layers), 0);
+  int64_t window = r.i64_or("sliding_window", 0);
+  if (window < 0) r.fail("sliding_window", "must be positive or null");
+  if (r.has("layer_types")) {
+    const json& lt = j["layer_types"];
+    if (!lt.is_array() || int64_t(lt.size()) != c.num_layers)
+      r.fail("layer_types", "must list one type per layer");
+    for (size_t i = 0; i < lt.size(); ++i) {
+      if (lt[i] == "sliding_attention") {
+        if (window <= 0) r.fail("sliding_window", "is required by layer_types 'sliding_attention'");
+        c.layer_window[i] = window;
+      } else if (lt[i] != "full_attention") {
+        r.fail("layer_types", "has unknown entry " + lt[i].dump());
+      }
+    }
+  } else if (a == "MistralForCausalLM" || a == "MixtralForCausalLM") {
+    for (auto& w : c.layer_window) w = window;
+  } else if (a == "Qwen2ForCausalLM" || a == "Qwen3ForCausalLM") {
+    // 4.x layout: use_sliding_window applies to layers from max_window_layers on.
+    if (r.boolean_or("use_sliding_window", false) && window > 0) {
+      int64_t first = r.i64_or("max_window_layers", c.num_layers);
+      for (int64_t i = first; i < c.num_layers; ++i) c.layer_window[size_t(i)] = window;
+    }
+  }
+
+  if (a == "MixtralForCausalLM") {
+    c.num_experts = r.positive("num_local_experts");
+    c.num_experts_per_tok = r.positive("num_experts_per_tok");
+    if (c.num_experts_per_tok > c.num_experts) r.fail("num_experts_per_tok", "exceeds num_local_experts");
+    c.norm_topk_prob = true;
+  }
+
+  c.rope = parse_rope(j, r, c.max_position_embeddings);
+  int64_t rot = int64_t(double(c.head_dim) * c.rope.partial_rotary_factor);
+  if (rot <= 0 || rot % 2 || rot > c.head_dim) r.fail("partial_rotary_factor", "gives an invalid rotary dimension");
+
+  if (r.has("bos_token_id")) c.bos_token_id = parse_id_or_list(j["bos_token_id"], what, "bos_token_id").at(0);
+  if (r.has("eos_token_id")) c.eos_token_ids = parse_id_or_list(j["eos_token_id"], what, "eos_token_id");
+  return c;
+}
+
+static json read_json_file(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) throw Error("cannot read " + p.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error(p.string() + ": invalid JSON: " + e.what());
+  }
+}
+
+ModelConfig load_model_config(const std::string& model_dir) {
+  fs::path p = fs::path(model_dir) / "config.json";
+  if (!fs::is_directory(model_dir)) throw Error("model directory not found: " + model_dir);
+  if (!fs::exists(p)) throw Error("no config.json in " + model_dir);
+  return parse_model_config(read_json_file(p), p.string());
+}
+
+GenerationDefaults parse_generation_config(const json& j, const ModelConfig& cfg, const std::string& what) {
+  GenerationDefaults g;
+  g.eos_token_ids = cfg.eos_token_ids;
+  g.bos_token_id = cfg.bos_token_id;
+  if (!j.is_object()) throw Error(what + ": expected a JSON object");
+  Reader r{j, what};
+  if (r.has("eos_token_id")) g.eos_token_ids = parse_id_or_list(j["eos_token_id"], what, "eos_token_id");
+  if (r.has("bos_token_id")) g.bos_token_id = parse_id_or_list(j["bos_token_id"], what, "bos_token_id").at(0);
+  g.do_sample = r.boolean_or("do_sample", false);
+  g.temperature = float(r.f64_or("temperature", 1.0));
+  g.top_k = int(r.i64_or("top_k", 0));
+  g.top_p = float(r.f64_or("top_p", 1.0));
+  g.min_p = float(r.f64_or("min_p", 0.0));
+  g.repetition_penalty = float(r.f64_or("repetition_penalty", 1.0));
+  if (r.has("max_new_tokens")) g.max_new_tokens = int(r.i64("max_new_tokens"));
+  return g;
+}
+
+GenerationDefaults load_generation_defaults(const std::string& model_dir, const ModelConfig& cfg) {
+  fs::path p = fs::path(model_dir) / "generation_config.json";
+  if (!fs::exists(p)) {
+    GenerationDefaults g;
+    g.eos_token_ids = cfg.eos_token_ids;
+    g.bos_token_id = cfg.bos_token_id;
+    return g;
+  }
+  return parse_generation_config(read_json_file(p), cfg, p.string());
+}
+
+}  // namespace gale

@@ -1,0 +1,65 @@
+// safetensors checkpoints: memory-mapped, zero-copy, single file or index.json shards.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace gale {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // points into the mapped file
+  size_t nbytes = 0;
+  std::string file;               // shard it lives in (for messages)
+  int64_t numel() const;
+};
+
+// A read-only mmap of a whole file; unmapped on destruction.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);  // throws gale::Error
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Parses the header of one safetensors blob (8-byte little-endian length, JSON, data).
+// Validates every entry (dtype known, shape non-negative, offsets inside the data section,
+// byte count == numel * dtype size) and throws gale::Error naming `what` and the problem.
+std::vector<TensorInfo> parse_safetensors(const uint8_t* data, size_t size, const std::string& what);
+
+class SafeTensors {
+ public:
+  // <dir>/model.safetensors.index.json if present, else <dir>/model.safetensors,
+  // else the single *.safetensors file in dir.
+  static SafeTensors open_dir(const std::string& dir);
+  static SafeTensors open_files(const std::vector<std::string>& paths);
+  // A safetensors blob already in memory (synthetic models); `owner` keeps it alive.
+  static SafeTensors from_memory(std::shared_ptr<const void> owner, const uint8_t* data, size_t size,
+                                 const std::string& what);
+
+  const TensorInfo* find(const std::string& name) const;
+  const TensorInfo& get(const std::string& name) const;  // throws naming the missing tensor
+  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  size_t total_bytes() const;
+
+ private:
+  std::vector<std::shared_ptr<const void>> files_;  // mappings or buffers the tensors point into
+  std::map<std::string, TensorInfo> tensors_;
+};
+
+}  // namespace gale

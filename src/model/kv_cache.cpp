@@ -1,0 +1,29 @@
+#include "model/kv_cache.h"
+
+#include <sys/mman.h>
+
+#include "core/error.h"
+
+namespace gale {
+
+size_t KVCache::bytes_per_token(const ModelConfig& cfg, DType dtype) {
+  return size_t(2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);
+}
+
+KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype)
+    : num_blocks_(num_blocks), block_size_(block_size), dtype_(dtype) {
+  if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be f32 or bf16");
+  layer_bytes_ = size_t(num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);
+  total_bytes_ = layer_bytes_ * size_t(2 * cfg.num_layers);
+  // Anonymous mapping: pages are committed on first touch, so a generous cache costs
+  // only what the sequences actually fill.
+  void* p = ::mmap(nullptr, total_bytes_ ? total_bytes_ : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("cannot allocate " + std::to_string(total_bytes_ >> 20) + " MiB for the KV cache");
+  base_ = static_cast<uint8_t*>(p);
+}
+
+KVCache::~KVCache() {
+  if (base_) ::munmap(base_, total_bytes_ ? total_bytes_ : 1);
+}
+
+}  // namespace gale

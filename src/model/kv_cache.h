@@ -1,0 +1,36 @@
+// Paged KV storage: per layer, K and V of num_blocks blocks of block_size tokens.
+// Which block belongs to which sequence is the runtime's business (block tables).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/dtype.h"
+#include "loader/model_config.h"
+
+namespace gale {
+
+class KVCache {
+ public:
+  // dtype: F32 or BF16.
+  KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype);
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+
+  void* k(int64_t layer) { return base_ + size_t(2 * layer) * layer_bytes_; }
+  void* v(int64_t layer) { return base_ + size_t(2 * layer + 1) * layer_bytes_; }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  DType dtype() const { return dtype_; }
+  size_t bytes() const { return total_bytes_; }
+  // Bytes one token occupies across all layers (K and V).
+  static size_t bytes_per_token(const ModelConfig& cfg, DType dtype);
+
+ private:
+  int64_t num_blocks_, block_size_;
+  DType dtype_;
+  size_t layer_bytes_ = 0, total_bytes_ = 0;
+  uint8_t* base_ = nullptr;
+};
+
+}  // namespace gale

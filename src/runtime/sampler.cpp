@@ -1,0 +1,119 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "core/error.h"
+
+namespace gale {
+
+void validate(const SamplingParams& p) {
+  auto bad = [](const std::string& m) { throw Error(m); };
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) bad("temperature must be >= 0");
+  if (p.top_k < 0) bad("top_k must be >= 0");
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) bad("top_p must be in (0, 1]");
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) bad("min_p must be in [0, 1]");
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty)) bad("repetition_penalty must be > 0");
+  if (!(p.presence_penalty >= -2.0f && p.presence_penalty <= 2.0f)) bad("presence_penalty must be in [-2, 2]");
+  if (!(p.frequency_penalty >= -2.0f && p.frequency_penalty <= 2.0f)) bad("frequency_penalty must be in [-2, 2]");
+}
+
+uint64_t Rng::next() {
+  uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double Rng::uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
+
+int32_t argmax(std::span<const float> v) {
+  int32_t best = 0;
+  for (size_t i = 1; i < v.size(); ++i)
+    if (v[i] > v[size_t(best)]) best = int32_t(i);
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& p, std::span<const int32_t> prompt)
+    : p_(p), rng_(p.seed), seen_(prompt.begin(), prompt.end()) {
+  validate(p_);
+}
+
+void Sampler::accept(int32_t id) {
+  seen_.push_back(id);
+  counts_[id] += 1;
+}
+
+int32_t Sampler::sample(std::span<float> logits) {
+  const int32_t V = int32_t(logits.size());
+  // Penalties first, on raw logits (transformers' and vLLM's order).
+  if (p_.repetition_penalty != 1.0f) {
+    std::vector<int32_t> uniq(seen_);
+    std::sort(uniq.begin(), uniq.end());
+    uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
+    for (int32_t id : uniq) {
+      if (id < 0 || id >= V) continue;
+      float& l = logits[size_t(id)];
+      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+    }
+  }
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) {
+    for (auto [id, n] : counts_) {
+      if (id < 0 || id >= V) continue;
+      logits[size_t(id)] -= p_.presence_penalty + p_.frequency_penalty * float(n);
+    }
+  }
+  int32_t chosen;
+  if (p_.temperature == 0.0f) {
+    chosen = argmax(logits);
+  } else {
+    // Candidates sorted by logit (descending; lower id first on ties), then filtered.
+    for (auto& l : logits) l /= p_.temperature;
+    idx_.resize(size_t(V));
+    std::iota(idx_.begin(), idx_.end(), 0);
+    auto by_logit = [&](int32_t a, int32_t b) {
+      return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+    };
+    size_t n = size_t(V);
+    if (p_.top_k > 0 && size_t(p_.top_k) < n) {
+      std::partial_sort(idx_.begin(), idx_.begin() + p_.top_k, idx_.end(), by_logit);
+      n = size_t(p_.top_k);
+    } else {
+      std::sort(idx_.begin(), idx_.end(), by_logit);
+    }
+    const float m = logits[size_t(idx_[0])];
+    std::vector<double> prob(n);
+    double sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += (prob[i] = std::exp(double(logits[size_t(idx_[i])] - m)));
+    for (auto& q : prob) q /= sum;
+    if (p_.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
+      double cum = 0;
+      size_t keep = n;
+      for (size_t i = 0; i < n; ++i) {
+        cum += prob[i];
+        if (cum >= double(p_.top_p)) { keep = i + 1; break; }
+      }
+      n = keep;
+    }
+    if (p_.min_p > 0.0f) {  // drop tokens below min_p * p(max)
+      const double cut = double(p_.min_p) * prob[0];
+      size_t keep = 1;
+      while (keep < n && prob[keep] >= cut) ++keep;
+      n = keep;
+    }
+    double total = 0;
+    for (size_t i = 0; i < n; ++i) total += prob[i];
+    double r = rng_.uniform() * total;
+    chosen = idx_[n - 1];
+    for (size_t i = 0; i < n; ++i) {
+      r -= prob[i];
+      if (r < 0) { chosen = idx_[i]; break; }
+    }
+  }
+  accept(chosen);
+  return chosen;
+}
+
+}  // namespace gale
