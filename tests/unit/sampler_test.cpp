@@ -1,0 +1,136 @@
+// Sampling: greedy, filters, penalties and seeds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "core/error.h"
+#include "runtime/sampler.h"
+
+using namespace gale;
+
+namespace {
+
+std::vector<float> logits_of(std::initializer_list<float> v) { return std::vector<float>(v); }
+
+TEST(Sampler, GreedyTakesFirstMaximum) {
+  Sampler s(SamplingParams{}, {});
+  auto l = logits_of({1, 5, 5, 2});
+  EXPECT_EQ(s.sample(l), 1);
+}
+
+TEST(Sampler, SameSeedSameOutputsDifferentSeedDiffers) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  auto draw = [&](uint64_t seed) {
+    p.seed = seed;
+    Sampler s(p, {});
+    std::vector<int32_t> out;
+    for (int i = 0; i < 64; ++i) {
+      std::vector<float> l(50);
+      for (int j = 0; j < 50; ++j) l[size_t(j)] = float((j * 37) % 11) * 0.1f;
+      out.push_back(s.sample(l));
+    }
+    return out;
+  };
+  EXPECT_EQ(draw(7), draw(7));
+  EXPECT_NE(draw(7), draw(8));
+}
+
+TEST(Sampler, TopKOneIsGreedy) {
+  SamplingParams p;
+  p.temperature = 5.0f;
+  p.top_k = 1;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    p.seed = seed;
+    Sampler s(p, {});
+    auto l = logits_of({0.1f, 0.3f, 0.2f});
+    EXPECT_EQ(s.sample(l), 1);
+  }
+}
+
+TEST(Sampler, TopPAndMinPRestrictTheSupport) {
+  // probabilities ~ 0.6, 0.3, 0.1 at temperature 1
+  std::vector<float> base = {std::log(0.6f), std::log(0.3f), std::log(0.1f)};
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.7f;  // keeps {0, 1}
+  std::map<int, int> seen;
+  for (uint64_t seed = 0; seed < 400; ++seed) {
+    p.seed = seed;
+    Sampler s(p, {});
+    auto l = base;
+    seen[s.sample(l)]++;
+  }
+  EXPECT_EQ(seen.count(2), 0u);
+  EXPECT_GT(seen[0], seen[1]);
+  EXPECT_GT(seen[1], 50);
+  p.top_p = 1.0f;
+  p.min_p = 0.4f;  // 0.4 * 0.6 = 0.24: keeps {0, 1}
+  seen.clear();
+  for (uint64_t seed = 0; seed < 400; ++seed) {
+    p.seed = seed;
+    Sampler s(p, {});
+    auto l = base;
+    seen[s.sample(l)]++;
+  }
+  EXPECT_EQ(seen.count(2), 0u);
+  EXPECT_GT(seen[1], 50);
+}
+
+TEST(Sampler, SamplingFollowsTheDistribution) {
+  std::vector<float> base = {std::log(0.5f), std::log(0.25f), std::log(0.25f)};
+  SamplingParams p;
+  p.temperature = 1.0f;
+  int n0 = 0;
+  const int N = 4000;
+  for (int i = 0; i < N; ++i) {
+    p.seed = uint64_t(i);
+    Sampler s(p, {});
+    auto l = base;
+    n0 += s.sample(l) == 0;
+  }
+  EXPECT_NEAR(double(n0) / N, 0.5, 0.04);
+}
+
+TEST(Sampler, RepetitionPenaltyIsHuggingFaceStyle) {
+  SamplingParams p;
+  p.repetition_penalty = 2.0f;
+  std::vector<int32_t> prompt = {0, 2};
+  Sampler s(p, prompt);
+  // token 0: 3 -> 1.5; token 2: -1 -> -2; token 1 untouched at 2 -> wins
+  auto l = logits_of({3.0f, 2.0f, -1.0f});
+  EXPECT_EQ(s.sample(l), 1);
+  EXPECT_FLOAT_EQ(l[0], 1.5f);
+  EXPECT_FLOAT_EQ(l[2], -2.0f);
+}
+
+TEST(Sampler, PresenceAndFrequencyPenaltiesCountOutputTokensOnly) {
+  SamplingParams p;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 1.0f;
+  std::vector<int32_t> prompt = {1};
+  Sampler s(p, prompt);
+  s.accept(0);
+  s.accept(0);
+  auto l = logits_of({3.0f, 1.0f});
+  s.sample(l);
+  EXPECT_FLOAT_EQ(l[0], 3.0f - 0.5f - 2.0f);
+  EXPECT_FLOAT_EQ(l[1], 1.0f) << "prompt tokens are not penalized";
+}
+
+TEST(Sampler, InvalidParametersAreRejected) {
+  auto bad = [](auto f) {
+    SamplingParams p;
+    f(p);
+    EXPECT_THROW(validate(p), Error);
+  };
+  bad([](SamplingParams& p) { p.temperature = -1; });
+  bad([](SamplingParams& p) { p.top_p = 0; });
+  bad([](SamplingParams& p) { p.top_p = 1.5f; });
+  bad([](SamplingParams& p) { p.min_p = 2; });
+  bad([](SamplingParams& p) { p.top_k = -3; });
+  bad([](SamplingParams& p) { p.repetition_penalty = 0; });
+}
+
+}  // namespace
