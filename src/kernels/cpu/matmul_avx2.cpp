@@ -63,30 +63,73 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// ---- decode: y[m, n] for MX ≤ 4 rows of x, R rows of W at a time --------------------------
+// ---- decode: y[m, n] for MX ≤ 4 rows of x, one W row at a time ---------------------------
+//
+// Rows are read one after another so each thread is one sequential stream (see the AVX-512
+// file); U independent accumulators per x row hide the FMA latency.
 
+template <WKind WK, int MX, int U>
+inline void matvec_row(const MatmulProblem& p, int64_t n) {
+  const void* wr = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
+  __m256 acc[MX][U];
+  for (int m = 0; m < MX; ++m)
+    for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 * U <= p.K; k += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 wv = load8<WK>(wr, k + 8 * u);
+      for (int m = 0; m < MX; ++m)
+        acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.x + m * p.ldx + k + 8 * u), wv, acc[m][u]);
+    }
+  }
+  for (; k + 8 <= p.K; k += 8) {
+    __m256 wv = load8<WK>(wr, k);
+    for (int m = 0; m < MX; ++m)
+      acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.x + m * p.ldx + k), wv, acc[m][0]);
+  }
+  if (k < p.K) {
+    __m256 wv = load8_tail<WK>(wr, k, p.K - k);
+    for (int m = 0; m < MX; ++m)
+      acc[m][0] = _mm256_fmadd_ps(loadx_tail(p.x + m * p.ldx + k, p.K - k), wv, acc[m][0]);
+  }
+  for (int m = 0; m < MX; ++m) {
+    for (int step = 1; step < U; step *= 2)
+      for (int u = 0; u + step < U; u += 2 * step) acc[m][u] = _mm256_add_ps(acc[m][u], acc[m][u + step]);
+    float v = hsum(acc[m][0]) + (p.bias ? p.bias[n] : 0.0f);
+    float* out = p.y + m * p.ldy + n;
+    *out = p.accumulate ? *out + v : v;
+  }
+}
+
+// When x does not stay in L1 beside the W stream, R rows share every x load and each row
+// is prefetched into L2 ahead (see the AVX-512 file for the measurements).
 template <WKind WK, int MX, int R>
-inline void matvec_rows(const MatmulProblem& p, int64_t n) {
+inline void matvec_rows_shared_x(const MatmulProblem& p, int64_t n) {
+  constexpr int64_t kLine = 64 / elem_size(WK);  // elements per 64-byte line of W
+  constexpr int64_t kAhead = 2048;               // prefetch distance in bytes
   const char* w0 = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
-  const void* wr[R];
-  for (int r = 0; r < R; ++r) wr[r] = w0 + r * p.K * elem_size(WK);
   __m256 acc[MX][R];
   for (int m = 0; m < MX; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
   int64_t k = 0;
-  for (; k + 8 <= p.K; k += 8) {
-    __m256 xv[MX];
-    for (int m = 0; m < MX; ++m) xv[m] = _mm256_loadu_ps(p.x + m * p.ldx + k);
-    for (int r = 0; r < R; ++r) {
-      __m256 wv = load8<WK>(wr[r], k);
-      for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
+  for (; k + kLine <= p.K; k += kLine) {
+    for (int r = 0; r < R; ++r)
+      _mm_prefetch(w0 + (r * p.K + k) * elem_size(WK) + kAhead, _MM_HINT_T2);
+    for (int64_t kk = k; kk < k + kLine; kk += 8) {
+      __m256 xv[MX];
+      for (int m = 0; m < MX; ++m) xv[m] = _mm256_loadu_ps(p.x + m * p.ldx + kk);
+      for (int r = 0; r < R; ++r) {
+        __m256 wv = load8<WK>(w0 + r * p.K * elem_size(WK), kk);
+        for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
+      }
     }
   }
-  if (k < p.K) {
+  for (; k < p.K; k += 8) {
+    const int64_t left = p.K - k < 8 ? p.K - k : 8;
     __m256 xv[MX];
-    for (int m = 0; m < MX; ++m) xv[m] = loadx_tail(p.x + m * p.ldx + k, p.K - k);
+    for (int m = 0; m < MX; ++m) xv[m] = loadx_tail(p.x + m * p.ldx + k, left);
     for (int r = 0; r < R; ++r) {
-      __m256 wv = load8_tail<WK>(wr[r], k, p.K - k);
+      __m256 wv = load8_tail<WK>(w0 + r * p.K * elem_size(WK), k, left);
       for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
     }
   }
@@ -101,11 +144,14 @@ inline void matvec_rows(const MatmulProblem& p, int64_t n) {
 
 template <WKind WK, int MX>
 void matvec_range(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  // MX · R accumulators + MX x vectors + 1 W vector stay within the 16 registers.
-  constexpr int R = MX <= 2 ? 4 : 2;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) matvec_rows<WK, MX, R>(p, n);
-  for (; n < n1; ++n) matvec_rows<WK, MX, 1>(p, n);
+  if (MX * p.K * 4 > 16384) {
+    constexpr int R = MX == 1 ? 8 : MX == 2 ? 4 : 2;  // MX · R + MX + 1 ≤ 16 registers
+    for (; n + R <= n1; n += R) matvec_rows_shared_x<WK, MX, R>(p, n);
+  }
+  // MX · U accumulators + one W vector stay within the 16 registers.
+  constexpr int U = MX == 1 ? 8 : MX == 2 ? 4 : 2;
+  for (; n < n1; ++n) matvec_row<WK, MX, U>(p, n);
 }
 
 template <WKind WK>
