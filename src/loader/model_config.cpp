@@ -139,7 +139,17 @@ RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
 
 }  // namespace
 
+static ModelConfig parse_model_config_checked(const json& j, const std::string& what);
+
 ModelConfig parse_model_config(const json& j, const std::string& what) {
+  try {
+    return parse_model_config_checked(j, what);
+  } catch (const json::exception& e) {  // a value of the wrong JSON type deep inside
+    throw Error(what + ": " + e.what());
+  }
+}
+
+static ModelConfig parse_model_config_checked(const json& j, const std::string& what) {
   if (!j.is_object()) throw Error(what + ": expected a JSON object");
   Reader r{j, what};
   ModelConfig c;
@@ -219,7 +229,10 @@ ModelConfig parse_model_config(const json& j, const std::string& what) {
   int64_t rot = int64_t(double(c.head_dim) * c.rope.partial_rotary_factor);
   if (rot <= 0 || rot % 2 || rot > c.head_dim) r.fail("partial_rotary_factor", "gives an invalid rotary dimension");
 
-  if (r.has("bos_token_id")) c.bos_token_id = parse_id_or_list(j["bos_token_id"], what, "bos_token_id").at(0);
+  if (r.has("bos_token_id")) {
+    auto v = parse_id_or_list(j["bos_token_id"], what, "bos_token_id");
+    if (!v.empty()) c.bos_token_id = v[0];
+  }
   if (r.has("eos_token_id")) c.eos_token_ids = parse_id_or_list(j["eos_token_id"], what, "eos_token_id");
   return c;
 }
@@ -241,14 +254,29 @@ ModelConfig load_model_config(const std::string& model_dir) {
   return parse_model_config(read_json_file(p), p.string());
 }
 
+static GenerationDefaults parse_generation_config_checked(const json& j, const ModelConfig& cfg,
+                                                         const std::string& what);
+
 GenerationDefaults parse_generation_config(const json& j, const ModelConfig& cfg, const std::string& what) {
+  try {
+    return parse_generation_config_checked(j, cfg, what);
+  } catch (const json::exception& e) {
+    throw Error(what + ": " + e.what());
+  }
+}
+
+static GenerationDefaults parse_generation_config_checked(const json& j, const ModelConfig& cfg,
+                                                         const std::string& what) {
   GenerationDefaults g;
   g.eos_token_ids = cfg.eos_token_ids;
   g.bos_token_id = cfg.bos_token_id;
   if (!j.is_object()) throw Error(what + ": expected a JSON object");
   Reader r{j, what};
   if (r.has("eos_token_id")) g.eos_token_ids = parse_id_or_list(j["eos_token_id"], what, "eos_token_id");
-  if (r.has("bos_token_id")) g.bos_token_id = parse_id_or_list(j["bos_token_id"], what, "bos_token_id").at(0);
+  if (r.has("bos_token_id")) {
+    auto v = parse_id_or_list(j["bos_token_id"], what, "bos_token_id");
+    if (!v.empty()) g.bos_token_id = v[0];
+  }
   g.do_sample = r.boolean_or("do_sample", false);
   g.temperature = float(r.f64_or("temperature", 1.0));
   g.top_k = int(r.i64_or("top_k", 0));

@@ -1,0 +1,196 @@
+// safetensors loading and the checks that keep bad checkpoints from crashing anything.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "loader/safetensors.h"
+#include "model/model_loader.h"
+#include "test_util.h"
+
+using namespace gale;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string blob(const json& header, size_t data_bytes, uint64_t claimed_len = 0) {
+  std::string h = header.dump();
+  uint64_t len = claimed_len ? claimed_len : h.size();
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[size_t(i)] = char(len >> (8 * i));
+  out += h;
+  out.append(data_bytes, '\x01');
+  return out;
+}
+
+std::string error_of(const std::string& b) {
+  try {
+    parse_safetensors(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "x.safetensors");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(SafeTensors, ParsesValidHeader) {
+  json h = {{"__metadata__", {{"format", "pt"}}},
+            {"a", {{"dtype", "BF16"}, {"shape", {2, 3}}, {"data_offsets", {0, 12}}}},
+            {"b", {{"dtype", "F8_E4M3"}, {"shape", {4}}, {"data_offsets", {12, 16}}}}};
+  std::string b = blob(h, 16);
+  auto t = parse_safetensors(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "x");
+  ASSERT_EQ(t.size(), 2u);
+  EXPECT_EQ(t[0].name, "a");
+  EXPECT_EQ(t[0].dtype, DType::BF16);
+  EXPECT_EQ(t[0].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(t[1].dtype, DType::F8_E4M3);
+  EXPECT_EQ(t[1].nbytes, 4u);
+}
+
+TEST(SafeTensors, RejectsCorruptInput) {
+  json ok = {{"a", {{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {0, 8}}}}};
+  EXPECT_NE(error_of("abc"), "");
+  EXPECT_NE(error_of(blob(ok, 8, 1000000)).find("exceeds file size"), std::string::npos);
+  EXPECT_NE(error_of(blob(ok, 4)).find("past the end"), std::string::npos);
+  json shape_mismatch = {{"a", {{"dtype", "F32"}, {"shape", {3}}, {"data_offsets", {0, 8}}}}};
+  EXPECT_NE(error_of(blob(shape_mismatch, 8)).find("does not match"), std::string::npos);
+  json bad_dtype = {{"a", {{"dtype", "Q4_K"}, {"shape", {2}}, {"data_offsets", {0, 8}}}}};
+  EXPECT_NE(error_of(blob(bad_dtype, 8)).find("unsupported dtype"), std::string::npos);
+  json neg = {{"a", {{"dtype", "F32"}, {"shape", {-2}}, {"data_offsets", {0, 8}}}}};
+  EXPECT_NE(error_of(blob(neg, 8)), "");
+  json reversed = {{"a", {{"dtype", "F32"}, {"shape", {0}}, {"data_offsets", {8, 0}}}}};
+  EXPECT_NE(error_of(blob(reversed, 8)), "");
+  json huge = {{"a", {{"dtype", "F32"}, {"shape", {1ll << 40, 1ll << 40}}, {"data_offsets", {0, 8}}}}};
+  EXPECT_NE(error_of(blob(huge, 8)), "");
+  std::string not_json = blob(ok, 8);
+  not_json[9] = '#';
+  EXPECT_NE(error_of(not_json).find("invalid JSON"), std::string::npos);
+}
+
+TEST(F8, DecodesBothFormats) {
+  EXPECT_EQ(f8e4m3_to_f32(0x38), 1.0f);   // 0 0111 000
+  EXPECT_EQ(f8e4m3_to_f32(0xB8), -1.0f);
+  EXPECT_EQ(f8e4m3_to_f32(0x7E), 448.0f);  // max normal
+  EXPECT_EQ(f8e4m3_to_f32(0x01), 0.001953125f);  // smallest subnormal 2^-9
+  EXPECT_TRUE(std::isnan(f8e4m3_to_f32(0x7F)));
+  EXPECT_EQ(f8e5m2_to_f32(0x3C), 1.0f);
+  EXPECT_EQ(f8e5m2_to_f32(0x7B), 57344.0f);
+  EXPECT_TRUE(std::isinf(f8e5m2_to_f32(0x7C)));
+}
+
+TEST(F16, RoundTripsAndRounds) {
+  for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f})
+    EXPECT_EQ(f16_to_f32(f32_to_f16(f)), f) << f;
+  EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
+  EXPECT_EQ(f16_to_f32(f32_to_f16(1.0f + 1.0f / 4096)), 1.0f);  // ties to even
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.00390625f)), 1.0f);       // ties to even
+}
+
+// A temporary copy of a fixture model to corrupt.
+class BrokenModel : public ::testing::Test {
+ protected:
+  fs::path dir;
+  void SetUp() override {
+    dir = fs::temp_directory_path() / ("gale-broken-" + std::to_string(::getpid()) + "-" +
+                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::copy(test::fixtures_dir() + "/models/llama-f32", dir);
+  }
+  void TearDown() override { fs::remove_all(dir); }
+  std::string load_error() {
+    try {
+      load_model(dir.string());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  }
+  void edit_config(const std::function<void(json&)>& f) {
+    json j = test::read_json((dir / "config.json").string());
+    f(j);
+    std::ofstream(dir / "config.json") << j.dump();
+  }
+};
+
+TEST_F(BrokenModel, MissingFiles) {
+  fs::remove(dir / "model.safetensors");
+  EXPECT_NE(load_error().find("no model.safetensors"), std::string::npos);
+  fs::remove(dir / "config.json");
+  EXPECT_NE(load_error().find("no config.json"), std::string::npos);
+  EXPECT_NE([&] { try { load_model("/nonexistent/model"); } catch (const Error& e) { return std::string(e.what()); } return std::string(); }()
+                .find("not found"), std::string::npos);
+}
+
+TEST_F(BrokenModel, TruncatedCheckpoint) {
+  fs::resize_file(dir / "model.safetensors", fs::file_size(dir / "model.safetensors") / 2);
+  EXPECT_NE(load_error().find("past the end"), std::string::npos) << load_error();
+  fs::resize_file(dir / "model.safetensors", 5);
+  EXPECT_NE(load_error().find("not a safetensors file"), std::string::npos) << load_error();
+}
+
+TEST_F(BrokenModel, ShapeDisagreesWithConfig) {
+  edit_config([](json& j) { j["intermediate_size"] = 256; });
+  std::string e = load_error();
+  EXPECT_NE(e.find("mlp"), std::string::npos) << e;
+  EXPECT_NE(e.find("config.json implies"), std::string::npos) << e;
+}
+
+TEST_F(BrokenModel, MissingTensorIsNamed) {
+  edit_config([](json& j) { j["num_hidden_layers"] = 3; });
+  EXPECT_NE(load_error().find("model.layers.2."), std::string::npos) << load_error();
+}
+
+TEST_F(BrokenModel, UnknownArchitecture) {
+  edit_config([](json& j) { j["architectures"] = {"FalconForCausalLM"}; });
+  EXPECT_NE(load_error().find("FalconForCausalLM"), std::string::npos);
+}
+
+TEST_F(BrokenModel, ShardedIndexIsFollowedAndChecked) {
+  // Split the single file into an index that points every tensor at it.
+  auto st = SafeTensors::open_dir(dir.string());
+  json idx = {{"metadata", json::object()}, {"weight_map", json::object()}};
+  for (auto& [name, t] : st.tensors()) idx["weight_map"][name] = "model.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << idx.dump();
+  EXPECT_EQ(load_error(), "");
+  idx["weight_map"]["model.norm.weight"] = "../escape.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << idx.dump();
+  EXPECT_NE(load_error().find("plain file name"), std::string::npos);
+  idx["weight_map"]["model.norm.weight"] = "model-00002-of-00002.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << idx.dump();
+  EXPECT_NE(load_error().find("model-00002-of-00002.safetensors"), std::string::npos);
+}
+
+TEST(Model, OutOfRangeTokenIdIsAnError) {
+  LoadedModel lm = load_model(test::fixtures_dir() + "/models/llama-f32");
+  KVCache kv(lm.model->config(), 1, 16, DType::F32);
+  std::vector<int32_t> table = {0};
+  std::vector<float> logits;
+  for (int32_t bad : {-1, 384, 1 << 30}) {
+    std::vector<int32_t> ids = {1, bad};
+    SeqStep s{ids, 0, table, SeqStep::Logits::Last};
+    EXPECT_THROW(lm.model->forward({&s, 1}, kv, logits), Error);
+  }
+}
+
+TEST(Synthetic, TinyShapeRunsAndUnknownNameIsListed) {
+  LoadedModel lm = load_model("synthetic:tiny");
+  EXPECT_TRUE(lm.synthetic);
+  KVCache kv(lm.model->config(), 1, 16, DType::F32);
+  std::vector<int32_t> table = {0}, ids = {1, 2, 3};
+  std::vector<float> logits;
+  SeqStep s{ids, 0, table, SeqStep::Logits::Last};
+  lm.model->forward({&s, 1}, kv, logits);
+  ASSERT_EQ(logits.size(), size_t(lm.model->config().vocab_size));
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+  try {
+    load_model("synthetic:gpt5");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("llama3-8b"), std::string::npos);
+  }
+}
+
+}  // namespace

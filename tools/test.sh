@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. release build + ctest (every unit, fixture and CLI test),
+#   2. the CPU tests again under AddressSanitizer + UBSan,
+#   3. each libFuzzer target briefly.
+# GALE_FUZZ_SECONDS (default 20) sets the fuzzing time per target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+jobs=$(nproc)
+
+echo "== release build and tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+ninja -C build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+echo "== AddressSanitizer + UBSan build and tests"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGALE_SANITIZE=ON >/dev/null
+ninja -C build-asan -j"$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+   ctest --output-on-failure -j"$jobs" --timeout 1800 -LE slow)
+
+echo "== fuzzing"
+tools/fuzz.sh "${GALE_FUZZ_SECONDS:-20}"
