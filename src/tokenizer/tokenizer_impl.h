@@ -1,0 +1,190 @@
+// Internal pipeline of the tokenizer.json tokenizer, stage by stage as HF `tokenizers` runs it:
+//   added tokens (raw) -> normalizer -> added tokens (normalized) -> pre-tokenizer -> model
+//   -> post-processor;  decode: ids -> token strings -> decoder chain -> text.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "tokenizer/regex.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gale::tok {
+
+using json = nlohmann::json;
+
+// Transparent hashing so maps keyed by std::string accept std::string_view look-ups.
+struct StrHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+template <class V>
+using StrMap = std::unordered_map<std::string, V, StrHash, std::equal_to<>>;
+
+// A piece of the input on its way through pre-tokenization. Pieces holding an added token
+// (id >= 0) are final and skipped by later stages.
+struct Piece {
+  std::string text;
+  int32_t id = -1;
+  bool at_origin = false;  // starts at offset 0 of the original input (Metaspace prepend "first")
+};
+
+// ---- patterns shared by Split pre-tokenizers, Replace normalizers and decoders ----
+// HF's Pattern: a literal string or a regex; find_matches covers the whole input with
+// (start, end, is_match) spans.
+struct Span {
+  size_t start, end;
+  bool match;
+};
+class Pattern {
+ public:
+  static Pattern from_json(const json& j);  // {"String": s} or {"Regex": r}
+  void find_matches(std::string_view s, std::vector<Span>& out) const;
+  std::string replace_all(std::string_view s, std::string_view content) const;
+
+ private:
+  std::string literal_;
+  std::shared_ptr<Regex> regex_;
+};
+
+enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
+SplitBehavior split_behavior_from_json(const json& j);
+// Splits `p` at `spans` according to `behavior`, appending the non-empty parts to out.
+void split_piece(const Piece& p, const std::vector<Span>& spans, SplitBehavior behavior, std::vector<Piece>& out);
+
+// ---- stages ----
+class Normalizer {
+ public:
+  virtual ~Normalizer() = default;
+  virtual void normalize(std::string& s) const = 0;
+};
+std::unique_ptr<Normalizer> make_normalizer(const json& j);  // null json -> nullptr
+
+class PreTokenizer {
+ public:
+  virtual ~PreTokenizer() = default;
+  // Rewrites `pieces` in place; pieces with id >= 0 must be passed through untouched.
+  virtual void pre_tokenize(std::vector<Piece>& pieces) const = 0;
+};
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j);
+
+class PostProcessor {
+ public:
+  virtual ~PostProcessor() = default;
+  virtual void process(std::vector<int32_t>& ids) const = 0;
+};
+std::unique_ptr<PostProcessor> make_post_processor(const json& j);
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+  // True when the text of a token can still change with the tokens that follow it, beyond
+  // trailing incomplete UTF-8 (ByteFallback groups consecutive <0xNN> tokens).
+  virtual bool groups_byte_tokens() const { return false; }
+};
+std::unique_ptr<Decoder> make_decoder(const json& j);
+
+// The BPE model: vocab, merges and the merge loop, with a per-word cache.
+class BpeModel {
+ public:
+  explicit BpeModel(const json& j);
+  void tokenize(std::string_view word, std::vector<int32_t>& out) const;
+  const StrMap<int32_t>& vocab() const { return vocab_; }
+  int32_t max_id() const { return max_id_; }
+  const std::string* id_to_token(int32_t id) const;
+  bool byte_fallback() const { return byte_fallback_; }
+
+ private:
+  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+  int32_t byte_token(unsigned char b) const { return byte_ids_[b]; }
+
+  StrMap<int32_t> vocab_;
+  std::vector<const std::string*> vocab_r_;
+  int32_t max_id_ = -1;
+  struct MergeInfo {
+    int32_t rank, new_id;
+  };
+  std::unordered_map<uint64_t, MergeInfo> merges_;
+  std::string unk_token_;
+  int32_t unk_id_ = -1;
+  std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix
+  bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
+  int32_t byte_ids_[256];
+  // Word -> ids cache (HF keeps one too); cleared when it grows past its cap.
+  mutable std::mutex cache_mu_;
+  mutable StrMap<std::vector<int32_t>> cache_;
+};
+
+struct AddedToken {
+  std::string content;
+  int32_t id = -1;
+  bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = true;
+};
+
+// Added/special tokens, matched leftmost-longest before pre-tokenization.
+class AddedVocabulary {
+ public:
+  void init(std::vector<AddedToken> tokens, const Normalizer* normalizer);
+  // Stage 1 (raw text) and stage 2 (normalized text) splitting of HF's extract_and_normalize.
+  void extract_and_normalize(std::string_view text, const Normalizer* normalizer, std::vector<Piece>& out) const;
+  const AddedToken* by_id(int32_t id) const;
+  const AddedToken* by_content(std::string_view s) const;
+  // The string decode() uses for an added token: HF stores normalized tokens normalized.
+  const std::string& decode_form(const AddedToken& t) const {
+    size_t k = size_t(&t - tokens_.data());
+    return t.normalized ? norm_patterns_[k] : t.content;
+  }
+  bool is_special_content(std::string_view s) const { return special_contents_.count(s) != 0; }
+  const std::vector<AddedToken>& tokens() const { return tokens_; }
+
+ private:
+  struct Matcher {
+    std::vector<int> by_first_byte[256];  // token indices, longest content first
+    bool empty = true;
+  };
+  void build(Matcher& m, const std::vector<std::string>& patterns);
+  void split(const Piece& p, const Matcher& m, const std::vector<std::string>& patterns, std::vector<Piece>& out) const;
+
+  std::vector<AddedToken> tokens_;
+  std::vector<std::string> raw_patterns_, norm_patterns_;  // per token; empty when in the other set
+  Matcher raw_, norm_;
+  std::unordered_map<int32_t, size_t> by_id_;
+  StrMap<size_t> by_content_;
+  std::unordered_set<std::string, StrHash, std::equal_to<>> special_contents_;
+};
+
+class HfTokenizer final : public Tokenizer {
+ public:
+  HfTokenizer(const json& tokenizer_json, const json* config);
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
+  std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const override;
+  size_t vocab_size() const override { return vocab_size_; }
+  std::optional<int32_t> token_to_id(std::string_view token) const override;
+  bool is_special(int32_t id) const override;
+  bool stream_holds(int32_t id) const override;
+
+ private:
+  std::unique_ptr<Normalizer> normalizer_;
+  std::unique_ptr<PreTokenizer> pre_tokenizer_;
+  std::unique_ptr<BpeModel> model_;
+  std::unique_ptr<PostProcessor> post_processor_;
+  std::unique_ptr<Decoder> decoder_;
+  AddedVocabulary added_;
+  size_t vocab_size_ = 0;
+};
+
+// Reads a string/number/bool field with a clear error on a wrong type.
+const json& field(const json& j, const char* key);
+std::string get_string(const json& j, const char* key, const char* def = nullptr);  // def null: required
+bool get_bool(const json& j, const char* key, bool def);
+
+}  // namespace gale::tok

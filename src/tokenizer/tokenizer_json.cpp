@@ -1,0 +1,195 @@
+// Loading tokenizer.json and running the encode / decode pipeline.
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/unicode_util.h"
+
+namespace gale::tok {
+
+const json& field(const json& j, const char* key) {
+  if (!j.is_object() || !j.contains(key)) throw Error(std::string("missing field '") + key + "'");
+  return j[key];
+}
+
+std::string get_string(const json& j, const char* key, const char* def) {
+  if (!j.is_object() || !j.contains(key) || j[key].is_null()) {
+    if (def) return def;
+    throw Error(std::string("missing field '") + key + "'");
+  }
+  if (!j[key].is_string()) throw Error(std::string("field '") + key + "' must be a string");
+  return j[key].get<std::string>();
+}
+
+bool get_bool(const json& j, const char* key, bool def) {
+  if (!j.is_object() || !j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_boolean()) throw Error(std::string("field '") + key + "' must be true or false");
+  return j[key].get<bool>();
+}
+
+HfTokenizer::HfTokenizer(const json& tj, const json* config) {
+  (void)config;
+  if (!tj.is_object()) throw Error("top level must be an object");
+  const json& model = field(tj, "model");
+  if (!model.is_object()) throw Error("'model' must be an object");
+  std::string type = model.contains("type") ? get_string(model, "type") : (model.contains("merges") ? "BPE" : "");
+  if (type != "BPE") throw Error("unsupported tokenizer model: " + (type.empty() ? std::string("(no type)") : type));
+  model_ = std::make_unique<BpeModel>(model);
+
+  normalizer_ = make_normalizer(tj.value("normalizer", json()));
+  pre_tokenizer_ = make_pre_tokenizer(tj.value("pre_tokenizer", json()));
+  post_processor_ = make_post_processor(tj.value("post_processor", json()));
+  decoder_ = make_decoder(tj.value("decoder", json()));
+
+  int32_t max_id = model_->max_id();
+  std::vector<AddedToken> added;
+  if (tj.contains("added_tokens") && !tj["added_tokens"].is_null()) {
+    const json& list = tj["added_tokens"];
+    if (!list.is_array()) throw Error("'added_tokens' must be a list");
+    size_t limit = 2 * (model_->vocab().size() + list.size()) + 1024;
+    for (const json& a : list) {
+      AddedToken t;
+      const json& id = field(a, "id");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || size_t(id.get<int64_t>()) >= limit)
+        throw Error("added token id out of range: " + id.dump());
+      t.id = id.get<int32_t>();
+      t.content = get_string(a, "content");
+      if (t.content.empty() || utf8_valid_prefix(t.content) != t.content.size())
+        throw Error("added token " + std::to_string(t.id) + " has empty content");
+      t.special = get_bool(a, "special", false);
+      t.lstrip = get_bool(a, "lstrip", false);
+      t.rstrip = get_bool(a, "rstrip", false);
+      t.single_word = get_bool(a, "single_word", false);
+      t.normalized = get_bool(a, "normalized", !t.special);
+      max_id = std::max(max_id, t.id);
+      added.push_back(std::move(t));
+    }
+  }
+  added_.init(std::move(added), normalizer_.get());
+  vocab_size_ = size_t(max_id + 1);
+}
+
+std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  std::string clean;
+  if (utf8_valid_prefix(text) != text.size()) {  // HF takes only valid strings; replace bad bytes
+    clean = utf8_lossy(text);
+    text = clean;
+  }
+  std::vector<Piece> pieces;
+  added_.extract_and_normalize(text, normalizer_.get(), pieces);
+  if (pre_tokenizer_) pre_tokenizer_->pre_tokenize(pieces);
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  for (const Piece& p : pieces) {
+    if (p.id >= 0) ids.push_back(p.id);
+    else model_->tokenize(p.text, ids);
+  }
+  if (add_special_tokens && post_processor_) post_processor_->process(ids);
+  return ids;
+}
+
+std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (id < 0 || size_t(id) >= vocab_size_)
+      throw Error("token id " + std::to_string(id) + " out of range [0, " + std::to_string(vocab_size_) + ")");
+    const std::string* s = nullptr;
+    if (const AddedToken* a = added_.by_id(id)) {
+      if (skip_special_tokens && a->special) continue;
+      s = &added_.decode_form(*a);
+    } else {
+      s = model_->id_to_token(id);
+      if (!s) continue;  // a hole in the vocab: HF skips it too
+      if (skip_special_tokens && added_.is_special_content(*s)) continue;
+    }
+    tokens.push_back(*s);
+  }
+  std::string out;
+  if (decoder_) {
+    decoder_->decode_chain(tokens);
+    for (const auto& t : tokens) out += t;
+  } else {
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      if (k) out += ' ';
+      out += tokens[k];
+    }
+  }
+  return out;
+}
+
+std::optional<int32_t> HfTokenizer::token_to_id(std::string_view token) const {
+  if (const AddedToken* a = added_.by_content(token)) return a->id;
+  auto it = model_->vocab().find(token);
+  if (it != model_->vocab().end()) return it->second;
+  return std::nullopt;
+}
+
+bool HfTokenizer::is_special(int32_t id) const {
+  if (const AddedToken* a = added_.by_id(id)) return a->special;
+  const std::string* s = model_->id_to_token(id);
+  return s && added_.is_special_content(*s);
+}
+
+bool HfTokenizer::stream_holds(int32_t id) const {
+  if (!decoder_ || !decoder_->groups_byte_tokens() || added_.by_id(id)) return false;
+  const std::string* s = model_->id_to_token(id);
+  return s && s->size() == 6 && s->compare(0, 3, "<0x") == 0 && (*s)[5] == '>';
+}
+
+}  // namespace gale::tok
+
+namespace gale {
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg_text, const std::string& tok_name,
+                                 const std::string& cfg_name) {
+  using tok::json;
+  json cfg;
+  bool has_cfg = !cfg_text.empty();
+  if (has_cfg) {
+    try {
+      cfg = json::parse(cfg_text);
+    } catch (const json::exception& e) {
+      throw Error(cfg_name + ": invalid JSON: " + e.what());
+    }
+  }
+  try {
+    json tj = json::parse(tok_text);
+    return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr);
+  } catch (const json::exception& e) {
+    throw Error(tok_name + ": " + e.what());
+  } catch (const Error& e) {
+    throw Error(tok_name + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
+  std::string tok_path = model_dir + "/tokenizer.json";
+  std::string cfg_path = model_dir + "/tokenizer_config.json";
+  std::ifstream probe(tok_path);
+  if (!probe) throw Error("no tokenizer.json in " + model_dir);
+  std::string tok_text = read_file(tok_path);
+  std::string cfg_text;
+  if (std::ifstream(cfg_path)) cfg_text = read_file(cfg_path);
+  return build(tok_text, cfg_text, tok_path, cfg_path);
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json, std::string_view config_json) {
+  return build(tokenizer_json, config_json, "tokenizer.json", "tokenizer_config.json");
+}
+
+}  // namespace gale
