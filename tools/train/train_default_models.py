@@ -5,9 +5,12 @@
 Runs on the GPU device machine (PyTorch, transformers 5.x, tokenizers; no network):
     python3 tools/train/train_default_models.py OUT_DIR
 
-Corpus: the Python standard library's own sources (PSF licence), i.e. code and its docstrings,
-from the interpreter that runs this script. Files are split into train / validation by a hash of
-their path (about 8 % of files, >= 1 MB, go to validation and are never trained on).
+Corpus: Python source code (with its docstrings and comments) under permissive licences, found on
+the machine: the standard library of the interpreter that runs this script (PSF licence) plus the
+installed packages of PERMISSIVE_PACKAGES (BSD / MIT / Apache-2.0; each one's licence is read from
+its metadata into train_log.json). Validation: standard-library files in hash order until 1.1 MB,
+never trained on. A small "dev" slice of the training files (also never trained on) picks the
+checkpoint with the best held-out loss.
 
 Everything is seeded; the data order is a fixed function of the seed. (GPU kernels may still
 differ in the last bits between runs.)
@@ -43,8 +46,63 @@ TARGET = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_
               num_key_value_heads=2, head_dim=64)
 DRAFT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, head_dim=32)
-TRAIN = {"default": dict(steps=int(os.environ.get("GALE_TARGET_STEPS", 2400)), lr=1.5e-3, batch=96),
+TRAIN = {"default": dict(steps=int(os.environ.get("GALE_TARGET_STEPS", 2000)), lr=1.5e-3, batch=96),
          "draft": dict(steps=int(os.environ.get("GALE_DRAFT_STEPS", 1600)), lr=3e-3, batch=96)}
+
+
+# Pure-Python parts of widely used packages whose licences are permissive.
+PERMISSIVE_PACKAGES = ["numpy", "torch", "transformers", "tokenizers", "sympy", "networkx", "scipy", "pandas",
+                       "jinja2", "click", "requests", "urllib3", "packaging", "setuptools", "pip", "safetensors",
+                       "huggingface_hub", "accelerate", "filelock", "fsspec", "sklearn", "matplotlib", "jax",
+                       "triton", "onnx", "onnxscript", "torchvision", "torchaudio", "pytorch_lightning",
+                       "lightning_fabric", "torchmetrics", "botorch", "gpytorch", "numpyro", "cupy", "tqdm",
+                       "yaml", "regex", "psutil", "attr", "markupsafe", "idna", "certifi", "typing_extensions"]
+PER_PACKAGE_BYTES = 6_000_000
+TOTAL_EXTRA_BYTES = 60_000_000
+
+
+def package_sources():
+    """(name, licence, [(relpath, text)]) for each installed package of PERMISSIVE_PACKAGES."""
+    import importlib.metadata as md
+    import importlib.util
+    out, total = [], 0
+    for pkg in PERMISSIVE_PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = list(spec.submodule_search_locations)[0]
+        licence = "?"
+        try:
+            dist = md.packages_distributions().get(pkg, [pkg])[0]
+            meta = md.metadata(dist)
+            licence = meta.get("License-Expression") or meta.get("License") or ""
+            if not licence or len(licence) > 80:
+                cls = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+                licence = ", ".join(cls) or licence[:80]
+        except Exception:
+            pass
+        files, size = [], 0
+        for d, dirs, names in sorted(os.walk(root)):
+            dirs.sort()
+            if "__pycache__" in d:
+                continue
+            for n in sorted(names):
+                if not n.endswith(".py"):
+                    continue
+                try:
+                    with open(os.path.join(d, n), encoding="utf-8") as fh:
+                        text = fh.read()
+                except (UnicodeDecodeError, OSError):
+                    continue
+                if len(text) > 400_000 or size + len(text) > PER_PACKAGE_BYTES:
+                    continue
+                files.append((pkg + "/" + os.path.relpath(os.path.join(d, n), root), text))
+                size += len(text)
+        if total + size > TOTAL_EXTRA_BYTES:
+            break
+        total += size
+        out.append((pkg, licence, files))
+    return out
 
 
 def corpus():
@@ -81,7 +139,13 @@ def corpus():
         val_bytes += len(text.encode())
     train = sorted((rel, text) for _, rel, text in docs if rel not in val_names)
     val.sort()
-    return root, train, val
+    packages = package_sources()
+    for _, _, files in packages:
+        train.extend(files)
+    # dev: every 50th training file, held out for checkpoint selection.
+    dev = train[::50]
+    train = [f for i, f in enumerate(train) if i % 50]
+    return root, train, val, dev, [(p, lic, len(f), sum(len(t) for _, t in f)) for p, lic, f in packages]
 
 
 def train_tokenizer(texts):
@@ -102,7 +166,7 @@ def lr_at(step, total, peak):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def train_model(name, shape, ids, cfg_common, log, val_ids):
+def train_model(name, shape, ids, cfg_common, log, dev_ids):
     torch.manual_seed(SEED)
     cfg = LlamaConfig(**shape, **cfg_common)
     model = LlamaForCausalLM(cfg).cuda()
@@ -114,6 +178,7 @@ def train_model(name, shape, ids, cfg_common, log, val_ids):
     model.train()
     t0 = time.time()
     losses = []
+    best = (float("inf"), -1, None)
     for step in range(hp["steps"]):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, hp["steps"], hp["lr"])
@@ -129,15 +194,20 @@ def train_model(name, shape, ids, cfg_common, log, val_ids):
         opt.step()
         if step % 200 == 0 or step == hp["steps"] - 1:
             model.eval()
-            vppl, _ = perplexity(model, val_ids[:20000], CTX, CTX)  # held-out check, never trained on
+            dppl, _ = perplexity(model, dev_ids, CTX, CTX)  # held-out dev slice, never trained on
             model.train()
-            losses.append((step, round(loss.item(), 4), round(math.log(vppl), 4)))
-            print(f"{name} step {step} loss {loss.item():.3f} val {math.log(vppl):.3f} {time.time() - t0:.0f}s", flush=True)
+            dloss = math.log(dppl)
+            if dloss < best[0]:
+                best = (dloss, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            losses.append((step, round(loss.item(), 4), round(dloss, 4)))
+            print(f"{name} step {step} loss {loss.item():.3f} dev {dloss:.3f} {time.time() - t0:.0f}s", flush=True)
     torch.cuda.synchronize()
     wall = time.time() - t0
+    model.load_state_dict(best[2])
     log[name] = dict(parameters=n_params, steps=hp["steps"], batch=hp["batch"], ctx=CTX,
                      training_tokens=hp["steps"] * hp["batch"] * CTX, wall_seconds=round(wall, 1),
-                     peak_lr=hp["lr"], losses_step_train_val=losses, shape=shape)
+                     peak_lr=hp["lr"], losses_step_train_dev=losses, shape=shape, best_step=best[1],
+                     best_dev_loss=round(best[0], 4))
     return model.eval()
 
 
@@ -164,13 +234,15 @@ def perplexity(model, ids, ctx, stride):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    root, train, val = corpus()
+    root, train, val, dev, packages = corpus()
     train_text = [t for _, t in train]
     val_text = "\n\n".join(t for _, t in val)
     log = {"stdlib": root, "python": sys.version.split()[0], "torch": torch.__version__,
            "transformers": transformers.__version__, "train_files": len(train), "validation_files": len(val),
            "train_bytes": sum(len(t.encode()) for t in train_text), "validation_bytes": len(val_text.encode()),
-           "validation_list": [r for r, _ in val], "gpu": torch.cuda.get_device_name()}
+           "validation_list": [r for r, _ in val], "gpu": torch.cuda.get_device_name(),
+           "packages": [dict(name=p, licence=l, files=n, bytes=b) for p, l, n, b in packages],
+           "dev_files": len(dev)}
     print(json.dumps({k: v for k, v in log.items() if k != "validation_list"}), flush=True)
     tok = train_tokenizer(train_text)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=None,
@@ -191,18 +263,20 @@ def main():
     with open(os.path.join(ddir, "validation-head.txt"), "w", encoding="utf-8") as f:
         f.write(head)
     val_ids = fast(val_text)["input_ids"]
+    dev_ids = fast("\n\n".join(t for _, t in dev))["input_ids"][:30000]
     head_ids = fast(head)["input_ids"]
     ref = {"validation_tokens": len(val_ids), "validation_head_tokens": len(head_ids), "models": {}}
     prompts = ["def fibonacci(n):", "import os\n\ndef ", "class Stack:\n    def __init__(self):",
                "# Return the sum of a list\ndef total(xs):"]
     for name, shape in (("default", TARGET), ("draft", DRAFT)):
-        model = train_model(name, shape, ids, cfg_common, log, val_ids)
+        model = train_model(name, shape, ids, cfg_common, log, dev_ids)
         out_dir = os.path.join(OUT, name)
         model.to(torch.bfloat16)
         model.generation_config.eos_token_id = eot
         model.generation_config.bos_token_id = eot
         model.generation_config.pad_token_id = eot
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # Shards under 16 MB (and the index.json they come with) keep every file small.
+        model.save_pretrained(out_dir, safe_serialization=True, max_shard_size="12MB")
         fast.save_pretrained(out_dir)
         # Reference figures from the saved files, in fp32 compute (what Gale's default f32 path does).
         m = LlamaForCausalLM.from_pretrained(out_dir, dtype=torch.float32).cuda().eval()
