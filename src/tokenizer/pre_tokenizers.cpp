@@ -277,8 +277,10 @@ class PunctuationPre final : public PreTokenizer {
 
 class WhitespacePre final : public PreTokenizer {
  public:
-  // HF: onig `\w+|[^\w\s]+`, keeping the matches; onig's \w is Letter|Mark|Number|Pc.
-  WhitespacePre() : re_(R"([\p{L}\p{M}\p{N}\p{Pc}]+|[^\p{L}\p{M}\p{N}\p{Pc}\s]+)") {}
+  // HF: onig `\w+|[^\w\s]+`, keeping the matches. Oniguruma's Unicode \w is UTS #18's word
+  // class (Alphabetic, Mark, Nd, Pc, Join_Control), wider than PCRE2's, so spell it out.
+  WhitespacePre()
+      : re_(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}]+|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}\s]+)") {}
   void pre_tokenize(std::vector<Piece>& pieces) const override {
     thread_local std::vector<std::pair<size_t, size_t>> m;
     for_each_split(pieces, [&](Piece& p, std::vector<Piece>& out) {

@@ -43,8 +43,14 @@ HfTokenizer::HfTokenizer(const json& tj, const json* config) {
   post_processor_ = make_post_processor(tj.value("post_processor", json()));
   decoder_ = make_decoder(tj.value("decoder", json()));
 
+  // HF re-adds the added tokens on load and ignores their "id" fields: a token whose content is
+  // already in the vocab (or added before) takes that id, any other the next free id after the
+  // model's vocab. Real files agree with this; hand-written ones may not.
   int32_t max_id = model_->max_id();
+  const int32_t model_size = int32_t(model_->vocab().size());
+  int32_t max_added = -1;
   std::vector<AddedToken> added;
+  StrMap<int32_t> added_ids;
   if (tj.contains("added_tokens") && !tj["added_tokens"].is_null()) {
     const json& list = tj["added_tokens"];
     if (!list.is_array()) throw Error("'added_tokens' must be a list");
@@ -54,10 +60,17 @@ HfTokenizer::HfTokenizer(const json& tj, const json* config) {
       const json& id = field(a, "id");
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || size_t(id.get<int64_t>()) >= limit)
         throw Error("added token id out of range: " + id.dump());
-      t.id = id.get<int32_t>();
       t.content = get_string(a, "content");
-      if (t.content.empty() || utf8_valid_prefix(t.content) != t.content.size())
-        throw Error("added token " + std::to_string(t.id) + " has empty content");
+      if (t.content.empty()) continue;  // HF skips empty added tokens
+      if (added_ids.count(t.content)) {
+        continue;  // same content again: HF keeps the first token's flags
+      } else if (auto jt = model_->vocab().find(t.content); jt != model_->vocab().end()) {
+        t.id = jt->second;
+      } else {
+        t.id = max_added < 0 ? model_size : (max_added >= model_size || model_size == 0 ? max_added + 1 : model_size);
+      }
+      added_ids.emplace(t.content, t.id);
+      max_added = std::max(max_added, t.id);
       t.special = get_bool(a, "special", false);
       t.lstrip = get_bool(a, "lstrip", false);
       t.rstrip = get_bool(a, "rstrip", false);
