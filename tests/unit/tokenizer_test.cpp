@@ -3,7 +3,10 @@
 // must give exactly HF's ids and text; streamed decoding must concatenate to the full decode.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -170,6 +173,46 @@ TEST(Tokenizer, LoaderErrorsAreClear) {
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split",
                "pattern": {"Regex": "(unclosed"}, "behavior": "Isolated", "invert": false}})", "invalid regex");
   EXPECT_THROW(gale::Tokenizer::load("/nonexistent/dir"), gale::Error);
+}
+
+}  // namespace
+
+namespace {
+
+std::string run_cli(const std::string& args, int* rc) {
+  std::string cmd = std::string(GALE_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  *rc = WEXITSTATUS(pclose(p));
+  return out;
+}
+
+TEST(TokenizerCli, TokenizeAndDetokenize) {
+  const std::string dir = tok_dir() + "/mistral_spm";
+  auto tok = gale::Tokenizer::load(dir);
+  int rc = 0;
+  std::string out = run_cli("tokenize -m " + dir + " --text 'Hello [INST] w\xC3\xB6rld' --json", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(json::parse(out)["ids"].get<std::vector<int32_t>>(), tok->encode("Hello [INST] w\xC3\xB6rld", true));
+  out = run_cli("tokenize -m " + dir + " --text 'Hello' --no-special --json", &rc);
+  EXPECT_EQ(json::parse(out)["ids"].get<std::vector<int32_t>>(), tok->encode("Hello", false));
+  auto ids = tok->encode("Hello [INST] there", true);
+  std::string list;
+  for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
+  out = run_cli("detokenize -m " + dir + " --ids " + list + " --json", &rc);
+  EXPECT_EQ(json::parse(out)["text"], tok->decode(ids, false));
+  out = run_cli("detokenize -m " + dir + " --ids " + list + " --skip-special --json", &rc);
+  EXPECT_EQ(json::parse(out)["text"], tok->decode(ids, true));
+  out = run_cli("detokenize -m " + dir + " --ids '' --json", &rc);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(json::parse(out)["text"], "");
+  out = run_cli("detokenize -m " + dir + " --ids 1,x --json", &rc);
+  EXPECT_EQ(rc, 1) << out;
+  out = run_cli("tokenize -m /nonexistent --text hi", &rc);
+  EXPECT_EQ(rc, 1) << out;
 }
 
 }  // namespace
