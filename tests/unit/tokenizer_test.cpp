@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -20,12 +21,18 @@ namespace {
 
 using nlohmann::json;
 
+// GALE_TOKENIZER_FIXTURES points the case tests at another folder of fixtures (e.g. real
+// tokenizers installed from npm, with cases.json written by tools/fixtures/hf_cases.js).
 std::string tok_dir() { return std::string(GALE_FIXTURES_DIR) + "/tokenizers"; }
+std::string cases_dir() {
+  const char* env = std::getenv("GALE_TOKENIZER_FIXTURES");
+  return env && *env ? std::string(env) : tok_dir();
+}
 
 std::vector<std::string> fixture_names() {
   std::vector<std::string> names;
-  if (!std::filesystem::exists(tok_dir())) return names;
-  for (auto& e : std::filesystem::directory_iterator(tok_dir()))
+  if (!std::filesystem::exists(cases_dir())) return names;
+  for (auto& e : std::filesystem::directory_iterator(cases_dir()))
     if (std::filesystem::exists(e.path() / "cases.json")) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
@@ -53,7 +60,7 @@ std::string stream_decode(const gale::Tokenizer& tok, const std::vector<int32_t>
 class TokenizerCases : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerCases, MatchesHuggingFace) {
-  const std::string dir = tok_dir() + "/" + GetParam();
+  const std::string dir = cases_dir() + "/" + GetParam();
   auto tok = gale::Tokenizer::load(dir);
   json cases = read_json(dir + "/cases.json");
   int n_enc = 0, n_dec = 0, bad = 0;
