@@ -129,6 +129,8 @@ std::string ChatTemplate::render_at(std::time_t now, const nlohmann::ordered_jso
                                     const nlohmann::ordered_json& tools, bool add_generation_prompt,
                                     const nlohmann::ordered_json& extra_vars) const {
   if (!messages.is_array()) throw Error("chat template: messages must be a JSON array");
+  // transformers' apply_chat_template refuses this before rendering (checked with 5.17).
+  if (messages.empty()) throw Error("chat template: cannot apply a chat template to an empty conversation; provide at least one message");
   if (!tools.is_null() && !tools.is_array()) throw Error("chat template: tools must be a JSON array or null");
   if (!extra_vars.is_null() && !extra_vars.is_object()) throw Error("chat template: extra variables must be a JSON object");
 

@@ -34,7 +34,7 @@ class ChatTemplate {
   static ChatTemplate from_string(const std::string& source,
                                   const nlohmann::ordered_json& special_tokens = nlohmann::ordered_json::object());
 
-  // messages: array of {role, content, ...}; tools: array or null; extra_vars: object of
+  // messages: non-empty array of {role, content, ...}; tools: array or null; extra_vars: object of
   // template variables (enable_thinking, date_string, ...) that override the defaults.
   // Throws gale::Error when the template raises (raise_exception) or fails.
   std::string render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,

@@ -20,7 +20,7 @@ namespace gale::jinja {
 
 struct Limits {
   size_t max_output_bytes = size_t(64) << 20;  // also bounds any single string built
-  uint64_t max_steps = 20'000'000;             // evaluated nodes + loop iterations
+  uint64_t max_steps = 5'000'000;              // evaluated nodes + loop iterations (~100x a long chat)
   int max_call_depth = 48;                     // macro/caller recursion
   int max_parse_depth = 128;                   // nesting of expressions and blocks
   size_t max_items = size_t(1) << 22;          // elements in one list built by the template
