@@ -1,0 +1,149 @@
+// The gale binary as users' scripts call it: JSON contracts, exit codes, error messages.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "test_util.h"
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+// Runs gale with args (a shell-quoted string); stdout and stderr captured separately.
+Result gale(const std::string& args) {
+  fs::path err_file = fs::temp_directory_path() / ("gale-cli-err-" + std::to_string(::getpid()));
+  std::string cmd = std::string(GALE_BINARY) + " " + args + " 2>" + err_file.string() + " </dev/null";
+  Result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+  std::ifstream e(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  fs::remove(err_file);
+  return r;
+}
+
+std::string fixture(const std::string& name) { return gale::test::fixtures_dir() + "/models/" + name; }
+
+TEST(Cli, GenerateJsonContract) {
+  auto ref = gale::test::read_json(fixture("qwen3-f32") + "/reference.json");
+  std::string ids;
+  for (int id : ref["greedy_prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  Result r = gale("generate -m " + fixture("qwen3-f32") + " --ids " + ids + " -n 24 --ignore-eos --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["ids"], ref["greedy_ids"]);
+  EXPECT_TRUE(j["text"].is_string());
+  EXPECT_EQ(j["usage"]["prompt_tokens"], ref["greedy_prompt_ids"].size());
+  EXPECT_EQ(j["usage"]["completion_tokens"], 24);
+  EXPECT_TRUE(j["timings"].contains("decode_tokens_per_s"));
+  EXPECT_TRUE(j["timings"].contains("prefill_ms"));
+}
+
+TEST(Cli, GenerateStreamsTextFromAPrompt) {
+  Result r = gale("generate -m " + fixture("llama-f32") + " -p 'def fib' -n 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  // The default (bundled) model without -m, greedy.
+  auto ref = gale::test::read_json(gale::test::fixtures_dir() + "/default_model/reference.json")["models"]["default"]["greedy"][0];
+  r = gale("generate -p 'def fibonacci(n):' -n 48 --temperature 0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["text"], ref["text"]);
+}
+
+TEST(Cli, LogitsJsonContract) {
+  auto ref = gale::test::read_json(fixture("mistral-bf16") + "/reference.json");
+  std::vector<int> ids = ref["prompt_ids"];
+  ids.resize(60);
+  std::string list;
+  for (int id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  Result r = gale("logits -m " + fixture("mistral-bf16") + " --ids " + list + " --all-positions --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["last"].size(), 384u);
+  ASSERT_EQ(j["argmax"].size(), 60u);
+  for (size_t p = 0; p < 60; ++p)
+    if (ref["argmax_margin"][p].get<double>() > 1e-3) EXPECT_EQ(j["argmax"][p], ref["argmax"][p]) << p;
+  r = gale("logits -m " + fixture("mistral-bf16") + " --ids 1,2,3 --json");
+  ASSERT_EQ(r.code, 0);
+  EXPECT_FALSE(json::parse(r.out).contains("argmax"));
+}
+
+TEST(Cli, InfoAndBench) {
+  Result r = gale("info -m " + fixture("mixtral-f16") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["architecture"], "MixtralForCausalLM");
+  EXPECT_EQ(j["num_experts"], 4);
+  EXPECT_EQ(j["dtypes"], json::array({"F16"}));
+  r = gale("info -m " + fixture("llama-bf16"));
+  ASSERT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("memory needed"), std::string::npos);
+  r = gale("bench -m synthetic:tiny --prompt 16 --gen 4 --reps 1 --no-probe --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = json::parse(r.out);
+  EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(j["prompt_tokens_per_s"].get<double>(), 0);
+}
+
+TEST(Cli, PerplexityCommand) {
+  Result r = gale("perplexity -m " + std::string(GALE_SOURCE_DIR) + "/models/draft --file " +
+                  std::string(GALE_SOURCE_DIR) + "/models/data/validation-head.txt --ctx 512 --stride 256 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto ref = gale::test::read_json(gale::test::fixtures_dir() + "/default_model/reference.json");
+  double expect = ref["models"]["draft"]["validation_head_ppl_ctx512_stride256"];
+  EXPECT_NEAR(json::parse(r.out)["perplexity"].get<double>() / expect, 1.0, 0.005);
+}
+
+// Bad input: one clear line on stderr, non-zero exit, never a crash (exit code > 128) or a hang.
+void expect_error(const std::string& args, const std::string& needle) {
+  Result r = gale(args);
+  EXPECT_EQ(r.code, 1) << args << "\n" << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\nstderr: " << r.err;
+  EXPECT_TRUE(r.out.empty() || r.out == "\n") << r.out;
+}
+
+TEST(Cli, BadInputIsOneClearError) {
+  expect_error("generate -m /nonexistent --ids 1,2", "not found");
+  expect_error("generate -m " + fixture("llama-f32") + " --ids 1,999", "out of range");
+  expect_error("generate -m " + fixture("llama-f32") + " --ids 1,-5", "out of range");
+  expect_error("generate -m " + fixture("llama-f32") + " --ids 1,x", "--ids");
+  expect_error("generate -m " + fixture("llama-f32") + " --ids 1 --top-p 2", "top_p");
+  expect_error("logits -m " + fixture("llama-f32") + " --ids 99999999999", "out of range");
+  expect_error("info -m synthetic:nope", "unknown synthetic model");
+
+  fs::path d = fs::temp_directory_path() / ("gale-cli-bad-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::copy(fixture("llama-f32"), d);
+  fs::resize_file(d / "model.safetensors", 1000);
+  expect_error("generate -m " + d.string() + " --ids 1,2", "model.safetensors");
+  fs::remove(d / "model.safetensors");
+  { std::ofstream(d / "model.safetensors") << "garbage!"; }
+  expect_error("generate -m " + d.string() + " --ids 1,2", "corrupt");
+  fs::remove_all(d);
+}
+
+TEST(Cli, HelpListsTheSubcommands) {
+  Result r = gale("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* c : {"generate", "logits", "info", "bench", "perplexity", "tokenize", "detokenize"})
+    EXPECT_NE(r.out.find(c), std::string::npos) << c;
+  r = gale("");
+  EXPECT_NE(r.code, 0);
+}
+
+}  // namespace
