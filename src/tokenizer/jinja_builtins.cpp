@@ -1254,9 +1254,10 @@ void add_globals(Scope& s) {
     out.resize(n);
     return Value::string(out);
   });
-  s.vars["namespace"] = make_fn("namespace", [](Interp&, CallArgs& a) -> Value {
+  s.vars["namespace"] = make_fn("namespace", [](Interp& in, CallArgs& a) -> Value {
     auto o = std::make_shared<ObjectData>();
     o->is_namespace = true;
+    in.track(o);
     for (auto& p : a.pos) {
       if (!p.is_object()) throw RuntimeError("namespace() positional argument must be a mapping");
       for (auto& [k, v] : p.obj().items) o->set(k, v);

@@ -34,8 +34,7 @@ struct MacroFn : Callable {
       explicit Depth(Interp& i) : in(i) { ++in.call_depth; }
       ~Depth() { --in.call_depth; }
     } depth(in);
-    auto sc = std::make_shared<Scope>();
-    sc->parent = closure;
+    auto sc = in.new_scope(closure);
     const auto& params = def->targets;
     std::vector<bool> bound(params.size(), false);
     std::vector<Value> extra;
@@ -83,8 +82,7 @@ struct CallerFn : Callable {
   Value call(Interp& in, CallArgs& a) override {
     if (in.call_depth >= in.limits().max_call_depth) throw RuntimeError("caller() recursion too deep");
     ++in.call_depth;
-    auto sc = std::make_shared<Scope>();
-    sc->parent = scope;
+    auto sc = in.new_scope(scope);
     const auto& params = block->targets;
     for (size_t i = 0; i < params.size(); ++i) {
       Value v;
@@ -116,6 +114,18 @@ struct CycleFn : Callable {
 
 }  // namespace
 
+// Counts the interpreter's own recursion (statements inside statements, across macro calls).
+struct DepthScope {
+  Interp& in;
+  explicit DepthScope(Interp& i) : in(i) {
+    if (++in.depth_ > in.limits_.max_eval_depth) {
+      --in.depth_;
+      throw RuntimeError("template evaluation nested too deeply");
+    }
+  }
+  ~DepthScope() { --in.depth_; }
+};
+
 const Value* Scope::lookup(const std::string& name) const {
   for (const Scope* s = this; s; s = s->parent.get()) {
     auto it = s->vars.find(name);
@@ -126,6 +136,28 @@ const Value* Scope::lookup(const std::string& name) const {
 
 Interp::Interp(const Limits& limits, std::shared_ptr<Scope> root, std::time_t now)
     : limits_(limits), root_(std::move(root)), now_(now) {}
+
+// Macros keep their defining scope alive and namespaces can hold themselves, so a render can
+// build reference cycles; nothing but the output string leaves a render, so break them here.
+Interp::~Interp() {
+  for (auto& w : scopes_)
+    if (auto s = w.lock()) s->vars.clear();
+  for (auto& w : objects_)
+    if (auto o = w.lock()) {
+      o->items.clear();
+      o->index.clear();
+    }
+  if (root_) root_->vars.clear();
+}
+
+std::shared_ptr<Scope> Interp::new_scope(const std::shared_ptr<Scope>& parent) {
+  auto s = std::make_shared<Scope>();
+  s->parent = parent;
+  scopes_.push_back(s);
+  return s;
+}
+
+void Interp::track(const std::shared_ptr<ObjectData>& o) { objects_.push_back(o); }
 
 void Interp::step() {
   if (++steps_ > limits_.max_steps) throw RuntimeError("template exceeded its step limit (runaway loop?)");
@@ -168,6 +200,7 @@ Interp::Flow Interp::exec(const NodeList& body, const std::shared_ptr<Scope>& s,
 
 Interp::Flow Interp::exec_one(const Node& n, const std::shared_ptr<Scope>& s, std::string& out) {
   step();
+  DepthScope guard(*this);
   switch (n.type) {
     case NodeType::Text:
       out += n.value.str();
@@ -207,8 +240,7 @@ Interp::Flow Interp::exec_one(const Node& n, const std::shared_ptr<Scope>& s, st
       return Flow::Normal;
     }
     case NodeType::SetBlock: {
-      auto sc = std::make_shared<Scope>();
-      sc->parent = s;
+      auto sc = new_scope(s);
       std::string buf;
       exec(n.body, sc, buf);
       Value v = Value::string(std::move(buf));
@@ -244,8 +276,7 @@ Interp::Flow Interp::exec_one(const Node& n, const std::shared_ptr<Scope>& s, st
       return Flow::Normal;
     }
     case NodeType::FilterBlock: {
-      auto sc = std::make_shared<Scope>();
-      sc->parent = s;
+      auto sc = new_scope(s);
       std::string buf;
       exec(n.body, sc, buf);
       Value v = Value::string(std::move(buf));
@@ -259,8 +290,7 @@ Interp::Flow Interp::exec_one(const Node& n, const std::shared_ptr<Scope>& s, st
       return Flow::Normal;
     }
     case NodeType::With: {
-      auto sc = std::make_shared<Scope>();
-      sc->parent = s;
+      auto sc = new_scope(s);
       for (size_t i = 0; i < n.targets.size(); ++i) sc->vars[n.targets[i]] = eval(*n.args[i], s);
       return exec(n.body, sc, out);
     }
@@ -289,8 +319,7 @@ Interp::Flow Interp::exec_for(const Node& n, const std::shared_ptr<Scope>& s, st
     std::vector<Value> kept;
     for (auto& item : items) {
       step();
-      auto sc = std::make_shared<Scope>();
-      sc->parent = s;
+      auto sc = new_scope(s);
       with_line(n.line, [&] { bind(*sc, item); });
       if (eval(*n.b, sc).truthy()) kept.push_back(item);
     }
@@ -299,8 +328,7 @@ Interp::Flow Interp::exec_for(const Node& n, const std::shared_ptr<Scope>& s, st
   size_t len = items.size();
   for (size_t i = 0; i < len; ++i) {
     step();
-    auto sc = std::make_shared<Scope>();
-    sc->parent = s;
+    auto sc = new_scope(s);
     with_line(n.line, [&] { bind(*sc, items[i]); });
     auto loop = std::make_shared<ObjectData>();
     loop->set("index", Value::integer(int64_t(i + 1)));
@@ -323,8 +351,7 @@ Interp::Flow Interp::exec_for(const Node& n, const std::shared_ptr<Scope>& s, st
     if (f == Flow::Break) break;
   }
   if (len == 0 && !n.else_body.empty()) {
-    auto sc = std::make_shared<Scope>();
-    sc->parent = s;
+    auto sc = new_scope(s);
     return exec(n.else_body, sc, out);
   }
   return Flow::Normal;
@@ -342,6 +369,7 @@ void Interp::eval_args(const Node& n, const std::shared_ptr<Scope>& s, CallArgs&
 
 Value Interp::eval(const Node& n, const std::shared_ptr<Scope>& s) {
   step();
+  DepthScope guard(*this);
   return with_line(n.line, [&] { return eval_inner(n, s); });
 }
 

@@ -23,6 +23,7 @@ struct Limits {
   uint64_t max_steps = 5'000'000;              // evaluated nodes + loop iterations (~100x a long chat)
   int max_call_depth = 48;                     // macro/caller recursion
   int max_parse_depth = 128;                   // nesting of expressions and blocks
+  int max_eval_depth = 1000;                   // dynamic nesting (blocks x macro calls): bounds the C++ stack
   size_t max_items = size_t(1) << 22;          // elements in one list built by the template
 };
 
@@ -48,6 +49,12 @@ struct Scope {
 class Interp {
  public:
   Interp(const Limits& limits, std::shared_ptr<Scope> root, std::time_t now);
+  ~Interp();
+  Interp(const Interp&) = delete;
+  Interp& operator=(const Interp&) = delete;
+
+  std::shared_ptr<Scope> new_scope(const std::shared_ptr<Scope>& parent);
+  void track(const std::shared_ptr<ObjectData>& o);  // mutable objects that may form cycles
 
   enum class Flow { Normal, Break, Continue };
 
@@ -76,6 +83,10 @@ class Interp {
   std::shared_ptr<Scope> root_;
   std::time_t now_;
   uint64_t steps_ = 0;
+  int depth_ = 0;
+  std::vector<std::weak_ptr<Scope>> scopes_;
+  std::vector<std::weak_ptr<ObjectData>> objects_;
+  friend struct DepthScope;
 };
 
 // A parsed template, rendered any number of times with different variables.
