@@ -414,8 +414,8 @@ namespace {
 void json_string(std::string& out, const std::string& s, bool ensure_ascii) {
   out.push_back('"');
   auto hex = [&](unsigned c) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "\\u%04x", c);
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "\\u%04x", c & 0xFFFFu);
     out += buf;
   };
   for (char32_t c : utf8_decode(s)) {
