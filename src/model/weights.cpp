@@ -55,7 +55,7 @@ struct Binder {
 
 ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelConfig& c) {
   const SafeTensors& st = *stp;
-  Binder b{st};
+  Binder b{st, {}, 0};
   ModelWeights w;
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const TensorInfo& emb = b.tensor("model.embed_tokens.weight", {c.vocab_size, H});
