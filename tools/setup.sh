@@ -4,11 +4,15 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-      libgtest-dev libgmock-dev clang lld libclang-rt-dev python3)
+      libgtest-dev libgmock-dev clang lld libclang-rt-dev python3
+      libboost-dev curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Server tests (tests/e2e) run the official openai npm package: Node.js and npm, from Debian
+# unless a node with its own npm (e.g. NodeSource's) is already there.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq

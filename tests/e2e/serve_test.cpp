@@ -1,0 +1,503 @@
+// The HTTP layer of `gale serve` over a fake engine: schemas, SSE framing, validation errors,
+// auth, body limit, 429, client disconnects, timeouts and the drain. The real engine and real
+// clients are exercised by tests/e2e/run_e2e.sh.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "core/error.h"
+#include "serve/server.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace gale;
+using namespace gale::serve;
+using json = nlohmann::json;
+
+namespace {
+
+// One token per step for each running request: ids 300, 301, ... (text from the real tokenizer).
+class FakeEngine : public StepEngine {
+ public:
+  explicit FakeEngine(const Tokenizer* tok) : tok_(tok) {}
+  uint64_t add_request(RequestParams p) override {
+    std::lock_guard lk(mu_);
+    for (int32_t id : p.prompt)
+      if (id == 1) throw Error("the engine refuses token 1");
+    uint64_t id = next_++;
+    reqs_[id] = {std::move(p), 0, false};
+    return id;
+  }
+  void abort(uint64_t id) override {
+    std::lock_guard lk(mu_);
+    if (reqs_.count(id)) reqs_[id].aborted = true;
+    ++aborts;
+  }
+  std::vector<RequestOutput> step() override {
+    if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+    std::lock_guard lk(mu_);
+    std::vector<RequestOutput> outs;
+    for (auto it = reqs_.begin(); it != reqs_.end();) {
+      auto& r = it->second;
+      RequestOutput o;
+      o.id = it->first;
+      o.prompt_tokens = int64_t(r.p.prompt.size());
+      if (r.aborted) {
+        o.finished = true;
+        o.finish_reason = "abort";
+      } else {
+        int32_t t = 300 + int32_t(r.done);
+        o.new_ids = {t};
+        int32_t a[1] = {t};
+        o.new_text = tok_->decode(a);
+        if (r.p.top_logprobs >= 0) {
+          TokenLogprob lp{t, -0.5f, {}};
+          for (int k = 0; k < r.p.top_logprobs; ++k) lp.top.push_back({t + k, -0.5f - float(k)});
+          o.logprobs.push_back(lp);
+        }
+        ++r.done;
+        if (r.done >= r.p.max_tokens) {
+          o.finished = true;
+          o.finish_reason = "length";
+        }
+      }
+      o.completion_tokens = r.done;
+      outs.push_back(std::move(o));
+      if (outs.back().finished) it = reqs_.erase(it);
+      else ++it;
+    }
+    return outs;
+  }
+  bool has_unfinished() const override {
+    std::lock_guard lk(mu_);
+    return !reqs_.empty();
+  }
+  EngineStats stats() const override {
+    std::lock_guard lk(mu_);
+    EngineStats s;
+    s.running = int64_t(reqs_.size());
+    s.kv_blocks_total = 100;
+    s.kv_blocks_free = 100 - s.running;
+    return s;
+  }
+  std::atomic<int> step_ms{0};
+  std::atomic<int> aborts{0};
+
+ private:
+  struct R {
+    RequestParams p;
+    int64_t done;
+    bool aborted;
+  };
+  const Tokenizer* tok_;
+  mutable std::mutex mu_;
+  std::map<uint64_t, R> reqs_;
+  uint64_t next_ = 1;
+};
+
+struct Response {
+  int status = 0;
+  std::string head, body;  // body de-chunked
+  bool chunked = false;
+  json j() const { return json::parse(body); }
+};
+
+int connect_to(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(uint16_t(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, (sockaddr*)&a, sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void send_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    off += size_t(n);
+  }
+}
+
+std::string request_text(const std::string& method, const std::string& path, const std::string& body,
+                         const std::string& extra_headers = "") {
+  return method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + extra_headers +
+         (body.empty() && method == "GET" ? "" : "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n") +
+         "\r\n" + body;
+}
+
+Response parse_response(const std::string& raw) {
+  Response r;
+  size_t he = raw.find("\r\n\r\n");
+  if (he == std::string::npos) return r;
+  r.head = raw.substr(0, he);
+  r.status = std::atoi(raw.c_str() + 9);
+  std::string rest = raw.substr(he + 4);
+  r.chunked = r.head.find("Transfer-Encoding: chunked") != std::string::npos;
+  if (!r.chunked) {
+    r.body = rest;
+    return r;
+  }
+  size_t p = 0;
+  while (p < rest.size()) {
+    size_t le = rest.find("\r\n", p);
+    if (le == std::string::npos) break;
+    size_t n = std::stoul(rest.substr(p, le - p), nullptr, 16);
+    if (n == 0) break;
+    r.body += rest.substr(le + 2, n);
+    p = le + 2 + n + 2;
+  }
+  return r;
+}
+
+Response http(int port, const std::string& method, const std::string& path, const std::string& body = "",
+              const std::string& headers = "") {
+  int fd = connect_to(port);
+  if (fd < 0) return {};
+  send_all(fd, request_text(method, path, body, headers));
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(n));
+  ::close(fd);
+  return parse_response(raw);
+}
+
+// SSE events of a streamed body: each must be "data: ...\n\n".
+std::vector<std::string> sse_events(const std::string& body) {
+  std::vector<std::string> ev;
+  size_t p = 0;
+  while (p < body.size()) {
+    size_t e = body.find("\n\n", p);
+    EXPECT_NE(e, std::string::npos) << "unterminated event";
+    if (e == std::string::npos) break;
+    std::string line = body.substr(p, e - p);
+    EXPECT_EQ(line.rfind("data: ", 0), 0u) << line;
+    ev.push_back(line.substr(6));
+    p = e + 2;
+  }
+  return ev;
+}
+
+class ServeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { tok_ = Tokenizer::load(std::string(GALE_SOURCE_DIR) + "/models/default").release(); }
+  void start(ServerConfig cfg = {}) {
+    cfg.port = 0;
+    engine_ = std::make_unique<FakeEngine>(tok_);
+    tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_string(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"));
+    ModelInfo info;
+    info.name = "fake";
+    info.max_model_len = 64;
+    info.vocab_size = int64_t(tok_->vocab_size());
+    info.defaults.temperature = 1.0f;
+    server_ = std::make_unique<Server>(*engine_, tok_, tmpl_.get(), info, cfg);
+    server_->start();
+    port_ = server_->port();
+    thread_ = std::thread([this] { server_->run(false); });
+  }
+  void TearDown() override {
+    if (server_) {
+      server_->shutdown();
+      thread_.join();
+    }
+  }
+  int64_t metric(const std::string& name) {
+    std::string m = http(port_, "GET", "/metrics").body;
+    size_t p = m.find("\n" + name + " ");
+    return p == std::string::npos ? -1 : std::atoll(m.c_str() + p + name.size() + 2);
+  }
+  void expect_error(const Response& r, int status, const std::string& param = "") {
+    EXPECT_EQ(r.status, status) << r.body;
+    json j = json::parse(r.body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << r.body;
+    for (const char* k : {"message", "type", "param", "code"}) EXPECT_TRUE(j["error"].contains(k)) << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    if (!param.empty()) {
+      EXPECT_EQ(j["error"]["param"], param) << r.body;
+    }
+  }
+  static Tokenizer* tok_;
+  std::unique_ptr<FakeEngine> engine_;
+  std::unique_ptr<ChatTemplate> tmpl_;
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+Tokenizer* ServeTest::tok_ = nullptr;
+
+TEST_F(ServeTest, HealthModelsAndUnknownRoutes) {
+  start();
+  EXPECT_EQ(http(port_, "GET", "/health").status, 200);
+  Response m = http(port_, "GET", "/v1/models");
+  ASSERT_EQ(m.status, 200);
+  EXPECT_EQ(m.j()["object"], "list");
+  EXPECT_EQ(m.j()["data"][0]["id"], "fake");
+  expect_error(http(port_, "GET", "/v2/nothing"), 404);
+  expect_error(http(port_, "GET", "/v1/completions"), 405);
+}
+
+TEST_F(ServeTest, CompletionSchema) {
+  start();
+  Response r = http(port_, "POST", "/v1/completions", R"({"model":"fake","prompt":"def f(","max_tokens":3})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.j();
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  EXPECT_TRUE(j["created"].is_number_integer());
+  EXPECT_EQ(j["model"], "fake");
+  ASSERT_EQ(j["choices"].size(), 1u);
+  int32_t ids[3] = {300, 301, 302};
+  EXPECT_EQ(j["choices"][0]["text"], tok_->decode(ids));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(j["choices"][0]["index"], 0);
+  EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
+  auto prompt_len = int64_t(tok_->encode("def f(").size());
+  EXPECT_EQ(j["usage"]["prompt_tokens"], prompt_len);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(j["usage"]["total_tokens"], prompt_len + 3);
+}
+
+TEST_F(ServeTest, ListPromptsTimesNAndLogprobs) {
+  start();
+  Response r = http(port_, "POST", "/v1/completions", R"({"prompt":[[5,6],[7]],"n":2,"max_tokens":2,"logprobs":2,"echo":false})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = r.j();
+  ASSERT_EQ(j["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    auto& lp = j["choices"][i]["logprobs"];
+    EXPECT_EQ(lp["tokens"].size(), 2u);
+    EXPECT_EQ(lp["token_logprobs"][0], -0.5);
+    EXPECT_EQ(lp["top_logprobs"][0].size(), 2u);
+    EXPECT_EQ(lp["text_offset"][0], 0);
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 3);  // each prompt once, whatever n
+  EXPECT_EQ(j["usage"]["completion_tokens"], 8);
+}
+
+TEST_F(ServeTest, StreamFraming) {
+  start();
+  Response r = http(port_, "POST", "/v1/completions",
+                    R"({"prompt":"x","max_tokens":3,"stream":true,"stream_options":{"include_usage":true}})");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_TRUE(r.chunked);
+  EXPECT_NE(r.head.find("Content-Type: text/event-stream"), std::string::npos);
+  auto ev = sse_events(r.body);
+  ASSERT_GE(ev.size(), 5u);
+  EXPECT_EQ(ev.back(), "[DONE]");
+  std::string text;
+  for (size_t i = 0; i + 2 < ev.size(); ++i) {
+    json c = json::parse(ev[i]);
+    EXPECT_EQ(c["object"], "text_completion");
+    EXPECT_TRUE(c.contains("usage") && c["usage"].is_null());
+    text += c["choices"][0]["text"].get<std::string>();
+    if (i + 3 == ev.size()) EXPECT_EQ(c["choices"][0]["finish_reason"], "length");
+    else EXPECT_TRUE(c["choices"][0]["finish_reason"].is_null());
+  }
+  int32_t ids[3] = {300, 301, 302};
+  EXPECT_EQ(text, tok_->decode(ids));
+  json u = json::parse(ev[ev.size() - 2]);
+  EXPECT_TRUE(u["choices"].empty());
+  EXPECT_EQ(u["usage"]["completion_tokens"], 3);
+}
+
+TEST_F(ServeTest, ChatStreamAndFull) {
+  start();
+  Response r = http(port_, "POST", "/v1/chat/completions",
+                    R"({"model":"fake","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":2,"stream":true})");
+  ASSERT_EQ(r.status, 200);
+  auto ev = sse_events(r.body);
+  ASSERT_EQ(ev.size(), 5u);  // role, 2 tokens, finish, [DONE]
+  json first = json::parse(ev[0]);
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(json::parse(ev[3])["choices"][0]["finish_reason"], "length");
+  EXPECT_TRUE(json::parse(ev[3])["choices"][0]["delta"].empty());
+  EXPECT_EQ(ev[4], "[DONE]");
+
+  Response f = http(port_, "POST", "/v1/chat/completions",
+                    R"({"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":2,"logprobs":true,"top_logprobs":1})");
+  ASSERT_EQ(f.status, 200) << f.body;
+  json j = f.j();
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["choices"][0]["logprobs"]["content"].size(), 2u);
+  EXPECT_EQ(j["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 1u);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], int64_t(tok_->encode("<|user|>hi\n<|assistant|>", false).size()));
+}
+
+TEST_F(ServeTest, ValidationErrors) {
+  start();
+  auto post = [&](const std::string& path, const std::string& body) { return http(port_, "POST", path, body); };
+  expect_error(post("/v1/completions", "{not json"), 400);
+  expect_error(post("/v1/completions", "[1,2]"), 400);
+  expect_error(post("/v1/completions", R"({"max_tokens":3})"), 400, "prompt");
+  expect_error(post("/v1/completions", R"({"prompt":"x","temperature":"hot"})"), 400, "temperature");
+  expect_error(post("/v1/completions", R"({"prompt":"x","temperature":3})"), 400, "temperature");
+  expect_error(post("/v1/completions", R"({"prompt":"x","top_p":0})"), 400, "top_p");
+  expect_error(post("/v1/completions", R"({"prompt":"x","n":0})"), 400, "n");
+  expect_error(post("/v1/completions", R"({"prompt":"x","n":-3})"), 400, "n");
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":0})"), 400, "max_tokens");
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":1.5})"), 400, "max_tokens");
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":64})"), 400, "max_tokens");  // context is 64
+  expect_error(post("/v1/completions", R"({"prompt":"x","model":"gpt-9"})"), 404, "model");
+  expect_error(post("/v1/completions", R"({"prompt":[1,2,99999999]})"), 400, "prompt");
+  expect_error(post("/v1/completions", R"({"prompt":[-1]})"), 400, "prompt");
+  expect_error(post("/v1/completions", R"({"prompt":[]})"), 400, "prompt");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stop":[1]})"), 400, "stop");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stop":""})"), 400, "stop");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stream":"yes"})"), 400, "stream");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stream_options":{"include_usage":true}})"), 400, "stream_options");
+  expect_error(post("/v1/completions", R"({"prompt":"x","logprobs":21})"), 400, "logprobs");
+  expect_error(post("/v1/completions", R"({"prompt":"x","seed":"1"})"), 400, "seed");
+  expect_error(post("/v1/completions", R"({"prompt":")" + std::string(300, 'a') + " " + std::string(200, 'b') + R"("})"), 400);
+  expect_error(post("/v1/completions", std::string(100, '[') + std::string(100, ']')), 400);
+  expect_error(post("/v1/chat/completions", R"({"messages":[]})"), 400, "messages");
+  expect_error(post("/v1/chat/completions", R"({"messages":[{"content":"x"}]})"), 400, "messages");
+  expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})"), 400, "top_logprobs");
+  expect_error(post("/v1/completions", R"({"prompt":[1]})"), 400);  // the (fake) engine's own validation
+  Response big = post("/v1/completions", R"({"prompt":")" + std::string(9 << 20, 'a') + "\"}");
+  EXPECT_TRUE(big.status == 413 || big.status == 0) << big.status;  // the server may close before reading it all
+  EXPECT_EQ(http(port_, "GET", "/health").status, 200);
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+}
+
+TEST_F(ServeTest, ApiKey) {
+  ServerConfig cfg;
+  cfg.api_key = "sekrit";
+  start(cfg);
+  EXPECT_EQ(http(port_, "GET", "/health").status, 200);
+  expect_error(http(port_, "GET", "/v1/models"), 401);
+  expect_error(http(port_, "GET", "/v1/models", "", "Authorization: Bearer wrong\r\n"), 401);
+  expect_error(http(port_, "GET", "/v1/models", "", "Authorization: Bearer sekri\r\n"), 401);
+  expect_error(http(port_, "POST", "/v1/completions", R"({"prompt":"x"})"), 401);
+  EXPECT_EQ(http(port_, "GET", "/v1/models", "", "Authorization: Bearer sekrit\r\n").status, 200);
+  EXPECT_TRUE(bearer_matches("Bearer k", "k"));
+  EXPECT_FALSE(bearer_matches("Bearer ", ""));
+  EXPECT_FALSE(bearer_matches("Basic k", "k"));
+}
+
+TEST_F(ServeTest, QueueFullAnswers429) {
+  ServerConfig cfg;
+  cfg.max_in_flight = 2;
+  start(cfg);
+  engine_->step_ms = 20;
+  std::vector<std::thread> ts;
+  std::vector<int> codes(4);
+  for (int i = 0; i < 4; ++i)
+    ts.emplace_back([&, i] { codes[size_t(i)] = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":10})").status; });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), 200), 2);
+  EXPECT_EQ(std::count(codes.begin(), codes.end(), 429), 2);
+  expect_error(http(port_, "POST", "/v1/completions", R"({"prompt":"x","n":3})"), 429);
+}
+
+TEST_F(ServeTest, DisconnectAbortsRequest) {
+  start();
+  engine_->step_ms = 20;
+  int fd = connect_to(port_);
+  send_all(fd, request_text("POST", "/v1/completions", R"({"prompt":"x","max_tokens":50,"stream":true})"));
+  char buf[4096];
+  ASSERT_GT(::recv(fd, buf, sizeof buf, 0), 0);  // headers (and maybe a chunk)
+  ::close(fd);
+  for (int i = 0; i < 100 && (engine_->aborts == 0 || metric("gale_num_requests_in_flight") != 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(engine_->aborts, 1);
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+  EXPECT_EQ(metric("gale_num_requests_running"), 0);
+  // A non-streaming request whose client goes away is aborted too.
+  fd = connect_to(port_);
+  send_all(fd, request_text("POST", "/v1/completions", R"({"prompt":"x","max_tokens":50})"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  ::close(fd);
+  for (int i = 0; i < 100 && engine_->aborts < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(engine_->aborts, 2);
+}
+
+TEST_F(ServeTest, RequestTimeout) {
+  ServerConfig cfg;
+  cfg.request_timeout_s = 0.2;
+  start(cfg);
+  engine_->step_ms = 20;
+  expect_error(http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":60})"), 408);
+  Response s = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":60,"stream":true})");
+  EXPECT_EQ(s.status, 200);
+  auto ev = sse_events(s.body);
+  ASSERT_GE(ev.size(), 2u);
+  EXPECT_EQ(ev.back(), "[DONE]");
+  EXPECT_TRUE(json::parse(ev[ev.size() - 2]).contains("error"));
+  for (int i = 0; i < 50 && metric("gale_num_requests_in_flight") != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+}
+
+TEST_F(ServeTest, DrainFinishesInFlightRequests) {
+  start();
+  engine_->step_ms = 10;
+  Response r;
+  std::thread t([&] { r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":20})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  server_->shutdown();
+  t.join();
+  EXPECT_EQ(r.status, 200);
+  thread_.join();
+  server_.reset();
+  EXPECT_EQ(connect_to(port_), -1);  // no longer listening
+}
+
+TEST_F(ServeTest, ManyConcurrentStreams) {
+  start();
+  engine_->step_ms = 2;
+  const int n = 300;
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    int fd = connect_to(port_);
+    ASSERT_GE(fd, 0);
+    send_all(fd, request_text("POST", "/v1/completions", R"({"prompt":"x","max_tokens":8,"stream":true})"));
+    fds.push_back(fd);
+  }
+  int ok = 0;
+  for (int fd : fds) {
+    std::string raw;
+    char buf[8192];
+    ssize_t k;
+    while ((k = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(k));
+    ::close(fd);
+    Response r = parse_response(raw);
+    ok += r.status == 200 && r.body.size() > 14 && r.body.substr(r.body.size() - 14) == "data: [DONE]\n\n";
+  }
+  EXPECT_EQ(ok, n);
+}
+
+TEST_F(ServeTest, TokenizeDetokenizeMetrics) {
+  start();
+  Response t = http(port_, "POST", "/tokenize", R"({"prompt":"def f():"})");
+  ASSERT_EQ(t.status, 200);
+  auto ids = t.j()["tokens"].get<std::vector<int32_t>>();
+  EXPECT_EQ(ids, tok_->encode("def f():"));
+  Response d = http(port_, "POST", "/detokenize", json{{"tokens", ids}}.dump());
+  ASSERT_EQ(d.status, 200);
+  EXPECT_EQ(d.j()["prompt"], tok_->decode(ids));
+  http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+  std::string m = http(port_, "GET", "/metrics").body;
+  for (const char* k : {"gale_requests_total{outcome=\"length\"} 1", "gale_time_to_first_token_seconds_count 1",
+                        "gale_e2e_request_latency_seconds_bucket{le=\"+Inf\"} 1", "gale_kv_cache_usage_perc 0",
+                        "# TYPE gale_time_per_output_token_seconds histogram"})
+    EXPECT_NE(m.find(k), std::string::npos) << k << "\n" << m;
+}
+
+}  // namespace
