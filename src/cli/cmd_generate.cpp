@@ -7,8 +7,9 @@
 
 #include "cli/command.h"
 #include "cli/model_options.h"
+#include "cli/engine_options.h"
 #include "core/error.h"
-#include "engine/generator.h"
+#include "engine/engine.h"
 #include "loader/model_config.h"
 #include "model/model_loader.h"
 #include "tokenizer/tokenizer.h"
@@ -18,6 +19,7 @@ namespace {
 
 struct GenerateOptions {
   ModelOptions model;
+  EngineOptions engine;
   std::string prompt;
   std::string ids;
   int64_t n = 128;
@@ -42,7 +44,7 @@ void run_generate(const GenerateOptions& o) {
     tok = Tokenizer::load(dir);
   double load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
 
-  GenerateRequest req;
+  RequestParams req;
   if (!o.ids.empty()) {
     req.prompt = parse_id_list(o.ids);
   } else {
@@ -51,7 +53,7 @@ void run_generate(const GenerateOptions& o) {
   }
   if (req.prompt.empty()) throw Error("the prompt is empty");
   if (o.n < 0) throw Error("-n must be >= 0");
-  req.max_new_tokens = o.n;
+  req.max_tokens = o.n;
   GenerationDefaults gd = lm.synthetic ? GenerationDefaults{} : load_generation_defaults(dir, cfg);
   req.eos_ids = gd.eos_token_ids;
   // Sampling: flags win; otherwise generation_config.json's defaults (greedy unless do_sample).
@@ -67,13 +69,40 @@ void run_generate(const GenerateOptions& o) {
   req.ignore_eos = o.ignore_eos;
   req.stop = o.stop;
 
-  Generator gen(*lm.model, tok.get());
-  auto on_text = [&](std::string_view piece) {
-    if (o.json) return;
-    std::fwrite(piece.data(), 1, piece.size(), stdout);
-    std::fflush(stdout);
-  };
-  GenerateResult r = gen.generate(req, on_text);
+  // One request through the Engine (the same path as batch mode and the server).
+  EngineConfig ec = engine_config(o.engine);
+  ec.max_num_seqs = 1;
+  if (o.engine.kv_cache_memory.empty())  // just what this request needs
+    ec.kv_cache_bytes = int64_t((req.prompt.size() + size_t(o.n) + size_t(ec.block_size)) *
+                                KVCache::bytes_per_token(cfg, lm.model->kv_dtype()));
+  Engine engine(*lm.model, tok.get(), ec);
+  struct {
+    std::vector<int32_t> ids;
+    std::string text, finish_reason;
+    int64_t prompt_tokens = 0;
+    double prefill_ms = 0, decode_ms = 0, ttft_ms = 0;
+  } r;
+  r.prompt_tokens = int64_t(req.prompt.size());
+  auto ms_since = [](clock::time_point a) { return std::chrono::duration<double, std::milli>(clock::now() - a).count(); };
+  const auto t_start = clock::now();
+  auto t_first = t_start;
+  engine.add_request(req);
+  while (engine.has_unfinished()) {
+    for (RequestOutput& out : engine.step()) {
+      if (r.ids.empty() && !out.new_ids.empty()) {
+        t_first = clock::now();
+        r.ttft_ms = r.prefill_ms = ms_since(t_start);
+      }
+      r.ids.insert(r.ids.end(), out.new_ids.begin(), out.new_ids.end());
+      r.text += out.new_text;
+      if (!o.json && !out.new_text.empty()) {
+        std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
+        std::fflush(stdout);
+      }
+      if (out.finished) r.finish_reason = out.finish_reason;
+    }
+  }
+  if (!r.ids.empty()) r.decode_ms = ms_since(t_first);
   const int64_t n_gen = int64_t(r.ids.size());
   if (o.json) {
     nlohmann::json j;
@@ -105,6 +134,7 @@ CommandRegistrar reg{10, [](CLI::App& root) {
   auto o = std::make_shared<GenerateOptions>();
   CLI::App* sub = root.add_subcommand("generate", "Generate text from a prompt (streams to stdout)");
   add_model_options(sub, o->model);
+  add_engine_options(sub, o->engine, /*many_seqs=*/false);
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text");
   auto* ids = sub->add_option("--ids", o->ids, "Prompt as comma-separated token ids");
   p->excludes(ids);

@@ -56,9 +56,11 @@ struct RequestOutput {
 struct EngineStats {
   int64_t running = 0, waiting = 0;
   int64_t kv_blocks_total = 0, kv_blocks_free = 0;
+  int64_t kv_blocks_cached = 0;         // held by the prefix cache (free ones are not counted)
   int64_t prefix_cache_queried_tokens = 0, prefix_cache_hit_tokens = 0;
   int64_t preemptions = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
+  int64_t computed_tokens = 0;          // tokens run through the model (prefill, decode, recompute)
 };
 
 class Engine {
@@ -76,6 +78,9 @@ class Engine {
   std::vector<RequestOutput> step();
   bool has_unfinished() const;
   EngineStats stats() const;
+  // Drops the prefix cache's unreferenced blocks (after a run: every block is free again).
+  void clear_prefix_cache();
+  const EngineConfig& config() const;
 
  private:
   struct Impl;

@@ -1,6 +1,6 @@
-// One request end to end on one model: chunked prefill, decode with a paged KV cache,
-// sampling, stop conditions and streamed text. (The continuous-batching engine of the
-// runtime issue will schedule many of these; this is the single-sequence path.)
+// One request end to end, blocking: a thin wrapper that runs a single request through the
+// Engine (engine/engine.h) with a KV cache sized for it. Convenient for tests and tools; the
+// work (chunked prefill, decode, sampling, stop strings, streamed text) is the Engine's.
 #pragma once
 #include <cstdint>
 #include <functional>

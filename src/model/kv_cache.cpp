@@ -2,6 +2,8 @@
 
 #include <sys/mman.h>
 
+#include <cstring>
+
 #include "core/error.h"
 
 namespace gale {
@@ -13,13 +15,24 @@ size_t KVCache::bytes_per_token(const ModelConfig& cfg, DType dtype) {
 KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype)
     : num_blocks_(num_blocks), block_size_(block_size), dtype_(dtype) {
   if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be f32 or bf16");
-  layer_bytes_ = size_t(num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);
+  num_layers_ = cfg.num_layers;
+  block_bytes_ = size_t(block_size * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);  // [block_size, kv_heads, head_dim]
+  layer_bytes_ = block_bytes_ * size_t(num_blocks);
   total_bytes_ = layer_bytes_ * size_t(2 * cfg.num_layers);
   // Anonymous mapping: pages are committed on first touch, so a generous cache costs
   // only what the sequences actually fill.
   void* p = ::mmap(nullptr, total_bytes_ ? total_bytes_ : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw Error("cannot allocate " + std::to_string(total_bytes_ >> 20) + " MiB for the KV cache");
   base_ = static_cast<uint8_t*>(p);
+}
+
+void KVCache::copy_block(int32_t src, int32_t dst) {
+  GALE_ASSERT(src >= 0 && src < num_blocks_ && dst >= 0 && dst < num_blocks_);
+  if (src == dst) return;
+  for (int64_t i = 0; i < 2 * num_layers_; ++i) {
+    uint8_t* layer = base_ + size_t(i) * layer_bytes_;
+    std::memcpy(layer + size_t(dst) * block_bytes_, layer + size_t(src) * block_bytes_, block_bytes_);
+  }
 }
 
 KVCache::~KVCache() {

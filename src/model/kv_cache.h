@@ -23,13 +23,16 @@ class KVCache {
   int64_t block_size() const { return block_size_; }
   DType dtype() const { return dtype_; }
   size_t bytes() const { return total_bytes_; }
+  // Copies block src's K and V into block dst in every layer (copy-on-write of a shared block).
+  void copy_block(int32_t src, int32_t dst);
   // Bytes one token occupies across all layers (K and V).
   static size_t bytes_per_token(const ModelConfig& cfg, DType dtype);
 
  private:
   int64_t num_blocks_, block_size_;
   DType dtype_;
-  size_t layer_bytes_ = 0, total_bytes_ = 0;
+  int64_t num_layers_ = 0;
+  size_t layer_bytes_ = 0, block_bytes_ = 0, total_bytes_ = 0;
   uint8_t* base_ = nullptr;
 };
 

@@ -1,5 +1,6 @@
 // Fixed-size KV blocks: a free list with reference counts. Knows ids only, never tensors.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -14,6 +15,7 @@ class BlockPool {
   bool allocate(int64_t n, std::vector<int32_t>& out);
   void retain(int32_t id);
   void release(int32_t id);  // back on the free list when the count drops to 0
+  int32_t ref_count(int32_t id) const { return ref_[size_t(id)]; }
 
  private:
   std::vector<int32_t> ref_;

@@ -1,0 +1,25 @@
+// Options shared by the subcommands that run the Engine (generate, batch, serve, bench).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "engine/engine.h"
+
+namespace gale::cli {
+
+struct EngineOptions {
+  int64_t max_num_seqs = 64;
+  int64_t max_num_batched_tokens = 512;
+  std::string kv_cache_memory;   // bytes, or with a unit: 512MiB, 2GiB, 1.5GB ("" = default)
+  bool no_prefix_cache = false;
+  int64_t block_size = 16;
+};
+
+// many_seqs: also --max-num-seqs (commands that run several requests at once).
+void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs = true);
+EngineConfig engine_config(const EngineOptions& o);
+// "2GiB", "512MiB", "1.5GB", "1000000" -> bytes; throws gale::Error on anything else.
+int64_t parse_bytes(const std::string& s);
+
+}  // namespace gale::cli

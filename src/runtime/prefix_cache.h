@@ -1,0 +1,76 @@
+// Prefix cache: a radix tree over full KV blocks (SGLang's RadixAttention, in block units).
+//
+// Each node below the root is one full block: block_size token ids and the pool block that holds
+// their K/V, under the node of the block before it. The cache keeps one pool reference per node;
+// sequences that use a cached block hold their own. A node whose pool ref count is 1 is held by
+// the cache alone and may be evicted, leaves first, least recently used first.
+//
+// Invariant: a sequence holding a node's block also holds every ancestor's block (it matched or
+// inserted the whole path; insert() swaps a duplicate block for the cached one). So a node held by
+// the cache alone has only such nodes below it, and every one of them can be evicted.
+//
+// Knows ids and token counts only, never tensors.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "runtime/block_pool.h"
+
+namespace gale {
+
+class PrefixCache {
+ public:
+  PrefixCache(BlockPool& pool, int64_t block_size);
+  ~PrefixCache();  // releases the cache's references
+  PrefixCache(const PrefixCache&) = delete;
+  PrefixCache& operator=(const PrefixCache&) = delete;
+
+  static constexpr int32_t kRoot = 0;
+
+  struct Match {
+    int32_t node = kRoot;           // deepest full-block node matched (cursor for the next call)
+    std::vector<int32_t> blocks;    // full cached blocks, retained for the caller
+    int32_t partial_block = -1;     // block sharing the next partial_tokens tokens, retained; -1 none
+    int64_t partial_tokens = 0;     // < block_size: copy-on-write source at the divergence point
+  };
+  // Longest cached prefix of `tokens` (which start at block `from`'s first token, `from` being the
+  // node's depth), looking at no more than `limit` tokens. Touches the matched path (LRU).
+  Match match(int32_t from, std::span<const int32_t> tokens, int64_t limit);
+
+  // Caches the full blocks blocks[first, last) of a sequence whose block first-1 is node `from`
+  // (kRoot when first == 0); tokens covers blocks [first, last). Where the same tokens are cached
+  // already under another block, blocks[i] is swapped for the cached block (the caller's own is
+  // released, the cached one retained). Returns the node of block last-1.
+  int32_t insert(int32_t from, std::span<const int32_t> tokens, std::span<int32_t> blocks);
+
+  // Frees up to n unreferenced cached blocks (LRU leaves first); returns how many were freed.
+  int64_t evict(int64_t n);
+  // Blocks that evict() could free right now.
+  int64_t num_evictable() const;
+  int64_t num_cached_blocks() const { return num_nodes_; }
+  // Drops every unreferenced block (all of them when no sequence holds any).
+  void clear() { evict(num_nodes_); }
+
+ private:
+  struct Node {
+    std::vector<int32_t> tokens;     // block_size ids; empty for the root and free slots
+    int32_t block = -1;
+    int32_t parent = -1;
+    std::vector<int32_t> children;   // node ids
+    uint64_t last_access = 0;
+    bool live = false;
+  };
+  int32_t new_node();
+  int32_t find_child(int32_t node, std::span<const int32_t> block_tokens) const;
+  void remove_leaf(int32_t id);
+
+  BlockPool& pool_;
+  int64_t block_size_;
+  std::vector<Node> nodes_;
+  std::vector<int32_t> free_nodes_;
+  int64_t num_nodes_ = 0;  // live nodes below the root
+  uint64_t clock_ = 0;
+};
+
+}  // namespace gale

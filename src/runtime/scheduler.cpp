@@ -1,0 +1,268 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace gale {
+
+Scheduler::Scheduler(SchedulerConfig cfg) : cfg_(cfg), pool_(cfg.num_blocks) {
+  if (cfg_.block_size <= 0) throw Error("block size must be > 0");
+  if (cfg_.num_blocks <= 0) throw Error("the KV cache has no blocks");
+  if (cfg_.max_num_seqs <= 0) throw Error("max_num_seqs must be > 0");
+  if (cfg_.max_num_batched_tokens <= 0) throw Error("max_num_batched_tokens must be > 0");
+  if (cfg_.prefix_cache) cache_ = std::make_unique<PrefixCache>(pool_, cfg_.block_size);
+}
+
+Scheduler::~Scheduler() {
+  for (auto& [id, s] : seqs_) release_blocks(s);
+  for (int32_t b : pending_copy_src_) pool_.release(b);
+  cache_.reset();
+}
+
+void Scheduler::add(uint64_t id, std::vector<int32_t> tokens, int priority) {
+  GALE_ASSERT(!tokens.empty());
+  GALE_ASSERT(!seqs_.count(id));
+  Seq s;
+  s.id = id;
+  s.tokens = std::move(tokens);
+  s.priority = priority;
+  s.arrival = next_arrival_++;
+  auto [it, ok] = seqs_.emplace(id, std::move(s));
+  waiting_.insert(rank(it->second));
+}
+
+const std::vector<int32_t>& Scheduler::tokens(uint64_t id) const { return seqs_.at(id).tokens; }
+
+int64_t Scheduler::num_cached_tokens(uint64_t id) const { return seqs_.at(id).cached_tokens; }
+
+int64_t Scheduler::available_blocks() const {
+  return pool_.num_free() + (cache_ ? cache_->num_evictable() : 0);
+}
+
+bool Scheduler::take_blocks(int64_t n, std::vector<int32_t>& out) {
+  if (n <= 0) return true;
+  if (pool_.num_free() < n) {
+    if (!cache_ || available_blocks() < n) return false;
+    cache_->evict(n - pool_.num_free());
+  }
+  return pool_.allocate(n, out);
+}
+
+void Scheduler::release_blocks(Seq& s) {
+  for (int32_t b : s.blocks) pool_.release(b);
+  s.blocks.clear();
+  s.num_computed = 0;
+  s.cache_node = PrefixCache::kRoot;
+  s.num_inserted = 0;
+}
+
+int64_t Scheduler::blocks_needed(const Seq& s, int64_t n) const {
+  return (s.num_computed + n + cfg_.block_size - 1) / cfg_.block_size - int64_t(s.blocks.size());
+}
+
+void Scheduler::preempt(Seq& s, SchedulerOutput& out) {
+  // Copies into its blocks planned earlier in this step are void now.
+  for (size_t i = out.copies.size(); i-- > 0;) {
+    if (std::find(s.blocks.begin(), s.blocks.end(), out.copies[i].dst) == s.blocks.end()) continue;
+    pool_.release(out.copies[i].src);
+    pending_copy_src_.erase(std::find(pending_copy_src_.begin(), pending_copy_src_.end(), out.copies[i].src));
+    out.copies.erase(out.copies.begin() + std::ptrdiff_t(i));
+  }
+  release_blocks(s);  // its full blocks stay in the prefix cache: the recompute may find them
+  running_.erase(rank(s));
+  waiting_.insert(rank(s));
+  s.running = false;
+  ++s.num_preemptions;
+  ++stats_.preemptions;
+  out.preempted.push_back(s.id);
+}
+
+// Adopts cached blocks that continue s's computed prefix. Matching starts at the block holding
+// position num_computed: a cached full block replaces s's own partially computed one. At the
+// divergence point a partially matching cached block is copied (copy-on-write) into a fresh
+// block when s has none there. The last token is never matched: its logits are needed.
+void Scheduler::match_prefix(Seq& s, SchedulerOutput& out, int64_t& matched) {
+  matched = 0;
+  const int64_t bs = cfg_.block_size, len = int64_t(s.tokens.size());
+  const int64_t first = s.num_computed / bs;
+  if (!cache_ || s.num_inserted != first) return;
+  std::span<const int32_t> rest = std::span<const int32_t>(s.tokens).subspan(size_t(first * bs));
+  PrefixCache::Match m = cache_->match(s.cache_node, rest, len - 1 - first * bs);
+  const int64_t before = s.num_computed;
+  for (size_t j = 0; j < m.blocks.size(); ++j) {
+    size_t idx = size_t(first) + j;
+    if (idx < s.blocks.size()) {
+      pool_.release(s.blocks[idx]);
+      s.blocks[idx] = m.blocks[j];
+    } else {
+      s.blocks.push_back(m.blocks[j]);
+    }
+  }
+  if (!m.blocks.empty()) {
+    s.cache_node = m.node;
+    s.num_inserted = first + int64_t(m.blocks.size());
+    s.num_computed = std::max(s.num_computed, s.num_inserted * bs);
+  }
+  if (m.partial_block >= 0) {
+    const int64_t upto = s.num_inserted * bs + m.partial_tokens;
+    std::vector<int32_t> dst;
+    if (upto > s.num_computed && int64_t(s.blocks.size()) == s.num_inserted && take_blocks(1, dst)) {
+      out.copies.push_back({m.partial_block, dst[0]});
+      pending_copy_src_.push_back(m.partial_block);  // kept alive until the copy has run
+      s.blocks.push_back(dst[0]);
+      s.num_computed = upto;
+    } else {
+      pool_.release(m.partial_block);
+    }
+  }
+  matched = s.num_computed - before;
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  int64_t budget = cfg_.max_num_batched_tokens;
+  std::set<uint64_t> scheduled;
+
+  auto emit = [&](Seq& s, int64_t n, bool decode) {
+    ScheduledSeq ss;
+    ss.id = s.id;
+    ss.start_pos = s.num_computed;
+    ss.num_tokens = n;
+    ss.block_table = s.blocks;
+    ss.sample = s.num_computed + n == int64_t(s.tokens.size());
+    out.seqs.push_back(std::move(ss));
+    scheduled.insert(s.id);
+    budget -= n;
+    out.num_batched_tokens += n;
+    (decode ? out.num_decode_tokens : out.num_prefill_tokens) += n;
+  };
+  // Gives s the blocks for n more tokens, preempting the newest unscheduled running sequences
+  // while blocks are short. False when s itself was the one preempted.
+  auto grow = [&](Seq& s, int64_t n) {
+    while (true) {
+      std::vector<int32_t> got;
+      if (take_blocks(blocks_needed(s, n), got)) {
+        s.blocks.insert(s.blocks.end(), got.begin(), got.end());
+        return true;
+      }
+      Seq* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        uint64_t id = std::get<2>(*it);
+        if (!scheduled.count(id)) {
+          victim = &seqs_.at(id);
+          break;
+        }
+      }
+      GALE_ASSERT(victim);  // s itself is running and unscheduled
+      preempt(*victim, out);
+      if (victim == &s) return false;
+    }
+  };
+
+  std::vector<uint64_t> order;
+  for (const Rank& r : running_) order.push_back(std::get<2>(r));
+  // 1. Decodes.
+  for (uint64_t id : order) {
+    if (budget <= 0) break;
+    Seq& s = seqs_.at(id);
+    if (!s.running || int64_t(s.tokens.size()) - s.num_computed != 1) continue;
+    if (grow(s, 1)) emit(s, 1, true);
+  }
+  // 2. Prefill chunks of running sequences.
+  for (uint64_t id : order) {
+    if (budget <= 0) break;
+    Seq& s = seqs_.at(id);
+    if (!s.running || scheduled.count(id) || int64_t(s.tokens.size()) - s.num_computed < 2) continue;
+    int64_t matched = 0;
+    match_prefix(s, out, matched);  // blocks other sequences finished since the last chunk
+    if (s.num_preemptions == 0) {
+      s.cached_tokens += matched;
+      stats_.prefix_hit_tokens += matched;
+    }
+    const int64_t n = std::min(int64_t(s.tokens.size()) - s.num_computed, budget);
+    if (grow(s, n)) emit(s, n, false);
+  }
+  // 3. Admissions.
+  while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
+         int64_t(running_.size()) < cfg_.max_num_seqs) {
+    Seq& s = seqs_.at(std::get<2>(*waiting_.begin()));
+    const size_t copies_before = out.copies.size();
+    int64_t matched = 0;
+    match_prefix(s, out, matched);
+    const int64_t n = std::min(int64_t(s.tokens.size()) - s.num_computed, budget);
+    std::vector<int32_t> got;
+    if (!take_blocks(blocks_needed(s, n), got)) {  // does not fit yet: undo the match, wait
+      release_blocks(s);
+      for (size_t i = copies_before; i < out.copies.size(); ++i) {
+        pool_.release(out.copies[i].src);
+        pending_copy_src_.pop_back();
+      }
+      out.copies.resize(copies_before);
+      break;
+    }
+    s.blocks.insert(s.blocks.end(), got.begin(), got.end());
+    if (s.num_preemptions == 0) {
+      stats_.prefix_queried_tokens += int64_t(s.tokens.size());
+      s.cached_tokens += matched;
+      stats_.prefix_hit_tokens += matched;
+    }
+    waiting_.erase(rank(s));
+    running_.insert(rank(s));
+    s.running = true;
+    emit(s, n, false);
+  }
+  stats_.computed_tokens += out.num_batched_tokens;
+  return out;
+}
+
+void Scheduler::insert_full_blocks(Seq& s) {
+  const int64_t full = s.num_computed / cfg_.block_size;
+  if (!cache_ || full <= s.num_inserted) return;
+  const int64_t bs = cfg_.block_size;
+  std::span<const int32_t> toks =
+      std::span<const int32_t>(s.tokens).subspan(size_t(s.num_inserted * bs), size_t((full - s.num_inserted) * bs));
+  std::span<int32_t> blks = std::span<int32_t>(s.blocks).subspan(size_t(s.num_inserted), size_t(full - s.num_inserted));
+  s.cache_node = cache_->insert(s.cache_node, toks, blks);
+  s.num_inserted = full;
+}
+
+void Scheduler::commit(const SchedulerOutput& out) {
+  for (const ScheduledSeq& ss : out.seqs) {
+    auto it = seqs_.find(ss.id);
+    if (it == seqs_.end()) continue;  // finished in between (abort)
+    Seq& s = it->second;
+    GALE_ASSERT(s.running && s.num_computed == ss.start_pos);
+    s.num_computed += ss.num_tokens;
+    insert_full_blocks(s);
+  }
+  for (int32_t b : pending_copy_src_) pool_.release(b);
+  pending_copy_src_.clear();
+}
+
+void Scheduler::append_token(uint64_t id, int32_t token) { seqs_.at(id).tokens.push_back(token); }
+
+void Scheduler::finish(uint64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  Seq& s = it->second;
+  release_blocks(s);
+  (s.running ? running_ : waiting_).erase(rank(s));
+  seqs_.erase(it);
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats st = stats_;
+  st.running = int64_t(running_.size());
+  st.waiting = int64_t(waiting_.size());
+  st.blocks_total = pool_.num_blocks();
+  st.blocks_free = pool_.num_free();
+  st.blocks_cached = cache_ ? cache_->num_cached_blocks() : 0;
+  return st;
+}
+
+void Scheduler::clear_prefix_cache() {
+  if (cache_) cache_->clear();
+}
+
+}  // namespace gale

@@ -1,0 +1,136 @@
+// The continuous-batching scheduler: decides, step by step, which sequences run and how many of
+// their tokens, and owns their KV block tables. Device-free: it sees token ids, block ids and
+// counts, never tensors (vLLM v1's split: schedule() -> SchedulerOutput).
+//
+// One step (schedule()):
+//   1. running decodes (one token each), in rank order;
+//   2. running prefills (chunks of prompts already started), in rank order;
+//   3. waiting sequences, admitted in rank order while max_num_seqs, the token budget and the free
+//      blocks allow (strictly in order: a request that does not fit blocks the ones behind it).
+// Rank = (priority, arrival): lower first, FCFS within a priority. Decodes come first, so however
+// long a prompt is, it only takes what the token budget leaves (chunked prefill) and never starves
+// them. When a running sequence needs a block and none is free (after evicting unreferenced
+// prefix-cache blocks), the lowest-ranked (newest) running sequence not yet scheduled in this step
+// is preempted: its blocks are released and it is recomputed later from its tokens (prompt +
+// output so far). No sequence is admitted in a step that preempted.
+//
+// The caller runs the step (copies, then one forward over `seqs`), then commit(), then
+// append_token()/finish() for the sequences whose `sample` was set.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <span>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/block_pool.h"
+#include "runtime/prefix_cache.h"
+
+namespace gale {
+
+struct SchedulerConfig {
+  int64_t num_blocks = 0;
+  int64_t block_size = 16;
+  int64_t max_num_seqs = 64;
+  int64_t max_num_batched_tokens = 512;
+  bool prefix_cache = true;
+};
+
+struct ScheduledSeq {
+  uint64_t id = 0;
+  int64_t start_pos = 0;             // tokens already in the KV cache
+  int64_t num_tokens = 0;            // computed this step: tokens[start_pos, start_pos + num_tokens)
+  std::vector<int32_t> block_table;  // covers start_pos + num_tokens positions
+  bool sample = false;               // the chunk ends at the last known token: sample from its logits
+};
+
+struct BlockCopy {
+  int32_t src = 0, dst = 0;          // copy the whole block (copy-on-write of a shared partial block)
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledSeq> seqs;    // decodes first, then prefill chunks
+  std::vector<BlockCopy> copies;     // to run before the forward
+  std::vector<uint64_t> preempted;   // lost their blocks in this step; they will be recomputed
+  int64_t num_batched_tokens = 0;
+  int64_t num_decode_tokens = 0, num_prefill_tokens = 0;
+};
+
+struct SchedulerStats {
+  int64_t running = 0, waiting = 0;
+  int64_t blocks_total = 0, blocks_free = 0, blocks_cached = 0;
+  int64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // first admissions only
+  int64_t preemptions = 0;
+  int64_t computed_tokens = 0;  // tokens run through the model (prefill + decode + recompute)
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerConfig cfg);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // tokens: the prompt (not empty). The id must be new.
+  void add(uint64_t id, std::vector<int32_t> tokens, int priority = 0);
+  SchedulerOutput schedule();
+  // The step ran: the scheduled tokens are in the cache; full blocks enter the prefix cache.
+  void commit(const SchedulerOutput& out);
+  // A token was sampled for the sequence: it is computed in a later step.
+  void append_token(uint64_t id, int32_t token);
+  // Finished or aborted (running or waiting): releases its blocks (cached ones stay cached).
+  void finish(uint64_t id);
+
+  bool contains(uint64_t id) const { return seqs_.count(id) != 0; }
+  const std::vector<int32_t>& tokens(uint64_t id) const;
+  int64_t num_cached_tokens(uint64_t id) const;  // prompt tokens its first admission found cached
+  bool has_unfinished() const { return !seqs_.empty(); }
+  int64_t num_running() const { return int64_t(running_.size()); }
+  int64_t num_waiting() const { return int64_t(waiting_.size()); }
+  SchedulerStats stats() const;
+  const SchedulerConfig& config() const { return cfg_; }
+  const BlockPool& pool() const { return pool_; }
+  // Drops every unreferenced cached block (all blocks are free afterwards when nothing runs).
+  void clear_prefix_cache();
+
+ private:
+  struct Seq {
+    uint64_t id = 0;
+    std::vector<int32_t> tokens;
+    int priority = 0;
+    uint64_t arrival = 0;
+    int64_t num_computed = 0;
+    std::vector<int32_t> blocks;
+    int32_t cache_node = PrefixCache::kRoot;  // prefix-cache node of its last inserted block
+    int64_t num_inserted = 0;                 // leading blocks known to the prefix cache
+    int64_t cached_tokens = 0;
+    int64_t num_preemptions = 0;
+    bool running = false;
+  };
+  using Rank = std::tuple<int, uint64_t, uint64_t>;  // (priority, arrival, id)
+  static Rank rank(const Seq& s) { return {s.priority, s.arrival, s.id}; }
+
+  bool take_blocks(int64_t n, std::vector<int32_t>& out);
+  int64_t available_blocks() const;
+  void release_blocks(Seq& s);
+  void preempt(Seq& s, SchedulerOutput& out);
+  // Extends s's computed prefix from the prefix cache (s.num_computed block-aligned, all its
+  // blocks inserted). Returns false, changing nothing, when the partial copy's block is not free.
+  void match_prefix(Seq& s, SchedulerOutput& out, int64_t& matched);
+  void insert_full_blocks(Seq& s);
+  // Blocks s needs for n more tokens.
+  int64_t blocks_needed(const Seq& s, int64_t n) const;
+
+  SchedulerConfig cfg_;
+  BlockPool pool_;
+  std::unique_ptr<PrefixCache> cache_;
+  std::unordered_map<uint64_t, Seq> seqs_;
+  std::set<Rank> running_, waiting_;
+  std::vector<int32_t> pending_copy_src_;  // retained until commit()
+  uint64_t next_arrival_ = 0;
+  SchedulerStats stats_;
+};
+
+}  // namespace gale
