@@ -12,7 +12,7 @@ jobs=$(nproc)
 echo "== release build and tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C build -j"$jobs"
-(cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 900 -LE gpu)  # gpu: tools/gpu-check.sh
 
 echo "== AddressSanitizer + UBSan build and tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGALE_SANITIZE=ON >/dev/null

@@ -1,0 +1,286 @@
+#include "kernels/cuda/decode_attention.cuh"
+
+#include <algorithm>
+
+namespace gale::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kUnroll = 4;        // K/V rows in flight per lane before the first use
+
+struct Split {
+  int64_t part;       // tokens per partition
+  int64_t max_parts;  // partitions of the longest sequence
+  int tile_heads, head_tiles;
+};
+
+int64_t effective_len(const DecodeAttentionParams& p) {
+  return p.window > 0 ? std::min(p.max_seq_len, p.window) : p.max_seq_len;
+}
+
+Split choose_split(const DecodeAttentionParams& p) {
+  Split s;
+  const int64_t group = p.n_heads / p.n_kv_heads;
+  s.tile_heads = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  s.head_tiles = int((group + s.tile_heads - 1) / s.tile_heads);
+  const int64_t len = std::max<int64_t>(1, effective_len(p));
+  if (p.partition_size > 0) {
+    s.part = p.partition_size;
+  } else {
+    // Largest partition that still gives every SM two blocks; longer partitions mean less
+    // merging work, shorter ones more parallelism for small batches.
+    const int64_t blocks_per_part = p.n_seqs * p.n_kv_heads * s.head_tiles;
+    const int64_t want = 2 * int64_t(device_sm_count());
+    s.part = 64;
+    for (int64_t cand : {512, 256, 128}) {
+      if (blocks_per_part * ((len + cand - 1) / cand) >= want) { s.part = cand; break; }
+    }
+  }
+  s.max_parts = (len + s.part - 1) / s.part;
+  return s;
+}
+
+template <typename KV, int HD, int TH>
+__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAttentionParams p, int part_size,
+                                                                       int max_parts, int head_tiles) {
+  constexpr int LPT = HD / 8;           // lanes per token: each lane owns 8 consecutive dims
+  constexpr int TPW = 32 / LPT;         // tokens per warp per step
+  constexpr int STEP = kWarps * TPW;    // tokens per block per step
+  extern __shared__ float smem[];       // scores [TH][part_size], later reused for the reduction
+  __shared__ float s_max[TH], s_sum[TH];
+
+  const int s = blockIdx.z;
+  const int kvh = blockIdx.y / head_tiles;
+  const int tile = blockIdx.y % head_tiles;
+  const int group = int(p.n_heads / p.n_kv_heads);
+  const int h0 = kvh * group + tile * TH;
+  const int nh = min(TH, group - tile * TH);
+
+  const int64_t len = p.seq_lens[s];
+  const int64_t pos = len - 1;
+  const int64_t first = p.window > 0 ? max(int64_t(0), pos - p.window + 1) : 0;
+  const int n_parts = int((len - first + part_size - 1) / part_size);
+  const int part = blockIdx.x;
+  if (part >= n_parts) return;
+  const int64_t t0 = first + int64_t(part) * part_size;
+  const int n = int(min(int64_t(part_size), len - t0));
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane % LPT, slot = lane / LPT;
+  const int64_t row = p.n_kv_heads * HD;
+  const int32_t* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
+  const KV* kbase = static_cast<const KV*>(p.k_cache) + kvh * HD + sub * 8;
+  const KV* vbase = static_cast<const KV*>(p.v_cache) + kvh * HD + sub * 8;
+
+  float q[TH][8];
+#pragma unroll
+  for (int h = 0; h < TH; ++h)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      q[h][e] = h < nh ? load_f32(p.q, p.q_dtype, int64_t(s) * p.ldq + int64_t(h0 + h) * HD + sub * 8 + e) * p.scale : 0.0f;
+
+  float* scores = smem;
+  // Phase 1: scores[h][i] = q_h · k_(t0+i)
+  for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
+    float k[kUnroll][8];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * STEP + slot;
+      if (i < n) {
+        const int64_t t = t0 + i;
+        const int64_t sl = int64_t(table[t / p.block_size]) * p.block_size + t % p.block_size;
+        load8(kbase + sl * row, k[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) k[u][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * STEP + slot;
+#pragma unroll
+      for (int h = 0; h < TH; ++h) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) d = fmaf(q[h][e], k[u][e], d);
+#pragma unroll
+        for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (sub == 0 && i < n) scores[h * part_size + i] = d;
+      }
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: softmax numerators per head (max and sum kept for the merge).
+  for (int h = warp; h < TH; h += kWarps) {
+    float m = -INFINITY;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[h * part_size + i]);
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int i = lane; i < n; i += 32) {
+      const float w = __expf(scores[h * part_size + i] - m);
+      scores[h * part_size + i] = w;
+      l += w;
+    }
+    l = warp_sum(l);
+    if (lane == 0) { s_max[h] = m; s_sum[h] = l; }
+  }
+  __syncthreads();
+
+  // Phase 3: acc[h] = sum_i w[h][i] * v_(t0+i) over this lane's 8 dims.
+  float acc[TH][8];
+#pragma unroll
+  for (int h = 0; h < TH; ++h)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
+  for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
+    float v[kUnroll][8];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * STEP + slot;
+      if (i < n) {
+        const int64_t t = t0 + i;
+        const int64_t sl = int64_t(table[t / p.block_size]) * p.block_size + t % p.block_size;
+        load8(vbase + sl * row, v[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int i = base + u * STEP + slot;
+      if (i < n) {
+#pragma unroll
+        for (int h = 0; h < TH; ++h) {
+          const float w = scores[h * part_size + i];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[h][e] = fmaf(w, v[u][e], acc[h][e]);
+        }
+      }
+    }
+  }
+  // Sum the token slots of each warp, then the warps (through shared memory).
+#pragma unroll
+  for (int h = 0; h < TH; ++h)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+      for (int o = LPT; o < 32; o <<= 1) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+  __syncthreads();  // scores are dead; reuse the buffer as red[kWarps][TH][HD]
+  float* red = smem;
+  if (slot == 0) {
+#pragma unroll
+    for (int h = 0; h < TH; ++h)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) red[(warp * TH + h) * HD + sub * 8 + e] = acc[h][e];
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
+    const int h = j / HD, d = j % HD;
+    if (h >= nh) continue;
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) o += red[w * TH * HD + j];
+    const int64_t head = h0 + h;
+    if (n_parts == 1) {
+      store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
+    } else {
+      const int64_t idx = (int64_t(s) * p.n_heads + head) * max_parts + part;
+      float* ws_o = static_cast<float*>(p.workspace);
+      float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * HD;
+      ws_o[idx * HD + d] = o;
+      if (d == 0) { ws_ml[idx * 2] = s_max[h]; ws_ml[idx * 2 + 1] = s_sum[h]; }
+    }
+  }
+}
+
+// Merges the partitions of one (sequence, head): out = sum_p e^(m_p - M) o_p / sum_p e^(m_p - M) l_p.
+__global__ void decode_attention_merge_kernel(DecodeAttentionParams p, int part_size, int max_parts) {
+  extern __shared__ float wts[];  // [max_parts]
+  __shared__ float s_inv;
+  const int s = blockIdx.y, head = blockIdx.x;
+  const int64_t len = p.seq_lens[s];
+  const int64_t first = p.window > 0 ? max(int64_t(0), len - p.window) : 0;
+  const int n_parts = int((len - first + part_size - 1) / part_size);
+  if (n_parts == 1) return;  // written directly by the first kernel
+  const int64_t idx0 = (int64_t(s) * p.n_heads + head) * max_parts;
+  const float* ws_o = static_cast<const float*>(p.workspace);
+  const float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * p.head_dim;
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n_parts; i += 32) m = fmaxf(m, ws_ml[(idx0 + i) * 2]);
+    m = warp_max(m);
+    float l = 0.0f;
+    for (int i = threadIdx.x; i < n_parts; i += 32) {
+      const float w = __expf(ws_ml[(idx0 + i) * 2] - m);
+      wts[i] = w;
+      l += w * ws_ml[(idx0 + i) * 2 + 1];
+    }
+    l = warp_sum(l);
+    if (threadIdx.x == 0) s_inv = 1.0f / l;
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int i = 0; i < n_parts; ++i) o = fmaf(wts[i], ws_o[(idx0 + i) * p.head_dim + d], o);
+    store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(head) * p.head_dim + d, o * s_inv);
+  }
+}
+
+template <typename KV, int HD>
+cudaError_t launch_hd(const DecodeAttentionParams& p, const Split& sp, cudaStream_t stream) {
+  const dim3 grid(unsigned(sp.max_parts), unsigned(p.n_kv_heads * sp.head_tiles), unsigned(p.n_seqs));
+  const size_t smem = size_t(std::max<int64_t>(sp.tile_heads * sp.part, kWarps * sp.tile_heads * HD)) * 4;
+  auto go = [&](auto kernel) -> cudaError_t {
+    if (smem > 48 * 1024) GALE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, kWarps * 32, smem, stream>>>(p, int(sp.part), int(sp.max_parts), sp.head_tiles);
+    return cudaGetLastError();
+  };
+  switch (sp.tile_heads) {
+    case 1: return go(decode_attention_kernel<KV, HD, 1>);
+    case 2: return go(decode_attention_kernel<KV, HD, 2>);
+    case 4: return go(decode_attention_kernel<KV, HD, 4>);
+    default: return go(decode_attention_kernel<KV, HD, 8>);
+  }
+}
+
+template <typename KV>
+cudaError_t launch_kv(const DecodeAttentionParams& p, const Split& sp, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 64: return launch_hd<KV, 64>(p, sp, stream);
+    case 128: return launch_hd<KV, 128>(p, sp, stream);
+    case 256: return launch_hd<KV, 256>(p, sp, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+size_t decode_attention_workspace_size(const DecodeAttentionParams& p) {
+  if (p.n_seqs <= 0 || p.n_kv_heads <= 0) return 0;
+  const Split sp = choose_split(p);
+  if (sp.max_parts <= 1) return 0;
+  return size_t(p.n_seqs * p.n_heads * sp.max_parts) * size_t(p.head_dim + 2) * sizeof(float);
+}
+
+cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
+  if (p.n_seqs <= 0) return cudaSuccess;
+  if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads || p.block_size <= 0 || p.max_seq_len <= 0 ||
+      p.n_seqs > 65535 || (p.q_dtype != DType::F32 && p.q_dtype != DType::BF16) ||
+      (p.out_dtype != DType::F32 && p.out_dtype != DType::BF16))
+    return cudaErrorInvalidValue;
+  if (p.partition_size != 0 &&
+      (p.partition_size < 64 || p.partition_size > 512 || (p.partition_size & (p.partition_size - 1))))
+    return cudaErrorInvalidValue;
+  const Split sp = choose_split(p);
+  if (sp.max_parts > 1 && !p.workspace) return cudaErrorInvalidValue;
+  cudaError_t err;
+  if (p.kv_dtype == DType::BF16) err = launch_kv<__nv_bfloat16>(p, sp, stream);
+  else if (p.kv_dtype == DType::F32) err = launch_kv<float>(p, sp, stream);
+  else return cudaErrorInvalidValue;
+  if (err != cudaSuccess || sp.max_parts <= 1) return err;
+  decode_attention_merge_kernel<<<dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, size_t(sp.max_parts) * 4,
+                                  stream>>>(p, int(sp.part), int(sp.max_parts));
+  return cudaGetLastError();
+}
+
+}  // namespace gale::cuda

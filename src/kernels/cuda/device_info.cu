@@ -1,0 +1,20 @@
+#include <atomic>
+
+#include "kernels/cuda/common.cuh"
+
+namespace gale::cuda {
+
+int device_sm_count() {
+  // Cached per process (one device per process for now; the backend will pass it explicitly
+  // once it manages several).
+  static std::atomic<int> cached{0};
+  int v = cached.load(std::memory_order_relaxed);
+  if (v > 0) return v;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0)
+    v = 132;  // H100 SXM; only sizes the split, never correctness
+  cached.store(v, std::memory_order_relaxed);
+  return v;
+}
+
+}  // namespace gale::cuda

@@ -1,0 +1,34 @@
+// bf16 GEMM through cuBLASLt: y[M, N] (= or +=) x[M, K] · W[N, K]ᵀ, f32 accumulation.
+// W is a weight in its stored [out_features, in_features] layout, as in kernels/cpu/matmul.h.
+// A GemmContext owns the cuBLASLt handle, one workspace and a cache of (layouts, algorithm)
+// per shape, so the heuristic query runs once per shape, not per call. One context per stream
+// (the workspace is shared by its calls); not thread-safe.
+#pragma once
+#include "kernels/cuda/common.cuh"
+
+namespace gale::cuda {
+
+struct GemmContext;
+
+struct GemmParams {
+  const void* x;      // [M, K] bf16, row stride ldx (elements)
+  int64_t ldx;
+  const void* w;      // [N, K] bf16, row stride ldw
+  int64_t ldw;
+  void* y;            // [M, N] row stride ldy, y_dtype (BF16 or F32)
+  int64_t ldy;
+  DType y_dtype;
+  int64_t M, N, K;
+  bool accumulate;    // y += x·Wᵀ (the residual add) instead of y = x·Wᵀ
+};
+
+// workspace_bytes 0 picks 32 MiB (what cuBLASLt's Hopper kernels ask for at most).
+cudaError_t gemm_context_create(GemmContext** ctx, size_t workspace_bytes = 0);
+void gemm_context_destroy(GemmContext* ctx);
+// cudaErrorNotSupported when cuBLASLt has no algorithm for the shape; gemm_last_error says why.
+cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream);
+const char* gemm_last_error(const GemmContext* ctx);
+// Plans held in the cache (for tests).
+size_t gemm_cached_plans(const GemmContext* ctx);
+
+}  // namespace gale::cuda
