@@ -1,6 +1,7 @@
 // Jinja2 evaluator: statements render into a string, expressions evaluate to Values.
 #include "tokenizer/jinja_interp.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace gale::jinja {
@@ -67,6 +68,11 @@ struct MacroFn : Callable {
       if (bound[i]) continue;
       sc->vars[params[i]] = def->args[i] ? in.eval(*def->args[i], sc) : Value::undefined(params[i]);
     }
+    auto uses = [&](const char* what) { return std::find(def->ops.begin(), def->ops.end(), what) != def->ops.end(); };
+    if (!extra.empty() && !uses("varargs"))
+      throw RuntimeError("macro '" + name + "' takes not more than " + std::to_string(params.size()) + " argument(s)");
+    if (!kwargs->items.empty() && !uses("kwargs"))
+      throw RuntimeError("macro '" + name + "' takes no keyword argument '" + kwargs->items.front().first + "'");
     sc->vars["varargs"] = Value::array(std::move(extra), true);
     sc->vars["kwargs"] = Value::object(kwargs);
     std::string out;

@@ -1,6 +1,7 @@
 // Jinja2 parser: recursive descent over the lexer's tokens.
 #include "tokenizer/jinja_parser.h"
 
+#include <algorithm>
 #include <set>
 
 #include "core/error.h"
@@ -12,6 +13,20 @@ namespace {
 
 [[noreturn]] void parse_fail(int line, const std::string& msg) {
   throw Error("chat template line " + std::to_string(line) + ": " + msg);
+}
+
+// Whether any Name node under `n` is `name` (macros accept extra arguments only if their body
+// reads `varargs` / `kwargs`, as in jinja2).
+bool mentions(const Node& n, const std::string& name) {
+  if (n.type == NodeType::Name && n.name == name) return true;
+  for (const Node* k : {n.a.get(), n.b.get(), n.c.get()})
+    if (k && mentions(*k, name)) return true;
+  for (const NodeList* l : {&n.args, &n.body, &n.else_body})
+    for (auto& k : *l)
+      if (k && mentions(*k, name)) return true;
+  for (auto& kv : n.kwargs)
+    if (kv.second && mentions(*kv.second, name)) return true;
+  return false;
 }
 
 NodePtr make(NodeType t, int line) {
@@ -291,6 +306,10 @@ class Parser {
     loop_depth_ = saved;
     next();
     expect_block_end();
+    for (auto& b : n->body) {
+      if (mentions(*b, "varargs") && std::find(n->ops.begin(), n->ops.end(), "varargs") == n->ops.end()) n->ops.push_back("varargs");
+      if (mentions(*b, "kwargs") && std::find(n->ops.begin(), n->ops.end(), "kwargs") == n->ops.end()) n->ops.push_back("kwargs");
+    }
     return n;
   }
 

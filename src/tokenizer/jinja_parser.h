@@ -42,7 +42,7 @@ enum class NodeType : uint8_t {
   For,          // for targets in a [if b]: body else else_body
   Set,          // set targets = a; flag: targets = {namespace, attribute}
   SetBlock,     // set targets[0] %} body {% endset; args = filter chain (Filter nodes)
-  Macro,        // macro name(targets = params; args = defaults, null = none) body
+  Macro,        // macro name(targets = params; args = defaults, null = none) body; ops: varargs/kwargs used
   CallBlock,    // call(targets = params) a (a Call) body
   FilterBlock,  // filter args (chain of Filter nodes) body
   With,         // with targets = args: body

@@ -204,6 +204,15 @@ TEST(JinjaErrors, UnsupportedConstructNamesItAndItsLine) {
   EXPECT_NE(e.find("line 3"), std::string::npos) << e;
 }
 
+TEST(JinjaErrors, MacroArgumentChecks) {
+  // jinja2: TypeError "macro 'm' takes not more than 1 argument(s)" / "takes no keyword argument 'b'",
+  // unless the body reads varargs / kwargs.
+  EXPECT_NE(error_of("{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}").find("not more than 1"), std::string::npos);
+  EXPECT_NE(error_of("{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, b=2) }}").find("keyword argument 'b'"), std::string::npos);
+  EXPECT_EQ(render("{% macro m(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1, 2, b=3) }}"), "1(2,){'b': 3}");
+  EXPECT_NE(error_of("{% macro m(a) %}{% endmacro %}{{ m(1, a=2) }}"), "<no error>");
+}
+
 TEST(JinjaErrors, Unterminated) {
   std::string e = error_of("x\n{% for m in messages %}\n{{ m }}\n");
   EXPECT_NE(e.find("line 2"), std::string::npos) << e;
