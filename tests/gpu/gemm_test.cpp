@@ -39,12 +39,15 @@ TEST(CudaGemmLt, MatchesReferenceMatmul) {
       ASSERT_EQ(cuda::gemm_bf16(ctx, p, nullptr), cudaSuccess) << cuda::gemm_last_error(ctx);
     }
     CUDA_OK(cudaDeviceSynchronize());
+    std::vector<uint16_t> wdense(static_cast<size_t>(c.N * c.K));  // ref::matmul takes W with row stride K
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.K; ++j) wdense[size_t(i * c.K + j)] = wb[size_t(i * ldw + j)];
     // Ran twice: with accumulate the reference adds x·Wᵀ twice.
     std::vector<float> ref(static_cast<size_t>(c.M * ldy));
     for (int64_t i = 0; i < c.M; ++i)
       for (int64_t j = 0; j < c.N; ++j) ref[size_t(i * ldy + j)] = c.acc ? y0[size_t(i * ldy + j)] : 0.0f;
     for (int rep = 0; rep < (c.acc ? 2 : 1); ++rep)
-      ref::matmul(x.data(), ldx, c.M, c.K, wb.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
+      ref::matmul(x.data(), ldx, c.M, c.K, wdense.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
     auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
     std::vector<float> out, rr;
     for (int64_t i = 0; i < c.M; ++i)

@@ -7,7 +7,32 @@ namespace gale::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kUnroll = 4;        // K/V rows in flight per lane before the first use
+
+// 8 consecutive K/V elements as loaded (16 bytes of bf16, 32 of f32), widened only at use so
+// that more rows fit in registers while their loads are in flight.
+template <typename KV> struct Raw8;
+template <> struct Raw8<__nv_bfloat16> {
+  uint4 u;
+  __device__ __forceinline__ void load(const __nv_bfloat16* p) { u = *reinterpret_cast<const uint4*>(p); }
+  __device__ __forceinline__ void widen(float* o) const { load8(reinterpret_cast<const __nv_bfloat16*>(&u), o); }
+};
+template <> struct Raw8<float> {
+  float4 a, b;
+  __device__ __forceinline__ void load(const float* p) {
+    a = reinterpret_cast<const float4*>(p)[0];
+    b = reinterpret_cast<const float4*>(p)[1];
+  }
+  __device__ __forceinline__ void widen(float* o) const {
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+  }
+};
+
+// Cache slot of position t: a shift when block_size is a power of two (the usual 16/32),
+// 32-bit division otherwise (64-bit division costs ~70 instructions per row).
+__device__ __forceinline__ int64_t slot_of(const int32_t* table, int t, int bs, int shift) {
+  const int b = shift >= 0 ? t >> shift : t / bs;
+  return int64_t(table[b]) * bs + (t - b * bs);
+}
 
 struct Split {
   int64_t part;       // tokens per partition
@@ -47,6 +72,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   constexpr int LPT = HD / 8;           // lanes per token: each lane owns 8 consecutive dims
   constexpr int TPW = 32 / LPT;         // tokens per warp per step
   constexpr int STEP = kWarps * TPW;    // tokens per block per step
+  constexpr int kUnroll = sizeof(KV) == 2 ? 8 : 4;  // rows in flight per lane before the first use
   extern __shared__ float smem[];       // scores [TH][part_size], later reused for the reduction
   __shared__ float s_max[TH], s_sum[TH];
 
@@ -70,6 +96,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   const int sub = lane % LPT, slot = lane / LPT;
   const int64_t row = p.n_kv_heads * HD;
   const int32_t* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
+  const int bs = int(p.block_size);
+  const int shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;
   const KV* kbase = static_cast<const KV*>(p.k_cache) + kvh * HD + sub * 8;
   const KV* vbase = static_cast<const KV*>(p.v_cache) + kvh * HD + sub * 8;
 
@@ -83,27 +111,22 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   float* scores = smem;
   // Phase 1: scores[h][i] = q_h · k_(t0+i)
   for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
-    float k[kUnroll][8];
+    Raw8<KV> kr[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
-      if (i < n) {
-        const int64_t t = t0 + i;
-        const int64_t sl = int64_t(table[t / p.block_size]) * p.block_size + t % p.block_size;
-        load8(kbase + sl * row, k[u]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) k[u][e] = 0.0f;
-      }
+      if (i < n) kr[u].load(kbase + slot_of(table, int(t0) + i, bs, shift) * row);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
+      float k[8];
+      kr[u].widen(k);
 #pragma unroll
       for (int h = 0; h < TH; ++h) {
         float d = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) d = fmaf(q[h][e], k[u][e], d);
+        for (int e = 0; e < 8; ++e) d = fmaf(q[h][e], k[e], d);
 #pragma unroll
         for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         if (sub == 0 && i < n) scores[h * part_size + i] = d;
@@ -135,25 +158,23 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
   for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
-    float v[kUnroll][8];
+    Raw8<KV> vr[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
-      if (i < n) {
-        const int64_t t = t0 + i;
-        const int64_t sl = int64_t(table[t / p.block_size]) * p.block_size + t % p.block_size;
-        load8(vbase + sl * row, v[u]);
-      }
+      if (i < n) vr[u].load(vbase + slot_of(table, int(t0) + i, bs, shift) * row);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
       if (i < n) {
+        float v[8];
+        vr[u].widen(v);
 #pragma unroll
         for (int h = 0; h < TH; ++h) {
           const float w = scores[h * part_size + i];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[h][e] = fmaf(w, v[u][e], acc[h][e]);
+          for (int e = 0; e < 8; ++e) acc[h][e] = fmaf(w, v[e], acc[h][e]);
         }
       }
     }
@@ -278,8 +299,9 @@ cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream
   else if (p.kv_dtype == DType::F32) err = launch_kv<float>(p, sp, stream);
   else return cudaErrorInvalidValue;
   if (err != cudaSuccess || sp.max_parts <= 1) return err;
-  decode_attention_merge_kernel<<<dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, size_t(sp.max_parts) * 4,
-                                  stream>>>(p, int(sp.part), int(sp.max_parts));
+  // Padded to whole 16-byte words: the compiler may read the weights as vectors.
+  const size_t merge_smem = size_t((sp.max_parts + 3) / 4 * 4 + 4) * 4;
+  decode_attention_merge_kernel<<<dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, merge_smem, stream>>>(p, int(sp.part), int(sp.max_parts));
   return cudaGetLastError();
 }
 

@@ -73,6 +73,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   const int n_tiles = int((qpos_hi + 1 - tile0 + kBN - 1) / kBN);
   const int32_t* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
   const int64_t kv_row = p.n_kv_heads * HD;
+  const int bs = int(p.block_size);
+  const int shift = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;
   const __nv_bfloat16* qg = static_cast<const __nv_bfloat16*>(p.q);
   const __nv_bfloat16* kg = static_cast<const __nv_bfloat16*>(p.k_cache);
   const __nv_bfloat16* vg = static_cast<const __nv_bfloat16*>(p.v_cache);
@@ -95,7 +97,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       const int64_t kp = k0 + r;
       const bool ok = kp >= key_lo && kp < kv_len;
       int64_t off = 0;
-      if (ok) off = (int64_t(table[kp / p.block_size]) * p.block_size + kp % p.block_size) * kv_row + kvh * HD + ch * 8;
+      if (ok) {
+        const int t = int(kp), blk = shift >= 0 ? t >> shift : t / bs;  // 32-bit: see decode_attention.cu
+        off = (int64_t(table[blk]) * bs + (t - blk * bs)) * kv_row + kvh * HD + ch * 8;
+      }
       cp_async16(sK + b * kBN * HD + swz<HD>(r, ch), kg + off, ok ? 16 : 0);
       cp_async16(sV + b * kBN * HD + swz<HD>(r, ch), vg + off, ok ? 16 : 0);
     }
@@ -147,14 +152,19 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
     }
     // Mask (causal, window, range) and online softmax; each row lives in a quad of lanes.
     const int64_t k0 = tile0 + int64_t(j) * kBN;
+    // Only tiles on the diagonal or the window's edge need the per-element mask.
+    const bool need_mask = k0 + kBN - 1 > qpos_lo || k0 < key_lo || (p.window > 0 && k0 <= qpos_hi - p.window);
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kBN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t kp = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-        const int64_t q_p = qp[e >> 1];
-        const bool ok = kp <= q_p && kp >= key_lo && (p.window <= 0 || kp > q_p - p.window);
+        bool ok = true;
+        if (need_mask) {
+          const int64_t kp = k0 + nt * 8 + (lane % 4) * 2 + (e & 1);
+          const int64_t q_p = qp[e >> 1];
+          ok = kp <= q_p && kp >= key_lo && (p.window <= 0 || kp > q_p - p.window);
+        }
         sc[nt][e] = ok ? sc[nt][e] * sl2 : -INFINITY;
         mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
       }
