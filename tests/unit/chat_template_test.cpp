@@ -6,6 +6,8 @@
 // expected string must match exactly; every expected error must be an error here too (with
 // the same message when the template itself raised).
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
