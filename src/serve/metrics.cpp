@@ -69,7 +69,8 @@ std::string Metrics::render(const EngineStats& s, int64_t in_flight, int64_t ope
   gauge("gale_open_connections", "Open HTTP connections.", double(open_connections));
   gauge("gale_kv_cache_blocks_total", "KV-cache blocks.", double(s.kv_blocks_total));
   gauge("gale_kv_cache_blocks_free", "Free KV-cache blocks.", double(s.kv_blocks_free));
-  gauge("gale_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0-1).",
+  gauge("gale_kv_cache_blocks_cached", "KV-cache blocks held by the prefix cache.", double(s.kv_blocks_cached));
+  gauge("gale_kv_cache_usage_perc", "Fraction of KV-cache blocks not free (0-1), prefix-cache blocks included.",
         s.kv_blocks_total > 0 ? double(s.kv_blocks_total - s.kv_blocks_free) / double(s.kv_blocks_total) : 0.0);
   gauge("gale_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", double(s.prefix_cache_queried_tokens), "counter");
   gauge("gale_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", double(s.prefix_cache_hit_tokens), "counter");

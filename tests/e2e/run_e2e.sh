@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Server end-to-end tests against the real `gale serve` on loopback, with real clients:
+#   curl (SSE framing, headers, auth, body limit), the official openai npm package
+#   (client_test.mjs), a bounded load test (load_test.mjs), and the SIGTERM drain.
+# Usage: tests/e2e/run_e2e.sh BUILD_DIR   (exits non-zero on any failure; always stops the server)
+set -euo pipefail
+build=$(cd "${1:?usage: run_e2e.sh BUILD_DIR}" && pwd)
+gale=$build/gale
+cd "$(dirname "$0")"
+here=$(pwd)
+
+if [ ! -d node_modules/openai ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+key="e2e-$RANDOM$RANDOM"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+log=$(mktemp)
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$log" /tmp/gale-e2e-$$.*
+}
+trap cleanup EXIT
+fail() { echo "e2e: FAIL: $*"; echo "--- server log (tail)"; tail -n 30 "$log"; exit 1; }
+
+GALE_API_KEY=$key "$gale" serve --port "$port" --chat-template "$here/chat_template.jinja" --max-num-seqs 64 \
+  --drain-timeout 60 >"$log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+  curl -sf "$url/health" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || fail "server exited at start-up"
+  sleep 0.2
+done
+curl -sf "$url/health" >/dev/null || fail "server did not come up"
+echo "e2e: server up on $url (pid $pid)"
+
+# ---- curl: SSE framing
+out=/tmp/gale-e2e-$$.sse
+hdr=/tmp/gale-e2e-$$.hdr
+curl -sN -D "$hdr" "$url/v1/chat/completions" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d '{"messages":[{"role":"user","content":"def add(a, b):"}],"max_tokens":12,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}' >"$out"
+grep -qi '^content-type: text/event-stream' "$hdr" || fail "SSE content type"
+grep -qi '^transfer-encoding: chunked' "$hdr" || fail "SSE chunked encoding"
+python3 - "$out" <<'PY' || fail "SSE framing"
+import json, sys
+raw = open(sys.argv[1], "rb").read().decode()
+assert raw.endswith("data: [DONE]\n\n"), repr(raw[-40:])
+events = raw.split("\n\n")[:-1]
+assert all(e.startswith("data: ") and "\n" not in e for e in events), events
+chunks = [json.loads(e[6:]) for e in events[:-1]]
+assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+PY
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+[ "$(code "$url/health")" = 200 ] || fail "/health without a key"
+[ "$(code "$url/v1/models")" = 401 ] || fail "/v1/models without a key"
+[ "$(code "$url/metrics")" = 401 ] || fail "/metrics without a key"
+[ "$(code -H "Authorization: Bearer $key" "$url/v1/models")" = 200 ] || fail "/v1/models with the key"
+head -c $((9 << 20)) /dev/zero | tr '\0' 'a' >/tmp/gale-e2e-$$.big
+c=$(code -H "Authorization: Bearer $key" -H 'Content-Type: application/json' --data-binary @/tmp/gale-e2e-$$.big "$url/v1/completions" || true)
+[ "$c" = 413 ] || [ "$c" = 000 ] || fail "oversized body answered $c"
+[ "$(code -H "Authorization: Bearer $key" -d '{"prompt":' "$url/v1/completions")" = 400 ] || fail "invalid JSON"
+echo "e2e: curl checks passed"
+
+# ---- the openai npm client
+GALE_URL=$url GALE_API_KEY=$key GALE_BIN=$gale node client_test.mjs || fail "client tests"
+# ---- load
+GALE_URL=$url GALE_API_KEY=$key node load_test.mjs "${GALE_E2E_STREAMS:-200}" "${GALE_E2E_MALFORMED:-300}" || fail "load test"
+
+# ---- SIGTERM drains: an in-flight stream completes, new connections are refused, exit 0
+curl -sN "$url/v1/completions" -H "Authorization: Bearer $key" \
+  -d '{"prompt":"def f(x):","max_tokens":150,"ignore_eos":true,"temperature":0,"stream":true}' >"$out" &
+cpid=$!
+sleep 0.5
+kill -TERM "$pid"
+wait "$cpid" || fail "the in-flight stream failed during the drain"
+tail -c 14 "$out" | grep -q 'data: \[DONE\]' || fail "the in-flight stream was cut by the drain"
+rc=0
+wait "$pid" || rc=$?
+pid=""
+[ "$rc" = 0 ] || fail "server exit status $rc after SIGTERM"
+grep -q "draining" "$log" || fail "no drain message"
+echo "e2e: all server tests passed"
