@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. release build + ctest (every unit, fixture and CLI test),
+#   1. release build + ctest (every unit, fixture and CLI test), then `gale serve` with real
+#      clients (tests/e2e/run_e2e.sh: curl, the openai npm package, a load test on loopback),
 #   2. the CPU tests again under AddressSanitizer + UBSan,
 #   3. each libFuzzer target briefly.
 # GALE_FUZZ_SECONDS (default 20) sets the fuzzing time per target.
@@ -13,6 +14,9 @@ echo "== release build and tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C build -j"$jobs"
 (cd build && ctest --output-on-failure -j"$jobs" --timeout 900 -LE gpu)  # gpu: tools/gpu-check.sh
+
+echo "== server end-to-end tests (curl, openai npm client, load test on loopback)"
+tests/e2e/run_e2e.sh build
 
 echo "== AddressSanitizer + UBSan build and tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGALE_SANITIZE=ON >/dev/null
