@@ -71,6 +71,20 @@ GALE_URL=$url GALE_API_KEY=$key GALE_BIN=$gale node client_test.mjs || fail "cli
 # ---- load
 GALE_URL=$url GALE_API_KEY=$key node load_test.mjs "${GALE_E2E_STREAMS:-200}" "${GALE_E2E_MALFORMED:-300}" || fail "load test"
 
+# ---- gale bench serve against this server: a short run, JSON and HTML written
+GALE_API_KEY=$key "$gale" bench serve --base-url "$url" --num-prompts 12 --request-rate 8,inf --input-len 32 \
+  --output-len 8 --range-ratio 0.5 --json /tmp/gale-e2e-$$.json --html /tmp/gale-e2e-$$.html >/dev/null || fail "bench serve"
+python3 - /tmp/gale-e2e-$$.json /tmp/gale-e2e-$$.html <<'PY' || fail "bench serve output"
+import json, re, sys, xml.dom.minidom
+j = json.load(open(sys.argv[1]))
+assert [r["completed"] for r in j["runs"]] == [12, 12], j
+assert all(r["ttft_ms"]["p50"] > 0 and r["output_throughput"] > 0 for r in j["runs"]), j
+svgs = re.findall(r"<svg.*?</svg>", open(sys.argv[2]).read(), re.S)
+assert len(svgs) == 5
+for s in svgs: xml.dom.minidom.parseString(s)
+PY
+echo "e2e: bench serve passed"
+
 # ---- SIGTERM drains: an in-flight stream completes, new connections are refused, exit 0
 curl -sN "$url/v1/completions" -H "Authorization: Bearer $key" \
   -d '{"prompt":"def f(x):","max_tokens":150,"ignore_eos":true,"temperature":0,"stream":true}' >"$out" &
