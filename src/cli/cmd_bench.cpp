@@ -4,8 +4,11 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_engine.h"
 #include "cli/command.h"
+#include "cli/engine_options.h"
 #include "cli/model_options.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/machine_probe.h"
 #include "kernels/cpu/matmul.h"
@@ -22,6 +25,11 @@ struct BenchOptions {
   int reps = 3;
   bool json = false;
   bool no_probe = false;
+  std::string mode = "kernels";
+  EngineOptions engine;
+  int64_t requests = 0;  // 0 = the mode's default
+  std::string concurrency = "1,2,4,8,16";
+  int64_t prefix = 1000, suffix = 16;
 };
 
 // Bytes one decode step streams: every matrix once, the embedding table only gathered
@@ -61,7 +69,41 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   sub->add_option("--reps", o->reps, "Repetitions; the best is reported (default 3)")->check(CLI::PositiveNumber);
   sub->add_flag("--no-probe", o->no_probe, "Skip measuring bandwidth and FMA peak");
   sub->add_flag("--json", o->json, "JSON output");
-  sub->callback([o] {
+  sub->add_option("--mode", o->mode,
+                  "kernels: prefill/decode of one sequence vs the machine (default); throughput: Engine output tok/s "
+                  "against --concurrency; shared-prefix: requests sharing a --prefix, prefix cache off vs on")
+      ->check(CLI::IsMember({"kernels", "throughput", "shared-prefix"}));
+  add_engine_options(sub, o->engine);
+  sub->add_option("--requests", o->requests, "Engine modes: requests (default 32 throughput, 64 shared-prefix)");
+  sub->add_option("--concurrency", o->concurrency, "throughput: max-num-seqs values to try (default 1,2,4,8,16)");
+  sub->add_option("--prefix", o->prefix, "shared-prefix: shared tokens (default 1000)")->check(CLI::PositiveNumber);
+  sub->add_option("--suffix", o->suffix, "shared-prefix: distinct tokens per request (default 16)")->check(CLI::PositiveNumber);
+  sub->callback([o, sub] {
+    if (o->mode != "kernels") {
+      const std::string path = resolve_model(o->model);
+      LoadedModel lm = load_model(path, parse_act_dtype(o->model.dtype));
+      EngineBenchOptions b;
+      b.engine = engine_config(o->engine);
+      b.json = o->json;
+      if (o->mode == "throughput") {
+        b.requests = o->requests > 0 ? o->requests : 32;
+        b.prompt = o->prompt;
+        b.gen = o->gen;
+        b.concurrency.clear();
+        for (int32_t c : parse_id_list(o->concurrency)) {
+          if (c <= 0) throw gale::Error("--concurrency values must be > 0");
+          b.concurrency.push_back(c);
+        }
+        bench_throughput(*lm.model, lm.source, b);
+      } else {
+        b.requests = o->requests > 0 ? o->requests : 64;
+        b.prefix = o->prefix;
+        b.suffix = o->suffix;
+        b.gen = sub->count("--gen") ? o->gen : 8;
+        bench_shared_prefix(*lm.model, lm.source, b);
+      }
+      return;
+    }
     using clock = std::chrono::steady_clock;
     auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
     const std::string path = resolve_model(o->model);

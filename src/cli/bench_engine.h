@@ -1,0 +1,24 @@
+// Engine benchmarks behind `gale bench --mode throughput|shared-prefix`.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace gale::cli {
+
+struct EngineBenchOptions {
+  EngineConfig engine;
+  int64_t requests = 32;
+  int64_t prompt = 128, gen = 32;           // throughput: tokens per request
+  std::vector<int64_t> concurrency = {1, 2, 4, 8, 16};
+  int64_t prefix = 1000, suffix = 16;       // shared-prefix workload
+  bool json = false;
+};
+
+// Output tokens/s against max_num_seqs (random prompts, ignore_eos).
+void bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
+// Requests sharing a long prefix, with and without the prefix cache: prefill saved, speed-up.
+void bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
+
+}  // namespace gale::cli
