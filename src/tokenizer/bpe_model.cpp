@@ -6,6 +6,7 @@
 #include <queue>
 
 #include "core/error.h"
+#include "tokenizer/json_scan.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode_util.h"
 
@@ -17,26 +18,67 @@ constexpr size_t kCacheMaxWord = 256;       // longer words are not cached
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
 }  // namespace
 
-BpeModel::BpeModel(const json& j) {
-  std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
-  const json& vocab = field(j, "vocab");
+namespace {
+
+// model.vocab as (token, id) pairs, from the fast scanner or, when it declines, from nlohmann.
+void read_vocab(const json& j, std::string_view raw, std::vector<std::pair<std::string, int64_t>>& out) {
+  if (!raw.empty() && scan_vocab(raw, out)) return;
+  json parsed;
+  if (!raw.empty()) parsed = json::parse(raw);
+  const json& vocab = raw.empty() ? field(j, "vocab") : parsed;
   if (!vocab.is_object()) throw Error("model.vocab must be an object");
-  vocab_.reserve(vocab.size());
-  size_t limit = 2 * vocab.size() + 1024;
+  out.clear();
+  out.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer()) throw Error("model.vocab: id of '" + it.key() + "' is not an integer");
-    int64_t id = it.value().get<int64_t>();
+    out.emplace_back(it.key(), it.value().get<int64_t>());
+  }
+}
+
+// model.merges as (a, b) pairs, likewise.
+void read_merges(const json& j, std::string_view raw, std::vector<std::pair<std::string, std::string>>& out) {
+  if (!raw.empty() && scan_merges(raw, out)) return;
+  json parsed;
+  if (!raw.empty()) parsed = json::parse(raw);
+  const json& merges = raw.empty() ? field(j, "merges") : parsed;
+  if (!merges.is_array()) throw Error("model.merges must be a list");
+  out.clear();
+  out.reserve(merges.size());
+  for (const json& m : merges) {
+    if (m.is_string()) {
+      const std::string& s = m.get_ref<const std::string&>();
+      size_t sp = s.find(' ', 1);
+      if (sp == std::string::npos) throw Error("model.merges: '" + s + "' is not of the form 'a b'");
+      out.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      out.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    } else {
+      throw Error("model.merges: entry " + std::to_string(out.size()) + " is neither \"a b\" nor [a, b]");
+    }
+  }
+}
+
+}  // namespace
+
+BpeModel::BpeModel(const json& j, const BpeSections* raw) {
+  std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
+  std::vector<std::pair<std::string, int64_t>> vocab;
+  read_vocab(j, raw ? raw->vocab : std::string_view(), vocab);
+  vocab_.reserve(vocab.size());
+  size_t limit = 2 * vocab.size() + 1024;
+  for (auto& [tok, id] : vocab) {
     if (id < 0 || size_t(id) >= limit) throw Error("model.vocab: id " + std::to_string(id) + " out of range");
-    vocab_[it.key()] = int32_t(id);
+    vocab_.assign(std::move(tok), int32_t(id));
     max_id_ = std::max(max_id_, int32_t(id));
   }
+  vocab.clear();
+  vocab.shrink_to_fit();
   vocab_r_.assign(size_t(max_id_ + 1), nullptr);
-  for (const auto& [tok, id] : vocab_) vocab_r_[size_t(id)] = &tok;
+  for (size_t k = 0; k < vocab_.size(); ++k) vocab_r_[size_t(vocab_.ids()[k])] = &vocab_.keys()[k];
 
   if (j.contains("unk_token") && !j["unk_token"].is_null()) {
     unk_token_ = get_string(j, "unk_token");
-    auto it = vocab_.find(unk_token_);
-    if (it != vocab_.end()) unk_id_ = it->second;
+    unk_id_ = vocab_.find(unk_token_);
   }
   if (j.contains("continuing_subword_prefix") && !j["continuing_subword_prefix"].is_null())
     prefix_ = get_string(j, "continuing_subword_prefix");
@@ -49,36 +91,25 @@ BpeModel::BpeModel(const json& j) {
     for (int b = 0; b < 256; ++b) {
       char name[8];
       std::snprintf(name, sizeof(name), "<0x%02X>", b);
-      auto it = vocab_.find(std::string_view(name));
-      if (it != vocab_.end()) byte_ids_[b] = it->second;
+      byte_ids_[b] = vocab_.find(std::string_view(name));
     }
   }
 
-  const json& merges = field(j, "merges");
-  if (!merges.is_array()) throw Error("model.merges must be a list");
+  std::vector<std::pair<std::string, std::string>> merges;
+  read_merges(j, raw ? raw->merges : std::string_view(), merges);
   merges_.reserve(merges.size());
   int32_t rank = 0;
-  for (const json& m : merges) {
-    std::string a, b;
-    if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
-      size_t sp = s.find(' ', 1);
-      if (sp == std::string::npos) throw Error("model.merges: '" + s + "' is not of the form 'a b'");
-      a = s.substr(0, sp);
-      b = s.substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      a = m[0].get<std::string>();
-      b = m[1].get<std::string>();
-    } else {
-      throw Error("model.merges: entry " + std::to_string(rank) + " is neither \"a b\" nor [a, b]");
-    }
-    auto ia = vocab_.find(a), ib = vocab_.find(b);
-    if (ia == vocab_.end() || ib == vocab_.end())
+  std::string merged;
+  for (const auto& [a, b] : merges) {
+    int32_t ia = vocab_.find(a), ib = vocab_.find(b);
+    if (ia < 0 || ib < 0)
       throw Error("model.merges: '" + a + " " + b + "' uses a token missing from the vocab");
-    std::string merged = a + (prefix_.empty() || b.compare(0, prefix_.size(), prefix_) != 0 ? b : b.substr(prefix_.size()));
-    auto im = vocab_.find(merged);
-    if (im == vocab_.end()) throw Error("model.merges: merged token '" + merged + "' missing from the vocab");
-    merges_.emplace(pair_key(ia->second, ib->second), MergeInfo{rank, im->second});
+    merged.assign(a);
+    if (prefix_.empty() || b.compare(0, prefix_.size(), prefix_) != 0) merged += b;
+    else merged.append(b, prefix_.size());
+    int32_t im = vocab_.find(merged);
+    if (im < 0) throw Error("model.merges: merged token '" + merged + "' missing from the vocab");
+    merges_.insert(pair_key(ia, ib), rank, im);
     ++rank;
   }
 }
@@ -91,9 +122,8 @@ const std::string* BpeModel::id_to_token(int32_t id) const {
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const {
   if (word.empty()) return;
   if (ignore_merges_) {
-    auto it = vocab_.find(word);
-    if (it != vocab_.end()) {
-      out.push_back(it->second);
+    if (int32_t id = vocab_.find(word); id >= 0) {
+      out.push_back(id);
       return;
     }
   }
@@ -145,13 +175,12 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       if (is_last) buf += suffix_;
       key = buf;
     }
-    auto it = vocab_.find(key);
-    if (it != vocab_.end()) {
+    if (int32_t id = vocab_.find(key); id >= 0) {
       if (pending_unk >= 0) {
         add(pending_unk);
         pending_unk = -1;
       }
-      add(it->second);
+      add(id);
       continue;
     }
     if (byte_fallback_) {
@@ -183,9 +212,9 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     auto push = [&](int32_t pos) {
       const Symbol& a = sym[size_t(pos)];
       if (a.next < 0) return;
-      auto it = merges_.find(pair_key(a.id, sym[size_t(a.next)].id));
-      if (it == merges_.end()) return;
-      heap.push_back({it->second.rank, pos, it->second.new_id});
+      const MergeTable::Entry* m = merges_.find(pair_key(a.id, sym[size_t(a.next)].id));
+      if (!m) return;
+      heap.push_back({m->rank, pos, m->new_id});
       std::push_heap(heap.begin(), heap.end());
     };
     for (int32_t p = 0; p + 1 < int32_t(sym.size()); ++p) push(p);
@@ -196,8 +225,8 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       Symbol& a = sym[size_t(top.pos)];
       if (!a.alive || a.next < 0) continue;
       Symbol& b = sym[size_t(a.next)];
-      auto it = merges_.find(pair_key(a.id, b.id));
-      if (it == merges_.end() || it->second.new_id != top.new_id) continue;  // stale entry
+      const MergeTable::Entry* m = merges_.find(pair_key(a.id, b.id));
+      if (!m || m->new_id != top.new_id) continue;  // stale entry
       a.id = top.new_id;
       b.alive = false;
       a.next = b.next;
@@ -209,5 +238,84 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
   for (const Symbol& s : sym)
     if (s.alive) out.push_back(s.id);
 }
+
+// ---- TokenIndex / MergeTable ----
+
+namespace {
+// FNV-1a with a final mix: tokens are short, so a byte loop beats a block hash here.
+inline uint64_t hash_bytes(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h ^ (h >> 31);
+}
+}  // namespace
+
+void TokenIndex::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  if (cap <= slots_.size()) return;
+  slots_.assign(cap, 0);
+  for (size_t k = 0; k < keys_.size(); ++k) {
+    uint64_t h = hash_bytes(keys_[k]);
+    slots_[probe(keys_[k], h)] = (h & 0xFFFFFFFF00000000ull) | uint64_t(k + 1);
+  }
+  keys_.reserve(n);
+  ids_.reserve(n);
+}
+
+size_t TokenIndex::probe(std::string_view key, uint64_t h) const {
+  const size_t mask = slots_.size() - 1;
+  const uint64_t tag = h & 0xFFFFFFFF00000000ull;
+  for (size_t i = size_t(h) & mask;; i = (i + 1) & mask) {
+    uint64_t v = slots_[i];
+    if (v == 0) return i;
+    if ((v & 0xFFFFFFFF00000000ull) == tag && keys_[size_t(uint32_t(v)) - 1] == key) return i;
+  }
+}
+
+void TokenIndex::assign(std::string key, int32_t id) {
+  if (2 * (keys_.size() + 1) > slots_.size()) reserve(2 * keys_.size() + 8);
+  uint64_t h = hash_bytes(key);
+  size_t i = probe(key, h);
+  if (slots_[i] != 0) {
+    ids_[size_t(uint32_t(slots_[i])) - 1] = id;
+    return;
+  }
+  keys_.push_back(std::move(key));
+  ids_.push_back(id);
+  slots_[i] = (h & 0xFFFFFFFF00000000ull) | uint64_t(keys_.size());
+}
+
+int32_t TokenIndex::find(std::string_view key) const {
+  if (slots_.empty()) return -1;
+  uint64_t v = slots_[probe(key, hash_bytes(key))];
+  return v == 0 ? -1 : ids_[size_t(uint32_t(v)) - 1];
+}
+
+void MergeTable::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap <<= 1;
+  if (cap <= slots_.size()) return;
+  std::vector<Entry> old = std::move(slots_);
+  slots_.assign(cap, Entry{kEmpty, 0, 0});
+  mask_ = cap - 1;
+  n_ = 0;
+  for (const Entry& e : old)
+    if (e.key != kEmpty) insert(e.key, e.rank, e.new_id);
+}
+
+void MergeTable::insert(uint64_t key, int32_t rank, int32_t new_id) {
+  if (2 * (n_ + 1) > slots_.size()) reserve(2 * n_ + 8);
+  for (size_t i = slot(key);; i = (i + 1) & mask_) {
+    Entry& e = slots_[i];
+    if (e.key == key) return;  // repeated merge: the first (lowest rank) stays
+    if (e.key == kEmpty) {
+      e = Entry{key, rank, new_id};
+      ++n_;
+      return;
+    }
+  }
+}
+
 
 }  // namespace gale::tok

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "tokenizer/json_scan.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
 
@@ -93,12 +94,59 @@ class Decoder {
 };
 std::unique_ptr<Decoder> make_decoder(const json& j);
 
+// String -> id by open addressing over keys kept in one vector. The BPE vocab is looked up three
+// times per merge at load (0.8M look-ups for Llama-3.1) and per symbol at encode; a node-based
+// unordered_map cost ~2 cache misses per look-up and most of the load time.
+class TokenIndex {
+ public:
+  void reserve(size_t n);
+  void assign(std::string key, int32_t id);   // a repeated key takes the later id (JSON's last key wins)
+  int32_t find(std::string_view key) const;   // -1 when absent
+  size_t size() const { return keys_.size(); }
+  const std::vector<std::string>& keys() const { return keys_; }
+  const std::vector<int32_t>& ids() const { return ids_; }
+
+ private:
+  size_t probe(std::string_view key, uint64_t h) const;  // slot holding key, or the empty slot for it
+  std::vector<std::string> keys_;
+  std::vector<int32_t> ids_;
+  std::vector<uint64_t> slots_;  // (hash high 32 bits) << 32 | (index into keys_ + 1); 0 = empty
+};
+
+// (left id, right id) -> (rank, merged id), open addressing; the first of repeated merges wins.
+class MergeTable {
+ public:
+  struct Entry {
+    uint64_t key;
+    int32_t rank, new_id;
+  };
+  void reserve(size_t n);
+  void insert(uint64_t key, int32_t rank, int32_t new_id);
+  const Entry* find(uint64_t key) const {
+    if (slots_.empty()) return nullptr;
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      const Entry& e = slots_[i];
+      if (e.key == key) return &e;
+      if (e.key == kEmpty) return nullptr;
+    }
+  }
+  bool empty() const { return n_ == 0; }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are >= 0, so no real key is all ones
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 20) & mask_; }
+  std::vector<Entry> slots_;
+  size_t mask_ = 0, n_ = 0;
+};
+
 // The BPE model: vocab, merges and the merge loop, with a per-word cache.
 class BpeModel {
  public:
-  explicit BpeModel(const json& j);
+  // raw: the vocab / merges text found by split_bpe_sections (j then holds null for them).
+  explicit BpeModel(const json& j, const BpeSections* raw = nullptr);
   void tokenize(std::string_view word, std::vector<int32_t>& out) const;
-  const StrMap<int32_t>& vocab() const { return vocab_; }
+  int32_t find(std::string_view token) const { return vocab_.find(token); }  // -1 when absent
+  size_t vocab_count() const { return vocab_.size(); }
   int32_t max_id() const { return max_id_; }
   const std::string* id_to_token(int32_t id) const;
   bool byte_fallback() const { return byte_fallback_; }
@@ -107,13 +155,10 @@ class BpeModel {
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   int32_t byte_token(unsigned char b) const { return byte_ids_[b]; }
 
-  StrMap<int32_t> vocab_;
+  TokenIndex vocab_;
   std::vector<const std::string*> vocab_r_;
   int32_t max_id_ = -1;
-  struct MergeInfo {
-    int32_t rank, new_id;
-  };
-  std::unordered_map<uint64_t, MergeInfo> merges_;
+  MergeTable merges_;
   std::string unk_token_;
   int32_t unk_id_ = -1;
   std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix
@@ -164,7 +209,7 @@ class AddedVocabulary {
 
 class HfTokenizer final : public Tokenizer {
  public:
-  HfTokenizer(const json& tokenizer_json, const json* config);
+  HfTokenizer(const json& tokenizer_json, const json* config, const BpeSections* raw = nullptr);
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens) const override;
   size_t vocab_size() const override { return vocab_size_; }

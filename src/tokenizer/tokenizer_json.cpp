@@ -29,14 +29,14 @@ bool get_bool(const json& j, const char* key, bool def) {
   return j[key].get<bool>();
 }
 
-HfTokenizer::HfTokenizer(const json& tj, const json* config) {
+HfTokenizer::HfTokenizer(const json& tj, const json* config, const BpeSections* raw) {
   (void)config;
   if (!tj.is_object()) throw Error("top level must be an object");
   const json& model = field(tj, "model");
   if (!model.is_object()) throw Error("'model' must be an object");
   std::string type = model.contains("type") ? get_string(model, "type") : (model.contains("merges") ? "BPE" : "");
   if (type != "BPE") throw Error("unsupported tokenizer model: " + (type.empty() ? std::string("(no type)") : type));
-  model_ = std::make_unique<BpeModel>(model);
+  model_ = std::make_unique<BpeModel>(model, raw);
 
   normalizer_ = make_normalizer(tj.value("normalizer", json()));
   pre_tokenizer_ = make_pre_tokenizer(tj.value("pre_tokenizer", json()));
@@ -47,14 +47,14 @@ HfTokenizer::HfTokenizer(const json& tj, const json* config) {
   // already in the vocab (or added before) takes that id, any other the next free id after the
   // model's vocab. Real files agree with this; hand-written ones may not.
   int32_t max_id = model_->max_id();
-  const int32_t model_size = int32_t(model_->vocab().size());
+  const int32_t model_size = int32_t(model_->vocab_count());
   int32_t max_added = -1;
   std::vector<AddedToken> added;
   StrMap<int32_t> added_ids;
   if (tj.contains("added_tokens") && !tj["added_tokens"].is_null()) {
     const json& list = tj["added_tokens"];
     if (!list.is_array()) throw Error("'added_tokens' must be a list");
-    size_t limit = 2 * (model_->vocab().size() + list.size()) + 1024;
+    size_t limit = 2 * (model_->vocab_count() + list.size()) + 1024;
     for (const json& a : list) {
       AddedToken t;
       const json& id = field(a, "id");
@@ -64,8 +64,8 @@ HfTokenizer::HfTokenizer(const json& tj, const json* config) {
       if (t.content.empty()) continue;  // HF skips empty added tokens
       if (added_ids.count(t.content)) {
         continue;  // same content again: HF keeps the first token's flags
-      } else if (auto jt = model_->vocab().find(t.content); jt != model_->vocab().end()) {
-        t.id = jt->second;
+      } else if (int32_t jt = model_->find(t.content); jt >= 0) {
+        t.id = jt;
       } else {
         t.id = max_added < 0 ? model_size : (max_added >= model_size || model_size == 0 ? max_added + 1 : model_size);
       }
@@ -135,8 +135,7 @@ std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_
 
 std::optional<int32_t> HfTokenizer::token_to_id(std::string_view token) const {
   if (const AddedToken* a = added_.by_content(token)) return a->id;
-  auto it = model_->vocab().find(token);
-  if (it != model_->vocab().end()) return it->second;
+  if (int32_t id = model_->find(token); id >= 0) return id;
   return std::nullopt;
 }
 
@@ -179,6 +178,12 @@ std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg
     }
   }
   try {
+    // The big vocab / merges sections go through the fast scanner; nlohmann parses the rest.
+    tok::BpeSections raw;
+    if (tok::split_bpe_sections(tok_text, raw)) {
+      json tj = json::parse(raw.rest);
+      return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr, &raw);
+    }
     json tj = json::parse(tok_text);
     return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr);
   } catch (const json::exception& e) {

@@ -1,0 +1,268 @@
+// Fast path for model.vocab / model.merges of tokenizer.json; see json_scan.h for why and for
+// the fall-back contract (return false whenever unsure).
+#include "tokenizer/json_scan.h"
+
+#include <algorithm>
+
+#include "tokenizer/unicode_util.h"
+
+namespace gale::tok {
+
+namespace {
+
+struct Cursor {
+  const char* p;
+  const char* end;
+
+  bool at(char c) const { return p < end && *p == c; }
+  void ws() {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  }
+  bool eat(char c) {
+    ws();
+    if (!at(c)) return false;
+    ++p;
+    ws();
+    return true;
+  }
+
+  bool hex4(uint32_t& v) {
+    if (end - p < 4) return false;
+    v = 0;
+    for (int k = 0; k < 4; ++k) {
+      char c = *p++;
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= uint32_t(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= uint32_t(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= uint32_t(c - 'A' + 10);
+      else return false;
+    }
+    return true;
+  }
+
+  // A JSON string at p, strictly: escapes decoded, surrogate pairs joined, raw control characters
+  // and lone surrogates rejected (as nlohmann does). UTF-8 validity is checked by the caller.
+  bool string(std::string& out) {
+    out.clear();
+    if (!at('"')) return false;
+    const char* run = ++p;
+    for (;;) {
+      if (p == end) return false;
+      auto c = static_cast<unsigned char>(*p);
+      if (c == '"') {
+        out.append(run, p);
+        ++p;
+        return true;
+      }
+      if (c < 0x20) return false;
+      if (c != '\\') {
+        ++p;
+        continue;
+      }
+      out.append(run, p);
+      if (++p == end) return false;
+      switch (*p++) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          uint32_t cp;
+          if (!hex4(cp)) return false;
+          if (cp >= 0xDC00 && cp <= 0xDFFF) return false;
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            uint32_t lo;
+            if (end - p < 2 || p[0] != '\\' || p[1] != 'u') return false;
+            p += 2;
+            if (!hex4(lo) || lo < 0xDC00 || lo > 0xDFFF) return false;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          utf8_append(out, cp);
+          break;
+        }
+        default: return false;
+      }
+      run = p;
+    }
+  }
+
+  // Skips a string without decoding it (only to find its end).
+  bool skip_string() {
+    if (!at('"')) return false;
+    for (++p; p < end; ++p) {
+      if (*p == '\\') {
+        if (++p == end) return false;
+      } else if (*p == '"') {
+        ++p;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Skips any value, checking only that brackets balance; nlohmann checks the rest later.
+  bool skip_value() {
+    if (at('"')) return skip_string();
+    if (at('{') || at('[')) {
+      int depth = 0;
+      while (p < end) {
+        char c = *p;
+        if (c == '"') {
+          if (!skip_string()) return false;
+          continue;
+        }
+        ++p;
+        if (c == '{' || c == '[') {
+          ++depth;
+        } else if (c == '}' || c == ']') {
+          if (--depth == 0) return true;
+        }
+      }
+      return false;
+    }
+    const char* start = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' && *p != '\r' && *p != '\t')
+      ++p;
+    return p != start;
+  }
+
+  // A non-negative JSON integer that fits comfortably in int64; anything else (sign, fraction,
+  // exponent, leading zero) is left to nlohmann.
+  bool uint(int64_t& v) {
+    const char* start = p;
+    v = 0;
+    while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    size_t n = size_t(p - start);
+    if (n == 0 || n > 15 || (n > 1 && *start == '0')) return false;
+    return !(p < end && (*p == '.' || *p == 'e' || *p == 'E'));
+  }
+};
+
+bool valid_utf8(std::string_view s) { return utf8_valid_prefix(s) == s.size(); }
+
+}  // namespace
+
+bool split_bpe_sections(std::string_view doc, BpeSections& out) {
+  out = BpeSections{};
+  Cursor c{doc.data(), doc.data() + doc.size()};
+  std::string key;
+  bool seen_model = false;
+  c.ws();
+  if (!c.eat('{')) return false;
+  while (!c.at('}')) {
+    if (!c.string(key) || !c.eat(':')) return false;
+    if (key == "model" && c.at('{')) {
+      if (seen_model) return false;
+      seen_model = true;
+      if (!c.eat('{')) return false;
+      std::string key2;
+      while (!c.at('}')) {
+        if (!c.string(key2) || !c.eat(':')) return false;
+        const char* start = c.p;
+        if (!c.skip_value()) return false;
+        std::string_view span(start, size_t(c.p - start));
+        if (key2 == "vocab" || key2 == "merges") {
+          std::string_view& slot = key2 == "vocab" ? out.vocab : out.merges;
+          if (!slot.empty()) return false;
+          slot = span;
+        }
+        c.ws();
+        if (c.at(',')) {
+          if (!c.eat(',')) return false;
+        } else if (!c.at('}')) {
+          return false;
+        }
+      }
+      ++c.p;
+    } else {
+      if (key == "model") {
+        if (seen_model) return false;
+        seen_model = true;
+      }
+      if (!c.skip_value()) return false;
+    }
+    c.ws();
+    if (c.at(',')) {
+      if (!c.eat(',')) return false;
+    } else if (!c.at('}')) {
+      return false;
+    }
+  }
+  ++c.p;
+  c.ws();
+  if (c.p != c.end || (out.vocab.empty() && out.merges.empty())) return false;
+
+  std::vector<std::string_view> spans;
+  for (auto s : {out.vocab, out.merges})
+    if (!s.empty()) spans.push_back(s);
+  std::sort(spans.begin(), spans.end(), [](auto a, auto b) { return a.data() < b.data(); });
+  const char* pos = doc.data();
+  out.rest.reserve(doc.size() - out.vocab.size() - out.merges.size() + 16);
+  for (auto s : spans) {
+    out.rest.append(pos, s.data());
+    out.rest += "null";
+    pos = s.data() + s.size();
+  }
+  out.rest.append(pos, doc.data() + doc.size());
+  return true;
+}
+
+bool scan_vocab(std::string_view text, std::vector<std::pair<std::string, int64_t>>& out) {
+  out.clear();
+  if (!valid_utf8(text)) return false;
+  out.reserve(text.size() / 16);  // ~25 bytes per entry in real files
+  Cursor c{text.data(), text.data() + text.size()};
+  c.ws();
+  if (!c.eat('{')) return false;
+  std::string key;
+  while (!c.at('}')) {
+    int64_t id;
+    if (!c.string(key) || !c.eat(':') || !c.uint(id)) return false;
+    out.emplace_back(std::move(key), id);
+    c.ws();
+    if (c.at(',')) {
+      if (!c.eat(',') || c.at('}')) return false;
+    } else if (!c.at('}')) {
+      return false;
+    }
+  }
+  ++c.p;
+  c.ws();
+  return c.p == c.end;
+}
+
+bool scan_merges(std::string_view text, std::vector<std::pair<std::string, std::string>>& out) {
+  out.clear();
+  if (!valid_utf8(text)) return false;
+  out.reserve(text.size() / 16);  // ~20-50 bytes per entry in real files
+  Cursor c{text.data(), text.data() + text.size()};
+  c.ws();
+  if (!c.eat('[')) return false;
+  std::string s, b;
+  while (!c.at(']')) {
+    if (c.at('"')) {
+      if (!c.string(s)) return false;
+      size_t sp = s.find(' ', 1);
+      if (sp == std::string::npos) return false;
+      out.emplace_back(s.substr(0, sp), s.substr(sp + 1));
+    } else {
+      if (!c.eat('[') || !c.string(s) || !c.eat(',') || !c.string(b) || !c.eat(']')) return false;
+      out.emplace_back(s, b);
+    }
+    c.ws();
+    if (c.at(',')) {
+      if (!c.eat(',') || c.at(']')) return false;
+    } else if (!c.at(']')) {
+      return false;
+    }
+  }
+  ++c.p;
+  c.ws();
+  return c.p == c.end;
+}
+
+}  // namespace gale::tok
