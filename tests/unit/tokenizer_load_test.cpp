@@ -1,0 +1,77 @@
+// The fast tokenizer.json path (src/tokenizer/json_scan.*) must give the same tokenizer as the
+// plain nlohmann parse, and every malformed vocab / merges section one clear error.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "tokenizer/json_scan.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+std::string doc(const std::string& vocab, const std::string& merges, const std::string& extra = "") {
+  return R"({"version": "1.0", "added_tokens": [], )" + extra + R"("model": {"type": "BPE", "vocab": )" + vocab +
+         R"(, "merges": )" + merges + R"(, "unk_token": null}, "decoder": null})";
+}
+
+std::string error_of(const std::string& text) {
+  try {
+    gale::Tokenizer::from_json(text);
+  } catch (const gale::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TokenizerLoad, ScannerDecodesEscapesAndBothMergeForms) {
+  std::vector<std::pair<std::string, int64_t>> v;
+  ASSERT_TRUE(gale::tok::scan_vocab(R"({"a\"b": 0, "\u00e9\ud83d\ude00": 7, "\n\t\\/": 12} )", v));
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[0].first, "a\"b");
+  EXPECT_EQ(v[1].first, "\xc3\xa9\xf0\x9f\x98\x80");
+  EXPECT_EQ(v[1].second, 7);
+  EXPECT_EQ(v[2].first, "\n\t\\/");
+  std::vector<std::pair<std::string, std::string>> m;
+  ASSERT_TRUE(gale::tok::scan_merges(R"([" a b", ["c d", "e"]])", m));
+  EXPECT_EQ(m[0], (std::pair<std::string, std::string>(" a", "b")));
+  EXPECT_EQ(m[1], (std::pair<std::string, std::string>("c d", "e")));
+  // Declined (left to nlohmann): lone surrogates, raw control characters, odd numbers, trailing commas.
+  for (const char* bad : {R"({"\ud83d": 0})", "{\"a\x01\": 0}", R"({"a": -1})", R"({"a": 01})", R"({"a": 1.0})",
+                          R"({"a": 1,})", "{\"\xff\": 0}"})
+    EXPECT_FALSE(gale::tok::scan_vocab(bad, v)) << bad;
+  EXPECT_FALSE(gale::tok::scan_merges(R"(["ab"])", m));
+  EXPECT_FALSE(gale::tok::scan_merges(R"([["a", "b", "c"]])", m));
+}
+
+TEST(TokenizerLoad, FastAndPlainPathsAgree) {
+  // Same tokenizer once with the sections found by the scanner and once through nlohmann alone
+  // (a second "model" key makes split_bpe_sections decline).
+  const std::string vocab = R"({"a": 0, "b": 1, "ab": 2, "c": 3, "abc": 4, "\u00e9": 5})";
+  const std::string merges = R"(["a b", ["ab", "c"]])";
+  gale::tok::BpeSections s;
+  ASSERT_TRUE(gale::tok::split_bpe_sections(doc(vocab, merges), s));
+  EXPECT_EQ(s.vocab, vocab);
+  EXPECT_EQ(s.merges, merges);
+  EXPECT_FALSE(gale::tok::split_bpe_sections(doc(vocab, merges, R"("model": 1, )"), s));
+  auto fast = gale::Tokenizer::from_json(doc(vocab, merges));
+  EXPECT_EQ(fast->encode("abcab\xc3\xa9", false), (std::vector<int32_t>{4, 2, 5}));
+  EXPECT_EQ(fast->decode(std::vector<int32_t>{4, 5}), "abc \xc3\xa9");
+}
+
+TEST(TokenizerLoad, MalformedSectionsGiveOneClearError) {
+  EXPECT_NE(error_of(doc(R"({"a": 0, "b": })", "[]")).find("parse error"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": -3})", "[]")).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 1.5})", "[]")).find("not an integer"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"\ud800": 0})", "[]")).find("surrogate"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"(["a"])", "[]")).find("model.vocab must be an object"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", R"(["ab"])")).find("is not of the form"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", R"([["a"]])")).find("neither"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", R"(["a b"])")).find("missing from the vocab"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", "{}")).find("model.merges must be a list"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", "[]") + " x").find("parse error"), std::string::npos);
+  EXPECT_NE(error_of(doc(R"({"a": 0})", "[]", R"("normalizer": {"type": "Nope"}, )")).find("Nope"), std::string::npos);
+}
+
+}  // namespace
