@@ -47,13 +47,14 @@ struct Server::Impl {
   ServerConfig cfg;
   Metrics metrics;
   EngineLoop loop;
+  // Declared before ioc: the sessions its destructor drops still touch them.
+  std::atomic<bool> draining{false};
+  std::atomic<int64_t> connections{0};
   net::io_context ioc;
   tcp::acceptor acceptor;
   net::signal_set signals;
   net::steady_timer drain_timer, retry_timer;
   clock::time_point drain_deadline;
-  std::atomic<bool> draining{false};
-  std::atomic<int64_t> connections{0};
   int bound_port = 0;
 };
 
