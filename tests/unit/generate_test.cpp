@@ -6,7 +6,6 @@
 #include <sstream>
 
 #include "engine/generator.h"
-#include "engine/perplexity.h"
 #include "model/model_loader.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
@@ -62,23 +61,6 @@ TEST_P(BundledModel, GreedyTextMatchesTransformers) {
     EXPECT_EQ(r.ids, g["ids"].get<std::vector<int32_t>>());
     EXPECT_EQ(r.text, g["text"].get<std::string>());
     EXPECT_EQ(streamed, r.text);
-  }
-}
-
-// `gale perplexity` equals transformers within 0.5 % (issue: bundled model).
-TEST_P(BundledModel, PerplexityMatchesTransformers) {
-  auto ref = test::read_json(test::fixtures_dir() + "/default_model/reference.json")["models"][GetParam()];
-  LoadedModel lm = load_model(bundled(GetParam()), ActDType::F32);
-  auto tok = Tokenizer::load(bundled(GetParam()));
-  std::ifstream in(bundled("data/validation-head.txt"), std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::vector<int32_t> ids = tok->encode(ss.str());
-  for (auto [ctx, stride, key] : {std::tuple{128, 64, "validation_head_ppl_ctx128_stride64"},
-                                  std::tuple{512, 256, "validation_head_ppl_ctx512_stride256"}}) {
-    double expect = ref[key].get<double>();
-    PerplexityResult r = perplexity(*lm.model, ids, ctx, stride);
-    EXPECT_NEAR(r.ppl / expect, 1.0, 0.005) << key << ": gale " << r.ppl << " transformers " << expect;
   }
 }
 
