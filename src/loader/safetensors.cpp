@@ -68,7 +68,10 @@ std::vector<TensorInfo> parse_safetensors(const uint8_t* data, size_t size, cons
   const uint8_t* base = data + 8 + hlen;
   const uint64_t data_size = size - 8 - hlen;
   std::vector<TensorInfo> out;
-  for (auto& [name, e] : header.items()) {
+  for (auto& item : header.items()) {
+    // Plain references, not a structured binding: the lambda below captures the name.
+    const std::string& name = item.key();
+    const json& e = item.value();
     if (name == "__metadata__") continue;
     auto bad = [&](const std::string& why) { return Error(what + ": tensor '" + name + "': " + why); };
     if (!e.is_object()) throw bad("entry is not an object");
