@@ -14,7 +14,7 @@ for src in tests/fuzz/fuzz_*.cpp; do
   work=$(mktemp -d)
   [ -d "$corpus_src" ] && cp -r "$corpus_src"/. "$work"/
   echo "== $name: ${secs}s"
-  "$build/$name" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  "$build/tests/fuzz/$name" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=0 "$work" 2>&1 | tail -n 3
   rm -rf "$work"
 done
