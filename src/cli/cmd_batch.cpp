@@ -454,7 +454,7 @@ int BatchJob::run() {
     return 0;
   }
 
-  lm_ = load_model(model_dir_, parse_act_dtype(o_.model.dtype));
+  lm_ = load_model(model_dir_, backend_options(o_.model));
   model_name_ = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
   if (model_name_.empty()) model_name_ = std::filesystem::path(model_dir_).parent_path().filename().string();
   if (!lm_.synthetic && std::filesystem::exists(std::filesystem::path(model_dir_) / "tokenizer.json"))

@@ -81,7 +81,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   sub->callback([o, sub] {
     if (o->mode != "kernels") {
       const std::string path = resolve_model(o->model);
-      LoadedModel lm = load_model(path, parse_act_dtype(o->model.dtype));
+      LoadedModel lm = load_model(path, backend_options(o->model));
       EngineBenchOptions b;
       b.engine = engine_config(o->engine);
       b.json = o->json;
@@ -108,20 +108,24 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
     const std::string path = resolve_model(o->model);
     auto t_load = clock::now();
-    LoadedModel lm = load_model(path, parse_act_dtype(o->model.dtype));
+    LoadedModel lm = load_model(path, backend_options(o->model));
     const double load_s = secs(t_load);
     Transformer& m = *lm.model;
     const ModelConfig& c = m.config();
     const int threads = num_threads();
     double bw = 0, peak = 0;
+    const bool gpu = !m.backend().is_cpu();
+    const std::string dtype = gpu ? "bf16" : (o->model.dtype.empty() ? "f32" : o->model.dtype);
     if (!o->no_probe) {
-      if (!o->json) std::fprintf(stderr, "measuring memory bandwidth and FMA peak...\n");
-      bw = cpu::measure_read_bandwidth_gbs(threads);
-      peak = cpu::measure_fma_peak_gflops(threads);
+      if (!o->json) std::fprintf(stderr, "measuring memory bandwidth and %s peak...\n", gpu ? "bf16 tensor-core" : "FMA");
+      if (!m.backend().probe(&bw, &peak)) {
+        bw = cpu::measure_read_bandwidth_gbs(threads);
+        peak = cpu::measure_fma_peak_gflops(threads);
+      }
     }
     const int64_t bs = 16, total = o->prompt + o->gen;
     const int64_t nb = (total + bs - 1) / bs;
-    KVCache kv(c, nb, bs, m.kv_dtype());
+    KVCache kv(c, nb, bs, m.kv_dtype(), &m.backend());
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
     Rng rng(42);
@@ -150,7 +154,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     const double pp_gflops = prefill_flops(c, o->prompt) / best_pp / 1e9;
     const double tg_gbs = decode_bytes_per_token(m) * tg_tps / 1e9;
     nlohmann::json j = {{"model", lm.source}, {"architecture", c.architecture}, {"threads", threads},
-                        {"matmul_isa", cpu::matmul_isa()}, {"dtype", o->model.dtype}, {"load_s", load_s},
+                        {"matmul_isa", gpu ? "cublaslt" : cpu::matmul_isa()}, {"dtype", dtype}, {"load_s", load_s},
+                        {"device", m.backend().name()}, {"prompt_seconds", best_pp},
                         {"prompt_tokens", o->prompt}, {"gen_tokens", o->gen},
                         {"prompt_tokens_per_s", pp_tps}, {"prompt_gflops", pp_gflops},
                         {"decode_tokens_per_s", tg_tps}, {"decode_bytes_per_token", decode_bytes_per_token(m)},
@@ -166,9 +171,12 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       return;
     }
     std::printf("model        %s (%s), %s activations, load %.2f s\n", lm.source.c_str(), c.architecture.c_str(),
-                o->model.dtype.c_str(), load_s);
-    std::printf("threads      %d, matmul path %s\n", threads, cpu::matmul_isa());
-    if (!o->no_probe) std::printf("machine      read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s\n", bw, peak);
+                dtype.c_str(), load_s);
+    if (gpu) std::printf("device       %s\n", m.backend().name().c_str());
+    else std::printf("threads      %d, matmul path %s\n", threads, cpu::matmul_isa());
+    if (!o->no_probe)
+      std::printf("machine      %s bandwidth %.1f GB/s, %s peak %.1f GFLOP/s\n", gpu ? "copy" : "read", bw,
+                  gpu ? "bf16 GEMM" : "FMA", peak);
     std::printf("%-12s %10s %14s %12s\n", "test", "tokens/s", "achieved", "of limit");
     std::printf("%-12s %10.2f %8.1f GFLOP/s %11s\n", ("pp" + std::to_string(o->prompt)).c_str(), pp_tps, pp_gflops,
                 o->no_probe ? "-" : (std::to_string(int(100 * pp_gflops / peak + 0.5)) + "% FMA").c_str());

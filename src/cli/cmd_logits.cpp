@@ -28,11 +28,11 @@ CommandRegistrar reg{20, [](CLI::App& root) {
   sub->callback([o] {
     std::vector<int32_t> ids = parse_id_list(o->ids);
     if (ids.empty()) throw Error("--ids is empty");
-    LoadedModel lm = load_model(resolve_model(o->model), parse_act_dtype(o->model.dtype));
+    LoadedModel lm = load_model(resolve_model(o->model), backend_options(o->model));
     Transformer& m = *lm.model;
     const int64_t V = m.config().vocab_size, bs = 16;
     const int64_t nb = (int64_t(ids.size()) + bs - 1) / bs;
-    KVCache kv(m.config(), nb, bs, m.kv_dtype());
+    KVCache kv(m.config(), nb, bs, m.kv_dtype(), &m.backend());
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
     SeqStep s{ids, 0, table, o->all_positions ? SeqStep::Logits::All : SeqStep::Logits::Last};

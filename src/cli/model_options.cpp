@@ -9,7 +9,14 @@ namespace gale::cli {
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
   sub->add_option("-m,--model", o.model, "Model folder (config.json, *.safetensors, tokenizer.json) or synthetic:NAME");
-  if (dtype) sub->add_option("--dtype", o.dtype, "Activation dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  if (dtype) {
+    sub->add_option("--dtype", o.dtype, "Activation dtype: f32 or bf16 (default: f32 on the CPU, bf16 on a GPU)")
+        ->check(CLI::IsMember({"f32", "bf16"}));
+    sub->add_option("--device", o.device, "Where the model runs: cpu, cuda or cuda:N (default: cuda when a GPU is present)");
+    sub->add_option("--gpu-memory-utilization", o.gpu_memory_utilization,
+                    "Share of the GPU's memory for weights, activations and KV cache (default 0.9)")
+        ->check(CLI::Range(0.01, 1.0));
+  }
   sub->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
 }
 
@@ -23,9 +30,19 @@ std::string resolve_model(const ModelOptions& o) {
 }
 
 ActDType parse_act_dtype(const std::string& s) {
-  if (s == "f32") return ActDType::F32;
+  if (s == "f32" || s.empty()) return ActDType::F32;
   if (s == "bf16") return ActDType::BF16;
   throw Error("--dtype must be f32 or bf16");
+}
+
+BackendOptions backend_options(const ModelOptions& o) {
+  BackendOptions b;
+  b.device = o.device.empty() ? default_device() : o.device;
+  b.gpu_memory_utilization = o.gpu_memory_utilization;
+  b.bf16_activations = parse_act_dtype(o.dtype) == ActDType::BF16;
+  if (b.device != "cpu" && o.dtype == "f32")
+    throw Error("--dtype f32: the CUDA backend runs bf16 activations (use --device cpu for f32)");
+  return b;
 }
 
 }  // namespace gale::cli

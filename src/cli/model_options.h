@@ -10,13 +10,18 @@ namespace gale::cli {
 
 struct ModelOptions {
   std::string model;        // -m: folder or synthetic:NAME ("" = the bundled default model)
-  std::string dtype = "f32";
+  std::string dtype;        // "" = f32 on the CPU, bf16 on a GPU
   int threads = 0;          // 0 = all cores
+  std::string device;       // --device: "" = cuda when a GPU is present, else cpu
+  double gpu_memory_utilization = 0.9;
 };
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype = true);
 // Resolves the model path (default model when -m is absent), applies --threads.
 std::string resolve_model(const ModelOptions& o);
 ActDType parse_act_dtype(const std::string& s);
+// The backend the flags ask for (--device, --dtype, --gpu-memory-utilization); throws
+// gale::Error for combinations the backend cannot run (--dtype f32 on a GPU).
+BackendOptions backend_options(const ModelOptions& o);
 
 }  // namespace gale::cli

@@ -158,6 +158,15 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
     if (num_blocks < 1)
       throw Error("--kv-cache-memory " + std::to_string(cfg.kv_cache_bytes) + " holds no KV block (one is " +
                   std::to_string(block_bytes) + " bytes)");
+  } else if (int64_t budget = model.backend().default_kv_budget(); budget >= 0) {
+    // GPU: what --gpu-memory-utilization leaves after the weights, capped at what max_num_seqs
+    // full-context sequences can use.
+    const int64_t ctx = context_limit(mc) > 0 ? context_limit(mc) : 4096;
+    const int64_t per_seq = (ctx + cfg.block_size - 1) / cfg.block_size;
+    num_blocks = std::min(budget / block_bytes, per_seq * cfg.max_num_seqs);
+    if (num_blocks < 1)
+      throw Error("no GPU memory is left for the KV cache after the weights on " + model.backend().name() +
+                  " (raise --gpu-memory-utilization or use a smaller model)");
   } else {
     // Default: what max_num_seqs sequences of the full context need, but no more than 40 % of
     // the memory available now (the mapping is committed page by page as blocks fill, so an
@@ -167,7 +176,7 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
     const int64_t share = available_memory() * 2 / 5 / block_bytes;
     num_blocks = std::max(per_seq, std::min(per_seq * cfg.max_num_seqs, share > 0 ? share : per_seq));
   }
-  impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype());
+  impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype(), &model.backend());
   SchedulerConfig sc;
   sc.num_blocks = num_blocks;
   sc.block_size = cfg.block_size;

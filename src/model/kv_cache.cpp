@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/backend.h"
 
 namespace gale {
 
@@ -12,13 +13,18 @@ size_t KVCache::bytes_per_token(const ModelConfig& cfg, DType dtype) {
   return size_t(2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype)
+KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype, Backend* backend)
     : num_blocks_(num_blocks), block_size_(block_size), dtype_(dtype) {
   if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be f32 or bf16");
   num_layers_ = cfg.num_layers;
   block_bytes_ = size_t(block_size * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);  // [block_size, kv_heads, head_dim]
   layer_bytes_ = block_bytes_ * size_t(num_blocks);
   total_bytes_ = layer_bytes_ * size_t(2 * cfg.num_layers);
+  if (backend && !backend->is_cpu()) {
+    device_ = backend;
+    base_ = static_cast<uint8_t*>(backend->alloc(total_bytes_ ? total_bytes_ : 1));
+    return;
+  }
   // Anonymous mapping: pages are committed on first touch, so a generous cache costs
   // only what the sequences actually fill.
   void* p = ::mmap(nullptr, total_bytes_ ? total_bytes_ : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -31,12 +37,17 @@ void KVCache::copy_block(int32_t src, int32_t dst) {
   if (src == dst) return;
   for (int64_t i = 0; i < 2 * num_layers_; ++i) {
     uint8_t* layer = base_ + size_t(i) * layer_bytes_;
+    if (device_) {
+      device_->copy(layer + size_t(dst) * block_bytes_, layer + size_t(src) * block_bytes_, block_bytes_);
+      continue;
+    }
     std::memcpy(layer + size_t(dst) * block_bytes_, layer + size_t(src) * block_bytes_, block_bytes_);
   }
 }
 
 KVCache::~KVCache() {
-  if (base_) ::munmap(base_, total_bytes_ ? total_bytes_ : 1);
+  if (device_) device_->release(base_, total_bytes_ ? total_bytes_ : 1);
+  else if (base_) ::munmap(base_, total_bytes_ ? total_bytes_ : 1);
 }
 
 }  // namespace gale

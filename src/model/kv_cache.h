@@ -9,10 +9,13 @@
 
 namespace gale {
 
+class Backend;
+
 class KVCache {
  public:
-  // dtype: F32 or BF16.
-  KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype);
+  // dtype: F32 or BF16. The blocks live in the backend's memory (host memory for nullptr or a
+  // CPU backend, GPU memory for the CUDA backend); throws gale::Error when they do not fit.
+  KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype, Backend* backend = nullptr);
   ~KVCache();
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;
@@ -22,6 +25,8 @@ class KVCache {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   DType dtype() const { return dtype_; }
+  // The backend whose memory holds the blocks (nullptr: host memory).
+  const Backend* device() const { return device_; }
   size_t bytes() const { return total_bytes_; }
   // Copies block src's K and V into block dst in every layer (copy-on-write of a shared block).
   void copy_block(int32_t src, int32_t dst);
@@ -34,6 +39,7 @@ class KVCache {
   int64_t num_layers_ = 0;
   size_t layer_bytes_ = 0, block_bytes_ = 0, total_bytes_ = 0;
   uint8_t* base_ = nullptr;
+  Backend* device_ = nullptr;  // owner of base_ when not host memory
 };
 
 }  // namespace gale

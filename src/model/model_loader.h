@@ -14,6 +14,9 @@ struct LoadedModel {
 };
 
 // Throws gale::Error (missing files, corrupt checkpoint, unknown architecture, ...).
+// The model runs on the CPU with activations `act`.
 LoadedModel load_model(const std::string& path_or_synthetic, ActDType act = ActDType::F32);
+// The model runs on backend.device (weights uploaded there when it is a GPU).
+LoadedModel load_model(const std::string& path_or_synthetic, const BackendOptions& backend);
 
 }  // namespace gale

@@ -1,12 +1,15 @@
 // The decoder-only transformer of every supported architecture (Llama, Mistral, Qwen2,
-// Qwen3, Mixtral), written once against the CPU kernels. Features are switched by the config:
-// q/k/v biases, q/k norm, sliding windows, MoE feed-forward, tied embeddings.
+// Qwen3, Mixtral), written once against the Backend interface (CPU or CUDA). Features are
+// switched by the config: q/k/v biases, q/k norm, sliding windows, MoE feed-forward, tied
+// embeddings.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "loader/model_config.h"
+#include "model/backend.h"
 #include "model/kv_cache.h"
 #include "model/weights.h"
 
@@ -24,20 +27,34 @@ struct SeqStep {
 
 class Transformer {
  public:
-  Transformer(ModelConfig cfg, ModelWeights w, ActDType act = ActDType::F32);
+  // backend nullptr: the CPU backend with activations `act`.
+  Transformer(ModelConfig cfg, ModelWeights w, ActDType act = ActDType::F32, std::unique_ptr<Backend> backend = {});
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
 
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
   ActDType act_dtype() const { return act_; }
-  DType kv_dtype() const { return act_ == ActDType::BF16 ? DType::BF16 : DType::F32; }
+  DType kv_dtype() const { return backend_->kv_dtype(); }
+  Backend& backend() { return *backend_; }
+  const Backend& backend() const { return *backend_; }
 
-  // Runs all new tokens of all sequences in one pass, writing their K/V into `kv`.
+  // Runs all new tokens of all sequences in one pass, writing their K/V into `kv` (which must
+  // live in this model's backend: construct it with &backend()).
   // logits: rows in sequence order, one per requested position, [rows, vocab].
   // Throws gale::Error for token ids outside the vocabulary.
   void forward(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>& logits);
 
  private:
-  void attention_block(int64_t layer, std::span<const SeqStep> seqs, KVCache& kv, int64_t T);
+  // Backend memory grown on demand and reused across steps (no per-token allocations).
+  struct Buffer {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  Act buffer(Buffer& b, int64_t rows, int64_t cols, DType dt);
+  void build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t block_size);
+  void attention_block(int64_t layer, KVCache& kv, int64_t T);
   void mlp_block(const LayerWeights& L, int64_t T);
   void moe_block(const LayerWeights& L, int64_t T);
 
@@ -45,9 +62,12 @@ class Transformer {
   ModelWeights w_;
   ActDType act_;
   int64_t rot_dim_;
-  // Scratch, grown on demand and reused across steps (no per-token allocations).
-  std::vector<float> x_, xn_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, tmp_;
+  std::unique_ptr<Backend> backend_;
+  StepPlan plan_;
+  Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
+  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_in_, bmoe_out_, blogit_x_, blogit_n_, blogits_;
   std::vector<int64_t> pos_;
+  std::vector<float> router_host_;
 };
 
 }  // namespace gale

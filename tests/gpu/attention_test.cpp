@@ -1,5 +1,5 @@
 // Paged attention kernels (decode and prefill) against cpu::paged_attention, over block tables
-// out of order, GQA groups 1/4/8, head_dim 64/128, sliding windows, cached prefixes, odd lengths.
+// out of order, GQA groups 1/4/8, head_dim 16/32/64/128, sliding windows, cached prefixes, odd lengths.
 // Cache slots no valid read may touch hold NaN, and block-table entries of blocks wholly
 // outside a sliding window are -1, so a stray read shows up as NaN or a fault (memcheck).
 #include <algorithm>
@@ -78,6 +78,8 @@ TEST(CudaDecodeAttention, MatchesCpuPagedAttention) {
       {16, 2, 128, 32, 0, DType::BF16, DType::F32, DType::F32, {77, 513, 2000, 5}, 64},  // group 8, forced split
       {28, 4, 128, 16, 100, DType::BF16, DType::F32, DType::F32, {999, 50, 101}, 0},     // group 7, sliding window
       {4, 1, 256, 16, 0, DType::BF16, DType::BF16, DType::F32, {129, 640}, 128},         // head_dim 256
+      {4, 2, 16, 16, 0, DType::BF16, DType::BF16, DType::BF16, {300, 7}, 0},              // head_dim 16 (fixtures)
+      {4, 2, 32, 16, 48, DType::F32, DType::F32, DType::F32, {90, 1}, 64},                // head_dim 32, window
       {32, 2, 64, 8, 37, DType::F32, DType::F32, DType::BF16, {38, 500}, 64},            // group 16 (two head tiles)
   };
   for (const auto& c : cases) {
@@ -133,6 +135,8 @@ TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
       {16, 2, 128, 32, 0, DType::F32, {129, 77}, {31, 1000}},                       // group 8, chunked prefill
       {8, 2, 128, 16, 50, DType::F32, {300, 45}, {0, 170}},                         // sliding window
       {12, 4, 64, 8, 100, DType::BF16, {257}, {333}},                               // window + prefix, hd 64
+      {4, 2, 16, 16, 0, DType::BF16, {150, 1}, {0, 40}},                            // hd 16 (fixture models)
+      {4, 1, 32, 16, 48, DType::F32, {70, 5}, {20, 100}},                           // hd 32, window
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window);

@@ -267,6 +267,8 @@ cudaError_t launch_hd(const DecodeAttentionParams& p, const Split& sp, cudaStrea
 template <typename KV>
 cudaError_t launch_kv(const DecodeAttentionParams& p, const Split& sp, cudaStream_t stream) {
   switch (p.head_dim) {
+    case 16: return launch_hd<KV, 16>(p, sp, stream);
+    case 32: return launch_hd<KV, 32>(p, sp, stream);
     case 64: return launch_hd<KV, 64>(p, sp, stream);
     case 128: return launch_hd<KV, 128>(p, sp, stream);
     case 256: return launch_hd<KV, 256>(p, sp, stream);

@@ -23,7 +23,7 @@ struct DecodeAttentionParams {
   int64_t max_blocks_per_seq;
   const int32_t* seq_lens;     // [n_seqs], each >= 1: cached tokens including the new one
   int64_t max_seq_len;         // >= every seq_lens[s] (sizes the split and the workspace)
-  int64_t n_seqs, n_heads, n_kv_heads, head_dim, block_size;  // head_dim 64, 128 or 256
+  int64_t n_seqs, n_heads, n_kv_heads, head_dim, block_size;  // head_dim 16, 32, 64, 128 or 256
   int64_t window;              // 0 = unlimited
   float scale;                 // softmax scale, usually 1/sqrt(head_dim)
   void* out;                   // [n_seqs, n_heads, head_dim] row stride ldo, out_dtype (F32/BF16)

@@ -9,10 +9,12 @@ constexpr int kBN = 64;       // keys per tile
 constexpr int kThreads = 128;
 
 // Shared-memory tiles are [rows][HD] bf16 with the 16-byte chunks of row r XOR-swizzled by
-// r % 8, so the 8 row addresses of each ldmatrix hit 8 different bank groups.
+// r % 8, so the 8 row addresses of each ldmatrix hit 8 different bank groups (rows of fewer
+// than 8 chunks, head_dim 16 or 32, swizzle within the row: r % chunks).
 template <int HD>
 __device__ __forceinline__ int swz(int r, int chunk) {
-  return r * HD + ((chunk ^ (r & 7)) << 3);
+  constexpr int kMask = (HD / 8 < 8 ? HD / 8 : 8) - 1;
+  return r * HD + ((chunk ^ (r & kMask)) << 3);
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -253,6 +255,8 @@ cudaError_t prefill_attention(const PrefillAttentionParams& p, cudaStream_t stre
       p.n_heads > 65535 || (p.out_dtype != DType::F32 && p.out_dtype != DType::BF16) || p.ldq % 8)
     return cudaErrorInvalidValue;
   switch (p.head_dim) {
+    case 16: return launch<16>(p, stream);
+    case 32: return launch<32>(p, stream);
     case 64: return launch<64>(p, stream);
     case 128: return launch<128>(p, stream);
     default: return cudaErrorInvalidValue;

@@ -21,7 +21,7 @@ struct PrefillAttentionParams {
   const int32_t* cu_seqlens_q;  // [n_seqs + 1], cu_seqlens_q[0] = 0: query rows of each sequence
   const int32_t* start_pos;     // [n_seqs]: position of each sequence's first query token
   int64_t max_q_len;            // >= every sequence's query count (sizes the grid)
-  int64_t n_seqs, n_heads, n_kv_heads, head_dim, block_size;  // head_dim 64 or 128
+  int64_t n_seqs, n_heads, n_kv_heads, head_dim, block_size;  // head_dim 16, 32, 64 or 128
   int64_t window;               // 0 = unlimited
   float scale;
   void* out;                    // [n_tokens, n_heads, head_dim] row stride ldo, out_dtype (F32/BF16)

@@ -1,0 +1,136 @@
+// Where the transformer's tensors live and how its ops run. `Transformer::forward` is written
+// once against this interface (model code once, as the developers' guide asks); `CpuBackend`
+// runs the kernels/cpu ops on host memory, `CudaBackend` (GALE_CUDA builds) the kernels/cuda
+// ops and cuBLASLt on one GPU. The runtime above (scheduler, prefix cache, sampling) never sees
+// a backend: it hands block tables in and gets f32 logits out.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "loader/model_config.h"
+#include "model/weights.h"
+
+namespace gale {
+
+// A 2-D view of backend memory: rows x cols elements of dtype, row stride ld (elements).
+struct Act {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0, ld = 0;
+  // Columns [c0, c0 + n) of every row (q, k, v inside one fused projection output).
+  Act cols_range(int64_t c0, int64_t n) const {
+    return {static_cast<uint8_t*>(data) + size_t(c0) * dtype_size(dtype), dtype, rows, n, ld};
+  }
+  // Rows [r0, r0 + n).
+  Act rows_range(int64_t r0, int64_t n) const {
+    return {static_cast<uint8_t*>(data) + size_t(r0 * ld) * dtype_size(dtype), dtype, n, cols, ld};
+  }
+  float* f32() const { return static_cast<float*>(data); }
+};
+
+// What one forward step computes, prepared on the host once per step (not per layer).
+struct StepPlan {
+  struct Seq {
+    int64_t t0 = 0, n = 0;                 // its rows in the step's activations
+    int64_t start_pos = 0;                 // tokens already cached
+    std::span<const int32_t> block_table;
+  };
+  std::vector<Seq> seqs;
+  std::vector<int32_t> tokens;             // [T]
+  std::vector<float> cos, sin;             // [T, rot_dim / 2] rotary tables of every token
+  int64_t rot_dim = 0;
+  int64_t block_size = 0;                  // tokens per KV block
+  std::vector<int32_t> logit_rows;         // rows whose logits are returned, in order
+  int64_t T() const { return int64_t(tokens.size()); }
+  bool all_decode() const {
+    for (const Seq& s : seqs)
+      if (s.n != 1) return false;
+    return true;
+  }
+};
+
+// Which layer's paged K/V an attention call reads and writes.
+struct KVLayer {
+  void* k = nullptr;
+  void* v = nullptr;
+  DType dtype = DType::F32;
+  int64_t block_size = 0, n_kv_heads = 0, head_dim = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;   // "cpu" or "cuda:N"
+  virtual bool is_cpu() const = 0;
+
+  // Dtype of the normed activations and projection outputs the transformer asks for (the
+  // residual stream, router and logits stay f32 on every backend).
+  virtual DType act_dtype() const = 0;
+  virtual DType kv_dtype() const = 0;
+  // Bytes the KV cache may take when the user gave no budget (GPU: --gpu-memory-utilization of
+  // the card minus what is in use; CPU: -1, the engine decides from host memory).
+  virtual int64_t default_kv_budget() const { return -1; }
+
+  // Measures the device's own ceilings (GPU: copy bandwidth counting bytes read + written, bf16
+  // GEMM rate); false where the caller should use the CPU probes.
+  virtual bool probe(double* bandwidth_gbs, double* peak_gflops) { return false; }
+
+  // Memory of the backend's device; alloc throws gale::Error when it runs out.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void release(void* p, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+
+  // Once per model: upload, convert or fuse what the ops need. q/k/v and gate/up become one
+  // projection each (linear_fused) where the backend can.
+  virtual void prepare(const ModelConfig& cfg, const ModelWeights& w) = 0;
+
+  // Once per step, before the layers.
+  virtual void begin_step(const StepPlan& plan) = 0;
+
+  virtual void embedding(const ModelWeights& w, Act out) = 0;
+  // out = w * in / rms(in), row by row; in and out may be the same rows.
+  virtual void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) = 0;
+  // Per-head RMSNorm in place (Qwen3 q/k norm): rows of n_heads * head_dim.
+  virtual void head_rmsnorm(Act x, int64_t n_heads, const std::vector<float>& w, float eps) = 0;
+  // out (=|+=) in · Wᵀ + bias.
+  virtual void linear(const Linear& l, Act in, Act out, bool accumulate) = 0;
+  // Several projections of the same input side by side: out's columns are ls[0]'s outputs,
+  // then ls[1]'s, ... (q|k|v, gate|up).
+  virtual void linear_fused(std::span<const Linear* const> ls, Act in, Act out) = 0;
+  // RoPE in place on q and k with the step's rotary tables.
+  virtual void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) = 0;
+  // Writes the step's K/V rows into the paged cache, then attention of every sequence's new
+  // queries over its cached context (causal, GQA, sliding window when window > 0).
+  virtual void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                         Act out) = 0;
+  // gate = silu(gate) * up (in place).
+  virtual void silu_mul(Act gate, Act up) = 0;
+  // Rounds f32 activations to bf16 in place (`--dtype bf16` on the CPU); no-op where the
+  // activations are bf16 already.
+  virtual void round_act(Act x) {}
+  // dst[i] = src[rows[i]]; src and dst share the dtype.
+  virtual void gather_rows(Act src, std::span<const int32_t> rows, Act dst) = 0;
+  // The step plan's logit rows of src, in order (device-side list prepared by begin_step).
+  virtual void gather_logit_rows(Act src, Act dst) = 0;
+  // dst[rows[i]] += weight[i] * src[i]; rows distinct; dst f32.
+  virtual void scatter_add_rows(Act src, std::span<const int32_t> rows, std::span<const float> weight, Act dst) = 0;
+  // Copies f32 rows to the host (waits for the device).
+  virtual void to_host(Act src, float* dst) = 0;
+};
+
+struct BackendOptions {
+  std::string device = "cpu";            // "cpu", "cuda" or "cuda:N"
+  bool bf16_activations = false;         // CPU: --dtype bf16 (the GPU always runs bf16)
+  double gpu_memory_utilization = 0.9;   // share of the card weights + activations + KV may take
+};
+
+// Throws gale::Error when the device is unknown, absent, or this build has no CUDA backend.
+std::unique_ptr<Backend> make_backend(const BackendOptions& o);
+// The default device: "cuda" when this build has CUDA and a GPU is present, else "cpu".
+std::string default_device();
+
+}  // namespace gale

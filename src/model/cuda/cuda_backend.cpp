@@ -1,0 +1,601 @@
+// The CUDA backend: one GPU, one stream. Weights are uploaded once as bf16 (q|k|v and gate|up
+// concatenated so each is one GEMM), activations are bf16 with an f32 residual stream, the KV
+// cache is bf16. GEMMs go through cuBLASLt; everything else is a kernel of kernels/cuda.
+// Per step, the host packs the whole plan (ids, rotary tables, slots, block tables, lengths,
+// logit rows) into one pinned buffer and sends it with one copy.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/cuda/bias_add.cuh"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/gather_rows.cuh"
+#include "kernels/cuda/gemm_lt.cuh"
+#include "kernels/cuda/head_rmsnorm.cuh"
+#include "kernels/cuda/kv_cache_write.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/rmsnorm_residual.cuh"
+#include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/scatter_add_rows.cuh"
+#include "kernels/cuda/silu_mul.cuh"
+#include "model/backend.h"
+
+namespace gale {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+}
+
+std::string gib(size_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", double(bytes) / double(1ull << 30));
+  return b;
+}
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, double util) : dev_(device), util_(util) {
+    check(cudaSetDevice(dev_), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& [p, n] : owned_) cudaFree(p);
+    for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_wts_}) cudaFree(g->p);
+    cudaFreeHost(h_plan_.p);
+    cuda::gemm_context_destroy(gemm_);
+    cudaEventDestroy(plan_sent_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(dev_); }
+  bool is_cpu() const override { return false; }
+  DType act_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return DType::BF16; }
+
+  int64_t default_kv_budget() const override {
+    size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    // Activations and cuBLASLt's workspace grow with the batch: keep 1.5 GiB for them.
+    const int64_t budget = int64_t(double(total) * util_) - int64_t(total - free) - (int64_t(3) << 29);
+    return std::max<int64_t>(budget, 0);
+  }
+
+  bool probe(double* bandwidth_gbs, double* peak_gflops) override;
+
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free = 0, total = 0;
+      cudaMemGetInfo(&free, &total);
+      throw Error("out of GPU memory on " + name() + ": " + gib(bytes) + " requested, " + gib(free) + " free of " +
+                  gib(total));
+    }
+    return p;
+  }
+  void release(void* p, size_t) override {
+    cudaStreamSynchronize(stream_);
+    cudaFree(p);
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy");
+  }
+
+  void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
+  void begin_step(const StepPlan& plan) override;
+
+  void embedding(const ModelWeights& w, Act out) override {
+    cuda::EmbeddingParams p{d_ids_, out.rows, embed_, embed_dtype_, cfg_.vocab_size, out.cols, out.data, out.dtype,
+                            out.ld};
+    check(cuda::embedding(p, stream_), "embedding");
+  }
+
+  void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) override {
+    cuda::RMSNormParams p{};
+    p.x = nullptr;
+    p.residual = in.data;
+    p.residual_dtype = in.dtype;
+    p.ldr = in.ld;
+    p.weight = vec(w);
+    p.eps = eps;
+    p.out = out.data;
+    p.out_dtype = out.dtype;
+    p.ldo = out.ld;
+    p.n = in.rows;
+    p.d = in.cols;
+    check(cuda::rmsnorm_residual(p, stream_), "rmsnorm");
+  }
+
+  void head_rmsnorm(Act x, int64_t n_heads, const std::vector<float>& w, float eps) override {
+    cuda::HeadRMSNormParams p{x.data, x.ld, x.dtype, vec(w), eps, x.rows, n_heads, x.cols / n_heads};
+    check(cuda::head_rmsnorm(p, stream_), "head_rmsnorm");
+  }
+
+  void linear(const Linear& l, Act in, Act out, bool accumulate) override {
+    GALE_ASSERT(in.cols == l.in && out.cols == l.out && in.rows == out.rows && in.dtype == DType::BF16);
+    auto it = wmap_.find(l.w);
+    GALE_ASSERT(it != wmap_.end());
+    gemm(it->second, l.out, in, out, accumulate);
+    if (!l.bias.empty()) bias(vec(l.bias), out);
+  }
+
+  void linear_fused(std::span<const Linear* const> ls, Act in, Act out) override {
+    auto it = fused_.find(ls[0]->w);
+    if (it == fused_.end() || it->second.count != ls.size()) {  // not fused at load: one GEMM each
+      int64_t c0 = 0;
+      for (const Linear* l : ls) {
+        linear(*l, in, out.cols_range(c0, l->out), false);
+        c0 += l->out;
+      }
+      return;
+    }
+    const Fused& f = it->second;
+    GALE_ASSERT(out.cols == f.n);
+    gemm(f.w, f.n, in, out, false);
+    if (f.bias) bias(f.bias, out);
+  }
+
+  void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) override {
+    GALE_ASSERT(q.dtype == k.dtype);
+    cuda::RopeParams p{q.data, q.ld, n_q_heads, k.data, k.ld, n_k_heads, q.dtype, q.rows, head_dim, rot_dim_,
+                       d_cos_, d_sin_};
+    check(cuda::rope_apply(p, stream_), "rope");
+  }
+
+  void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                 Act out) override;
+
+  void silu_mul(Act gate, Act up) override {
+    cuda::SiluMulParams p{gate.data, gate.ld, up.data, up.ld, gate.dtype, gate.data, gate.ld, gate.dtype, gate.rows,
+                          gate.cols};
+    check(cuda::silu_mul(p, stream_), "silu_mul");
+  }
+
+  void gather_rows(Act src, std::span<const int32_t> rows, Act dst) override {
+    int32_t* d = upload_rows(rows);
+    gather(src, d, dst);
+  }
+  void gather_logit_rows(Act src, Act dst) override { gather(src, d_logit_rows_, dst); }
+
+  void scatter_add_rows(Act src, std::span<const int32_t> rows, std::span<const float> weight, Act dst) override {
+    int32_t* d = upload_rows(rows);
+    grow_device(d_wts_, weight.size_bytes());
+    check(cudaMemcpyAsync(d_wts_.p, weight.data(), weight.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    cuda::ScatterAddRowsParams p{src.data, src.ld, src.dtype, d, static_cast<const float*>(d_wts_.p), dst.f32(),
+                                 dst.ld, src.rows, src.cols};
+    check(cuda::scatter_add_rows(p, stream_), "scatter_add_rows");
+  }
+
+  void to_host(Act src, float* dst) override {
+    GALE_ASSERT(src.dtype == DType::F32);
+    check(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.ld) * 4, size_t(src.cols) * 4,
+                            size_t(src.rows), cudaMemcpyDeviceToHost, stream_),
+          "copy to host");
+    check(cudaStreamSynchronize(stream_), "forward pass");
+  }
+
+ private:
+  struct Grow {  // device or pinned buffer grown on demand
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  struct Fused {
+    void* w = nullptr;  // [n, in] bf16: the projections' rows one after the other
+    int64_t n = 0;
+    size_t count = 0;
+    const float* bias = nullptr;  // [n] or nullptr
+  };
+
+  void grow_device(Grow& g, size_t bytes) {
+    if (bytes <= g.bytes) return;
+    bytes = std::max(bytes, g.bytes * 2);
+    if (g.p) release(g.p, g.bytes);
+    g.p = nullptr;
+    g.bytes = 0;
+    g.p = alloc(bytes);
+    g.bytes = bytes;
+  }
+
+  const float* vec(const std::vector<float>& v) {
+    auto it = vmap_.find(v.data());
+    GALE_ASSERT(it != vmap_.end());
+    return it->second;
+  }
+
+  void gemm(const void* w, int64_t n, Act in, Act out, bool accumulate) {
+    cuda::GemmParams p{in.data, in.ld, w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
+    cudaError_t e = cuda::gemm_bf16(gemm_, p, stream_);
+    if (e == cudaErrorNotSupported) throw Error(cuda::gemm_last_error(gemm_));
+    check(e, "GEMM");
+  }
+
+  void bias(const float* b, Act out) {
+    cuda::BiasAddParams p{out.data, out.ld, out.dtype, b, out.rows, out.cols};
+    check(cuda::bias_add(p, stream_), "bias_add");
+  }
+
+  void gather(Act src, const int32_t* rows, Act dst) {
+    GALE_ASSERT(src.dtype == dst.dtype && src.cols == dst.cols);
+    cuda::GatherRowsParams p{src.data, src.ld, rows, dst.data, dst.ld, src.dtype, dst.rows, src.cols};
+    check(cuda::gather_rows(p, stream_), "gather_rows");
+  }
+
+  // Host row lists (MoE dispatch) go through a stream-ordered copy: the source is pageable, so
+  // the driver stages it before returning and the next expert may reuse the host vector.
+  int32_t* upload_rows(std::span<const int32_t> rows) {
+    grow_device(d_rows_, rows.size_bytes());
+    check(cudaMemcpyAsync(d_rows_.p, rows.data(), rows.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    return static_cast<int32_t*>(d_rows_.p);
+  }
+
+  // Device copies of the weights.
+  void* upload_matrix(const Linear& l, void* dst = nullptr);
+  const float* upload_vector(const std::vector<float>& v);
+  void upload_bytes(void* dst, const void* src, DType src_dtype, size_t n_elems, DType dst_dtype);
+  void* device_alloc_owned(size_t bytes) {
+    void* p = alloc(bytes);
+    owned_.push_back({p, bytes});
+    return p;
+  }
+
+  int dev_;
+  double util_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t plan_sent_ = nullptr;
+  cuda::GemmContext* gemm_ = nullptr;
+  ModelConfig cfg_;
+  int64_t rot_dim_ = 0;
+  std::vector<std::pair<void*, size_t>> owned_;
+  std::unordered_map<const void*, const void*> wmap_;  // host weight -> device bf16 copy
+  std::unordered_map<const void*, Fused> fused_;       // first projection's host weight -> fused
+  std::unordered_map<const float*, const float*> vmap_;
+  const void* embed_ = nullptr;
+  DType embed_dtype_ = DType::BF16;
+
+  // The step plan on the device (one packed buffer) and what the attention calls need of it.
+  Grow h_plan_, d_plan_, d_ws_, d_rows_, d_wts_;
+  int32_t *d_ids_ = nullptr, *d_slots_ = nullptr, *d_seq_lens_ = nullptr, *d_cu_q_ = nullptr, *d_start_ = nullptr,
+          *d_logit_rows_ = nullptr, *d_tables_ = nullptr;
+  float *d_cos_ = nullptr, *d_sin_ = nullptr;
+  int64_t n_seqs_ = 0, n_tokens_ = 0, max_blocks_ = 0, max_q_len_ = 0, max_seq_len_ = 0, block_size_ = 0;
+  bool all_decode_ = false;
+};
+
+// ---- weights ---------------------------------------------------------------------------------
+
+void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size_t n, DType dst_dtype) {
+  // Through two pinned staging halves: the host fills (and converts into) one while the copy
+  // engine drains the other.
+  constexpr size_t kStage = size_t(64) << 20;
+  if (h_plan_.bytes < 2 * kStage) {
+    if (h_plan_.p) cudaFreeHost(h_plan_.p);
+    h_plan_.p = nullptr;
+    check(cudaMallocHost(&h_plan_.p, 2 * kStage), "cudaMallocHost");
+    h_plan_.bytes = 2 * kStage;
+  }
+  cudaEvent_t done[2];
+  for (auto& e : done) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  const size_t out_es = dtype_size(dst_dtype), in_es = dtype_size(src_dtype);
+  const size_t per = kStage / out_es;
+  int half = 0;
+  for (size_t i0 = 0; i0 < n; i0 += per, half ^= 1) {
+    const size_t cnt = std::min(per, n - i0);
+    check(cudaEventSynchronize(done[half]), "upload");
+    uint8_t* stage = static_cast<uint8_t*>(h_plan_.p) + size_t(half) * kStage;
+    const uint8_t* s = static_cast<const uint8_t*>(src) + i0 * in_es;
+    parallel_for(int64_t(cnt), [&](int64_t b, int64_t e, int) {
+      if (src_dtype == dst_dtype) {
+        std::memcpy(stage + size_t(b) * out_es, s + size_t(b) * in_es, size_t(e - b) * out_es);
+      } else if (dst_dtype == DType::BF16) {
+        uint16_t* o = reinterpret_cast<uint16_t*>(stage);
+        for (int64_t j = b; j < e; ++j) o[j] = f32_to_bf16(load_as_f32(s, src_dtype, size_t(j)));
+      } else {
+        float* o = reinterpret_cast<float*>(stage);
+        for (int64_t j = b; j < e; ++j) o[j] = load_as_f32(s, src_dtype, size_t(j));
+      }
+    }, int64_t(1) << 16);
+    check(cudaMemcpyAsync(static_cast<uint8_t*>(dst) + i0 * out_es, stage, cnt * out_es, cudaMemcpyHostToDevice,
+                          stream_),
+          "upload");
+    check(cudaEventRecord(done[half], stream_), "upload");
+  }
+  check(cudaStreamSynchronize(stream_), "upload");
+  for (auto& e : done) cudaEventDestroy(e);
+}
+
+void* CudaBackend::upload_matrix(const Linear& l, void* dst) {
+  if (auto it = wmap_.find(l.w); it != wmap_.end() && !dst) return const_cast<void*>(it->second);
+  if (!dst) dst = device_alloc_owned(size_t(l.out * l.in) * 2);
+  upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16);
+  wmap_[l.w] = dst;
+  return dst;
+}
+
+const float* CudaBackend::upload_vector(const std::vector<float>& v) {
+  if (v.empty()) return nullptr;
+  if (auto it = vmap_.find(v.data()); it != vmap_.end()) return it->second;
+  float* d = static_cast<float*>(device_alloc_owned(v.size() * 4));
+  check(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice), "upload");
+  vmap_[v.data()] = d;
+  return d;
+}
+
+void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
+  cfg_ = cfg;
+  rot_dim_ = int64_t(double(cfg.head_dim) * cfg.rope.partial_rotary_factor);
+  {
+    size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    size_t need = 0;
+    for (const LayerWeights& L : w.layers) {
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.router}) need += size_t(l->out * l->in) * 2;
+      for (const ExpertWeights& X : L.experts) need += size_t(3 * X.gate.out * X.gate.in) * 2;
+    }
+    need += size_t(w.lm_head.out * w.lm_head.in) * 2 + size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype);
+    if (need > free)
+      throw Error("the model's weights (" + gib(need) + " as bf16) do not fit in the free memory of " + name() + " (" +
+                  gib(free) + " of " + gib(total) + ")");
+  }
+  // Fuses projections that read the same input into one [sum n, in] matrix.
+  auto fuse = [&](std::initializer_list<const Linear*> ls) {
+    int64_t n = 0;
+    bool any_bias = false;
+    for (const Linear* l : ls) {
+      n += l->out;
+      any_bias |= !l->bias.empty();
+    }
+    const int64_t in = (*ls.begin())->in;
+    uint8_t* d = static_cast<uint8_t*>(device_alloc_owned(size_t(n * in) * 2));
+    Fused f{d, n, ls.size(), nullptr};
+    std::vector<float> b;
+    for (const Linear* l : ls) {
+      upload_matrix(*l, d);
+      d += size_t(l->out * in) * 2;
+      if (any_bias) {
+        if (l->bias.empty()) b.insert(b.end(), size_t(l->out), 0.0f);
+        else b.insert(b.end(), l->bias.begin(), l->bias.end());
+      }
+      upload_vector(l->bias);
+    }
+    if (any_bias) {
+      float* db = static_cast<float*>(device_alloc_owned(b.size() * 4));
+      check(cudaMemcpy(db, b.data(), b.size() * 4, cudaMemcpyHostToDevice), "upload");
+      f.bias = db;
+    }
+    fused_[(*ls.begin())->w] = f;
+  };
+  for (const LayerWeights& L : w.layers) {
+    for (const std::vector<float>* v : {&L.attn_norm, &L.ffn_norm, &L.q_norm, &L.k_norm}) upload_vector(*v);
+    fuse({&L.q, &L.k, &L.v});
+    upload_matrix(L.o);
+    if (cfg.num_experts > 0) {
+      upload_matrix(L.router);
+      for (const ExpertWeights& X : L.experts) {
+        fuse({&X.gate, &X.up});
+        upload_matrix(X.down);
+      }
+    } else {
+      fuse({&L.gate, &L.up});
+      upload_matrix(L.down);
+    }
+  }
+  upload_vector(w.final_norm);
+  // The embedding table is gathered in its stored dtype; the LM head needs bf16 (a tied bf16
+  // table is shared).
+  if (w.embed_dtype == DType::BF16 || w.lm_head.w != w.embed) {
+    embed_ = device_alloc_owned(size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype));
+    upload_bytes(const_cast<void*>(embed_), w.embed, w.embed_dtype, size_t(cfg.vocab_size * cfg.hidden_size),
+                 w.embed_dtype);
+    embed_dtype_ = w.embed_dtype;
+    if (w.lm_head.w == w.embed) wmap_[w.embed] = embed_;
+  }
+  void* head = upload_matrix(w.lm_head);
+  if (!embed_) {  // tied f32/f16 table: gather from the bf16 copy of the LM head
+    embed_ = head;
+    embed_dtype_ = DType::BF16;
+  }
+  upload_vector(w.lm_head.bias);
+}
+
+// ---- per step --------------------------------------------------------------------------------
+
+void CudaBackend::begin_step(const StepPlan& plan) {
+  const int64_t T = plan.T(), S = int64_t(plan.seqs.size()), R = int64_t(plan.logit_rows.size());
+  const int64_t half = plan.rot_dim / 2, bs = plan.block_size;
+  int64_t maxb = 1, max_q = 0, max_len = 0;
+  for (const StepPlan::Seq& s : plan.seqs) {
+    maxb = std::max<int64_t>(maxb, int64_t(s.block_table.size()));
+    max_q = std::max(max_q, s.n);
+    max_len = std::max(max_len, s.start_pos + s.n);
+  }
+  // Packed layout (4-byte words): ids[T] slots[T] seq_lens[S] cu_q[S+1] start[S] logit_rows[R]
+  // tables[S*maxb] cos[T*half] sin[T*half].
+  const size_t words = size_t(2 * T + 3 * S + 1 + R + S * maxb + 2 * T * half);
+  const size_t bytes = words * 4;
+  check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
+  if (h_plan_.bytes < bytes) {
+    if (h_plan_.p) cudaFreeHost(h_plan_.p);
+    h_plan_.p = nullptr;
+    check(cudaMallocHost(&h_plan_.p, std::max(bytes, h_plan_.bytes * 2)), "cudaMallocHost");
+    h_plan_.bytes = std::max(bytes, h_plan_.bytes * 2);
+  }
+  grow_device(d_plan_, bytes);
+  int32_t* h = static_cast<int32_t*>(h_plan_.p);
+  int32_t* ids = h;
+  int32_t* slots = ids + T;
+  int32_t* lens = slots + T;
+  int32_t* cu = lens + S;
+  int32_t* start = cu + S + 1;
+  int32_t* lrows = start + S;
+  int32_t* tables = lrows + R;
+  float* cs = reinterpret_cast<float*>(tables + S * maxb);
+  float* sn = cs + T * half;
+  std::memcpy(ids, plan.tokens.data(), size_t(T) * 4);
+  cu[0] = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const StepPlan::Seq& s = plan.seqs[size_t(i)];
+    for (int64_t j = 0; j < s.n; ++j) {
+      const int64_t pos = s.start_pos + j;
+      slots[s.t0 + j] = int32_t(int64_t(s.block_table[size_t(pos / bs)]) * bs + pos % bs);
+    }
+    lens[i] = int32_t(s.start_pos + s.n);
+    cu[i + 1] = int32_t(s.t0 + s.n);
+    start[i] = int32_t(s.start_pos);
+    int32_t* row = tables + i * maxb;
+    std::copy(s.block_table.begin(), s.block_table.end(), row);
+    std::fill(row + s.block_table.size(), row + maxb, 0);
+  }
+  std::copy(plan.logit_rows.begin(), plan.logit_rows.end(), lrows);
+  std::memcpy(cs, plan.cos.data(), size_t(T * half) * 4);
+  std::memcpy(sn, plan.sin.data(), size_t(T * half) * 4);
+  check(cudaMemcpyAsync(d_plan_.p, h_plan_.p, bytes, cudaMemcpyHostToDevice, stream_), "step upload");
+  check(cudaEventRecord(plan_sent_, stream_), "step");
+
+  int32_t* d = static_cast<int32_t*>(d_plan_.p);
+  d_ids_ = d;
+  d_slots_ = d + T;
+  d_seq_lens_ = d_slots_ + T;
+  d_cu_q_ = d_seq_lens_ + S;
+  d_start_ = d_cu_q_ + S + 1;
+  d_logit_rows_ = d_start_ + S;
+  d_tables_ = d_logit_rows_ + R;
+  d_cos_ = reinterpret_cast<float*>(d_tables_ + S * maxb);
+  d_sin_ = d_cos_ + T * half;
+  n_seqs_ = S;
+  n_tokens_ = T;
+  max_blocks_ = maxb;
+  max_q_len_ = max_q;
+  max_seq_len_ = max_len;
+  block_size_ = bs;
+  all_decode_ = plan.all_decode();
+}
+
+void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                            Act out) {
+  GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16 && k.ld == v.ld);
+  const int64_t row = kv.n_kv_heads * kv.head_dim;
+  cuda::KVCacheWriteParams w{k.data, k.ld, v.data, v.ld, k.dtype, kv.k, kv.v, kv.dtype, d_slots_, n_tokens_, row};
+  check(cuda::kv_cache_write(w, stream_), "kv_cache_write");
+  if (all_decode_) {
+    cuda::DecodeAttentionParams p{};
+    p.q = q.data;
+    p.q_dtype = q.dtype;
+    p.ldq = q.ld;
+    p.k_cache = kv.k;
+    p.v_cache = kv.v;
+    p.kv_dtype = kv.dtype;
+    p.block_tables = d_tables_;
+    p.max_blocks_per_seq = max_blocks_;
+    p.seq_lens = d_seq_lens_;
+    p.max_seq_len = max_seq_len_;
+    p.n_seqs = n_seqs_;
+    p.n_heads = n_heads;
+    p.n_kv_heads = kv.n_kv_heads;
+    p.head_dim = kv.head_dim;
+    p.block_size = kv.block_size;
+    p.window = window;
+    p.scale = scale;
+    p.out = out.data;
+    p.out_dtype = out.dtype;
+    p.ldo = out.ld;
+    const size_t ws = cuda::decode_attention_workspace_size(p);
+    grow_device(d_ws_, ws);
+    p.workspace = ws ? d_ws_.p : nullptr;
+    check(cuda::decode_attention(p, stream_), "decode_attention");
+    return;
+  }
+  cuda::PrefillAttentionParams p{};
+  p.q = q.data;
+  p.ldq = q.ld;
+  p.k_cache = kv.k;
+  p.v_cache = kv.v;
+  p.block_tables = d_tables_;
+  p.max_blocks_per_seq = max_blocks_;
+  p.cu_seqlens_q = d_cu_q_;
+  p.start_pos = d_start_;
+  p.max_q_len = max_q_len_;
+  p.n_seqs = n_seqs_;
+  p.n_heads = n_heads;
+  p.n_kv_heads = kv.n_kv_heads;
+  p.head_dim = kv.head_dim;
+  p.block_size = kv.block_size;
+  p.window = window;
+  p.scale = scale;
+  p.out = out.data;
+  p.out_dtype = out.dtype;
+  p.ldo = out.ld;
+  check(cuda::prefill_attention(p, stream_), "prefill_attention");
+}
+
+// ---- ceilings --------------------------------------------------------------------------------
+
+bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
+  cudaEvent_t t0, t1;
+  check(cudaEventCreate(&t0), "cudaEventCreate");
+  check(cudaEventCreate(&t1), "cudaEventCreate");
+  auto timed = [&](int reps, auto&& fn) {
+    fn();  // warm-up
+    check(cudaEventRecord(t0, stream_), "probe");
+    for (int i = 0; i < reps; ++i) fn();
+    check(cudaEventRecord(t1, stream_), "probe");
+    check(cudaEventSynchronize(t1), "probe");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, t0, t1);
+    return double(ms) / 1e3 / reps;
+  };
+  // Copy bandwidth: 1 GiB device to device, counting bytes read plus bytes written.
+  const size_t n = size_t(1) << 30;
+  void* a = alloc(n);
+  void* b = alloc(n);
+  check(cudaMemsetAsync(a, 0x5a, n, stream_), "probe");
+  const double copy_s = timed(5, [&] { check(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, stream_), "probe"); });
+  *bandwidth_gbs = 2.0 * double(n) / copy_s / 1e9;
+  // bf16 GEMM rate: 8192^3 on random data (zeros would run faster than real data).
+  const int64_t d = 8192;
+  std::vector<uint16_t> h(size_t(d * d));
+  uint64_t st = 0x9e3779b97f4a7c15ull;
+  for (auto& v : h) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    v = f32_to_bf16(float(int64_t(st >> 40) - (int64_t(1) << 23)) / float(1 << 23));
+  }
+  check(cudaMemcpy(a, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
+  check(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
+  void* y = alloc(size_t(d * d) * 2);
+  Act x{a, DType::BF16, d, d, d}, out{y, DType::BF16, d, d, d};
+  const double gemm_s = timed(10, [&] { gemm(b, d, x, out, false); });
+  *peak_gflops = 2.0 * double(d) * double(d) * double(d) / gemm_s / 1e9;
+  release(a, n);
+  release(b, n);
+  release(y, size_t(d * d) * 2);
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  return true;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device, double gpu_memory_utilization) {
+  return std::make_unique<CudaBackend>(device, gpu_memory_utilization);
+}
+
+}  // namespace gale
