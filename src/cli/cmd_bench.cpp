@@ -131,21 +131,21 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     Rng rng(42);
     std::vector<int32_t> prompt(static_cast<size_t>(o->prompt));
     for (auto& t : prompt) t = int32_t(rng.next() % uint64_t(c.vocab_size));
-    std::vector<float> logits;
+    std::vector<int32_t> next;
     double best_pp = 1e30, best_tg = 1e30;
     for (int r = 0; r < o->reps; ++r) {
       if (!o->json) std::fprintf(stderr, "run %d/%d: prefill %lld + decode %lld tokens\r", r + 1, o->reps,
                                  (long long)o->prompt, (long long)o->gen);
       auto t0 = clock::now();
       SeqStep s{prompt, 0, table, SeqStep::Logits::Last};
-      m.forward({&s, 1}, kv, logits);
+      m.forward_argmax({&s, 1}, kv, next);  // greedy: on a GPU the logits stay there
       best_pp = std::min(best_pp, secs(t0));
-      int32_t tok = argmax(logits);
+      int32_t tok = next[0];
       auto t1 = clock::now();
       for (int64_t i = 0; i < o->gen; ++i) {
         SeqStep d{std::span<const int32_t>(&tok, 1), o->prompt + i, table, SeqStep::Logits::Last};
-        m.forward({&d, 1}, kv, logits);
-        tok = argmax(logits);
+        m.forward_argmax({&d, 1}, kv, next);
+        tok = next[0];
       }
       best_tg = std::min(best_tg, secs(t1));
     }

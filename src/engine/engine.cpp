@@ -65,6 +65,7 @@ struct Engine::Impl {
   uint64_t next_id = 1;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   std::vector<float> logits, raw;
+  std::vector<int32_t> greedy_ids;  // per sampled row, when the step is all plain greedy
   std::vector<int32_t> top_idx;
 
   Impl(Transformer& m, const Tokenizer* t, EngineConfig c) : model(m), tok(t), cfg(c) {}
@@ -253,18 +254,36 @@ std::vector<RequestOutput> Engine::step() {
     steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
                      s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None});
   }
-  if (!steps.empty()) m.model.forward(steps, *m.kv, m.logits);
+  // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
+  // of each row is needed: the backend computes it where the logits are (on a GPU they never
+  // cross to the host).
+  bool greedy = true;
+  for (const ScheduledSeq& s : so.seqs) {
+    if (!s.sample) continue;
+    const Impl::Request& r = *m.reqs.at(s.id);
+    greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
+  }
+  if (!steps.empty()) {
+    if (greedy) m.model.forward_argmax(steps, *m.kv, m.greedy_ids);
+    else m.model.forward(steps, *m.kv, m.logits);
+  }
   m.sched->commit(so);
 
   const size_t V = size_t(m.model.config().vocab_size);
   size_t row = 0;
   for (const ScheduledSeq& s : so.seqs) {
     if (!s.sample) continue;
-    std::span<float> lg(m.logits.data() + row * V, V);
-    ++row;
     Impl::Request& r = *m.reqs.at(s.id);
-    if (r.p.top_logprobs >= 0) m.raw.assign(lg.begin(), lg.end());
-    const int32_t id = r.sampler->sample(lg);
+    int32_t id;
+    if (greedy) {
+      id = m.greedy_ids[row++];
+      r.sampler->accept(id);
+    } else {
+      std::span<float> lg(m.logits.data() + row * V, V);
+      ++row;
+      if (r.p.top_logprobs >= 0) m.raw.assign(lg.begin(), lg.end());
+      id = r.sampler->sample(lg);
+    }
     r.out_ids.push_back(id);
     ++m.generation_tokens_total;
     RequestOutput o = m.output_of(r);

@@ -120,6 +120,8 @@ class Backend {
   virtual void scatter_add_rows(Act src, std::span<const int32_t> rows, std::span<const float> weight, Act dst) = 0;
   // Copies f32 rows to the host (waits for the device).
   virtual void to_host(Act src, float* dst) = 0;
+  // out[r] = argmax of row r of f32 logits (first maximum on ties), on the host (waits).
+  virtual void argmax_rows(Act logits, int32_t* out) = 0;
 };
 
 struct BackendOptions {

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
+#include "runtime/sampler.h"
 
 namespace gale {
 
@@ -122,6 +123,12 @@ void CpuBackend::to_host(Act src, float* dst) {
   check_f32(src);
   for (int64_t r = 0; r < src.rows; ++r)
     std::memcpy(dst + r * src.cols, src.f32() + r * src.ld, size_t(src.cols) * sizeof(float));
+}
+
+void CpuBackend::argmax_rows(Act logits, int32_t* out) {
+  check_f32(logits);
+  for (int64_t r = 0; r < logits.rows; ++r)
+    out[r] = argmax({logits.f32() + r * logits.ld, size_t(logits.cols)});
 }
 
 }  // namespace gale

@@ -33,6 +33,7 @@ class CpuBackend final : public Backend {
   void gather_logit_rows(Act src, Act dst) override;
   void scatter_add_rows(Act src, std::span<const int32_t> rows, std::span<const float> weight, Act dst) override;
   void to_host(Act src, float* dst) override;
+  void argmax_rows(Act logits, int32_t* out) override;
 
  private:
   bool bf16_;

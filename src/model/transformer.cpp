@@ -65,6 +65,24 @@ void Transformer::build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t b
 }
 
 void Transformer::forward(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>& logits) {
+  Act out = run(seqs, kv, &logits);
+  if (out.rows == 0) {
+    logits.clear();
+    return;
+  }
+  if (out.data != logits.data()) {
+    logits.resize(size_t(out.rows * out.cols));
+    backend_->to_host(out, logits.data());
+  }
+}
+
+void Transformer::forward_argmax(std::span<const SeqStep> seqs, KVCache& kv, std::vector<int32_t>& ids) {
+  Act out = run(seqs, kv, nullptr);
+  ids.resize(size_t(out.rows));
+  if (out.rows > 0) backend_->argmax_rows(out, ids.data());
+}
+
+Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host) {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size;
   GALE_ASSERT(kv.device() == (backend_->is_cpu() ? nullptr : backend_.get()));
@@ -78,10 +96,7 @@ void Transformer::forward(std::span<const SeqStep> seqs, KVCache& kv, std::vecto
     GALE_ASSERT(int64_t(s.block_table.size()) >= need_blocks);
     T += int64_t(s.tokens.size());
   }
-  if (T == 0) {
-    logits.clear();
-    return;
-  }
+  if (T == 0) return {};
   Backend& be = *backend_;
   build_plan(seqs, T, kv.block_size());
   be.begin_step(plan_);
@@ -105,20 +120,21 @@ void Transformer::forward(std::span<const SeqStep> seqs, KVCache& kv, std::vecto
 
   // Final norm and LM head only for the rows whose logits were asked for.
   const int64_t R = int64_t(plan_.logit_rows.size()), V = c.vocab_size;
-  logits.resize(size_t(R * V));
-  if (R == 0) return;
+  if (R == 0) return {};
   Act rows = buffer(blogit_x_, R, H, DType::F32);
   be.gather_logit_rows(x_, rows);
   Act normed = buffer(blogit_n_, R, H, be.act_dtype());
   be.rmsnorm(rows, w_.final_norm, eps, normed);
   be.round_act(normed);
-  if (be.is_cpu()) {
-    be.linear(w_.lm_head, normed, Act{logits.data(), DType::F32, R, V, V}, false);
-    return;
+  Act out;
+  if (be.is_cpu() && host) {  // straight into the caller's vector
+    host->resize(size_t(R * V));
+    out = Act{host->data(), DType::F32, R, V, V};
+  } else {
+    out = buffer(blogits_, R, V, DType::F32);
   }
-  Act out = buffer(blogits_, R, V, DType::F32);
   be.linear(w_.lm_head, normed, out, false);
-  be.to_host(out, logits.data());
+  return out;
 }
 
 void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {

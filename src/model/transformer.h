@@ -45,6 +45,9 @@ class Transformer {
   // logits: rows in sequence order, one per requested position, [rows, vocab].
   // Throws gale::Error for token ids outside the vocabulary.
   void forward(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>& logits);
+  // The same pass, returning only each logit row's argmax (greedy decoding): on a GPU the
+  // logits stay on the device.
+  void forward_argmax(std::span<const SeqStep> seqs, KVCache& kv, std::vector<int32_t>& ids);
 
  private:
   // Backend memory grown on demand and reused across steps (no per-token allocations).
@@ -53,6 +56,8 @@ class Transformer {
     size_t bytes = 0;
   };
   Act buffer(Buffer& b, int64_t rows, int64_t cols, DType dt);
+  // The pass up to the logits: returns them in backend memory (CPU: in *host when given).
+  Act run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host);
   void build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t block_size);
   void attention_block(int64_t layer, KVCache& kv, int64_t T);
   void mlp_block(const LayerWeights& L, int64_t T);

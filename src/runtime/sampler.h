@@ -39,6 +39,12 @@ class Sampler {
   // Picks the next id from logits [vocab] (modified in place) and records it as generated.
   int32_t sample(std::span<float> logits);
   void accept(int32_t id);  // record an id chosen elsewhere (e.g. forced)
+  // Plain greedy (temperature 0, no penalties): the choice is the logits' argmax, which the
+  // engine may take from the device without copying the logits out.
+  bool plain_greedy() const {
+    return p_.temperature == 0.0f && p_.repetition_penalty == 1.0f && p_.presence_penalty == 0.0f &&
+           p_.frequency_penalty == 0.0f;
+  }
 
  private:
   SamplingParams p_;

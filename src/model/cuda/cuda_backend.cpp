@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/cuda/argmax.cuh"
 #include "kernels/cuda/bias_add.cuh"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
@@ -193,6 +194,14 @@ class CudaBackend final : public Backend {
     check(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.ld) * 4, size_t(src.cols) * 4,
                             size_t(src.rows), cudaMemcpyDeviceToHost, stream_),
           "copy to host");
+    check(cudaStreamSynchronize(stream_), "forward pass");
+  }
+
+  void argmax_rows(Act logits, int32_t* out) override {
+    grow_device(d_rows_, size_t(logits.rows) * 4);
+    cuda::ArgmaxParams p{logits.data, logits.dtype, logits.ld, logits.rows, logits.cols, static_cast<int32_t*>(d_rows_.p)};
+    check(cuda::argmax(p, stream_), "argmax");
+    check(cudaMemcpyAsync(out, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     check(cudaStreamSynchronize(stream_), "forward pass");
   }
 
