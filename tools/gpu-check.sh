@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# GPU check in one device call: configure + build the CUDA kernels and their tests with nvcc,
-# run `ctest -L gpu`, compute-sanitizer memcheck over the GPU test binaries, and the kernel
-# micro-benchmark (decode/prefill attention, cuBLASLt GEMM) next to its floors; a short table last.
+# GPU check in one device call: configure + build gale (CUDA backend) and the GPU tests with
+# nvcc, run `ctest -L gpu` (kernels against their CPU references; the whole model on the GPU
+# against the CPU f32 forward on every fixture; the engine's batching / prefix cache /
+# preemption on the GPU), compute-sanitizer memcheck over the GPU test binaries, and the kernel
+# micro-benchmark next to its floors; a short table last. tools/gpu-bench.sh does the
+# end-to-end `gale bench` figures.
 #
-# The device machine has cmake, ninja and nvcc but no apt, no PCRE2/utf8proc headers and no
-# GoogleTest package, so this builds with -DGALE_KERNELS_ONLY=ON (core + kernels + GPU tests,
-# no tokenizer/CLI) and compiles GoogleTest from sources carried along:
-#   here (once):        tools/gpu-check.sh --prepare     # copies /usr/src/googletest to .devcarry/
+# The device machine has cmake, ninja, nvcc, Boost, CLI11 and nlohmann-json but no apt, no
+# PCRE2/utf8proc headers and no GoogleTest package: those are carried along in .devcarry/
+#   here (once):        tools/gpu-check.sh --prepare     # googletest sources + the .deb files
 #   device machine:     tools/gpu-check.sh               # run with carry [".devcarry"]
 # Logs go to $OUT (the device tool's output folder) or build-gpu/out.
 # GALE_GPU_CHECK_SKIP may list steps to skip: memcheck, bench.
@@ -16,8 +18,10 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--prepare" ]]; then
   src=/usr/src/googletest
   [[ -d $src ]] || { echo "no $src: apt-get install googletest" >&2; exit 1; }
-  rm -rf .devcarry/googletest && mkdir -p .devcarry && cp -r "$src" .devcarry/googletest
-  echo "GoogleTest sources in .devcarry/googletest ($(du -sh .devcarry | cut -f1)); carry .devcarry"
+  rm -rf .devcarry/googletest .devcarry/debs && mkdir -p .devcarry/debs && cp -r "$src" .devcarry/googletest
+  (cd .devcarry/debs && apt-get download libpcre2-dev libpcre2-8-0 libutf8proc-dev libutf8proc2 >/dev/null) ||
+    { echo "apt-get download failed" >&2; exit 1; }
+  echo "GoogleTest sources and $(ls .devcarry/debs | wc -l) .deb files in .devcarry ($(du -sh .devcarry | cut -f1)); carry .devcarry"
   exit 0
 fi
 
@@ -27,15 +31,10 @@ skip=${GALE_GPU_CHECK_SKIP:-}
 status=()
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv,noheader | tee "$out/gpu.txt"
 
-gtest=()
-[[ -d .devcarry/googletest ]] && gtest=(-DGALE_GTEST_SOURCE_DIR="$PWD/.devcarry/googletest")
-# Hopper machine code only here (halves the build); CI builds the portable sm_80 target too.
-t0=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGALE_KERNELS_ONLY=ON -DGALE_CUDA=ON \
-  -DGALE_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" "${gtest[@]}" >"$out/configure.log" 2>&1 ||
-  { tail -30 "$out/configure.log"; exit 1; }
+tools/gpu-build.sh "$out" || exit 1
 targets=$(cd tests/gpu && ls *_test.cpp | sed 's/^/gpu_/; s/\.cpp$//')
-if ! ninja -C build-gpu -j"$(nproc)" $targets cuda_kernels_bench >"$out/build.log" 2>&1; then
+t0=$(date +%s)
+if ! ninja -C build-gpu -j"$(nproc)" gale $targets cuda_kernels_bench >"$out/build.log" 2>&1; then
   grep -E -A5 "error" "$out/build.log" | head -60
   exit 1
 fi
@@ -53,7 +52,9 @@ grep -E "tests passed|Failed|\*\*\*|Expected|Which is|rel_err|seed|Value of|Skip
 if [[ $skip != *memcheck* ]]; then
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for t in $targets; do
-    if timeout 240 "$cs" --tool memcheck --error-exitcode 99 --leak-check full "build-gpu/tests/gpu/$t" \
+    filter=()  # the whole-model test under memcheck: one fixture per architecture and the engine
+    [[ $t == gpu_model_test ]] && filter=(--gtest_filter='*llama_bf16*:*mixtral_f16*:*qwen2_f32*:*qwen3_bf16*:*mistral_bf16*:GpuEngine.*')
+    if timeout 300 "$cs" --tool memcheck --error-exitcode 99 --leak-check full "build-gpu/tests/gpu/$t" "${filter[@]}" \
         >"$out/memcheck-$t.log" 2>&1; then
       status+=("memcheck $t: clean")
     else
