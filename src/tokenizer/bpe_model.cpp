@@ -294,11 +294,13 @@ int32_t TokenIndex::find(std::string_view key) const {
 
 void MergeTable::reserve(size_t n) {
   size_t cap = 16;
-  while (cap < 2 * n) cap <<= 1;
+  int bits = 4;
+  while (cap < 2 * n) cap <<= 1, ++bits;
   if (cap <= slots_.size()) return;
   std::vector<Entry> old = std::move(slots_);
   slots_.assign(cap, Entry{kEmpty, 0, 0});
   mask_ = cap - 1;
+  shift_ = 64 - bits;
   n_ = 0;
   for (const Entry& e : old)
     if (e.key != kEmpty) insert(e.key, e.rank, e.new_id);

@@ -134,9 +134,11 @@ class MergeTable {
 
  private:
   static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are >= 0, so no real key is all ones
-  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 20) & mask_; }
+  // Fibonacci hashing: the top bits of the product depend on every bit of both ids.
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
   std::vector<Entry> slots_;
   size_t mask_ = 0, n_ = 0;
+  int shift_ = 64;
 };
 
 // The BPE model: vocab, merges and the merge loop, with a per-word cache.
