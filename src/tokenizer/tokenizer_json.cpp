@@ -1,7 +1,6 @@
 // Loading tokenizer.json and running the encode / decode pipeline.
 #include <algorithm>
 #include <fstream>
-#include <sstream>
 
 #include "core/error.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -157,12 +156,16 @@ namespace gale {
 
 namespace {
 
+// One read into a buffer of the file's size (a stringstream copied the 2-33 MB file twice).
 std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  std::streamoff size = f.tellg();
+  if (size < 0) throw Error("cannot read " + path);
+  std::string text(size_t(size), '\0');
+  f.seekg(0);
+  if (!f.read(text.data(), size) || f.gcount() != size) throw Error("cannot read " + path);
+  return text;
 }
 
 std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg_text, const std::string& tok_name,
