@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -94,23 +96,53 @@ class Decoder {
 };
 std::unique_ptr<Decoder> make_decoder(const json& j);
 
-// String -> id by open addressing over keys kept in one vector. The BPE vocab is looked up three
-// times per merge at load (0.8M look-ups for Llama-3.1) and per symbol at encode; a node-based
-// unordered_map cost ~2 cache misses per look-up and most of the load time.
+// String -> id by open addressing. The BPE vocab is looked up three times per merge at load
+// (0.8M look-ups for Llama-3.1) and per symbol at encode, so a look-up touches two cache lines:
+// its slot (hash tag + offset) and its key, stored in one buffer as [u32 length][i32 id][bytes].
 class TokenIndex {
  public:
+  static uint64_t hash(std::string_view s);
   void reserve(size_t n);
-  void assign(std::string key, int32_t id);   // a repeated key takes the later id (JSON's last key wins)
-  int32_t find(std::string_view key) const;   // -1 when absent
-  size_t size() const { return keys_.size(); }
-  const std::vector<std::string>& keys() const { return keys_; }
-  const std::vector<int32_t>& ids() const { return ids_; }
+  void assign(std::string_view key, int32_t id);  // a repeated key takes the later id (JSON's last key wins)
+  int32_t find(std::string_view key) const { return find(key, hash(key)); }
+  int32_t find(std::string_view key, uint64_t h) const;  // h = hash(key); -1 when absent
+  // Hints for a find with hash h coming soon: the slot, then (once the slot is cached) the key.
+  void prefetch_slot(uint64_t h) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[size_t(h) & (slots_.size() - 1)]);
+  }
+  void prefetch_key(uint64_t h) const {
+    if (slots_.empty()) return;
+    uint64_t v = slots_[size_t(h) & (slots_.size() - 1)];
+    if (v != 0) __builtin_prefetch(data_.data() + uint32_t(v) - 1);
+  }
+  size_t size() const { return n_; }
+  // f(key, id, offset) for every distinct key, in the order the keys first came.
+  template <class F>
+  void for_each(F&& f) const {
+    for (size_t off = 0; off < data_.size();) {
+      Header h = header(off);
+      f(key_at(off), h.id, uint32_t(off));
+      off += sizeof(Header) + h.len;
+    }
+  }
+  std::string_view key_at(uint32_t offset) const {
+    return std::string_view(data_.data() + offset + sizeof(Header), header(offset).len);
+  }
 
  private:
+  struct Header {
+    uint32_t len;
+    int32_t id;
+  };
+  Header header(size_t off) const {
+    Header h;
+    std::memcpy(&h, data_.data() + off, sizeof(h));
+    return h;
+  }
   size_t probe(std::string_view key, uint64_t h) const;  // slot holding key, or the empty slot for it
-  std::vector<std::string> keys_;
-  std::vector<int32_t> ids_;
-  std::vector<uint64_t> slots_;  // (hash high 32 bits) << 32 | (index into keys_ + 1); 0 = empty
+  std::string data_;
+  std::vector<uint64_t> slots_;  // (hash high 32 bits) << 32 | (offset of the key in data_ + 1); 0 = empty
+  size_t n_ = 0;
 };
 
 // (left id, right id) -> (rank, merged id), open addressing; the first of repeated merges wins.
@@ -129,6 +161,9 @@ class MergeTable {
       if (e.key == key) return &e;
       if (e.key == kEmpty) return nullptr;
     }
+  }
+  void prefetch(uint64_t key) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[slot(key)]);
   }
   bool empty() const { return n_ == 0; }
 
@@ -150,15 +185,18 @@ class BpeModel {
   int32_t find(std::string_view token) const { return vocab_.find(token); }  // -1 when absent
   size_t vocab_count() const { return vocab_.size(); }
   int32_t max_id() const { return max_id_; }
-  const std::string* id_to_token(int32_t id) const;
+  std::optional<std::string_view> id_to_token(int32_t id) const;  // nullopt for a hole in the ids
   bool byte_fallback() const { return byte_fallback_; }
 
  private:
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   int32_t byte_token(unsigned char b) const { return byte_ids_[b]; }
 
+  void read_vocab(const json& j, std::string_view raw);
+  void read_merges(const json& j, std::string_view raw);
+
   TokenIndex vocab_;
-  std::vector<const std::string*> vocab_r_;
+  std::vector<uint32_t> vocab_r_;  // id -> offset of its key in vocab_ + 1; 0 = hole
   int32_t max_id_ = -1;
   MergeTable merges_;
   std::string unk_token_;

@@ -108,16 +108,15 @@ std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_
   for (int32_t id : ids) {
     if (id < 0 || size_t(id) >= vocab_size_)
       throw Error("token id " + std::to_string(id) + " out of range [0, " + std::to_string(vocab_size_) + ")");
-    const std::string* s = nullptr;
     if (const AddedToken* a = added_.by_id(id)) {
       if (skip_special_tokens && a->special) continue;
-      s = &added_.decode_form(*a);
+      tokens.push_back(added_.decode_form(*a));
     } else {
-      s = model_->id_to_token(id);
+      std::optional<std::string_view> s = model_->id_to_token(id);
       if (!s) continue;  // a hole in the vocab: HF skips it too
       if (skip_special_tokens && added_.is_special_content(*s)) continue;
+      tokens.emplace_back(*s);
     }
-    tokens.push_back(*s);
   }
   std::string out;
   if (decoder_) {
@@ -140,14 +139,14 @@ std::optional<int32_t> HfTokenizer::token_to_id(std::string_view token) const {
 
 bool HfTokenizer::is_special(int32_t id) const {
   if (const AddedToken* a = added_.by_id(id)) return a->special;
-  const std::string* s = model_->id_to_token(id);
+  std::optional<std::string_view> s = model_->id_to_token(id);
   return s && added_.is_special_content(*s);
 }
 
 bool HfTokenizer::stream_holds(int32_t id) const {
   if (!decoder_ || !decoder_->groups_byte_tokens() || added_.by_id(id)) return false;
-  const std::string* s = model_->id_to_token(id);
-  return s && s->size() == 6 && s->compare(0, 3, "<0x") == 0 && (*s)[5] == '>';
+  std::optional<std::string_view> s = model_->id_to_token(id);
+  return s && s->size() == 6 && s->starts_with("<0x") && (*s)[5] == '>';
 }
 
 }  // namespace gale::tok
