@@ -22,10 +22,10 @@ inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) <
 
 namespace {
 
-// Merges are resolved a batch at a time: all hashes of a batch first, with prefetches, so that the
-// cache misses of its ~3 vocab look-ups and 1 merge-table insert per merge overlap instead of
-// following one another (they dominated the load time).
-constexpr size_t kMergeBatch = 32;
+// Vocab entries are inserted, and merges resolved, a batch at a time: all hashes of a batch first,
+// with prefetches, so that the cache misses of the look-ups (~3 per merge, 1 merge-table insert)
+// overlap instead of following one another (they dominated the load time).
+constexpr size_t kBatch = 32;
 
 struct PendingMerge {
   std::string text;  // a, b, then (when b starts with the continuing-subword prefix) a + b less it
@@ -48,15 +48,33 @@ void BpeModel::read_vocab(const json& j, std::string_view raw) {
   if (!raw.empty()) {
     // Straight into the index; the range limit depends on the entry count, so ids that may pass
     // it are kept aside and checked at the end (ids in order never are).
+    // Inserted a batch at a time, each slot prefetched when its entry is scanned.
     vocab_.reserve(size_t(std::count(raw.begin(), raw.end(), ':')));  // >= the entries
     size_t count = 0;
     std::vector<int64_t> suspects;
+    struct Pending {
+      std::string token;
+      int32_t id;
+      uint64_t hash;
+    };
+    std::vector<Pending> batch(kBatch);
+    size_t n = 0;
+    auto flush = [&] {
+      for (size_t k = 0; k < n; ++k) vocab_.assign(batch[k].token, batch[k].id, batch[k].hash);
+      n = 0;
+    };
     bool ok = scan_vocab(raw, [&](std::string_view tok, int64_t id) {
       if (size_t(id) >= 2 * count + 1024) suspects.push_back(id);
       ++count;
-      vocab_.assign(tok, int32_t(std::min<int64_t>(id, INT32_MAX)));
-      max_id_ = std::max(max_id_, int32_t(std::min<int64_t>(id, INT32_MAX)));
+      Pending& e = batch[n++];
+      e.token.assign(tok);
+      e.id = int32_t(std::min<int64_t>(id, INT32_MAX));
+      e.hash = TokenIndex::hash(tok);
+      vocab_.prefetch_slot(e.hash);
+      max_id_ = std::max(max_id_, e.id);
+      if (n == kBatch) flush();
     });
+    flush();
     if (ok) {
       for (int64_t id : suspects)
         if (size_t(id) >= 2 * count + 1024) throw Error("model.vocab: id " + std::to_string(id) + " out of range");
@@ -86,7 +104,7 @@ void BpeModel::read_vocab(const json& j, std::string_view raw) {
 
 // model.merges, likewise; resolved to (left id, right id) -> (rank, merged id).
 void BpeModel::read_merges(const json& j, std::string_view raw) {
-  std::vector<PendingMerge> batch(kMergeBatch);
+  std::vector<PendingMerge> batch(kBatch);
   size_t n = 0;
   int32_t rank = 0;
   std::string error;  // the first merge that fails, thrown once the whole section is known good
@@ -134,7 +152,7 @@ void BpeModel::read_merges(const json& j, std::string_view raw) {
     vocab_.prefetch_slot(m.h_a);
     vocab_.prefetch_slot(m.h_b);
     vocab_.prefetch_slot(m.h_m);
-    if (n == kMergeBatch) flush();
+    if (n == kBatch) flush();
   };
   auto finish = [&] {
     flush();
@@ -331,6 +349,22 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
 
 // ---- TokenIndex / MergeTable ----
 
+namespace {
+// Byte equality without a call for the short keys that are most of a vocab.
+inline bool same_bytes(const char* a, const char* b, size_t n) {
+  if (n > 8) return std::memcmp(a, b, n) == 0;
+  if (n >= 4) {
+    uint32_t a0, a1, b0, b1;
+    std::memcpy(&a0, a, 4);
+    std::memcpy(&a1, a + n - 4, 4);
+    std::memcpy(&b0, b, 4);
+    std::memcpy(&b1, b + n - 4, 4);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+  }
+  return n == 0 || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+}
+}  // namespace
+
 // Word at a time (tokens are short: one or two words); the final mix spreads every input bit
 // over the low bits (the slot) and the high 32 (the tag).
 uint64_t TokenIndex::hash(std::string_view s) {
@@ -378,15 +412,14 @@ size_t TokenIndex::probe(std::string_view key, uint64_t h) const {
     if (v == 0) return i;
     if ((v & 0xFFFFFFFF00000000ull) == tag) {
       size_t off = uint32_t(v) - 1;
-      if (header(off).len == key.size() && std::memcmp(data_.data() + off + sizeof(Header), key.data(), key.size()) == 0)
+      if (header(off).len == key.size() && same_bytes(data_.data() + off + sizeof(Header), key.data(), key.size()))
         return i;
     }
   }
 }
 
-void TokenIndex::assign(std::string_view key, int32_t id) {
+void TokenIndex::assign(std::string_view key, int32_t id, uint64_t h) {
   if (2 * (n_ + 1) > slots_.size()) reserve(2 * n_ + 8);
-  uint64_t h = hash(key);
   size_t i = probe(key, h);
   if (slots_[i] != 0) {
     std::memcpy(data_.data() + (uint32_t(slots_[i]) - 1) + offsetof(Header, id), &id, sizeof(id));

@@ -103,7 +103,9 @@ class TokenIndex {
  public:
   static uint64_t hash(std::string_view s);
   void reserve(size_t n);
-  void assign(std::string_view key, int32_t id);  // a repeated key takes the later id (JSON's last key wins)
+  // A repeated key takes the later id (JSON's last key wins). h = hash(key).
+  void assign(std::string_view key, int32_t id) { assign(key, id, hash(key)); }
+  void assign(std::string_view key, int32_t id, uint64_t h);
   int32_t find(std::string_view key) const { return find(key, hash(key)); }
   int32_t find(std::string_view key, uint64_t h) const;  // h = hash(key); -1 when absent
   // Hints for a find with hash h coming soon: the slot, then (once the slot is cached) the key.
