@@ -5,11 +5,19 @@
 #include <algorithm>
 #include <array>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "tokenizer/unicode_util.h"
 
 namespace gale::tok {
 
 namespace {
+
+// ---- byte searches, 16 bytes at a time where SSE2 is there (every x86-64) ----
+// The strings of a vocab or merges section are short (~6 bytes) and the gaps between them mostly
+// indentation, so one 16-byte step usually covers a whole string or gap.
 
 // Bytes that end a raw run inside a JSON string: the closing quote, a backslash, a control character.
 constexpr auto kStringStop = [] {
@@ -18,6 +26,58 @@ constexpr auto kStringStop = [] {
   t['"'] = t['\\'] = true;
   return t;
 }();
+
+// First byte in [p, end) that ends a raw string run (kStringStop), or end; `high` gets the OR of
+// the bytes before it (its top bit: whether any is non-ASCII).
+inline const char* find_string_stop(const char* p, const char* end, unsigned& high) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), ctrl_max = _mm_set1_epi8(0x1F);
+  for (; end - p >= 16; p += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i ctrl = _mm_cmpeq_epi8(_mm_max_epu8(v, ctrl_max), ctrl_max);  // v <= 0x1F
+    auto stop = unsigned(_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), ctrl)));
+    auto top = unsigned(_mm_movemask_epi8(v));
+    if (stop) {
+      unsigned k = unsigned(__builtin_ctz(stop));
+      if (top & ((1u << k) - 1)) high |= 0x80;
+      return p + k;
+    }
+    if (top) high |= 0x80;
+  }
+#endif
+  for (; p < end && !kStringStop[static_cast<unsigned char>(*p)]; ++p) high |= static_cast<unsigned char>(*p);
+  return p;
+}
+
+// First '"' or '\\' in [p, end), or end.
+inline const char* find_quote_or_backslash(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  for (; end - p >= 16; p += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    auto m = unsigned(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash))));
+    if (m) return p + __builtin_ctz(m);
+  }
+#endif
+  while (p < end && *p != '"' && *p != '\\') ++p;
+  return p;
+}
+
+// First '"', '{', '[', '}' or ']' in [p, end), or end.
+inline const char* find_structural(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"'), lsq = _mm_set1_epi8('['), rsq = _mm_set1_epi8(']'),
+                lcu = _mm_set1_epi8('{'), rcu = _mm_set1_epi8('}');
+  for (; end - p >= 16; p += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, lsq)),
+                             _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, rsq), _mm_cmpeq_epi8(v, lcu)), _mm_cmpeq_epi8(v, rcu)));
+    if (auto bits = unsigned(_mm_movemask_epi8(m))) return p + __builtin_ctz(bits);
+  }
+#endif
+  while (p < end && *p != '"' && *p != '{' && *p != '[' && *p != '}' && *p != ']') ++p;
+  return p;
+}
 
 struct Cursor {
   const char* p;
@@ -58,8 +118,8 @@ struct Cursor {
     const char* run = ++p;
     bool escaped = false;
     for (;;) {
-      unsigned char high = 0;  // OR of the run's bytes: any non-ASCII byte sets the top bit
-      while (p < end && !kStringStop[static_cast<unsigned char>(*p)]) high |= static_cast<unsigned char>(*p++);
+      unsigned high = 0;  // OR of the run's bytes: any non-ASCII byte sets the top bit
+      p = find_string_stop(p, end, high);
       if (p == end) return false;
       // A UTF-8 sequence never spans an escape (escapes are ASCII), so each raw run is checked alone.
       if ((high & 0x80) && check_utf8 && utf8_valid_prefix(std::string_view(run, size_t(p - run))) != size_t(p - run)) return false;
@@ -113,15 +173,15 @@ struct Cursor {
   // Skips a string without decoding it (only to find its end).
   bool skip_string() {
     if (!at('"')) return false;
-    for (++p; p < end; ++p) {
-      if (*p == '\\') {
-        if (++p == end) return false;
-      } else if (*p == '"') {
+    for (++p;; p += 2) {  // past a backslash and the byte it escapes
+      p = find_quote_or_backslash(p, end);
+      if (p == end) return false;
+      if (*p == '"') {
         ++p;
         return true;
       }
+      if (end - p < 2) return false;
     }
-    return false;
   }
 
   // Skips any value, checking only that brackets balance; nlohmann checks the rest later.
@@ -129,7 +189,7 @@ struct Cursor {
     if (at('"')) return skip_string();
     if (at('{') || at('[')) {
       int depth = 0;
-      while (p < end) {
+      while ((p = find_structural(p, end)) < end) {
         char c = *p;
         if (c == '"') {
           if (!skip_string()) return false;
