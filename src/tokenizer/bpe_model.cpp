@@ -49,7 +49,7 @@ void BpeModel::read_vocab(const json& j, std::string_view raw) {
     // Straight into the index; the range limit depends on the entry count, so ids that may pass
     // it are kept aside and checked at the end (ids in order never are).
     // Inserted a batch at a time, each slot prefetched when its entry is scanned.
-    vocab_.reserve(size_t(std::count(raw.begin(), raw.end(), ':')));  // >= the entries
+    vocab_.reserve(size_t(std::count(raw.begin(), raw.end(), ':')), raw.size());  // >= the entries and their bytes
     size_t count = 0;
     std::vector<int64_t> suspects;
     struct Pending {
@@ -393,7 +393,8 @@ uint64_t TokenIndex::hash(std::string_view s) {
   return h ^ (h >> 29);
 }
 
-void TokenIndex::reserve(size_t n) {
+void TokenIndex::reserve(size_t n, size_t key_bytes) {
+  data_.reserve(n * sizeof(Header) + key_bytes);
   size_t cap = 16;
   while (cap < 2 * n) cap <<= 1;
   if (cap <= slots_.size()) return;

@@ -102,7 +102,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j);
 class TokenIndex {
  public:
   static uint64_t hash(std::string_view s);
-  void reserve(size_t n);
+  void reserve(size_t n, size_t key_bytes = 0);  // n keys of key_bytes in all
   // A repeated key takes the later id (JSON's last key wins). h = hash(key).
   void assign(std::string_view key, int32_t id) { assign(key, id, hash(key)); }
   void assign(std::string_view key, int32_t id, uint64_t h);
