@@ -18,6 +18,7 @@ namespace {
 constexpr size_t kCacheCap = 1 << 16;      // entries before the cache is dropped
 constexpr size_t kCacheMaxWord = 256;       // longer words are not cached
 inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
 }  // namespace
 
 namespace {
@@ -46,9 +47,9 @@ struct PendingMerge {
 // entry (in file order) whose id is out of range is the error.
 void BpeModel::read_vocab(const json& j, std::string_view raw) {
   if (!raw.empty()) {
-    // Straight into the index; the range limit depends on the entry count, so ids that may pass
-    // it are kept aside and checked at the end (ids in order never are).
-    // Inserted a batch at a time, each slot prefetched when its entry is scanned.
+    // Straight into the index, a batch at a time (each slot prefetched when its entry is
+    // scanned). The range limit depends on the entry count, so ids that may pass it are kept
+    // aside and checked at the end (ids in order never are).
     vocab_.reserve(size_t(std::count(raw.begin(), raw.end(), ':')), raw.size());  // >= the entries and their bytes
     size_t count = 0;
     std::vector<int64_t> suspects;
@@ -220,6 +221,23 @@ BpeModel::BpeModel(const json& j, const BpeSections* raw) {
   }
 
   read_merges(j, raw ? raw->merges : std::string_view());
+
+  // SentencePiece-style vocabularies (Llama-2) have no pre-tokenizer, so a whole document is one
+  // word: no cache hit and a merge queue over thousands of symbols. Cutting the word before each
+  // run of U+2581 changes nothing when no token holds U+2581 right after another character: a
+  // pair across the cut would merge into such a token, so it never merges, and the pieces' merges
+  // are the same whichever piece goes first. The cut must also not change the initial symbols:
+  // U+2581 is a token of its own (so no byte fallback or unk at the cut), the unk token holds no
+  // U+2581, and no prefix / suffix marks the first / last character of a word.
+  split_at_metaspace_ = prefix_.empty() && suffix_.empty() && !ignore_merges_ && vocab_.find(kMetaspace) >= 0 &&
+                        unk_token_.find(kMetaspace) == std::string::npos;
+  if (split_at_metaspace_) {
+    vocab_.for_each([&](std::string_view token, int32_t, uint32_t) {
+      for (size_t i = token.find(kMetaspace, 1); split_at_metaspace_ && i != std::string_view::npos;
+           i = token.find(kMetaspace, i + 3))
+        if (i < 3 || token.compare(i - 3, 3, kMetaspace) != 0) split_at_metaspace_ = false;
+    });
+  }
 }
 
 std::optional<std::string_view> BpeModel::id_to_token(int32_t id) const {
@@ -235,6 +253,18 @@ void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& out) const 
       return;
     }
   }
+  if (!split_at_metaspace_) return tokenize_piece(word, out);
+  // Pieces start at each run of U+2581 (see split_at_metaspace_): "a▁▁b▁c" is "a", "▁▁b", "▁c".
+  size_t start = 0;
+  for (size_t i = word.find(kMetaspace, 1); i != std::string_view::npos; i = word.find(kMetaspace, i + 3)) {
+    if (i >= 3 && word.compare(i - 3, 3, kMetaspace) == 0) continue;  // inside a run
+    tokenize_piece(word.substr(start, i - start), out);
+    start = i;
+  }
+  tokenize_piece(word.substr(start), out);
+}
+
+void BpeModel::tokenize_piece(std::string_view word, std::vector<int32_t>& out) const {
   bool cacheable = word.size() <= kCacheMaxWord;
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mu_);

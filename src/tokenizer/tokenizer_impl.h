@@ -191,6 +191,7 @@ class BpeModel {
   bool byte_fallback() const { return byte_fallback_; }
 
  private:
+  void tokenize_piece(std::string_view word, std::vector<int32_t>& out) const;  // through the cache
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   int32_t byte_token(unsigned char b) const { return byte_ids_[b]; }
 
@@ -205,6 +206,7 @@ class BpeModel {
   int32_t unk_id_ = -1;
   std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
+  bool split_at_metaspace_ = false;  // words may be cut before each run of U+2581 (see the constructor)
   int32_t byte_ids_[256];
   // Word -> ids cache (HF keeps one too); cleared when it grows past its cap.
   mutable std::mutex cache_mu_;
