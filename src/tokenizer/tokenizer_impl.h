@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
