@@ -5,8 +5,10 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -94,23 +96,55 @@ class Decoder {
 };
 std::unique_ptr<Decoder> make_decoder(const json& j);
 
-// String -> id by open addressing over keys kept in one vector. The BPE vocab is looked up three
-// times per merge at load (0.8M look-ups for Llama-3.1) and per symbol at encode; a node-based
-// unordered_map cost ~2 cache misses per look-up and most of the load time.
+// String -> id by open addressing. The BPE vocab is looked up three times per merge at load
+// (0.8M look-ups for Llama-3.1) and per symbol at encode, so a look-up touches two cache lines:
+// its slot (hash tag + offset) and its key, stored in one buffer as [u32 length][i32 id][bytes].
 class TokenIndex {
  public:
-  void reserve(size_t n);
-  void assign(std::string key, int32_t id);   // a repeated key takes the later id (JSON's last key wins)
-  int32_t find(std::string_view key) const;   // -1 when absent
-  size_t size() const { return keys_.size(); }
-  const std::vector<std::string>& keys() const { return keys_; }
-  const std::vector<int32_t>& ids() const { return ids_; }
+  static uint64_t hash(std::string_view s);
+  void reserve(size_t n, size_t key_bytes = 0);  // n keys of key_bytes in all
+  // A repeated key takes the later id (JSON's last key wins). h = hash(key).
+  void assign(std::string_view key, int32_t id) { assign(key, id, hash(key)); }
+  void assign(std::string_view key, int32_t id, uint64_t h);
+  int32_t find(std::string_view key) const { return find(key, hash(key)); }
+  int32_t find(std::string_view key, uint64_t h) const;  // h = hash(key); -1 when absent
+  // Hints for a find with hash h coming soon: the slot, then (once the slot is cached) the key.
+  void prefetch_slot(uint64_t h) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[size_t(h) & (slots_.size() - 1)]);
+  }
+  void prefetch_key(uint64_t h) const {
+    if (slots_.empty()) return;
+    uint64_t v = slots_[size_t(h) & (slots_.size() - 1)];
+    if (v != 0) __builtin_prefetch(data_.data() + uint32_t(v) - 1);
+  }
+  size_t size() const { return n_; }
+  // f(key, id, offset) for every distinct key, in the order the keys first came.
+  template <class F>
+  void for_each(F&& f) const {
+    for (size_t off = 0; off < data_.size();) {
+      Header h = header(off);
+      f(key_at(off), h.id, uint32_t(off));
+      off += sizeof(Header) + h.len;
+    }
+  }
+  std::string_view key_at(uint32_t offset) const {
+    return std::string_view(data_.data() + offset + sizeof(Header), header(offset).len);
+  }
 
  private:
+  struct Header {
+    uint32_t len;
+    int32_t id;
+  };
+  Header header(size_t off) const {
+    Header h;
+    std::memcpy(&h, data_.data() + off, sizeof(h));
+    return h;
+  }
   size_t probe(std::string_view key, uint64_t h) const;  // slot holding key, or the empty slot for it
-  std::vector<std::string> keys_;
-  std::vector<int32_t> ids_;
-  std::vector<uint64_t> slots_;  // (hash high 32 bits) << 32 | (index into keys_ + 1); 0 = empty
+  std::string data_;
+  std::vector<uint64_t> slots_;  // (hash high 32 bits) << 32 | (offset of the key in data_ + 1); 0 = empty
+  size_t n_ = 0;
 };
 
 // (left id, right id) -> (rank, merged id), open addressing; the first of repeated merges wins.
@@ -130,13 +164,18 @@ class MergeTable {
       if (e.key == kEmpty) return nullptr;
     }
   }
+  void prefetch(uint64_t key) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[slot(key)]);
+  }
   bool empty() const { return n_ == 0; }
 
  private:
   static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are >= 0, so no real key is all ones
-  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 20) & mask_; }
+  // Fibonacci hashing: the top bits of the product depend on every bit of both ids.
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
   std::vector<Entry> slots_;
   size_t mask_ = 0, n_ = 0;
+  int shift_ = 64;
 };
 
 // The BPE model: vocab, merges and the merge loop, with a per-word cache.
@@ -148,21 +187,26 @@ class BpeModel {
   int32_t find(std::string_view token) const { return vocab_.find(token); }  // -1 when absent
   size_t vocab_count() const { return vocab_.size(); }
   int32_t max_id() const { return max_id_; }
-  const std::string* id_to_token(int32_t id) const;
+  std::optional<std::string_view> id_to_token(int32_t id) const;  // nullopt for a hole in the ids
   bool byte_fallback() const { return byte_fallback_; }
 
  private:
+  void tokenize_piece(std::string_view word, std::vector<int32_t>& out) const;  // through the cache
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
   int32_t byte_token(unsigned char b) const { return byte_ids_[b]; }
 
+  void read_vocab(const json& j, std::string_view raw);
+  void read_merges(const json& j, std::string_view raw);
+
   TokenIndex vocab_;
-  std::vector<const std::string*> vocab_r_;
+  std::vector<uint32_t> vocab_r_;  // id -> offset of its key in vocab_ + 1; 0 = hole
   int32_t max_id_ = -1;
   MergeTable merges_;
   std::string unk_token_;
   int32_t unk_id_ = -1;
   std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
+  bool split_at_metaspace_ = false;  // words may be cut before each run of U+2581 (see the constructor)
   int32_t byte_ids_[256];
   // Word -> ids cache (HF keeps one too); cleared when it grows past its cap.
   mutable std::mutex cache_mu_;

@@ -1,7 +1,14 @@
 // Loading tokenizer.json and running the encode / decode pipeline.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
-#include <sstream>
+#include <optional>
 
 #include "core/error.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -109,16 +116,15 @@ std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_
   for (int32_t id : ids) {
     if (id < 0 || size_t(id) >= vocab_size_)
       throw Error("token id " + std::to_string(id) + " out of range [0, " + std::to_string(vocab_size_) + ")");
-    const std::string* s = nullptr;
     if (const AddedToken* a = added_.by_id(id)) {
       if (skip_special_tokens && a->special) continue;
-      s = &added_.decode_form(*a);
+      tokens.push_back(added_.decode_form(*a));
     } else {
-      s = model_->id_to_token(id);
+      std::optional<std::string_view> s = model_->id_to_token(id);
       if (!s) continue;  // a hole in the vocab: HF skips it too
       if (skip_special_tokens && added_.is_special_content(*s)) continue;
+      tokens.emplace_back(*s);
     }
-    tokens.push_back(*s);
   }
   std::string out;
   if (decoder_) {
@@ -141,14 +147,14 @@ std::optional<int32_t> HfTokenizer::token_to_id(std::string_view token) const {
 
 bool HfTokenizer::is_special(int32_t id) const {
   if (const AddedToken* a = added_.by_id(id)) return a->special;
-  const std::string* s = model_->id_to_token(id);
+  std::optional<std::string_view> s = model_->id_to_token(id);
   return s && added_.is_special_content(*s);
 }
 
 bool HfTokenizer::stream_holds(int32_t id) const {
   if (!decoder_ || !decoder_->groups_byte_tokens() || added_.by_id(id)) return false;
-  const std::string* s = model_->id_to_token(id);
-  return s && s->size() == 6 && s->compare(0, 3, "<0x") == 0 && (*s)[5] == '>';
+  std::optional<std::string_view> s = model_->id_to_token(id);
+  return s && s->size() == 6 && s->starts_with("<0x") && (*s)[5] == '>';
 }
 
 }  // namespace gale::tok
@@ -157,13 +163,41 @@ namespace gale {
 
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+// The file mapped read-only (MAP_POPULATE: its pages come from the page cache in one go, with no
+// copy and no zero-filled buffer to fault in); empty files are not mapped.
+class FileView {
+ public:
+  explicit FileView(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Error(path + ": not a regular file");
+    }
+    size_ = size_t(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+      if (p == MAP_FAILED) {
+        int e = errno;
+        ::close(fd);
+        throw Error("cannot mmap " + path + ": " + std::strerror(e));
+      }
+      data_ = static_cast<const char*>(p);
+    }
+    ::close(fd);
+  }
+  ~FileView() {
+    if (data_) ::munmap(const_cast<char*>(data_), size_);
+  }
+  FileView(const FileView&) = delete;
+  FileView& operator=(const FileView&) = delete;
+  std::string_view text() const { return std::string_view(data_, size_); }
+
+ private:
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg_text, const std::string& tok_name,
                                  const std::string& cfg_name) {
@@ -200,10 +234,10 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
   std::string cfg_path = model_dir + "/tokenizer_config.json";
   std::ifstream probe(tok_path);
   if (!probe) throw Error("no tokenizer.json in " + model_dir);
-  std::string tok_text = read_file(tok_path);
-  std::string cfg_text;
-  if (std::ifstream(cfg_path)) cfg_text = read_file(cfg_path);
-  return build(tok_text, cfg_text, tok_path, cfg_path);
+  FileView tok_file(tok_path);
+  std::optional<FileView> cfg_file;
+  if (std::ifstream(cfg_path)) cfg_file.emplace(cfg_path);
+  return build(tok_file.text(), cfg_file ? cfg_file->text() : std::string_view(), tok_path, cfg_path);
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json, std::string_view config_json) {

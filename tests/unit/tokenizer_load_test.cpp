@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -25,24 +27,41 @@ std::string error_of(const std::string& text) {
   return "";
 }
 
+// The scanners' output, collected (their views live only during the callback).
+bool scan_vocab(std::string_view text, std::vector<std::pair<std::string, int64_t>>& out) {
+  out.clear();
+  return gale::tok::scan_vocab(text, [&](std::string_view t, int64_t id) { out.emplace_back(t, id); });
+}
+bool scan_merges(std::string_view text, std::vector<std::pair<std::string, std::string>>& out) {
+  out.clear();
+  return gale::tok::scan_merges(text, [&](std::string_view a, std::string_view b) { out.emplace_back(a, b); });
+}
+
 TEST(TokenizerLoad, ScannerDecodesEscapesAndBothMergeForms) {
   std::vector<std::pair<std::string, int64_t>> v;
-  ASSERT_TRUE(gale::tok::scan_vocab(R"({"a\"b": 0, "\u00e9\ud83d\ude00": 7, "\n\t\\/": 12} )", v));
-  ASSERT_EQ(v.size(), 3u);
+  ASSERT_TRUE(scan_vocab(R"({"a\"b": 0, "\u00e9\ud83d\ude00": 7, "\n\t\\/": 12, )"
+                         "\"x\\u00e9y\xc3\xa9\": 3} ", v));
+  ASSERT_EQ(v.size(), 4u);
   EXPECT_EQ(v[0].first, "a\"b");
   EXPECT_EQ(v[1].first, "\xc3\xa9\xf0\x9f\x98\x80");
   EXPECT_EQ(v[1].second, 7);
   EXPECT_EQ(v[2].first, "\n\t\\/");
+  EXPECT_EQ(v[3].first, "x\xc3\xa9y\xc3\xa9");
   std::vector<std::pair<std::string, std::string>> m;
-  ASSERT_TRUE(gale::tok::scan_merges(R"([" a b", ["c d", "e"]])", m));
+  ASSERT_TRUE(scan_merges(R"([" a b", ["c d", "e"], "f\u0020g h", ["\u0069", "j"]])", m));
+  ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[0], (std::pair<std::string, std::string>(" a", "b")));
   EXPECT_EQ(m[1], (std::pair<std::string, std::string>("c d", "e")));
-  // Declined (left to nlohmann): lone surrogates, raw control characters, odd numbers, trailing commas.
+  EXPECT_EQ(m[2], (std::pair<std::string, std::string>("f", "g h")));
+  EXPECT_EQ(m[3], (std::pair<std::string, std::string>("i", "j")));
+  // Declined (left to nlohmann): lone surrogates, raw control characters, odd numbers, trailing
+  // commas, invalid UTF-8 (alone, before an escape, truncated at the closing quote).
   for (const char* bad : {R"({"\ud83d": 0})", "{\"a\x01\": 0}", R"({"a": -1})", R"({"a": 01})", R"({"a": 1.0})",
-                          R"({"a": 1,})", "{\"\xff\": 0}"})
-    EXPECT_FALSE(gale::tok::scan_vocab(bad, v)) << bad;
-  EXPECT_FALSE(gale::tok::scan_merges(R"(["ab"])", m));
-  EXPECT_FALSE(gale::tok::scan_merges(R"([["a", "b", "c"]])", m));
+                          R"({"a": 1,})", "{\"\xff\": 0}", "{\"\xc3\\n\": 0}", "{\"a\xe2\x82\": 0}",
+                          "{\"\xed\xa0\x80\": 0}"})
+    EXPECT_FALSE(scan_vocab(bad, v)) << bad;
+  EXPECT_FALSE(scan_merges(R"(["ab"])", m));
+  EXPECT_FALSE(scan_merges(R"([["a", "b", "c"]])", m));
 }
 
 TEST(TokenizerLoad, FastAndPlainPathsAgree) {

@@ -161,6 +161,21 @@ TEST(Tokenizer, SpecialTokenQueries) {
   EXPECT_EQ(ids[0], *bos);
 }
 
+TEST(Tokenizer, MetaspaceCutOnlyWhereNoMergeCrossesIt) {
+  // With no pre-tokenizer a word is cut before each run of U+2581 (Llama-2 speed-up); the cut must
+  // stay off when a token holds U+2581 after another character (here "a▁", merged first).
+  auto make = [](const std::string& extra_vocab, const std::string& extra_merges) {
+    return gale::Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "\u2581": 2, "\u2581b": 3,
+        "\u2581\u2581": 4, "\u2581\u2581b": 5)" + extra_vocab + R"(}, "merges": [)" + extra_merges +
+                                      R"("\u2581 b", "\u2581 \u2581", "\u2581\u2581 b"]}})");
+  };
+  auto cut = make("", "");
+  EXPECT_EQ(cut->encode("a\u2581b\u2581\u2581b", false), (std::vector<int32_t>{0, 3, 2, 3}));
+  EXPECT_EQ(cut->encode("\u2581\u2581b\u2581ab", false), (std::vector<int32_t>{2, 3, 2, 0, 1}));
+  auto whole = make(R"(, "a\u2581": 6)", R"("a \u2581", )");
+  EXPECT_EQ(whole->encode("a\u2581b\u2581\u2581b", false), (std::vector<int32_t>{6, 1, 2, 3}));
+}
+
 TEST(Tokenizer, LoaderErrorsAreClear) {
   auto expect_error = [](const std::string& text, const std::string& needle) {
     try {
