@@ -227,13 +227,15 @@ constexpr int kNr = 12;
 // V vectors of 16 x rows × kNr W rows = 24 accumulators for V = 2, leaving registers for the
 // two x vectors; each W value is used through an embedded broadcast operand of the FMA.
 template <int V>
-void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
+void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char* const* pf,
+            int64_t num_pf) {
   __m512 acc[V][kNr];
   GALE_UNROLL
   for (int v = 0; v < V; ++v)
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) acc[v][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < num_pf) _mm_prefetch(pf[k], _MM_HINT_T1);
     __m512 a[V];
     GALE_UNROLL
     for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_ps(xp + k * 16 * V + 16 * v);
@@ -248,11 +250,13 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
   for (int j = 0; j < kNr; ++j)
     GALE_UNROLL
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(ct + j * 16 * V + 16 * v, acc[v][j]);
+  for (int64_t i = kc; i < num_pf; ++i) _mm_prefetch(pf[i], _MM_HINT_T1);
 }
 
-void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
-  if (mr == 32) tile_v<2>(xp, wc, kc, ct);
-  else tile_v<1>(xp, wc, kc, ct);
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const* pf,
+          int64_t num_pf) {
+  if (mr == 32) tile_v<2>(xp, wc, kc, ct, pf, num_pf);
+  else tile_v<1>(xp, wc, kc, ct, pf, num_pf);
 }
 
 }  // namespace

@@ -38,10 +38,16 @@ using MatvecFn = void (*)(const MatmulProblem& p, int64_t n0, int64_t n1);
 // for i < mr, j < nr. Every tile kernel also accepts a half-height panel (mr / 2 rows) for
 // short M tails. The fixed wc row stride lets the tile kernel address all nr rows from one
 // pointer with constant offsets.
+//
+// While it runs, the tile kernel prefetches the cache lines pf[0 .. num_pf) into L2, one per
+// k step (the rest after the loop): the driver passes the y lines the tile's sums go to and a
+// share of the next tile's W rows, whose misses otherwise stall the write-back and the
+// conversion (bench/NOTES-matmul.md, v4).
 constexpr int64_t kKc = 1024;  // 512 and 1024 measured within noise; fewer y passes with 1024
 using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
                                int64_t kc, float* wc);
-using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct);
+using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct,
+                        const char* const* pf, int64_t num_pf);
 
 struct MatmulKernels {
   const char* name;

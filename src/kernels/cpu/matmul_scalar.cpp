@@ -86,7 +86,9 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
   }
 }
 
-void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
+// Prefetching is left to the hardware here: a CPU on this path is slow anyway.
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const*,
+          int64_t) {
   constexpr int kNr = 4;
   for (int j = 0; j < kNr; ++j) {
     float acc[16] = {};
