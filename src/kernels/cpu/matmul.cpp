@@ -226,7 +226,7 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
   parallel_for(num_tiles, [&](int64_t t0, int64_t t1, int) {
     thread_local Scratch wc_buf, ct_buf;
     thread_local std::vector<const char*> w_lines, pf;
-    float* wc = wc_buf.get(size_t(nr) * detail::kKc);
+    float* wc = wc_buf.get(size_t(nr) * detail::kWcStride);
     float* ct = ct_buf.get(size_t(nr) * mr);
     // Tile g of the union: its problem (found by walking forward) and first W row.
     size_t pi_cur = 0;
@@ -246,7 +246,7 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
         const MatmulProblem& pr = ps[pi_cur];
         const int64_t rows = std::min<int64_t>(nr, pr.N - n);
         kn.convert_rows(w_rows(pr, n, 0), pr.wk, K, rows, k0, kc, wc);
-        for (int64_t j = rows; j < nr; ++j) std::memset(wc + j * detail::kKc, 0, size_t(kc) * 4);
+        for (int64_t j = rows; j < nr; ++j) std::memset(wc + j * detail::kWcStride, 0, size_t(kc) * 4);
 
         // The W block converted next by this thread: the next tile of this K-block, or the
         // first tile of the next one.

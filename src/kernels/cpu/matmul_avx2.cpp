@@ -209,7 +209,7 @@ template <WKind WK>
 void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kKc;
+    float* dst = wc + j * kWcStride;
     int64_t k = 0;
     for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load8<WK>(row, k));
     if (k < kc) {
@@ -250,7 +250,7 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char*
     for (int v = 0; v < V; ++v) a[v] = _mm256_loadu_ps(xp + k * 8 * V + 8 * v);
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) {
-      __m256 b = _mm256_broadcast_ss(wc + j * kKc + k);
+      __m256 b = _mm256_broadcast_ss(wc + j * kWcStride + k);
       GALE_UNROLL
       for (int v = 0; v < V; ++v) acc[v][j] = _mm256_fmadd_ps(a[v], b, acc[v][j]);
     }

@@ -201,7 +201,7 @@ template <WKind WK>
 void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kKc;
+    float* dst = wc + j * kWcStride;
     int64_t k = 0;
     for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(dst + k, load16<WK>(row, k));
     if (k < kc) {
@@ -241,7 +241,7 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char*
     for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_ps(xp + k * 16 * V + 16 * v);
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) {
-      __m512 b = _mm512_set1_ps(wc[j * kKc + k]);
+      __m512 b = _mm512_set1_ps(wc[j * kWcStride + k]);
       GALE_UNROLL
       for (int v = 0; v < V; ++v) acc[v][j] = _mm512_fmadd_ps(a[v], b, acc[v][j]);
     }

@@ -33,8 +33,8 @@ using MatvecFn = void (*)(const MatmulProblem& p, int64_t n0, int64_t n1);
 
 // GEMM pieces. The driver packs x into panels of mr rows, transposed: xp[k * mr + i] is
 // x[m0 + i, k] (rows past M are zero); converts nr rows of W for a K-block of kc ≤ kKc
-// columns to f32: wc[j * kKc + k] = W[n0 + j, k0 + k] (rows past N are zero); and calls
-// the tile kernel, which writes ct[j * mr + i] = Σ_{k<kc} xp[k * mr + i] · wc[j * kKc + k]
+// columns to f32: wc[j * kWcStride + k] = W[n0 + j, k0 + k] (rows past N are zero); and calls
+// the tile kernel, which writes ct[j * mr + i] = Σ_{k<kc} xp[k * mr + i] · wc[j * kWcStride + k]
 // for i < mr, j < nr. Every tile kernel also accepts a half-height panel (mr / 2 rows) for
 // short M tails. The fixed wc row stride lets the tile kernel address all nr rows from one
 // pointer with constant offsets.
@@ -44,6 +44,9 @@ using MatvecFn = void (*)(const MatmulProblem& p, int64_t n0, int64_t n1);
 // share of the next tile's W rows, whose misses otherwise stall the write-back and the
 // conversion (bench/NOTES-matmul.md, v4).
 constexpr int64_t kKc = 1024;  // 512 and 1024 measured within noise; fewer y passes with 1024
+// One cache line more than kKc: rows exactly 4 KiB apart would all fall into the same L1 set
+// (8 ways), and the tile kernel reads all nr of them at the same k.
+constexpr int64_t kWcStride = kKc + 16;
 using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
                                int64_t kc, float* wc);
 using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct,
