@@ -272,7 +272,14 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
           const size_t wb = w_lines.size() * size_t(pn_i) / size_t(num_panels);
           const size_t we = w_lines.size() * size_t(pn_i + 1) / size_t(num_panels);
           pf.insert(pf.end(), w_lines.begin() + ptrdiff_t(wb), w_lines.begin() + ptrdiff_t(we));
-          kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct, pf.data(), int64_t(pf.size()));
+          float* y0 = pr.y + (m0 + pn.row) * pr.ldy + n;
+          if (kn.tile_writes_y) {
+            const detail::TileOut out{y0, pr.ldy, pn.valid, rows, first && pr.bias ? pr.bias + n : nullptr,
+                                      !first || pr.accumulate};
+            kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct, pf.data(), int64_t(pf.size()), &out);
+            continue;
+          }
+          kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct, pf.data(), int64_t(pf.size()), nullptr);
           // ct is [nr][mr]: column j of the tile, rows i.
           for (int64_t i = 0; i < pn.valid; ++i) {
             float* yr = pr.y + (m0 + pn.row + i) * pr.ldy + n;

@@ -263,13 +263,13 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char*
 }
 
 void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const* pf,
-          int64_t num_pf) {
+          int64_t num_pf, const TileOut*) {
   if (mr == 16) tile_v<2>(xp, wc, kc, ct, pf, num_pf);
   else tile_v<1>(xp, wc, kc, ct, pf, num_pf);
 }
 
 }  // namespace
 
-const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec, convert_rows, tile};
+const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec, convert_rows, tile, false};
 
 }  // namespace gale::cpu::detail

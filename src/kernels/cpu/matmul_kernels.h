@@ -49,8 +49,21 @@ constexpr int64_t kKc = 1024;  // 512 and 1024 measured within noise; fewer y pa
 constexpr int64_t kWcStride = kKc + 16;
 using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
                                int64_t kc, float* wc);
+// Where a tile's sums go when the kernel writes y itself (MatmulKernels::tile_writes_y):
+// for i < rows, j < cols, y[i * ldy + j] = s + bias[j] (bias when not null), or, with add,
+// y[i * ldy + j] + (s + bias[j]): the same operations, in the same order, as the driver's
+// write-back from ct, so the result is bitwise the same.
+struct TileOut {
+  float* y;
+  int64_t ldy;
+  int64_t rows, cols;
+  const float* bias;  // [cols] or nullptr
+  bool add;
+};
+// out == nullptr: write ct as above; otherwise write y through out (only kernels with
+// tile_writes_y are given one).
 using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct,
-                        const char* const* pf, int64_t num_pf);
+                        const char* const* pf, int64_t num_pf, const TileOut* out);
 
 struct MatmulKernels {
   const char* name;
@@ -59,6 +72,7 @@ struct MatmulKernels {
   MatvecFn matvec;
   ConvertRowsFn convert_rows;  // converts `rows` ≤ nr rows; the driver zero-fills the rest
   TileFn tile;
+  bool tile_writes_y;  // the tile kernel can add its sums into y itself (TileOut)
 };
 
 extern const MatmulKernels kScalarKernels;

@@ -88,7 +88,7 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
 
 // Prefetching is left to the hardware here: a CPU on this path is slow anyway.
 void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const*,
-          int64_t) {
+          int64_t, const TileOut*) {
   constexpr int kNr = 4;
   for (int j = 0; j < kNr; ++j) {
     float acc[16] = {};
@@ -102,6 +102,6 @@ void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const
 
 }  // namespace
 
-const MatmulKernels kScalarKernels = {"scalar", 16, 4, matvec, convert_rows, tile};
+const MatmulKernels kScalarKernels = {"scalar", 16, 4, matvec, convert_rows, tile, false};
 
 }  // namespace gale::cpu::detail
