@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
-#include <utility>
 
 #include "core/error.h"
 #include "kernels/cpu/matmul.h"
@@ -21,17 +19,6 @@ void grow(std::vector<float>& v, size_t n) {
 // y[T, out] (=|+=) x[T, in] · Wᵀ + b
 void linear(const Linear& l, const float* x, int64_t T, float* y, bool accumulate = false) {
   cpu::matmul(x, l.in, T, l.in, l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), y, l.out, accumulate);
-}
-
-// Several linears of the same x[T, in] at once (q/k/v, gate/up): x is packed once and the
-// threads split all their output rows; each y[T, out] is bitwise what linear() gives.
-void linears(std::initializer_list<std::pair<const Linear*, float*>> ls, const float* x, int64_t T) {
-  cpu::MatmulTarget targets[4];
-  size_t n = 0;
-  for (auto [l, y] : ls)
-    targets[n++] = {l->w, l->dtype, l->out, l->bias.empty() ? nullptr : l->bias.data(), y, l->out, false};
-  const int64_t in = ls.begin()->first->in;
-  cpu::matmul_multi(x, in, T, in, {targets, n});
 }
 
 }  // namespace
@@ -120,7 +107,9 @@ void Transformer::attention_block(int64_t l, std::span<const SeqStep> seqs, KVCa
   const ModelConfig& c = cfg_;
   const LayerWeights& L = w_.layers[size_t(l)];
   const int64_t hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd;
-  linears({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), T);
+  linear(L.q, xn_.data(), T, q_.data());
+  linear(L.k, xn_.data(), T, k_.data());
+  linear(L.v, xn_.data(), T, v_.data());
   if (c.qk_norm) {  // per-head RMSNorm before RoPE (Qwen3)
     cpu::rmsnorm(q_.data(), hd, T * c.num_heads, hd, L.q_norm.data(), float(c.rms_norm_eps), q_.data(), hd);
     cpu::rmsnorm(k_.data(), hd, T * c.num_kv_heads, hd, L.k_norm.data(), float(c.rms_norm_eps), k_.data(), hd);
@@ -148,7 +137,8 @@ void Transformer::mlp_block(const LayerWeights& L, int64_t T) {
   const int64_t I = cfg_.intermediate_size;
   grow(gate_, size_t(T * I));
   grow(up_, size_t(T * I));
-  linears({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), T);
+  linear(L.gate, xn_.data(), T, gate_.data());
+  linear(L.up, xn_.data(), T, up_.data());
   cpu::silu_mul(gate_.data(), I, up_.data(), I, T, I);
   if (act_ == ActDType::BF16) cpu::round_to_bf16(gate_.data(), T * I);
   linear(L.down, gate_.data(), T, x_.data(), /*accumulate=*/true);  // residual add
@@ -189,7 +179,8 @@ void Transformer::moe_block(const LayerWeights& L, int64_t T) {
     grow(up_, size_t(n * I));
     for (int64_t i = 0; i < n; ++i)
       std::copy_n(xn_.data() + toks[size_t(i)].first * H, H, tmp_.data() + i * H);
-    linears({{&X.gate, gate_.data()}, {&X.up, up_.data()}}, tmp_.data(), n);
+    linear(X.gate, tmp_.data(), n, gate_.data());
+    linear(X.up, tmp_.data(), n, up_.data());
     cpu::silu_mul(gate_.data(), I, up_.data(), I, n, I);
     if (act_ == ActDType::BF16) cpu::round_to_bf16(gate_.data(), n * I);
     linear(X.down, gate_.data(), n, tmp_.data());
