@@ -2,13 +2,14 @@
 // decode (M = 1) in GB/s of weights streamed vs measured read bandwidth, prefill (M = 128)
 // in GFLOP/s vs measured FMA peak.
 //
-//   matmul_bench [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill] [--quick]
+//   matmul_bench [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill|layers] [--quick]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <ctime>
 #include <vector>
 
 #include "core/dtype.h"
@@ -42,6 +43,12 @@ std::vector<uint16_t> random_bf16(size_t n) {
   std::vector<uint16_t> w(n);
   for (auto& v : w) v = gale::f32_to_bf16(next_float() * 0.05f);
   return w;
+}
+
+double cpu_seconds() {  // of the whole process, all threads
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
 }
 
 double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -91,6 +98,39 @@ void bench_prefill(const Shape& s, int64_t M, bool quick) {
               2.0 * double(M) * double(n) / t / 1e9);
 }
 
+// One transformer layer's products at M rows (q, k, v, o, gate, up, down of Llama-3.2-1B),
+// cycling through enough layers that the weights come from DRAM, as in a real prefill.
+// The time is the best of a few passes over all layers; GFLOP/s counts 2·M·N·K per product.
+void bench_layers(int64_t M, bool quick) {
+  struct Mat { int64_t N, K; };
+  const Mat mats[] = {{2048, 2048}, {512, 2048}, {512, 2048}, {2048, 2048},
+                      {8192, 2048}, {8192, 2048}, {2048, 8192}};
+  int64_t per_layer = 0;
+  for (const Mat& m : mats) per_layer += m.N * m.K;
+  const int layers = quick ? 3 : 6;  // 3 layers = 365 MB of bf16 weights, well past the L3
+  std::vector<std::vector<uint16_t>> w;
+  for (int l = 0; l < layers; ++l)
+    for (const Mat& m : mats) w.push_back(random_bf16(size_t(m.N * m.K)));
+  std::vector<float> x(size_t(M * 8192)), y(size_t(M * 8192)), y2(size_t(M * 8192));
+  for (auto& v : x) v = next_float();
+  double best = 1e30, best_cpu = 1e30;
+  for (int pass = 0; pass < (quick ? 3 : 5); ++pass) {
+    const double c0 = cpu_seconds();
+    auto t0 = Clock::now();
+    for (int l = 0; l < layers; ++l)
+      for (size_t i = 0; i < 7; ++i)
+        gale::cpu::matmul(x.data(), mats[i].K, M, mats[i].K, w[size_t(l) * 7 + i].data(), gale::DType::BF16,
+                          mats[i].N, nullptr, i == 5 ? y2.data() : y.data(), mats[i].N);
+    best = std::min(best, seconds(t0) / layers);
+    best_cpu = std::min(best_cpu, (cpu_seconds() - c0) / layers);
+  }
+  const double flop = 2.0 * double(M) * double(per_layer);
+  // CPU time, per thread: on a shared machine it leaves out the time other processes ran on
+  // these cores (not time stolen by the host), so it is the steadier figure for 1 thread.
+  std::printf("  M=%-4lld layer (7 products)       %9.1f us %8.1f GFLOP/s wall, %8.1f GFLOP/s of CPU time\n",
+              (long long)M, best * 1e6, flop / best / 1e9, flop / (best_cpu / gale::num_threads()) / 1e9);
+}
+
 double dispatch_us() {
   const int reps = 20000;
   auto t0 = Clock::now();
@@ -110,7 +150,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else {
-      std::fprintf(stderr, "usage: %s [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill|layers] [--quick]\n", argv[0]);
       return 2;
     }
   }
@@ -131,8 +171,12 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("isa %s\n", gale::cpu::matmul_isa());
-    if (only != "prefill")
+    if (only.empty() || only == "decode")
       for (const Shape& s : kShapes) bench_decode(s, quick);
+    if (only == "layers") {
+      bench_layers(128, quick);
+      continue;
+    }
     if (only != "decode")
       for (const Shape& s : kShapes) {
         if (name == "scalar" && s.N > 8192) continue;  // minutes; nothing to learn

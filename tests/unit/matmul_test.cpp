@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,66 @@ TEST_P(MatmulIsa, NonFiniteWeights) {
       EXPECT_FLOAT_EQ(y[size_t(m * N)], 10.0f);
       EXPECT_EQ(y[size_t(m * N + 1)], INFINITY);
     }
+  }
+}
+
+// matmul_multi gives each target bitwise what matmul gives it: several weight dtypes in one
+// call, decode and prefill row counts, two GEMM row blocks (M = 300), strides, bias,
+// accumulate; and with any number of threads (the splits never change a sum).
+TEST_P(MatmulIsa, MultiEqualsSeparateBitwise) {
+  std::mt19937 rng(2024);
+  struct T { DType dt; int64_t n; bool bias, acc; int64_t ldy_pad; };
+  const std::vector<T> shapes = {{DType::BF16, 257, true, false, 3},
+                                 {DType::F16, 31, false, true, 0},
+                                 {DType::F32, 13, true, true, 5},
+                                 {DType::F8_E4M3, 1, false, false, 0},
+                                 {DType::BF16, 40, false, false, 0}};
+  const int saved = num_threads();
+  for (int64_t M : {1, 2, 3, 4, 5, 33, 130, 300}) {
+    for (int64_t K : {17, 1000, 2500}) {
+      if (M == 300 && K == 2500) continue;  // slow under the scalar path, nothing new
+      const int64_t ldx = K + 2;
+      std::vector<float> x = random_floats(size_t(M * ldx), rng);
+      std::vector<std::vector<uint8_t>> w;
+      std::vector<std::vector<float>> bias, y0, y_multi;
+      std::vector<cpu::MatmulTarget> targets;
+      for (const T& t : shapes) {
+        w.push_back(random_weights(t.dt, size_t(t.n * K), rng));
+        bias.push_back(random_floats(size_t(t.n), rng));
+        y0.push_back(random_floats(size_t(M * (t.n + t.ldy_pad)), rng));
+      }
+      y_multi = y0;
+      for (size_t i = 0; i < shapes.size(); ++i)
+        targets.push_back({w[i].data(), shapes[i].dt, shapes[i].n, shapes[i].bias ? bias[i].data() : nullptr,
+                           y_multi[i].data(), shapes[i].n + shapes[i].ldy_pad, shapes[i].acc});
+      set_num_threads(3);
+      cpu::matmul_multi(x.data(), ldx, M, K, targets);
+      for (int threads : {1, 2, 3}) {
+        set_num_threads(threads);
+        for (size_t i = 0; i < shapes.size(); ++i) {
+          std::vector<float> y = y0[i];
+          const T& t = shapes[i];
+          cpu::matmul(x.data(), ldx, M, K, w[i].data(), t.dt, t.n, t.bias ? bias[i].data() : nullptr, y.data(),
+                      t.n + t.ldy_pad, t.acc);
+          ASSERT_EQ(0, std::memcmp(y.data(), y_multi[i].data(), y.size() * 4))
+              << "target " << i << " M=" << M << " K=" << K << " threads=" << threads;
+        }
+      }
+    }
+  }
+  set_num_threads(saved);
+}
+
+TEST(MatmulMulti, EmptyTargetsAndZeroK) {
+  std::vector<float> x(12, 1.0f), bias = {1.0f, 2.0f}, y(6, 5.0f);
+  cpu::matmul_multi(x.data(), 4, 3, 4, {});  // nothing to do
+  std::vector<uint16_t> w(2, 0);
+  const cpu::MatmulTarget t[] = {{w.data(), DType::BF16, 0, nullptr, nullptr, 0, false},
+                                 {w.data(), DType::BF16, 2, bias.data(), y.data(), 2, true}};
+  cpu::matmul_multi(x.data(), 4, 3, 0, t);  // K = 0: y += bias
+  for (int m = 0; m < 3; ++m) {
+    EXPECT_EQ(y[size_t(m * 2)], 6.0f);
+    EXPECT_EQ(y[size_t(m * 2 + 1)], 7.0f);
   }
 }
 

@@ -1,16 +1,20 @@
 // matmul driver: picks the SIMD path, splits the work over threads, blocks the GEMM.
 //
+// Both paths take a list of problems sharing x (matmul_multi; matmul is a list of one), and
+// the threads split the union of their W rows, so q/k/v or gate/up run as one product.
+//
 // Decode (M ≤ 4) streams each W row once, converting on the fly; threads take contiguous
-// ranges of W rows so each streams one region of memory.
+// ranges of W rows (in units of 8, see kMatvecUnit) so each streams one region of memory.
 //
 // Prefill (M > 4) is a blocked GEMM that vectorises along M, so W never has to be
 // transposed, only widened to f32:
 //   for each block of ≤ kMc rows of x:
 //     pack x once, transposed into panels of mr rows: xp[k][i]          (shared, read-only)
-//     parallel over tiles of nr W rows (contiguous ranges per thread):
+//     parallel over tiles of nr W rows of all problems (contiguous ranges per thread):
 //       for each K-block of kKc:           xp's K-block stays in L2 across the W tiles
 //         for each W tile:  convert nr×kKc of W to f32 (thread-local, fits L1), then
-//           for each x panel: tile kernel → mr×nr partial sums, added into y.
+//           for each x panel: tile kernel → mr×nr partial sums, added into y;
+//           the tile kernel prefetches that panel's y lines and a share of the next W tile.
 // Each W element is converted once per x block and then reused by all its rows.
 #include "kernels/cpu/matmul.h"
 
@@ -21,6 +25,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -136,20 +141,58 @@ struct Panel {
   int mr;
 };
 
-void matvec(const MatmulKernels& kn, const MatmulProblem& p) {
-  for (int64_t m0 = 0; m0 < p.M; m0 += detail::kMatvecMaxRows) {
-    MatmulProblem q = p;
-    q.M = std::min(detail::kMatvecMaxRows, p.M - m0);
-    q.x = p.x + m0 * p.ldx;
-    q.y = p.y + m0 * p.ldy;
-    // At least ~64 KiB of weights per chunk so tiny layers are not split.
-    int64_t min_rows = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, p.K * 2));
-    parallel_for(p.N, [&](int64_t n0, int64_t n1, int) { kn.matvec(q, n0, n1); }, min_rows);
+// Decode threads split W rows in units of this many: every matvec kernel groups rows by a
+// divisor of 8 counted from the start of its range, so with ranges aligned to 8 a row's sum
+// does not depend on how the rows were split (matmul_multi then equals matmul bitwise).
+constexpr int64_t kMatvecUnit = 8;
+
+int64_t num_units(const MatmulProblem& p) { return (p.N + kMatvecUnit - 1) / kMatvecUnit; }
+
+void matvec(const MatmulKernels& kn, std::span<const MatmulProblem> ps) {
+  const int64_t M = ps[0].M, K = ps[0].K;
+  int64_t total = 0;
+  for (const MatmulProblem& p : ps) total += num_units(p);
+  // At least ~64 KiB of weights per chunk so tiny layers are not split.
+  const int64_t min_rows = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, K * 2));
+  const int64_t min_units = (min_rows + kMatvecUnit - 1) / kMatvecUnit;
+  for (int64_t m0 = 0; m0 < M; m0 += detail::kMatvecMaxRows) {
+    const int64_t mx = std::min(detail::kMatvecMaxRows, M - m0);
+    parallel_for(total, [&](int64_t u0, int64_t u1, int) {
+      int64_t base = 0;  // first unit of target i in the union
+      for (const MatmulProblem& p : ps) {
+        const int64_t nu = num_units(p);
+        const int64_t b = std::max(u0, base), e = std::min(u1, base + nu);
+        if (b < e) {
+          MatmulProblem q = p;
+          q.M = mx;
+          q.x = p.x + m0 * p.ldx;
+          q.y = p.y + m0 * p.ldy;
+          kn.matvec(q, (b - base) * kMatvecUnit, std::min(p.N, (e - base) * kMatvecUnit));
+        }
+        base += nu;
+      }
+    }, min_units);
   }
 }
 
-void gemm_block(const MatmulKernels& kn, const MatmulProblem& p, int64_t m0, int64_t mb,
-                float* xp_all) {
+const char* line_of(const void* p) {
+  return reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63));
+}
+
+// Appends the cache lines of [p, p + bytes) to out.
+void add_lines(const void* p, int64_t bytes, std::vector<const char*>& out) {
+  const char* b = line_of(p);
+  const char* e = static_cast<const char*>(p) + bytes;
+  for (; b < e; b += 64) out.push_back(b);
+}
+
+// The GEMM over several problems sharing x (same x, ldx, M, K): tiles of nr W rows are
+// numbered across all problems (tile_begin[i] is problem i's first), and each thread takes a
+// contiguous range of that union.
+void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
+                const std::vector<int64_t>& tile_begin, int64_t m0, int64_t mb, float* xp_all) {
+  const MatmulProblem& p0 = ps[0];
+  const int64_t K = p0.K;
   const int mr = kn.mr, nr = kn.nr;
   // Panels: full mr-row panels, the last one half height when that is enough.
   Panel panels[kMc];
@@ -159,7 +202,7 @@ void gemm_block(const MatmulKernels& kn, const MatmulProblem& p, int64_t m0, int
     int h = (mb - r > mr / 2) ? mr : mr / 2;
     int64_t valid = std::min<int64_t>(h, mb - r);
     panels[num_panels++] = {r, valid, offset, h};
-    offset += int64_t(h) * p.K;
+    offset += int64_t(h) * K;
     r += valid;
   }
 
@@ -170,42 +213,84 @@ void gemm_block(const MatmulKernels& kn, const MatmulProblem& p, int64_t m0, int
       float* xp = xp_all + pn.offset;
       for (int64_t i = 0; i < pn.mr; ++i) {
         if (i < pn.valid) {
-          const float* xr = p.x + (m0 + pn.row + i) * p.ldx;
-          for (int64_t k = 0; k < p.K; ++k) xp[k * pn.mr + i] = xr[k];
+          const float* xr = p0.x + (m0 + pn.row + i) * p0.ldx;
+          for (int64_t k = 0; k < K; ++k) xp[k * pn.mr + i] = xr[k];
         } else {
-          for (int64_t k = 0; k < p.K; ++k) xp[k * pn.mr + i] = 0.0f;
+          for (int64_t k = 0; k < K; ++k) xp[k * pn.mr + i] = 0.0f;
         }
       }
     }
   });
 
-  const int64_t wsize = wk_size(p.wk);
-  const int64_t num_tiles = (p.N + nr - 1) / nr;
+  const int64_t num_tiles = tile_begin.back();
   parallel_for(num_tiles, [&](int64_t t0, int64_t t1, int) {
     thread_local Scratch wc_buf, ct_buf;
-    float* wc = wc_buf.get(size_t(nr) * detail::kKc);
+    thread_local std::vector<const char*> w_lines, pf;
+    float* wc = wc_buf.get(size_t(nr) * detail::kWcStride);
     float* ct = ct_buf.get(size_t(nr) * mr);
-    for (int64_t k0 = 0; k0 < p.K; k0 += detail::kKc) {
-      const int64_t kc = std::min(detail::kKc, p.K - k0);
+    // Tile g of the union: its problem (found by walking forward) and first W row.
+    size_t pi_cur = 0;
+    auto locate = [&](int64_t g, size_t& pi) {
+      while (g >= tile_begin[pi + 1]) ++pi;
+      return (g - tile_begin[pi]) * nr;
+    };
+    auto w_rows = [&](const MatmulProblem& p, int64_t n, int64_t k0) {
+      return static_cast<const char*>(p.w) + (n * K + k0) * wk_size(p.wk);
+    };
+    for (int64_t k0 = 0; k0 < K; k0 += detail::kKc) {
+      const int64_t kc = std::min(detail::kKc, K - k0);
       const bool first = k0 == 0;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t * nr, rows = std::min<int64_t>(nr, p.N - n);
-        kn.convert_rows(static_cast<const char*>(p.w) + n * p.K * wsize, p.wk, p.K, rows,
-                        k0, kc, wc);
-        for (int64_t j = rows; j < nr; ++j) std::memset(wc + j * detail::kKc, 0, size_t(kc) * 4);
-        for (int pi = 0; pi < num_panels; ++pi) {
-          const Panel& pn = panels[pi];
-          kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct);
+      pi_cur = 0;
+      for (int64_t g = t0; g < t1; ++g) {
+        const int64_t n = locate(g, pi_cur);
+        const MatmulProblem& pr = ps[pi_cur];
+        const int64_t rows = std::min<int64_t>(nr, pr.N - n);
+        kn.convert_rows(w_rows(pr, n, 0), pr.wk, K, rows, k0, kc, wc);
+        for (int64_t j = rows; j < nr; ++j) std::memset(wc + j * detail::kWcStride, 0, size_t(kc) * 4);
+
+        // The W block converted next by this thread: the next tile of this K-block, or the
+        // first tile of the next one.
+        w_lines.clear();
+        {
+          int64_t gn = g + 1, k0n = k0;
+          if (gn == t1) gn = t0, k0n = k0 + detail::kKc;
+          if (k0n < K) {
+            size_t pin = gn > g ? pi_cur : 0;
+            const int64_t nn = locate(gn, pin);
+            const MatmulProblem& q = ps[pin];
+            const int64_t kcn = std::min(detail::kKc, K - k0n);
+            for (int64_t j = 0, rn = std::min<int64_t>(nr, q.N - nn); j < rn; ++j)
+              add_lines(w_rows(q, nn + j, k0n), kcn * wk_size(q.wk), w_lines);
+          }
+        }
+
+        for (int pn_i = 0; pn_i < num_panels; ++pn_i) {
+          const Panel& pn = panels[pn_i];
+          pf.clear();
+          for (int64_t i = 0; i < pn.valid; ++i)
+            add_lines(pr.y + (m0 + pn.row + i) * pr.ldy + n, rows * 4, pf);
+          const size_t wb = w_lines.size() * size_t(pn_i) / size_t(num_panels);
+          const size_t we = w_lines.size() * size_t(pn_i + 1) / size_t(num_panels);
+          pf.insert(pf.end(), w_lines.begin() + ptrdiff_t(wb), w_lines.begin() + ptrdiff_t(we));
+          float* y0 = pr.y + (m0 + pn.row) * pr.ldy + n;
+          if (kn.tile_writes_y) {
+            const detail::TileOut out{y0, pr.ldy, pn.valid, rows, first && pr.bias ? pr.bias + n : nullptr,
+                                      !first || pr.accumulate};
+            kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct, pf.data(), int64_t(pf.size()), &out);
+            continue;
+          }
+          kn.tile(xp_all + pn.offset + k0 * pn.mr, pn.mr, wc, kc, ct, pf.data(), int64_t(pf.size()), nullptr);
           // ct is [nr][mr]: column j of the tile, rows i.
           for (int64_t i = 0; i < pn.valid; ++i) {
-            float* yr = p.y + (m0 + pn.row + i) * p.ldy + n;
-            for (int64_t j = 0; j < rows; ++j) {
-              float v = ct[j * pn.mr + i];
-              if (first) {
-                if (p.bias) v += p.bias[n + j];
-                yr[j] = p.accumulate ? yr[j] + v : v;
-              } else {
-                yr[j] += v;
+            float* yr = pr.y + (m0 + pn.row + i) * pr.ldy + n;
+            const float* c = ct + i;
+            if (!first) {
+              for (int64_t j = 0; j < rows; ++j) yr[j] += c[j * pn.mr];
+            } else {
+              for (int64_t j = 0; j < rows; ++j) {
+                float v = c[j * pn.mr];
+                if (pr.bias) v += pr.bias[n + j];
+                yr[j] = pr.accumulate ? yr[j] + v : v;
               }
             }
           }
@@ -215,15 +300,34 @@ void gemm_block(const MatmulKernels& kn, const MatmulProblem& p, int64_t m0, int
   });
 }
 
-void gemm(const MatmulKernels& kn, const MatmulProblem& p) {
+void gemm(const MatmulKernels& kn, std::span<const MatmulProblem> ps) {
+  const int64_t M = ps[0].M, K = ps[0].K;
+  std::vector<int64_t> tile_begin(1, 0);
+  for (const MatmulProblem& p : ps) tile_begin.push_back(tile_begin.back() + (p.N + kn.nr - 1) / kn.nr);
   // Equal blocks of at most kMc rows, so M = 257 is two blocks of 129, not 256 + 1.
-  const int64_t num_blocks = (p.M + kMc - 1) / kMc;
-  const int64_t mb_max = (p.M + num_blocks - 1) / num_blocks;
+  const int64_t num_blocks = (M + kMc - 1) / kMc;
+  const int64_t mb_max = (M + num_blocks - 1) / num_blocks;
   thread_local Scratch xp_buf;
   // Panel heights round each block up by less than one panel.
-  float* xp = xp_buf.get(size_t(mb_max + kn.mr) * size_t(p.K));
-  for (int64_t m0 = 0; m0 < p.M; m0 += mb_max)
-    gemm_block(kn, p, m0, std::min(mb_max, p.M - m0), xp);
+  float* xp = xp_buf.get(size_t(mb_max + kn.mr) * size_t(K));
+  for (int64_t m0 = 0; m0 < M; m0 += mb_max)
+    gemm_block(kn, ps, tile_begin, m0, std::min(mb_max, M - m0), xp);
+}
+
+void run_problems(std::span<const MatmulProblem> ps) {
+  const MatmulProblem& p0 = ps[0];
+  if (p0.K <= 0) {  // empty sums: y = bias (+ y)
+    for (const MatmulProblem& p : ps)
+      for (int64_t m = 0; m < p.M; ++m)
+        for (int64_t n = 0; n < p.N; ++n) {
+          float v = p.bias ? p.bias[n] : 0.0f;
+          p.y[m * p.ldy + n] = p.accumulate ? p.y[m * p.ldy + n] + v : v;
+        }
+    return;
+  }
+  const MatmulKernels& kn = kernels();
+  if (p0.M <= detail::kMatvecMaxRows) matvec(kn, ps);
+  else gemm(kn, ps);
 }
 
 }  // namespace
@@ -231,18 +335,25 @@ void gemm(const MatmulKernels& kn, const MatmulProblem& p) {
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
             const float* bias, float* y, int64_t ldy, bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt), N, bias, y, ldy, accumulate};
-  if (K <= 0) {  // empty sum: y = bias (+ y)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        float v = bias ? bias[n] : 0.0f;
-        y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
-      }
-    return;
+  const MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt), N, bias, y, ldy, accumulate};
+  run_problems({&p, 1});
+}
+
+void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
+                  std::span<const MatmulTarget> targets) {
+  if (M <= 0) return;
+  MatmulProblem local[8];
+  std::vector<MatmulProblem> heap;
+  MatmulProblem* ps = local;
+  if (targets.size() > std::size(local)) {
+    heap.resize(targets.size());
+    ps = heap.data();
   }
-  const MatmulKernels& kn = kernels();
-  if (M <= detail::kMatvecMaxRows) matvec(kn, p);
-  else gemm(kn, p);
+  size_t count = 0;
+  for (const MatmulTarget& t : targets)
+    if (t.n > 0)
+      ps[count++] = {x, ldx, M, K, t.w, weight_kind(t.dtype), t.n, t.bias, t.y, t.ldy, t.accumulate};
+  if (count > 0) run_problems({ps, count});
 }
 
 const char* matmul_isa() { return kernels().name; }

@@ -1,6 +1,7 @@
 // Linear layers on the CPU: y = x · Wᵀ (+ bias), weights kept in their stored dtype.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "core/dtype.h"
 
@@ -14,6 +15,24 @@ namespace gale::cpu {
 // Multi-threaded through parallel_for; SIMD path chosen at run time (AVX-512 / AVX2+FMA+F16C / scalar).
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
             const float* bias, float* y, int64_t ldy, bool accumulate = false);
+
+// One product of matmul_multi: y = x · Wᵀ (+ bias), the same meaning as matmul's arguments.
+struct MatmulTarget {
+  const void* w;       // [n, K] row-major in dtype
+  DType dtype;
+  int64_t n;           // output features (rows of w)
+  const float* bias;   // [n] f32 or nullptr
+  float* y;            // [M, n] f32, row stride ldy
+  int64_t ldy;
+  bool accumulate = false;  // y += x · Wᵀ (+ bias) instead of y =
+};
+
+// Several products of the same x: [M, K] f32 (row stride ldx), e.g. q/k/v or gate/up.
+// x is packed once and the threads split the union of all targets' output rows, so this is
+// faster than one matmul per target; each target's y is bitwise what matmul gives for it.
+// The targets' y must not overlap each other or x.
+void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
+                  std::span<const MatmulTarget> targets);
 
 // Which SIMD path matmul uses on this machine ("avx512", "avx2", "scalar").
 const char* matmul_isa();

@@ -209,7 +209,7 @@ template <WKind WK>
 void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kKc;
+    float* dst = wc + j * kWcStride;
     int64_t k = 0;
     for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load8<WK>(row, k));
     if (k < kc) {
@@ -236,19 +236,21 @@ constexpr int kNr = 6;
 // V vectors of 8 x rows × kNr W rows: 12 accumulators for V = 2, plus two x vectors and one
 // broadcast W value = 15 of the 16 ymm registers.
 template <int V>
-void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
+void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char* const* pf,
+            int64_t num_pf) {
   __m256 acc[V][kNr];
   GALE_UNROLL
   for (int v = 0; v < V; ++v)
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) acc[v][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < num_pf) _mm_prefetch(pf[k], _MM_HINT_T1);
     __m256 a[V];
     GALE_UNROLL
     for (int v = 0; v < V; ++v) a[v] = _mm256_loadu_ps(xp + k * 8 * V + 8 * v);
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) {
-      __m256 b = _mm256_broadcast_ss(wc + j * kKc + k);
+      __m256 b = _mm256_broadcast_ss(wc + j * kWcStride + k);
       GALE_UNROLL
       for (int v = 0; v < V; ++v) acc[v][j] = _mm256_fmadd_ps(a[v], b, acc[v][j]);
     }
@@ -257,15 +259,17 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
   for (int j = 0; j < kNr; ++j)
     GALE_UNROLL
     for (int v = 0; v < V; ++v) _mm256_storeu_ps(ct + j * 8 * V + 8 * v, acc[v][j]);
+  for (int64_t i = kc; i < num_pf; ++i) _mm_prefetch(pf[i], _MM_HINT_T1);
 }
 
-void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
-  if (mr == 16) tile_v<2>(xp, wc, kc, ct);
-  else tile_v<1>(xp, wc, kc, ct);
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const* pf,
+          int64_t num_pf, const TileOut*) {
+  if (mr == 16) tile_v<2>(xp, wc, kc, ct, pf, num_pf);
+  else tile_v<1>(xp, wc, kc, ct, pf, num_pf);
 }
 
 }  // namespace
 
-const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec, convert_rows, tile};
+const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec, convert_rows, tile, false};
 
 }  // namespace gale::cpu::detail

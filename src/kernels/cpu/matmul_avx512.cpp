@@ -201,7 +201,7 @@ template <WKind WK>
 void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kKc;
+    float* dst = wc + j * kWcStride;
     int64_t k = 0;
     for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(dst + k, load16<WK>(row, k));
     if (k < kc) {
@@ -223,26 +223,77 @@ void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0
 }
 
 constexpr int kNr = 12;
+constexpr int kNr_max = kNr;  // columns of a tile held in registers (≤ 16 for store_rows16)
 
 // V vectors of 16 x rows × kNr W rows = 24 accumulators for V = 2, leaving registers for the
 // two x vectors; each W value is used through an embedded broadcast operand of the FMA.
+// Writes the tile's sums to y: acc[v][j] holds rows 16v..16v+15 of column j, so each group
+// of 16 rows is transposed in registers (columns 12..15 are zero) and stored row by row with
+// a mask. Operation order as in TileOut's comment.
+__attribute__((always_inline)) inline void store_rows16(const __m512 (&col)[kNr_max], const TileOut& o, int64_t row0) {
+  const __m512 z = _mm512_setzero_ps();
+  __m512 r[16];
+  GALE_UNROLL
+  for (int j = 0; j < 16; ++j) r[j] = j < kNr_max ? col[j < kNr_max ? j : 0] : z;
+  __m512 t[16], u[16];
+  GALE_UNROLL
+  for (int j = 0; j < 16; j += 2) {
+    t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+  }
+  GALE_UNROLL
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+    u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xEE);
+    u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  const __mmask16 mask = __mmask16((1u << o.cols) - 1);
+  const __m512 bias = o.bias ? _mm512_maskz_loadu_ps(mask, o.bias) : z;
+  GALE_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    const __m512 rows[4] = {_mm512_shuffle_f32x4(v0, w0, 0x88), _mm512_shuffle_f32x4(v1, w1, 0x88),
+                            _mm512_shuffle_f32x4(v0, w0, 0xDD), _mm512_shuffle_f32x4(v1, w1, 0xDD)};
+    GALE_UNROLL
+    for (int l = 0; l < 4; ++l) {
+      const int64_t i = row0 + c + 4 * l;  // row c + 4l of this group of 16
+      if (i >= o.rows) continue;
+      float* yr = o.y + i * o.ldy;
+      __m512 v = rows[l];
+      if (o.bias) v = _mm512_add_ps(v, bias);
+      if (o.add) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, yr), v);
+      _mm512_mask_storeu_ps(yr, mask, v);
+    }
+  }
+}
+
 template <int V>
-void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
+void tile_v(const float* xp, const float* wc, int64_t kc, float* ct, const char* const* pf,
+            int64_t num_pf, const TileOut* out) {
   __m512 acc[V][kNr];
   GALE_UNROLL
   for (int v = 0; v < V; ++v)
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) acc[v][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < num_pf) _mm_prefetch(pf[k], _MM_HINT_T1);
     __m512 a[V];
     GALE_UNROLL
     for (int v = 0; v < V; ++v) a[v] = _mm512_loadu_ps(xp + k * 16 * V + 16 * v);
     GALE_UNROLL
     for (int j = 0; j < kNr; ++j) {
-      __m512 b = _mm512_set1_ps(wc[j * kKc + k]);
+      __m512 b = _mm512_set1_ps(wc[j * kWcStride + k]);
       GALE_UNROLL
       for (int v = 0; v < V; ++v) acc[v][j] = _mm512_fmadd_ps(a[v], b, acc[v][j]);
     }
+  }
+  for (int64_t i = kc; i < num_pf; ++i) _mm_prefetch(pf[i], _MM_HINT_T1);
+  if (out) {
+    GALE_UNROLL
+    for (int v = 0; v < V; ++v) store_rows16(acc[v], *out, 16 * v);
+    return;
   }
   GALE_UNROLL
   for (int j = 0; j < kNr; ++j)
@@ -250,13 +301,14 @@ void tile_v(const float* xp, const float* wc, int64_t kc, float* ct) {
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(ct + j * 16 * V + 16 * v, acc[v][j]);
 }
 
-void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
-  if (mr == 32) tile_v<2>(xp, wc, kc, ct);
-  else tile_v<1>(xp, wc, kc, ct);
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const* pf,
+          int64_t num_pf, const TileOut* out) {
+  if (mr == 32) tile_v<2>(xp, wc, kc, ct, pf, num_pf, out);
+  else tile_v<1>(xp, wc, kc, ct, pf, num_pf, out);
 }
 
 }  // namespace
 
-const MatmulKernels kAvx512Kernels = {"avx512", 32, kNr, matvec, convert_rows, tile};
+const MatmulKernels kAvx512Kernels = {"avx512", 32, kNr, matvec, convert_rows, tile, true};
 
 }  // namespace gale::cpu::detail

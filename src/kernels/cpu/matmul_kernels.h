@@ -33,15 +33,37 @@ using MatvecFn = void (*)(const MatmulProblem& p, int64_t n0, int64_t n1);
 
 // GEMM pieces. The driver packs x into panels of mr rows, transposed: xp[k * mr + i] is
 // x[m0 + i, k] (rows past M are zero); converts nr rows of W for a K-block of kc ≤ kKc
-// columns to f32: wc[j * kKc + k] = W[n0 + j, k0 + k] (rows past N are zero); and calls
-// the tile kernel, which writes ct[j * mr + i] = Σ_{k<kc} xp[k * mr + i] · wc[j * kKc + k]
+// columns to f32: wc[j * kWcStride + k] = W[n0 + j, k0 + k] (rows past N are zero); and calls
+// the tile kernel, which writes ct[j * mr + i] = Σ_{k<kc} xp[k * mr + i] · wc[j * kWcStride + k]
 // for i < mr, j < nr. Every tile kernel also accepts a half-height panel (mr / 2 rows) for
 // short M tails. The fixed wc row stride lets the tile kernel address all nr rows from one
 // pointer with constant offsets.
+//
+// While it runs, the tile kernel prefetches the cache lines pf[0 .. num_pf) into L2, one per
+// k step (the rest after the loop): the driver passes the y lines the tile's sums go to and a
+// share of the next tile's W rows, whose misses otherwise stall the write-back and the
+// conversion (bench/NOTES-matmul.md, v4).
 constexpr int64_t kKc = 1024;  // 512 and 1024 measured within noise; fewer y passes with 1024
+// One cache line more than kKc: rows exactly 4 KiB apart would all fall into the same L1 set
+// (8 ways), and the tile kernel reads all nr of them at the same k.
+constexpr int64_t kWcStride = kKc + 16;
 using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
                                int64_t kc, float* wc);
-using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct);
+// Where a tile's sums go when the kernel writes y itself (MatmulKernels::tile_writes_y):
+// for i < rows, j < cols, y[i * ldy + j] = s + bias[j] (bias when not null), or, with add,
+// y[i * ldy + j] + (s + bias[j]): the same operations, in the same order, as the driver's
+// write-back from ct, so the result is bitwise the same.
+struct TileOut {
+  float* y;
+  int64_t ldy;
+  int64_t rows, cols;
+  const float* bias;  // [cols] or nullptr
+  bool add;
+};
+// out == nullptr: write ct as above; otherwise write y through out (only kernels with
+// tile_writes_y are given one).
+using TileFn = void (*)(const float* xp, int mr, const float* wc, int64_t kc, float* ct,
+                        const char* const* pf, int64_t num_pf, const TileOut* out);
 
 struct MatmulKernels {
   const char* name;
@@ -50,6 +72,7 @@ struct MatmulKernels {
   MatvecFn matvec;
   ConvertRowsFn convert_rows;  // converts `rows` ≤ nr rows; the driver zero-fills the rest
   TileFn tile;
+  bool tile_writes_y;  // the tile kernel can add its sums into y itself (TileOut)
 };
 
 extern const MatmulKernels kScalarKernels;

@@ -52,7 +52,7 @@ void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0
   const char* base = static_cast<const char*>(w);
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = base + (j * ldw + k0) * int64_t(wk_size(wk));
-    for (int64_t k = 0; k < kc; ++k) wc[j * kKc + k] = load_one(row, wk, k);
+    for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = load_one(row, wk, k);
   }
 }
 
@@ -68,7 +68,7 @@ float dot(const float* a, const float* b, int64_t K) {
 
 void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
   // Converting one W row at a time keeps the pass over W single and the buffer in L1.
-  constexpr int64_t kBlock = kKc;  // convert_rows writes rows kKc apart; one row is used
+  constexpr int64_t kBlock = kKc;  // convert_rows writes rows kWcStride apart; one row is used
   float wrow[kBlock];
   for (int64_t n = n0; n < n1; ++n) {
     float acc[kMatvecMaxRows] = {};
@@ -86,12 +86,14 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
   }
 }
 
-void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
+// Prefetching is left to the hardware here: a CPU on this path is slow anyway.
+void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const char* const*,
+          int64_t, const TileOut*) {
   constexpr int kNr = 4;
   for (int j = 0; j < kNr; ++j) {
     float acc[16] = {};
     for (int64_t k = 0; k < kc; ++k) {
-      float b = wc[j * kKc + k];
+      float b = wc[j * kWcStride + k];
       for (int i = 0; i < mr; ++i) acc[i] += xp[k * mr + i] * b;
     }
     for (int i = 0; i < mr; ++i) ct[j * mr + i] = acc[i];
@@ -100,6 +102,6 @@ void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct) {
 
 }  // namespace
 
-const MatmulKernels kScalarKernels = {"scalar", 16, 4, matvec, convert_rows, tile};
+const MatmulKernels kScalarKernels = {"scalar", 16, 4, matvec, convert_rows, tile, false};
 
 }  // namespace gale::cpu::detail

@@ -50,31 +50,53 @@ void embedding(const int32_t* ids, int64_t n_tokens, const void* emb, DType dt, 
   for (int64_t t = 0; t < n_tokens; ++t) row_to_f32(emb, dt, ids[t], hidden, out + t * hidden);
 }
 
-void rmsnorm(const float* x, int64_t ldx, int64_t n, int64_t d, const float* w, float eps, float* out, int64_t ldo) {
-  for (int64_t r = 0; r < n; ++r) {
-    const float* xr = x + r * ldx;
-    float* o = out + r * ldo;
-    float ss = dot_f32(xr, xr, d);
-    float inv = 1.0f / std::sqrt(ss / float(d) + eps);
-    for (int64_t i = 0; i < d; ++i) o[i] = w[i] * (xr[i] * inv);
+// Element-wise ops below this many elements run on the calling thread: waking the pool
+// (~1-2 µs) costs more than the work.
+constexpr int64_t kMinParallelElems = 65536;
+
+// Runs rows(b, e, thread) over [0, n) rows of `row_elems` elements each: on the calling
+// thread when the whole job is small, else split over the pool in chunks of at least
+// kMinParallelElems / 4 elements. Each row is computed the same way either way.
+template <typename Fn>
+void for_rows(int64_t n, int64_t row_elems, const Fn& rows) {
+  const int64_t elems = n * std::max<int64_t>(1, row_elems);
+  if (elems < kMinParallelElems) {
+    rows(int64_t(0), n, 0);
+    return;
   }
+  const int64_t min_rows = std::max<int64_t>(1, kMinParallelElems / 4 / std::max<int64_t>(1, row_elems));
+  parallel_for(n, rows, min_rows);
+}
+
+void rmsnorm(const float* x, int64_t ldx, int64_t n, int64_t d, const float* w, float eps, float* out, int64_t ldo) {
+  for_rows(n, d, [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* xr = x + r * ldx;
+      float* o = out + r * ldo;
+      float ss = dot_f32(xr, xr, d);
+      float inv = 1.0f / std::sqrt(ss / float(d) + eps);
+      for (int64_t i = 0; i < d; ++i) o[i] = w[i] * (xr[i] * inv);
+    }
+  });
 }
 
 void rope_apply(float* x, int64_t ld, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
                 const float* cos, const float* sin) {
   const int64_t half = rot_dim / 2;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const float* c = cos + t * half;
-    const float* s = sin + t * half;
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + t * ld + h * head_dim;
-      for (int64_t i = 0; i < half; ++i) {
-        float a = v[i], b = v[i + half];
-        v[i] = a * c[i] - b * s[i];
-        v[i + half] = b * c[i] + a * s[i];
+  for_rows(n_tokens, n_heads * rot_dim, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* c = cos + t * half;
+      const float* s = sin + t * half;
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* v = x + t * ld + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          float a = v[i], b2 = v[i + half];
+          v[i] = a * c[i] - b2 * s[i];
+          v[i + half] = b2 * c[i] + a * s[i];
+        }
       }
     }
-  }
+  });
 }
 
 GALE_SIMD_CLONES static void silu_mul_row(float* g, const float* u, int64_t d) {
@@ -82,15 +104,16 @@ GALE_SIMD_CLONES static void silu_mul_row(float* g, const float* u, int64_t d) {
 }
 
 void silu_mul(float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t n, int64_t d) {
-  auto rows = [&](int64_t b, int64_t e, int) {
+  for_rows(n, d, [&](int64_t b, int64_t e, int) {
     for (int64_t r = b; r < e; ++r) silu_mul_row(gate + r * ldg, up + r * ldu, d);
-  };
-  if (n * d < 65536) rows(0, n, 0);  // too small to pay for waking the pool
-  else parallel_for(n, rows);
+  });
 }
 
 void round_to_bf16(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+  constexpr int64_t kChunk = 4096;  // elements per work item
+  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b * kChunk, end = std::min(n, e * kChunk); i < end; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+  });
 }
 
 void paged_kv_write(const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t n_tokens, int64_t start_pos,
@@ -121,14 +144,16 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
   const int64_t group = n_heads / kv.n_kv_heads;
   const int64_t row = kv.n_kv_heads * hd;
   const int64_t max_ctx = start_pos + n_tokens;
-  // One work item = (token, head). Scores for a whole row are kept (two-pass softmax, exact
-  // like the reference); keys are converted per block when the cache is bf16.
+  // One work item = (head, token), head-major: the threads' contiguous ranges then hold whole
+  // heads, each with the same causal triangle of work (token-major ranges gave the last
+  // thread the longest rows). Scores for a whole row are kept (two-pass softmax, exact like
+  // the reference); keys are converted per block when the cache is bf16.
   parallel_for(n_tokens * n_heads, [&](int64_t b, int64_t e, int) {
     std::vector<float> scores(static_cast<size_t>(max_ctx));
     std::vector<float> kbuf, vbuf;
     if (kv.dtype != DType::F32) { kbuf.resize(size_t(hd)); vbuf.resize(size_t(hd)); }
     for (int64_t item = b; item < e; ++item) {
-      const int64_t t = item / n_heads, h = item % n_heads, g = h / group;
+      const int64_t h = item / n_tokens, t = item % n_tokens, g = h / group;
       const int64_t pos = start_pos + t;
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
       const float* qh = q + t * ldq + h * hd;

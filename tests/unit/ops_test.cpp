@@ -1,0 +1,184 @@
+// The CPU element-wise and attention kernels (kernels/cpu/ops.h): each against a plain
+// double-precision formula, and bitwise the same whatever the number of threads (the
+// threads split rows, heads or tokens; no sum is ever split).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+
+namespace gale {
+namespace {
+
+std::vector<float> random_floats(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// Runs fn (which fills its output from scratch) with 1 thread and with 2, 3 and 5, and
+// expects the same bytes every time; returns the 1-thread output.
+std::vector<float> same_for_all_thread_counts(const std::function<std::vector<float>()>& fn) {
+  const int saved = num_threads();
+  set_num_threads(1);
+  std::vector<float> one = fn();
+  for (int t : {2, 3, 5}) {
+    set_num_threads(t);
+    std::vector<float> many = fn();
+    EXPECT_EQ(one.size(), many.size());
+    EXPECT_EQ(0, std::memcmp(one.data(), many.data(), one.size() * 4)) << "threads=" << t;
+  }
+  set_num_threads(saved);
+  return one;
+}
+
+TEST(CpuOps, RmsNorm) {
+  std::mt19937 rng(1);
+  // Small (one thread) and large (pool) row counts; strided input and output; in place.
+  for (int64_t n : {1, 3, 64, 200}) {
+    for (int64_t d : {7, 64, 2048}) {
+      const int64_t ldx = d + 3, ldo = d + 5;
+      std::vector<float> x = random_floats(size_t(n * ldx), rng), w = random_floats(size_t(d), rng);
+      std::vector<float> out = same_for_all_thread_counts([&] {
+        std::vector<float> o(size_t(n * ldo), 9.0f);
+        cpu::rmsnorm(x.data(), ldx, n, d, w.data(), 1e-5f, o.data(), ldo);
+        return o;
+      });
+      for (int64_t r = 0; r < n; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < d; ++i) ss += double(x[size_t(r * ldx + i)]) * x[size_t(r * ldx + i)];
+        const double inv = 1.0 / std::sqrt(ss / double(d) + 1e-5);
+        for (int64_t i = 0; i < d; ++i)
+          ASSERT_NEAR(out[size_t(r * ldo + i)], w[size_t(i)] * x[size_t(r * ldx + i)] * inv, 1e-5)
+              << "n=" << n << " d=" << d;
+        for (int64_t i = d; i < ldo; ++i) ASSERT_EQ(out[size_t(r * ldo + i)], 9.0f);  // padding untouched
+      }
+      // In place gives the same values.
+      std::vector<float> xi = x;
+      cpu::rmsnorm(xi.data(), ldx, n, d, w.data(), 1e-5f, xi.data(), ldx);
+      for (int64_t r = 0; r < n; ++r)
+        ASSERT_EQ(0, std::memcmp(&xi[size_t(r * ldx)], &out[size_t(r * ldo)], size_t(d) * 4));
+    }
+  }
+}
+
+TEST(CpuOps, Rope) {
+  std::mt19937 rng(2);
+  for (int64_t n_tokens : {1, 5, 128}) {
+    for (int64_t rot_dim : {64, 32}) {  // full and partial rotary
+      const int64_t n_heads = 8, head_dim = 64, ld = n_heads * head_dim + 4, half = rot_dim / 2;
+      std::vector<float> x = random_floats(size_t(n_tokens * ld), rng);
+      std::vector<float> cs(size_t(n_tokens * half)), sn(size_t(n_tokens * half));
+      for (int64_t t = 0; t < n_tokens; ++t)
+        for (int64_t i = 0; i < half; ++i) {
+          double a = double(t) * std::pow(10000.0, -2.0 * double(i) / double(rot_dim));
+          cs[size_t(t * half + i)] = float(std::cos(a));
+          sn[size_t(t * half + i)] = float(std::sin(a));
+        }
+      std::vector<float> out = same_for_all_thread_counts([&] {
+        std::vector<float> v = x;
+        cpu::rope_apply(v.data(), ld, n_tokens, n_heads, head_dim, rot_dim, cs.data(), sn.data());
+        return v;
+      });
+      for (int64_t t = 0; t < n_tokens; ++t)
+        for (int64_t h = 0; h < n_heads; ++h)
+          for (int64_t i = 0; i < head_dim; ++i) {
+            const size_t at = size_t(t * ld + h * head_dim + i);
+            double want = x[at];
+            if (i < rot_dim) {
+              const int64_t j = i % half;
+              const double c = cs[size_t(t * half + j)], s = sn[size_t(t * half + j)];
+              const double a = x[size_t(t * ld + h * head_dim + j)], b = x[size_t(t * ld + h * head_dim + j + half)];
+              want = i < half ? a * c - b * s : b * c + a * s;
+            }
+            ASSERT_NEAR(out[at], want, 1e-6) << "t=" << t << " h=" << h << " i=" << i;
+          }
+    }
+  }
+}
+
+TEST(CpuOps, SiluMulAndRoundToBf16) {
+  std::mt19937 rng(3);
+  for (int64_t n : {1, 9, 64}) {
+    const int64_t d = 2050, ldg = d + 1, ldu = d + 3;
+    std::vector<float> g = random_floats(size_t(n * ldg), rng, -8, 8), u = random_floats(size_t(n * ldu), rng);
+    std::vector<float> out = same_for_all_thread_counts([&] {
+      std::vector<float> v = g;
+      cpu::silu_mul(v.data(), ldg, u.data(), ldu, n, d);
+      return v;
+    });
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < d; ++i) {
+        const double a = g[size_t(r * ldg + i)];
+        ASSERT_NEAR(out[size_t(r * ldg + i)], a / (1.0 + std::exp(-a)) * u[size_t(r * ldu + i)], 1e-5);
+      }
+    std::vector<float> rounded = same_for_all_thread_counts([&] {
+      std::vector<float> v = g;
+      cpu::round_to_bf16(v.data(), int64_t(v.size()));
+      return v;
+    });
+    for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(rounded[i], bf16_to_f32(f32_to_bf16(g[i])));
+  }
+}
+
+// Attention of a prompt's tokens over a paged cache with a scrambled block table, GQA,
+// f32 and bf16 caches, with and without a sliding window.
+TEST(CpuOps, PagedAttention) {
+  std::mt19937 rng(4);
+  const int64_t n_heads = 8, n_kv = 2, hd = 64, bs = 16, qd = n_heads * hd, kvd = n_kv * hd;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t window : {int64_t(0), int64_t(20)}) {
+      for (auto [start, n_tokens] : {std::pair<int64_t, int64_t>{0, 70}, {37, 1}, {10, 33}}) {
+        const int64_t ctx = start + n_tokens, num_blocks = (ctx + bs - 1) / bs + 2;
+        std::vector<int32_t> table;
+        for (int64_t b = 0; b < num_blocks; ++b) table.push_back(int32_t(num_blocks - 1 - b));  // reversed: not the identity
+        std::vector<float> k = random_floats(size_t(ctx * kvd), rng), v = random_floats(size_t(ctx * kvd), rng);
+        std::vector<float> q = random_floats(size_t(n_tokens * qd), rng);
+        std::vector<uint8_t> kc(size_t(num_blocks * bs * kvd) * dtype_size(dt)), vc(kc.size());
+        cpu::paged_kv_write(k.data(), kvd, v.data(), kvd, ctx, 0, kc.data(), vc.data(), dt, bs, n_kv, hd, table);
+        const cpu::PagedKV pkv{kc.data(), vc.data(), dt, bs, n_kv, hd};
+        const float scale = 0.125f;
+        std::vector<float> out = same_for_all_thread_counts([&] {
+          std::vector<float> o(size_t(n_tokens * qd), 7.0f);
+          cpu::paged_attention(q.data(), qd, n_tokens, n_heads, start, pkv, table, window, scale, o.data(), qd);
+          return o;
+        });
+        auto cached = [&](const std::vector<float>& src, int64_t i) {
+          return dt == DType::F32 ? double(src[size_t(i)]) : double(bf16_to_f32(f32_to_bf16(src[size_t(i)])));
+        };
+        for (int64_t t = 0; t < n_tokens; ++t)
+          for (int64_t h = 0; h < n_heads; ++h) {
+            const int64_t pos = start + t, g = h / (n_heads / n_kv);
+            const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+            std::vector<double> s;
+            for (int64_t p = first; p <= pos; ++p) {
+              double dot = 0;
+              for (int64_t i = 0; i < hd; ++i) dot += double(q[size_t(t * qd + h * hd + i)]) * cached(k, p * kvd + g * hd + i);
+              s.push_back(dot * scale);
+            }
+            const double m = *std::max_element(s.begin(), s.end());
+            double den = 0;
+            for (double& e : s) den += (e = std::exp(e - m));
+            for (int64_t i = 0; i < hd; ++i) {
+              double want = 0;
+              for (int64_t p = first; p <= pos; ++p) want += s[size_t(p - first)] / den * cached(v, p * kvd + g * hd + i);
+              ASSERT_NEAR(out[size_t(t * qd + h * hd + i)], want, 1e-5)
+                  << dtype_name(dt) << " window=" << window << " t=" << t << " h=" << h;
+            }
+          }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gale
