@@ -44,6 +44,8 @@ struct StepPlan {
   std::vector<float> cos, sin;             // [T, rot_dim / 2] rotary tables of every token
   int64_t rot_dim = 0;
   int64_t block_size = 0;                  // tokens per KV block
+  const void* kv_base = nullptr;           // the KV cache in use (a captured graph is tied to it)
+  int64_t padded_T = 0;                    // rows every op runs over (>= T(); see padded_tokens)
   std::vector<int32_t> logit_rows;         // rows whose logits are returned, in order
   int64_t T() const { return int64_t(tokens.size()); }
   bool all_decode() const {
@@ -88,8 +90,17 @@ class Backend {
   // projection each (linear_fused) where the backend can.
   virtual void prepare(const ModelConfig& cfg, const ModelWeights& w) = 0;
 
-  // Once per step, before the layers.
+  // Rows the step's ops will run over: T, or more where the backend pads a decode step to a
+  // batch bucket it can replay as a captured graph (padding rows are fake one-token sequences
+  // whose K/V are never written and whose logits nobody reads).
+  virtual int64_t padded_tokens(const StepPlan& plan) const { return plan.T(); }
+  // Once per step, before the layers (plan.padded_T set).
   virtual void begin_step(const StepPlan& plan) = 0;
+  // After begin_step and once every buffer of the step exists: true when the backend launched
+  // a captured graph of the whole step (the caller then skips the ops and reads the logits);
+  // false when the ops follow, maybe being captured, and end_step_ops() closes them.
+  virtual bool replay_step() { return false; }
+  virtual void end_step_ops() {}
 
   virtual void embedding(const ModelWeights& w, Act out) = 0;
   // out = w * in / rms(in), row by row; in and out may be the same rows.

@@ -56,13 +56,22 @@ void CpuBackend::linear(const Linear& l, Act in, Act out, bool accumulate) {
               out.f32(), out.ld, accumulate);
 }
 
+// x is packed once for all the projections and the threads split their union of output rows
+// (cpu::matmul_multi); each result is bitwise what linear() gives.
 void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out) {
+  check_f32(in);
+  check_f32(out);
+  GALE_ASSERT(ls.size() <= 4);
+  cpu::MatmulTarget targets[4];
   int64_t c0 = 0;
-  for (const Linear* l : ls) {
-    linear(*l, in, out.cols_range(c0, l->out), false);
-    c0 += l->out;
+  for (size_t i = 0; i < ls.size(); ++i) {
+    const Linear& l = *ls[i];
+    GALE_ASSERT(l.in == in.cols);
+    targets[i] = {l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32() + c0, out.ld, false};
+    c0 += l.out;
   }
-  GALE_ASSERT(c0 == out.cols);
+  GALE_ASSERT(c0 == out.cols && in.rows == out.rows);
+  cpu::matmul_multi(in.f32(), in.ld, in.rows, in.cols, {targets, ls.size()});
 }
 
 void CpuBackend::rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) {

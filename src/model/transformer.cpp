@@ -99,41 +99,57 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   if (T == 0) return {};
   Backend& be = *backend_;
   build_plan(seqs, T, kv.block_size());
+  plan_.kv_base = kv.k(0);
+  // A backend replaying captured graphs may pad the step to a bucket of rows (padding rows
+  // are logit rows too, so the real rows come first in every buffer).
+  const int64_t Tp = be.padded_tokens(plan_);
+  GALE_ASSERT(Tp >= T);
+  plan_.padded_T = Tp;
+  const int64_t R = int64_t(plan_.logit_rows.size()), Rp = R + (Tp - T), V = c.vocab_size;
   be.begin_step(plan_);
-  x_ = buffer(bx_, T, H, DType::F32);
-  xn_ = buffer(bxn_, T, H, be.act_dtype());
-  be.embedding(w_, x_);
-  be.round_act(x_);
-
-  const float eps = float(c.rms_norm_eps);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& L = w_.layers[size_t(l)];
-    be.rmsnorm(x_, L.attn_norm, eps, xn_);
-    be.round_act(xn_);
-    attention_block(l, kv, T);
-    be.rmsnorm(x_, L.ffn_norm, eps, xn_);
-    be.round_act(xn_);
-    if (c.num_experts > 0) moe_block(L, T);
-    else mlp_block(L, T);
-    be.round_act(x_);
-  }
-
-  // Final norm and LM head only for the rows whose logits were asked for.
-  const int64_t R = int64_t(plan_.logit_rows.size()), V = c.vocab_size;
-  if (R == 0) return {};
-  Act rows = buffer(blogit_x_, R, H, DType::F32);
-  be.gather_logit_rows(x_, rows);
-  Act normed = buffer(blogit_n_, R, H, be.act_dtype());
-  be.rmsnorm(rows, w_.final_norm, eps, normed);
-  be.round_act(normed);
+  // Every buffer of the step is sized before the first op: nothing may be allocated while a
+  // backend captures the step into a graph.
+  const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+  x_ = buffer(bx_, Tp, H, DType::F32);
+  xn_ = buffer(bxn_, Tp, H, be.act_dtype());
+  buffer(bqkv_, Tp, qd + 2 * kvd, be.act_dtype());
+  buffer(battn_, Tp, qd, be.act_dtype());
+  if (c.num_experts == 0) buffer(bgu_, Tp, 2 * c.intermediate_size, be.act_dtype());
+  Act rows = buffer(blogit_x_, Rp, H, DType::F32);
+  Act normed = buffer(blogit_n_, Rp, H, be.act_dtype());
   Act out;
-  if (be.is_cpu() && host) {  // straight into the caller's vector
-    host->resize(size_t(R * V));
-    out = Act{host->data(), DType::F32, R, V, V};
-  } else {
-    out = buffer(blogits_, R, V, DType::F32);
+  if (be.is_cpu() && host) {  // logits straight into the caller's vector
+    host->resize(size_t(Rp * V));
+    out = Act{host->data(), DType::F32, Rp, V, V};
+  } else if (Rp > 0) {
+    out = buffer(blogits_, Rp, V, DType::F32);
   }
-  be.linear(w_.lm_head, normed, out, false);
+  if (!be.replay_step()) {  // else a captured graph of this step shape ran everything below
+    be.embedding(w_, x_);
+    be.round_act(x_);
+    const float eps = float(c.rms_norm_eps);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const LayerWeights& L = w_.layers[size_t(l)];
+      be.rmsnorm(x_, L.attn_norm, eps, xn_);
+      be.round_act(xn_);
+      attention_block(l, kv, Tp);
+      be.rmsnorm(x_, L.ffn_norm, eps, xn_);
+      be.round_act(xn_);
+      if (c.num_experts > 0) moe_block(L, Tp);
+      else mlp_block(L, Tp);
+      be.round_act(x_);
+    }
+    // Final norm and LM head only for the rows whose logits were asked for.
+    if (Rp > 0) {
+      be.gather_logit_rows(x_, rows);
+      be.rmsnorm(rows, w_.final_norm, eps, normed);
+      be.round_act(normed);
+      be.linear(w_.lm_head, normed, out, false);
+    }
+    be.end_step_ops();
+  }
+  if (R == 0) return {};
+  out.rows = R;  // the real rows (padding rows follow them)
   return out;
 }
 

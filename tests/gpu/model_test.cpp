@@ -99,7 +99,9 @@ TEST_P(GpuFixture, MatchesCpuF32AndTransformers) {
   auto e = errors(lg, lc);
   const double med = e[e.size() / 2], worst = e.back();
   EXPECT_LE(med, 3e-2) << "median position's max|gpu - cpu| / max|cpu|";
-  if (!moe) EXPECT_LE(worst, 0.1) << "worst position's max|gpu - cpu| / max|cpu|";
+  if (!moe) {
+    EXPECT_LE(worst, 0.1) << "worst position's max|gpu - cpu| / max|cpu|";
+  }
   // Argmax where transformers' winner leads clearly.
   auto argmax_ref = ref["argmax"].get<std::vector<int32_t>>();
   auto margin = ref["argmax_margin"].get<std::vector<double>>();
@@ -220,8 +222,12 @@ TEST(GpuEngine, BatchingPrefixCacheAndPreemptionKeepOutputs) {
           v.insert(v.end(), o.new_ids.begin(), o.new_ids.end());
         }
       EngineStats st = e.stats();
-      if (budget == tiny) EXPECT_GT(st.preemptions, 0);
-      if (prefix && budget != tiny) EXPECT_GT(st.prefix_cache_hit_tokens, 0);
+      if (budget == tiny) {
+        EXPECT_GT(st.preemptions, 0);
+      }
+      if (prefix && budget != tiny) {
+        EXPECT_GT(st.prefix_cache_hit_tokens, 0);
+      }
       for (size_t i = 0; i < reqs.size(); ++i) {
         SCOPED_TRACE(testing::Message() << "request " << i << " prefix " << prefix << " tiny " << (budget == tiny));
         ASSERT_EQ(got[i].size(), expect[i].size());

@@ -6,6 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <tuple>
 #include <cstring>
 #include <unordered_map>
 
@@ -61,6 +64,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    drop_graphs();
     for (auto& [p, n] : owned_) cudaFree(p);
     for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_wts_}) cudaFree(g->p);
     cudaFreeHost(h_plan_.p);
@@ -98,6 +102,7 @@ class CudaBackend final : public Backend {
   }
   void release(void* p, size_t) override {
     cudaStreamSynchronize(stream_);
+    drop_graphs();  // a captured graph may point into this memory
     cudaFree(p);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
@@ -105,7 +110,10 @@ class CudaBackend final : public Backend {
   }
 
   void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
+  int64_t padded_tokens(const StepPlan& plan) const override;
   void begin_step(const StepPlan& plan) override;
+  bool replay_step() override;
+  void end_step_ops() override;
 
   void embedding(const ModelWeights& w, Act out) override {
     cuda::EmbeddingParams p{d_ids_, out.rows, embed_, embed_dtype_, cfg_.vocab_size, out.cols, out.data, out.dtype,
@@ -217,6 +225,11 @@ class CudaBackend final : public Backend {
     const float* bias = nullptr;  // [n] or nullptr
   };
 
+  void drop_graphs() {
+    for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
+  }
+
   void grow_device(Grow& g, size_t bytes) {
     if (bytes <= g.bytes) return;
     bytes = std::max(bytes, g.bytes * 2);
@@ -290,6 +303,20 @@ class CudaBackend final : public Backend {
   float *d_cos_ = nullptr, *d_sin_ = nullptr;
   int64_t n_seqs_ = 0, n_tokens_ = 0, max_blocks_ = 0, max_q_len_ = 0, max_seq_len_ = 0, block_size_ = 0;
   bool all_decode_ = false;
+
+  // CUDA graphs of whole decode steps, one per (padded batch, block-table bucket, KV cache):
+  // a step of that shape replays its graph (one launch instead of ~11 per layer).
+  struct GraphKey {
+    int64_t rows, table_cols;
+    const void* kv;
+    bool operator<(const GraphKey& o) const {
+      return std::tie(rows, table_cols, kv) < std::tie(o.rows, o.table_cols, o.kv);
+    }
+  };
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
+  bool graphable_ = false, capturing_ = false;
+  GraphKey key_{};
+  bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
 // ---- weights ---------------------------------------------------------------------------------
@@ -430,8 +457,27 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
 
 // ---- per step --------------------------------------------------------------------------------
 
+namespace {
+
+// Batch buckets of captured decode graphs (vLLM pads the same way): few graphs, little padding.
+constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512};
+
+bool decode_step(const StepPlan& plan) {
+  return plan.all_decode() && int64_t(plan.logit_rows.size()) == plan.T();
+}
+
+}  // namespace
+
+int64_t CudaBackend::padded_tokens(const StepPlan& plan) const {
+  if (!graphs_enabled_ || cfg_.num_experts > 0 || !decode_step(plan)) return plan.T();
+  for (int64_t b : kGraphBuckets)
+    if (b >= plan.T()) return b;
+  return plan.T();
+}
+
 void CudaBackend::begin_step(const StepPlan& plan) {
-  const int64_t T = plan.T(), S = int64_t(plan.seqs.size()), R = int64_t(plan.logit_rows.size());
+  const int64_t T = plan.T(), Tp = std::max(plan.padded_T, T), pad = Tp - T;
+  const int64_t S = int64_t(plan.seqs.size()) + pad, R = int64_t(plan.logit_rows.size()) + pad;
   const int64_t half = plan.rot_dim / 2, bs = plan.block_size;
   int64_t maxb = 1, max_q = 0, max_len = 0;
   for (const StepPlan::Seq& s : plan.seqs) {
@@ -439,9 +485,21 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     max_q = std::max(max_q, s.n);
     max_len = std::max(max_len, s.start_pos + s.n);
   }
+  all_decode_ = plan.all_decode();
+  graphable_ = graphs_enabled_ && cfg_.num_experts == 0 && decode_step(plan) && Tp == padded_tokens(plan);
+  if (graphable_) {
+    // A graph bakes the block-table stride and the attention split in: round the table width
+    // up to a power of two and size the split for the longest context that width holds.
+    int64_t cols = 16;
+    while (cols < maxb) cols *= 2;
+    maxb = cols;
+    max_len = cols * bs;
+    key_ = {Tp, cols, plan.kv_base};
+  }
   // Packed layout (4-byte words): ids[T] slots[T] seq_lens[S] cu_q[S+1] start[S] logit_rows[R]
-  // tables[S*maxb] cos[T*half] sin[T*half].
-  const size_t words = size_t(2 * T + 3 * S + 1 + R + S * maxb + 2 * T * half);
+  // tables[S*maxb] cos[T*half] sin[T*half]; padding rows are one-token sequences with slot -1
+  // (their K/V are not written) and an all-zero block table.
+  const size_t words = size_t(2 * Tp + 3 * S + 1 + R + S * maxb + 2 * Tp * half);
   const size_t bytes = words * 4;
   check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
   if (h_plan_.bytes < bytes) {
@@ -453,17 +511,27 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   grow_device(d_plan_, bytes);
   int32_t* h = static_cast<int32_t*>(h_plan_.p);
   int32_t* ids = h;
-  int32_t* slots = ids + T;
-  int32_t* lens = slots + T;
+  int32_t* slots = ids + Tp;
+  int32_t* lens = slots + Tp;
   int32_t* cu = lens + S;
   int32_t* start = cu + S + 1;
   int32_t* lrows = start + S;
   int32_t* tables = lrows + R;
   float* cs = reinterpret_cast<float*>(tables + S * maxb);
-  float* sn = cs + T * half;
+  float* sn = cs + Tp * half;
   std::memcpy(ids, plan.tokens.data(), size_t(T) * 4);
+  std::fill(ids + T, ids + Tp, 0);
+  std::fill(slots + T, slots + Tp, -1);
   cu[0] = 0;
   for (int64_t i = 0; i < S; ++i) {
+    int32_t* row = tables + i * maxb;
+    if (i >= int64_t(plan.seqs.size())) {  // padding
+      lens[i] = 1;
+      cu[i + 1] = cu[i] + 1;
+      start[i] = 0;
+      std::fill(row, row + maxb, 0);
+      continue;
+    }
     const StepPlan::Seq& s = plan.seqs[size_t(i)];
     for (int64_t j = 0; j < s.n; ++j) {
       const int64_t pos = s.start_pos + j;
@@ -472,33 +540,73 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     lens[i] = int32_t(s.start_pos + s.n);
     cu[i + 1] = int32_t(s.t0 + s.n);
     start[i] = int32_t(s.start_pos);
-    int32_t* row = tables + i * maxb;
     std::copy(s.block_table.begin(), s.block_table.end(), row);
     std::fill(row + s.block_table.size(), row + maxb, 0);
   }
   std::copy(plan.logit_rows.begin(), plan.logit_rows.end(), lrows);
+  for (int64_t i = 0; i < pad; ++i) lrows[int64_t(plan.logit_rows.size()) + i] = int32_t(T + i);
   std::memcpy(cs, plan.cos.data(), size_t(T * half) * 4);
   std::memcpy(sn, plan.sin.data(), size_t(T * half) * 4);
+  std::fill(cs + T * half, cs + Tp * half, 1.0f);
+  std::fill(sn + T * half, sn + Tp * half, 0.0f);
   check(cudaMemcpyAsync(d_plan_.p, h_plan_.p, bytes, cudaMemcpyHostToDevice, stream_), "step upload");
   check(cudaEventRecord(plan_sent_, stream_), "step");
 
   int32_t* d = static_cast<int32_t*>(d_plan_.p);
   d_ids_ = d;
-  d_slots_ = d + T;
-  d_seq_lens_ = d_slots_ + T;
+  d_slots_ = d + Tp;
+  d_seq_lens_ = d_slots_ + Tp;
   d_cu_q_ = d_seq_lens_ + S;
   d_start_ = d_cu_q_ + S + 1;
   d_logit_rows_ = d_start_ + S;
   d_tables_ = d_logit_rows_ + R;
   d_cos_ = reinterpret_cast<float*>(d_tables_ + S * maxb);
-  d_sin_ = d_cos_ + T * half;
+  d_sin_ = d_cos_ + Tp * half;
   n_seqs_ = S;
-  n_tokens_ = T;
+  n_tokens_ = Tp;
   max_blocks_ = maxb;
   max_q_len_ = max_q;
   max_seq_len_ = max_len;
   block_size_ = bs;
-  all_decode_ = plan.all_decode();
+  if (all_decode_) {  // the split-K workspace, sized here: nothing may be allocated mid-capture
+    cuda::DecodeAttentionParams p{};
+    p.n_seqs = S;
+    p.n_heads = cfg_.num_heads;
+    p.n_kv_heads = cfg_.num_kv_heads;
+    p.head_dim = cfg_.head_dim;
+    p.max_seq_len = max_len;
+    p.block_size = bs;
+    size_t ws = 0;  // the largest split any layer's window may use
+    for (int64_t w : cfg_.layer_window) {
+      p.window = w;
+      ws = std::max(ws, cuda::decode_attention_workspace_size(p));
+    }
+    grow_device(d_ws_, ws);
+  }
+}
+
+bool CudaBackend::replay_step() {
+  if (!graphable_) return false;
+  if (auto it = graphs_.find(key_); it != graphs_.end()) {
+    check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+    return true;
+  }
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  capturing_ = true;
+  return false;
+}
+
+void CudaBackend::end_step_ops() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(e, "cudaGraphInstantiate");
+  graphs_[key_] = exec;
+  check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // capture ran nothing: run it now
 }
 
 void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
@@ -530,7 +638,7 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
     p.out_dtype = out.dtype;
     p.ldo = out.ld;
     const size_t ws = cuda::decode_attention_workspace_size(p);
-    grow_device(d_ws_, ws);
+    GALE_ASSERT(ws <= d_ws_.bytes);  // sized by begin_step
     p.workspace = ws ? d_ws_.p : nullptr;
     check(cuda::decode_attention(p, stream_), "decode_attention");
     return;
