@@ -2,6 +2,7 @@
 // bf16 values.
 #include "gpu_test_util.h"
 #include "kernels/cuda/gemm_lt.cuh"
+#include "kernels/cuda/gemv_bf16.cuh"
 #include "kernels/ref/matmul_ref.h"
 
 namespace gale {
@@ -63,6 +64,62 @@ TEST(CudaGemmLt, MatchesReferenceMatmul) {
   }
   EXPECT_EQ(cuda::gemm_cached_plans(ctx), 5u);
   cuda::gemm_context_destroy(ctx);
+}
+
+// The decode GEMV (M <= 8) against the same reference: f32 or bf16 output, accumulate, padded
+// strides, K with a tail that is not a whole number of unrolled steps, W rows NaN-poisoned past K.
+TEST(CudaGemv, MatchesReferenceMatmul) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  struct C { int64_t M, N, K; DType yt; bool acc; int64_t pad; };
+  for (const C c : {C{1, 4096, 4096, DType::BF16, false, 0}, C{1, 1000, 14336, DType::F32, true, 0},
+                    C{2, 777, 1032, DType::BF16, false, 8}, C{3, 129, 64, DType::F32, false, 16},
+                    C{4, 6144, 4096, DType::BF16, false, 0}, C{8, 513, 2056, DType::F32, true, 8},
+                    C{5, 100, 8, DType::BF16, true, 0}}) {
+    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " acc=" << c.acc);
+    const int64_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
+    std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g)), w = round_bf16(randn(size_t(c.N * ldw), g, 0.05f));
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = c.K; j < ldw; ++j) w[size_t(i * ldw + j)] = NAN;  // never read
+    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
+    if (c.yt == DType::BF16) y0 = round_bf16(y0);
+    DevBuf dx = to_device(to_bf16(x));
+    auto wb = to_bf16(w);
+    DevBuf dw = to_device(wb);
+    DevBuf dy(size_t(c.M * ldy) * dtype_size(c.yt));
+    if (c.acc) {
+      if (c.yt == DType::F32) dy.upload(y0);
+      else dy.upload(to_bf16(y0));
+    }
+    cuda::GemmParams p{dx.p, ldx, dw.p, ldw, dy.p, ldy, c.yt, c.M, c.N, c.K, c.acc};
+    ASSERT_TRUE(cuda::gemv_bf16_supported(p));
+    CUDA_OK(cuda::gemv_bf16(p, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<uint16_t> wdense(static_cast<size_t>(c.N * c.K));
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.K; ++j) wdense[size_t(i * c.K + j)] = wb[size_t(i * ldw + j)];
+    std::vector<float> ref(static_cast<size_t>(c.M * ldy));
+    for (int64_t i = 0; i < c.M; ++i)
+      for (int64_t j = 0; j < c.N; ++j) ref[size_t(i * ldy + j)] = c.acc ? y0[size_t(i * ldy + j)] : 0.0f;
+    ref::matmul(x.data(), ldx, c.M, c.K, wdense.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
+    auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
+    std::vector<float> out, rr;
+    for (int64_t i = 0; i < c.M; ++i)
+      for (int64_t j = 0; j < c.N; ++j) {
+        out.push_back(y[size_t(i * ldy + j)]);
+        rr.push_back(ref[size_t(i * ldy + j)]);
+      }
+    EXPECT_LT(rel_err(out, rr), c.yt == DType::F32 ? 1e-5 : 6e-3);
+    if (c.pad && !c.acc) {
+      EXPECT_TRUE(std::isnan(y[size_t(c.N)])) << "row padding written";
+    }
+  }
+  cuda::GemmParams bad{};
+  bad.M = 9;
+  bad.K = 64;
+  EXPECT_FALSE(cuda::gemv_bf16_supported(bad));
 }
 
 }  // namespace

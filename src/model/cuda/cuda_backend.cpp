@@ -20,6 +20,7 @@
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gather_rows.cuh"
 #include "kernels/cuda/gemm_lt.cuh"
+#include "kernels/cuda/gemv_bf16.cuh"
 #include "kernels/cuda/head_rmsnorm.cuh"
 #include "kernels/cuda/kv_cache_write.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
@@ -248,6 +249,10 @@ class CudaBackend final : public Backend {
 
   void gemm(const void* w, int64_t n, Act in, Act out, bool accumulate) {
     cuda::GemmParams p{in.data, in.ld, w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
+    if (use_gemv_ && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
+      check(cuda::gemv_bf16(p, stream_), "GEMV");
+      return;
+    }
     cudaError_t e = cuda::gemm_bf16(gemm_, p, stream_);
     if (e == cudaErrorNotSupported) throw Error(cuda::gemm_last_error(gemm_));
     check(e, "GEMM");
@@ -316,6 +321,7 @@ class CudaBackend final : public Backend {
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   bool graphable_ = false, capturing_ = false;
   GraphKey key_{};
+  bool use_gemv_ = std::getenv("GALE_CUDA_GEMV") == nullptr || std::string(std::getenv("GALE_CUDA_GEMV")) != "0";
   bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
