@@ -3,6 +3,9 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -66,6 +69,10 @@ struct Engine::Impl {
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   std::vector<float> logits, raw;
   std::vector<int32_t> greedy_ids;  // per sampled row, when the step is all plain greedy
+  // GALE_PROFILE=1: where a step's wall time goes, printed when the engine is destroyed.
+  bool profile = std::getenv("GALE_PROFILE") != nullptr;
+  int64_t prof_steps = 0, prof_tokens = 0;
+  double prof_schedule = 0, prof_forward = 0, prof_after = 0;
   std::vector<int32_t> top_idx;
 
   Impl(Transformer& m, const Tokenizer* t, EngineConfig c) : model(m), tok(t), cfg(c) {}
@@ -187,7 +194,17 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
   impl_->sched = std::make_unique<Scheduler>(sc);
 }
 
-Engine::~Engine() { delete impl_; }
+Engine::~Engine() {
+  const Impl& m = *impl_;
+  if (m.profile && m.prof_steps > 0)
+    std::fprintf(stderr,
+                 "engine: %lld steps, %.1f tokens/step; per step: schedule %.3f ms, forward %.3f ms, "
+                 "commit+sample+text %.3f ms\n",
+                 (long long)m.prof_steps, double(m.prof_tokens) / double(m.prof_steps),
+                 1e3 * m.prof_schedule / double(m.prof_steps), 1e3 * m.prof_forward / double(m.prof_steps),
+                 1e3 * m.prof_after / double(m.prof_steps));
+  delete impl_;
+}
 
 uint64_t Engine::add_request(RequestParams p) {
   Impl& m = *impl_;
@@ -243,6 +260,8 @@ void Engine::abort(uint64_t id) {
 
 std::vector<RequestOutput> Engine::step() {
   Impl& m = *impl_;
+  using clk = std::chrono::steady_clock;
+  const auto t0 = clk::now();
   std::vector<RequestOutput> outs = std::move(m.pending);
   m.pending.clear();
   SchedulerOutput so = m.sched->schedule();
@@ -263,10 +282,12 @@ std::vector<RequestOutput> Engine::step() {
     const Impl::Request& r = *m.reqs.at(s.id);
     greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
   }
+  const auto t1 = clk::now();
   if (!steps.empty()) {
     if (greedy) m.model.forward_argmax(steps, *m.kv, m.greedy_ids);
     else m.model.forward(steps, *m.kv, m.logits);
   }
+  const auto t2 = clk::now();
   m.sched->commit(so);
 
   const size_t V = size_t(m.model.config().vocab_size);
@@ -302,6 +323,15 @@ std::vector<RequestOutput> Engine::step() {
     const bool done = o.finished;
     outs.push_back(std::move(o));
     if (done) m.reqs.erase(s.id);
+  }
+  if (m.profile) {
+    const auto t3 = clk::now();
+    auto sec = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    m.prof_steps += 1;
+    m.prof_tokens += so.num_batched_tokens;
+    m.prof_schedule += sec(t0, t1);
+    m.prof_forward += sec(t1, t2);
+    m.prof_after += sec(t2, t3);
   }
   return outs;
 }
