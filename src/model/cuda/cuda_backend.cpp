@@ -308,6 +308,7 @@ class CudaBackend final : public Backend {
   float *d_cos_ = nullptr, *d_sin_ = nullptr;
   int64_t n_seqs_ = 0, n_tokens_ = 0, max_blocks_ = 0, max_q_len_ = 0, max_seq_len_ = 0, block_size_ = 0;
   bool all_decode_ = false;
+  int64_t n_lead_decode_ = 0;  // leading one-token sequences (all of them in a decode step)
 
   // CUDA graphs of whole decode steps, one per (padded batch, block-table bucket, KV cache):
   // a step of that shape replays its graph (one launch instead of ~11 per layer).
@@ -486,12 +487,18 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   const int64_t S = int64_t(plan.seqs.size()) + pad, R = int64_t(plan.logit_rows.size()) + pad;
   const int64_t half = plan.rot_dim / 2, bs = plan.block_size;
   int64_t maxb = 1, max_q = 0, max_len = 0;
+  // Leading one-token sequences (the scheduler puts decodes first) go to the GQA-aware split-K
+  // decode kernel even in a mixed step; the prefill kernel would read each K/V once per query
+  // head for them.
+  n_lead_decode_ = 0;
+  while (n_lead_decode_ < int64_t(plan.seqs.size()) && plan.seqs[size_t(n_lead_decode_)].n == 1) ++n_lead_decode_;
   for (const StepPlan::Seq& s : plan.seqs) {
     maxb = std::max<int64_t>(maxb, int64_t(s.block_table.size()));
-    max_q = std::max(max_q, s.n);
+    if (&s - plan.seqs.data() >= n_lead_decode_) max_q = std::max(max_q, s.n);
     max_len = std::max(max_len, s.start_pos + s.n);
   }
   all_decode_ = plan.all_decode();
+  if (all_decode_) n_lead_decode_ = int64_t(plan.seqs.size()) + pad;
   graphable_ = graphs_enabled_ && cfg_.num_experts == 0 && decode_step(plan) && Tp == padded_tokens(plan);
   if (graphable_) {
     // A graph bakes the block-table stride and the attention split in: round the table width
@@ -574,9 +581,9 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   max_q_len_ = max_q;
   max_seq_len_ = max_len;
   block_size_ = bs;
-  if (all_decode_) {  // the split-K workspace, sized here: nothing may be allocated mid-capture
+  if (n_lead_decode_ > 0) {  // the split-K workspace, sized here: nothing may be allocated mid-capture
     cuda::DecodeAttentionParams p{};
-    p.n_seqs = S;
+    p.n_seqs = n_lead_decode_;
     p.n_heads = cfg_.num_heads;
     p.n_kv_heads = cfg_.num_kv_heads;
     p.head_dim = cfg_.head_dim;
@@ -621,7 +628,8 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
   const int64_t row = kv.n_kv_heads * kv.head_dim;
   cuda::KVCacheWriteParams w{k.data, k.ld, v.data, v.ld, k.dtype, kv.k, kv.v, kv.dtype, d_slots_, n_tokens_, row};
   check(cuda::kv_cache_write(w, stream_), "kv_cache_write");
-  if (all_decode_) {
+  const int64_t D = n_lead_decode_;
+  if (D > 0) {
     cuda::DecodeAttentionParams p{};
     p.q = q.data;
     p.q_dtype = q.dtype;
@@ -633,7 +641,7 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
     p.max_blocks_per_seq = max_blocks_;
     p.seq_lens = d_seq_lens_;
     p.max_seq_len = max_seq_len_;
-    p.n_seqs = n_seqs_;
+    p.n_seqs = D;
     p.n_heads = n_heads;
     p.n_kv_heads = kv.n_kv_heads;
     p.head_dim = kv.head_dim;
@@ -647,19 +655,20 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
     GALE_ASSERT(ws <= d_ws_.bytes);  // sized by begin_step
     p.workspace = ws ? d_ws_.p : nullptr;
     check(cuda::decode_attention(p, stream_), "decode_attention");
-    return;
   }
+  if (D >= n_seqs_) return;
+  // The rest (prefill chunks, and any one-token sequence after them): varlen prefill kernel.
   cuda::PrefillAttentionParams p{};
   p.q = q.data;
   p.ldq = q.ld;
   p.k_cache = kv.k;
   p.v_cache = kv.v;
-  p.block_tables = d_tables_;
+  p.block_tables = d_tables_ + D * max_blocks_;
   p.max_blocks_per_seq = max_blocks_;
-  p.cu_seqlens_q = d_cu_q_;
-  p.start_pos = d_start_;
+  p.cu_seqlens_q = d_cu_q_ + D;  // absolute row offsets: no shift of q or out
+  p.start_pos = d_start_ + D;
   p.max_q_len = max_q_len_;
-  p.n_seqs = n_seqs_;
+  p.n_seqs = n_seqs_ - D;
   p.n_heads = n_heads;
   p.n_kv_heads = kv.n_kv_heads;
   p.head_dim = kv.head_dim;
