@@ -1,6 +1,7 @@
 #include "model/model_loader.h"
 
 #include "loader/safetensors.h"
+#include "model/kv_cache.h"
 #include "model/synthetic.h"
 
 namespace gale {
@@ -10,6 +11,26 @@ LoadedModel load_model(const std::string& path, ActDType act) {
   o.bf16_activations = act == ActDType::BF16;
   return load_model(path, o);
 }
+
+namespace {
+
+// A GPU loads kernel modules, creates cuBLASLt's state and picks GEMM algorithms on first use:
+// one short prefill and a few decode steps at load time keep that out of the first request's
+// time to first token (vLLM warms up the same way).
+void warm_up(Transformer& m) {
+  const int64_t bs = 16, n = 16;
+  KVCache kv(m.config(), 2, bs, m.kv_dtype(), &m.backend());
+  std::vector<int32_t> prompt(size_t(n), 0), table = {0, 1};
+  std::vector<int32_t> next;
+  SeqStep s{prompt, 0, table, SeqStep::Logits::Last};
+  m.forward_argmax({&s, 1}, kv, next);
+  for (int64_t i = 0; i < 2; ++i) {
+    SeqStep d{std::span<const int32_t>(next.data(), 1), n + i, table, SeqStep::Logits::Last};
+    m.forward_argmax({&d, 1}, kv, next);
+  }
+}
+
+}  // namespace
 
 LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
   const ActDType act = bo.bf16_activations || bo.device != "cpu" ? ActDType::BF16 : ActDType::F32;
@@ -21,11 +42,13 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
     ModelConfig cfg = synthetic_config(path.substr(kSynthetic.size()));
     m.synthetic = true;
     m.model = std::make_unique<Transformer>(cfg, synthetic_weights(cfg), act, std::move(backend));
+    if (!m.model->backend().is_cpu()) warm_up(*m.model);
     return m;
   }
   ModelConfig cfg = load_model_config(path);
   auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(path));
   m.model = std::make_unique<Transformer>(cfg, bind_weights(st, cfg), act, std::move(backend));
+  if (!m.model->backend().is_cpu()) warm_up(*m.model);
   return m;
 }
 
