@@ -400,6 +400,11 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     if (need > free)
       throw Error("the model's weights (" + gib(need) + " as bf16) do not fit in the free memory of " + name() + " (" +
                   gib(free) + " of " + gib(total) + ")");
+    const double share = util_ * double(total) - double(total - free);
+    if (double(need) > share)
+      throw Error("the model's weights (" + gib(need) + " as bf16) exceed --gpu-memory-utilization " +
+                  std::to_string(util_).substr(0, 4) + " of " + name() + " (" + gib(size_t(std::max(share, 0.0))) +
+                  " available to Gale)");
   }
   // Fuses projections that read the same input into one [sum n, in] matrix.
   auto fuse = [&](std::initializer_list<const Linear*> ls) {
