@@ -14,9 +14,9 @@ int cuda_device_count();
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.bf16_activations);
   if (o.device.rfind("cuda", 0) == 0) {
-    int index = 0;
+    [[maybe_unused]] int index = 0;
     if (o.device.size() > 4) {
-      if (o.device[4] != ':' || o.device.size() == 5 ||
+      if (o.device[4] != ':' || o.device.size() == 5 || o.device.size() > 9 ||
           o.device.find_first_not_of("0123456789", 5) != std::string::npos)
         throw Error("--device '" + o.device + "': expected cpu, cuda or cuda:N");
       index = std::stoi(o.device.substr(5));

@@ -137,6 +137,22 @@ TEST(Cli, BadInputIsOneClearError) {
   fs::remove_all(d);
 }
 
+// --device: unknown devices and malformed indices are one clear error; on a machine without a
+// GPU (CI) asking for cuda says so (built with CUDA: no GPU visible; without: not built in).
+TEST(Cli, DeviceFlagErrors) {
+  const std::string m = " -m " + fixture("llama-f32") + " --ids 1,2 -n 2";
+  expect_error("generate" + m + " --device tpu", "--device 'tpu'");
+  expect_error("generate" + m + " --device cuda:x", "cuda:N");
+  expect_error("generate" + m + " --device cuda:99999999999", "cuda:N");
+  Result r = gale("generate" + m + " --device cpu --json");
+  EXPECT_EQ(r.code, 0) << r.err;
+  Result g = gale("generate" + m + " --device cuda:0");
+  if (g.code != 0) {  // no GPU here, or a build without CUDA
+    EXPECT_EQ(g.code, 1);
+    EXPECT_NE(g.err.find("--device cuda:0"), std::string::npos) << g.err;
+  }
+}
+
 TEST(Cli, HelpListsTheSubcommands) {
   Result r = gale("--help");
   EXPECT_EQ(r.code, 0);
