@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/mapped_file.h"
 
 namespace gale {
 
@@ -18,23 +19,6 @@ struct TensorInfo {
   size_t nbytes = 0;
   std::string file;               // shard it lives in (for messages)
   int64_t numel() const;
-};
-
-// A read-only mmap of a whole file; unmapped on destruction.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path);  // throws gale::Error
-  ~MappedFile();
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  uint8_t* data_ = nullptr;
-  size_t size_ = 0;
 };
 
 // Parses the header of one safetensors blob (8-byte little-endian length, JSON, data).

@@ -1,16 +1,11 @@
 // Loading tokenizer.json and running the encode / decode pipeline.
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <optional>
 
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode_util.h"
 
@@ -163,42 +158,6 @@ namespace gale {
 
 namespace {
 
-// The file mapped read-only (MAP_POPULATE: its pages come from the page cache in one go, with no
-// copy and no zero-filled buffer to fault in); empty files are not mapped.
-class FileView {
- public:
-  explicit FileView(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw Error("cannot open " + path + ": " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      throw Error(path + ": not a regular file");
-    }
-    size_ = size_t(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-      if (p == MAP_FAILED) {
-        int e = errno;
-        ::close(fd);
-        throw Error("cannot mmap " + path + ": " + std::strerror(e));
-      }
-      data_ = static_cast<const char*>(p);
-    }
-    ::close(fd);
-  }
-  ~FileView() {
-    if (data_) ::munmap(const_cast<char*>(data_), size_);
-  }
-  FileView(const FileView&) = delete;
-  FileView& operator=(const FileView&) = delete;
-  std::string_view text() const { return std::string_view(data_, size_); }
-
- private:
-  const char* data_ = nullptr;
-  size_t size_ = 0;
-};
-
 std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg_text, const std::string& tok_name,
                                  const std::string& cfg_name) {
   using tok::json;
@@ -234,9 +193,10 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& model_dir) {
   std::string cfg_path = model_dir + "/tokenizer_config.json";
   std::ifstream probe(tok_path);
   if (!probe) throw Error("no tokenizer.json in " + model_dir);
-  FileView tok_file(tok_path);
-  std::optional<FileView> cfg_file;
-  if (std::ifstream(cfg_path)) cfg_file.emplace(cfg_path);
+  // Mapped with every page faulted in at once: no copy, no zero-filled buffer to fault in.
+  MappedFile tok_file(tok_path, /*populate=*/true);
+  std::optional<MappedFile> cfg_file;
+  if (std::ifstream(cfg_path)) cfg_file.emplace(cfg_path, true);
   return build(tok_file.text(), cfg_file ? cfg_file->text() : std::string_view(), tok_path, cfg_path);
 }
 
