@@ -25,8 +25,6 @@ void* CpuBackend::alloc(size_t bytes) {
 void CpuBackend::release(void* p, size_t) { std::free(p); }
 void CpuBackend::copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 
-void CpuBackend::prepare(const ModelConfig& cfg, const ModelWeights&) { hidden_ = cfg.hidden_size; }
-
 void CpuBackend::embedding(const ModelWeights& w, Act out) {
   check_f32(out);
   GALE_ASSERT(out.ld == out.cols && out.rows == plan_->T());

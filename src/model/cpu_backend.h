@@ -16,7 +16,7 @@ class CpuBackend final : public Backend {
   void* alloc(size_t bytes) override;
   void release(void* p, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
-  void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
+  void prepare(const ModelConfig&, const ModelWeights&) override {}  // weights are read in place
   void begin_step(const StepPlan& plan) override { plan_ = &plan; }
 
   void embedding(const ModelWeights& w, Act out) override;
@@ -37,7 +37,6 @@ class CpuBackend final : public Backend {
 
  private:
   bool bf16_;
-  int64_t hidden_ = 0;
   const StepPlan* plan_ = nullptr;
 };
 

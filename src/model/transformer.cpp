@@ -136,7 +136,7 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
       be.rmsnorm(x_, L.ffn_norm, eps, xn_);
       be.round_act(xn_);
       if (c.num_experts > 0) moe_block(L, Tp);
-      else mlp_block(L, Tp);
+      else mlp_block(L);
       be.round_act(x_);
     }
     // Final norm and LM head only for the rows whose logits were asked for.
@@ -176,22 +176,26 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
   be.linear(L.o, attn, x_, /*accumulate=*/true);  // residual add
 }
 
-void Transformer::mlp_block(const LayerWeights& L, int64_t T) {
+Act Transformer::swiglu(const Linear& gate, const Linear& up, Act in) {
   Backend& be = *backend_;
   const int64_t I = cfg_.intermediate_size;
-  Act gu = buffer(bgu_, T, 2 * I, be.act_dtype());
-  const Linear* proj[] = {&L.gate, &L.up};
-  be.linear_fused(proj, xn_, gu);
-  Act gate = gu.cols_range(0, I);
-  be.silu_mul(gate, gu.cols_range(I, I));
-  be.round_act(gate);
-  be.linear(L.down, gate, x_, /*accumulate=*/true);  // residual add
+  Act gu = buffer(bgu_, in.rows, 2 * I, be.act_dtype());
+  const Linear* proj[] = {&gate, &up};
+  be.linear_fused(proj, in, gu);
+  Act g = gu.cols_range(0, I);
+  be.silu_mul(g, gu.cols_range(I, I));
+  be.round_act(g);
+  return g;
+}
+
+void Transformer::mlp_block(const LayerWeights& L) {
+  backend_->linear(L.down, swiglu(L.gate, L.up, xn_), x_, /*accumulate=*/true);  // residual add
 }
 
 void Transformer::moe_block(const LayerWeights& L, int64_t T) {
   const ModelConfig& c = cfg_;
   Backend& be = *backend_;
-  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, K = c.num_experts_per_tok;
+  const int64_t H = c.hidden_size, E = c.num_experts, K = c.num_experts_per_tok;
   // Routing on the host: softmax over experts in f32, top-k, renormalize (Mixtral). The router
   // logits are T x E floats; the host needs them anyway to size each expert's batch.
   Act router = buffer(brouter_, T, E, DType::F32);
@@ -226,14 +230,8 @@ void Transformer::moe_block(const LayerWeights& L, int64_t T) {
     const ExpertWeights& X = L.experts[size_t(e)];
     Act in = buffer(bmoe_in_, n, H, be.act_dtype());
     be.gather_rows(xn_, rows, in);
-    Act gu = buffer(bgu_, n, 2 * I, be.act_dtype());
-    const Linear* proj[] = {&X.gate, &X.up};
-    be.linear_fused(proj, in, gu);
-    Act gate = gu.cols_range(0, I);
-    be.silu_mul(gate, gu.cols_range(I, I));
-    be.round_act(gate);
     Act out = buffer(bmoe_out_, n, H, be.is_cpu() ? DType::F32 : be.act_dtype());
-    be.linear(X.down, gate, out, false);
+    be.linear(X.down, swiglu(X.gate, X.up, in), out, false);
     be.scatter_add_rows(out, rows, wt[size_t(e)], x_);
   }
 }

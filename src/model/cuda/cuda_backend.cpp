@@ -306,7 +306,7 @@ class CudaBackend final : public Backend {
   int32_t *d_ids_ = nullptr, *d_slots_ = nullptr, *d_seq_lens_ = nullptr, *d_cu_q_ = nullptr, *d_start_ = nullptr,
           *d_logit_rows_ = nullptr, *d_tables_ = nullptr;
   float *d_cos_ = nullptr, *d_sin_ = nullptr;
-  int64_t n_seqs_ = 0, n_tokens_ = 0, max_blocks_ = 0, max_q_len_ = 0, max_seq_len_ = 0, block_size_ = 0;
+  int64_t n_seqs_ = 0, n_tokens_ = 0, max_blocks_ = 0, max_q_len_ = 0, max_seq_len_ = 0;
   bool all_decode_ = false;
   int64_t n_lead_decode_ = 0;  // leading one-token sequences (all of them in a decode step)
 
@@ -585,7 +585,6 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   max_blocks_ = maxb;
   max_q_len_ = max_q;
   max_seq_len_ = max_len;
-  block_size_ = bs;
   if (n_lead_decode_ > 0) {  // the split-K workspace, sized here: nothing may be allocated mid-capture
     cuda::DecodeAttentionParams p{};
     p.n_seqs = n_lead_decode_;
