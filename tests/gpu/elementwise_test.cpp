@@ -16,17 +16,6 @@ namespace {
 
 using namespace gale::test;
 
-// Uploads host floats as dtype (F32 or BF16) and returns the values the device really holds.
-std::vector<float> upload_as(DevBuf& b, const std::vector<float>& v, DType t) {
-  if (t == DType::F32) {
-    b.upload(v);
-    return v;
-  }
-  auto h = to_bf16(v);
-  b.upload(h);
-  return bf16_to_f32v(h);
-}
-
 TEST(CudaEmbedding, MatchesCpuForEveryTableAndOutputDtype) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();

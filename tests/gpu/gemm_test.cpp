@@ -1,5 +1,7 @@
-// cuBLASLt bf16 GEMM wrapper against gale::ref::matmul (double accumulation) on the same
-// bf16 values.
+// The bf16 products (cuBLASLt GEMM wrapper, decode GEMV) against gale::ref::matmul (double
+// accumulation) on the same bf16 values.
+#include <functional>
+
 #include "gpu_test_util.h"
 #include "kernels/cuda/gemm_lt.cuh"
 #include "kernels/cuda/gemv_bf16.cuh"
@@ -10,6 +12,58 @@ namespace {
 
 using namespace gale::test;
 
+struct ProductCase { int64_t M, N, K; DType yt; bool acc; int64_t pad; };
+
+// Random bf16 x and W (W's row padding NaN when poison_w_pad: never read), y preset when
+// accumulating; `launch` runs the product `runs` times; checks y against the reference and that
+// y's row padding was not written.
+void check_product(std::mt19937& g, const ProductCase& c, int runs, bool poison_w_pad,
+                   const std::function<void(const cuda::GemmParams&)>& launch) {
+  SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " acc=" << c.acc);
+  const int64_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
+  std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g)), w = round_bf16(randn(size_t(c.N * ldw), g, 0.05f));
+  if (poison_w_pad)
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = c.K; j < ldw; ++j) w[size_t(i * ldw + j)] = NAN;
+  std::vector<float> y0 = randn(size_t(c.M * ldy), g);
+  if (c.yt == DType::BF16) y0 = round_bf16(y0);
+  DevBuf dx = to_device(to_bf16(x));
+  auto wb = to_bf16(w);
+  DevBuf dw = to_device(wb);
+  DevBuf dy(size_t(c.M * ldy) * dtype_size(c.yt));
+  if (c.acc) {
+    if (c.yt == DType::F32) dy.upload(y0);
+    else dy.upload(to_bf16(y0));
+  }
+  const cuda::GemmParams p{dx.p, ldx, dw.p, ldw, dy.p, ldy, c.yt, c.M, c.N, c.K, c.acc};
+  for (int r = 0; r < runs; ++r) {
+    launch(p);
+    if (testing::Test::HasFatalFailure()) return;
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint16_t> wdense(static_cast<size_t>(c.N * c.K));  // ref::matmul takes W with row stride K
+  for (int64_t i = 0; i < c.N; ++i)
+    for (int64_t j = 0; j < c.K; ++j) wdense[size_t(i * c.K + j)] = wb[size_t(i * ldw + j)];
+  // With accumulate the reference adds x·Wᵀ once per run.
+  std::vector<float> ref(static_cast<size_t>(c.M * ldy));
+  for (int64_t i = 0; i < c.M; ++i)
+    for (int64_t j = 0; j < c.N; ++j) ref[size_t(i * ldy + j)] = c.acc ? y0[size_t(i * ldy + j)] : 0.0f;
+  for (int rep = 0; rep < (c.acc ? runs : 1); ++rep)
+    ref::matmul(x.data(), ldx, c.M, c.K, wdense.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
+  auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
+  std::vector<float> out, rr;
+  for (int64_t i = 0; i < c.M; ++i)
+    for (int64_t j = 0; j < c.N; ++j) {
+      out.push_back(y[size_t(i * ldy + j)]);
+      rr.push_back(ref[size_t(i * ldy + j)]);
+    }
+  // f32 output: only accumulation order differs; bf16 output: one rounding (twice with acc).
+  EXPECT_LT(rel_err(out, rr), c.yt == DType::F32 ? 1e-5 : 6e-3);
+  if (c.pad && !c.acc) {
+    EXPECT_TRUE(std::isnan(y[size_t(c.N)])) << "row padding written";
+  }
+}
+
 TEST(CudaGemmLt, MatchesReferenceMatmul) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();
@@ -17,51 +71,12 @@ TEST(CudaGemmLt, MatchesReferenceMatmul) {
   std::mt19937 g(seed);
   cuda::GemmContext* ctx = nullptr;
   CUDA_OK(cuda::gemm_context_create(&ctx));
-  struct C { int64_t M, N, K; DType yt; bool acc; int64_t pad; };
-  for (const C c : {C{1, 1024, 4096, DType::BF16, false, 0}, C{7, 1000, 512, DType::F32, true, 0},
-                    C{64, 256, 2048, DType::BF16, false, 8}, C{333, 768, 1024, DType::F32, false, 0},
-                    C{129, 4104, 96, DType::BF16, true, 16}}) {
-    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " acc=" << c.acc);
-    const int64_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
-    std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g)), w = round_bf16(randn(size_t(c.N * ldw), g, 0.05f));
-    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
-    if (c.yt == DType::BF16) y0 = round_bf16(y0);
-    DevBuf dx = to_device(to_bf16(x));
-    auto wb = to_bf16(w);
-    DevBuf dw = to_device(wb);
-    DevBuf dy(size_t(c.M * ldy) * dtype_size(c.yt));
-    if (c.acc) {
-      if (c.yt == DType::F32) dy.upload(y0);
-      else dy.upload(to_bf16(y0));
-    }
-    cuda::GemmParams p{dx.p, ldx, dw.p, ldw, dy.p, ldy, c.yt, c.M, c.N, c.K, c.acc};
-    ASSERT_EQ(cuda::gemm_bf16(ctx, p, nullptr), cudaSuccess) << cuda::gemm_last_error(ctx);
-    if (c.acc) {
+  for (const ProductCase c : {ProductCase{1, 1024, 4096, DType::BF16, false, 0}, ProductCase{7, 1000, 512, DType::F32, true, 0},
+                              ProductCase{64, 256, 2048, DType::BF16, false, 8}, ProductCase{333, 768, 1024, DType::F32, false, 0},
+                              ProductCase{129, 4104, 96, DType::BF16, true, 16}})
+    check_product(g, c, c.acc ? 2 : 1, false, [&](const cuda::GemmParams& p) {
       ASSERT_EQ(cuda::gemm_bf16(ctx, p, nullptr), cudaSuccess) << cuda::gemm_last_error(ctx);
-    }
-    CUDA_OK(cudaDeviceSynchronize());
-    std::vector<uint16_t> wdense(static_cast<size_t>(c.N * c.K));  // ref::matmul takes W with row stride K
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t j = 0; j < c.K; ++j) wdense[size_t(i * c.K + j)] = wb[size_t(i * ldw + j)];
-    // Ran twice: with accumulate the reference adds x·Wᵀ twice.
-    std::vector<float> ref(static_cast<size_t>(c.M * ldy));
-    for (int64_t i = 0; i < c.M; ++i)
-      for (int64_t j = 0; j < c.N; ++j) ref[size_t(i * ldy + j)] = c.acc ? y0[size_t(i * ldy + j)] : 0.0f;
-    for (int rep = 0; rep < (c.acc ? 2 : 1); ++rep)
-      ref::matmul(x.data(), ldx, c.M, c.K, wdense.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
-    auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
-    std::vector<float> out, rr;
-    for (int64_t i = 0; i < c.M; ++i)
-      for (int64_t j = 0; j < c.N; ++j) {
-        out.push_back(y[size_t(i * ldy + j)]);
-        rr.push_back(ref[size_t(i * ldy + j)]);
-      }
-    // f32 output: only accumulation order differs; bf16 output: one rounding (twice with acc).
-    EXPECT_LT(rel_err(out, rr), c.yt == DType::F32 ? 1e-5 : 6e-3);
-    if (c.pad) {
-      EXPECT_TRUE(std::isnan(y[size_t(c.N)]) || c.acc) << "row padding written";
-    }
-  }
+    });
   EXPECT_EQ(cuda::gemm_cached_plans(ctx), 5u);
   cuda::gemm_context_destroy(ctx);
 }
@@ -73,49 +88,14 @@ TEST(CudaGemv, MatchesReferenceMatmul) {
   const uint32_t seed = fresh_seed();
   SCOPED_TRACE(seed);
   std::mt19937 g(seed);
-  struct C { int64_t M, N, K; DType yt; bool acc; int64_t pad; };
-  for (const C c : {C{1, 4096, 4096, DType::BF16, false, 0}, C{1, 1000, 14336, DType::F32, true, 0},
-                    C{2, 777, 1032, DType::BF16, false, 8}, C{3, 129, 64, DType::F32, false, 16},
-                    C{4, 6144, 4096, DType::BF16, false, 0}, C{8, 513, 2056, DType::F32, true, 8},
-                    C{5, 100, 8, DType::BF16, true, 0}}) {
-    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " acc=" << c.acc);
-    const int64_t ldx = c.K + c.pad, ldw = c.K + c.pad, ldy = c.N + c.pad;
-    std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g)), w = round_bf16(randn(size_t(c.N * ldw), g, 0.05f));
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t j = c.K; j < ldw; ++j) w[size_t(i * ldw + j)] = NAN;  // never read
-    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
-    if (c.yt == DType::BF16) y0 = round_bf16(y0);
-    DevBuf dx = to_device(to_bf16(x));
-    auto wb = to_bf16(w);
-    DevBuf dw = to_device(wb);
-    DevBuf dy(size_t(c.M * ldy) * dtype_size(c.yt));
-    if (c.acc) {
-      if (c.yt == DType::F32) dy.upload(y0);
-      else dy.upload(to_bf16(y0));
-    }
-    cuda::GemmParams p{dx.p, ldx, dw.p, ldw, dy.p, ldy, c.yt, c.M, c.N, c.K, c.acc};
-    ASSERT_TRUE(cuda::gemv_bf16_supported(p));
-    CUDA_OK(cuda::gemv_bf16(p, nullptr));
-    CUDA_OK(cudaDeviceSynchronize());
-    std::vector<uint16_t> wdense(static_cast<size_t>(c.N * c.K));
-    for (int64_t i = 0; i < c.N; ++i)
-      for (int64_t j = 0; j < c.K; ++j) wdense[size_t(i * c.K + j)] = wb[size_t(i * ldw + j)];
-    std::vector<float> ref(static_cast<size_t>(c.M * ldy));
-    for (int64_t i = 0; i < c.M; ++i)
-      for (int64_t j = 0; j < c.N; ++j) ref[size_t(i * ldy + j)] = c.acc ? y0[size_t(i * ldy + j)] : 0.0f;
-    ref::matmul(x.data(), ldx, c.M, c.K, wdense.data(), DType::BF16, c.N, nullptr, ref.data(), ldy, true);
-    auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
-    std::vector<float> out, rr;
-    for (int64_t i = 0; i < c.M; ++i)
-      for (int64_t j = 0; j < c.N; ++j) {
-        out.push_back(y[size_t(i * ldy + j)]);
-        rr.push_back(ref[size_t(i * ldy + j)]);
-      }
-    EXPECT_LT(rel_err(out, rr), c.yt == DType::F32 ? 1e-5 : 6e-3);
-    if (c.pad && !c.acc) {
-      EXPECT_TRUE(std::isnan(y[size_t(c.N)])) << "row padding written";
-    }
-  }
+  for (const ProductCase c : {ProductCase{1, 4096, 4096, DType::BF16, false, 0}, ProductCase{1, 1000, 14336, DType::F32, true, 0},
+                              ProductCase{2, 777, 1032, DType::BF16, false, 8}, ProductCase{3, 129, 64, DType::F32, false, 16},
+                              ProductCase{4, 6144, 4096, DType::BF16, false, 0}, ProductCase{8, 513, 2056, DType::F32, true, 8},
+                              ProductCase{5, 100, 8, DType::BF16, true, 0}})
+    check_product(g, c, 1, true, [](const cuda::GemmParams& p) {
+      ASSERT_TRUE(cuda::gemv_bf16_supported(p));
+      CUDA_OK(cuda::gemv_bf16(p, nullptr));
+    });
   cuda::GemmParams bad{};
   bad.M = 9;
   bad.K = 64;

@@ -78,6 +78,17 @@ inline std::vector<float> round_bf16(std::vector<float> v) {
   for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
   return v;
 }
+// Uploads host floats as dtype (F32 or BF16) and returns the values the device really holds.
+inline std::vector<float> upload_as(DevBuf& b, const std::vector<float>& v, DType t) {
+  if (t == DType::F32) {
+    b.upload(v);
+    return v;
+  }
+  auto h = to_bf16(v);
+  b.upload(h);
+  return bf16_to_f32v(h);
+}
+
 // Downloads n elements of dtype F32 or BF16 as floats.
 inline std::vector<float> download_f32(const DevBuf& b, DType t, size_t n) {
   if (t == DType::F32) return b.download<float>(n);
