@@ -112,12 +112,38 @@ class Backend {
   // Several projections of the same input side by side: out's columns are ls[0]'s outputs,
   // then ls[1]'s, ... (q|k|v, gate|up).
   virtual void linear_fused(std::span<const Linear* const> ls, Act in, Act out) = 0;
+  // out = rmsnorm(x) · [W_0; W_1; ...]ᵀ (linear_fused of ls over the normalized rows, rounded to
+  // the activation dtype first). `normed` is scratch of x's shape: afterwards it holds the
+  // normalized rows or nothing (a backend may fuse the norm into the product).
+  virtual void rmsnorm_linear(Act x, const std::vector<float>& norm_w, float eps, Act normed,
+                              std::span<const Linear* const> ls, Act out) {
+    rmsnorm(x, norm_w, eps, normed);
+    round_act(normed);
+    linear_fused(ls, normed, out);
+  }
+  // out (=|+=) (silu(gate) * up) · Wᵀ, where gate_up = [gate | up] as linear_fused of (gate, up)
+  // wrote it. The gate half is scratch afterwards.
+  virtual void swiglu_linear(Act gate_up, const Linear& down, Act out, bool accumulate) {
+    const int64_t I = gate_up.cols / 2;
+    Act g = gate_up.cols_range(0, I);
+    silu_mul(g, gate_up.cols_range(I, I));
+    round_act(g);
+    linear(down, g, out, accumulate);
+  }
   // RoPE in place on q and k with the step's rotary tables.
   virtual void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) = 0;
   // Writes the step's K/V rows into the paged cache, then attention of every sequence's new
   // queries over its cached context (causal, GQA, sliding window when window > 0).
   virtual void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                          Act out) = 0;
+  // rope(q, k) then attention(...) in one call, so that a backend may rotate k on its way
+  // into the cache.
+  virtual void rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                              Act out) {
+    rope(q, n_heads, k, kv.n_kv_heads, kv.head_dim);
+    round_act(q);
+    attention(kv, q, k, v, n_heads, window, scale, out);
+  }
   // gate = silu(gate) * up (in place).
   virtual void silu_mul(Act gate, Act up) = 0;
   // Rounds f32 activations to bf16 in place (`--dtype bf16` on the CPU); no-op where the

@@ -130,13 +130,14 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
     const float eps = float(c.rms_norm_eps);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const LayerWeights& L = w_.layers[size_t(l)];
-      be.rmsnorm(x_, L.attn_norm, eps, xn_);
-      be.round_act(xn_);
       attention_block(l, kv, Tp);
-      be.rmsnorm(x_, L.ffn_norm, eps, xn_);
-      be.round_act(xn_);
-      if (c.num_experts > 0) moe_block(L, Tp);
-      else mlp_block(L);
+      if (c.num_experts > 0) {
+        be.rmsnorm(x_, L.ffn_norm, eps, xn_);  // the router and the experts' gathers read xn_
+        be.round_act(xn_);
+        moe_block(L, Tp);
+      } else {
+        mlp_block(L);
+      }
       be.round_act(x_);
     }
     // Final norm and LM head only for the rows whose logits were asked for.
@@ -160,36 +161,25 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
   const int64_t hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd;
   Act qkv = buffer(bqkv_, T, qd + 2 * kvd, be.act_dtype());
   const Linear* proj[] = {&L.q, &L.k, &L.v};
-  be.linear_fused(proj, xn_, qkv);
+  be.rmsnorm_linear(x_, L.attn_norm, float(c.rms_norm_eps), xn_, proj, qkv);
   Act q = qkv.cols_range(0, qd), k = qkv.cols_range(qd, kvd), v = qkv.cols_range(qd + kvd, kvd);
   if (c.qk_norm) {  // per-head RMSNorm before RoPE (Qwen3)
     be.head_rmsnorm(q, c.num_heads, L.q_norm, float(c.rms_norm_eps));
     be.head_rmsnorm(k, c.num_kv_heads, L.k_norm, float(c.rms_norm_eps));
   }
-  be.rope(q, c.num_heads, k, c.num_kv_heads, hd);
-  be.round_act(q);
-
   Act attn = buffer(battn_, T, qd, be.act_dtype());
   const KVLayer kvl{kv.k(l), kv.v(l), kv.dtype(), kv.block_size(), c.num_kv_heads, hd};
-  be.attention(kvl, q, k, v, c.num_heads, c.layer_window[size_t(l)], 1.0f / std::sqrt(float(hd)), attn);
+  be.rope_attention(kvl, q, k, v, c.num_heads, c.layer_window[size_t(l)], 1.0f / std::sqrt(float(hd)), attn);
   be.round_act(attn);
   be.linear(L.o, attn, x_, /*accumulate=*/true);  // residual add
 }
 
-Act Transformer::swiglu(const Linear& gate, const Linear& up, Act in) {
-  Backend& be = *backend_;
-  const int64_t I = cfg_.intermediate_size;
-  Act gu = buffer(bgu_, in.rows, 2 * I, be.act_dtype());
-  const Linear* proj[] = {&gate, &up};
-  be.linear_fused(proj, in, gu);
-  Act g = gu.cols_range(0, I);
-  be.silu_mul(g, gu.cols_range(I, I));
-  be.round_act(g);
-  return g;
-}
-
 void Transformer::mlp_block(const LayerWeights& L) {
-  backend_->linear(L.down, swiglu(L.gate, L.up, xn_), x_, /*accumulate=*/true);  // residual add
+  Backend& be = *backend_;
+  Act gu = buffer(bgu_, x_.rows, 2 * cfg_.intermediate_size, be.act_dtype());
+  const Linear* proj[] = {&L.gate, &L.up};
+  be.rmsnorm_linear(x_, L.ffn_norm, float(cfg_.rms_norm_eps), xn_, proj, gu);
+  be.swiglu_linear(gu, L.down, x_, /*accumulate=*/true);  // residual add
 }
 
 void Transformer::moe_block(const LayerWeights& L, int64_t T) {
@@ -231,7 +221,10 @@ void Transformer::moe_block(const LayerWeights& L, int64_t T) {
     Act in = buffer(bmoe_in_, n, H, be.act_dtype());
     be.gather_rows(xn_, rows, in);
     Act out = buffer(bmoe_out_, n, H, be.is_cpu() ? DType::F32 : be.act_dtype());
-    be.linear(X.down, swiglu(X.gate, X.up, in), out, false);
+    Act gu = buffer(bgu_, n, 2 * c.intermediate_size, be.act_dtype());
+    const Linear* proj[] = {&X.gate, &X.up};
+    be.linear_fused(proj, in, gu);
+    be.swiglu_linear(gu, X.down, out, false);
     be.scatter_add_rows(out, rows, wt[size_t(e)], x_);
   }
 }

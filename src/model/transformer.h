@@ -60,9 +60,6 @@ class Transformer {
   Act run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host);
   void build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t block_size);
   void attention_block(int64_t layer, KVCache& kv, int64_t T);
-  // silu(in · gateᵀ) * (in · upᵀ) through one fused gate|up product; the result is a view
-  // into the gate|up buffer.
-  Act swiglu(const Linear& gate, const Linear& up, Act in);
   void mlp_block(const LayerWeights& L);
   void moe_block(const LayerWeights& L, int64_t T);
 

@@ -1,5 +1,6 @@
 // Element-wise CUDA kernels against the CPU kernels (kernels/cpu/ops.h) and scalar loops.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "gpu_test_util.h"
@@ -9,6 +10,7 @@
 #include "kernels/cuda/kv_cache_write.cuh"
 #include "kernels/cuda/rmsnorm_residual.cuh"
 #include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/rope_kv_write.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 
 namespace gale {
@@ -134,6 +136,56 @@ TEST(CudaRope, MatchesCpuRotateHalf) {
   }
 }
 
+// The fused kernel against its two parts (each tested against the CPU above/below): bit-exact.
+TEST(CudaRopeKVWrite, EqualsRopeThenCacheWrite) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  struct C { int64_t T, hq, hk, hd, rot; DType t, ct; };
+  for (const C c : {C{1, 32, 8, 128, 128, DType::BF16, DType::BF16}, C{9, 8, 2, 64, 32, DType::F32, DType::BF16},
+                    C{5, 4, 4, 64, 64, DType::BF16, DType::F32}}) {
+    SCOPED_TRACE(testing::Message() << "T=" << c.T << " hd=" << c.hd << " rot=" << c.rot);
+    const int64_t bs = 16, row = c.hk * c.hd, ld = (c.hq + 2 * c.hk) * c.hd + 8, cache_rows = 4 * bs;
+    const auto qkv0 = randn(size_t(c.T * ld), g);
+    std::vector<float> cs(size_t(c.T * c.rot / 2)), sn(cs.size());
+    std::uniform_real_distribution<float> ang(-30.0f, 30.0f);
+    for (size_t i = 0; i < cs.size(); ++i) { float a = ang(g); cs[i] = std::cos(a); sn[i] = std::sin(a); }
+    std::vector<int32_t> slots(size_t(c.T));
+    for (int64_t t = 0; t < c.T; ++t) slots[size_t(t)] = int32_t((t * 7 + 3) % cache_rows);
+    slots.back() = -1;  // a padding token: rotated, not cached
+    DevBuf dc = to_device(cs), ds = to_device(sn), dslots = to_device(slots);
+    std::vector<std::vector<uint8_t>> got;
+    for (bool fused : {false, true}) {
+      DevBuf dqkv(size_t(c.T * ld) * dtype_size(c.t));
+      upload_as(dqkv, qkv0, c.t);
+      const size_t cb = size_t(cache_rows * row) * dtype_size(c.ct);
+      DevBuf kc(cb), vc(cb);
+      CUDA_OK(cudaMemset(kc.p, 0xFF, cb));
+      CUDA_OK(cudaMemset(vc.p, 0xFF, cb));
+      const size_t es = dtype_size(c.t);
+      uint8_t* q = static_cast<uint8_t*>(dqkv.p);
+      uint8_t* k = q + size_t(c.hq * c.hd) * es;
+      uint8_t* v = k + size_t(row) * es;
+      cuda::RopeParams rp{q, ld, c.hq, k, ld, c.hk, c.t, c.T, c.hd, c.rot, dc.as<float>(), ds.as<float>()};
+      cuda::KVCacheWriteParams wp{k, ld, v, ld, c.t, kc.p, vc.p, c.ct, dslots.as<int32_t>(), c.T, row};
+      if (fused) {
+        CUDA_OK(cuda::rope_kv_write({rp, wp}, nullptr));
+      } else {
+        CUDA_OK(cuda::rope_apply(rp, nullptr));
+        CUDA_OK(cuda::kv_cache_write(wp, nullptr));
+      }
+      CUDA_OK(cudaDeviceSynchronize());
+      got.push_back(dqkv.download<uint8_t>(size_t(c.T * ld) * es));
+      got.push_back(kc.download<uint8_t>(cb));
+      got.push_back(vc.download<uint8_t>(cb));
+    }
+    EXPECT_EQ(got[3], got[0]) << "q|k|v after";
+    EXPECT_EQ(got[4], got[1]) << "K cache";
+    EXPECT_EQ(got[5], got[2]) << "V cache";
+  }
+}
+
 TEST(CudaSiluMul, MatchesCpuOnGateUpHalves) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();
@@ -195,18 +247,33 @@ TEST(CudaArgmax, FirstMaximumLikeTorch) {
     // Row 1: a tie between two maxima; the first must win.
     x[size_t(ld + vocab - 1)] = 100.0f;
     x[size_t(ld + vocab / 2)] = 100.0f;
+    // Row 2: all negative with NaNs sprinkled in (never chosen); row 3: -0 and +0 maxima tie.
+    for (int64_t i = 0; i < vocab; ++i) {
+      x[size_t(2 * ld + i)] = i % 3 == 0 ? NAN : -1.0f - float(i % 97);
+      x[size_t(3 * ld + i)] = -1.0f;
+    }
+    x[size_t(3 * ld + vocab - 1)] = 0.0f;
+    x[size_t(3 * ld + vocab / 3)] = -0.0f;
     for (DType t : {DType::F32, DType::BF16}) {
       DevBuf dx(size_t(n * ld) * dtype_size(t));
       auto xv = upload_as(dx, x, t);
       DevBuf dout(size_t(n) * 4);
-      cuda::ArgmaxParams p{dx.p, t, ld, n, vocab, dout.as<int32_t>()};
-      CUDA_OK(cuda::argmax(p, nullptr));
-      CUDA_OK(cudaDeviceSynchronize());
-      auto out = dout.download<int32_t>(size_t(n));
-      for (int64_t r = 0; r < n; ++r) {
-        const float* row = xv.data() + r * ld;
-        int32_t ref = int32_t(std::max_element(row, row + vocab) - row);  // first maximum
-        EXPECT_EQ(out[size_t(r)], ref) << "row " << r << " vocab " << vocab << " " << dtype_name(t);
+      DevBuf ws(cuda::argmax_workspace_size(n));
+      CUDA_OK(cudaMemset(ws.p, 0, cuda::argmax_workspace_size(n)));
+      // One block per row, then the row split over blocks (twice: the workspace must come back zeroed).
+      for (void* w : {static_cast<void*>(nullptr), ws.p, ws.p}) {
+        CUDA_OK(cudaMemset(dout.p, 0xff, size_t(n) * 4));
+        cuda::ArgmaxParams p{dx.p, t, ld, n, vocab, dout.as<int32_t>(), w};
+        CUDA_OK(cuda::argmax(p, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto out = dout.download<int32_t>(size_t(n));
+        for (int64_t r = 0; r < n; ++r) {
+          const float* row = xv.data() + r * ld;
+          int32_t ref = 0;  // first maximum, NaNs skipped
+          for (int64_t i = 0; i < vocab; ++i)
+            if (!std::isnan(row[i]) && (std::isnan(row[ref]) || row[i] > row[ref])) ref = int32_t(i);
+          EXPECT_EQ(out[size_t(r)], ref) << "row " << r << " vocab " << vocab << " " << dtype_name(t) << (w ? " split" : "");
+        }
       }
     }
   }

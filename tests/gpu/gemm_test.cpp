@@ -1,5 +1,6 @@
 // The bf16 products (cuBLASLt GEMM wrapper, decode GEMV) against gale::ref::matmul (double
 // accumulation) on the same bf16 values.
+#include <cmath>
 #include <functional>
 
 #include "gpu_test_util.h"
@@ -91,7 +92,8 @@ TEST(CudaGemv, MatchesReferenceMatmul) {
   for (const ProductCase c : {ProductCase{1, 4096, 4096, DType::BF16, false, 0}, ProductCase{1, 1000, 14336, DType::F32, true, 0},
                               ProductCase{2, 777, 1032, DType::BF16, false, 8}, ProductCase{3, 129, 64, DType::F32, false, 16},
                               ProductCase{4, 6144, 4096, DType::BF16, false, 0}, ProductCase{8, 513, 2056, DType::F32, true, 8},
-                              ProductCase{5, 100, 8, DType::BF16, true, 0}})
+                              ProductCase{5, 100, 8, DType::BF16, true, 0}, ProductCase{1, 9000, 2048, DType::BF16, false, 0},
+                              ProductCase{3, 12000, 520, DType::F32, true, 8}})
     check_product(g, c, 1, true, [](const cuda::GemmParams& p) {
       ASSERT_TRUE(cuda::gemv_bf16_supported(p));
       CUDA_OK(cuda::gemv_bf16(p, nullptr));
@@ -100,6 +102,60 @@ TEST(CudaGemv, MatchesReferenceMatmul) {
   bad.M = 9;
   bad.K = 64;
   EXPECT_FALSE(cuda::gemv_bf16_supported(bad));
+}
+
+// The GEMV that normalizes its input itself: f32 rows x, y = bf16(w * x / rms(x)) · Wᵀ, against
+// the same formula on the host (as the RMSNorm kernel + plain GEMV would compute it).
+TEST(CudaGemv, RMSNormInputMatchesNormThenProduct) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  struct C { int64_t M, N, K, pad; DType yt; };
+  for (const C c : {C{1, 6144, 4096, 0, DType::BF16}, C{3, 1000, 1032, 8, DType::F32}, C{4, 2056, 4096, 0, DType::BF16},
+                    C{2, 40, 64, 16, DType::F32}}) {
+    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K);
+    const int64_t ldx = c.K + c.pad, ldy = c.N + c.pad;
+    const float eps = 1e-5f;
+    std::vector<float> x = randn(size_t(c.M * ldx), g, 3.0f), nw = randn(size_t(c.K), g);
+    std::vector<float> w = round_bf16(randn(size_t(c.N * c.K), g, 0.05f));
+    DevBuf dx = to_device(x), dnw = to_device(nw), dy(size_t(c.M * ldy) * dtype_size(c.yt));
+    auto wb = to_bf16(w);
+    DevBuf dw = to_device(wb);
+    const cuda::GemmParams p{dx.p, ldx, dw.p, c.K, dy.p, ldy, c.yt, c.M, c.N, c.K, false};
+    const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, dnw.as<float>(), eps};
+    ASSERT_TRUE(cuda::gemv_bf16_fusable(p, in));
+    CUDA_OK(cuda::gemv_bf16(p, nullptr, in));
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<float> xn(size_t(c.M * c.K)), ref(size_t(c.M * c.N));
+    for (int64_t i = 0; i < c.M; ++i) {
+      double ss = 0;
+      for (int64_t k = 0; k < c.K; ++k) ss += double(x[size_t(i * ldx + k)]) * x[size_t(i * ldx + k)];
+      const float inv = float(1.0 / std::sqrt(ss / double(c.K) + eps));
+      for (int64_t k = 0; k < c.K; ++k) xn[size_t(i * c.K + k)] = nw[size_t(k)] * (x[size_t(i * ldx + k)] * inv);
+    }
+    xn = round_bf16(xn);
+    ref::matmul(xn.data(), c.K, c.M, c.K, wb.data(), DType::BF16, c.N, nullptr, ref.data(), c.N, true);
+    auto y = download_f32(dy, c.yt, size_t(c.M * ldy));
+    std::vector<float> out;
+    for (int64_t i = 0; i < c.M; ++i)
+      for (int64_t j = 0; j < c.N; ++j) out.push_back(y[size_t(i * ldy + j)]);
+    EXPECT_LT(rel_err(out, ref), c.yt == DType::F32 ? 2e-3 : 6e-3);
+  }
+  // Beyond the staging budget (M > 4, or M * K * 2 bytes > 32 KB) the caller must not fuse.
+  cuda::GemmParams big{};
+  big.M = 5;
+  big.N = 8;
+  big.K = 64;
+  big.ldx = big.ldw = 64;
+  big.x = big.w = reinterpret_cast<void*>(uintptr_t(256));
+  big.y_dtype = DType::F32;
+  const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, reinterpret_cast<const float*>(uintptr_t(256)), 1e-5f};
+  EXPECT_FALSE(cuda::gemv_bf16_fusable(big, in));
+  big.M = 1;
+  EXPECT_TRUE(cuda::gemv_bf16_fusable(big, in));
+  big.K = big.ldx = big.ldw = 16392;
+  EXPECT_FALSE(cuda::gemv_bf16_fusable(big, in));
 }
 
 }  // namespace

@@ -10,8 +10,12 @@ struct ArgmaxParams {
   DType dtype;
   int64_t ld, n, vocab;
   int32_t* out;        // [n]
+  // Optional: argmax_workspace_size(n) bytes, zeroed once before the first call (each call
+  // leaves it zeroed again). With it a row is split over many blocks; without, one block a row.
+  void* workspace = nullptr;
 };
 
+size_t argmax_workspace_size(int64_t n);
 cudaError_t argmax(const ArgmaxParams& p, cudaStream_t stream);
 
 }  // namespace gale::cuda

@@ -20,6 +20,11 @@ namespace gale::cuda {
 // Multiprocessor count of the current device, read once per process.
 int device_sm_count();
 
+// Whether kernels are launched with programmatic dependent launch (PDL, Hopper and later): the
+// next kernel in the stream may start while this one finishes, and waits in pdl_wait() for its
+// inputs. Off below compute capability 9.0 or with GALE_CUDA_PDL=0; read once per process.
+bool pdl_enabled();
+
 }  // namespace gale::cuda
 
 #ifdef __CUDACC__
@@ -27,6 +32,39 @@ int device_sm_count();
 #include <cuda_fp16.h>
 
 namespace gale::cuda {
+
+// Programmatic dependent launch. Every kernel launched through launch() calls pdl_wait() before
+// it reads what an earlier kernel wrote or writes anything (the earlier kernel may still be
+// running); only immutable data (weights) may be read before it. pdl_launch_dependents() lets
+// the next kernel be scheduled once every block of this one has started. Both are no-ops
+// without PDL (plain launches, pre-Hopper targets).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) with PDL allowed where pdl_enabled().
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -69,6 +69,8 @@ Split choose_split(const DecodeAttentionParams& p) {
 template <typename KV, int HD, int TH>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAttentionParams p, int part_size,
                                                                        int max_parts, int head_tiles) {
+  pdl_launch_dependents();
+  pdl_wait();
   constexpr int LPT = HD / 8;           // lanes per token: each lane owns 8 consecutive dims
   constexpr int TPW = 32 / LPT;         // tokens per warp per step
   constexpr int STEP = kWarps * TPW;    // tokens per block per step
@@ -216,6 +218,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
 
 // Merges the partitions of one (sequence, head): out = sum_p e^(m_p - M) o_p / sum_p e^(m_p - M) l_p.
 __global__ void decode_attention_merge_kernel(DecodeAttentionParams p, int part_size, int max_parts) {
+  pdl_launch_dependents();
+  pdl_wait();
   extern __shared__ float wts[];  // [max_parts]
   __shared__ float s_inv;
   const int s = blockIdx.y, head = blockIdx.x;
@@ -253,7 +257,7 @@ cudaError_t launch_hd(const DecodeAttentionParams& p, const Split& sp, cudaStrea
   const size_t smem = size_t(std::max<int64_t>(sp.tile_heads * sp.part, kWarps * sp.tile_heads * HD)) * 4;
   auto go = [&](auto kernel) -> cudaError_t {
     if (smem > 48 * 1024) GALE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, kWarps * 32, smem, stream>>>(p, int(sp.part), int(sp.max_parts), sp.head_tiles);
+    GALE_CUDA_TRY(launch(kernel, grid, kWarps * 32, smem, stream, p, int(sp.part), int(sp.max_parts), sp.head_tiles));
     return cudaGetLastError();
   };
   switch (sp.tile_heads) {
@@ -303,7 +307,7 @@ cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream
   if (err != cudaSuccess || sp.max_parts <= 1) return err;
   // Padded to whole 16-byte words: the compiler may read the weights as vectors.
   const size_t merge_smem = size_t((sp.max_parts + 3) / 4 * 4 + 4) * 4;
-  decode_attention_merge_kernel<<<dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, merge_smem, stream>>>(p, int(sp.part), int(sp.max_parts));
+  GALE_CUDA_TRY(launch(decode_attention_merge_kernel, dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, merge_smem, stream, p, int(sp.part), int(sp.max_parts)));
   return cudaGetLastError();
 }
 

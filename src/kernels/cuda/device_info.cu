@@ -1,4 +1,6 @@
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 
@@ -15,6 +17,17 @@ int device_sm_count() {
     v = 132;  // H100 SXM; only sizes the split, never correctness
   cached.store(v, std::memory_order_relaxed);
   return v;
+}
+
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("GALE_CUDA_PDL");
+    if (env && std::string(env) == "0") return false;
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
 }
 
 }  // namespace gale::cuda

@@ -4,6 +4,8 @@ namespace gale::cuda {
 
 // One block per token; threads stride over the row (the gather is pure bandwidth).
 __global__ void embedding_kernel(EmbeddingParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int32_t id = p.ids[t];
   const bool ok = id >= 0 && id < p.vocab;
@@ -18,7 +20,7 @@ cudaError_t embedding(const EmbeddingParams& p, cudaStream_t stream) {
   if (p.out_dtype != DType::F32 && p.out_dtype != DType::BF16) return cudaErrorInvalidValue;
   if (p.table_dtype != DType::F32 && p.table_dtype != DType::F16 && p.table_dtype != DType::BF16)
     return cudaErrorInvalidValue;
-  embedding_kernel<<<unsigned(p.n_tokens), 256, 0, stream>>>(p);
+  GALE_CUDA_TRY(launch(embedding_kernel, unsigned(p.n_tokens), 256, 0, stream, p));
   return cudaGetLastError();
 }
 

@@ -1,12 +1,16 @@
 #include "kernels/cuda/gemv_bf16.cuh"
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace gale::cuda {
 
 namespace {
 
-constexpr int kWarps = 8;   // output features per block
+constexpr int kWarps = 8;          // output features per block
+constexpr int kFuseMaxRows = 4;
+constexpr int kFuseMaxBytes = 32 * 1024;
 
 __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
   const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -19,35 +23,106 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc)
   }
 }
 
-template <int M, int kUnroll>  // kUnroll: 16-byte W loads in flight per lane
-__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p) {
+// Writes the M normalized input rows into shared memory xs[M][K] (bf16).
+template <int M>
+__device__ void stage_rmsnorm(const GemmParams& p, const GemvInput& in, __nv_bfloat16* xs) {
+  const int chunks = int(p.K / 8);
+  {
+    __shared__ float part[kWarps][M];
+    __shared__ float inv[M];
+    float ss[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) ss[m] = 0.0f;
+    for (int c = threadIdx.x; c < chunks; c += kWarps * 32)
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float v[8];
+        load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss[m] = fmaf(v[e], v[e], ss[m]);
+      }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      ss[m] = warp_sum(ss[m]);
+      if (threadIdx.x % 32 == 0) part[threadIdx.x / 32][m] = ss[m];
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float t = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
+      inv[threadIdx.x] = rsqrtf(t / float(p.K) + in.eps);
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
+      float wn[8];
+      load8(in.norm_weight + 8 * c, wn);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float v[8];
+        load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = wn[e] * (v[e] * inv[m]);
+        store8(xs + m * p.K + 8 * c, v);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+template <int M, int kUnroll, int OP>  // kUnroll: 16-byte W loads in flight per lane
+__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvInput in) {
+  pdl_launch_dependents();
+  extern __shared__ uint4 staged[];
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (n >= p.N) return;
-  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + n * p.ldw);
+  const bool active = n < p.N;
+  // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
+  if (!active && OP == GemvInput::kPlain) return;
+  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + (active ? n : 0) * p.ldw);
   const int chunks = int(p.K / 8);  // 16-byte chunks per row
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
   int c = lane;
-  // Main loop: kUnroll loads of W in flight before the first use (W is read once: no L1).
-  for (; c + 32 * (kUnroll - 1) < chunks; c += 32 * kUnroll) {
-    uint4 wr[kUnroll];
+  // The first loads of W (never written by a kernel) go out before the wait for x: with PDL
+  // they overlap the previous kernel's tail.
+  uint4 wr[kUnroll];
+  if (active && c + 32 * (kUnroll - 1) < chunks) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c + 32 * u);
+  }
+  pdl_wait();
+  const uint4* xv[M];
+  if constexpr (OP == GemvInput::kPlain) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx);
+  } else {
+    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(staged);
+    stage_rmsnorm<M>(p, in, xs);
+    if (!active) return;
+#pragma unroll
+    for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(xs + m * p.K);
+  }
+  const auto ldx = [&](int m, int i) {
+    if constexpr (OP == GemvInput::kPlain) return __ldg(xv[m] + i);
+    else return xv[m][i];
+  };
+  // Main loop: kUnroll loads of W in flight before the first use (W is read once: no L1).
+  for (; c + 32 * (kUnroll - 1) < chunks; c += 32 * kUnroll) {
+    if (c != lane) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c + 32 * u);
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx) + c + 32 * u);
-        dot8(wr[u], xv, acc[m]);
-      }
+      for (int m = 0; m < M; ++m) dot8(wr[u], ldx(m, c + 32 * u), acc[m]);
   }
   for (; c < chunks; c += 32) {
     const uint4 wv = __ldcs(w + c);
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-      dot8(wv, __ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx) + c), acc[m]);
+    for (int m = 0; m < M; ++m) dot8(wv, ldx(m, c), acc[m]);
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
@@ -62,34 +137,55 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p) {
   }
 }
 
+bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; }
+
 }  // namespace
 
 bool gemv_bf16_supported(const GemmParams& p) {
-  const auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
-  return p.M >= 1 && p.M <= 8 && p.K % 8 == 0 && p.ldx % 8 == 0 && p.ldw % 8 == 0 && aligned(p.x) && aligned(p.w) &&
-         (p.y_dtype == DType::BF16 || p.y_dtype == DType::F32);
+  return p.M >= 1 && p.M <= 8 && p.K % 8 == 0 && p.ldx % 8 == 0 && p.ldw % 8 == 0 && aligned16(p.x) &&
+         aligned16(p.w) && (p.y_dtype == DType::BF16 || p.y_dtype == DType::F32);
 }
 
-cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream) {
+bool gemv_bf16_fusable(const GemmParams& p, const GemvInput& in) {
+  if (!gemv_bf16_supported(p) || p.M > kFuseMaxRows || p.M * p.K * 2 > kFuseMaxBytes) return false;
+  return in.kind == GemvInput::kRMSNorm && in.norm_weight && aligned16(in.norm_weight);
+}
+
+cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput& in) {
   if (p.N <= 0) return cudaSuccess;
   if (!gemv_bf16_supported(p) || p.ldy < p.N) return cudaErrorInvalidValue;
+  if (in.kind != GemvInput::kPlain && !gemv_bf16_fusable(p, in)) return cudaErrorInvalidValue;
   const unsigned grid = unsigned((p.N + kWarps - 1) / kWarps);
-  // 4 loads in flight per lane measured faster than 8 (163.3 vs 159.9 tok/s at batch 1,
-  // synthetic:llama3-8b, H100, 2026-11-26).
-  auto go = [&](auto m) {
-    gemv_bf16_kernel<decltype(m)::value, 4><<<grid, kWarps * 32, 0, stream>>>(p);
+  // 8 loads in flight per lane for the narrower products (q|k|v, o, down of an 8B model), 4 for
+  // the wide ones (gate|up, LM head): 173.1 vs 172.9 tok/s (8 everywhere: 173.2, 4: 172.9) at
+  // batch 1, synthetic:llama3-8b, H100, 2026-11-26; GALE_GEMV_UNROLL=4|8 forces one depth.
+  static const std::string mode = [] {
+    const char* e = std::getenv("GALE_GEMV_UNROLL");
+    return std::string(e ? e : "auto");
+  }();
+  const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
+  auto go = [&](auto m) -> cudaError_t {
+    constexpr int M = decltype(m)::value;
+    if (in.kind == GemvInput::kPlain) {
+      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvInput::kPlain>, grid, kWarps * 32, 0, stream, p, in);
+      return launch(gemv_bf16_kernel<M, 4, GemvInput::kPlain>, grid, kWarps * 32, 0, stream, p, in);
+    }
+    if constexpr (M <= kFuseMaxRows) {
+      const size_t smem = size_t(p.M * p.K) * 2;
+      return launch(gemv_bf16_kernel<M, 4, GemvInput::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
+    }
+    return cudaErrorInvalidValue;
   };
   switch (p.M) {
-    case 1: go(std::integral_constant<int, 1>{}); break;
-    case 2: go(std::integral_constant<int, 2>{}); break;
-    case 3: go(std::integral_constant<int, 3>{}); break;
-    case 4: go(std::integral_constant<int, 4>{}); break;
-    case 5: go(std::integral_constant<int, 5>{}); break;
-    case 6: go(std::integral_constant<int, 6>{}); break;
-    case 7: go(std::integral_constant<int, 7>{}); break;
-    default: go(std::integral_constant<int, 8>{}); break;
+    case 1: return go(std::integral_constant<int, 1>{});
+    case 2: return go(std::integral_constant<int, 2>{});
+    case 3: return go(std::integral_constant<int, 3>{});
+    case 4: return go(std::integral_constant<int, 4>{});
+    case 5: return go(std::integral_constant<int, 5>{});
+    case 6: return go(std::integral_constant<int, 6>{});
+    case 7: return go(std::integral_constant<int, 7>{});
+    default: return go(std::integral_constant<int, 8>{});
   }
-  return cudaGetLastError();
 }
 
 }  // namespace gale::cuda

@@ -4,6 +4,8 @@ namespace gale::cuda {
 
 // One warp per (token, head): head_dim is at most a few hundred elements.
 __global__ void head_rmsnorm_kernel(HeadRMSNormParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (w >= p.n_tokens * p.n_heads) return;
@@ -22,7 +24,7 @@ cudaError_t head_rmsnorm(const HeadRMSNormParams& p, cudaStream_t stream) {
   const int64_t warps = p.n_tokens * p.n_heads;
   if (warps <= 0) return cudaSuccess;
   if (p.dtype != DType::F32 && p.dtype != DType::BF16) return cudaErrorInvalidValue;
-  head_rmsnorm_kernel<<<unsigned((warps + 7) / 8), 256, 0, stream>>>(p);
+  GALE_CUDA_TRY(launch(head_rmsnorm_kernel, unsigned((warps + 7) / 8), 256, 0, stream, p));
   return cudaGetLastError();
 }
 

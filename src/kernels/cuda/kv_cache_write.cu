@@ -3,6 +3,8 @@
 namespace gale::cuda {
 
 __global__ void kv_cache_write_kernel(KVCacheWriteParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int32_t slot = p.slot_mapping[t];
   if (slot < 0) return;
@@ -16,7 +18,7 @@ cudaError_t kv_cache_write(const KVCacheWriteParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0) return cudaSuccess;
   for (DType t : {p.src_dtype, p.cache_dtype})
     if (t != DType::F32 && t != DType::BF16) return cudaErrorInvalidValue;
-  kv_cache_write_kernel<<<unsigned(p.n_tokens), 256, 0, stream>>>(p);
+  GALE_CUDA_TRY(launch(kv_cache_write_kernel, unsigned(p.n_tokens), 256, 0, stream, p));
   return cudaGetLastError();
 }
 

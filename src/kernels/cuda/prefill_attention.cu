@@ -54,6 +54,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAttentionParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   constexpr int CH = HD / 8;  // 16-byte chunks per row
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -239,11 +241,11 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
 }
 
 template <int HD>
-cudaError_t launch(const PrefillAttentionParams& p, cudaStream_t stream) {
+cudaError_t launch_hd(const PrefillAttentionParams& p, cudaStream_t stream) {
   const size_t smem = size_t(kBM + 4 * kBN) * HD * 2;  // Q + double-buffered K and V
   GALE_CUDA_TRY(cudaFuncSetAttribute(prefill_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned((p.max_q_len + kBM - 1) / kBM), unsigned(p.n_heads), unsigned(p.n_seqs));
-  prefill_attention_kernel<HD><<<grid, kThreads, smem, stream>>>(p);
+  GALE_CUDA_TRY(launch(prefill_attention_kernel<HD>, grid, kThreads, smem, stream, p));
   return cudaGetLastError();
 }
 
@@ -255,10 +257,10 @@ cudaError_t prefill_attention(const PrefillAttentionParams& p, cudaStream_t stre
       p.n_heads > 65535 || (p.out_dtype != DType::F32 && p.out_dtype != DType::BF16) || p.ldq % 8)
     return cudaErrorInvalidValue;
   switch (p.head_dim) {
-    case 16: return launch<16>(p, stream);
-    case 32: return launch<32>(p, stream);
-    case 64: return launch<64>(p, stream);
-    case 128: return launch<128>(p, stream);
+    case 16: return launch_hd<16>(p, stream);
+    case 32: return launch_hd<32>(p, stream);
+    case 64: return launch_hd<64>(p, stream);
+    case 128: return launch_hd<128>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -6,6 +6,8 @@ namespace gale::cuda {
 // re-reads the row (from L1/L2: a row is at most a few tens of KB) and scales it.
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS) rmsnorm_residual_kernel(RMSNormParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t r = blockIdx.x;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < p.d; i += THREADS) {
@@ -35,9 +37,9 @@ cudaError_t rmsnorm_residual(const RMSNormParams& p, cudaStream_t stream) {
   if (p.n <= 0) return cudaSuccess;
   for (DType t : {p.residual_dtype, p.out_dtype, p.x ? p.x_dtype : DType::F32})
     if (t != DType::F32 && t != DType::BF16) return cudaErrorInvalidValue;
-  if (p.d <= 256) rmsnorm_residual_kernel<64><<<unsigned(p.n), 64, 0, stream>>>(p);
-  else if (p.d <= 2048) rmsnorm_residual_kernel<256><<<unsigned(p.n), 256, 0, stream>>>(p);
-  else rmsnorm_residual_kernel<1024><<<unsigned(p.n), 1024, 0, stream>>>(p);
+  if (p.d <= 256) GALE_CUDA_TRY(launch(rmsnorm_residual_kernel<64>, unsigned(p.n), 64, 0, stream, p));
+  else if (p.d <= 2048) GALE_CUDA_TRY(launch(rmsnorm_residual_kernel<256>, unsigned(p.n), 256, 0, stream, p));
+  else GALE_CUDA_TRY(launch(rmsnorm_residual_kernel<1024>, unsigned(p.n), 1024, 0, stream, p));
   return cudaGetLastError();
 }
 

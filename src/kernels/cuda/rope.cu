@@ -4,6 +4,8 @@ namespace gale::cuda {
 
 // One block per token; each thread rotates pairs (head, i) of q then k.
 __global__ void rope_kernel(RopeParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int64_t half = p.rot_dim / 2;
   const float* c = p.cos + t * half;
@@ -26,7 +28,7 @@ cudaError_t rope_apply(const RopeParams& p, cudaStream_t stream) {
   if (p.n_tokens <= 0 || p.rot_dim <= 0) return cudaSuccess;
   if ((p.dtype != DType::F32 && p.dtype != DType::BF16) || p.rot_dim % 2 || p.rot_dim > p.head_dim)
     return cudaErrorInvalidValue;
-  rope_kernel<<<unsigned(p.n_tokens), 256, 0, stream>>>(p);
+  GALE_CUDA_TRY(launch(rope_kernel, unsigned(p.n_tokens), 256, 0, stream, p));
   return cudaGetLastError();
 }
 

@@ -4,6 +4,8 @@ namespace gale::cuda {
 
 // Grid: (column blocks, rows). expf (not __expf) keeps it within a few ulps of the CPU kernel.
 __global__ void silu_mul_kernel(SiluMulParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t r = blockIdx.y;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.d; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = load_f32(p.gate, p.in_dtype, r * p.ldg + i);
@@ -18,7 +20,7 @@ cudaError_t silu_mul(const SiluMulParams& p, cudaStream_t stream) {
     if (t != DType::F32 && t != DType::BF16) return cudaErrorInvalidValue;
   if (p.n > 65535) return cudaErrorInvalidValue;
   const unsigned bx = unsigned(std::min<int64_t>((p.d + 255) / 256, 64));
-  silu_mul_kernel<<<dim3(bx, unsigned(p.n)), 256, 0, stream>>>(p);
+  GALE_CUDA_TRY(launch(silu_mul_kernel, dim3(bx, unsigned(p.n)), 256, 0, stream, p));
   return cudaGetLastError();
 }
 

@@ -26,6 +26,7 @@
 #include "kernels/cuda/prefill_attention.cuh"
 #include "kernels/cuda/rmsnorm_residual.cuh"
 #include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/rope_kv_write.cuh"
 #include "kernels/cuda/scatter_add_rows.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 #include "model/backend.h"
@@ -67,7 +68,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     drop_graphs();
     for (auto& [p, n] : owned_) cudaFree(p);
-    for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_wts_}) cudaFree(g->p);
+    for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_argmax_ws_, &d_wts_}) cudaFree(g->p);
     cudaFreeHost(h_plan_.p);
     cuda::gemm_context_destroy(gemm_);
     cudaEventDestroy(plan_sent_);
@@ -167,6 +168,25 @@ class CudaBackend final : public Backend {
     if (f.bias) bias(f.bias, out);
   }
 
+  // Decode-sized steps: the norm runs inside the GEMV (each block normalizes the rows itself).
+  void rmsnorm_linear(Act x, const std::vector<float>& norm_w, float eps, Act normed, std::span<const Linear* const> ls,
+                      Act out) override {
+    const Fused* f = nullptr;
+    if (auto it = fused_.find(ls[0]->w); it != fused_.end() && it->second.count == ls.size()) f = &it->second;
+    const void* w = f ? f->w : ls.size() == 1 ? wmap_.at(ls[0]->w) : nullptr;
+    if (fuse_norm_ && w && x.dtype == DType::F32) {
+      const int64_t n = f ? f->n : ls[0]->out;
+      cuda::GemmParams p{x.data, x.ld, w, x.cols, out.data, out.ld, out.dtype, x.rows, n, x.cols, false};
+      const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, vec(norm_w), eps};
+      if (out.cols == n && cuda::gemv_bf16_fusable(p, in)) {
+        check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + GEMV");
+        if (const float* b = f ? f->bias : ls[0]->bias.empty() ? nullptr : vec(ls[0]->bias)) bias(b, out);
+        return;
+      }
+    }
+    Backend::rmsnorm_linear(x, norm_w, eps, normed, ls, out);
+  }
+
   void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) override {
     GALE_ASSERT(q.dtype == k.dtype);
     cuda::RopeParams p{q.data, q.ld, n_q_heads, k.data, k.ld, n_k_heads, q.dtype, q.rows, head_dim, rot_dim_,
@@ -176,6 +196,8 @@ class CudaBackend final : public Backend {
 
   void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                  Act out) override;
+  void rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                      Act out) override;
 
   void silu_mul(Act gate, Act up) override {
     cuda::SiluMulParams p{gate.data, gate.ld, up.data, up.ld, gate.dtype, gate.data, gate.ld, gate.dtype, gate.rows,
@@ -208,13 +230,22 @@ class CudaBackend final : public Backend {
 
   void argmax_rows(Act logits, int32_t* out) override {
     grow_device(d_rows_, size_t(logits.rows) * 4);
-    cuda::ArgmaxParams p{logits.data, logits.dtype, logits.ld, logits.rows, logits.cols, static_cast<int32_t*>(d_rows_.p)};
+    const size_t ws = cuda::argmax_workspace_size(logits.rows);
+    if (ws > d_argmax_ws_.bytes) {  // the kernel leaves its workspace zeroed: zero it once here
+      grow_device(d_argmax_ws_, ws);
+      check(cudaMemsetAsync(d_argmax_ws_.p, 0, d_argmax_ws_.bytes, stream_), "argmax workspace");
+    }
+    cuda::ArgmaxParams p{logits.data, logits.dtype,     logits.ld, logits.rows, logits.cols,
+                         static_cast<int32_t*>(d_rows_.p), d_argmax_ws_.p};
     check(cuda::argmax(p, stream_), "argmax");
     check(cudaMemcpyAsync(out, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     check(cudaStreamSynchronize(stream_), "forward pass");
   }
 
  private:
+  cuda::KVCacheWriteParams cache_write_params(const KVLayer& kv, Act k, Act v) const;
+  void attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out);
+
   struct Grow {  // device or pinned buffer grown on demand
     void* p = nullptr;
     size_t bytes = 0;
@@ -302,7 +333,7 @@ class CudaBackend final : public Backend {
   DType embed_dtype_ = DType::BF16;
 
   // The step plan on the device (one packed buffer) and what the attention calls need of it.
-  Grow h_plan_, d_plan_, d_ws_, d_rows_, d_wts_;
+  Grow h_plan_, d_plan_, d_ws_, d_rows_, d_argmax_ws_, d_wts_;
   int32_t *d_ids_ = nullptr, *d_slots_ = nullptr, *d_seq_lens_ = nullptr, *d_cu_q_ = nullptr, *d_start_ = nullptr,
           *d_logit_rows_ = nullptr, *d_tables_ = nullptr;
   float *d_cos_ = nullptr, *d_sin_ = nullptr;
@@ -323,6 +354,14 @@ class CudaBackend final : public Backend {
   bool graphable_ = false, capturing_ = false;
   GraphKey key_{};
   bool use_gemv_ = std::getenv("GALE_CUDA_GEMV") == nullptr || std::string(std::getenv("GALE_CUDA_GEMV")) != "0";
+  // Fusions (both on by default; GALE_CUDA_FUSE lists those on, for A/B runs): rope = RoPE with
+  // the K/V write, norm = RMSNorm inside the decode GEMV.
+  static bool fused(const char* what) {
+    const char* env = std::getenv("GALE_CUDA_FUSE");
+    return std::string(env ? env : "rope,norm").find(what) != std::string::npos;
+  }
+  bool fuse_rope_ = fused("rope");
+  bool fuse_norm_ = use_gemv_ && fused("norm");
   bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
@@ -626,12 +665,30 @@ void CudaBackend::end_step_ops() {
   check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // capture ran nothing: run it now
 }
 
+cuda::KVCacheWriteParams CudaBackend::cache_write_params(const KVLayer& kv, Act k, Act v) const {
+  GALE_ASSERT(kv.dtype == DType::BF16 && k.dtype == DType::BF16 && v.dtype == DType::BF16);
+  return {k.data, k.ld, v.data, v.ld, k.dtype, kv.k, kv.v, kv.dtype, d_slots_, n_tokens_, kv.n_kv_heads * kv.head_dim};
+}
+
 void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                             Act out) {
-  GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16 && k.ld == v.ld);
-  const int64_t row = kv.n_kv_heads * kv.head_dim;
-  cuda::KVCacheWriteParams w{k.data, k.ld, v.data, v.ld, k.dtype, kv.k, kv.v, kv.dtype, d_slots_, n_tokens_, row};
-  check(cuda::kv_cache_write(w, stream_), "kv_cache_write");
+  check(cuda::kv_cache_write(cache_write_params(kv, k, v), stream_), "kv_cache_write");
+  attend(kv, q, n_heads, window, scale, out);
+}
+
+void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
+                                 Act out) {
+  if (!fuse_rope_ || rot_dim_ <= 0) return Backend::rope_attention(kv, q, k, v, n_heads, window, scale, out);
+  GALE_ASSERT(q.dtype == k.dtype);
+  const cuda::RopeParams r{q.data, q.ld, n_heads, k.data, k.ld, kv.n_kv_heads, q.dtype, q.rows, kv.head_dim, rot_dim_,
+                           d_cos_, d_sin_};
+  check(cuda::rope_kv_write({r, cache_write_params(kv, k, v)}, stream_), "rope + kv_cache_write");
+  attend(kv, q, n_heads, window, scale, out);
+}
+
+// Attention of the step's queries over the cache (K/V of this step already written).
+void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) {
+  GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16);
   const int64_t D = n_lead_decode_;
   if (D > 0) {
     cuda::DecodeAttentionParams p{};

@@ -1,0 +1,57 @@
+#include "kernels/cuda/rope_kv_write.cuh"
+
+#include <algorithm>
+
+namespace gale::cuda {
+
+// Grid (token, head): a block per q head rotates it in place; a block per kv head rotates its
+// k in place and copies it (as stored, so rounded as kv_cache_write would see it) into the
+// cache together with its v. Padding tokens (slot < 0) are rotated but not cached. One block
+// per head, not per token: at batch 1 the step has one token, and a lone block would do all
+// heads one after another.
+__global__ void rope_kv_write_kernel(RopeKVWriteParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const RopeParams& r = p.rope;
+  const KVCacheWriteParams& w = p.kv;
+  const int64_t t = blockIdx.x;
+  const int64_t half = r.rot_dim / 2, hd = r.head_dim;
+  const float* c = r.cos + t * half;
+  const float* s = r.sin + t * half;
+  const bool is_q = blockIdx.y < r.n_q_heads;
+  const int64_t h = is_q ? blockIdx.y : blockIdx.y - r.n_q_heads;
+  void* base = is_q ? r.q : r.k;
+  const int64_t off = t * (is_q ? r.ldq : r.ldk) + h * hd;
+  const int32_t slot = is_q ? -1 : w.slot_mapping[t];
+  const int64_t dst = int64_t(slot) * w.row + h * hd;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = load_f32(base, r.dtype, off + i), b = load_f32(base, r.dtype, off + i + half);
+    store_f32(base, r.dtype, off + i, a * c[i] - b * s[i]);
+    store_f32(base, r.dtype, off + i + half, b * c[i] + a * s[i]);
+    if (slot >= 0) {
+      store_f32(w.k_cache, w.cache_dtype, dst + i, load_f32(base, r.dtype, off + i));
+      store_f32(w.k_cache, w.cache_dtype, dst + i + half, load_f32(base, r.dtype, off + i + half));
+    }
+  }
+  if (slot < 0) return;
+  for (int64_t i = r.rot_dim + threadIdx.x; i < hd; i += blockDim.x)  // k dims past the rotary ones
+    store_f32(w.k_cache, w.cache_dtype, dst + i, load_f32(w.k, w.src_dtype, off + i));
+  const int64_t voff = t * w.ldv + h * hd;
+  for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
+    store_f32(w.v_cache, w.cache_dtype, dst + i, load_f32(w.v, w.src_dtype, voff + i));
+}
+
+cudaError_t rope_kv_write(const RopeKVWriteParams& p, cudaStream_t stream) {
+  const RopeParams& r = p.rope;
+  const KVCacheWriteParams& w = p.kv;
+  if (r.n_tokens <= 0) return cudaSuccess;
+  if ((r.dtype != DType::F32 && r.dtype != DType::BF16) || r.rot_dim % 2 || r.rot_dim <= 0 || r.rot_dim > r.head_dim ||
+      !r.k || w.k != r.k || w.ldk != r.ldk || w.src_dtype != r.dtype || w.n_tokens != r.n_tokens ||
+      w.row != r.n_k_heads * r.head_dim || (w.cache_dtype != DType::F32 && w.cache_dtype != DType::BF16))
+    return cudaErrorInvalidValue;
+  if (r.n_q_heads + r.n_k_heads > 65535) return cudaErrorInvalidValue;
+  const unsigned threads = unsigned(std::min<int64_t>(128, std::max<int64_t>(32, (r.head_dim / 2 + 31) / 32 * 32)));
+  return launch(rope_kv_write_kernel, dim3(unsigned(r.n_tokens), unsigned(r.n_q_heads + r.n_k_heads)), threads, 0, stream, p);
+}
+
+}  // namespace gale::cuda
