@@ -14,7 +14,7 @@ ninja -C build-gpu gale >"$out/build-bench.log" 2>&1 || { tail -20 "$out/build-b
 g=build-gpu/gale
 m=synthetic:llama3-8b
 tput() {  # requests prompt gen
-  $g bench -m $m --device cuda --mode throughput --requests "$1" --prompt "$2" --gen "$3" --concurrency 256 \
+  $g bench -m $m --device cuda --mode throughput --requests "$1" --prompt "$2" --gen "$3" --concurrency "${GALE_TPUT_CONCURRENCY:-256}" \
     --max-num-batched-tokens 8192 --json
 }
 for p in "${parts[@]}"; do

@@ -64,10 +64,14 @@ TEST(CudaRMSNormResidual, MatchesCpuAddThenNorm) {
       {1, 37, true, DType::F32, DType::F32, DType::F32},       {7, 768, true, DType::BF16, DType::F32, DType::BF16},
       {33, 5125, true, DType::F32, DType::F32, DType::BF16},   {5, 4096, false, DType::F32, DType::F32, DType::F32},
       {64, 128, false, DType::F32, DType::BF16, DType::BF16},  {3, 2049, true, DType::BF16, DType::BF16, DType::F32},
+      // Vectorized path (no add, bf16 out, 16-byte aligned rows): 1, 2 and 4 groups per thread.
+      {9, 4096, false, DType::F32, DType::F32, DType::BF16},   {4, 8192, false, DType::F32, DType::BF16, DType::BF16},
+      {3, 1000, false, DType::F32, DType::F32, DType::BF16},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "n=" << c.n << " d=" << c.d << " add=" << c.add);
-    const int64_t ldx = c.d + 3, ldr = c.d + 5, ldo = c.d + 1;  // strided rows
+    const bool vec = !c.add && c.d % 8 == 0;  // aligned strides: the vectorized kernel may take it
+    const int64_t ldx = c.d + 3, ldr = c.d + (vec ? 8 : 5), ldo = c.d + (vec ? 8 : 1);  // strided rows
     DevBuf d_x(size_t(c.n * ldx) * dtype_size(c.xt)), d_r(size_t(c.n * ldr) * dtype_size(c.rt)),
         d_o(size_t(c.n * ldo) * dtype_size(c.ot));
     auto x = upload_as(d_x, randn(size_t(c.n * ldx), g), c.xt);

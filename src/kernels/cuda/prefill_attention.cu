@@ -65,7 +65,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   const int s = blockIdx.z, h = blockIdx.y;
   const int q_begin = p.cu_seqlens_q[s];
   const int n_q = p.cu_seqlens_q[s + 1] - q_begin;
-  const int qi0 = blockIdx.x * kBM;
+  // Last query tile first: under the causal mask the last tiles have the most keys, and
+  // starting them first keeps the grid's tail short (blockIdx.x varies fastest in launch order).
+  const int qi0 = int(gridDim.x - 1 - blockIdx.x) * kBM;
   if (qi0 >= n_q) return;
   const int64_t start = p.start_pos[s];
   const int64_t kv_len = start + n_q;

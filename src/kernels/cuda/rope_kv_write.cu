@@ -4,11 +4,11 @@
 
 namespace gale::cuda {
 
-// Grid (token, head): a block per q head rotates it in place; a block per kv head rotates its
+// Grid (token, head group): a thread row per q head rotates it in place; one per kv head rotates its
 // k in place and copies it (as stored, so rounded as kv_cache_write would see it) into the
-// cache together with its v. Padding tokens (slot < 0) are rotated but not cached. One block
-// per head, not per token: at batch 1 the step has one token, and a lone block would do all
-// heads one after another.
+// cache together with its v. Padding tokens (slot < 0) are rotated but not cached. Heads are
+// spread over blocks, not one block per token: at batch 1 the step has one token, and a lone
+// block would do all heads one after another.
 __global__ void rope_kv_write_kernel(RopeKVWriteParams p) {
   pdl_launch_dependents();
   pdl_wait();
@@ -18,8 +18,11 @@ __global__ void rope_kv_write_kernel(RopeKVWriteParams p) {
   const int64_t half = r.rot_dim / 2, hd = r.head_dim;
   const float* c = r.cos + t * half;
   const float* s = r.sin + t * half;
-  const bool is_q = blockIdx.y < r.n_q_heads;
-  const int64_t h = is_q ? blockIdx.y : blockIdx.y - r.n_q_heads;
+  // blockDim.y heads per block, blockDim.x threads per head.
+  const int64_t hh = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
+  if (hh >= r.n_q_heads + r.n_k_heads) return;
+  const bool is_q = hh < r.n_q_heads;
+  const int64_t h = is_q ? hh : hh - r.n_q_heads;
   void* base = is_q ? r.q : r.k;
   const int64_t off = t * (is_q ? r.ldq : r.ldk) + h * hd;
   const int32_t slot = is_q ? -1 : w.slot_mapping[t];
@@ -49,9 +52,13 @@ cudaError_t rope_kv_write(const RopeKVWriteParams& p, cudaStream_t stream) {
       !r.k || w.k != r.k || w.ldk != r.ldk || w.src_dtype != r.dtype || w.n_tokens != r.n_tokens ||
       w.row != r.n_k_heads * r.head_dim || (w.cache_dtype != DType::F32 && w.cache_dtype != DType::BF16))
     return cudaErrorInvalidValue;
-  if (r.n_q_heads + r.n_k_heads > 65535) return cudaErrorInvalidValue;
-  const unsigned threads = unsigned(std::min<int64_t>(128, std::max<int64_t>(32, (r.head_dim / 2 + 31) / 32 * 32)));
-  return launch(rope_kv_write_kernel, dim3(unsigned(r.n_tokens), unsigned(r.n_q_heads + r.n_k_heads)), threads, 0, stream, p);
+  // A head per blockDim.x threads (one rotation pair each), 256 threads per block: at batch 1
+  // the heads spread over several blocks; in prefill the blocks stay big enough to schedule.
+  const int64_t heads = r.n_q_heads + r.n_k_heads;
+  const unsigned tx = unsigned(std::min<int64_t>(128, std::max<int64_t>(32, (r.head_dim / 2 + 31) / 32 * 32)));
+  const unsigned ty = 256 / tx;
+  if ((heads + ty - 1) / ty > 65535) return cudaErrorInvalidValue;
+  return launch(rope_kv_write_kernel, dim3(unsigned(r.n_tokens), unsigned((heads + ty - 1) / ty)), dim3(tx, ty), 0, stream, p);
 }
 
 }  // namespace gale::cuda
