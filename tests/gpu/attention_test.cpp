@@ -137,6 +137,7 @@ TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
       {12, 4, 64, 8, 100, DType::BF16, {257}, {333}},                               // window + prefix, hd 64
       {4, 2, 16, 16, 0, DType::BF16, {150, 1}, {0, 40}},                            // hd 16 (fixture models)
       {4, 1, 32, 16, 48, DType::F32, {70, 5}, {20, 100}},                           // hd 32, window
+      {8, 2, 128, 16, 0, DType::BF16, {520, 130, 7}, {0, 64, 900}},                 // 128-row blocks, varlen
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window);

@@ -158,7 +158,9 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput&
   const unsigned grid = unsigned((p.N + kWarps - 1) / kWarps);
   // 8 loads in flight per lane for the narrower products (q|k|v, o, down of an 8B model), 4 for
   // the wide ones (gate|up, LM head): 173.1 vs 172.9 tok/s (8 everywhere: 173.2, 4: 172.9) at
-  // batch 1, synthetic:llama3-8b, H100, 2026-11-26; GALE_GEMV_UNROLL=4|8 forces one depth.
+  // batch 1, synthetic:llama3-8b, H100, 2026-11-26, and 176.3 vs 175.7 with the RMSNorm-staging
+  // q|k|v product at 8 too. GALE_GEMV_UNROLL=4|8 forces one depth. (Blocks of 2 or 4 warps
+  // instead of 8 measured the same: 174.9 / 175.2 / 175.7.)
   static const std::string mode = [] {
     const char* e = std::getenv("GALE_GEMV_UNROLL");
     return std::string(e ? e : "auto");
@@ -172,6 +174,7 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput&
     }
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
+      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvInput::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
       return launch(gemv_bf16_kernel<M, 4, GemvInput::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
     }
     return cudaErrorInvalidValue;

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <tuple>
@@ -63,9 +64,22 @@ class CudaBackend final : public Backend {
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
     check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
+    if (profile_) {
+      check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
+      check(cudaEventCreate(&prof_end_), "cudaEventCreate");
+    }
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    if (profile_) {
+      if (!prof_ms_.empty()) {  // median: graph captures make a few steps much longer
+        std::sort(prof_ms_.begin(), prof_ms_.end());
+        std::fprintf(stderr, "cuda: %zu greedy steps, GPU time per step median %.3f ms (plan upload to ids on the host)\n",
+                     prof_ms_.size(), double(prof_ms_[prof_ms_.size() / 2]));
+      }
+      cudaEventDestroy(prof_begin_);
+      cudaEventDestroy(prof_end_);
+    }
     drop_graphs();
     for (auto& [p, n] : owned_) cudaFree(p);
     for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_argmax_ws_, &d_wts_}) cudaFree(g->p);
@@ -239,7 +253,9 @@ class CudaBackend final : public Backend {
                          static_cast<int32_t*>(d_rows_.p), d_argmax_ws_.p};
     check(cuda::argmax(p, stream_), "argmax");
     check(cudaMemcpyAsync(out, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
+    if (profile_) check(cudaEventRecord(prof_end_, stream_), "profile");
     check(cudaStreamSynchronize(stream_), "forward pass");
+    profile_step_done();
   }
 
  private:
@@ -322,6 +338,16 @@ class CudaBackend final : public Backend {
   double util_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t plan_sent_ = nullptr;
+  // GALE_PROFILE=1: time from each greedy step's plan upload to its argmax ids reaching the host,
+  // on the GPU's clock; against the engine's wall time per step it shows how long the GPU waits
+  // on the host.
+  bool profile_ = std::getenv("GALE_PROFILE") != nullptr;
+  cudaEvent_t prof_begin_ = nullptr, prof_end_ = nullptr;
+  std::vector<float> prof_ms_;
+  void profile_step_done() {
+    float ms = 0;
+    if (profile_ && cudaEventElapsedTime(&ms, prof_begin_, prof_end_) == cudaSuccess) prof_ms_.push_back(ms);
+  }
   cuda::GemmContext* gemm_ = nullptr;
   ModelConfig cfg_;
   int64_t rot_dim_ = 0;
@@ -559,6 +585,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   const size_t words = size_t(2 * Tp + 3 * S + 1 + R + S * maxb + 2 * Tp * half);
   const size_t bytes = words * 4;
   check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
+  if (profile_) check(cudaEventRecord(prof_begin_, stream_), "profile");
   if (h_plan_.bytes < bytes) {
     if (h_plan_.p) cudaFreeHost(h_plan_.p);
     h_plan_.p = nullptr;
