@@ -44,6 +44,25 @@ int64_t context_limit(const ModelConfig& c) {
   return c.max_position_embeddings;
 }
 
+// What Sampler::sample would do with the sequence's next logits, for Backend::sample_rows;
+// draws the token's uniform now (the generator advances as on the host path).
+RowSampling row_sampling(Sampler& s) {
+  const SamplingParams& p = s.params();
+  RowSampling r;
+  r.temperature = p.temperature;
+  r.top_k = p.top_k;
+  r.top_p = p.top_p;
+  r.min_p = p.min_p;
+  r.repetition_penalty = p.repetition_penalty;
+  r.presence_penalty = p.presence_penalty;
+  r.frequency_penalty = p.frequency_penalty;
+  r.u = s.next_uniform();
+  r.seen_ids = s.seen_ids();
+  r.output_ids = s.output_ids();
+  r.output_counts = s.output_counts();
+  return r;
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -68,7 +87,8 @@ struct Engine::Impl {
   uint64_t next_id = 1;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   std::vector<float> logits, raw;
-  std::vector<int32_t> greedy_ids;  // per sampled row, when the step is all plain greedy
+  std::vector<int32_t> device_ids;  // per sampled row, when the backend chose them
+  std::vector<RowSampling> device_rows;
   // GALE_PROFILE=1: where a step's wall time goes, printed when the engine is destroyed.
   bool profile = std::getenv("GALE_PROFILE") != nullptr;
   int64_t prof_steps = 0, prof_tokens = 0;
@@ -275,17 +295,27 @@ std::vector<RequestOutput> Engine::step() {
   }
   // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
   // of each row is needed: the backend computes it where the logits are (on a GPU they never
-  // cross to the host).
-  bool greedy = true;
+  // cross to the host). Without logprobs, a backend with sample_rows (the GPU) draws the other
+  // tokens there too; the CPU backend keeps Sampler::sample.
+  bool greedy = true, on_device = m.model.backend().has_sample_rows();
   for (const ScheduledSeq& s : so.seqs) {
     if (!s.sample) continue;
     const Impl::Request& r = *m.reqs.at(s.id);
     greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
+    on_device = on_device && r.p.top_logprobs < 0;
   }
   const auto t1 = clk::now();
   if (!steps.empty()) {
-    if (greedy) m.model.forward_argmax(steps, *m.kv, m.greedy_ids);
-    else m.model.forward(steps, *m.kv, m.logits);
+    if (greedy) {
+      m.model.forward_argmax(steps, *m.kv, m.device_ids);
+    } else if (on_device) {
+      m.device_rows.clear();
+      for (const ScheduledSeq& s : so.seqs)
+        if (s.sample) m.device_rows.push_back(row_sampling(*m.reqs.at(s.id)->sampler));
+      m.model.forward_sample(steps, *m.kv, m.device_rows, m.device_ids);
+    } else {
+      m.model.forward(steps, *m.kv, m.logits);
+    }
   }
   const auto t2 = clk::now();
   m.sched->commit(so);
@@ -296,8 +326,8 @@ std::vector<RequestOutput> Engine::step() {
     if (!s.sample) continue;
     Impl::Request& r = *m.reqs.at(s.id);
     int32_t id;
-    if (greedy) {
-      id = m.greedy_ids[row++];
+    if (greedy || on_device) {
+      id = m.device_ids[row++];
       r.sampler->accept(id);
     } else {
       std::span<float> lg(m.logits.data() + row * V, V);

@@ -11,6 +11,10 @@ std::unique_ptr<Backend> make_cuda_backend(int device, double gpu_memory_utiliza
 int cuda_device_count();
 #endif
 
+void Backend::sample_rows(Act, std::span<const RowSampling>, int32_t*) {
+  throw Error("sampling on the device is not available on " + name());
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.bf16_activations);
   if (o.device.rfind("cuda", 0) == 0) {

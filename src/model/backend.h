@@ -55,6 +55,22 @@ struct StepPlan {
   }
 };
 
+// How Backend::sample_rows picks the token of one logit row: the sequence's sampling parameters
+// (runtime/sampler.h, which the model layer does not see), the uniform its generator drew for
+// this token, and its penalty lists (borrowed for the call).
+struct RowSampling {
+  float temperature = 0.0f;  // 0: argmax of the penalized logits
+  int32_t top_k = 0;         // 0 = off
+  float top_p = 1.0f;        // 1 = off
+  float min_p = 0.0f;        // 0 = off
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f, frequency_penalty = 0.0f;
+  double u = 0.0;                          // [0, 1)
+  std::span<const int32_t> seen_ids;       // distinct prompt + output ids (repetition penalty)
+  std::span<const int32_t> output_ids;     // distinct output ids (presence / frequency penalty)
+  std::span<const int32_t> output_counts;  // their counts
+};
+
 // Which layer's paged K/V an attention call reads and writes.
 struct KVLayer {
   void* k = nullptr;
@@ -159,6 +175,12 @@ class Backend {
   virtual void to_host(Act src, float* dst) = 0;
   // out[r] = argmax of row r of f32 logits (first maximum on ties), on the host (waits).
   virtual void argmax_rows(Act logits, int32_t* out) = 0;
+  // Whether sample_rows runs where the logits are. The CPU backend says no: its logits are
+  // host memory already, and the engine runs the Sampler on them (the same tokens as ever).
+  virtual bool has_sample_rows() const { return false; }
+  // out[r] = the token drawn from f32 logit row r as rows[r] says, with Sampler::sample's
+  // filters and distribution (penalties are applied to the logits in place); on the host (waits).
+  virtual void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out);
 };
 
 struct BackendOptions {

@@ -82,6 +82,14 @@ void Transformer::forward_argmax(std::span<const SeqStep> seqs, KVCache& kv, std
   if (out.rows > 0) backend_->argmax_rows(out, ids.data());
 }
 
+void Transformer::forward_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows,
+                                 std::vector<int32_t>& ids) {
+  Act out = run(seqs, kv, nullptr);
+  GALE_ASSERT(size_t(out.rows) == rows.size());
+  ids.resize(size_t(out.rows));
+  if (out.rows > 0) backend_->sample_rows(out, rows, ids.data());
+}
+
 Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host) {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size;

@@ -48,6 +48,10 @@ class Transformer {
   // The same pass, returning only each logit row's argmax (greedy decoding): on a GPU the
   // logits stay on the device.
   void forward_argmax(std::span<const SeqStep> seqs, KVCache& kv, std::vector<int32_t>& ids);
+  // The same pass, returning the id drawn from each logit row with rows[i] (one per logit row,
+  // in order), where backend().has_sample_rows(): the logits stay on the device.
+  void forward_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows,
+                      std::vector<int32_t>& ids);
 
  private:
   // Backend memory grown on demand and reused across steps (no per-token allocations).

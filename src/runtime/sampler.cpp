@@ -39,30 +39,36 @@ int32_t argmax(std::span<const float> v) {
 Sampler::Sampler(const SamplingParams& p, std::span<const int32_t> prompt)
     : p_(p), rng_(p.seed), seen_(prompt.begin(), prompt.end()) {
   validate(p_);
+  std::sort(seen_.begin(), seen_.end());
+  seen_.erase(std::unique(seen_.begin(), seen_.end()), seen_.end());
 }
 
 void Sampler::accept(int32_t id) {
-  seen_.push_back(id);
-  counts_[id] += 1;
+  if (auto it = std::lower_bound(seen_.begin(), seen_.end(), id); it == seen_.end() || *it != id) seen_.insert(it, id);
+  auto it = std::lower_bound(out_ids_.begin(), out_ids_.end(), id);
+  const size_t at = size_t(it - out_ids_.begin());
+  if (it == out_ids_.end() || *it != id) {
+    out_ids_.insert(it, id);
+    out_counts_.insert(out_counts_.begin() + ptrdiff_t(at), 0);
+  }
+  out_counts_[at] += 1;
 }
 
 int32_t Sampler::sample(std::span<float> logits) {
   const int32_t V = int32_t(logits.size());
   // Penalties first, on raw logits (transformers' and vLLM's order).
   if (p_.repetition_penalty != 1.0f) {
-    std::vector<int32_t> uniq(seen_);
-    std::sort(uniq.begin(), uniq.end());
-    uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
-    for (int32_t id : uniq) {
+    for (int32_t id : seen_) {
       if (id < 0 || id >= V) continue;
       float& l = logits[size_t(id)];
       l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
     }
   }
   if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) {
-    for (auto [id, n] : counts_) {
+    for (size_t i = 0; i < out_ids_.size(); ++i) {
+      const int32_t id = out_ids_[i];
       if (id < 0 || id >= V) continue;
-      logits[size_t(id)] -= p_.presence_penalty + p_.frequency_penalty * float(n);
+      logits[size_t(id)] -= p_.presence_penalty + p_.frequency_penalty * float(out_counts_[i]);
     }
   }
   int32_t chosen;

@@ -3,7 +3,6 @@
 #pragma once
 #include <cstdint>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 namespace gale {
@@ -46,12 +45,25 @@ class Sampler {
            p_.frequency_penalty == 0.0f;
   }
 
+  // What sample() would apply to the next logits, for a device that samples in its place (the
+  // engine hands these to Backend::sample_rows, then accept()s the device's choice).
+  const SamplingParams& params() const { return p_; }
+  std::span<const int32_t> seen_ids() const { return seen_; }             // distinct prompt + output ids, ascending
+  std::span<const int32_t> output_ids() const { return out_ids_; }        // distinct output ids, ascending
+  std::span<const int32_t> output_counts() const { return out_counts_; }  // times each was generated
+  // The uniform sample() would draw for the next token: one per token when temperature > 0,
+  // none (returns 0) when greedy, so the generator advances exactly as on the host path.
+  double next_uniform() { return p_.temperature == 0.0f ? 0.0 : rng_.uniform(); }
+
  private:
   SamplingParams p_;
   Rng rng_;
-  std::vector<int32_t> seen_;                     // prompt + output ids, for repetition penalty
-  std::unordered_map<int32_t, int32_t> counts_;   // output id -> count, for presence/frequency
-  std::vector<int32_t> idx_;                      // scratch
+  // Kept sorted and distinct as ids arrive (each penalty applies once per id), so neither path
+  // sorts the prompt again every token.
+  std::vector<int32_t> seen_;        // prompt + output ids, for repetition penalty
+  std::vector<int32_t> out_ids_;     // output ids, for presence/frequency
+  std::vector<int32_t> out_counts_;  // their counts
+  std::vector<int32_t> idx_;         // scratch
 };
 
 // Index of the largest value; the first one on ties (as torch.argmax).

@@ -119,6 +119,35 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesCountOutputTokensOnly) {
   EXPECT_FLOAT_EQ(l[1], 1.0f) << "prompt tokens are not penalized";
 }
 
+// What the engine hands a device that samples in the Sampler's place: the distinct seen ids,
+// the output ids with their counts, and the next uniform, drawn exactly as sample() draws it.
+TEST(Sampler, ExportsWhatADeviceNeeds) {
+  SamplingParams p;
+  p.temperature = 0.8f;
+  p.seed = 9;
+  const std::vector<int32_t> prompt = {7, 3, 7, 11, 3};
+  Sampler s(p, prompt);
+  s.accept(5);
+  s.accept(11);
+  s.accept(5);
+  EXPECT_EQ(std::vector<int32_t>(s.seen_ids().begin(), s.seen_ids().end()), (std::vector<int32_t>{3, 5, 7, 11}));
+  EXPECT_EQ(std::vector<int32_t>(s.output_ids().begin(), s.output_ids().end()), (std::vector<int32_t>{5, 11}));
+  EXPECT_EQ(std::vector<int32_t>(s.output_counts().begin(), s.output_counts().end()), (std::vector<int32_t>{2, 1}));
+  // One uniform per sampled token, on either path.
+  Rng r(9);
+  Sampler t(p, prompt);
+  auto l = logits_of({0.1f, 0.2f, 0.3f});
+  t.sample(l);
+  r.uniform();
+  EXPECT_EQ(t.next_uniform(), r.uniform());
+  EXPECT_EQ(t.next_uniform(), r.uniform());
+  // Greedy draws nothing.
+  SamplingParams g;
+  g.repetition_penalty = 1.2f;
+  Sampler greedy(g, prompt);
+  EXPECT_EQ(greedy.next_uniform(), 0.0);
+}
+
 TEST(Sampler, InvalidParametersAreRejected) {
   auto bad = [](auto f) {
     SamplingParams p;

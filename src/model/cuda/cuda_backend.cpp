@@ -31,6 +31,7 @@
 #include "kernels/cuda/scatter_add_rows.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 #include "model/backend.h"
+#include "model/cuda/cuda_sampling.h"
 
 namespace gale {
 
@@ -258,7 +259,15 @@ class CudaBackend final : public Backend {
     profile_step_done();
   }
 
+  // Sampling where the logits are (model/cuda/cuda_sampling.cpp over kernels/cuda/sample.cu):
+  // penalties, temperature, top-k / top-p / min-p and the draw; only the ids come back.
+  bool has_sample_rows() const override { return true; }
+  void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out) override {
+    sampling_.sample(logits, rows, out, stream_);
+  }
+
  private:
+  CudaSampling sampling_;  // the sampling kernel's pinned and device buffers
   cuda::KVCacheWriteParams cache_write_params(const KVLayer& kv, Act k, Act v) const;
   void attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out);
 

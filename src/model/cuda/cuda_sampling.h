@@ -1,0 +1,35 @@
+// Backend::sample_rows of the CUDA backend: the rows' parameters and penalty lists go up in one
+// packed pinned copy, kernels/cuda/sample.cu draws every row's token where the logits are, and
+// only the ids come back.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "model/backend.h"
+
+namespace gale {
+
+class CudaSampling {
+ public:
+  CudaSampling() = default;
+  ~CudaSampling();
+  CudaSampling(const CudaSampling&) = delete;
+  CudaSampling& operator=(const CudaSampling&) = delete;
+
+  // out[r] = the token drawn from f32 logit row r (device memory) with rows[r], on `stream`;
+  // waits for the ids. The logits get the rows' penalties in place. Throws gale::Error on a
+  // CUDA failure or a row outside the kernel's ranges.
+  void sample(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream);
+
+ private:
+  // Grown on demand, reused across steps: the host side pinned (one copy of the whole pack).
+  void* host_ = nullptr;
+  size_t host_bytes_ = 0;
+  void* dev_ = nullptr;
+  size_t dev_bytes_ = 0;
+};
+
+}  // namespace gale
