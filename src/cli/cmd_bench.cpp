@@ -37,9 +37,11 @@ struct BenchOptions {
 double decode_bytes_per_token(const Transformer& m) {
   const ModelConfig& c = m.config();
   const ModelWeights& w = m.weights();
-  double embed = double(c.vocab_size * c.hidden_size) * double(dtype_size(w.embed_dtype));
-  double bytes = double(w.total_bytes) - embed + double(w.lm_head.bytes());
-  if (c.tie_word_embeddings) bytes -= double(w.lm_head.bytes()) - embed;  // counted once in total_bytes
+  // total_bytes counts every tensor once: the embedding table, and the LM head when it is a
+  // tensor of its own.
+  const double embed = double(c.vocab_size * c.hidden_size) * double(dtype_size(w.embed_dtype));
+  double bytes = double(w.total_bytes) - embed;
+  if (w.lm_head.w == w.embed) bytes += embed;  // tied: the LM head streams the table
   if (c.num_experts > 0) {
     double experts = 0;
     for (auto& L : w.layers)

@@ -98,6 +98,21 @@ TEST(Cli, InfoAndBench) {
   j = json::parse(r.out);
   EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
   EXPECT_GT(j["prompt_tokens_per_s"].get<double>(), 0);
+  // A decode step streams every matrix once and only gathers from the embedding table:
+  // synthetic:tiny (untied, bf16) is its weight bytes less the 1024 x 256 table.
+  r = gale("info -m synthetic:tiny --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double weights = json::parse(r.out)["weight_bytes"].get<double>();
+  EXPECT_DOUBLE_EQ(j["decode_bytes_per_token"].get<double>(), weights - 1024.0 * 256 * 2);
+  // Tied (the bundled draft model): the LM head streams the table, so it is all the weights.
+  const std::string draft = std::string(GALE_SOURCE_DIR) + "/models/draft";
+  r = gale("info -m " + draft + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_TRUE(json::parse(r.out)["tie_word_embeddings"].get<bool>());
+  const double tied_weights = json::parse(r.out)["weight_bytes"].get<double>();
+  r = gale("bench -m " + draft + " --prompt 8 --gen 2 --reps 1 --no-probe --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_DOUBLE_EQ(json::parse(r.out)["decode_bytes_per_token"].get<double>(), tied_weights);
 }
 
 TEST(Cli, PerplexityCommand) {
