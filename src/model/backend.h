@@ -146,6 +146,15 @@ class Backend {
     round_act(g);
     linear(down, g, out, accumulate);
   }
+  // The dense gated MLP on the residual stream: out += down(silu(gate(n)) * up(n)) with
+  // n = rmsnorm(x). normed ([rows, hidden]) and gate_up ([rows, 2 * intermediate]) are scratch.
+  // Default: rmsnorm_linear of (gate, up), then swiglu_linear.
+  virtual void swiglu_mlp(Act x, const std::vector<float>& norm_w, float eps, Act normed, Act gate_up,
+                          const Linear& gate, const Linear& up, const Linear& down, Act out) {
+    const Linear* proj[] = {&gate, &up};
+    rmsnorm_linear(x, norm_w, eps, normed, proj, gate_up);
+    swiglu_linear(gate_up, down, out, /*accumulate=*/true);
+  }
   // RoPE in place on q and k with the step's rotary tables.
   virtual void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) = 0;
   // Writes the step's K/V rows into the paged cache, then attention of every sequence's new

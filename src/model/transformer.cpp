@@ -185,9 +185,7 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
 void Transformer::mlp_block(const LayerWeights& L) {
   Backend& be = *backend_;
   Act gu = buffer(bgu_, x_.rows, 2 * cfg_.intermediate_size, be.act_dtype());
-  const Linear* proj[] = {&L.gate, &L.up};
-  be.rmsnorm_linear(x_, L.ffn_norm, float(cfg_.rms_norm_eps), xn_, proj, gu);
-  be.swiglu_linear(gu, L.down, x_, /*accumulate=*/true);  // residual add
+  be.swiglu_mlp(x_, L.ffn_norm, float(cfg_.rms_norm_eps), xn_, gu, L.gate, L.up, L.down, x_);  // residual add
 }
 
 void Transformer::moe_block(const LayerWeights& L, int64_t T) {

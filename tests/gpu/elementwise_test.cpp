@@ -214,6 +214,43 @@ TEST(CudaSiluMul, MatchesCpuOnGateUpHalves) {
   }
 }
 
+// The interleaved gate|up layout (groups of four) gives bit for bit what the halves layout gives.
+TEST(CudaSiluMul, InterleavedGroupsOfFourEqualHalves) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  for (const int64_t n : {int64_t(1), int64_t(19)})
+    for (const int64_t d : {int64_t(4), int64_t(1028), int64_t(14336)}) {
+      SCOPED_TRACE(testing::Message() << "n=" << n << " d=" << d);
+      const auto gu = round_bf16(randn(size_t(n * 2 * d), g, 4.0f));  // [gate | up] rows
+      std::vector<float> il(gu.size());
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; ++j) {
+          il[size_t(r * 2 * d + (j / 4) * 8 + j % 4)] = gu[size_t(r * 2 * d + j)];
+          il[size_t(r * 2 * d + (j / 4) * 8 + 4 + j % 4)] = gu[size_t(r * 2 * d + d + j)];
+        }
+      DevBuf dh = to_device(to_bf16(gu)), di = to_device(to_bf16(il));
+      DevBuf oh(size_t(n * d) * 2), oi(size_t(n * d) * 2);
+      cuda::SiluMulParams ph{dh.p, 2 * d, static_cast<uint16_t*>(dh.p) + d, 2 * d, DType::BF16, oh.p, d, DType::BF16, n, d};
+      cuda::SiluMulParams pi{di.p, 2 * d, nullptr, 0, DType::BF16, oi.p, d, DType::BF16, n, d};
+      pi.group = 4;
+      CUDA_OK(cuda::silu_mul(ph, nullptr));
+      CUDA_OK(cuda::silu_mul(pi, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(oi.download<uint16_t>(size_t(n * d)), oh.download<uint16_t>(size_t(n * d)));
+    }
+  // In place over its own input, or a group other than 4, is refused.
+  DevBuf b(64 * 2);
+  cuda::SiluMulParams bad{b.p, 16, nullptr, 0, DType::BF16, b.p, 8, DType::BF16, 1, 8};
+  bad.group = 4;
+  EXPECT_EQ(cuda::silu_mul(bad, nullptr), cudaErrorInvalidValue);
+  bad.out = static_cast<uint16_t*>(b.p) + 32;
+  bad.group = 2;
+  EXPECT_EQ(cuda::silu_mul(bad, nullptr), cudaErrorInvalidValue);
+  cudaGetLastError();
+}
+
 TEST(CudaKVCacheWrite, MatchesCpuPagedWrite) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();

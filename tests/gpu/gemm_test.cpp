@@ -6,6 +6,7 @@
 #include "gpu_test_util.h"
 #include "kernels/cuda/gemm_lt.cuh"
 #include "kernels/cuda/gemv_bf16.cuh"
+#include "kernels/cuda/silu_mul.cuh"
 #include "kernels/ref/matmul_ref.h"
 
 namespace gale {
@@ -123,7 +124,7 @@ TEST(CudaGemv, RMSNormInputMatchesNormThenProduct) {
     auto wb = to_bf16(w);
     DevBuf dw = to_device(wb);
     const cuda::GemmParams p{dx.p, ldx, dw.p, c.K, dy.p, ldy, c.yt, c.M, c.N, c.K, false};
-    const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, dnw.as<float>(), eps};
+    const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, dnw.as<float>(), eps};
     ASSERT_TRUE(cuda::gemv_bf16_fusable(p, in));
     CUDA_OK(cuda::gemv_bf16(p, nullptr, in));
     CUDA_OK(cudaDeviceSynchronize());
@@ -142,6 +143,30 @@ TEST(CudaGemv, RMSNormInputMatchesNormThenProduct) {
       for (int64_t j = 0; j < c.N; ++j) out.push_back(y[size_t(i * ldy + j)]);
     EXPECT_LT(rel_err(out, ref), c.yt == DType::F32 ? 2e-3 : 6e-3);
   }
+  // SwiGLU output over an interleaved gate|up: bit for bit the plain RMSNorm-input product
+  // followed by silu_mul over its groups of four.
+  for (const int64_t M : {int64_t(1), int64_t(4)}) {
+    const int64_t K = 4096, N = 2 * 1032;
+    SCOPED_TRACE(testing::Message() << "swiglu M=" << M);
+    std::vector<float> x = randn(size_t(M * K), g, 3.0f), nw = randn(size_t(K), g);
+    DevBuf dx = to_device(x), dnw = to_device(nw), dw = to_device(to_bf16(round_bf16(randn(size_t(N * K), g, 0.05f))));
+    DevBuf dgu(size_t(M * N) * 2), dref(size_t(M * N / 2) * 2), dout(size_t(M * N / 2) * 2);
+    cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, dnw.as<float>(), 1e-5f};
+    const cuda::GemmParams pg{dx.p, K, dw.p, K, dgu.p, N, DType::BF16, M, N, K, false};
+    CUDA_OK(cuda::gemv_bf16(pg, nullptr, in));
+    cuda::SiluMulParams sp{dgu.p, N, nullptr, 0, DType::BF16, dref.p, N / 2, DType::BF16, M, N / 2};
+    sp.group = 4;
+    CUDA_OK(cuda::silu_mul(sp, nullptr));
+    in.swiglu = true;
+    const cuda::GemmParams ps{dx.p, K, dw.p, K, dout.p, N / 2, DType::BF16, M, N, K, false};
+    ASSERT_TRUE(cuda::gemv_bf16_fusable(ps, in));
+    CUDA_OK(cuda::gemv_bf16(ps, nullptr, in));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(dout.download<uint16_t>(size_t(M * N / 2)), dref.download<uint16_t>(size_t(M * N / 2)));
+    cuda::GemmParams odd = ps;
+    odd.N = N - 4;  // not whole blocks of 4 gate + 4 up rows
+    EXPECT_FALSE(cuda::gemv_bf16_fusable(odd, in));
+  }
   // Beyond the staging budget (M > 4, or M * K * 2 bytes > 32 KB) the caller must not fuse.
   cuda::GemmParams big{};
   big.M = 5;
@@ -150,7 +175,7 @@ TEST(CudaGemv, RMSNormInputMatchesNormThenProduct) {
   big.ldx = big.ldw = 64;
   big.x = big.w = reinterpret_cast<void*>(uintptr_t(256));
   big.y_dtype = DType::F32;
-  const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, reinterpret_cast<const float*>(uintptr_t(256)), 1e-5f};
+  const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, reinterpret_cast<const float*>(uintptr_t(256)), 1e-5f};
   EXPECT_FALSE(cuda::gemv_bf16_fusable(big, in));
   big.M = 1;
   EXPECT_TRUE(cuda::gemv_bf16_fusable(big, in));

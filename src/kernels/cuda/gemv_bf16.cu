@@ -25,7 +25,7 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc)
 
 // Writes the M normalized input rows into shared memory xs[M][K] (bf16).
 template <int M>
-__device__ void stage_rmsnorm(const GemmParams& p, const GemvInput& in, __nv_bfloat16* xs) {
+__device__ void stage_rmsnorm(const GemmParams& p, const GemvFusion& in, __nv_bfloat16* xs) {
   const int chunks = int(p.K / 8);
   {
     __shared__ float part[kWarps][M];
@@ -70,15 +70,15 @@ __device__ void stage_rmsnorm(const GemmParams& p, const GemvInput& in, __nv_bfl
   __syncthreads();
 }
 
-template <int M, int kUnroll, int OP>  // kUnroll: 16-byte W loads in flight per lane
-__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvInput in) {
+template <int M, int kUnroll, int OP, bool SWIGLU = false>  // kUnroll: 16-byte W loads in flight per lane
+__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvFusion in) {
   pdl_launch_dependents();
   extern __shared__ uint4 staged[];
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const bool active = n < p.N;
   // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
-  if (!active && OP == GemvInput::kPlain) return;
+  if (!active && OP == GemvFusion::kPlain) return;
   const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + (active ? n : 0) * p.ldw);
   const int chunks = int(p.K / 8);  // 16-byte chunks per row
   float acc[M];
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   }
   pdl_wait();
   const uint4* xv[M];
-  if constexpr (OP == GemvInput::kPlain) {
+  if constexpr (OP == GemvFusion::kPlain) {
 #pragma unroll
     for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx);
   } else {
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
     for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(xs + m * p.K);
   }
   const auto ldx = [&](int m, int i) {
-    if constexpr (OP == GemvInput::kPlain) return __ldg(xv[m] + i);
+    if constexpr (OP == GemvFusion::kPlain) return __ldg(xv[m] + i);
     else return xv[m][i];
   };
   // Main loop: kUnroll loads of W in flight before the first use (W is read once: no L1).
@@ -126,6 +126,21 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
+  if constexpr (SWIGLU) {  // warps 0-3 hold gate features 4b+w, warps 4-7 the matching up ones
+    __shared__ float ex[kWarps][M];
+    const int warp = threadIdx.x / 32;
+    if (lane == 0)
+#pragma unroll
+      for (int m = 0; m < M; ++m) ex[warp][m] = acc[m];
+    __syncthreads();
+    if (warp < kWarps / 2 && lane < M) {
+      const float g = __bfloat162float(__float2bfloat16_rn(ex[warp][lane]));
+      const float u = __bfloat162float(__float2bfloat16_rn(ex[warp + kWarps / 2][lane]));
+      static_cast<__nv_bfloat16*>(p.y)[int64_t(lane) * p.ldy + int64_t(blockIdx.x) * (kWarps / 2) + warp] =
+          __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+    }
+    return;
+  }
   if (lane < M) {
     float v = 0.0f;
 #pragma unroll
@@ -146,21 +161,23 @@ bool gemv_bf16_supported(const GemmParams& p) {
          aligned16(p.w) && (p.y_dtype == DType::BF16 || p.y_dtype == DType::F32);
 }
 
-bool gemv_bf16_fusable(const GemmParams& p, const GemvInput& in) {
+bool gemv_bf16_fusable(const GemmParams& p, const GemvFusion& in) {
   if (!gemv_bf16_supported(p) || p.M > kFuseMaxRows || p.M * p.K * 2 > kFuseMaxBytes) return false;
-  return in.kind == GemvInput::kRMSNorm && in.norm_weight && aligned16(in.norm_weight);
+  if (in.swiglu && (p.N % kWarps || p.y_dtype != DType::BF16 || p.accumulate || p.ldy < p.N / 2)) return false;
+  return in.kind == GemvFusion::kRMSNorm && in.norm_weight && aligned16(in.norm_weight);
 }
 
-cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput& in) {
+cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion& in) {
   if (p.N <= 0) return cudaSuccess;
-  if (!gemv_bf16_supported(p) || p.ldy < p.N) return cudaErrorInvalidValue;
-  if (in.kind != GemvInput::kPlain && !gemv_bf16_fusable(p, in)) return cudaErrorInvalidValue;
+  if (!gemv_bf16_supported(p) || (!in.swiglu && p.ldy < p.N)) return cudaErrorInvalidValue;
+  if ((in.kind != GemvFusion::kPlain || in.swiglu) && !gemv_bf16_fusable(p, in)) return cudaErrorInvalidValue;
   const unsigned grid = unsigned((p.N + kWarps - 1) / kWarps);
   // 8 loads in flight per lane for the narrower products (q|k|v, o, down of an 8B model), 4 for
   // the wide ones (gate|up, LM head): 173.1 vs 172.9 tok/s (8 everywhere: 173.2, 4: 172.9) at
   // batch 1, synthetic:llama3-8b, H100, 2026-11-26, and 176.3 vs 175.7 with the RMSNorm-staging
   // q|k|v product at 8 too. GALE_GEMV_UNROLL=4|8 forces one depth. (Blocks of 2 or 4 warps
-  // instead of 8 measured the same: 174.9 / 175.2 / 175.7.)
+  // instead of 8 measured the same: 174.9 / 175.2 / 175.7. Prefetching up to 16 KB of each row
+  // into L2 before the PDL wait measured much slower: 159.9 vs 176.1.)
   static const std::string mode = [] {
     const char* e = std::getenv("GALE_GEMV_UNROLL");
     return std::string(e ? e : "auto");
@@ -168,14 +185,18 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput&
   const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
   auto go = [&](auto m) -> cudaError_t {
     constexpr int M = decltype(m)::value;
-    if (in.kind == GemvInput::kPlain) {
-      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvInput::kPlain>, grid, kWarps * 32, 0, stream, p, in);
-      return launch(gemv_bf16_kernel<M, 4, GemvInput::kPlain>, grid, kWarps * 32, 0, stream, p, in);
+    if (in.kind == GemvFusion::kPlain) {
+      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kPlain>, grid, kWarps * 32, 0, stream, p, in);
+      return launch(gemv_bf16_kernel<M, 4, GemvFusion::kPlain>, grid, kWarps * 32, 0, stream, p, in);
     }
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
-      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvInput::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
-      return launch(gemv_bf16_kernel<M, 4, GemvInput::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
+      if (in.swiglu) {
+        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, true>, grid, kWarps * 32, smem, stream, p, in);
+        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, true>, grid, kWarps * 32, smem, stream, p, in);
+      }
+      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
+      return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
     }
     return cudaErrorInvalidValue;
   };

@@ -4,7 +4,7 @@
 // products in registers. cuBLASLt's kernels for M = 1 reach ~75 % of copy bandwidth on an H100
 // here (bench/RESULTS.md); this is the decode path's floor-chaser. Same parameters as gemm_bf16.
 //
-// For the smallest batches the GEMV can also normalize its input itself (GemvInput): each block
+// For the smallest batches the GEMV can also normalize its input itself (GemvFusion): each block
 // stages RMSNorm of the f32 residual rows in shared memory before the q|k|v and gate|up
 // products, which removes the RMSNorm kernel (a single block, and its launch gap) per product.
 // (SiLU-and-multiply staged the same way before the down product measured slower: each of its
@@ -15,21 +15,28 @@
 
 namespace gale::cuda {
 
-struct GemvInput {
+struct GemvFusion {
   enum Kind { kPlain, kRMSNorm };
-  Kind kind = kPlain;
+  Kind kind = kPlain;  // the input: as it is, or RMSNorm of it (below)
   // kRMSNorm: p.x holds f32 rows of K values; the product's input is
   //   bf16(norm_weight[k] * (x[k] / sqrt(mean(x²) + eps)))   (rmsnorm_residual's formula).
   const float* norm_weight = nullptr;
   float eps = 0.0f;
+  // The output: false = y[m, n] as usual; true = SwiGLU of a gate|up product whose W rows are
+  // interleaved in groups of four (rows 8b..8b+3 = gate 4b..4b+3, rows 8b+4..8b+7 = up 4b..4b+3):
+  // y[m, j] = bf16(silu(g) * u) with g and u the bf16-rounded products of gate and up row j,
+  // so y has N / 2 columns (bf16, no accumulate, N a multiple of 8). SiLU-mul without its
+  // own kernel.
+  bool swiglu = false;
 };
 
 // True when gemv_bf16 takes these shapes: 1 <= M <= 8, K a multiple of 8, row strides and
 // pointers of x and W 16-byte aligned.
 bool gemv_bf16_supported(const GemmParams& p);
-// True when gemv_bf16 can apply `in` itself (M <= 4 and the staged rows within 32 KB).
-bool gemv_bf16_fusable(const GemmParams& p, const GemvInput& in);
+// True when gemv_bf16 can apply `in` itself (M <= 4 and the staged rows within 32 KB; for the
+// SwiGLU output N % 8 == 0 and a bf16 y).
+bool gemv_bf16_fusable(const GemmParams& p, const GemvFusion& in);
 
-cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvInput& in = {});
+cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion& in = {});
 
 }  // namespace gale::cuda

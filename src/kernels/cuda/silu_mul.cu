@@ -30,12 +30,34 @@ __global__ void silu_mul_bf16x8_kernel(SiluMulParams p) {
   store8(static_cast<__nv_bfloat16*>(p.out) + r * p.ldo + c, g);
 }
 
+// Interleaved gate|up (group 4), bf16: a thread reads one 16-byte group (4 gate, 4 up) and
+// writes its 4 outputs.
+__global__ void silu_mul_interleaved4_kernel(SiluMulParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const int64_t r = blockIdx.y;
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // group of 4 outputs
+  if (b * 4 >= p.d) return;
+  float v[8];
+  load8(static_cast<const __nv_bfloat16*>(p.gate) + r * p.ldg + b * 8, v);
+  __nv_bfloat16* o = static_cast<__nv_bfloat16*>(p.out) + r * p.ldo + b * 4;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) o[e] = __float2bfloat16_rn(v[e] / (1.0f + expf(-v[e])) * v[4 + e]);
+}
+
 cudaError_t silu_mul(const SiluMulParams& p, cudaStream_t stream) {
   if (p.n <= 0 || p.d <= 0) return cudaSuccess;
   for (DType t : {p.in_dtype, p.out_dtype})
     if (t != DType::F32 && t != DType::BF16) return cudaErrorInvalidValue;
   if (p.n > 65535) return cudaErrorInvalidValue;
   const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
+  if (p.group != 0) {  // interleaved: bf16 only, whole groups, no aliasing of out with the input
+    if (p.group != 4 || p.in_dtype != DType::BF16 || p.out_dtype != DType::BF16 || p.d % 4 || p.ldg % 8 ||
+        !a16(p.gate) || p.out == p.gate)
+      return cudaErrorInvalidValue;
+    const unsigned bx = unsigned((p.d / 4 + 127) / 128);
+    return launch(silu_mul_interleaved4_kernel, dim3(bx, unsigned(p.n)), 128, 0, stream, p);
+  }
   if (p.in_dtype == DType::BF16 && p.out_dtype == DType::BF16 && p.d % 8 == 0 && p.ldg % 8 == 0 && p.ldu % 8 == 0 &&
       p.ldo % 8 == 0 && a16(p.gate) && a16(p.up) && a16(p.out)) {
     const unsigned bx = unsigned((p.d / 8 + 127) / 128);

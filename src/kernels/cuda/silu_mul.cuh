@@ -14,6 +14,10 @@ struct SiluMulParams {
   int64_t ldo;
   DType out_dtype;
   int64_t n, d;
+  // 0: gate and up are the two pointers above. 4: gate|up rows interleaved in groups of four
+  // (gate 4b..4b+3 at columns 8b..8b+3 of `gate`'s rows, up 4b..4b+3 at 8b+4..8b+7; `up` unused),
+  // the layout of the CUDA backend's fused gate|up weights (see gemv_bf16.cuh).
+  int64_t group = 0;
 };
 
 cudaError_t silu_mul(const SiluMulParams& p, cudaStream_t stream);

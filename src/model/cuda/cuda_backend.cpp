@@ -83,7 +83,7 @@ class CudaBackend final : public Backend {
     }
     drop_graphs();
     for (auto& [p, n] : owned_) cudaFree(p);
-    for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_argmax_ws_, &d_wts_}) cudaFree(g->p);
+    for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_argmax_ws_, &d_wts_, &d_act_}) cudaFree(g->p);
     cudaFreeHost(h_plan_.p);
     cuda::gemm_context_destroy(gemm_);
     cudaEventDestroy(plan_sent_);
@@ -192,7 +192,7 @@ class CudaBackend final : public Backend {
     if (fuse_norm_ && w && x.dtype == DType::F32) {
       const int64_t n = f ? f->n : ls[0]->out;
       cuda::GemmParams p{x.data, x.ld, w, x.cols, out.data, out.ld, out.dtype, x.rows, n, x.cols, false};
-      const cuda::GemvInput in{cuda::GemvInput::kRMSNorm, vec(norm_w), eps};
+      const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
       if (out.cols == n && cuda::gemv_bf16_fusable(p, in)) {
         check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + GEMV");
         if (const float* b = f ? f->bias : ls[0]->bias.empty() ? nullptr : vec(ls[0]->bias)) bias(b, out);
@@ -200,6 +200,29 @@ class CudaBackend final : public Backend {
       }
     }
     Backend::rmsnorm_linear(x, norm_w, eps, normed, ls, out);
+  }
+
+  void swiglu_mlp(Act x, const std::vector<float>& norm_w, float eps, Act normed, Act gate_up, const Linear& gate,
+                  const Linear& up, const Linear& down, Act out) override {
+    auto it = fused_.find(gate.w);
+    if (it == fused_.end() || !it->second.interleaved4) return Backend::swiglu_mlp(x, norm_w, eps, normed, gate_up, gate, up, down, out);
+    const Fused& f = it->second;
+    const int64_t I = gate.out, rows = x.rows;
+    GALE_ASSERT(gate_up.cols == 2 * I && f.n == 2 * I && d_act_.bytes >= size_t(rows * I) * 2);
+    Act act{d_act_.p, DType::BF16, rows, I, I};
+    cuda::GemmParams p{x.data, x.ld, f.w, x.cols, act.data, act.ld, DType::BF16, rows, 2 * I, x.cols, false};
+    cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
+    in.swiglu = true;
+    if (x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
+      check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
+    } else {  // the interleaved gate|up product, then SiLU-mul over its groups of four
+      const Linear* proj[] = {&gate, &up};
+      Backend::rmsnorm_linear(x, norm_w, eps, normed, proj, gate_up);
+      cuda::SiluMulParams sp{gate_up.data, gate_up.ld, nullptr, 0, gate_up.dtype, act.data, act.ld, act.dtype, rows, I};
+      sp.group = 4;
+      check(cuda::silu_mul(sp, stream_), "silu_mul");
+    }
+    linear(down, act, out, /*accumulate=*/true);
   }
 
   void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) override {
@@ -280,6 +303,9 @@ class CudaBackend final : public Backend {
     int64_t n = 0;
     size_t count = 0;
     const float* bias = nullptr;  // [n] or nullptr
+    // A dense MLP's gate|up with rows interleaved in groups of four (GemvFusion::swiglu's
+    // layout): its products come out interleaved, and only swiglu_mlp reads them.
+    bool interleaved4 = false;
   };
 
   void drop_graphs() {
@@ -335,6 +361,7 @@ class CudaBackend final : public Backend {
 
   // Device copies of the weights.
   void* upload_matrix(const Linear& l, void* dst = nullptr);
+  void interleave4(Fused& f, int64_t in);
   const float* upload_vector(const std::vector<float>& v);
   void upload_bytes(void* dst, const void* src, DType src_dtype, size_t n_elems, DType dst_dtype);
   void* device_alloc_owned(size_t bytes) {
@@ -368,7 +395,7 @@ class CudaBackend final : public Backend {
   DType embed_dtype_ = DType::BF16;
 
   // The step plan on the device (one packed buffer) and what the attention calls need of it.
-  Grow h_plan_, d_plan_, d_ws_, d_rows_, d_argmax_ws_, d_wts_;
+  Grow h_plan_, d_plan_, d_ws_, d_rows_, d_argmax_ws_, d_wts_, d_act_;
   int32_t *d_ids_ = nullptr, *d_slots_ = nullptr, *d_seq_lens_ = nullptr, *d_cu_q_ = nullptr, *d_start_ = nullptr,
           *d_logit_rows_ = nullptr, *d_tables_ = nullptr;
   float *d_cos_ = nullptr, *d_sin_ = nullptr;
@@ -389,14 +416,15 @@ class CudaBackend final : public Backend {
   bool graphable_ = false, capturing_ = false;
   GraphKey key_{};
   bool use_gemv_ = std::getenv("GALE_CUDA_GEMV") == nullptr || std::string(std::getenv("GALE_CUDA_GEMV")) != "0";
-  // Fusions (both on by default; GALE_CUDA_FUSE lists those on, for A/B runs): rope = RoPE with
-  // the K/V write, norm = RMSNorm inside the decode GEMV.
+  // Fusions (all on by default; GALE_CUDA_FUSE lists those on, for A/B runs): rope = RoPE with
+  // the K/V write, norm = RMSNorm inside the decode GEMV, silu = SiLU-mul in the gate|up GEMV.
   static bool fused(const char* what) {
     const char* env = std::getenv("GALE_CUDA_FUSE");
-    return std::string(env ? env : "rope,norm").find(what) != std::string::npos;
+    return std::string(env ? env : "rope,norm,silu").find(what) != std::string::npos;
   }
   bool fuse_rope_ = fused("rope");
   bool fuse_norm_ = use_gemv_ && fused("norm");
+  bool fuse_silu_ = fused("silu");  // gate|up interleaved at load, SiLU-mul in the GEMV's epilogue
   bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
@@ -440,6 +468,29 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
   }
   check(cudaStreamSynchronize(stream_), "upload");
   for (auto& e : done) cudaEventDestroy(e);
+}
+
+// Reorders a fused [gate; up] matrix (2I rows of `in` bf16) in place into groups of four:
+// rows 8b..8b+3 = gate rows 4b..4b+3, rows 8b+4..8b+7 = up rows 4b..4b+3 (through one
+// temporary copy, freed before the KV cache is sized).
+void CudaBackend::interleave4(Fused& f, int64_t in) {
+  const int64_t I = f.n / 2;
+  const size_t row = size_t(in) * 2, bytes = size_t(f.n) * row;
+  void* tmp = nullptr;
+  check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into f.w went out on other streams
+  check(cudaMalloc(&tmp, bytes), "cudaMalloc (gate|up reorder)");
+  check(cudaMemcpyAsync(tmp, f.w, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
+  uint8_t* dst = static_cast<uint8_t*>(f.w);
+  const uint8_t* src = static_cast<const uint8_t*>(tmp);
+  // Four rows at a time: gate block b to 8b, up block b to 8b + 4.
+  check(cudaMemcpy2DAsync(dst, 8 * row, src, 4 * row, 4 * row, size_t(I / 4), cudaMemcpyDeviceToDevice, stream_),
+        "gate|up reorder");
+  check(cudaMemcpy2DAsync(dst + 4 * row, 8 * row, src + size_t(I) * row, 4 * row, 4 * row, size_t(I / 4),
+                          cudaMemcpyDeviceToDevice, stream_),
+        "gate|up reorder");
+  check(cudaStreamSynchronize(stream_), "gate|up reorder");
+  check(cudaFree(tmp), "cudaFree");
+  f.interleaved4 = true;
 }
 
 void* CudaBackend::upload_matrix(const Linear& l, void* dst) {
@@ -520,6 +571,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       }
     } else {
       fuse({&L.gate, &L.up});
+      if (fuse_silu_ && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
       upload_matrix(L.down);
     }
   }
@@ -675,6 +727,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
     }
     grow_device(d_ws_, ws);
   }
+  if (cfg_.num_experts == 0)  // swiglu_mlp's activations (sized here: nothing is allocated mid-capture)
+    grow_device(d_act_, size_t(Tp * cfg_.intermediate_size) * 2);
 }
 
 bool CudaBackend::replay_step() {
