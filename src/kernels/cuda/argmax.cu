@@ -1,13 +1,9 @@
 #include "kernels/cuda/argmax.cuh"
+#include "kernels/cuda/arg_best.cuh"
 
 namespace gale::cuda {
 
 namespace {
-
-// (value, index) pairs: a beats b when larger, or equal with a smaller index.
-__device__ __forceinline__ void arg_better(float& v, int& i, float ov, int oi) {
-  if (ov > v || (ov == v && oi < i) || (v != v && ov == ov)) { v = ov; i = oi; }
-}
 
 constexpr int kThreads = 256;
 constexpr int64_t kPerBlock = 4096;  // logits per block when a row is split
@@ -17,24 +13,9 @@ __device__ void block_argmax(const ArgmaxParams& p, int64_t r, int64_t i0, int64
   best = -INFINITY;
   bi = INT_MAX;
   for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) arg_better(best, bi, load_f32(p.logits, p.dtype, r * p.ld + i), int(i));
-  const auto warp_best = [&] {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      arg_better(best, bi, ov, oi);
-    }
-  };
-  warp_best();
   __shared__ float sv[kThreads / 32];
   __shared__ int si[kThreads / 32];
-  if (threadIdx.x % 32 == 0) { sv[threadIdx.x / 32] = best; si[threadIdx.x / 32] = bi; }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    best = threadIdx.x < kThreads / 32 ? sv[threadIdx.x] : -INFINITY;
-    bi = threadIdx.x < kThreads / 32 ? si[threadIdx.x] : INT_MAX;
-    warp_best();
-  }
+  block_arg_best<kThreads>(best, bi, sv, si);
 }
 
 __global__ void __launch_bounds__(kThreads) argmax_kernel(ArgmaxParams p) {

@@ -1,4 +1,5 @@
 #include "kernels/cuda/gemv_bf16.cuh"
+#include "kernels/cuda/silu_mul.cuh"
 
 #include <cstdlib>
 #include <string>
@@ -27,44 +28,42 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc)
 template <int M>
 __device__ void stage_rmsnorm(const GemmParams& p, const GemvFusion& in, __nv_bfloat16* xs) {
   const int chunks = int(p.K / 8);
-  {
-    __shared__ float part[kWarps][M];
-    __shared__ float inv[M];
-    float ss[M];
+  __shared__ float part[kWarps][M];
+  __shared__ float inv[M];
+  float ss[M];
 #pragma unroll
-    for (int m = 0; m < M; ++m) ss[m] = 0.0f;
-    for (int c = threadIdx.x; c < chunks; c += kWarps * 32)
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float v[8];
-        load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ss[m] = fmaf(v[e], v[e], ss[m]);
-      }
+  for (int m = 0; m < M; ++m) ss[m] = 0.0f;
+  for (int c = threadIdx.x; c < chunks; c += kWarps * 32)
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      ss[m] = warp_sum(ss[m]);
-      if (threadIdx.x % 32 == 0) part[threadIdx.x / 32][m] = ss[m];
+      float v[8];
+      load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss[m] = fmaf(v[e], v[e], ss[m]);
     }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float t = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
-      inv[threadIdx.x] = rsqrtf(t / float(p.K) + in.eps);
-    }
-    __syncthreads();
-    for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
-      float wn[8];
-      load8(in.norm_weight + 8 * c, wn);
+  for (int m = 0; m < M; ++m) {
+    ss[m] = warp_sum(ss[m]);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32][m] = ss[m];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float t = 0.0f;
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float v[8];
-        load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
+    for (int w = 0; w < kWarps; ++w) t += part[w][threadIdx.x];
+    inv[threadIdx.x] = rsqrtf(t / float(p.K) + in.eps);
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < chunks; c += kWarps * 32) {
+    float wn[8];
+    load8(in.norm_weight + 8 * c, wn);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = wn[e] * (v[e] * inv[m]);
-        store8(xs + m * p.K + 8 * c, v);
-      }
+    for (int m = 0; m < M; ++m) {
+      float v[8];
+      load8(static_cast<const float*>(p.x) + m * p.ldx + 8 * c, v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = wn[e] * (v[e] * inv[m]);
+      store8(xs + m * p.K + 8 * c, v);
     }
   }
   __syncthreads();
@@ -137,7 +136,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
       const float g = __bfloat162float(__float2bfloat16_rn(ex[warp][lane]));
       const float u = __bfloat162float(__float2bfloat16_rn(ex[warp + kWarps / 2][lane]));
       static_cast<__nv_bfloat16*>(p.y)[int64_t(lane) * p.ldy + int64_t(blockIdx.x) * (kWarps / 2) + warp] =
-          __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+          __float2bfloat16_rn(silu_times(g, u));
     }
     return;
   }

@@ -1,6 +1,7 @@
 #include <climits>
 #include <cmath>
 
+#include "kernels/cuda/arg_best.cuh"
 #include "kernels/cuda/sample.cuh"
 
 namespace gale::cuda {
@@ -96,38 +97,15 @@ __device__ u64 block_scan(u64 v, Shared& sh, u64& total) {
   return v + before;
 }
 
-// (value, id): a beats b when larger, or equal with a lower id.
-__device__ __forceinline__ void arg_better(float& v, int& i, float ov, int oi) {
-  if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
-}
-
 // Largest value of the row and its first id, in every thread.
 __device__ void row_argmax(const Row& row, Shared& sh, float& best, int& bi) {
   best = -INFINITY;
   bi = INT_MAX;
   for (int i = threadIdx.x; i < row.vocab; i += kThreads) arg_better(best, bi, row.value(i), i);
-  const auto warp_best = [&] {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      arg_better(best, bi, ov, oi);
-    }
-  };
-  warp_best();
-  if ((threadIdx.x & 31) == 0) {
-    sh.warp_v[threadIdx.x >> 5] = best;
-    sh.warp_i[threadIdx.x >> 5] = bi;
-  }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    best = sh.warp_v[threadIdx.x];
-    bi = sh.warp_i[threadIdx.x];
-    warp_best();
-    if (threadIdx.x == 0) {
-      sh.v = best;
-      sh.id = bi;
-    }
+  block_arg_best<kThreads>(best, bi, sh.warp_v, sh.warp_i);
+  if (threadIdx.x == 0) {
+    sh.v = best;
+    sh.id = bi;
   }
   __syncthreads();
   best = sh.v;

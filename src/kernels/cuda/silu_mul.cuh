@@ -23,3 +23,12 @@ struct SiluMulParams {
 cudaError_t silu_mul(const SiluMulParams& p, cudaStream_t stream);
 
 }  // namespace gale::cuda
+
+#ifdef __CUDACC__
+namespace gale::cuda {
+// silu(g) * u in f32, the one formula of every SiLU-mul path (this op's kernels and the gate|up
+// GEMV's epilogue), so that fused and unfused paths round alike. expf (not __expf) keeps it
+// within a few ulps of the CPU kernel.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+}  // namespace gale::cuda
+#endif  // __CUDACC__
