@@ -168,8 +168,8 @@ class CudaBackend final : public Backend {
   }
 
   void linear_fused(std::span<const Linear* const> ls, Act in, Act out) override {
-    auto it = fused_.find(ls[0]->w);
-    if (it == fused_.end() || it->second.count != ls.size()) {  // not fused at load: one GEMM each
+    const Fused* f = fused_for(ls);
+    if (!f) {  // not fused at load: one GEMM each
       int64_t c0 = 0;
       for (const Linear* l : ls) {
         linear(*l, in, out.cols_range(c0, l->out), false);
@@ -177,17 +177,15 @@ class CudaBackend final : public Backend {
       }
       return;
     }
-    const Fused& f = it->second;
-    GALE_ASSERT(out.cols == f.n);
-    gemm(f.w, f.n, in, out, false);
-    if (f.bias) bias(f.bias, out);
+    GALE_ASSERT(out.cols == f->n);
+    gemm(f->w, f->n, in, out, false);
+    if (f->bias) bias(f->bias, out);
   }
 
   // Decode-sized steps: the norm runs inside the GEMV (each block normalizes the rows itself).
   void rmsnorm_linear(Act x, const std::vector<float>& norm_w, float eps, Act normed, std::span<const Linear* const> ls,
                       Act out) override {
-    const Fused* f = nullptr;
-    if (auto it = fused_.find(ls[0]->w); it != fused_.end() && it->second.count == ls.size()) f = &it->second;
+    const Fused* f = fused_for(ls);
     const void* w = f ? f->w : ls.size() == 1 ? wmap_.at(ls[0]->w) : nullptr;
     if (fuse_norm_ && w && x.dtype == DType::F32) {
       const int64_t n = f ? f->n : ls[0]->out;
@@ -307,6 +305,12 @@ class CudaBackend final : public Backend {
     // layout): its products come out interleaved, and only swiglu_mlp reads them.
     bool interleaved4 = false;
   };
+
+  // The matrix `ls` was fused into at load, or nullptr.
+  const Fused* fused_for(std::span<const Linear* const> ls) const {
+    auto it = fused_.find(ls[0]->w);
+    return it != fused_.end() && it->second.count == ls.size() ? &it->second : nullptr;
+  }
 
   void drop_graphs() {
     for (auto& [k, g] : graphs_) cudaGraphExecDestroy(g);
