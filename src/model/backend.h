@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "loader/model_config.h"
 #include "model/weights.h"
 
@@ -168,6 +169,18 @@ class Backend {
     rope(q, n_heads, k, kv.n_kv_heads, kv.head_dim);
     round_act(q);
     attention(kv, q, k, v, n_heads, window, scale, out);
+  }
+  // The attention block's input in one pass where the backend can: RMSNorm of x, the q|k|v
+  // projection (qkv = q, k, v, bias-free), RoPE on q and k, and k, v written into the cache.
+  // Returns false (and does nothing) where it cannot; the caller then runs rmsnorm_linear and
+  // rope_attention. After true, attend_cached runs the attention over what it wrote.
+  virtual bool rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w, float eps,
+                                      std::span<const Linear* const> qkv, Act out, const KVLayer& kv) {
+    return false;
+  }
+  // Attention of q over the cache, whose K/V of this step are written already.
+  virtual void attend_cached(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) {
+    throw Error(name() + ": attend_cached without rmsnorm_qkv_rope_cache");
   }
   // gate = silu(gate) * up (in place).
   virtual void silu_mul(Act gate, Act up) = 0;

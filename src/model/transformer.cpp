@@ -169,15 +169,21 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
   const int64_t hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd;
   Act qkv = buffer(bqkv_, T, qd + 2 * kvd, be.act_dtype());
   const Linear* proj[] = {&L.q, &L.k, &L.v};
-  be.rmsnorm_linear(x_, L.attn_norm, float(c.rms_norm_eps), xn_, proj, qkv);
-  Act q = qkv.cols_range(0, qd), k = qkv.cols_range(qd, kvd), v = qkv.cols_range(qd + kvd, kvd);
-  if (c.qk_norm) {  // per-head RMSNorm before RoPE (Qwen3)
-    be.head_rmsnorm(q, c.num_heads, L.q_norm, float(c.rms_norm_eps));
-    be.head_rmsnorm(k, c.num_kv_heads, L.k_norm, float(c.rms_norm_eps));
-  }
-  Act attn = buffer(battn_, T, qd, be.act_dtype());
   const KVLayer kvl{kv.k(l), kv.v(l), kv.dtype(), kv.block_size(), c.num_kv_heads, hd};
-  be.rope_attention(kvl, q, k, v, c.num_heads, c.layer_window[size_t(l)], 1.0f / std::sqrt(float(hd)), attn);
+  const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
+  const int64_t window = c.layer_window[size_t(l)];
+  Act q = qkv.cols_range(0, qd), k = qkv.cols_range(qd, kvd), v = qkv.cols_range(qd + kvd, kvd);
+  Act attn = buffer(battn_, T, qd, be.act_dtype());
+  if (!c.qk_norm && be.rmsnorm_qkv_rope_cache(x_, L.attn_norm, eps, proj, qkv, kvl)) {
+    be.attend_cached(kvl, q, c.num_heads, window, scale, attn);
+  } else {
+    be.rmsnorm_linear(x_, L.attn_norm, eps, xn_, proj, qkv);
+    if (c.qk_norm) {  // per-head RMSNorm before RoPE (Qwen3)
+      be.head_rmsnorm(q, c.num_heads, L.q_norm, eps);
+      be.head_rmsnorm(k, c.num_kv_heads, L.k_norm, eps);
+    }
+    be.rope_attention(kvl, q, k, v, c.num_heads, window, scale, attn);
+  }
   be.round_act(attn);
   be.linear(L.o, attn, x_, /*accumulate=*/true);  // residual add
 }

@@ -6,6 +6,7 @@
 #include "gpu_test_util.h"
 #include "kernels/cuda/gemm_lt.cuh"
 #include "kernels/cuda/gemv_bf16.cuh"
+#include "kernels/cuda/rope_kv_write.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 #include "kernels/ref/matmul_ref.h"
 
@@ -181,6 +182,61 @@ TEST(CudaGemv, RMSNormInputMatchesNormThenProduct) {
   EXPECT_TRUE(cuda::gemv_bf16_fusable(big, in));
   big.K = big.ldx = big.ldw = 16392;
   EXPECT_FALSE(cuda::gemv_bf16_fusable(big, in));
+}
+
+// The q|k|v GEMV with RoPE and the K/V write in its epilogue: bit for bit the plain
+// RMSNorm-input product followed by rope_kv_write (q|k|v rows and both caches), padding rows
+// (slot -1) left out of the cache.
+TEST(CudaGemv, RopeKVEpilogueMatchesProductThenRopeKVWrite) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  struct C { int64_t M, n_q_heads, n_kv_heads, hd, K; std::vector<int32_t> slots; };
+  for (const C& c : {C{1, 32, 8, 128, 4096, {37}}, C{3, 4, 2, 64, 512, {5, -1, 0}}, C{4, 8, 1, 16, 256, {9, 2, 14, -1}}}) {
+    SCOPED_TRACE(testing::Message() << "M=" << c.M << " heads=" << c.n_q_heads << "/" << c.n_kv_heads << " hd=" << c.hd);
+    const int64_t M = c.M, K = c.K, nq = c.n_q_heads * c.hd, nk = c.n_kv_heads * c.hd, N = nq + 2 * nk, half = c.hd / 2;
+    const int64_t ldy = N + 8, slots_total = 16;
+    std::vector<float> x = randn(size_t(M * K), g, 3.0f), nw = randn(size_t(K), g);
+    std::vector<float> cs(size_t(M * half)), sn(size_t(M * half));
+    for (int64_t t = 0; t < M; ++t)
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = double(17 + 5 * t) * std::pow(10000.0, -2.0 * double(i) / double(c.hd));
+        cs[size_t(t * half + i)] = float(std::cos(a));
+        sn[size_t(t * half + i)] = float(std::sin(a));
+      }
+    DevBuf dx = to_device(x), dnw = to_device(nw), dw = to_device(to_bf16(round_bf16(randn(size_t(N * K), g, 0.05f))));
+    DevBuf dcos = to_device(cs), dsin = to_device(sn), dslots = to_device(c.slots);
+    DevBuf y_ref(size_t(M * ldy) * 2), y(size_t(M * ldy) * 2);
+    DevBuf k_ref(size_t(slots_total * nk) * 2), v_ref(size_t(slots_total * nk) * 2);
+    DevBuf kc(size_t(slots_total * nk) * 2), vc(size_t(slots_total * nk) * 2);  // all poisoned (0xFF) alike
+    cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, dnw.as<float>(), 1e-5f};
+    // Reference: the product, then rope_kv_write.
+    const cuda::GemmParams pr{dx.p, K, dw.p, K, y_ref.p, ldy, DType::BF16, M, N, K, false};
+    CUDA_OK(cuda::gemv_bf16(pr, nullptr, in));
+    auto* yr = static_cast<uint16_t*>(y_ref.p);  // bf16
+    const cuda::RopeParams rp{yr, ldy, c.n_q_heads, yr + nq, ldy, c.n_kv_heads, DType::BF16, M, c.hd, c.hd,
+                              dcos.as<float>(), dsin.as<float>()};
+    const cuda::KVCacheWriteParams kw{yr + nq, ldy, yr + nq + nk, ldy, DType::BF16, k_ref.p, v_ref.p, DType::BF16,
+                                      dslots.as<int32_t>(), M, nk};
+    CUDA_OK(cuda::rope_kv_write({rp, kw}, nullptr));
+    // Fused.
+    in.rope = true;
+    in.rk = {dcos.as<float>(), dsin.as<float>(), nq, nk, c.hd, kc.p, vc.p, dslots.as<int32_t>()};
+    const cuda::GemmParams pf{dx.p, K, dw.p, K, y.p, ldy, DType::BF16, M, N, K, false};
+    ASSERT_TRUE(cuda::gemv_bf16_fusable(pf, in));
+    CUDA_OK(cuda::gemv_bf16(pf, nullptr, in));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto yf = y.download<uint16_t>(size_t(M * ldy)), yrf = y_ref.download<uint16_t>(size_t(M * ldy));
+    for (int64_t t = 0; t < M; ++t)
+      for (int64_t j = 0; j < N; ++j)
+        ASSERT_EQ(yf[size_t(t * ldy + j)], yrf[size_t(t * ldy + j)]) << "token " << t << " feature " << j;
+    EXPECT_EQ(kc.download<uint16_t>(size_t(slots_total * nk)), k_ref.download<uint16_t>(size_t(slots_total * nk)));
+    EXPECT_EQ(vc.download<uint16_t>(size_t(slots_total * nk)), v_ref.download<uint16_t>(size_t(slots_total * nk)));
+    cuda::GemvFusion bad = in;
+    bad.rk.n_k = nk + c.hd;  // N no longer n_q + 2 n_k
+    EXPECT_FALSE(cuda::gemv_bf16_fusable(pf, bad));
+  }
 }
 
 }  // namespace

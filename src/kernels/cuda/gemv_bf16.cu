@@ -1,4 +1,5 @@
 #include "kernels/cuda/gemv_bf16.cuh"
+#include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 
 #include <cstdlib>
@@ -12,6 +13,7 @@ namespace {
 constexpr int kWarps = 8;          // output features per block
 constexpr int kFuseMaxRows = 4;
 constexpr int kFuseMaxBytes = 32 * 1024;
+enum Epilogue { kStore, kSwiGLU, kRopeKV };  // what happens to the dot products (GemvFusion)
 
 __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
   const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -69,12 +71,19 @@ __device__ void stage_rmsnorm(const GemmParams& p, const GemvFusion& in, __nv_bf
   __syncthreads();
 }
 
-template <int M, int kUnroll, int OP, bool SWIGLU = false>  // kUnroll: 16-byte W loads in flight per lane
+template <int M, int kUnroll, int OP, int EPI = kStore>  // kUnroll: 16-byte W loads in flight per lane
 __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvFusion in) {
   pdl_launch_dependents();
   extern __shared__ uint4 staged[];
-  const int lane = threadIdx.x % 32;
-  const int64_t n = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int64_t n = int64_t(blockIdx.x) * kWarps + warp;
+  // RoPE output: a block of q or k features takes dims i..i+3 of one head (warps 0-3) and their
+  // rotation partners i+half..i+half+3 (warps 4-7), so each pair meets in the block.
+  const int64_t first = int64_t(blockIdx.x) * kWarps;
+  const bool rotated = EPI == kRopeKV && first < in.rk.n_q + in.rk.n_k;
+  const int64_t head0 = rotated ? first / in.rk.head_dim * in.rk.head_dim : 0;
+  const int64_t dim0 = (first - head0) / 2;  // i: blocks step by 8 features, 4 of each half
+  if (rotated) n = head0 + dim0 + (warp < 4 ? warp : in.rk.head_dim / 2 + warp - 4);
   const bool active = n < p.N;
   // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
   if (!active && OP == GemvFusion::kPlain) return;
@@ -125,9 +134,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
-  if constexpr (SWIGLU) {  // warps 0-3 hold gate features 4b+w, warps 4-7 the matching up ones
+  if constexpr (EPI == kSwiGLU) {  // warps 0-3 hold gate features 4b+w, warps 4-7 the matching up ones
     __shared__ float ex[kWarps][M];
-    const int warp = threadIdx.x / 32;
     if (lane == 0)
 #pragma unroll
       for (int m = 0; m < M; ++m) ex[warp][m] = acc[m];
@@ -137,6 +145,38 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
       const float u = __bfloat162float(__float2bfloat16_rn(ex[warp + kWarps / 2][lane]));
       static_cast<__nv_bfloat16*>(p.y)[int64_t(lane) * p.ldy + int64_t(blockIdx.x) * (kWarps / 2) + warp] =
           __float2bfloat16_rn(silu_times(g, u));
+    }
+    return;
+  }
+  if constexpr (EPI == kRopeKV) {  // as stored by a plain GEMV (bf16), then rope_kv_write's steps
+    static_assert(kWarps == 8, "the RoPE pairing puts 4 dims and their partners in one block");
+    __shared__ float ex[kWarps][M];
+    if (lane == 0)
+#pragma unroll
+      for (int m = 0; m < M; ++m) ex[warp][m] = __bfloat162float(__float2bfloat16_rn(acc[m]));
+    __syncthreads();
+    const GemvFusion::RopeKV& r = in.rk;
+    __nv_bfloat16* y = static_cast<__nv_bfloat16*>(p.y);
+    const int64_t row = r.n_k;  // one cache row: the kv heads of one token
+    if (lane >= M) return;
+    const int m = lane;
+    const int32_t slot = r.slots[m];
+    if (rotated) {
+      if (warp >= 4) return;
+      const int64_t half = r.head_dim / 2, i = dim0 + warp;
+      const float2 v = rope_rotate(ex[warp][m], ex[warp + 4][m], r.cos[m * half + i], r.sin[m * half + i]);
+      const __nv_bfloat16 lo = __float2bfloat16_rn(v.x), hi = __float2bfloat16_rn(v.y);
+      y[int64_t(m) * p.ldy + head0 + i] = lo;
+      y[int64_t(m) * p.ldy + head0 + i + half] = hi;
+      if (head0 >= r.n_q && slot >= 0) {
+        __nv_bfloat16* k = static_cast<__nv_bfloat16*>(r.k_cache) + int64_t(slot) * row + (head0 - r.n_q);
+        k[i] = lo;
+        k[i + half] = hi;
+      }
+    } else {
+      const __nv_bfloat16 v = __float2bfloat16_rn(ex[warp][m]);
+      y[int64_t(m) * p.ldy + n] = v;
+      if (slot >= 0) static_cast<__nv_bfloat16*>(r.v_cache)[int64_t(slot) * row + (n - r.n_q - r.n_k)] = v;
     }
     return;
   }
@@ -162,14 +202,22 @@ bool gemv_bf16_supported(const GemmParams& p) {
 
 bool gemv_bf16_fusable(const GemmParams& p, const GemvFusion& in) {
   if (!gemv_bf16_supported(p) || p.M > kFuseMaxRows || p.M * p.K * 2 > kFuseMaxBytes) return false;
-  if (in.swiglu && (p.N % kWarps || p.y_dtype != DType::BF16 || p.accumulate || p.ldy < p.N / 2)) return false;
+  if (in.swiglu && (in.rope || p.N % kWarps || p.y_dtype != DType::BF16 || p.accumulate || p.ldy < p.N / 2))
+    return false;
+  if (in.rope) {
+    const GemvFusion::RopeKV& r = in.rk;
+    if (p.N % kWarps || p.y_dtype != DType::BF16 || p.accumulate || p.ldy < p.N || r.head_dim <= 0 ||
+        r.head_dim % 8 || r.n_q % r.head_dim || r.n_k <= 0 || r.n_k % r.head_dim || p.N != r.n_q + 2 * r.n_k ||
+        !r.cos || !r.sin || !r.k_cache || !r.v_cache || !r.slots)
+      return false;
+  }
   return in.kind == GemvFusion::kRMSNorm && in.norm_weight && aligned16(in.norm_weight);
 }
 
 cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion& in) {
   if (p.N <= 0) return cudaSuccess;
   if (!gemv_bf16_supported(p) || (!in.swiglu && p.ldy < p.N)) return cudaErrorInvalidValue;
-  if ((in.kind != GemvFusion::kPlain || in.swiglu) && !gemv_bf16_fusable(p, in)) return cudaErrorInvalidValue;
+  if ((in.kind != GemvFusion::kPlain || in.swiglu || in.rope) && !gemv_bf16_fusable(p, in)) return cudaErrorInvalidValue;
   const unsigned grid = unsigned((p.N + kWarps - 1) / kWarps);
   // 8 loads in flight per lane for the narrower products (q|k|v, o, down of an 8B model), 4 for
   // the wide ones (gate|up, LM head): 173.1 vs 172.9 tok/s (8 everywhere: 173.2, 4: 172.9) at
@@ -191,8 +239,12 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
       if (in.swiglu) {
-        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, true>, grid, kWarps * 32, smem, stream, p, in);
-        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, true>, grid, kWarps * 32, smem, stream, p, in);
+        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, kSwiGLU>, grid, kWarps * 32, smem, stream, p, in);
+        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, kSwiGLU>, grid, kWarps * 32, smem, stream, p, in);
+      }
+      if (in.rope) {
+        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, kRopeKV>, grid, kWarps * 32, smem, stream, p, in);
+        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, kRopeKV>, grid, kWarps * 32, smem, stream, p, in);
       }
       if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
       return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);

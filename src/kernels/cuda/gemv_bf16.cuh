@@ -28,13 +28,29 @@ struct GemvFusion {
   // so y has N / 2 columns (bf16, no accumulate, N a multiple of 8). SiLU-mul without its
   // own kernel.
   bool swiglu = false;
+  // The output of a decode step's q|k|v product (instead of a plain y): RoPE on the q and k
+  // features, and k, v written into the paged cache too; rope_kv_write without its own kernel.
+  // W rows: n_q q features, n_k k features, then n_k v features (N = n_q + 2 n_k), heads of
+  // head_dim features each, rotated over the full head_dim (cos/sin: [M][head_dim / 2]). y gets
+  // exactly what rope_kv_write leaves in q|k|v (bf16); cache row slots[m] (skipped when < 0)
+  // gets the rotated k and the v, [slot][n_k] bf16. Needs bf16 y, no accumulate, N % 8 == 0.
+  struct RopeKV {
+    const float* cos = nullptr;
+    const float* sin = nullptr;
+    int64_t n_q = 0, n_k = 0, head_dim = 0;
+    void* k_cache = nullptr;
+    void* v_cache = nullptr;
+    const int32_t* slots = nullptr;
+  };
+  bool rope = false;
+  RopeKV rk{};
 };
 
 // True when gemv_bf16 takes these shapes: 1 <= M <= 8, K a multiple of 8, row strides and
 // pointers of x and W 16-byte aligned.
 bool gemv_bf16_supported(const GemmParams& p);
 // True when gemv_bf16 can apply `in` itself (M <= 4 and the staged rows within 32 KB; for the
-// SwiGLU output N % 8 == 0 and a bf16 y).
+// SwiGLU output N % 8 == 0 and a bf16 y; for the RoPE output the shapes listed with RopeKV).
 bool gemv_bf16_fusable(const GemmParams& p, const GemvFusion& in);
 
 cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion& in = {});

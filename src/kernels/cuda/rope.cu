@@ -19,8 +19,9 @@ __global__ void rope_kernel(RopeParams p) {
     void* base = is_q ? p.q : p.k;
     const int64_t off = t * (is_q ? p.ldq : p.ldk) + h * p.head_dim + i;
     const float a = load_f32(base, p.dtype, off), b = load_f32(base, p.dtype, off + half);
-    store_f32(base, p.dtype, off, a * c[i] - b * s[i]);
-    store_f32(base, p.dtype, off + half, b * c[i] + a * s[i]);
+    const float2 r = rope_rotate(a, b, c[i], s[i]);
+    store_f32(base, p.dtype, off, r.x);
+    store_f32(base, p.dtype, off + half, r.y);
   }
 }
 

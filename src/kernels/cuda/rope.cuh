@@ -20,4 +20,13 @@ struct RopeParams {
 
 cudaError_t rope_apply(const RopeParams& p, cudaStream_t stream);
 
+#ifdef __CUDACC__
+// The rotation of one pair (a = dim i, b = dim i + rot_dim / 2) by angle (c = cos, s = sin),
+// with the roundings spelled out so that every kernel that rotates (rope, rope_kv_write, the
+// q|k|v GEMV's epilogue) gives the same bits whatever the compiler contracts.
+__device__ __forceinline__ float2 rope_rotate(float a, float b, float c, float s) {
+  return {__fmaf_rn(a, c, -__fmul_rn(b, s)), __fmaf_rn(b, c, __fmul_rn(a, s))};
+}
+#endif
+
 }  // namespace gale::cuda

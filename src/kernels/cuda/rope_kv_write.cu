@@ -29,8 +29,9 @@ __global__ void rope_kv_write_kernel(RopeKVWriteParams p) {
   const int64_t dst = int64_t(slot) * w.row + h * hd;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     const float a = load_f32(base, r.dtype, off + i), b = load_f32(base, r.dtype, off + i + half);
-    store_f32(base, r.dtype, off + i, a * c[i] - b * s[i]);
-    store_f32(base, r.dtype, off + i + half, b * c[i] + a * s[i]);
+    const float2 x = rope_rotate(a, b, c[i], s[i]);
+    store_f32(base, r.dtype, off + i, x.x);
+    store_f32(base, r.dtype, off + i + half, x.y);
     if (slot >= 0) {
       store_f32(w.k_cache, w.cache_dtype, dst + i, load_f32(base, r.dtype, off + i));
       store_f32(w.k_cache, w.cache_dtype, dst + i + half, load_f32(base, r.dtype, off + i + half));

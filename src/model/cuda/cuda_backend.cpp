@@ -232,6 +232,11 @@ class CudaBackend final : public Backend {
 
   void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                  Act out) override;
+  bool rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w, float eps, std::span<const Linear* const> qkv,
+                              Act out, const KVLayer& kv) override;
+  void attend_cached(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) override {
+    attend(kv, q, n_heads, window, scale, out);
+  }
   void rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                       Act out) override;
 
@@ -421,12 +426,14 @@ class CudaBackend final : public Backend {
   GraphKey key_{};
   bool use_gemv_ = std::getenv("GALE_CUDA_GEMV") == nullptr || std::string(std::getenv("GALE_CUDA_GEMV")) != "0";
   // Fusions (all on by default; GALE_CUDA_FUSE lists those on, for A/B runs): rope = RoPE with
-  // the K/V write, norm = RMSNorm inside the decode GEMV, silu = SiLU-mul in the gate|up GEMV.
+  // the K/V write, norm = RMSNorm inside the decode GEMV, silu = SiLU-mul in the gate|up GEMV,
+  // qkv = RoPE and the K/V write in the q|k|v GEMV's epilogue (with norm).
   static bool fused(const char* what) {
     const char* env = std::getenv("GALE_CUDA_FUSE");
-    return std::string(env ? env : "rope,norm,silu").find(what) != std::string::npos;
+    return std::string(env ? env : "rope,norm,silu,qkv").find(what) != std::string::npos;
   }
   bool fuse_rope_ = fused("rope");
+  bool fuse_qkv_ = fused("qkv");
   bool fuse_norm_ = use_gemv_ && fused("norm");
   bool fuse_silu_ = fused("silu");  // gate|up interleaved at load, SiLU-mul in the GEMV's epilogue
   bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
@@ -729,7 +736,10 @@ void CudaBackend::begin_step(const StepPlan& plan) {
       p.window = w;
       ws = std::max(ws, cuda::decode_attention_workspace_size(p));
     }
-    grow_device(d_ws_, ws);
+    if (ws > d_ws_.bytes) {  // decode attention leaves its merge counters zeroed: zero them once here
+      grow_device(d_ws_, ws);
+      check(cudaMemsetAsync(d_ws_.p, 0, d_ws_.bytes, stream_), "attention workspace");
+    }
   }
   if (cfg_.num_experts == 0)  // swiglu_mlp's activations (sized here: nothing is allocated mid-capture)
     grow_device(d_act_, size_t(Tp * cfg_.intermediate_size) * 2);
@@ -768,6 +778,23 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
                             Act out) {
   check(cuda::kv_cache_write(cache_write_params(kv, k, v), stream_), "kv_cache_write");
   attend(kv, q, n_heads, window, scale, out);
+}
+
+// Decode steps (M <= 4): RMSNorm, the q|k|v GEMV, RoPE and the K/V write in one kernel.
+bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w, float eps,
+                                         std::span<const Linear* const> qkv, Act out, const KVLayer& kv) {
+  if (!fuse_qkv_ || !fuse_norm_ || qkv.size() != 3 || rot_dim_ != kv.head_dim || x.dtype != DType::F32 ||
+      out.dtype != DType::BF16 || kv.dtype != DType::BF16)
+    return false;
+  const Fused* f = fused_for(qkv);
+  if (!f || f->bias || f->interleaved4) return false;
+  cuda::GemmParams p{x.data, x.ld, f->w, x.cols, out.data, out.ld, DType::BF16, x.rows, f->n, x.cols, false};
+  cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
+  in.rope = true;
+  in.rk = {d_cos_, d_sin_, qkv[0]->out, qkv[1]->out, kv.head_dim, kv.k, kv.v, d_slots_};
+  if (out.cols != f->n || qkv[1]->out != kv.n_kv_heads * kv.head_dim || !cuda::gemv_bf16_fusable(p, in)) return false;
+  check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
+  return true;
 }
 
 void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
