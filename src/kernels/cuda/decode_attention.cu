@@ -197,8 +197,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       for (int e = 0; e < 8; ++e) red[(warp * TH + h) * HD + sub * 8 + e] = acc[h][e];
   }
   __syncthreads();
-  float* ws_o = static_cast<float*>(p.workspace);
-  float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * HD;
   for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
     const int h = j / HD, d = j % HD;
     if (h >= nh) continue;
@@ -210,60 +208,53 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
     } else {
       const int64_t idx = (int64_t(s) * p.n_heads + head) * max_parts + part;
+      float* ws_o = static_cast<float*>(p.workspace);
+      float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * HD;
       ws_o[idx * HD + d] = o;
       if (d == 0) { ws_ml[idx * 2] = s_max[h]; ws_ml[idx * 2 + 1] = s_sum[h]; }
     }
   }
-  if (n_parts == 1) return;
+}
 
-  // The last block of this (sequence, kv head, head tile) to finish merges the partitions:
-  // out = sum_p e^(m_p - M) o_p / sum_p e^(m_p - M) l_p. No second kernel: at batch 1 its
-  // launch cost as much as the merge itself. The counter is left at zero for the next launch.
-  __shared__ bool last;
-  __threadfence();  // this block's partials are visible before its count
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned* counter = reinterpret_cast<unsigned*>(ws_ml + p.n_seqs * p.n_heads * max_parts * 2) +
-                        (int64_t(s) * p.n_kv_heads + kvh) * head_tiles + tile;
-    last = atomicAdd(counter, 1u) == unsigned(n_parts - 1);
-    if (last) *counter = 0u;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float* wts = smem;  // [TH][max_parts]; the partials are read through L2 (__ldcg): other SMs wrote them
-  for (int h = warp; h < nh; h += kWarps) {
-    const int64_t idx0 = (int64_t(s) * p.n_heads + h0 + h) * max_parts;
+// Merges the partitions of one (sequence, head): out = sum_p e^(m_p - M) o_p / sum_p e^(m_p - M) l_p.
+__global__ void decode_attention_merge_kernel(DecodeAttentionParams p, int part_size, int max_parts) {
+  pdl_launch_dependents();
+  pdl_wait();
+  extern __shared__ float wts[];  // [max_parts]
+  __shared__ float s_inv;
+  const int s = blockIdx.y, head = blockIdx.x;
+  const int64_t len = p.seq_lens[s];
+  const int64_t first = p.window > 0 ? max(int64_t(0), len - p.window) : 0;
+  const int n_parts = int((len - first + part_size - 1) / part_size);
+  if (n_parts == 1) return;  // written directly by the first kernel
+  const int64_t idx0 = (int64_t(s) * p.n_heads + head) * max_parts;
+  const float* ws_o = static_cast<const float*>(p.workspace);
+  const float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * p.head_dim;
+  if (threadIdx.x < 32) {
     float m = -INFINITY;
-    for (int i = lane; i < n_parts; i += 32) m = fmaxf(m, __ldcg(ws_ml + (idx0 + i) * 2));
+    for (int i = threadIdx.x; i < n_parts; i += 32) m = fmaxf(m, ws_ml[(idx0 + i) * 2]);
     m = warp_max(m);
     float l = 0.0f;
-    for (int i = lane; i < n_parts; i += 32) {
-      const float w = __expf(__ldcg(ws_ml + (idx0 + i) * 2) - m);
-      wts[h * max_parts + i] = w;
-      l += w * __ldcg(ws_ml + (idx0 + i) * 2 + 1);
+    for (int i = threadIdx.x; i < n_parts; i += 32) {
+      const float w = __expf(ws_ml[(idx0 + i) * 2] - m);
+      wts[i] = w;
+      l += w * ws_ml[(idx0 + i) * 2 + 1];
     }
     l = warp_sum(l);
-    if (lane == 0) s_sum[h] = 1.0f / l;
+    if (threadIdx.x == 0) s_inv = 1.0f / l;
   }
   __syncthreads();
-  for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
-    const int h = j / HD, d = j % HD;
-    if (h >= nh) continue;
-    const int64_t idx0 = (int64_t(s) * p.n_heads + h0 + h) * max_parts;
+  for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float o = 0.0f;
-    for (int i = 0; i < n_parts; ++i) o = fmaf(wts[h * max_parts + i], __ldcg(ws_o + (idx0 + i) * HD + d), o);
-    store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + (h0 + h) * HD + d, o * s_sum[h]);
+    for (int i = 0; i < n_parts; ++i) o = fmaf(wts[i], ws_o[(idx0 + i) * p.head_dim + d], o);
+    store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(head) * p.head_dim + d, o * s_inv);
   }
 }
 
 template <typename KV, int HD>
 cudaError_t launch_hd(const DecodeAttentionParams& p, const Split& sp, cudaStream_t stream) {
   const dim3 grid(unsigned(sp.max_parts), unsigned(p.n_kv_heads * sp.head_tiles), unsigned(p.n_seqs));
-  // Scores, then the cross-warp reduction, then the merge's partition weights.
-  const size_t smem =
-      size_t(std::max({int64_t(sp.tile_heads) * sp.part, int64_t(kWarps) * sp.tile_heads * HD,
-                       int64_t(sp.tile_heads) * sp.max_parts})) * 4;
+  const size_t smem = size_t(std::max<int64_t>(sp.tile_heads * sp.part, kWarps * sp.tile_heads * HD)) * 4;
   auto go = [&](auto kernel) -> cudaError_t {
     if (smem > 48 * 1024) GALE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     GALE_CUDA_TRY(launch(kernel, grid, kWarps * 32, smem, stream, p, int(sp.part), int(sp.max_parts), sp.head_tiles));
@@ -295,10 +286,7 @@ size_t decode_attention_workspace_size(const DecodeAttentionParams& p) {
   if (p.n_seqs <= 0 || p.n_kv_heads <= 0) return 0;
   const Split sp = choose_split(p);
   if (sp.max_parts <= 1) return 0;
-  // Partials (output, max, sum) per (sequence, head, partition), then one merge counter per
-  // (sequence, kv head, head tile).
-  return size_t(p.n_seqs * p.n_heads * sp.max_parts) * size_t(p.head_dim + 2) * sizeof(float) +
-         size_t(p.n_seqs * p.n_kv_heads * sp.head_tiles) * sizeof(unsigned);
+  return size_t(p.n_seqs * p.n_heads * sp.max_parts) * size_t(p.head_dim + 2) * sizeof(float);
 }
 
 cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream) {
@@ -316,7 +304,11 @@ cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream
   if (p.kv_dtype == DType::BF16) err = launch_kv<__nv_bfloat16>(p, sp, stream);
   else if (p.kv_dtype == DType::F32) err = launch_kv<float>(p, sp, stream);
   else return cudaErrorInvalidValue;
-  return err;
+  if (err != cudaSuccess || sp.max_parts <= 1) return err;
+  // Padded to whole 16-byte words: the compiler may read the weights as vectors.
+  const size_t merge_smem = size_t((sp.max_parts + 3) / 4 * 4 + 4) * 4;
+  GALE_CUDA_TRY(launch(decode_attention_merge_kernel, dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, merge_smem, stream, p, int(sp.part), int(sp.max_parts)));
+  return cudaGetLastError();
 }
 
 }  // namespace gale::cuda

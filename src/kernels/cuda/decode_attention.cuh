@@ -6,7 +6,7 @@
 // Split-K: each sequence's context is cut into partitions of partition_size tokens; one block
 // handles (partition, kv head, up to 8 query heads of its group, sequence), so K/V are read once
 // per group (GQA). When a sequence needs more than one partition the partial results (running
-// max, sum, unnormalized output) go to the workspace and the last block to finish merges them.
+// max, sum, unnormalized output) go to the workspace and a second kernel merges them.
 #pragma once
 #include "kernels/cuda/common.cuh"
 
@@ -29,8 +29,7 @@ struct DecodeAttentionParams {
   void* out;                   // [n_seqs, n_heads, head_dim] row stride ldo, out_dtype (F32/BF16)
   DType out_dtype;
   int64_t ldo;
-  void* workspace;             // decode_attention_workspace_size(p) bytes (nullptr when 0), zeroed
-                               // before its first use; each launch leaves its counters zeroed
+  void* workspace;             // decode_attention_workspace_size(p) bytes (nullptr when 0)
   int64_t partition_size;      // 0 = chosen from the shape and the SM count; else 64..512, power of 2
 };
 

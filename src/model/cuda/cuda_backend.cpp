@@ -736,10 +736,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
       p.window = w;
       ws = std::max(ws, cuda::decode_attention_workspace_size(p));
     }
-    if (ws > d_ws_.bytes) {  // decode attention leaves its merge counters zeroed: zero them once here
-      grow_device(d_ws_, ws);
-      check(cudaMemsetAsync(d_ws_.p, 0, d_ws_.bytes, stream_), "attention workspace");
-    }
+    grow_device(d_ws_, ws);
   }
   if (cfg_.num_experts == 0)  // swiglu_mlp's activations (sized here: nothing is allocated mid-capture)
     grow_device(d_act_, size_t(Tp * cfg_.intermediate_size) * 2);
