@@ -18,6 +18,8 @@
 
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/gemm_lt.cuh"
+#include "kernels/cuda/moe_grouped_gemm.cuh"
+#include "kernels/cuda/moe_route.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
 
 using namespace gale;
@@ -156,6 +158,76 @@ int main(int argc, char** argv) {
     report(name, ms, bytes, flops, bw, peak);
     for (void* w : ws) cudaFree(w);
     cudaFree(x); cudaFree(y);
+  }
+
+  // MoE grouped GEMMs: Mixtral-8x7B (E = 8, top-2, hidden 4096, ffn 14336), routed from random
+  // logits by moe_route. The floor counts the weights of the experts that got rows (read once)
+  // plus the activations; FLOPs are those of the routed rows.
+  {
+  const int64_t E = 8, K = 2, H = 4096, I = 14336;
+  std::vector<void*> gu_w, dn_w;  // a copy per expert: 8 x 352 MB, far beyond any L2
+  gu_w.push_back(dev_random_bf16(size_t(2 * I * H), 0.02f, 50));
+  dn_w.push_back(dev_random_bf16(size_t(H * I), 0.02f, 60));
+  for (int64_t e = 1; e < E; ++e) {  // copies of expert 0 (random data on the host is slow)
+    void *a, *b;
+    CK(cudaMalloc(&a, size_t(2 * I * H) * 2));
+    CK(cudaMalloc(&b, size_t(H * I) * 2));
+    CK(cudaMemcpy(a, gu_w[0], size_t(2 * I * H) * 2, cudaMemcpyDeviceToDevice));
+    CK(cudaMemcpy(b, dn_w[0], size_t(H * I) * 2, cudaMemcpyDeviceToDevice));
+    gu_w.push_back(a);
+    dn_w.push_back(b);
+  }
+  void **d_gu, **d_dn;
+  CK(cudaMalloc(&d_gu, size_t(E) * sizeof(void*)));
+  CK(cudaMalloc(&d_dn, size_t(E) * sizeof(void*)));
+  CK(cudaMemcpy(d_gu, gu_w.data(), size_t(E) * sizeof(void*), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_dn, dn_w.data(), size_t(E) * sizeof(void*), cudaMemcpyHostToDevice));
+  for (const int64_t T : {int64_t(1), int64_t(16), int64_t(512)}) {
+    const int64_t R = T * K;
+    std::vector<float> hl(size_t(T * E));
+    std::mt19937 g(40 + uint32_t(T));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (auto& v : hl) v = nd(g);
+    float* logits;
+    int32_t *ids, *off, *slot, *perm;
+    float* wts;
+    CK(cudaMalloc(&logits, hl.size() * 4));
+    CK(cudaMemcpy(logits, hl.data(), hl.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&ids, size_t(R) * 4));
+    CK(cudaMalloc(&wts, size_t(R) * 4));
+    CK(cudaMalloc(&off, size_t(E + 1) * 4));
+    CK(cudaMalloc(&slot, size_t(R) * 4));
+    CK(cudaMalloc(&perm, size_t(R) * 4));
+    cuda::MoeRouteParams rp{logits, E, T, E, K, true, ids, wts, off, slot, perm};
+    const double route_ms = time_ms([&](int) { CK(cuda::moe_route(rp, nullptr)); });
+    std::vector<int32_t> ho(size_t(E + 1));
+    CK(cudaMemcpy(ho.data(), off, ho.size() * 4, cudaMemcpyDeviceToHost));
+    int64_t used = 0;
+    for (int64_t e = 0; e < E; ++e) used += ho[size_t(e + 1)] > ho[size_t(e)];
+    char name[96];
+    std::snprintf(name, sizeof name, "moe_route T=%lld E=8 K=2", (long long)T);
+    report(name, route_ms, double(T * E) * 4 + double(R) * 16, 0, bw, peak);
+    void* x = dev_random_bf16(size_t(T * H), 1.0f, 70);
+    void* act = dev_random_bf16(size_t(R * I), 1.0f, 71);
+    void* y;
+    CK(cudaMalloc(&y, size_t(R * 2 * I) * 2));
+    const int64_t hint = std::max<int64_t>(1, (R + E - 1) / E);
+    struct Prod { const char* what; const void* in; int64_t ldx; const int32_t* rows; void** w; int64_t N, Kd; };
+    for (const Prod pr : {Prod{"gate_up", x, H, perm, d_gu, 2 * I, H}, Prod{"down", act, I, nullptr, d_dn, H, I}}) {
+      cuda::GroupedGemmParams p{pr.in, pr.ldx, pr.rows, const_cast<const void* const*>(pr.w), pr.Kd, off, y, pr.N,
+                                E, R, pr.N, pr.Kd, hint};
+      const double ms = time_ms([&](int) { CK(cuda::moe_grouped_gemm(p, nullptr)); });
+      const double bytes = double(used) * double(pr.N * pr.Kd) * 2 + 2.0 * R * pr.Kd + 2.0 * R * pr.N;
+      std::snprintf(name, sizeof name, "moe grouped %s T=%lld (%lld experts used) N=%lld K=%lld", pr.what,
+                    (long long)T, (long long)used, (long long)pr.N, (long long)pr.Kd);
+      report(name, ms, bytes, 2.0 * R * pr.N * pr.Kd, bw, peak);
+    }
+    cudaFree(x); cudaFree(act); cudaFree(y);
+    cudaFree(logits); cudaFree(ids); cudaFree(wts); cudaFree(off); cudaFree(slot); cudaFree(perm);
+  }
+  for (void* w : gu_w) cudaFree(w);
+  for (void* w : dn_w) cudaFree(w);
+  cudaFree(d_gu); cudaFree(d_dn);
   }
 
   // Decode attention: Llama-3-8B layer (32 heads, 8 KV heads, head_dim 128), bf16 KV, block 16.

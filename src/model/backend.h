@@ -156,6 +156,17 @@ class Backend {
     rmsnorm_linear(x, norm_w, eps, normed, proj, gate_up);
     swiglu_linear(gate_up, down, out, /*accumulate=*/true);
   }
+  // The expert half of an MoE feed-forward, added into the residual x ([T, hidden] f32):
+  //   x[t] += sum over the top_k experts e of t: w[t, e] * down_e(silu(gate_e(xn[t])) * up_e(xn[t]))
+  // where router_logits ([T, num_experts] f32) = xn · routerᵀ, w = softmax over the experts in
+  // f32, the top_k largest (ties: lower expert first), renormalized to sum 1 when
+  // c.norm_topk_prob (Mixtral). `workspace` holds moe_workspace_bytes(c, T) bytes of backend
+  // memory (sized with the step's other buffers: a backend capturing the step into a graph
+  // must not allocate). Default: routing on the host (to_host of the logits), then one gather,
+  // gate|up product, SiLU-mul, down product and weighted scatter-add per expert.
+  virtual size_t moe_workspace_bytes(const ModelConfig& c, int64_t T) const;
+  virtual void moe_experts(const ModelConfig& c, const LayerWeights& L, Act xn, Act router_logits, void* workspace,
+                           Act x);
   // RoPE in place on q and k with the step's rotary tables.
   virtual void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) = 0;
   // Writes the step's K/V rows into the paged cache, then attention of every sequence's new

@@ -17,7 +17,7 @@ Transformer::Transformer(ModelConfig cfg, ModelWeights w, ActDType act, std::uni
 }
 
 Transformer::~Transformer() {
-  for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_in_, &bmoe_out_, &blogit_x_, &blogit_n_,
+  for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_ws_, &blogit_x_, &blogit_n_,
                     &blogits_})
     if (b->p) backend_->release(b->p, b->bytes);
 }
@@ -122,7 +122,13 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   xn_ = buffer(bxn_, Tp, H, be.act_dtype());
   buffer(bqkv_, Tp, qd + 2 * kvd, be.act_dtype());
   buffer(battn_, Tp, qd, be.act_dtype());
-  if (c.num_experts == 0) buffer(bgu_, Tp, 2 * c.intermediate_size, be.act_dtype());
+  if (c.num_experts == 0) {
+    buffer(bgu_, Tp, 2 * c.intermediate_size, be.act_dtype());
+  } else {
+    buffer(brouter_, Tp, c.num_experts, DType::F32);
+    const size_t ws = be.moe_workspace_bytes(c, Tp);
+    buffer(bmoe_ws_, int64_t((ws + 3) / 4), 1, DType::F32);
+  }
   Act rows = buffer(blogit_x_, Rp, H, DType::F32);
   Act normed = buffer(blogit_n_, Rp, H, be.act_dtype());
   Act out;
@@ -197,48 +203,9 @@ void Transformer::mlp_block(const LayerWeights& L) {
 void Transformer::moe_block(const LayerWeights& L, int64_t T) {
   const ModelConfig& c = cfg_;
   Backend& be = *backend_;
-  const int64_t H = c.hidden_size, E = c.num_experts, K = c.num_experts_per_tok;
-  // Routing on the host: softmax over experts in f32, top-k, renormalize (Mixtral). The router
-  // logits are T x E floats; the host needs them anyway to size each expert's batch.
-  Act router = buffer(brouter_, T, E, DType::F32);
+  Act router = buffer(brouter_, T, c.num_experts, DType::F32);
   be.linear(L.router, xn_, router, false);
-  router_host_.resize(size_t(T * E));
-  be.to_host(router, router_host_.data());
-  std::vector<std::vector<int32_t>> tok(static_cast<size_t>(E));  // expert -> tokens
-  std::vector<std::vector<float>> wt(static_cast<size_t>(E));     // expert -> routing weights
-  std::vector<int64_t> order(static_cast<size_t>(E));
-  for (int64_t t = 0; t < T; ++t) {
-    float* r = router_host_.data() + t * E;
-    float m = *std::max_element(r, r + E), sum = 0;
-    for (int64_t e = 0; e < E; ++e) sum += (r[e] = std::exp(r[e] - m));
-    for (int64_t e = 0; e < E; ++e) r[e] /= sum;
-    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = e;
-    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t b) {
-      return r[a] > r[b] || (r[a] == r[b] && a < b);
-    });
-    float topsum = 0;
-    for (int64_t k = 0; k < K; ++k) topsum += r[order[size_t(k)]];
-    for (int64_t k = 0; k < K; ++k) {
-      int64_t e = order[size_t(k)];
-      tok[size_t(e)].push_back(int32_t(t));
-      wt[size_t(e)].push_back(c.norm_topk_prob ? r[e] / topsum : r[e]);
-    }
-  }
-  // Each expert runs once over the tokens routed to it (a grouped GEMM in spirit).
-  for (int64_t e = 0; e < E; ++e) {
-    const std::vector<int32_t>& rows = tok[size_t(e)];
-    if (rows.empty()) continue;
-    const int64_t n = int64_t(rows.size());
-    const ExpertWeights& X = L.experts[size_t(e)];
-    Act in = buffer(bmoe_in_, n, H, be.act_dtype());
-    be.gather_rows(xn_, rows, in);
-    Act out = buffer(bmoe_out_, n, H, be.is_cpu() ? DType::F32 : be.act_dtype());
-    Act gu = buffer(bgu_, n, 2 * c.intermediate_size, be.act_dtype());
-    const Linear* proj[] = {&X.gate, &X.up};
-    be.linear_fused(proj, in, gu);
-    be.swiglu_linear(gu, X.down, out, false);
-    be.scatter_add_rows(out, rows, wt[size_t(e)], x_);
-  }
+  be.moe_experts(c, L, xn_, router, bmoe_ws_.p, x_);  // residual add
 }
 
 }  // namespace gale

@@ -74,9 +74,8 @@ class Transformer {
   std::unique_ptr<Backend> backend_;
   StepPlan plan_;
   Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
-  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_in_, bmoe_out_, blogit_x_, blogit_n_, blogits_;
+  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, blogit_x_, blogit_n_, blogits_;
   std::vector<int64_t> pos_;
-  std::vector<float> router_host_;
 };
 
 }  // namespace gale

@@ -24,6 +24,8 @@
 #include "kernels/cuda/gemv_bf16.cuh"
 #include "kernels/cuda/head_rmsnorm.cuh"
 #include "kernels/cuda/kv_cache_write.cuh"
+#include "kernels/cuda/moe_grouped_gemm.cuh"
+#include "kernels/cuda/moe_route.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
 #include "kernels/cuda/rmsnorm_residual.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -261,6 +263,11 @@ class CudaBackend final : public Backend {
     check(cuda::scatter_add_rows(p, stream_), "scatter_add_rows");
   }
 
+  size_t moe_workspace_bytes(const ModelConfig& c, int64_t T) const override {
+    return moe_kernels_ ? MoeScratch(c, T, nullptr).bytes : Backend::moe_workspace_bytes(c, T);
+  }
+  void moe_experts(const ModelConfig& c, const LayerWeights& L, Act xn, Act router, void* workspace, Act x) override;
+
   void to_host(Act src, float* dst) override {
     GALE_ASSERT(src.dtype == DType::F32);
     check(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.ld) * 4, size_t(src.cols) * 4,
@@ -310,6 +317,38 @@ class CudaBackend final : public Backend {
     // layout): its products come out interleaved, and only swiglu_mlp reads them.
     bool interleaved4 = false;
   };
+
+  // The MoE path on the device (moe_experts): the pieces of its workspace for T rows (256-byte
+  // aligned, R = T * top_k slots). The down product's output reuses the gate|up rows (dead by then).
+  struct MoeScratch {
+    int32_t *ids = nullptr, *offsets = nullptr, *slot_of = nullptr, *perm_rows = nullptr;
+    float* w = nullptr;
+    void *gate_up = nullptr, *act = nullptr;  // [R, 2I] bf16 (then [R, H]), [R, I] bf16
+    size_t bytes = 0;
+    MoeScratch(const ModelConfig& c, int64_t T, void* base) {
+      const int64_t R = T * c.num_experts_per_tok, H = c.hidden_size, I = c.intermediate_size;
+      auto take = [&](size_t n) {
+        void* q = static_cast<uint8_t*>(base) + bytes;
+        bytes += (n + 255) / 256 * 256;
+        return q;
+      };
+      ids = static_cast<int32_t*>(take(size_t(R) * 4));
+      w = static_cast<float*>(take(size_t(R) * 4));
+      offsets = static_cast<int32_t*>(take(size_t(c.num_experts + 1) * 4));
+      slot_of = static_cast<int32_t*>(take(size_t(R) * 4));
+      perm_rows = static_cast<int32_t*>(take(size_t(R) * 4));
+      gate_up = take(size_t(R * std::max(2 * I, H)) * 2);
+      act = take(size_t(R * I) * 2);
+    }
+  };
+  // Per MoE layer (keyed by its router weight): device arrays of the experts' gate|up and down
+  // matrices, what the grouped GEMM indexes by expert.
+  struct MoeLayer {
+    const void* const* gate_up = nullptr;
+    const void* const* down = nullptr;
+  };
+  std::unordered_map<const void*, MoeLayer> moe_layers_;
+  bool moe_kernels_ = false;  // set by prepare when the model's experts fit the kernels
 
   // The matrix `ls` was fused into at load, or nullptr.
   const Fused* fused_for(std::span<const Linear* const> ls) const {
@@ -436,6 +475,9 @@ class CudaBackend final : public Backend {
   bool fuse_qkv_ = fused("qkv");
   bool fuse_norm_ = use_gemv_ && fused("norm");
   bool fuse_silu_ = fused("silu");  // gate|up interleaved at load, SiLU-mul in the GEMV's epilogue
+  // GALE_CUDA_MOE=0: MoE routing on the host and one GEMM per expert (the Backend default), for
+  // A/B runs; such steps are not captured into graphs.
+  bool moe_enabled_ = std::getenv("GALE_CUDA_MOE") == nullptr || std::string(std::getenv("GALE_CUDA_MOE")) != "0";
   bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
@@ -576,16 +618,35 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     upload_matrix(L.o);
     if (cfg.num_experts > 0) {
       upload_matrix(L.router);
+      std::vector<const void*> gu, dn;
       for (const ExpertWeights& X : L.experts) {
         fuse({&X.gate, &X.up});
         upload_matrix(X.down);
+        gu.push_back(fused_.at(X.gate.w).w);
+        dn.push_back(wmap_.at(X.down.w));
       }
+      auto table = [&](const std::vector<const void*>& ptrs) {
+        void* d = device_alloc_owned(ptrs.size() * sizeof(void*));
+        check(cudaMemcpy(d, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice), "upload");
+        return static_cast<const void* const*>(d);
+      };
+      moe_layers_[L.router.w] = {table(gu), table(dn)};
     } else {
       fuse({&L.gate, &L.up});
       if (fuse_silu_ && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
       upload_matrix(L.down);
     }
   }
+  // MoE on the device when the kernels take the shapes (moe_route: E <= 256, top_k <= 8; the
+  // grouped GEMM: dimensions multiples of 8) and the experts have no biases.
+  moe_kernels_ = moe_enabled_ && cfg.num_experts > 0 && cfg.num_experts <= cuda::kMoeMaxExperts &&
+                 cfg.num_experts_per_tok >= 1 && cfg.num_experts_per_tok <= std::min(cfg.num_experts, cuda::kMoeMaxTopK) &&
+                 cfg.hidden_size % 8 == 0 && cfg.intermediate_size % 8 == 0;
+  for (const LayerWeights& L : w.layers)
+    for (const ExpertWeights& X : L.experts)
+      moe_kernels_ = moe_kernels_ && X.gate.bias.empty() && X.up.bias.empty() && X.down.bias.empty() &&
+                     X.gate.out == cfg.intermediate_size && X.down.in == cfg.intermediate_size;
+  if (moe_kernels_) check(cuda::moe_grouped_gemm_init(), "grouped GEMM setup");  // not mid-capture
   upload_vector(w.final_norm);
   // The embedding table is gathered in its stored dtype; the LM head needs bf16 (a tied bf16
   // table is shared).
@@ -618,7 +679,8 @@ bool decode_step(const StepPlan& plan) {
 }  // namespace
 
 int64_t CudaBackend::padded_tokens(const StepPlan& plan) const {
-  if (!graphs_enabled_ || cfg_.num_experts > 0 || !decode_step(plan)) return plan.T();
+  // MoE steps are graphable when routing stays on the device (moe_kernels_).
+  if (!graphs_enabled_ || (cfg_.num_experts > 0 && !moe_kernels_) || !decode_step(plan)) return plan.T();
   for (int64_t b : kGraphBuckets)
     if (b >= plan.T()) return b;
   return plan.T();
@@ -641,7 +703,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   }
   all_decode_ = plan.all_decode();
   if (all_decode_) n_lead_decode_ = int64_t(plan.seqs.size()) + pad;
-  graphable_ = graphs_enabled_ && cfg_.num_experts == 0 && decode_step(plan) && Tp == padded_tokens(plan);
+  graphable_ = graphs_enabled_ && (cfg_.num_experts == 0 || moe_kernels_) && decode_step(plan) &&
+               Tp == padded_tokens(plan);
   if (graphable_) {
     // A graph bakes the block-table stride and the attention split in: round the table width
     // up to a power of two and size the split for the longest context that width holds.
@@ -764,6 +827,39 @@ void CudaBackend::end_step_ops() {
   check(e, "cudaGraphInstantiate");
   graphs_[key_] = exec;
   check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // capture ran nothing: run it now
+}
+
+// The expert half of an MoE layer without the host: routing (top-k, counts, offsets,
+// permutation), the gate|up grouped GEMM reading xn through the permutation, SiLU-mul, the down
+// grouped GEMM, and the weighted combine into x in a fixed order per token.
+void CudaBackend::moe_experts(const ModelConfig& c, const LayerWeights& L, Act xn, Act router, void* workspace,
+                              Act x) {
+  if (!moe_kernels_) return Backend::moe_experts(c, L, xn, router, workspace, x);
+  GALE_ASSERT(xn.dtype == DType::BF16 && router.dtype == DType::F32 && x.dtype == DType::F32);
+  const int64_t T = xn.rows, E = c.num_experts, K = c.num_experts_per_tok, R = T * K;
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const MoeLayer& ml = moe_layers_.at(L.router.w);
+  const MoeScratch ws(c, T, workspace);
+  cuda::MoeRouteParams rp{router.f32(), router.ld, T, E, K, c.norm_topk_prob, ws.ids, ws.w, ws.offsets, ws.slot_of,
+                          ws.perm_rows};
+  check(cuda::moe_route(rp, stream_), "moe_route");
+  // Expected rows per expert picks the GEMM's tile shape (the real counts stay on the device).
+  const int64_t hint = std::max<int64_t>(1, (R + E - 1) / E);
+  cuda::GroupedGemmParams gu{xn.data, xn.ld, ws.perm_rows, ml.gate_up, H, ws.offsets, ws.gate_up, 2 * I, E, R,
+                             2 * I, H, hint};
+  check(cuda::moe_grouped_gemm(gu, stream_), "MoE gate|up grouped GEMM");
+  uint16_t* g = static_cast<uint16_t*>(ws.gate_up);
+  uint16_t* a = static_cast<uint16_t*>(ws.act);
+  for (int64_t r0 = 0; r0 < R; r0 += 65535) {  // silu_mul takes at most 65535 rows a launch
+    const int64_t n = std::min<int64_t>(65535, R - r0);
+    cuda::SiluMulParams sp{g + r0 * 2 * I, 2 * I, g + r0 * 2 * I + I, 2 * I, DType::BF16, a + r0 * I, I, DType::BF16,
+                           n, I};
+    check(cuda::silu_mul(sp, stream_), "MoE silu_mul");
+  }
+  cuda::GroupedGemmParams dn{ws.act, I, nullptr, ml.down, I, ws.offsets, ws.gate_up, H, E, R, H, I, hint};
+  check(cuda::moe_grouped_gemm(dn, stream_), "MoE down grouped GEMM");
+  cuda::MoeCombineParams cp{ws.gate_up, H, DType::BF16, ws.ids, ws.w, ws.slot_of, x.f32(), x.ld, T, K, H};
+  check(cuda::moe_combine(cp, stream_), "moe_combine");
 }
 
 cuda::KVCacheWriteParams CudaBackend::cache_write_params(const KVLayer& kv, Act k, Act v) const {
