@@ -81,6 +81,11 @@ TEST(CudaDecodeAttention, MatchesCpuPagedAttention) {
       {4, 2, 16, 16, 0, DType::BF16, DType::BF16, DType::BF16, {300, 7}, 0},              // head_dim 16 (fixtures)
       {4, 2, 32, 16, 48, DType::F32, DType::F32, DType::F32, {90, 1}, 64},                // head_dim 32, window
       {32, 2, 64, 8, 37, DType::F32, DType::F32, DType::BF16, {38, 500}, 64},            // group 16 (two head tiles)
+      // Up to 8 partitions merge inside a thread block cluster (Hopper), more through the
+      // workspace: batch-1 decode (5 partitions), and a batch whose short sequence leaves
+      // blocks of its cluster empty.
+      {32, 8, 128, 16, 0, DType::BF16, DType::BF16, DType::BF16, {300}, 0},
+      {8, 2, 128, 16, 0, DType::BF16, DType::BF16, DType::F32, {60, 1000, 129}, 128},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window

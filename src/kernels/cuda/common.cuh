@@ -25,6 +25,10 @@ int device_sm_count();
 // inputs. Off below compute capability 9.0 or with GALE_CUDA_PDL=0; read once per process.
 bool pdl_enabled();
 
+// Whether kernels may be launched in thread block clusters (Hopper and later: blocks of a cluster
+// read each other's shared memory). Off below compute capability 9.0 or with GALE_CUDA_CLUSTERS=0.
+bool clusters_enabled();
+
 }  // namespace gale::cuda
 
 #ifdef __CUDACC__
@@ -63,6 +67,27 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
+
+// launch() in clusters of cluster_x blocks along x (grid.x a multiple of it; clusters_enabled()).
+template <typename... Params, typename... Args>
+cudaError_t launch_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                            unsigned cluster_x, Args&&... args) {
+  cudaLaunchAttribute attr[2] = {};
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster_x;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
 }
 

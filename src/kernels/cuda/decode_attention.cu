@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <cooperative_groups.h>
+
 namespace gale::cuda {
 
 namespace {
@@ -66,7 +68,10 @@ Split choose_split(const DecodeAttentionParams& p) {
   return s;
 }
 
-template <typename KV, int HD, int TH>
+// kCluster: the partitions of a (sequence, head tile) are the blocks of one thread block cluster
+// (grid.x = max_parts <= 8) and merge through each other's shared memory, without the workspace
+// and the second kernel; a block past its sequence's end takes part with an empty partition.
+template <typename KV, int HD, int TH, bool kCluster>
 __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAttentionParams p, int part_size,
                                                                        int max_parts, int head_tiles) {
   pdl_launch_dependents();
@@ -90,9 +95,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   const int64_t first = p.window > 0 ? max(int64_t(0), pos - p.window + 1) : 0;
   const int n_parts = int((len - first + part_size - 1) / part_size);
   const int part = blockIdx.x;
-  if (part >= n_parts) return;
+  if (!kCluster && part >= n_parts) return;
   const int64_t t0 = first + int64_t(part) * part_size;
-  const int n = int(min(int64_t(part_size), len - t0));
+  const int n = int(max(int64_t(0), min(int64_t(part_size), len - t0)));
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane % LPT, slot = lane / LPT;
@@ -197,6 +202,37 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       for (int e = 0; e < 8; ++e) red[(warp * TH + h) * HD + sub * 8 + e] = acc[h][e];
   }
   __syncthreads();
+  if constexpr (kCluster) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // This block's partial output into red[0, TH * HD), then a cluster-wide merge in which
+    // block r computes outputs r, r + C, ... of the tile from every block's (max, sum, output).
+    for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
+      float o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) o += red[w * TH * HD + j];
+      red[j] = o;
+    }
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+    for (int j = rank * kWarps * 32 + threadIdx.x; j < TH * HD; j += C * kWarps * 32) {
+      const int h = j / HD, d = j % HD;
+      if (h >= nh) continue;
+      float m = -INFINITY;
+      for (int r = 0; r < C; ++r) m = fmaxf(m, *cluster.map_shared_rank(s_max + h, r));
+      float l = 0.0f, o = 0.0f;
+      for (int r = 0; r < C; ++r) {
+        const float w = __expf(*cluster.map_shared_rank(s_max + h, r) - m);  // 0 for an empty partition
+        l = fmaf(w, *cluster.map_shared_rank(s_sum + h, r), l);
+        o = fmaf(w, *cluster.map_shared_rank(red + j, r), o);
+      }
+      store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(h0 + h) * HD + d, o / l);
+    }
+    cluster.sync();  // the others' shared memory stays until every block has read it
+#endif
+    return;
+  }
   for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
     const int h = j / HD, d = j % HD;
     if (h >= nh) continue;
@@ -251,20 +287,30 @@ __global__ void decode_attention_merge_kernel(DecodeAttentionParams p, int part_
   }
 }
 
+// Up to 8 partitions merge inside a cluster (the portable cluster size); more go through the
+// workspace and the merge kernel.
+bool use_clusters(const Split& sp) { return sp.max_parts > 1 && sp.max_parts <= 8 && clusters_enabled(); }
+
 template <typename KV, int HD>
 cudaError_t launch_hd(const DecodeAttentionParams& p, const Split& sp, cudaStream_t stream) {
   const dim3 grid(unsigned(sp.max_parts), unsigned(p.n_kv_heads * sp.head_tiles), unsigned(p.n_seqs));
   const size_t smem = size_t(std::max<int64_t>(sp.tile_heads * sp.part, kWarps * sp.tile_heads * HD)) * 4;
+  const bool cluster = use_clusters(sp);
   auto go = [&](auto kernel) -> cudaError_t {
     if (smem > 48 * 1024) GALE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    GALE_CUDA_TRY(launch(kernel, grid, kWarps * 32, smem, stream, p, int(sp.part), int(sp.max_parts), sp.head_tiles));
+    if (cluster)
+      GALE_CUDA_TRY(launch_clusters(kernel, grid, kWarps * 32, smem, stream, unsigned(sp.max_parts), p, int(sp.part),
+                                    int(sp.max_parts), sp.head_tiles));
+    else
+      GALE_CUDA_TRY(launch(kernel, grid, kWarps * 32, smem, stream, p, int(sp.part), int(sp.max_parts), sp.head_tiles));
     return cudaGetLastError();
   };
+  auto pick = [&](auto kernel_split, auto kernel_cluster) { return cluster ? go(kernel_cluster) : go(kernel_split); };
   switch (sp.tile_heads) {
-    case 1: return go(decode_attention_kernel<KV, HD, 1>);
-    case 2: return go(decode_attention_kernel<KV, HD, 2>);
-    case 4: return go(decode_attention_kernel<KV, HD, 4>);
-    default: return go(decode_attention_kernel<KV, HD, 8>);
+    case 1: return pick(decode_attention_kernel<KV, HD, 1, false>, decode_attention_kernel<KV, HD, 1, true>);
+    case 2: return pick(decode_attention_kernel<KV, HD, 2, false>, decode_attention_kernel<KV, HD, 2, true>);
+    case 4: return pick(decode_attention_kernel<KV, HD, 4, false>, decode_attention_kernel<KV, HD, 4, true>);
+    default: return pick(decode_attention_kernel<KV, HD, 8, false>, decode_attention_kernel<KV, HD, 8, true>);
   }
 }
 
@@ -299,12 +345,12 @@ cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream
       (p.partition_size < 64 || p.partition_size > 512 || (p.partition_size & (p.partition_size - 1))))
     return cudaErrorInvalidValue;
   const Split sp = choose_split(p);
-  if (sp.max_parts > 1 && !p.workspace) return cudaErrorInvalidValue;
+  if (sp.max_parts > 1 && !use_clusters(sp) && !p.workspace) return cudaErrorInvalidValue;
   cudaError_t err;
   if (p.kv_dtype == DType::BF16) err = launch_kv<__nv_bfloat16>(p, sp, stream);
   else if (p.kv_dtype == DType::F32) err = launch_kv<float>(p, sp, stream);
   else return cudaErrorInvalidValue;
-  if (err != cudaSuccess || sp.max_parts <= 1) return err;
+  if (err != cudaSuccess || sp.max_parts <= 1 || use_clusters(sp)) return err;
   // Padded to whole 16-byte words: the compiler may read the weights as vectors.
   const size_t merge_smem = size_t((sp.max_parts + 3) / 4 * 4 + 4) * 4;
   GALE_CUDA_TRY(launch(decode_attention_merge_kernel, dim3(unsigned(p.n_heads), unsigned(p.n_seqs)), 128, merge_smem, stream, p, int(sp.part), int(sp.max_parts)));

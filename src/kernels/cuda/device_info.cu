@@ -30,4 +30,15 @@ bool pdl_enabled() {
   return on;
 }
 
+bool clusters_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("GALE_CUDA_CLUSTERS");
+    if (env && std::string(env) == "0") return false;
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
+}
+
 }  // namespace gale::cuda

@@ -72,7 +72,7 @@ __device__ void stage_rmsnorm(const GemmParams& p, const GemvFusion& in, __nv_bf
 }
 
 template <int M, int kUnroll, int OP, int EPI = kStore>  // kUnroll: 16-byte W loads in flight per lane
-__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvFusion in) {
+__global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvFusion in, int rotate) {
   pdl_launch_dependents();
   extern __shared__ uint4 staged[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -92,13 +92,21 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-  int c = lane;
+  // The row goes in pieces of kUnroll loads per lane; with `rotate` each row starts at a
+  // different piece, so that rows streamed side by side do not hit the same offsets together.
+  const int pieces = chunks / (32 * kUnroll);
+  const int rot = rotate && pieces > 1 ? int(n % pieces) : 0;
+  const auto piece = [&](int it) {
+    const int q = it + rot;
+    return lane + 32 * kUnroll * (q >= pieces ? q - pieces : q);
+  };
   // The first loads of W (never written by a kernel) go out before the wait for x: with PDL
   // they overlap the previous kernel's tail.
   uint4 wr[kUnroll];
-  if (active && c + 32 * (kUnroll - 1) < chunks) {
+  if (active && pieces > 0) {
+    const int c0 = piece(0);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c + 32 * u);
+    for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c0 + 32 * u);
   }
   pdl_wait();
   const uint4* xv[M];
@@ -117,8 +125,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
     else return xv[m][i];
   };
   // Main loop: kUnroll loads of W in flight before the first use (W is read once: no L1).
-  for (; c + 32 * (kUnroll - 1) < chunks; c += 32 * kUnroll) {
-    if (c != lane) {
+  for (int it = 0; it < pieces; ++it) {
+    const int c = piece(it);
+    if (it > 0) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c + 32 * u);
     }
@@ -127,7 +136,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
 #pragma unroll
       for (int m = 0; m < M; ++m) dot8(wr[u], ldx(m, c + 32 * u), acc[m]);
   }
-  for (; c < chunks; c += 32) {
+  for (int c = lane + 32 * kUnroll * pieces; c < chunks; c += 32) {
     const uint4 wv = __ldcs(w + c);
 #pragma unroll
     for (int m = 0; m < M; ++m) dot8(wv, ldx(m, c), acc[m]);
@@ -229,25 +238,29 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     const char* e = std::getenv("GALE_GEMV_UNROLL");
     return std::string(e ? e : "auto");
   }();
-  const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
+  static const int rotate = [] {
+    const char* e = std::getenv("GALE_GEMV_ROTATE");
+    return e && std::string(e) == "1" ? 1 : 0;
+  }();
+  const bool deep = mode == "8" || mode == "16" || (mode == "auto" && p.N <= 8192);
+  // 16: the whole row in flight at once where K is a multiple of 16 loads per lane.
+  const int unroll = mode == "16" && (p.K / 8 / 32) % 16 == 0 ? 16 : deep ? 8 : 4;
   auto go = [&](auto m) -> cudaError_t {
     constexpr int M = decltype(m)::value;
-    if (in.kind == GemvFusion::kPlain) {
-      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kPlain>, grid, kWarps * 32, 0, stream, p, in);
-      return launch(gemv_bf16_kernel<M, 4, GemvFusion::kPlain>, grid, kWarps * 32, 0, stream, p, in);
-    }
+    auto with = [&](auto op, auto epi, size_t smem) -> cudaError_t {
+      constexpr int OP = decltype(op)::value, EPI = decltype(epi)::value;
+      if (unroll == 16) return launch(gemv_bf16_kernel<M, 16, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
+      if (unroll == 8) return launch(gemv_bf16_kernel<M, 8, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
+      return launch(gemv_bf16_kernel<M, 4, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
+    };
+    using Plain = std::integral_constant<int, GemvFusion::kPlain>;
+    using Norm = std::integral_constant<int, GemvFusion::kRMSNorm>;
+    if (in.kind == GemvFusion::kPlain) return with(Plain{}, std::integral_constant<int, kStore>{}, 0);
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
-      if (in.swiglu) {
-        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, kSwiGLU>, grid, kWarps * 32, smem, stream, p, in);
-        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, kSwiGLU>, grid, kWarps * 32, smem, stream, p, in);
-      }
-      if (in.rope) {
-        if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm, kRopeKV>, grid, kWarps * 32, smem, stream, p, in);
-        return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm, kRopeKV>, grid, kWarps * 32, smem, stream, p, in);
-      }
-      if (deep) return launch(gemv_bf16_kernel<M, 8, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
-      return launch(gemv_bf16_kernel<M, 4, GemvFusion::kRMSNorm>, grid, kWarps * 32, smem, stream, p, in);
+      if (in.swiglu) return with(Norm{}, std::integral_constant<int, kSwiGLU>{}, smem);
+      if (in.rope) return with(Norm{}, std::integral_constant<int, kRopeKV>{}, smem);
+      return with(Norm{}, std::integral_constant<int, kStore>{}, smem);
     }
     return cudaErrorInvalidValue;
   };
