@@ -1,5 +1,7 @@
 #include "model/backend.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/cpu_backend.h"
 
@@ -13,6 +15,20 @@ int cuda_device_count();
 
 void Backend::sample_rows(Act, std::span<const RowSampling>, int32_t*) {
   throw Error("sampling on the device is not available on " + name());
+}
+
+void Backend::launch_argmax_rows(Act logits) {
+  launched_ids_.resize(size_t(logits.rows));
+  argmax_rows(logits, launched_ids_.data());
+}
+
+void Backend::launch_sample_rows(Act logits, std::span<const RowSampling> rows) {
+  launched_ids_.resize(size_t(logits.rows));
+  sample_rows(logits, rows, launched_ids_.data());
+}
+
+void Backend::wait_ids(int32_t* out) {
+  std::copy(launched_ids_.begin(), launched_ids_.end(), out);
 }
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
