@@ -1,5 +1,17 @@
 // The engine step: schedule -> block copies -> one forward over every scheduled token -> sample
 // each sequence that reached its last token -> stop conditions and streamed text.
+//
+// Overlap (EngineConfig::overlap, GALE_OVERLAP): a step whose ids come from the device (greedy
+// or on-device sampling) is launched, and step() returns before it is waited for. The next
+// step() then: waits for the ids; does the bookkeeping the following schedule depends on
+// (scheduler commit, Sampler::accept, eos, max_tokens, append_token, and the text and stop
+// strings of requests that have stop strings, since a stop string ends the sequence); schedules
+// and launches the following step; and only then detokenizes the other requests and builds
+// the outputs, while the device runs. Each step is scheduled after the previous one's
+// bookkeeping, so no finished sequence is ever in a launched step, and the scheduler sees the
+// same calls in the same order as without overlap. Steps that need logits on the host
+// (logprobs; sampling on the CPU backend) run synchronously: the next step is launched ahead
+// only while no live request needs them.
 #include "engine/engine.h"
 
 #include <algorithm>
@@ -7,8 +19,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
+#include <exception>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -75,6 +89,29 @@ struct Engine::Impl {
     std::string text;      // generated text so far (cut at a stop string)
     size_t emitted = 0;    // bytes of text already returned
     size_t max_stop = 0;   // longest stop string
+    bool host_logits = false;  // its steps need the logits on the host (logprobs, CPU sampling)
+    // Prefix-cache hits as the last schedule before the step in flight left them (an abort
+    // while the step is in flight reports these, as it would have without overlap).
+    uint64_t flight = 0;   // serial of the last step that scheduled or preempted it
+    int64_t cached_before = 0, cached_now = 0;
+  };
+
+  // A scheduled step whose ids have not been collected yet.
+  struct Flight {
+    uint64_t serial = 0;
+    SchedulerOutput so;
+    enum class Path { Greedy, Device, Host } path = Path::Host;
+    bool launched = false;          // the model owes wait_ids()
+    std::vector<uint64_t> aborted;  // abort()ed meanwhile: finished in the scheduler after the wait
+  };
+
+  // One sampled token's output, built in two halves around the next launch.
+  struct Produced {
+    Request* r = nullptr;
+    RequestOutput o;
+    int32_t id = 0;
+    bool push = false;   // its text is still to be decoded (requests without stop strings)
+    bool flush = false;  // finished: release held-back text afterwards
   };
 
   Transformer& model;
@@ -89,13 +126,31 @@ struct Engine::Impl {
   std::vector<float> logits, raw;
   std::vector<int32_t> device_ids;  // per sampled row, when the backend chose them
   std::vector<RowSampling> device_rows;
+  bool overlap;
+  std::optional<Flight> flight;
+  uint64_t flight_serial = 0;
+  int64_t n_host_logits = 0;                   // live requests with host_logits
+  std::exception_ptr launch_error;             // of a step launched ahead: thrown by the next step()
+  std::vector<Produced> produced;              // the step being finished
+  std::vector<std::unique_ptr<Request>> done;  // finished in it, kept until their text is out
   // GALE_PROFILE=1: where a step's wall time goes, printed when the engine is destroyed.
   bool profile = std::getenv("GALE_PROFILE") != nullptr;
+  int64_t steps_ahead = 0;  // launched before the previous step's outputs
   int64_t prof_steps = 0, prof_tokens = 0;
-  double prof_schedule = 0, prof_forward = 0, prof_after = 0;
+  double prof_schedule = 0, prof_launch = 0, prof_wait = 0, prof_book = 0, prof_text = 0;
   std::vector<int32_t> top_idx;
 
-  Impl(Transformer& m, const Tokenizer* t, EngineConfig c) : model(m), tok(t), cfg(c) {}
+  Impl(Transformer& m, const Tokenizer* t, EngineConfig c) : model(m), tok(t), cfg(c) {
+    static const bool env_overlap = [] {
+      const char* v = std::getenv("GALE_OVERLAP");
+      return !(v && std::string(v) == "0");
+    }();
+    overlap = cfg.overlap && env_overlap;
+  }
+
+  static double since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  }
 
   RequestOutput output_of(const Request& r) const {
     RequestOutput o;
@@ -162,14 +217,153 @@ struct Engine::Impl {
     return lp;
   }
 
-  void finish(Request& r, RequestOutput& o, const std::string& reason, bool stop_string_hit) {
-    if (r.stream && !stop_string_hit) {  // release held-back and incomplete trailing text
-      r.text += r.stream->flush();
-      emit_upto(r, r.text.size(), o);
+  void erase_request(std::unordered_map<uint64_t, std::unique_ptr<Request>>::iterator it,
+                     std::unique_ptr<Request>* keep) {
+    if (it->second->host_logits) --n_host_logits;
+    if (keep) *keep = std::move(it->second);
+    reqs.erase(it);
+  }
+
+  // Schedules the next step and starts it: launched (ids from the device, waited for by
+  // collect()) or, when it needs host logits, run to the logits now.
+  void start() {
+    using clk = std::chrono::steady_clock;
+    const auto t0 = clk::now();
+    Flight f;
+    f.serial = ++flight_serial;
+    f.so = sched->schedule();
+    auto note = [&](uint64_t id) {
+      Request& r = *reqs.at(id);
+      r.flight = f.serial;
+      r.cached_before = r.cached_now;
+      r.cached_now = sched->num_cached_tokens(id);
+    };
+    for (const ScheduledSeq& s : f.so.seqs) note(s.id);
+    for (uint64_t id : f.so.preempted) note(id);
+    for (const BlockCopy& c : f.so.copies) kv->copy_block(c.src, c.dst);
+    std::vector<SeqStep> steps;
+    steps.reserve(f.so.seqs.size());
+    for (const ScheduledSeq& s : f.so.seqs) {
+      std::span<const int32_t> toks = sched->tokens(s.id);
+      steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
+                       s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None});
     }
-    o.finished = true;
-    o.finish_reason = reason;
-    sched->finish(r.id);
+    // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
+    // of each row is needed: the backend computes it where the logits are (on a GPU they never
+    // cross to the host). Without logprobs, a backend with sample_rows (the GPU) draws the other
+    // tokens there too; the CPU backend keeps Sampler::sample.
+    bool greedy = true, on_device = model.backend().has_sample_rows();
+    for (const ScheduledSeq& s : f.so.seqs) {
+      if (!s.sample) continue;
+      const Request& r = *reqs.at(s.id);
+      greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
+      on_device = on_device && r.p.top_logprobs < 0;
+    }
+    f.path = greedy ? Flight::Path::Greedy : on_device ? Flight::Path::Device : Flight::Path::Host;
+    const auto t1 = clk::now();
+    if (!steps.empty()) {
+      if (f.path == Flight::Path::Greedy) {
+        model.launch_argmax(steps, *kv);
+        f.launched = true;
+      } else if (f.path == Flight::Path::Device) {
+        device_rows.clear();
+        for (const ScheduledSeq& s : f.so.seqs)
+          if (s.sample) device_rows.push_back(row_sampling(*reqs.at(s.id)->sampler));
+        model.launch_sample(steps, *kv, device_rows);
+        f.launched = true;
+      } else {
+        model.forward(steps, *kv, logits);
+      }
+    }
+    flight = std::move(f);
+    if (profile) {
+      prof_schedule += std::chrono::duration<double>(t1 - t0).count();
+      prof_launch += since(t1);
+    }
+  }
+
+  // Waits for the step in flight and does what the next schedule depends on; the rest of each
+  // output (text of requests without stop strings, flushes) is left in `produced`.
+  void collect(Flight& f) {
+    using clk = std::chrono::steady_clock;
+    const auto t0 = clk::now();
+    if (f.launched) model.wait_ids(device_ids);
+    const auto t1 = clk::now();
+    sched->commit(f.so);
+    for (uint64_t id : f.aborted) sched->finish(id);
+    const size_t V = size_t(model.config().vocab_size);
+    size_t row = 0;
+    for (const ScheduledSeq& s : f.so.seqs) {
+      if (!s.sample) continue;
+      const size_t at = row++;
+      auto it = reqs.find(s.id);
+      if (it == reqs.end()) continue;  // aborted while in flight: its token is dropped
+      Request& r = *it->second;
+      int32_t id;
+      if (f.path != Flight::Path::Host) {
+        id = device_ids[at];
+        r.sampler->accept(id);
+      } else {
+        std::span<float> lg(logits.data() + at * V, V);
+        if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
+        id = r.sampler->sample(lg);
+      }
+      r.out_ids.push_back(id);
+      ++generation_tokens_total;
+      Produced d;
+      d.r = &r;
+      d.id = id;
+      d.o = output_of(r);
+      d.o.new_ids.push_back(id);
+      if (r.p.top_logprobs >= 0) d.o.logprobs.push_back(logprob_of(raw, id, r.p.top_logprobs));
+      const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
+      const char* reason = nullptr;
+      if (eos && !r.p.ignore_eos) {  // the eos token adds no text
+        reason = "stop";
+        d.flush = true;
+      } else if (r.max_stop > 0 && push_text(r, id, d.o)) {  // a stop string (text cut before it)
+        reason = "stop";
+      } else {
+        d.push = r.max_stop == 0;
+        if (int64_t(r.out_ids.size()) >= r.p.max_tokens) {
+          reason = "length";
+          d.flush = true;
+        } else {
+          sched->append_token(s.id, id);
+        }
+      }
+      if (reason) {
+        d.o.finished = true;
+        d.o.finish_reason = reason;
+        sched->finish(r.id);
+        done.emplace_back();
+        erase_request(it, &done.back());
+      }
+      produced.push_back(std::move(d));
+    }
+    if (profile) {
+      prof_steps += 1;
+      prof_tokens += f.so.num_batched_tokens;
+      prof_wait += std::chrono::duration<double>(t1 - t0).count();
+      prof_book += since(t1);
+    }
+  }
+
+  // The deferred half of collect(): text, then the outputs in step order.
+  void finish_outputs(std::vector<RequestOutput>& outs) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (Produced& d : produced) {
+      Request& r = *d.r;
+      if (d.push) push_text(r, d.id, d.o);
+      if (d.flush && r.stream) {  // release held-back and incomplete trailing text
+        r.text += r.stream->flush();
+        emit_upto(r, r.text.size(), d.o);
+      }
+      outs.push_back(std::move(d.o));
+    }
+    produced.clear();
+    done.clear();
+    if (profile) prof_text += since(t0);
   }
 };
 
@@ -215,14 +409,25 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
 }
 
 Engine::~Engine() {
-  const Impl& m = *impl_;
-  if (m.profile && m.prof_steps > 0)
+  Impl& m = *impl_;
+  if (m.flight && m.flight->launched) {  // the device may still write the KV cache and the ids
+    std::vector<int32_t> ids;
+    try {
+      m.model.wait_ids(ids);
+    } catch (const std::exception&) {
+    }
+  }
+  if (m.profile && m.prof_steps > 0) {
+    const double n = double(m.prof_steps);
     std::fprintf(stderr,
-                 "engine: %lld steps, %.1f tokens/step; per step: schedule %.3f ms, forward %.3f ms, "
-                 "commit+sample+text %.3f ms\n",
-                 (long long)m.prof_steps, double(m.prof_tokens) / double(m.prof_steps),
-                 1e3 * m.prof_schedule / double(m.prof_steps), 1e3 * m.prof_forward / double(m.prof_steps),
-                 1e3 * m.prof_after / double(m.prof_steps));
+                 "engine: %lld steps, %.1f tokens/step, overlap %s (%lld steps launched ahead); per step: "
+                 "schedule %.3f ms, launch %.3f ms, wait for ids %.3f ms, commit+sample+stop %.3f ms, "
+                 "text+outputs %.3f ms%s\n",
+                 (long long)m.prof_steps, double(m.prof_tokens) / n, m.overlap ? "on" : "off",
+                 (long long)m.steps_ahead, 1e3 * m.prof_schedule / n, 1e3 * m.prof_launch / n, 1e3 * m.prof_wait / n,
+                 1e3 * m.prof_book / n, 1e3 * m.prof_text / n,
+                 m.steps_ahead > 0 ? " (text+outputs of a step launched ahead run while the device computes)" : "");
+  }
   delete impl_;
 }
 
@@ -251,6 +456,7 @@ uint64_t Engine::add_request(RequestParams p) {
   r->sampler = std::make_unique<Sampler>(p.sampling, p.prompt);
   if (m.tok) r->stream = std::make_unique<StreamDecoder>(*m.tok, /*skip_special_tokens=*/true);
   for (const std::string& s : p.stop) r->max_stop = std::max(r->max_stop, s.size());
+  r->host_logits = p.top_logprobs >= 0 || (!r->sampler->plain_greedy() && !m.model.backend().has_sample_rows());
   r->p = std::move(p);
   const uint64_t id = r->id;
   m.prompt_tokens_total += int64_t(r->p.prompt.size());
@@ -262,6 +468,7 @@ uint64_t Engine::add_request(RequestParams p) {
     return id;
   }
   m.sched->add(id, r->p.prompt, r->p.priority);
+  if (r->host_logits) ++m.n_host_logits;
   m.reqs.emplace(id, std::move(r));
   return id;
 }
@@ -270,103 +477,55 @@ void Engine::abort(uint64_t id) {
   Impl& m = *impl_;
   auto it = m.reqs.find(id);
   if (it == m.reqs.end()) return;
-  RequestOutput o = m.output_of(*it->second);
+  const Impl::Request& r = *it->second;
+  RequestOutput o = m.output_of(r);
   o.finished = true;
   o.finish_reason = "abort";
-  m.sched->finish(id);
-  m.reqs.erase(it);
+  if (m.flight) {
+    // The step in flight may use its blocks: the scheduler lets them go after the wait.
+    if (r.flight == m.flight->serial) o.cached_prompt_tokens = r.cached_before;
+    m.flight->aborted.push_back(id);
+  } else {
+    m.sched->finish(id);
+  }
+  m.erase_request(it, nullptr);
   m.pending.push_back(std::move(o));
 }
 
 std::vector<RequestOutput> Engine::step() {
   Impl& m = *impl_;
-  using clk = std::chrono::steady_clock;
-  const auto t0 = clk::now();
+  if (m.launch_error) {  // launching ahead failed in the previous call: fail as it would have here
+    std::exception_ptr e = m.launch_error;
+    m.launch_error = nullptr;
+    std::rethrow_exception(e);
+  }
   std::vector<RequestOutput> outs = std::move(m.pending);
   m.pending.clear();
-  SchedulerOutput so = m.sched->schedule();
-  for (const BlockCopy& c : so.copies) m.kv->copy_block(c.src, c.dst);
-  std::vector<SeqStep> steps;
-  steps.reserve(so.seqs.size());
-  for (const ScheduledSeq& s : so.seqs) {
-    std::span<const int32_t> toks = m.sched->tokens(s.id);
-    steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
-                     s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None});
-  }
-  // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
-  // of each row is needed: the backend computes it where the logits are (on a GPU they never
-  // cross to the host). Without logprobs, a backend with sample_rows (the GPU) draws the other
-  // tokens there too; the CPU backend keeps Sampler::sample.
-  bool greedy = true, on_device = m.model.backend().has_sample_rows();
-  for (const ScheduledSeq& s : so.seqs) {
-    if (!s.sample) continue;
-    const Impl::Request& r = *m.reqs.at(s.id);
-    greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
-    on_device = on_device && r.p.top_logprobs < 0;
-  }
-  const auto t1 = clk::now();
-  if (!steps.empty()) {
-    if (greedy) {
-      m.model.forward_argmax(steps, *m.kv, m.device_ids);
-    } else if (on_device) {
-      m.device_rows.clear();
-      for (const ScheduledSeq& s : so.seqs)
-        if (s.sample) m.device_rows.push_back(row_sampling(*m.reqs.at(s.id)->sampler));
-      m.model.forward_sample(steps, *m.kv, m.device_rows, m.device_ids);
-    } else {
-      m.model.forward(steps, *m.kv, m.logits);
+  if (!m.flight) m.start();
+  Impl::Flight f = std::move(*m.flight);
+  m.flight.reset();
+  m.produced.clear();
+  m.done.clear();
+  m.collect(f);
+  // Launch the next step before the slow half of this one, unless some live request needs host
+  // logits (its step would run to the end here, delaying this step's outputs).
+  if (m.overlap && !m.reqs.empty() && m.n_host_logits == 0) {
+    try {
+      m.start();
+      ++m.steps_ahead;
+    } catch (...) {
+      m.flight.reset();
+      m.launch_error = std::current_exception();
     }
   }
-  const auto t2 = clk::now();
-  m.sched->commit(so);
-
-  const size_t V = size_t(m.model.config().vocab_size);
-  size_t row = 0;
-  for (const ScheduledSeq& s : so.seqs) {
-    if (!s.sample) continue;
-    Impl::Request& r = *m.reqs.at(s.id);
-    int32_t id;
-    if (greedy || on_device) {
-      id = m.device_ids[row++];
-      r.sampler->accept(id);
-    } else {
-      std::span<float> lg(m.logits.data() + row * V, V);
-      ++row;
-      if (r.p.top_logprobs >= 0) m.raw.assign(lg.begin(), lg.end());
-      id = r.sampler->sample(lg);
-    }
-    r.out_ids.push_back(id);
-    ++m.generation_tokens_total;
-    RequestOutput o = m.output_of(r);
-    o.new_ids.push_back(id);
-    if (r.p.top_logprobs >= 0) o.logprobs.push_back(m.logprob_of(m.raw, id, r.p.top_logprobs));
-    const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
-    if (eos && !r.p.ignore_eos) {
-      m.finish(r, o, "stop", false);
-    } else if (m.push_text(r, id, o)) {
-      m.finish(r, o, "stop", true);
-    } else if (int64_t(r.out_ids.size()) >= r.p.max_tokens) {
-      m.finish(r, o, "length", false);
-    } else {
-      m.sched->append_token(s.id, id);
-    }
-    const bool done = o.finished;
-    outs.push_back(std::move(o));
-    if (done) m.reqs.erase(s.id);
-  }
-  if (m.profile) {
-    const auto t3 = clk::now();
-    auto sec = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
-    m.prof_steps += 1;
-    m.prof_tokens += so.num_batched_tokens;
-    m.prof_schedule += sec(t0, t1);
-    m.prof_forward += sec(t1, t2);
-    m.prof_after += sec(t2, t3);
-  }
+  m.finish_outputs(outs);
   return outs;
 }
 
-bool Engine::has_unfinished() const { return !impl_->reqs.empty() || !impl_->pending.empty(); }
+bool Engine::has_unfinished() const {
+  const Impl& m = *impl_;
+  return !m.reqs.empty() || !m.pending.empty() || m.flight.has_value() || m.launch_error != nullptr;
+}
 
 EngineStats Engine::stats() const {
   SchedulerStats s = impl_->sched->stats();
@@ -382,6 +541,7 @@ EngineStats Engine::stats() const {
   e.computed_tokens = s.computed_tokens;
   e.prompt_tokens_total = impl_->prompt_tokens_total;
   e.generation_tokens_total = impl_->generation_tokens_total;
+  e.steps_launched_ahead = impl_->steps_ahead;
   return e;
 }
 

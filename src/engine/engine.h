@@ -22,6 +22,10 @@ struct EngineConfig {
   int64_t max_num_seqs = 64;             // sequences running at once (--max-num-seqs)
   int64_t max_num_batched_tokens = 512;  // tokens per forward pass (--max-num-batched-tokens)
   bool prefix_cache = true;              // --no-prefix-cache turns it off
+  // Launch step N+1 before finishing step N's text and outputs, so the host's work overlaps
+  // the device's (engine.cpp says how). GALE_OVERLAP=0 in the environment turns it off for
+  // every engine (A/B runs); outputs are the same either way.
+  bool overlap = true;
 };
 
 struct RequestParams {
@@ -61,6 +65,7 @@ struct EngineStats {
   int64_t preemptions = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   int64_t computed_tokens = 0;          // tokens run through the model (prefill, decode, recompute)
+  int64_t steps_launched_ahead = 0;     // steps launched before the previous one's outputs (overlap)
 };
 
 class Engine {
@@ -73,9 +78,13 @@ class Engine {
   // Validates (ids in range, prompt + max_tokens within the context, sampling ranges) and queues;
   // throws gale::Error naming the problem.
   uint64_t add_request(RequestParams p);
-  // Frees the request's blocks; its final output (finish_reason "abort") comes from the next step().
+  // Frees the request's blocks (after the step in flight, if any); its final output
+  // (finish_reason "abort") comes from the next step().
   void abort(uint64_t id);
+  // Returns what one scheduler step produced. With overlap, it also launches the next step
+  // before returning, so a request added now joins the step after that one.
   std::vector<RequestOutput> step();
+  // True while a request is queued or running, an output is pending, or a step is in flight.
   bool has_unfinished() const;
   EngineStats stats() const;
   // Drops the prefix cache's unreferenced blocks (after a run: every block is free again).

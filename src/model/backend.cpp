@@ -85,6 +85,20 @@ void Backend::moe_experts(const ModelConfig& c, const LayerWeights& L, Act xn, A
   }
 }
 
+void Backend::launch_argmax_rows(Act logits) {
+  launched_ids_.resize(size_t(logits.rows));
+  argmax_rows(logits, launched_ids_.data());
+}
+
+void Backend::launch_sample_rows(Act logits, std::span<const RowSampling> rows) {
+  launched_ids_.resize(size_t(logits.rows));
+  sample_rows(logits, rows, launched_ids_.data());
+}
+
+void Backend::wait_ids(int32_t* out) {
+  std::copy(launched_ids_.begin(), launched_ids_.end(), out);
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.bf16_activations);
   if (o.device.rfind("cuda", 0) == 0) {

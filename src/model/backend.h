@@ -214,6 +214,19 @@ class Backend {
   // out[r] = the token drawn from f32 logit row r as rows[r] says, with Sampler::sample's
   // filters and distribution (penalties are applied to the logits in place); on the host (waits).
   virtual void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out);
+
+  // The two halves of argmax_rows / sample_rows, so that the host may work while the device
+  // runs the step: a launch queues the ids' computation and their copy into host memory the
+  // backend owns, and returns; wait_ids() blocks until they arrived and copies them to out
+  // (one per row of the launch). One launch at a time: every launch is waited for before the
+  // next step begins. The penalty lists of `rows` are read before launch_sample_rows returns.
+  // Default (CPU): the synchronous call at launch, nothing to wait for.
+  virtual void launch_argmax_rows(Act logits);
+  virtual void launch_sample_rows(Act logits, std::span<const RowSampling> rows);
+  virtual void wait_ids(int32_t* out);
+
+ private:
+  std::vector<int32_t> launched_ids_;  // the default launches' results
 };
 
 struct BackendOptions {

@@ -5,7 +5,8 @@
 
 namespace gale {
 
-class CpuBackend final : public Backend {
+// Not final: tests derive a CPU backend that samples in sample_rows (the GPU's engine path).
+class CpuBackend : public Backend {
  public:
   explicit CpuBackend(bool bf16_activations) : bf16_(bf16_activations) {}
   std::string name() const override { return "cpu"; }

@@ -77,23 +77,42 @@ void Transformer::forward(std::span<const SeqStep> seqs, KVCache& kv, std::vecto
 }
 
 void Transformer::forward_argmax(std::span<const SeqStep> seqs, KVCache& kv, std::vector<int32_t>& ids) {
-  Act out = run(seqs, kv, nullptr);
-  ids.resize(size_t(out.rows));
-  if (out.rows > 0) backend_->argmax_rows(out, ids.data());
+  launch_argmax(seqs, kv);
+  wait_ids(ids);
 }
 
 void Transformer::forward_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows,
                                  std::vector<int32_t>& ids) {
+  launch_sample(seqs, kv, rows);
+  wait_ids(ids);
+}
+
+void Transformer::launch_argmax(std::span<const SeqStep> seqs, KVCache& kv) {
+  Act out = run(seqs, kv, nullptr);
+  if (out.rows > 0) backend_->launch_argmax_rows(out);
+  launched_rows_ = out.rows;
+}
+
+void Transformer::launch_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows) {
   Act out = run(seqs, kv, nullptr);
   GALE_ASSERT(size_t(out.rows) == rows.size());
-  ids.resize(size_t(out.rows));
-  if (out.rows > 0) backend_->sample_rows(out, rows, ids.data());
+  if (out.rows > 0) backend_->launch_sample_rows(out, rows);
+  launched_rows_ = out.rows;
+}
+
+void Transformer::wait_ids(std::vector<int32_t>& ids) {
+  GALE_ASSERT(launched());
+  ids.resize(size_t(launched_rows_));
+  const bool any = launched_rows_ > 0;
+  launched_rows_ = -1;  // waited for, even when the wait throws
+  if (any) backend_->wait_ids(ids.data());
 }
 
 Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host) {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size;
   GALE_ASSERT(kv.device() == (backend_->is_cpu() ? nullptr : backend_.get()));
+  GALE_ASSERT(!launched());  // a launched pass is waited for before the next one
   int64_t T = 0;
   for (const SeqStep& s : seqs) {
     for (int32_t id : s.tokens)

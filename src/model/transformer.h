@@ -53,6 +53,16 @@ class Transformer {
   void forward_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows,
                       std::vector<int32_t>& ids);
 
+  // forward_argmax / forward_sample in two halves: the launch queues the pass and returns (on a
+  // GPU, while the device runs it); wait_ids() blocks until the ids are on the host. seqs,
+  // their tokens and block tables, and rows' penalty lists may change once the launch returned
+  // (the step's plan was packed by then); the KV cache and the model may not be used before
+  // wait_ids(). The CPU backend computes everything in the launch.
+  void launch_argmax(std::span<const SeqStep> seqs, KVCache& kv);
+  void launch_sample(std::span<const SeqStep> seqs, KVCache& kv, std::span<const RowSampling> rows);
+  void wait_ids(std::vector<int32_t>& ids);
+  bool launched() const { return launched_rows_ >= 0; }
+
  private:
   // Backend memory grown on demand and reused across steps (no per-token allocations).
   struct Buffer {
@@ -75,6 +85,7 @@ class Transformer {
   StepPlan plan_;
   Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
   Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, blogit_x_, blogit_n_, blogits_;
+  int64_t launched_rows_ = -1;  // ids a launch owes wait_ids(); -1: nothing launched
   std::vector<int64_t> pos_;
 };
 

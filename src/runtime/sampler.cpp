@@ -54,70 +54,76 @@ void Sampler::accept(int32_t id) {
   out_counts_[at] += 1;
 }
 
-int32_t Sampler::sample(std::span<float> logits) {
+int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                     std::span<const int32_t> out_counts, double u, std::span<float> logits,
+                     std::vector<int32_t>& idx) {
   const int32_t V = int32_t(logits.size());
   // Penalties first, on raw logits (transformers' and vLLM's order).
-  if (p_.repetition_penalty != 1.0f) {
-    for (int32_t id : seen_) {
+  if (p.repetition_penalty != 1.0f) {
+    for (int32_t id : seen) {
       if (id < 0 || id >= V) continue;
       float& l = logits[size_t(id)];
-      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+      l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
     }
   }
-  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) {
-    for (size_t i = 0; i < out_ids_.size(); ++i) {
-      const int32_t id = out_ids_[i];
+  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
+    for (size_t i = 0; i < out_ids.size(); ++i) {
+      const int32_t id = out_ids[i];
       if (id < 0 || id >= V) continue;
-      logits[size_t(id)] -= p_.presence_penalty + p_.frequency_penalty * float(out_counts_[i]);
+      logits[size_t(id)] -= p.presence_penalty + p.frequency_penalty * float(out_counts[i]);
     }
   }
-  int32_t chosen;
-  if (p_.temperature == 0.0f) {
-    chosen = argmax(logits);
+  if (p.temperature == 0.0f) return argmax(logits);
+  // Candidates sorted by logit (descending; lower id first on ties), then filtered.
+  for (auto& l : logits) l /= p.temperature;
+  idx.resize(size_t(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  };
+  size_t n = size_t(V);
+  if (p.top_k > 0 && size_t(p.top_k) < n) {
+    std::partial_sort(idx.begin(), idx.begin() + p.top_k, idx.end(), by_logit);
+    n = size_t(p.top_k);
   } else {
-    // Candidates sorted by logit (descending; lower id first on ties), then filtered.
-    for (auto& l : logits) l /= p_.temperature;
-    idx_.resize(size_t(V));
-    std::iota(idx_.begin(), idx_.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) {
-      return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
-    };
-    size_t n = size_t(V);
-    if (p_.top_k > 0 && size_t(p_.top_k) < n) {
-      std::partial_sort(idx_.begin(), idx_.begin() + p_.top_k, idx_.end(), by_logit);
-      n = size_t(p_.top_k);
-    } else {
-      std::sort(idx_.begin(), idx_.end(), by_logit);
-    }
-    const float m = logits[size_t(idx_[0])];
-    std::vector<double> prob(n);
-    double sum = 0;
-    for (size_t i = 0; i < n; ++i) sum += (prob[i] = std::exp(double(logits[size_t(idx_[i])] - m)));
-    for (auto& q : prob) q /= sum;
-    if (p_.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
-      double cum = 0;
-      size_t keep = n;
-      for (size_t i = 0; i < n; ++i) {
-        cum += prob[i];
-        if (cum >= double(p_.top_p)) { keep = i + 1; break; }
-      }
-      n = keep;
-    }
-    if (p_.min_p > 0.0f) {  // drop tokens below min_p * p(max)
-      const double cut = double(p_.min_p) * prob[0];
-      size_t keep = 1;
-      while (keep < n && prob[keep] >= cut) ++keep;
-      n = keep;
-    }
-    double total = 0;
-    for (size_t i = 0; i < n; ++i) total += prob[i];
-    double r = rng_.uniform() * total;
-    chosen = idx_[n - 1];
-    for (size_t i = 0; i < n; ++i) {
-      r -= prob[i];
-      if (r < 0) { chosen = idx_[i]; break; }
-    }
+    std::sort(idx.begin(), idx.end(), by_logit);
   }
+  const float m = logits[size_t(idx[0])];
+  std::vector<double> prob(n);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += (prob[i] = std::exp(double(logits[size_t(idx[i])] - m)));
+  for (auto& q : prob) q /= sum;
+  if (p.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
+    double cum = 0;
+    size_t keep = n;
+    for (size_t i = 0; i < n; ++i) {
+      cum += prob[i];
+      if (cum >= double(p.top_p)) { keep = i + 1; break; }
+    }
+    n = keep;
+  }
+  if (p.min_p > 0.0f) {  // drop tokens below min_p * p(max)
+    const double cut = double(p.min_p) * prob[0];
+    size_t keep = 1;
+    while (keep < n && prob[keep] >= cut) ++keep;
+    n = keep;
+  }
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += prob[i];
+  double r = u * total;
+  int32_t chosen = idx[n - 1];
+  for (size_t i = 0; i < n; ++i) {
+    r -= prob[i];
+    if (r < 0) { chosen = idx[i]; break; }
+  }
+  return chosen;
+}
+
+int32_t Sampler::sample(std::span<float> logits) {
+  // The uniform is drawn first (one per token when temperature > 0, as next_uniform() says):
+  // the generator is used nowhere else, so the draws are those of every earlier version.
+  const double u = next_uniform();
+  const int32_t chosen = sample_token(p_, seen_, out_ids_, out_counts_, u, logits, idx_);
   accept(chosen);
   return chosen;
 }

@@ -66,6 +66,13 @@ class Sampler {
   std::vector<int32_t> idx_;         // scratch
 };
 
+// What Sampler::sample does to one row of logits [vocab] (modified in place) with the sequence's
+// penalty lists and the uniform u in [0, 1) its generator drew (ignored when greedy); idx is
+// scratch. A host stand-in for Backend::sample_rows calls it with a RowSampling's fields.
+int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                     std::span<const int32_t> out_counts, double u, std::span<float> logits,
+                     std::vector<int32_t>& idx);
+
 // Index of the largest value; the first one on ties (as torch.argmax).
 int32_t argmax(std::span<const float> v);
 

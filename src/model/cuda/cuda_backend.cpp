@@ -66,6 +66,7 @@ class CudaBackend final : public Backend {
     check(cudaSetDevice(dev_), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
+    check(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming), "cudaEventCreate");
     check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
     if (profile_) {
       check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
@@ -87,8 +88,10 @@ class CudaBackend final : public Backend {
     for (auto& [p, n] : owned_) cudaFree(p);
     for (Grow* g : {&d_plan_, &d_ws_, &d_rows_, &d_argmax_ws_, &d_wts_, &d_act_}) cudaFree(g->p);
     cudaFreeHost(h_plan_.p);
+    cudaFreeHost(h_ids_.p);
     cuda::gemm_context_destroy(gemm_);
     cudaEventDestroy(plan_sent_);
+    cudaEventDestroy(ids_ready_);
     cudaStreamDestroy(stream_);
   }
 
@@ -278,26 +281,51 @@ class CudaBackend final : public Backend {
   }
 
   void argmax_rows(Act logits, int32_t* out) override {
+    launch_argmax_rows(logits);
+    wait_ids(out);
+  }
+  // The ids go to pinned memory (a copy into pageable memory would block the host until the
+  // step is done); wait_ids() waits on the event recorded after the copy.
+  void launch_argmax_rows(Act logits) override {
     grow_device(d_rows_, size_t(logits.rows) * 4);
     const size_t ws = cuda::argmax_workspace_size(logits.rows);
     if (ws > d_argmax_ws_.bytes) {  // the kernel leaves its workspace zeroed: zero it once here
       grow_device(d_argmax_ws_, ws);
       check(cudaMemsetAsync(d_argmax_ws_.p, 0, d_argmax_ws_.bytes, stream_), "argmax workspace");
     }
+    int32_t* h = launch_ids(logits.rows);
     cuda::ArgmaxParams p{logits.data, logits.dtype,     logits.ld, logits.rows, logits.cols,
                          static_cast<int32_t*>(d_rows_.p), d_argmax_ws_.p};
     check(cuda::argmax(p, stream_), "argmax");
-    check(cudaMemcpyAsync(out, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
+    check(cudaMemcpyAsync(h, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
     if (profile_) check(cudaEventRecord(prof_end_, stream_), "profile");
-    check(cudaStreamSynchronize(stream_), "forward pass");
-    profile_step_done();
+    check(cudaEventRecord(ids_ready_, stream_), "step");
+    launched_ids_ = logits.rows;
+    launched_argmax_ = true;
   }
 
   // Sampling where the logits are (model/cuda/cuda_sampling.cpp over kernels/cuda/sample.cu):
   // penalties, temperature, top-k / top-p / min-p and the draw; only the ids come back.
   bool has_sample_rows() const override { return true; }
   void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out) override {
-    sampling_.sample(logits, rows, out, stream_);
+    launch_sample_rows(logits, rows);
+    wait_ids(out);
+  }
+  void launch_sample_rows(Act logits, std::span<const RowSampling> rows) override {
+    int32_t* h = launch_ids(logits.rows);
+    sampling_.launch(logits, rows, h, stream_);
+    check(cudaEventRecord(ids_ready_, stream_), "step");
+    launched_ids_ = logits.rows;
+    launched_argmax_ = false;
+  }
+
+  void wait_ids(int32_t* out) override {
+    GALE_ASSERT(launched_ids_ >= 0);
+    const int64_t n = launched_ids_;
+    launched_ids_ = -1;
+    check(cudaEventSynchronize(ids_ready_), "forward pass");
+    std::memcpy(out, h_ids_.p, size_t(n) * 4);
+    if (launched_argmax_) profile_step_done();
   }
 
  private:
@@ -355,6 +383,22 @@ class CudaBackend final : public Backend {
   const Fused* fused_for(std::span<const Linear* const> ls) const {
     auto it = fused_.find(ls[0]->w);
     return it != fused_.end() && it->second.count == ls.size() ? &it->second : nullptr;
+  }
+
+  // The pinned buffer a launch copies its n ids into (the previous launch was waited for); the
+  // launch sets launched_ids_ once everything is queued.
+  int32_t* launch_ids(int64_t n) {
+    GALE_ASSERT(launched_ids_ < 0);
+    const size_t bytes = size_t(std::max<int64_t>(n, 1)) * 4;
+    if (h_ids_.bytes < bytes) {
+      const size_t grown = std::max(bytes, h_ids_.bytes * 2);
+      if (h_ids_.p) cudaFreeHost(h_ids_.p);
+      h_ids_.p = nullptr;
+      h_ids_.bytes = 0;
+      check(cudaMallocHost(&h_ids_.p, grown), "cudaMallocHost");
+      h_ids_.bytes = grown;
+    }
+    return static_cast<int32_t*>(h_ids_.p);
   }
 
   void drop_graphs() {
@@ -423,6 +467,10 @@ class CudaBackend final : public Backend {
   double util_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t plan_sent_ = nullptr;
+  cudaEvent_t ids_ready_ = nullptr;  // the launched step's ids reached h_ids_
+  Grow h_ids_;                       // pinned
+  int64_t launched_ids_ = -1;        // ids the launch owes wait_ids(); -1: none
+  bool launched_argmax_ = false;
   // GALE_PROFILE=1: time from each greedy step's plan upload to its argmax ids reaching the host,
   // on the GPU's clock; against the engine's wall time per step it shows how long the GPU waits
   // on the host.

@@ -24,11 +24,15 @@ size_t align8(size_t n) { return (n + 7) & ~size_t(7); }
 }  // namespace
 
 CudaSampling::~CudaSampling() {
+  if (uploaded_) {
+    cudaEventSynchronize(uploaded_);
+    cudaEventDestroy(uploaded_);
+  }
   cudaFree(dev_);
   cudaFreeHost(host_);
 }
 
-void CudaSampling::sample(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream) {
+void CudaSampling::launch(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream) {
   GALE_ASSERT(logits.dtype == DType::F32 && size_t(logits.rows) == rows.size());
   const int64_t n = logits.rows;
   if (n == 0) return;
@@ -45,7 +49,10 @@ void CudaSampling::sample(Act logits, std::span<const RowSampling> rows, int32_t
   const size_t seen_at = rows_bytes, out_ids_at = seen_at + size_t(n_seen) * 4,
                counts_at = out_ids_at + size_t(n_out) * 4, up_bytes = counts_at + size_t(n_out) * 4,
                result_at = align8(up_bytes), dev_bytes = result_at + size_t(n) * 4;
-  // The previous call waited for its ids, so nothing reads the pinned buffer any more.
+  // The previous pack must have left the pinned buffer before it is refilled (the engine waits
+  // for every step's ids anyway, so this costs nothing there).
+  if (!uploaded_) check(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventSynchronize(uploaded_), "sampling upload");
   if (host_bytes_ < up_bytes) {
     const size_t bytes = std::max(up_bytes, 2 * host_bytes_);
     cudaFreeHost(host_);
@@ -98,6 +105,7 @@ void CudaSampling::sample(Act logits, std::span<const RowSampling> rows, int32_t
   }
   auto* d = static_cast<uint8_t*>(dev_);
   check(cudaMemcpyAsync(d, h, up_bytes, cudaMemcpyHostToDevice, stream), "sampling upload");
+  check(cudaEventRecord(uploaded_, stream), "sampling upload");
   cuda::SampleParams p{};
   p.logits = logits.f32();
   p.ld = logits.ld;
@@ -112,7 +120,6 @@ void CudaSampling::sample(Act logits, std::span<const RowSampling> rows, int32_t
   p.out = reinterpret_cast<int32_t*>(d + result_at);
   check(cuda::sample(p, stream), "sample");
   check(cudaMemcpyAsync(out, p.out, size_t(n) * 4, cudaMemcpyDeviceToHost, stream), "copy to host");
-  check(cudaStreamSynchronize(stream), "forward pass");
 }
 
 }  // namespace gale

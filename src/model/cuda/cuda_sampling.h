@@ -19,10 +19,12 @@ class CudaSampling {
   CudaSampling(const CudaSampling&) = delete;
   CudaSampling& operator=(const CudaSampling&) = delete;
 
-  // out[r] = the token drawn from f32 logit row r (device memory) with rows[r], on `stream`;
-  // waits for the ids. The logits get the rows' penalties in place. Throws gale::Error on a
-  // CUDA failure or a row outside the kernel's ranges.
-  void sample(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream);
+  // Queues, on `stream`, out[r] = the token drawn from f32 logit row r (device memory) with
+  // rows[r], and returns: out must be pinned host memory, valid until the caller has waited on
+  // the stream. The rows' lists are packed before it returns. The logits get the rows'
+  // penalties in place. Throws gale::Error on a CUDA failure or a row outside the kernel's
+  // ranges.
+  void launch(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream);
 
  private:
   // Grown on demand, reused across steps: the host side pinned (one copy of the whole pack).
@@ -30,6 +32,7 @@ class CudaSampling {
   size_t host_bytes_ = 0;
   void* dev_ = nullptr;
   size_t dev_bytes_ = 0;
+  cudaEvent_t uploaded_ = nullptr;  // the last pack left host_ (created on first use)
 };
 
 }  // namespace gale
