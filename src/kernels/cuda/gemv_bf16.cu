@@ -14,6 +14,9 @@ constexpr int kWarps = 8;          // output features per block
 constexpr int kFuseMaxRows = 4;
 constexpr int kFuseMaxBytes = 32 * 1024;
 enum Epilogue { kStore, kSwiGLU, kRopeKV };  // what happens to the dot products (GemvFusion)
+// The input as read by the main loop: GemvFusion::kPlain / kRMSNorm, or kStaged = plain x
+// copied into shared memory first (internal: chosen by gemv_bf16 for the narrower products).
+constexpr int kStaged = 2;
 
 __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
   const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -86,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   if (rotated) n = head0 + dim0 + (warp < 4 ? warp : in.rk.head_dim / 2 + warp - 4);
   const bool active = n < p.N;
   // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
-  if (!active && OP == GemvFusion::kPlain) return;
+  if (!active && OP == GemvFusion::kPlain) return;  // (kStaged: at its barrier first)
   const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + (active ? n : 0) * p.ldw);
   const int chunks = int(p.K / 8);  // 16-byte chunks per row
   float acc[M];
@@ -113,6 +116,18 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   if constexpr (OP == GemvFusion::kPlain) {
 #pragma unroll
     for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx);
+  } else if constexpr (OP == kStaged) {
+    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(staged);
+    const int n_chunks = M * chunks;
+    for (int i = threadIdx.x; i < n_chunks; i += kWarps * 32) {
+      const int m = i / chunks, j = i - m * chunks;
+      reinterpret_cast<uint4*>(xs + m * p.K)[j] =
+          reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx)[j];
+    }
+    __syncthreads();
+    if (!active) return;
+#pragma unroll
+    for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(xs + m * p.K);
   } else {
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(staged);
     stage_rmsnorm<M>(p, in, xs);
@@ -240,7 +255,11 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
   }();
   static const int rotate = [] {
     const char* e = std::getenv("GALE_GEMV_ROTATE");
-    return e && std::string(e) == "1" ? 1 : 0;
+    return e && std::string(e) == "0" ? 0 : 1;
+  }();
+  static const bool stage = [] {
+    const char* e = std::getenv("GALE_GEMV_STAGE");
+    return !(e && std::string(e) == "0");
   }();
   const bool deep = mode == "8" || mode == "16" || (mode == "auto" && p.N <= 8192);
   // 16: the whole row in flight at once where K is a multiple of 16 loads per lane.
@@ -255,7 +274,15 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     };
     using Plain = std::integral_constant<int, GemvFusion::kPlain>;
     using Norm = std::integral_constant<int, GemvFusion::kRMSNorm>;
-    if (in.kind == GemvFusion::kPlain) return with(Plain{}, std::integral_constant<int, kStore>{}, 0);
+    if (in.kind == GemvFusion::kPlain) {
+      // x staged in shared memory for the narrower products (o, down: N <= 8192): read through
+      // L1 next to the streamed W, each warp's copy of x went back to L2 (down: as many bytes
+      // as W). The wide ones (gate|up, LM head) have too many blocks for a copy in each.
+      const size_t bytes = size_t(p.M * p.K) * 2;
+      if (stage && p.N <= 8192 && bytes <= size_t(kFuseMaxBytes))
+        return with(std::integral_constant<int, kStaged>{}, std::integral_constant<int, kStore>{}, bytes);
+      return with(Plain{}, std::integral_constant<int, kStore>{}, 0);
+    }
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
       if (in.swiglu) return with(Norm{}, std::integral_constant<int, kSwiGLU>{}, smem);
