@@ -14,9 +14,6 @@ constexpr int kWarps = 8;          // output features per block
 constexpr int kFuseMaxRows = 4;
 constexpr int kFuseMaxBytes = 32 * 1024;
 enum Epilogue { kStore, kSwiGLU, kRopeKV };  // what happens to the dot products (GemvFusion)
-// The input as read by the main loop: GemvFusion::kPlain / kRMSNorm, or kStaged = plain x
-// copied into shared memory first (internal: chosen by gemv_bf16 for the narrower products).
-constexpr int kStaged = 2;
 
 __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc) {
   const __nv_bfloat162* wh = reinterpret_cast<const __nv_bfloat162*>(&w);
@@ -89,7 +86,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   if (rotated) n = head0 + dim0 + (warp < 4 ? warp : in.rk.head_dim / 2 + warp - 4);
   const bool active = n < p.N;
   // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
-  if (!active && OP == GemvFusion::kPlain) return;  // (kStaged: at its barrier first)
+  if (!active && OP == GemvFusion::kPlain) return;
   const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + (active ? n : 0) * p.ldw);
   const int chunks = int(p.K / 8);  // 16-byte chunks per row
   float acc[M];
@@ -116,18 +113,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   if constexpr (OP == GemvFusion::kPlain) {
 #pragma unroll
     for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx);
-  } else if constexpr (OP == kStaged) {
-    __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(staged);
-    const int n_chunks = M * chunks;
-    for (int i = threadIdx.x; i < n_chunks; i += kWarps * 32) {
-      const int m = i / chunks, j = i - m * chunks;
-      reinterpret_cast<uint4*>(xs + m * p.K)[j] =
-          reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx)[j];
-    }
-    __syncthreads();
-    if (!active) return;
-#pragma unroll
-    for (int m = 0; m < M; ++m) xv[m] = reinterpret_cast<const uint4*>(xs + m * p.K);
   } else {
     __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(staged);
     stage_rmsnorm<M>(p, in, xs);
@@ -248,7 +233,10 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
   // batch 1, synthetic:llama3-8b, H100, 2026-11-26, and 176.3 vs 175.7 with the RMSNorm-staging
   // q|k|v product at 8 too. GALE_GEMV_UNROLL=4|8 forces one depth. (Blocks of 2 or 4 warps
   // instead of 8 measured the same: 174.9 / 175.2 / 175.7. Prefetching up to 16 KB of each row
-  // into L2 before the PDL wait measured much slower: 159.9 vs 176.1.)
+  // into L2 before the PDL wait measured much slower: 159.9 vs 176.1. Later, the same card:
+  // 16 loads in flight for K = 4,096 175.4 vs 179.8; x copied into shared memory for o and
+  // down 179.5 vs 180.5 without. Rows starting at rotated pieces: 180.2 vs 179.3 over two
+  // calls, on by default, GALE_GEMV_ROTATE=0 off.)
   static const std::string mode = [] {
     const char* e = std::getenv("GALE_GEMV_UNROLL");
     return std::string(e ? e : "auto");
@@ -257,32 +245,17 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     const char* e = std::getenv("GALE_GEMV_ROTATE");
     return e && std::string(e) == "0" ? 0 : 1;
   }();
-  static const bool stage = [] {
-    const char* e = std::getenv("GALE_GEMV_STAGE");
-    return !(e && std::string(e) == "0");
-  }();
-  const bool deep = mode == "8" || mode == "16" || (mode == "auto" && p.N <= 8192);
-  // 16: the whole row in flight at once where K is a multiple of 16 loads per lane.
-  const int unroll = mode == "16" && (p.K / 8 / 32) % 16 == 0 ? 16 : deep ? 8 : 4;
+  const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
   auto go = [&](auto m) -> cudaError_t {
     constexpr int M = decltype(m)::value;
     auto with = [&](auto op, auto epi, size_t smem) -> cudaError_t {
       constexpr int OP = decltype(op)::value, EPI = decltype(epi)::value;
-      if (unroll == 16) return launch(gemv_bf16_kernel<M, 16, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
-      if (unroll == 8) return launch(gemv_bf16_kernel<M, 8, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
+      if (deep) return launch(gemv_bf16_kernel<M, 8, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
       return launch(gemv_bf16_kernel<M, 4, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
     };
     using Plain = std::integral_constant<int, GemvFusion::kPlain>;
     using Norm = std::integral_constant<int, GemvFusion::kRMSNorm>;
-    if (in.kind == GemvFusion::kPlain) {
-      // x staged in shared memory for the narrower products (o, down: N <= 8192): read through
-      // L1 next to the streamed W, each warp's copy of x went back to L2 (down: as many bytes
-      // as W). The wide ones (gate|up, LM head) have too many blocks for a copy in each.
-      const size_t bytes = size_t(p.M * p.K) * 2;
-      if (stage && p.N <= 8192 && bytes <= size_t(kFuseMaxBytes))
-        return with(std::integral_constant<int, kStaged>{}, std::integral_constant<int, kStore>{}, bytes);
-      return with(Plain{}, std::integral_constant<int, kStore>{}, 0);
-    }
+    if (in.kind == GemvFusion::kPlain) return with(Plain{}, std::integral_constant<int, kStore>{}, 0);
     if constexpr (M <= kFuseMaxRows) {
       const size_t smem = size_t(p.M * p.K) * 2;
       if (in.swiglu) return with(Norm{}, std::integral_constant<int, kSwiGLU>{}, smem);

@@ -168,7 +168,6 @@ class CudaBackend final : public Backend {
     GALE_ASSERT(in.cols == l.in && out.cols == l.out && in.rows == out.rows && in.dtype == DType::BF16);
     auto it = wmap_.find(l.w);
     GALE_ASSERT(it != wmap_.end());
-    if (dbg_skip(l.out > 100000 ? "lmhead" : l.in > 8192 ? "down" : "o")) return;
     gemm(it->second, l.out, in, out, accumulate);
     if (!l.bias.empty()) bias(vec(l.bias), out);
   }
@@ -218,7 +217,7 @@ class CudaBackend final : public Backend {
     cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
     in.swiglu = true;
     if (x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
-      if (!dbg_skip("gateup")) check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
+      check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
     } else {  // the interleaved gate|up product, then SiLU-mul over its groups of four
       const Linear* proj[] = {&gate, &up};
       Backend::rmsnorm_linear(x, norm_w, eps, normed, proj, gate_up);
@@ -519,10 +518,6 @@ class CudaBackend final : public Backend {
   static bool fused(const char* what) {
     const char* env = std::getenv("GALE_CUDA_FUSE");
     return std::string(env ? env : "rope,norm,silu,qkv").find(what) != std::string::npos;
-  }
-  static bool dbg_skip(const char* what) {
-    const char* env = std::getenv("GALE_DEBUG_SKIP");
-    return env && std::string(env).find(what) != std::string::npos;
   }
   bool fuse_rope_ = fused("rope");
   bool fuse_qkv_ = fused("qkv");
@@ -939,7 +934,7 @@ bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w
   in.rope = true;
   in.rk = {d_cos_, d_sin_, qkv[0]->out, qkv[1]->out, kv.head_dim, kv.k, kv.v, d_slots_};
   if (out.cols != f->n || qkv[1]->out != kv.n_kv_heads * kv.head_dim || !cuda::gemv_bf16_fusable(p, in)) return false;
-  if (!dbg_skip("qkv")) check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
+  check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
   return true;
 }
 
@@ -955,7 +950,6 @@ void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t
 
 // Attention of the step's queries over the cache (K/V of this step already written).
 void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) {
-  if (dbg_skip("attn")) return;
   GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16);
   const int64_t D = n_lead_decode_;
   if (D > 0) {
