@@ -231,23 +231,23 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
     }
     cluster.sync();  // the others' shared memory stays until every block has read it
 #endif
-    return;
-  }
-  for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
-    const int h = j / HD, d = j % HD;
-    if (h >= nh) continue;
-    float o = 0.0f;
+  } else {
+    for (int j = threadIdx.x; j < TH * HD; j += kWarps * 32) {
+      const int h = j / HD, d = j % HD;
+      if (h >= nh) continue;
+      float o = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) o += red[w * TH * HD + j];
-    const int64_t head = h0 + h;
-    if (n_parts == 1) {
-      store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
-    } else {
-      const int64_t idx = (int64_t(s) * p.n_heads + head) * max_parts + part;
-      float* ws_o = static_cast<float*>(p.workspace);
-      float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * HD;
-      ws_o[idx * HD + d] = o;
-      if (d == 0) { ws_ml[idx * 2] = s_max[h]; ws_ml[idx * 2 + 1] = s_sum[h]; }
+      for (int w = 0; w < kWarps; ++w) o += red[w * TH * HD + j];
+      const int64_t head = h0 + h;
+      if (n_parts == 1) {
+        store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
+      } else {
+        const int64_t idx = (int64_t(s) * p.n_heads + head) * max_parts + part;
+        float* ws_o = static_cast<float*>(p.workspace);
+        float* ws_ml = ws_o + p.n_seqs * p.n_heads * max_parts * HD;
+        ws_o[idx * HD + d] = o;
+        if (d == 0) { ws_ml[idx * 2] = s_max[h]; ws_ml[idx * 2 + 1] = s_sum[h]; }
+      }
     }
   }
 }

@@ -200,6 +200,15 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   }
 }
 
+// GALE_GEMV_ROTATE=0 turns the rotated row starts off (read once).
+int rotate_rows() {
+  static const int on = [] {
+    const char* e = std::getenv("GALE_GEMV_ROTATE");
+    return e && std::string(e) == "0" ? 0 : 1;
+  }();
+  return on;
+}
+
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; }
 
 }  // namespace
@@ -241,10 +250,7 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     const char* e = std::getenv("GALE_GEMV_UNROLL");
     return std::string(e ? e : "auto");
   }();
-  static const int rotate = [] {
-    const char* e = std::getenv("GALE_GEMV_ROTATE");
-    return e && std::string(e) == "0" ? 0 : 1;
-  }();
+  const int rotate = rotate_rows();
   const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
   auto go = [&](auto m) -> cudaError_t {
     constexpr int M = decltype(m)::value;
