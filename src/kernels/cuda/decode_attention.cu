@@ -116,13 +116,24 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       q[h][e] = h < nh ? load_f32(p.q, p.q_dtype, int64_t(s) * p.ldq + int64_t(h0 + h) * HD + sub * 8 + e) * p.scale : 0.0f;
 
   float* scores = smem;
+  // The first pass's V rows go out right behind its K rows: they do not depend on the scores,
+  // and where a partition is one pass (batch-1 decode) phase 3 then waits for no memory.
+  const int first_base = warp * TPW;
+  Raw8<KV> v_first[kUnroll];
   // Phase 1: scores[h][i] = q_h · k_(t0+i)
-  for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
+  for (int base = first_base; base < n; base += STEP * kUnroll) {
     Raw8<KV> kr[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
       if (i < n) kr[u].load(kbase + slot_of(table, int(t0) + i, bs, shift) * row);
+    }
+    if (base == first_base) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * STEP + slot;
+        if (i < n) v_first[u].load(vbase + slot_of(table, int(t0) + i, bs, shift) * row);
+      }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -164,12 +175,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   for (int h = 0; h < TH; ++h)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
-  for (int base = warp * TPW; base < n; base += STEP * kUnroll) {
+  for (int base = first_base; base < n; base += STEP * kUnroll) {
     Raw8<KV> vr[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
-      if (i < n) vr[u].load(vbase + slot_of(table, int(t0) + i, bs, shift) * row);
+      if (base == first_base) vr[u] = v_first[u];
+      else if (i < n) vr[u].load(vbase + slot_of(table, int(t0) + i, bs, shift) * row);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
