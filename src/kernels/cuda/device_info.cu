@@ -19,25 +19,26 @@ int device_sm_count() {
   return v;
 }
 
+namespace {
+
+// Compute capability 9.0 or later (Hopper), unless the environment variable `off` is "0".
+bool hopper_unless(const char* off) {
+  const char* env = std::getenv(off);
+  if (env && std::string(env) == "0") return false;
+  int dev = 0, major = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
+}  // namespace
+
 bool pdl_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("GALE_CUDA_PDL");
-    if (env && std::string(env) == "0") return false;
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  }();
+  static const bool on = hopper_unless("GALE_CUDA_PDL");
   return on;
 }
 
 bool clusters_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("GALE_CUDA_CLUSTERS");
-    if (env && std::string(env) == "0") return false;
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  }();
+  static const bool on = hopper_unless("GALE_CUDA_CLUSTERS");
   return on;
 }
 

@@ -6,36 +6,12 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/moe_grouped_gemm.cuh"
 
 namespace gale::cuda {
 
 namespace {
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-// 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// c += a · b for one m16n8k16 bf16 fragment, f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, const uint32_t* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 template <int TM_, int TN_, int TK_, int WM_, int WN_, int STAGES_>
 struct Tile {
@@ -141,7 +117,7 @@ __global__ void __launch_bounds__(C::kThreads) grouped_gemm_kernel(GroupedGemmPa
     b_dst[i] = uint32_t(C::TM * C::TK * 2) + C::off(r, c);
     b_col[i] = c * 8;
   }
-  const uint32_t sbase = smem_u32(smem);
+  const uint32_t sbase = smem_addr(smem);
   const int KT = int((p.K + C::TK - 1) / C::TK);
   auto load_stage = [&](int s, int kt) {
     const int k0 = kt * C::TK;
@@ -149,12 +125,12 @@ __global__ void __launch_bounds__(C::kThreads) grouped_gemm_kernel(GroupedGemmPa
 #pragma unroll
     for (int i = 0; i < C::kAChunks; ++i) {
       const bool ok = a_ok[i] && k0 + a_col[i] < p.K;
-      cp_async16(base + a_dst[i], ok ? a_src[i] + k0 : X, ok);
+      cp_async16(base + a_dst[i], ok ? a_src[i] + k0 : X, ok ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < C::kBChunks; ++i) {
       const bool ok = b_ok[i] && k0 + b_col[i] < p.K;
-      cp_async16(base + b_dst[i], ok ? b_src[i] + k0 : W, ok);
+      cp_async16(base + b_dst[i], ok ? b_src[i] + k0 : W, ok ? 16 : 0);
     }
   };
 
