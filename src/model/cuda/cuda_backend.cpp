@@ -33,15 +33,12 @@
 #include "kernels/cuda/scatter_add_rows.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 #include "model/backend.h"
+#include "model/cuda/cuda_buffers.h"
 #include "model/cuda/cuda_sampling.h"
 
 namespace gale {
 
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
 
 std::string gib(size_t bytes) {
   char b[32];
@@ -63,14 +60,14 @@ int cuda_device_count() {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, double util) : dev_(device), util_(util) {
-    check(cudaSetDevice(dev_), "cudaSetDevice");
-    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
-    check(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming), "cudaEventCreate");
-    check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
+    cuda_check(cudaSetDevice(dev_), "cudaSetDevice");
+    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda_check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
     if (profile_) {
-      check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
-      check(cudaEventCreate(&prof_end_), "cudaEventCreate");
+      cuda_check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
+      cuda_check(cudaEventCreate(&prof_end_), "cudaEventCreate");
     }
   }
   ~CudaBackend() override {
@@ -102,7 +99,7 @@ class CudaBackend final : public Backend {
 
   int64_t default_kv_budget() const override {
     size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    cuda_check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     // Activations and cuBLASLt's workspace grow with the batch: keep 1.5 GiB for them.
     const int64_t budget = int64_t(double(total) * util_) - int64_t(total - free) - (int64_t(3) << 29);
     return std::max<int64_t>(budget, 0);
@@ -128,7 +125,7 @@ class CudaBackend final : public Backend {
     cudaFree(p);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy");
+    cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy");
   }
 
   void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
@@ -140,7 +137,7 @@ class CudaBackend final : public Backend {
   void embedding(const ModelWeights& w, Act out) override {
     cuda::EmbeddingParams p{d_ids_, out.rows, embed_, embed_dtype_, cfg_.vocab_size, out.cols, out.data, out.dtype,
                             out.ld};
-    check(cuda::embedding(p, stream_), "embedding");
+    cuda_check(cuda::embedding(p, stream_), "embedding");
   }
 
   void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) override {
@@ -156,12 +153,12 @@ class CudaBackend final : public Backend {
     p.ldo = out.ld;
     p.n = in.rows;
     p.d = in.cols;
-    check(cuda::rmsnorm_residual(p, stream_), "rmsnorm");
+    cuda_check(cuda::rmsnorm_residual(p, stream_), "rmsnorm");
   }
 
   void head_rmsnorm(Act x, int64_t n_heads, const std::vector<float>& w, float eps) override {
     cuda::HeadRMSNormParams p{x.data, x.ld, x.dtype, vec(w), eps, x.rows, n_heads, x.cols / n_heads};
-    check(cuda::head_rmsnorm(p, stream_), "head_rmsnorm");
+    cuda_check(cuda::head_rmsnorm(p, stream_), "head_rmsnorm");
   }
 
   void linear(const Linear& l, Act in, Act out, bool accumulate) override {
@@ -197,7 +194,7 @@ class CudaBackend final : public Backend {
       cuda::GemmParams p{x.data, x.ld, w, x.cols, out.data, out.ld, out.dtype, x.rows, n, x.cols, false};
       const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
       if (out.cols == n && cuda::gemv_bf16_fusable(p, in)) {
-        check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + GEMV");
+        cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + GEMV");
         if (const float* b = f ? f->bias : ls[0]->bias.empty() ? nullptr : vec(ls[0]->bias)) bias(b, out);
         return;
       }
@@ -217,13 +214,13 @@ class CudaBackend final : public Backend {
     cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
     in.swiglu = true;
     if (x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
-      check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
+      cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
     } else {  // the interleaved gate|up product, then SiLU-mul over its groups of four
       const Linear* proj[] = {&gate, &up};
       Backend::rmsnorm_linear(x, norm_w, eps, normed, proj, gate_up);
       cuda::SiluMulParams sp{gate_up.data, gate_up.ld, nullptr, 0, gate_up.dtype, act.data, act.ld, act.dtype, rows, I};
       sp.group = 4;
-      check(cuda::silu_mul(sp, stream_), "silu_mul");
+      cuda_check(cuda::silu_mul(sp, stream_), "silu_mul");
     }
     linear(down, act, out, /*accumulate=*/true);
   }
@@ -232,7 +229,7 @@ class CudaBackend final : public Backend {
     GALE_ASSERT(q.dtype == k.dtype);
     cuda::RopeParams p{q.data, q.ld, n_q_heads, k.data, k.ld, n_k_heads, q.dtype, q.rows, head_dim, rot_dim_,
                        d_cos_, d_sin_};
-    check(cuda::rope_apply(p, stream_), "rope");
+    cuda_check(cuda::rope_apply(p, stream_), "rope");
   }
 
   void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
@@ -248,7 +245,7 @@ class CudaBackend final : public Backend {
   void silu_mul(Act gate, Act up) override {
     cuda::SiluMulParams p{gate.data, gate.ld, up.data, up.ld, gate.dtype, gate.data, gate.ld, gate.dtype, gate.rows,
                           gate.cols};
-    check(cuda::silu_mul(p, stream_), "silu_mul");
+    cuda_check(cuda::silu_mul(p, stream_), "silu_mul");
   }
 
   void gather_rows(Act src, std::span<const int32_t> rows, Act dst) override {
@@ -260,10 +257,10 @@ class CudaBackend final : public Backend {
   void scatter_add_rows(Act src, std::span<const int32_t> rows, std::span<const float> weight, Act dst) override {
     int32_t* d = upload_rows(rows);
     grow_device(d_wts_, weight.size_bytes());
-    check(cudaMemcpyAsync(d_wts_.p, weight.data(), weight.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    cuda_check(cudaMemcpyAsync(d_wts_.p, weight.data(), weight.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
     cuda::ScatterAddRowsParams p{src.data, src.ld, src.dtype, d, static_cast<const float*>(d_wts_.p), dst.f32(),
                                  dst.ld, src.rows, src.cols};
-    check(cuda::scatter_add_rows(p, stream_), "scatter_add_rows");
+    cuda_check(cuda::scatter_add_rows(p, stream_), "scatter_add_rows");
   }
 
   size_t moe_workspace_bytes(const ModelConfig& c, int64_t T) const override {
@@ -273,10 +270,10 @@ class CudaBackend final : public Backend {
 
   void to_host(Act src, float* dst) override {
     GALE_ASSERT(src.dtype == DType::F32);
-    check(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.ld) * 4, size_t(src.cols) * 4,
+    cuda_check(cudaMemcpy2DAsync(dst, size_t(src.cols) * 4, src.data, size_t(src.ld) * 4, size_t(src.cols) * 4,
                             size_t(src.rows), cudaMemcpyDeviceToHost, stream_),
           "copy to host");
-    check(cudaStreamSynchronize(stream_), "forward pass");
+    cuda_check(cudaStreamSynchronize(stream_), "forward pass");
   }
 
   void argmax_rows(Act logits, int32_t* out) override {
@@ -290,15 +287,15 @@ class CudaBackend final : public Backend {
     const size_t ws = cuda::argmax_workspace_size(logits.rows);
     if (ws > d_argmax_ws_.bytes) {  // the kernel leaves its workspace zeroed: zero it once here
       grow_device(d_argmax_ws_, ws);
-      check(cudaMemsetAsync(d_argmax_ws_.p, 0, d_argmax_ws_.bytes, stream_), "argmax workspace");
+      cuda_check(cudaMemsetAsync(d_argmax_ws_.p, 0, d_argmax_ws_.bytes, stream_), "argmax workspace");
     }
     int32_t* h = launch_ids(logits.rows);
     cuda::ArgmaxParams p{logits.data, logits.dtype,     logits.ld, logits.rows, logits.cols,
                          static_cast<int32_t*>(d_rows_.p), d_argmax_ws_.p};
-    check(cuda::argmax(p, stream_), "argmax");
-    check(cudaMemcpyAsync(h, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
-    if (profile_) check(cudaEventRecord(prof_end_, stream_), "profile");
-    check(cudaEventRecord(ids_ready_, stream_), "step");
+    cuda_check(cuda::argmax(p, stream_), "argmax");
+    cuda_check(cudaMemcpyAsync(h, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
+    if (profile_) cuda_check(cudaEventRecord(prof_end_, stream_), "profile");
+    cuda_check(cudaEventRecord(ids_ready_, stream_), "step");
     launched_ids_ = logits.rows;
     launched_argmax_ = true;
   }
@@ -313,7 +310,7 @@ class CudaBackend final : public Backend {
   void launch_sample_rows(Act logits, std::span<const RowSampling> rows) override {
     int32_t* h = launch_ids(logits.rows);
     sampling_.launch(logits, rows, h, stream_);
-    check(cudaEventRecord(ids_ready_, stream_), "step");
+    cuda_check(cudaEventRecord(ids_ready_, stream_), "step");
     launched_ids_ = logits.rows;
     launched_argmax_ = false;
   }
@@ -322,7 +319,7 @@ class CudaBackend final : public Backend {
     GALE_ASSERT(launched_ids_ >= 0);
     const int64_t n = launched_ids_;
     launched_ids_ = -1;
-    check(cudaEventSynchronize(ids_ready_), "forward pass");
+    cuda_check(cudaEventSynchronize(ids_ready_), "forward pass");
     std::memcpy(out, h_ids_.p, size_t(n) * 4);
     if (launched_argmax_) profile_step_done();
   }
@@ -332,10 +329,7 @@ class CudaBackend final : public Backend {
   cuda::KVCacheWriteParams cache_write_params(const KVLayer& kv, Act k, Act v) const;
   void attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out);
 
-  struct Grow {  // device or pinned buffer grown on demand
-    void* p = nullptr;
-    size_t bytes = 0;
-  };
+  using Grow = GrowBuffer;
   struct Fused {
     void* w = nullptr;  // [n, in] bf16: the projections' rows one after the other
     int64_t n = 0;
@@ -388,15 +382,7 @@ class CudaBackend final : public Backend {
   // launch sets launched_ids_ once everything is queued.
   int32_t* launch_ids(int64_t n) {
     GALE_ASSERT(launched_ids_ < 0);
-    const size_t bytes = size_t(std::max<int64_t>(n, 1)) * 4;
-    if (h_ids_.bytes < bytes) {
-      const size_t grown = std::max(bytes, h_ids_.bytes * 2);
-      if (h_ids_.p) cudaFreeHost(h_ids_.p);
-      h_ids_.p = nullptr;
-      h_ids_.bytes = 0;
-      check(cudaMallocHost(&h_ids_.p, grown), "cudaMallocHost");
-      h_ids_.bytes = grown;
-    }
+    grow_pinned(h_ids_, size_t(std::max<int64_t>(n, 1)) * 4);
     return static_cast<int32_t*>(h_ids_.p);
   }
 
@@ -424,30 +410,30 @@ class CudaBackend final : public Backend {
   void gemm(const void* w, int64_t n, Act in, Act out, bool accumulate) {
     cuda::GemmParams p{in.data, in.ld, w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
     if (use_gemv_ && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
-      check(cuda::gemv_bf16(p, stream_), "GEMV");
+      cuda_check(cuda::gemv_bf16(p, stream_), "GEMV");
       return;
     }
     cudaError_t e = cuda::gemm_bf16(gemm_, p, stream_);
     if (e == cudaErrorNotSupported) throw Error(cuda::gemm_last_error(gemm_));
-    check(e, "GEMM");
+    cuda_check(e, "GEMM");
   }
 
   void bias(const float* b, Act out) {
     cuda::BiasAddParams p{out.data, out.ld, out.dtype, b, out.rows, out.cols};
-    check(cuda::bias_add(p, stream_), "bias_add");
+    cuda_check(cuda::bias_add(p, stream_), "bias_add");
   }
 
   void gather(Act src, const int32_t* rows, Act dst) {
     GALE_ASSERT(src.dtype == dst.dtype && src.cols == dst.cols);
     cuda::GatherRowsParams p{src.data, src.ld, rows, dst.data, dst.ld, src.dtype, dst.rows, src.cols};
-    check(cuda::gather_rows(p, stream_), "gather_rows");
+    cuda_check(cuda::gather_rows(p, stream_), "gather_rows");
   }
 
   // Host row lists (MoE dispatch) go through a stream-ordered copy: the source is pageable, so
   // the driver stages it before returning and the next expert may reuse the host vector.
   int32_t* upload_rows(std::span<const int32_t> rows) {
     grow_device(d_rows_, rows.size_bytes());
-    check(cudaMemcpyAsync(d_rows_.p, rows.data(), rows.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
+    cuda_check(cudaMemcpyAsync(d_rows_.p, rows.data(), rows.size_bytes(), cudaMemcpyHostToDevice, stream_), "upload");
     return static_cast<int32_t*>(d_rows_.p);
   }
 
@@ -535,20 +521,15 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
   // Through two pinned staging halves: the host fills (and converts into) one while the copy
   // engine drains the other.
   constexpr size_t kStage = size_t(64) << 20;
-  if (h_plan_.bytes < 2 * kStage) {
-    if (h_plan_.p) cudaFreeHost(h_plan_.p);
-    h_plan_.p = nullptr;
-    check(cudaMallocHost(&h_plan_.p, 2 * kStage), "cudaMallocHost");
-    h_plan_.bytes = 2 * kStage;
-  }
+  grow_pinned(h_plan_, 2 * kStage);
   cudaEvent_t done[2];
-  for (auto& e : done) check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  for (auto& e : done) cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   const size_t out_es = dtype_size(dst_dtype), in_es = dtype_size(src_dtype);
   const size_t per = kStage / out_es;
   int half = 0;
   for (size_t i0 = 0; i0 < n; i0 += per, half ^= 1) {
     const size_t cnt = std::min(per, n - i0);
-    check(cudaEventSynchronize(done[half]), "upload");
+    cuda_check(cudaEventSynchronize(done[half]), "upload");
     uint8_t* stage = static_cast<uint8_t*>(h_plan_.p) + size_t(half) * kStage;
     const uint8_t* s = static_cast<const uint8_t*>(src) + i0 * in_es;
     parallel_for(int64_t(cnt), [&](int64_t b, int64_t e, int) {
@@ -562,12 +543,12 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
         for (int64_t j = b; j < e; ++j) o[j] = load_as_f32(s, src_dtype, size_t(j));
       }
     }, int64_t(1) << 16);
-    check(cudaMemcpyAsync(static_cast<uint8_t*>(dst) + i0 * out_es, stage, cnt * out_es, cudaMemcpyHostToDevice,
+    cuda_check(cudaMemcpyAsync(static_cast<uint8_t*>(dst) + i0 * out_es, stage, cnt * out_es, cudaMemcpyHostToDevice,
                           stream_),
           "upload");
-    check(cudaEventRecord(done[half], stream_), "upload");
+    cuda_check(cudaEventRecord(done[half], stream_), "upload");
   }
-  check(cudaStreamSynchronize(stream_), "upload");
+  cuda_check(cudaStreamSynchronize(stream_), "upload");
   for (auto& e : done) cudaEventDestroy(e);
 }
 
@@ -578,19 +559,19 @@ void CudaBackend::interleave4(Fused& f, int64_t in) {
   const int64_t I = f.n / 2;
   const size_t row = size_t(in) * 2, bytes = size_t(f.n) * row;
   void* tmp = nullptr;
-  check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into f.w went out on other streams
-  check(cudaMalloc(&tmp, bytes), "cudaMalloc (gate|up reorder)");
-  check(cudaMemcpyAsync(tmp, f.w, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
+  cuda_check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into f.w went out on other streams
+  cuda_check(cudaMalloc(&tmp, bytes), "cudaMalloc (gate|up reorder)");
+  cuda_check(cudaMemcpyAsync(tmp, f.w, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
   uint8_t* dst = static_cast<uint8_t*>(f.w);
   const uint8_t* src = static_cast<const uint8_t*>(tmp);
   // Four rows at a time: gate block b to 8b, up block b to 8b + 4.
-  check(cudaMemcpy2DAsync(dst, 8 * row, src, 4 * row, 4 * row, size_t(I / 4), cudaMemcpyDeviceToDevice, stream_),
+  cuda_check(cudaMemcpy2DAsync(dst, 8 * row, src, 4 * row, 4 * row, size_t(I / 4), cudaMemcpyDeviceToDevice, stream_),
         "gate|up reorder");
-  check(cudaMemcpy2DAsync(dst + 4 * row, 8 * row, src + size_t(I) * row, 4 * row, 4 * row, size_t(I / 4),
+  cuda_check(cudaMemcpy2DAsync(dst + 4 * row, 8 * row, src + size_t(I) * row, 4 * row, 4 * row, size_t(I / 4),
                           cudaMemcpyDeviceToDevice, stream_),
         "gate|up reorder");
-  check(cudaStreamSynchronize(stream_), "gate|up reorder");
-  check(cudaFree(tmp), "cudaFree");
+  cuda_check(cudaStreamSynchronize(stream_), "gate|up reorder");
+  cuda_check(cudaFree(tmp), "cudaFree");
   f.interleaved4 = true;
 }
 
@@ -606,7 +587,7 @@ const float* CudaBackend::upload_vector(const std::vector<float>& v) {
   if (v.empty()) return nullptr;
   if (auto it = vmap_.find(v.data()); it != vmap_.end()) return it->second;
   float* d = static_cast<float*>(device_alloc_owned(v.size() * 4));
-  check(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice), "upload");
+  cuda_check(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice), "upload");
   vmap_[v.data()] = d;
   return d;
 }
@@ -616,7 +597,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
   rot_dim_ = int64_t(double(cfg.head_dim) * cfg.rope.partial_rotary_factor);
   {
     size_t free = 0, total = 0;
-    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    cuda_check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     size_t need = 0;
     for (const LayerWeights& L : w.layers) {
       for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.router}) need += size_t(l->out * l->in) * 2;
@@ -655,7 +636,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     }
     if (any_bias) {
       float* db = static_cast<float*>(device_alloc_owned(b.size() * 4));
-      check(cudaMemcpy(db, b.data(), b.size() * 4, cudaMemcpyHostToDevice), "upload");
+      cuda_check(cudaMemcpy(db, b.data(), b.size() * 4, cudaMemcpyHostToDevice), "upload");
       f.bias = db;
     }
     fused_[(*ls.begin())->w] = f;
@@ -675,7 +656,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       }
       auto table = [&](const std::vector<const void*>& ptrs) {
         void* d = device_alloc_owned(ptrs.size() * sizeof(void*));
-        check(cudaMemcpy(d, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice), "upload");
+        cuda_check(cudaMemcpy(d, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice), "upload");
         return static_cast<const void* const*>(d);
       };
       moe_layers_[L.router.w] = {table(gu), table(dn)};
@@ -694,7 +675,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     for (const ExpertWeights& X : L.experts)
       moe_kernels_ = moe_kernels_ && X.gate.bias.empty() && X.up.bias.empty() && X.down.bias.empty() &&
                      X.gate.out == cfg.intermediate_size && X.down.in == cfg.intermediate_size;
-  if (moe_kernels_) check(cuda::moe_grouped_gemm_init(), "grouped GEMM setup");  // not mid-capture
+  if (moe_kernels_) cuda_check(cuda::moe_grouped_gemm_init(), "grouped GEMM setup");  // not mid-capture
   upload_vector(w.final_norm);
   // The embedding table is gathered in its stored dtype; the LM head needs bf16 (a tied bf16
   // table is shared).
@@ -767,14 +748,9 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   // (their K/V are not written) and an all-zero block table.
   const size_t words = size_t(2 * Tp + 3 * S + 1 + R + S * maxb + 2 * Tp * half);
   const size_t bytes = words * 4;
-  check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
-  if (profile_) check(cudaEventRecord(prof_begin_, stream_), "profile");
-  if (h_plan_.bytes < bytes) {
-    if (h_plan_.p) cudaFreeHost(h_plan_.p);
-    h_plan_.p = nullptr;
-    check(cudaMallocHost(&h_plan_.p, std::max(bytes, h_plan_.bytes * 2)), "cudaMallocHost");
-    h_plan_.bytes = std::max(bytes, h_plan_.bytes * 2);
-  }
+  cuda_check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
+  if (profile_) cuda_check(cudaEventRecord(prof_begin_, stream_), "profile");
+  grow_pinned(h_plan_, bytes);
   grow_device(d_plan_, bytes);
   int32_t* h = static_cast<int32_t*>(h_plan_.p);
   int32_t* ids = h;
@@ -816,8 +792,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   std::memcpy(sn, plan.sin.data(), size_t(T * half) * 4);
   std::fill(cs + T * half, cs + Tp * half, 1.0f);
   std::fill(sn + T * half, sn + Tp * half, 0.0f);
-  check(cudaMemcpyAsync(d_plan_.p, h_plan_.p, bytes, cudaMemcpyHostToDevice, stream_), "step upload");
-  check(cudaEventRecord(plan_sent_, stream_), "step");
+  cuda_check(cudaMemcpyAsync(d_plan_.p, h_plan_.p, bytes, cudaMemcpyHostToDevice, stream_), "step upload");
+  cuda_check(cudaEventRecord(plan_sent_, stream_), "step");
 
   int32_t* d = static_cast<int32_t*>(d_plan_.p);
   d_ids_ = d;
@@ -856,10 +832,10 @@ void CudaBackend::begin_step(const StepPlan& plan) {
 bool CudaBackend::replay_step() {
   if (!graphable_) return false;
   if (auto it = graphs_.find(key_); it != graphs_.end()) {
-    check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+    cuda_check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
     return true;
   }
-  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  cuda_check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   capturing_ = true;
   return false;
 }
@@ -868,13 +844,13 @@ void CudaBackend::end_step_ops() {
   if (!capturing_) return;
   capturing_ = false;
   cudaGraph_t graph = nullptr;
-  check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+  cuda_check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
   cudaGraphExec_t exec = nullptr;
   cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
-  check(e, "cudaGraphInstantiate");
+  cuda_check(e, "cudaGraphInstantiate");
   graphs_[key_] = exec;
-  check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // capture ran nothing: run it now
+  cuda_check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");  // capture ran nothing: run it now
 }
 
 // The expert half of an MoE layer without the host: routing (top-k, counts, offsets,
@@ -890,24 +866,24 @@ void CudaBackend::moe_experts(const ModelConfig& c, const LayerWeights& L, Act x
   const MoeScratch ws(c, T, workspace);
   cuda::MoeRouteParams rp{router.f32(), router.ld, T, E, K, c.norm_topk_prob, ws.ids, ws.w, ws.offsets, ws.slot_of,
                           ws.perm_rows};
-  check(cuda::moe_route(rp, stream_), "moe_route");
+  cuda_check(cuda::moe_route(rp, stream_), "moe_route");
   // Expected rows per expert picks the GEMM's tile shape (the real counts stay on the device).
   const int64_t hint = std::max<int64_t>(1, (R + E - 1) / E);
   cuda::GroupedGemmParams gu{xn.data, xn.ld, ws.perm_rows, ml.gate_up, H, ws.offsets, ws.gate_up, 2 * I, E, R,
                              2 * I, H, hint};
-  check(cuda::moe_grouped_gemm(gu, stream_), "MoE gate|up grouped GEMM");
+  cuda_check(cuda::moe_grouped_gemm(gu, stream_), "MoE gate|up grouped GEMM");
   uint16_t* g = static_cast<uint16_t*>(ws.gate_up);
   uint16_t* a = static_cast<uint16_t*>(ws.act);
   for (int64_t r0 = 0; r0 < R; r0 += 65535) {  // silu_mul takes at most 65535 rows a launch
     const int64_t n = std::min<int64_t>(65535, R - r0);
     cuda::SiluMulParams sp{g + r0 * 2 * I, 2 * I, g + r0 * 2 * I + I, 2 * I, DType::BF16, a + r0 * I, I, DType::BF16,
                            n, I};
-    check(cuda::silu_mul(sp, stream_), "MoE silu_mul");
+    cuda_check(cuda::silu_mul(sp, stream_), "MoE silu_mul");
   }
   cuda::GroupedGemmParams dn{ws.act, I, nullptr, ml.down, I, ws.offsets, ws.gate_up, H, E, R, H, I, hint};
-  check(cuda::moe_grouped_gemm(dn, stream_), "MoE down grouped GEMM");
+  cuda_check(cuda::moe_grouped_gemm(dn, stream_), "MoE down grouped GEMM");
   cuda::MoeCombineParams cp{ws.gate_up, H, DType::BF16, ws.ids, ws.w, ws.slot_of, x.f32(), x.ld, T, K, H};
-  check(cuda::moe_combine(cp, stream_), "moe_combine");
+  cuda_check(cuda::moe_combine(cp, stream_), "moe_combine");
 }
 
 cuda::KVCacheWriteParams CudaBackend::cache_write_params(const KVLayer& kv, Act k, Act v) const {
@@ -917,7 +893,7 @@ cuda::KVCacheWriteParams CudaBackend::cache_write_params(const KVLayer& kv, Act 
 
 void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                             Act out) {
-  check(cuda::kv_cache_write(cache_write_params(kv, k, v), stream_), "kv_cache_write");
+  cuda_check(cuda::kv_cache_write(cache_write_params(kv, k, v), stream_), "kv_cache_write");
   attend(kv, q, n_heads, window, scale, out);
 }
 
@@ -934,7 +910,7 @@ bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w
   in.rope = true;
   in.rk = {d_cos_, d_sin_, qkv[0]->out, qkv[1]->out, kv.head_dim, kv.k, kv.v, d_slots_};
   if (out.cols != f->n || qkv[1]->out != kv.n_kv_heads * kv.head_dim || !cuda::gemv_bf16_fusable(p, in)) return false;
-  check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
+  cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
   return true;
 }
 
@@ -944,7 +920,7 @@ void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t
   GALE_ASSERT(q.dtype == k.dtype);
   const cuda::RopeParams r{q.data, q.ld, n_heads, k.data, k.ld, kv.n_kv_heads, q.dtype, q.rows, kv.head_dim, rot_dim_,
                            d_cos_, d_sin_};
-  check(cuda::rope_kv_write({r, cache_write_params(kv, k, v)}, stream_), "rope + kv_cache_write");
+  cuda_check(cuda::rope_kv_write({r, cache_write_params(kv, k, v)}, stream_), "rope + kv_cache_write");
   attend(kv, q, n_heads, window, scale, out);
 }
 
@@ -977,7 +953,7 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
     const size_t ws = cuda::decode_attention_workspace_size(p);
     GALE_ASSERT(ws <= d_ws_.bytes);  // sized by begin_step
     p.workspace = ws ? d_ws_.p : nullptr;
-    check(cuda::decode_attention(p, stream_), "decode_attention");
+    cuda_check(cuda::decode_attention(p, stream_), "decode_attention");
   }
   if (D >= n_seqs_) return;
   // The rest (prefill chunks, and any one-token sequence after them): varlen prefill kernel.
@@ -1001,21 +977,21 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
   p.out = out.data;
   p.out_dtype = out.dtype;
   p.ldo = out.ld;
-  check(cuda::prefill_attention(p, stream_), "prefill_attention");
+  cuda_check(cuda::prefill_attention(p, stream_), "prefill_attention");
 }
 
 // ---- ceilings --------------------------------------------------------------------------------
 
 bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
   cudaEvent_t t0, t1;
-  check(cudaEventCreate(&t0), "cudaEventCreate");
-  check(cudaEventCreate(&t1), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&t0), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&t1), "cudaEventCreate");
   auto timed = [&](int reps, auto&& fn) {
     fn();  // warm-up
-    check(cudaEventRecord(t0, stream_), "probe");
+    cuda_check(cudaEventRecord(t0, stream_), "probe");
     for (int i = 0; i < reps; ++i) fn();
-    check(cudaEventRecord(t1, stream_), "probe");
-    check(cudaEventSynchronize(t1), "probe");
+    cuda_check(cudaEventRecord(t1, stream_), "probe");
+    cuda_check(cudaEventSynchronize(t1), "probe");
     float ms = 0;
     cudaEventElapsedTime(&ms, t0, t1);
     return double(ms) / 1e3 / reps;
@@ -1024,8 +1000,8 @@ bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
   const size_t n = size_t(1) << 30;
   void* a = alloc(n);
   void* b = alloc(n);
-  check(cudaMemsetAsync(a, 0x5a, n, stream_), "probe");
-  const double copy_s = timed(5, [&] { check(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, stream_), "probe"); });
+  cuda_check(cudaMemsetAsync(a, 0x5a, n, stream_), "probe");
+  const double copy_s = timed(5, [&] { cuda_check(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, stream_), "probe"); });
   *bandwidth_gbs = 2.0 * double(n) / copy_s / 1e9;
   // bf16 GEMM rate: 8192^3 on random data (zeros would run faster than real data).
   const int64_t d = 8192;
@@ -1035,8 +1011,8 @@ bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
     st = st * 6364136223846793005ull + 1442695040888963407ull;
     v = f32_to_bf16(float(int64_t(st >> 40) - (int64_t(1) << 23)) / float(1 << 23));
   }
-  check(cudaMemcpy(a, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
-  check(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
+  cuda_check(cudaMemcpy(a, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
+  cuda_check(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
   void* y = alloc(size_t(d * d) * 2);
   Act x{a, DType::BF16, d, d, d}, out{y, DType::BF16, d, d, d};
   const double gemm_s = timed(10, [&] { gemm(b, d, x, out, false); });

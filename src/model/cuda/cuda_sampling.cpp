@@ -11,10 +11,6 @@ namespace gale {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
-}
-
 // Lists a row sends: a penalty that is off needs none (a long prompt would cost a copy per token).
 bool uses_seen(const RowSampling& r) { return r.repetition_penalty != 1.0f; }
 bool uses_outputs(const RowSampling& r) { return r.presence_penalty != 0.0f || r.frequency_penalty != 0.0f; }
@@ -28,8 +24,8 @@ CudaSampling::~CudaSampling() {
     cudaEventSynchronize(uploaded_);
     cudaEventDestroy(uploaded_);
   }
-  cudaFree(dev_);
-  cudaFreeHost(host_);
+  cudaFree(dev_.p);
+  cudaFreeHost(host_.p);
 }
 
 void CudaSampling::launch(Act logits, std::span<const RowSampling> rows, int32_t* out, cudaStream_t stream) {
@@ -51,25 +47,11 @@ void CudaSampling::launch(Act logits, std::span<const RowSampling> rows, int32_t
                result_at = align8(up_bytes), dev_bytes = result_at + size_t(n) * 4;
   // The previous pack must have left the pinned buffer before it is refilled (the engine waits
   // for every step's ids anyway, so this costs nothing there).
-  if (!uploaded_) check(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming), "cudaEventCreate");
-  check(cudaEventSynchronize(uploaded_), "sampling upload");
-  if (host_bytes_ < up_bytes) {
-    const size_t bytes = std::max(up_bytes, 2 * host_bytes_);
-    cudaFreeHost(host_);
-    host_ = nullptr;
-    host_bytes_ = 0;
-    check(cudaMallocHost(&host_, bytes), "cudaMallocHost");
-    host_bytes_ = bytes;
-  }
-  if (dev_bytes_ < dev_bytes) {
-    const size_t bytes = std::max(dev_bytes, 2 * dev_bytes_);
-    cudaFree(dev_);
-    dev_ = nullptr;
-    dev_bytes_ = 0;
-    check(cudaMalloc(&dev_, bytes), "cudaMalloc");
-    dev_bytes_ = bytes;
-  }
-  auto* h = static_cast<uint8_t*>(host_);
+  if (!uploaded_) cuda_check(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming), "cudaEventCreate");
+  cuda_check(cudaEventSynchronize(uploaded_), "sampling upload");
+  grow_pinned(host_, up_bytes);
+  grow_cuda_malloc(dev_, dev_bytes);
+  auto* h = static_cast<uint8_t*>(host_.p);
   auto* h_rows = reinterpret_cast<cuda::SampleRow*>(h);
   auto* h_seen = reinterpret_cast<int32_t*>(h + seen_at);
   auto* h_out_ids = reinterpret_cast<int32_t*>(h + out_ids_at);
@@ -103,9 +85,9 @@ void CudaSampling::launch(Act logits, std::span<const RowSampling> rows, int32_t
       throw Error("sampling: parameters of row " + std::to_string(i) + " are out of range");
     h_rows[i] = s;
   }
-  auto* d = static_cast<uint8_t*>(dev_);
-  check(cudaMemcpyAsync(d, h, up_bytes, cudaMemcpyHostToDevice, stream), "sampling upload");
-  check(cudaEventRecord(uploaded_, stream), "sampling upload");
+  auto* d = static_cast<uint8_t*>(dev_.p);
+  cuda_check(cudaMemcpyAsync(d, h, up_bytes, cudaMemcpyHostToDevice, stream), "sampling upload");
+  cuda_check(cudaEventRecord(uploaded_, stream), "sampling upload");
   cuda::SampleParams p{};
   p.logits = logits.f32();
   p.ld = logits.ld;
@@ -118,8 +100,8 @@ void CudaSampling::launch(Act logits, std::span<const RowSampling> rows, int32_t
   p.output_counts = reinterpret_cast<const int32_t*>(d + counts_at);
   p.n_output_ids = n_out;
   p.out = reinterpret_cast<int32_t*>(d + result_at);
-  check(cuda::sample(p, stream), "sample");
-  check(cudaMemcpyAsync(out, p.out, size_t(n) * 4, cudaMemcpyDeviceToHost, stream), "copy to host");
+  cuda_check(cuda::sample(p, stream), "sample");
+  cuda_check(cudaMemcpyAsync(out, p.out, size_t(n) * 4, cudaMemcpyDeviceToHost, stream), "copy to host");
 }
 
 }  // namespace gale

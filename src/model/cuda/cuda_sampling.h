@@ -9,6 +9,7 @@
 #include <span>
 
 #include "model/backend.h"
+#include "model/cuda/cuda_buffers.h"
 
 namespace gale {
 
@@ -28,10 +29,7 @@ class CudaSampling {
 
  private:
   // Grown on demand, reused across steps: the host side pinned (one copy of the whole pack).
-  void* host_ = nullptr;
-  size_t host_bytes_ = 0;
-  void* dev_ = nullptr;
-  size_t dev_bytes_ = 0;
+  GrowBuffer host_, dev_;
   cudaEvent_t uploaded_ = nullptr;  // the last pack left host_ (created on first use)
 };
 
