@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "cli/bench_engine.h"
 #include "cli/command.h"
@@ -23,6 +24,7 @@ struct BenchOptions {
   int64_t prompt = 128;
   int64_t gen = 32;
   int reps = 3;
+  int pairs = 16;
   bool json = false;
   bool no_probe = false;
   std::string mode = "kernels";
@@ -51,6 +53,13 @@ double decode_bytes_per_token(const Transformer& m) {
   return bytes;
 }
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
 // Multiply-adds x2 of a prefill of n tokens (matrices + attention + one LM-head row).
 double prefill_flops(const ModelConfig& c, int64_t n) {
   const double H = double(c.hidden_size), hd = double(c.head_dim), I = double(c.intermediate_size);
@@ -70,6 +79,10 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   sub->add_option("--gen", o->gen, "Tokens for the decode test (default 32)")->check(CLI::PositiveNumber);
   sub->add_option("--reps", o->reps, "Repetitions; the best is reported (default 3)")->check(CLI::PositiveNumber);
   sub->add_flag("--no-probe", o->no_probe, "Skip measuring bandwidth and FMA peak");
+  sub->add_option("--pairs", o->pairs,
+                  "CPU: decode steps timed alternately with 1 GiB read passes, so that decode and bandwidth are "
+                  "measured in the same moments (default 16; 0 = off)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", o->json, "JSON output");
   sub->add_option("--mode", o->mode,
                   "kernels: prefill/decode of one sequence vs the machine (default); throughput: Engine output tok/s "
@@ -125,7 +138,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
         peak = cpu::measure_fma_peak_gflops(threads);
       }
     }
-    const int64_t bs = 16, total = o->prompt + o->gen;
+    const bool paired = !o->no_probe && !gpu && o->pairs > 0;
+    const int64_t bs = 16, total = o->prompt + o->gen + (paired ? o->pairs : 0);
     const int64_t nb = (total + bs - 1) / bs;
     KVCache kv(c, nb, bs, m.kv_dtype(), &m.backend());
     std::vector<int32_t> table(static_cast<size_t>(nb));
@@ -151,6 +165,24 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       }
       best_tg = std::min(best_tg, secs(t1));
     }
+    // Decode steps alternating with read passes over a 1 GiB buffer: on a shared VM the
+    // bandwidth swings within seconds, so each step is compared with the pass right after it.
+    std::vector<double> pair_decode, pair_read, pair_ratio;
+    if (paired) {
+      if (!o->json) std::fprintf(stderr, "decode steps alternating with read passes...\n");
+      cpu::ReadProbe probe(threads);
+      int32_t tok = next[0];
+      for (int64_t i = 0; i < o->pairs; ++i) {
+        auto t = clock::now();
+        SeqStep d{std::span<const int32_t>(&tok, 1), o->prompt + o->gen + i, table, SeqStep::Logits::Last};
+        m.forward_argmax({&d, 1}, kv, next);
+        tok = next[0];
+        const double dec = decode_bytes_per_token(m) / secs(t) / 1e9, rd = probe.pass_gbs();
+        pair_decode.push_back(dec);
+        pair_read.push_back(rd);
+        pair_ratio.push_back(dec / rd);
+      }
+    }
     if (!o->json) std::fprintf(stderr, "\n");
     const double pp_tps = double(o->prompt) / best_pp, tg_tps = double(o->gen) / best_tg;
     const double pp_gflops = prefill_flops(c, o->prompt) / best_pp / 1e9;
@@ -168,6 +200,12 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       j["decode_fraction_of_bandwidth"] = tg_gbs / bw;
       j["prompt_fraction_of_fma_peak"] = pp_gflops / peak;
     }
+    if (paired) {
+      j["pairs"] = o->pairs;
+      j["paired_decode_gb_per_s"] = median(pair_decode);
+      j["paired_read_gb_per_s"] = median(pair_read);
+      j["decode_fraction_of_paired_bandwidth"] = median(pair_ratio);
+    }
     if (o->json) {
       std::printf("%s\n", j.dump(2).c_str());
       return;
@@ -184,6 +222,10 @@ CommandRegistrar reg{40, [](CLI::App& root) {
                 o->no_probe ? "-" : (std::to_string(int(100 * pp_gflops / peak + 0.5)) + "% FMA").c_str());
     std::printf("%-12s %10.2f %8.1f GB/s    %11s\n", ("tg" + std::to_string(o->gen)).c_str(), tg_tps, tg_gbs,
                 o->no_probe ? "-" : (std::to_string(int(100 * tg_gbs / bw + 0.5)) + "% BW").c_str());
+    if (paired)
+      std::printf("%-12s %10s %8.1f GB/s    %11s   (medians of %d decode steps each followed by a %.1f GB/s read)\n",
+                  "tg paired", "", median(pair_decode), (std::to_string(int(100 * median(pair_ratio) + 0.5)) + "% BW").c_str(),
+                  o->pairs, median(pair_read));
   });
 }};
 

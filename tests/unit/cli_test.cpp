@@ -115,6 +115,25 @@ TEST(Cli, InfoAndBench) {
   EXPECT_DOUBLE_EQ(json::parse(r.out)["decode_bytes_per_token"].get<double>(), tied_weights);
 }
 
+// On the CPU, with the probe, decode steps alternate with read passes: the medians of both and of
+// their per-pair ratio are reported (and nothing of the kind without the probe or with 0 pairs).
+TEST(Cli, BenchPairsDecodeStepsWithReadPasses) {
+  Result r = gale("bench -m synthetic:tiny --device cpu --prompt 8 --gen 2 --reps 1 --pairs 3 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["pairs"], 3);
+  EXPECT_GT(j["paired_read_gb_per_s"].get<double>(), 0);
+  EXPECT_GT(j["paired_decode_gb_per_s"].get<double>(), 0);
+  EXPECT_GT(j["decode_fraction_of_paired_bandwidth"].get<double>(), 0);
+  EXPECT_GT(j["machine_read_bandwidth_gb_per_s"].get<double>(), 0);
+  for (const char* flags : {" --no-probe", " --pairs 0"}) {
+    r = gale(std::string("bench -m synthetic:tiny --device cpu --prompt 8 --gen 2 --reps 1 --json") + flags);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_FALSE(json::parse(r.out).contains("decode_fraction_of_paired_bandwidth")) << flags;
+  }
+  EXPECT_NE(gale("bench -m synthetic:tiny --device cpu --pairs -1 --json").code, 0);
+}
+
 TEST(Cli, PerplexityCommand) {
   Result r = gale("perplexity -m " + std::string(GALE_SOURCE_DIR) + "/models/draft --file " +
                   std::string(GALE_SOURCE_DIR) + "/models/data/validation-head.txt --ctx 512 --stride 256 --json");

@@ -143,41 +143,47 @@ std::atomic<uint64_t> g_sink{0};  // keeps the probe loops from being optimised 
 
 }  // namespace
 
-double measure_read_bandwidth_gbs(int threads) {
-  threads = std::max(1, threads);
-  constexpr size_t kBytes = size_t(1) << 30;
-  const size_t n = kBytes / 8;
+ReadProbe::ReadProbe(int threads) : threads_(std::max(1, threads)) {
   // Huge-page-advised like the weights Gale streams (synthetic weights and, where the kernel
   // allows, large mappings), so the probe measures the same kind of memory the decode reads.
-  auto* buf = static_cast<uint64_t*>(std::aligned_alloc(size_t(2) << 20, kBytes));
-  GALE_ASSERT(buf);
+  buf_ = static_cast<uint64_t*>(std::aligned_alloc(size_t(2) << 20, kBytes));
+  GALE_ASSERT(buf_);
 #ifdef MADV_HUGEPAGE
-  ::madvise(buf, kBytes, MADV_HUGEPAGE);
+  ::madvise(buf_, kBytes, MADV_HUGEPAGE);
 #endif
   // Each thread first-touches the part it will read (NUMA-local where that matters).
-  on_threads(threads, [&](int t) {
-    size_t b = n * size_t(t) / size_t(threads), e = n * size_t(t + 1) / size_t(threads);
-    for (size_t i = b; i < e; ++i) buf[i] = i * 0x9e3779b97f4a7c15ull;
+  const size_t n = kBytes / 8;
+  on_threads(threads_, [&](int t) {
+    size_t b = n * size_t(t) / size_t(threads_), e = n * size_t(t + 1) / size_t(threads_);
+    for (size_t i = b; i < e; ++i) buf_[i] = i * 0x9e3779b97f4a7c15ull;
   });
+}
+
+ReadProbe::~ReadProbe() { std::free(buf_); }
+
+double ReadProbe::pass_gbs() {
+  const size_t n = kBytes / 8;
   const bool avx2 = has_avx2_fma();
   const bool avx512 = has_avx512();
-  double best = 0;
-  for (int run = 0; run < 8; ++run) {
-    auto t0 = Clock::now();
-    on_threads(threads, [&](int t) {
-      size_t b = n * size_t(t) / size_t(threads), e = n * size_t(t + 1) / size_t(threads);
-      b = b / 8 * 8;  // 64-byte aligned start for the aligned loads
+  auto t0 = Clock::now();
+  on_threads(threads_, [&](int t) {
+    size_t b = n * size_t(t) / size_t(threads_), e = n * size_t(t + 1) / size_t(threads_);
+    b = b / 8 * 8;  // 64-byte aligned start for the aligned loads
 #if defined(__x86_64__)
-      uint64_t r = avx512 ? read_avx512(buf + b, e - b)
-                   : avx2 ? read_avx2(buf + b, e - b) : read_scalar(buf + b, e - b);
+    uint64_t r = avx512 ? read_avx512(buf_ + b, e - b)
+                 : avx2 ? read_avx2(buf_ + b, e - b) : read_scalar(buf_ + b, e - b);
 #else
-      uint64_t r = read_scalar(buf + b, e - b);
+    uint64_t r = read_scalar(buf_ + b, e - b);
 #endif
-      g_sink.fetch_xor(r, std::memory_order_relaxed);
-    });
-    best = std::max(best, double(kBytes) / seconds_since(t0) / 1e9);
-  }
-  std::free(buf);
+    g_sink.fetch_xor(r, std::memory_order_relaxed);
+  });
+  return double(kBytes) / seconds_since(t0) / 1e9;
+}
+
+double measure_read_bandwidth_gbs(int threads) {
+  ReadProbe probe(threads);
+  double best = 0;
+  for (int run = 0; run < 8; ++run) best = std::max(best, probe.pass_gbs());
   return best;
 }
 
