@@ -116,8 +116,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       q[h][e] = h < nh ? load_f32(p.q, p.q_dtype, int64_t(s) * p.ldq + int64_t(h0 + h) * HD + sub * 8 + e) * p.scale : 0.0f;
 
   float* scores = smem;
-  // The first pass's V rows go out right behind its K rows: they do not depend on the scores,
-  // and where a partition is one pass (batch-1 decode) phase 3 then waits for no memory.
+  // Clusters (small batches): the first pass's V rows go out right behind its K rows. They do
+  // not depend on the scores, and where a partition is one pass (batch-1 decode) phase 3 then
+  // waits for no memory. Not in the split kernel of larger batches, where the extra loads in
+  // flight ahead of the scores cost throughput: 1,000 x 128 -> 128 at 13,892-13,976 output tok/s
+  // with them against 14,874-14,890 without, 1,000 x 1,000 -> 200 at 3,875 against 4,371
+  // (same call, H100, 2026-11-26; batch-1 decode 179.8 / 180.4).
   const int first_base = warp * TPW;
   Raw8<KV> v_first[kUnroll];
   // Phase 1: scores[h][i] = q_h · k_(t0+i)
@@ -128,7 +132,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       const int i = base + u * STEP + slot;
       if (i < n) kr[u].load(kbase + slot_of(table, int(t0) + i, bs, shift) * row);
     }
-    if (base == first_base) {
+    if (kCluster && base == first_base) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int i = base + u * STEP + slot;
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int i = base + u * STEP + slot;
-      if (base == first_base) vr[u] = v_first[u];
+      if (kCluster && base == first_base) vr[u] = v_first[u];
       else if (i < n) vr[u].load(vbase + slot_of(table, int(t0) + i, bs, shift) * row);
     }
 #pragma unroll
