@@ -22,27 +22,27 @@ struct GrowBuffer {
   size_t bytes = 0;
 };
 
-// Grows b to at least `need` bytes of pinned host memory (cudaMallocHost).
-inline void grow_pinned(GrowBuffer& b, size_t need) {
+// Grows b to at least `need` bytes with alloc(&p, bytes) / release(p), a CUDA allocator pair.
+template <class Alloc, class Release>
+void grow_with(GrowBuffer& b, size_t need, Alloc alloc, Release release, const char* what) {
   if (need <= b.bytes) return;
   const size_t bytes = std::max(need, 2 * b.bytes);
-  if (b.p) cudaFreeHost(b.p);
+  if (b.p) release(b.p);
   b.p = nullptr;
   b.bytes = 0;
-  cuda_check(cudaMallocHost(&b.p, bytes), "cudaMallocHost");
+  cuda_check(alloc(&b.p, bytes), what);
   b.bytes = bytes;
+}
+
+// Grows b to at least `need` bytes of pinned host memory (cudaMallocHost).
+inline void grow_pinned(GrowBuffer& b, size_t need) {
+  grow_with(b, need, [](void** p, size_t n) { return cudaMallocHost(p, n); }, cudaFreeHost, "cudaMallocHost");
 }
 
 // Grows b to at least `need` bytes of device memory straight from cudaMalloc (CudaBackend's own
 // buffers go through its allocator instead, which accounts for them).
 inline void grow_cuda_malloc(GrowBuffer& b, size_t need) {
-  if (need <= b.bytes) return;
-  const size_t bytes = std::max(need, 2 * b.bytes);
-  if (b.p) cudaFree(b.p);
-  b.p = nullptr;
-  b.bytes = 0;
-  cuda_check(cudaMalloc(&b.p, bytes), "cudaMalloc");
-  b.bytes = bytes;
+  grow_with(b, need, [](void** p, size_t n) { return cudaMalloc(p, n); }, cudaFree, "cudaMalloc");
 }
 
 }  // namespace gale
