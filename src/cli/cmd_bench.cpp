@@ -167,6 +167,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     }
     // Decode steps alternating with read passes over a 1 GiB buffer: on a shared VM the
     // bandwidth swings within seconds, so each step is compared with the pass right after it.
+    const double step_bytes = decode_bytes_per_token(m);
     std::vector<double> pair_decode, pair_read, pair_ratio;
     if (paired) {
       if (!o->json) std::fprintf(stderr, "decode steps alternating with read passes...\n");
@@ -177,7 +178,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
         SeqStep d{std::span<const int32_t>(&tok, 1), o->prompt + o->gen + i, table, SeqStep::Logits::Last};
         m.forward_argmax({&d, 1}, kv, next);
         tok = next[0];
-        const double dec = decode_bytes_per_token(m) / secs(t) / 1e9, rd = probe.pass_gbs();
+        const double dec = step_bytes / secs(t) / 1e9, rd = probe.pass_gbs();
         pair_decode.push_back(dec);
         pair_read.push_back(rd);
         pair_ratio.push_back(dec / rd);
@@ -186,13 +187,13 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     if (!o->json) std::fprintf(stderr, "\n");
     const double pp_tps = double(o->prompt) / best_pp, tg_tps = double(o->gen) / best_tg;
     const double pp_gflops = prefill_flops(c, o->prompt) / best_pp / 1e9;
-    const double tg_gbs = decode_bytes_per_token(m) * tg_tps / 1e9;
+    const double tg_gbs = step_bytes * tg_tps / 1e9;
     nlohmann::json j = {{"model", lm.source}, {"architecture", c.architecture}, {"threads", threads},
                         {"matmul_isa", gpu ? "cublaslt" : cpu::matmul_isa()}, {"dtype", dtype}, {"load_s", load_s},
                         {"device", m.backend().name()}, {"prompt_seconds", best_pp},
                         {"prompt_tokens", o->prompt}, {"gen_tokens", o->gen},
                         {"prompt_tokens_per_s", pp_tps}, {"prompt_gflops", pp_gflops},
-                        {"decode_tokens_per_s", tg_tps}, {"decode_bytes_per_token", decode_bytes_per_token(m)},
+                        {"decode_tokens_per_s", tg_tps}, {"decode_bytes_per_token", step_bytes},
                         {"decode_gb_per_s", tg_gbs}};
     if (!o->no_probe) {
       j["machine_read_bandwidth_gb_per_s"] = bw;
@@ -200,11 +201,12 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       j["decode_fraction_of_bandwidth"] = tg_gbs / bw;
       j["prompt_fraction_of_fma_peak"] = pp_gflops / peak;
     }
+    const double paired_decode = median(pair_decode), paired_read = median(pair_read), paired_ratio = median(pair_ratio);
     if (paired) {
       j["pairs"] = o->pairs;
-      j["paired_decode_gb_per_s"] = median(pair_decode);
-      j["paired_read_gb_per_s"] = median(pair_read);
-      j["decode_fraction_of_paired_bandwidth"] = median(pair_ratio);
+      j["paired_decode_gb_per_s"] = paired_decode;
+      j["paired_read_gb_per_s"] = paired_read;
+      j["decode_fraction_of_paired_bandwidth"] = paired_ratio;
     }
     if (o->json) {
       std::printf("%s\n", j.dump(2).c_str());
@@ -224,8 +226,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
                 o->no_probe ? "-" : (std::to_string(int(100 * tg_gbs / bw + 0.5)) + "% BW").c_str());
     if (paired)
       std::printf("%-12s %10s %8.1f GB/s    %11s   (medians of %d decode steps each followed by a %.1f GB/s read)\n",
-                  "tg paired", "", median(pair_decode), (std::to_string(int(100 * median(pair_ratio) + 0.5)) + "% BW").c_str(),
-                  o->pairs, median(pair_read));
+                  "tg paired", "", paired_decode, (std::to_string(int(100 * paired_ratio + 0.5)) + "% BW").c_str(),
+                  o->pairs, paired_read);
   });
 }};
 
