@@ -234,13 +234,28 @@ class Session : public std::enable_shared_from_this<Session> {
     srv_.loop.cancel(box_, "timeout");
     char secs[32];
     std::snprintf(secs, sizeof secs, "%g", srv_.cfg.request_timeout_s);
-    ApiError e(408, std::string("the request did not finish within ") + secs + " s", "", "timeout");
+    end_with_error(ApiError(408, std::string("the request did not finish within ") + secs + " s", "", "timeout"));
+  }
+
+  // One of the request's sequences failed in the engine (the others of the server run on):
+  // the rest of this request is aborted, and the client gets the error.
+  void on_failed_output(const RequestOutput& o) {
+    in_generation_ = false;
+    timeout_.cancel();
+    srv_.loop.cancel(box_, "error");
+    end_with_error(ApiError(500, "the request failed: " + o.error, "", "generation_failed"));
+  }
+
+  // Before the stream started: an error response of its own. After: the status line already
+  // said 200, so an SSE error event (OpenAI clients raise it) and [DONE] end the stream.
+  void end_with_error(const ApiError& e) {
     if (!stream_started_) return send_error(e);
-    srv_.metrics.count_http(408);  // reported in the stream; the status line already said 200
+    srv_.metrics.count_http(e.status);
     queue_chunk("data: " + error_body(e) + "\n\n");
     queue_chunk("data: [DONE]\n\n");
     end_stream();
   }
+
 
   void on_events() {
     for (auto& ev : box_->take()) {
@@ -293,6 +308,7 @@ class Session : public std::enable_shared_from_this<Session> {
     c.ids.insert(c.ids.end(), o.new_ids.begin(), o.new_ids.end());
     for (auto& l : o.logprobs) c.logprobs.push_back(std::move(l));
     if (!o.finished) return;
+    if (o.finish_reason == "error") return on_failed_output(o);
     c.finished = true;
     c.finish_reason = o.finish_reason;
     if (api_->stream) queue_chunk(sse_event(rb_->chunk(idx, "", {}, {}, o.finish_reason, 0)));

@@ -25,6 +25,8 @@ using json = nlohmann::json;
 namespace {
 
 // One token per step for each running request: ids 300, 301, ... (text from the real tokenizer).
+// A request whose prompt holds token 2 fails after its first token (finish_reason "error", as
+// the real engine reports a request whose own work threw); throw_next_step makes step() throw.
 class FakeEngine : public StepEngine {
  public:
   explicit FakeEngine(const Tokenizer* tok) : tok_(tok) {}
@@ -43,6 +45,7 @@ class FakeEngine : public StepEngine {
   }
   std::vector<RequestOutput> step() override {
     if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+    if (throw_next_step.exchange(false)) throw Error("injected step failure");
     std::lock_guard lk(mu_);
     std::vector<RequestOutput> outs;
     for (auto it = reqs_.begin(); it != reqs_.end();) {
@@ -50,9 +53,14 @@ class FakeEngine : public StepEngine {
       RequestOutput o;
       o.id = it->first;
       o.prompt_tokens = int64_t(r.p.prompt.size());
+      const bool fails = std::find(r.p.prompt.begin(), r.p.prompt.end(), 2) != r.p.prompt.end();
       if (r.aborted) {
         o.finished = true;
         o.finish_reason = "abort";
+      } else if (fails && r.done == 1) {
+        o.finished = true;
+        o.finish_reason = "error";
+        o.error = "injected request failure";
       } else {
         int32_t t = 300 + int32_t(r.done);
         o.new_ids = {t};
@@ -90,6 +98,7 @@ class FakeEngine : public StepEngine {
   }
   std::atomic<int> step_ms{0};
   std::atomic<int> aborts{0};
+  std::atomic<bool> throw_next_step{false};
 
  private:
   struct R {
@@ -163,15 +172,21 @@ Response parse_response(const std::string& raw) {
   return r;
 }
 
+// Everything the server sends until it closes the connection.
+std::string read_to_close(int fd) {
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(n));
+  return raw;
+}
+
 Response http(int port, const std::string& method, const std::string& path, const std::string& body = "",
               const std::string& headers = "") {
   int fd = connect_to(port);
   if (fd < 0) return {};
   send_all(fd, request_text(method, path, body, headers));
-  std::string raw;
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(n));
+  std::string raw = read_to_close(fd);
   ::close(fd);
   return parse_response(raw);
 }
@@ -498,6 +513,89 @@ TEST_F(ServeTest, TokenizeDetokenizeMetrics) {
                         "gale_e2e_request_latency_seconds_bucket{le=\"+Inf\"} 1", "gale_kv_cache_usage_perc 0",
                         "# TYPE gale_time_per_output_token_seconds histogram"})
     EXPECT_NE(m.find(k), std::string::npos) << k << "\n" << m;
+}
+
+// One failing request among many: it alone gets an error (500 with an OpenAI error body, or an
+// SSE error event then [DONE] in a stream); every other request finishes normally.
+TEST_F(ServeTest, OneFailingRequestGetsItsErrorTheOthersFinish) {
+  start();
+  engine_->step_ms = 2;
+  const int n = 30;
+  struct Call {
+    bool stream, fails;
+    Response r;
+  };
+  std::vector<Call> calls(n);
+  for (int i = 0; i < n; ++i) calls[size_t(i)] = {i % 2 == 1, i == 11 || i == 20};  // 11 streams, 20 does not
+  std::vector<std::thread> ts;
+  for (int i = 0; i < n; ++i)
+    ts.emplace_back([&, i] {
+      Call& c = calls[size_t(i)];
+      json body = {{"prompt", c.fails ? std::vector<int32_t>{5, 2, 6} : std::vector<int32_t>{5, 6, 7}},
+                   {"max_tokens", 6}, {"stream", c.stream}};
+      c.r = http(port_, "POST", "/v1/completions", body.dump());
+    });
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    const Call& c = calls[size_t(i)];
+    if (c.fails && !c.stream) {
+      expect_error(c.r, 500);
+      EXPECT_NE(c.r.body.find("injected request failure"), std::string::npos) << c.r.body;
+      continue;
+    }
+    ASSERT_EQ(c.r.status, 200) << c.r.body;
+    if (!c.stream) {
+      EXPECT_EQ(c.r.j()["choices"][0]["finish_reason"], "length") << c.r.body;
+      continue;
+    }
+    auto ev = sse_events(c.r.body);
+    ASSERT_GE(ev.size(), 2u);
+    EXPECT_EQ(ev.back(), "[DONE]");
+    json last = json::parse(ev[ev.size() - 2]);
+    if (c.fails) {
+      ASSERT_TRUE(last.contains("error")) << c.r.body;
+      EXPECT_NE(last["error"]["message"].get<std::string>().find("injected request failure"), std::string::npos);
+      EXPECT_EQ(last["error"]["type"], "server_error");
+    } else {
+      EXPECT_EQ(last["choices"][0]["finish_reason"], "length") << c.r.body;
+    }
+  }
+  EXPECT_EQ(engine_->aborts, 0);  // nobody else was aborted
+  std::string m = http(port_, "GET", "/metrics").body;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"error\"} 2"), std::string::npos) << m;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"length\"} 28"), std::string::npos) << m;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"abort\"} 0"), std::string::npos) << m;
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+}
+
+// A request with n > 1 whose one sequence fails: the whole request answers the error and its
+// other sequences are aborted (freeing their blocks), not left running.
+TEST_F(ServeTest, FailedSequenceAbortsTheRestOfItsRequest) {
+  start();
+  engine_->step_ms = 5;
+  Response r = http(port_, "POST", "/v1/completions", R"({"prompt":[[5,6],[5,2]],"max_tokens":20})");
+  expect_error(r, 500);
+  for (int i = 0; i < 100 && metric("gale_num_requests_in_flight") != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+  EXPECT_EQ(engine_->aborts, 1);
+}
+
+// If step() itself throws (an engine bug: failures are outputs), every client in flight hears
+// the error instead of a silent finish_reason "abort"; the server keeps serving.
+TEST_F(ServeTest, StepThatThrowsAnswersErrorsNotAborts) {
+  start();
+  engine_->step_ms = 20;
+  Response r;
+  std::thread t([&] { r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":20})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  engine_->throw_next_step = true;
+  t.join();
+  expect_error(r, 500);
+  EXPECT_NE(r.body.find("injected step failure"), std::string::npos) << r.body;
+  Response ok = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+  EXPECT_EQ(ok.status, 200) << ok.body;
 }
 
 }  // namespace
