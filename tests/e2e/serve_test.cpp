@@ -598,4 +598,76 @@ TEST_F(ServeTest, StepThatThrowsAnswersErrorsNotAborts) {
   EXPECT_EQ(ok.status, 200) << ok.body;
 }
 
+// HTTP/1.0 has no chunked encoding: a stream to a 1.0 client is close-delimited (no
+// Transfer-Encoding, Connection: close, the SSE events as they are, then the close), even when
+// the client asked for keep-alive.
+TEST_F(ServeTest, Http10StreamIsCloseDelimited) {
+  start();
+  for (const char* extra : {"", "Connection: keep-alive\r\n"}) {
+    SCOPED_TRACE(extra);
+    const std::string body = R"({"prompt":"x","max_tokens":3,"stream":true})";
+    int fd = connect_to(port_);
+    ASSERT_GE(fd, 0);
+    send_all(fd, std::string("POST /v1/completions HTTP/1.0\r\n") + extra +
+                     "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    std::string raw = read_to_close(fd);  // returns only because the server closes
+    ::close(fd);
+    size_t he = raw.find("\r\n\r\n");
+    ASSERT_NE(he, std::string::npos) << raw;
+    std::string head = raw.substr(0, he), rest = raw.substr(he + 4);
+    EXPECT_EQ(std::atoi(head.c_str() + 9), 200) << head;
+    EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+    EXPECT_NE(head.find("Connection: close"), std::string::npos) << head;
+    EXPECT_NE(head.find("Content-Type: text/event-stream"), std::string::npos) << head;
+    auto ev = sse_events(rest);  // every byte after the head is an event: no chunk sizes
+    ASSERT_EQ(ev.size(), 5u) << rest;  // 3 tokens, finish, [DONE]
+    std::string text;
+    for (size_t i = 0; i < 4; ++i) text += json::parse(ev[i])["choices"][0]["text"].get<std::string>();
+    int32_t ids[3] = {300, 301, 302};
+    EXPECT_EQ(text, tok_->decode(ids));
+    EXPECT_EQ(ev.back(), "[DONE]");
+  }
+  // HTTP/1.1 still streams chunked.
+  Response r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2,"stream":true})");
+  EXPECT_TRUE(r.chunked);
+}
+
+// Reads one keep-alive response to GET /health ("{}") on an open connection.
+bool health_on(int fd) {
+  send_all(fd, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  std::string raw;
+  char buf[4096];
+  while (raw.find("\r\n\r\n{}") == std::string::npos) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    raw.append(buf, size_t(n));
+  }
+  return raw.rfind("HTTP/1.1 200", 0) == 0;
+}
+
+// --max-connections N: connection N+1 is answered 503 with an OpenAI error body and closed;
+// once one closes, a new one is served again.
+TEST_F(ServeTest, ConnectionsPastTheCapGet503) {
+  ServerConfig cfg;
+  cfg.max_connections = 2;
+  start(cfg);
+  int a = connect_to(port_), b = connect_to(port_);
+  ASSERT_TRUE(health_on(a));  // both are sessions now, idle and open
+  ASSERT_TRUE(health_on(b));
+  for (int i = 0; i < 2; ++i) {
+    Response r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+    expect_error(r, 503);
+    EXPECT_NE(r.head.find("Connection: close"), std::string::npos) << r.head;
+  }
+  ::close(a);
+  int status = 0;
+  for (int i = 0; i < 100 && status != 200; ++i) {  // until the server has seen the close
+    status = http(port_, "GET", "/health").status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 200);
+  EXPECT_TRUE(health_on(b));
+  ::close(b);
+}
+
 }  // namespace
