@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -584,6 +585,22 @@ void Server::run(bool handle_signals) {
   s.ioc.run();
   for (auto& t : extra) t.join();
   s.loop.stop();
+}
+
+void Server::serve_connection(int fd) {
+  Impl& s = *impl_;
+  net::post(s.ioc, [&s, fd] {
+    tcp::socket sock(net::make_strand(s.ioc));
+    beast::error_code ec;
+    // The protocol only tells asio the address family; a socketpair end works the same for
+    // everything a session does (no_delay simply fails on it, as the session ignores).
+    sock.assign(tcp::v4(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      return;
+    }
+    std::make_shared<Session>(std::move(sock), s)->start();
+  });
 }
 
 void Server::shutdown() {

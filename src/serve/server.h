@@ -44,6 +44,10 @@ class Server {
   // handle_signals: install SIGTERM/SIGINT handlers (the CLI does; tests don't).
   void run(bool handle_signals);
   void shutdown();       // begins the drain from any thread
+  // Serves an already-connected stream socket (TCP, or one end of an AF_UNIX socketpair) as an
+  // accepted connection, outside --max-connections; takes ownership of fd. The seam through
+  // which tests/fuzz/fuzz_http.cpp feeds raw bytes to the HTTP session. Needs start().
+  void serve_connection(int fd);
 
   struct Impl;  // public so the connection code in http_server.cpp can name it
 
