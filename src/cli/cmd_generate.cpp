@@ -99,6 +99,7 @@ void run_generate(const GenerateOptions& o) {
         std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
         std::fflush(stdout);
       }
+      if (out.finished && out.finish_reason == "error") throw Error(out.error);  // one request: the run failed
       if (out.finished) r.finish_reason = out.finish_reason;
     }
   }

@@ -129,6 +129,9 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   sub->add_option("--max-model-len", o->max_model_len, "Context length to serve (default: the model's)")->check(CLI::PositiveNumber);
   sub->add_option("--max-pending", s.max_in_flight, "Sequences accepted and unfinished before answering 429 (default 1024)")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--max-connections", s.max_connections,
+                  "Open connections served at once; one more is answered 503 and closed (default 1024)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("--max-body-bytes", s.max_body_bytes, "Largest request body (default 8 MiB; larger gets 413)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--request-timeout", s.request_timeout_s, "Seconds a request may run before it is aborted (default 600)")

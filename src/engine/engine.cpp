@@ -12,6 +12,14 @@
 // same calls in the same order as without overlap. Steps that need logits on the host
 // (logprobs; sampling on the CPU backend) run synchronously: the next step is launched ahead
 // only while no live request needs them.
+//
+// Failures stay with whoever caused them. A request whose own work throws (its sampler, its
+// detokenization, its stop strings) finishes alone with finish_reason "error": its blocks go
+// back as an abort's do (after the step in flight, when that step has it). A forward pass
+// that throws (launch, wait or the host path) cannot be pinned on one request: the sequences
+// scheduled in that step finish with "error", are never committed (their KV is not trusted,
+// so it never enters the prefix cache), and the waiting and preempted ones run on. Either way
+// the engine stays consistent and step() returns normally.
 #include "engine/engine.h"
 
 #include <algorithm>
@@ -77,6 +85,17 @@ RowSampling row_sampling(Sampler& s) {
   return r;
 }
 
+// The message of the exception being handled (call inside a catch block); never empty.
+std::string current_error() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return *e.what() ? e.what() : "unknown error";
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -103,6 +122,7 @@ struct Engine::Impl {
     enum class Path { Greedy, Device, Host } path = Path::Host;
     bool launched = false;          // the model owes wait_ids()
     std::vector<uint64_t> aborted;  // abort()ed meanwhile: finished in the scheduler after the wait
+    std::string error;              // the forward pass threw: every scheduled sequence fails
   };
 
   // One sampled token's output, built in two halves around the next launch.
@@ -130,7 +150,6 @@ struct Engine::Impl {
   std::optional<Flight> flight;
   uint64_t flight_serial = 0;
   int64_t n_host_logits = 0;                   // live requests with host_logits
-  std::exception_ptr launch_error;             // of a step launched ahead: thrown by the next step()
   std::vector<Produced> produced;              // the step being finished
   std::vector<std::unique_ptr<Request>> done;  // finished in it, kept until their text is out
   // GALE_PROFILE=1: where a step's wall time goes, printed when the engine is destroyed.
@@ -232,6 +251,7 @@ struct Engine::Impl {
     Flight f;
     f.serial = ++flight_serial;
     f.so = sched->schedule();
+    const auto t1 = clk::now();
     auto note = [&](uint64_t id) {
       Request& r = *reqs.at(id);
       r.flight = f.serial;
@@ -240,6 +260,23 @@ struct Engine::Impl {
     };
     for (const ScheduledSeq& s : f.so.seqs) note(s.id);
     for (uint64_t id : f.so.preempted) note(id);
+    // From here on the step is scheduled: whatever throws fails its sequences (collect() sees
+    // f.error), never the engine.
+    try {
+      launch(f);
+    } catch (...) {
+      f.launched = false;
+      f.error = current_error();
+    }
+    flight = std::move(f);
+    if (profile) {
+      prof_schedule += std::chrono::duration<double>(t1 - t0).count();
+      prof_launch += since(t1);
+    }
+  }
+
+  // The block copies and the forward of a scheduled step: launched, or run to the logits.
+  void launch(Flight& f) {
     for (const BlockCopy& c : f.so.copies) kv->copy_block(c.src, c.dst);
     std::vector<SeqStep> steps;
     steps.reserve(f.so.seqs.size());
@@ -260,7 +297,6 @@ struct Engine::Impl {
       on_device = on_device && r.p.top_logprobs < 0;
     }
     f.path = greedy ? Flight::Path::Greedy : on_device ? Flight::Path::Device : Flight::Path::Host;
-    const auto t1 = clk::now();
     if (!steps.empty()) {
       if (f.path == Flight::Path::Greedy) {
         model.launch_argmax(steps, *kv);
@@ -275,11 +311,6 @@ struct Engine::Impl {
         model.forward(steps, *kv, logits);
       }
     }
-    flight = std::move(f);
-    if (profile) {
-      prof_schedule += std::chrono::duration<double>(t1 - t0).count();
-      prof_launch += since(t1);
-    }
   }
 
   // Waits for the step in flight and does what the next schedule depends on; the rest of each
@@ -287,11 +318,17 @@ struct Engine::Impl {
   void collect(Flight& f) {
     using clk = std::chrono::steady_clock;
     const auto t0 = clk::now();
-    if (f.launched) model.wait_ids(device_ids);
+    if (f.launched) {
+      try {
+        model.wait_ids(device_ids);
+      } catch (...) {
+        f.error = current_error();
+      }
+    }
     const auto t1 = clk::now();
+    if (!f.error.empty()) return fail_step(f);
     sched->commit(f.so);
     for (uint64_t id : f.aborted) sched->finish(id);
-    const size_t V = size_t(model.config().vocab_size);
     size_t row = 0;
     for (const ScheduledSeq& s : f.so.seqs) {
       if (!s.sample) continue;
@@ -299,38 +336,16 @@ struct Engine::Impl {
       auto it = reqs.find(s.id);
       if (it == reqs.end()) continue;  // aborted while in flight: its token is dropped
       Request& r = *it->second;
-      int32_t id;
-      if (f.path != Flight::Path::Host) {
-        id = device_ids[at];
-        r.sampler->accept(id);
-      } else {
-        std::span<float> lg(logits.data() + at * V, V);
-        if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
-        id = r.sampler->sample(lg);
-      }
-      r.out_ids.push_back(id);
-      ++generation_tokens_total;
       Produced d;
       d.r = &r;
-      d.id = id;
-      d.o = output_of(r);
-      d.o.new_ids.push_back(id);
-      if (r.p.top_logprobs >= 0) d.o.logprobs.push_back(logprob_of(raw, id, r.p.top_logprobs));
-      const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
       const char* reason = nullptr;
-      if (eos && !r.p.ignore_eos) {  // the eos token adds no text
-        reason = "stop";
-        d.flush = true;
-      } else if (r.max_stop > 0 && push_text(r, id, d.o)) {  // a stop string (text cut before it)
-        reason = "stop";
-      } else {
-        d.push = r.max_stop == 0;
-        if (int64_t(r.out_ids.size()) >= r.p.max_tokens) {
-          reason = "length";
-          d.flush = true;
-        } else {
-          sched->append_token(s.id, id);
-        }
+      try {
+        reason = advance(r, f.path, at, d);
+      } catch (...) {  // this request's own work failed: it alone ends
+        d.o = output_of(r);
+        d.push = d.flush = false;
+        set_error(d.o, current_error());
+        reason = "error";
       }
       if (reason) {
         d.o.finished = true;
@@ -349,15 +364,92 @@ struct Engine::Impl {
     }
   }
 
+  // Samples (or accepts) the sequence's token of this step and applies eos, stop strings and
+  // max_tokens; returns the finish reason, or null when it runs on (its token appended).
+  const char* advance(Request& r, Flight::Path path, size_t at, Produced& d) {
+    int32_t id;
+    if (path != Flight::Path::Host) {
+      id = device_ids[at];
+      r.sampler->accept(id);
+    } else {
+      const size_t V = size_t(model.config().vocab_size);
+      std::span<float> lg(logits.data() + at * V, V);
+      if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
+      id = r.sampler->sample(lg);
+    }
+    r.out_ids.push_back(id);
+    ++generation_tokens_total;
+    d.id = id;
+    d.o = output_of(r);
+    d.o.new_ids.push_back(id);
+    if (r.p.top_logprobs >= 0) d.o.logprobs.push_back(logprob_of(raw, id, r.p.top_logprobs));
+    const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
+    if (eos && !r.p.ignore_eos) {  // the eos token adds no text
+      d.flush = true;
+      return "stop";
+    }
+    if (r.max_stop > 0 && push_text(r, id, d.o)) return "stop";  // a stop string (text cut before it)
+    d.push = r.max_stop == 0;
+    if (int64_t(r.out_ids.size()) >= r.p.max_tokens) {
+      d.flush = true;
+      return "length";
+    }
+    sched->append_token(r.id, id);
+    return nullptr;
+  }
+
+  static void set_error(RequestOutput& o, const std::string& what) {
+    o.finished = true;
+    o.finish_reason = "error";
+    o.error = what;
+  }
+
+  // The forward pass of f threw: its sequences end with the error, uncommitted (their new KV
+  // is not trusted and never enters the prefix cache); the commit then only releases the copy
+  // sources the step held. Preempted and waiting sequences are untouched.
+  void fail_step(Flight& f) {
+    for (uint64_t id : f.aborted) sched->finish(id);
+    for (const ScheduledSeq& s : f.so.seqs) {
+      auto it = reqs.find(s.id);
+      if (it != reqs.end()) {
+        Produced d;
+        d.r = it->second.get();
+        d.o = output_of(*d.r);
+        set_error(d.o, "the forward pass failed: " + f.error);
+        done.emplace_back();
+        erase_request(it, &done.back());
+        produced.push_back(std::move(d));
+      }
+      sched->finish(s.id);
+    }
+    sched->commit(f.so);
+  }
+
+  // A request that failed after collect() (its deferred text): ends it as abort() would,
+  // with the error as its output. Its Request moves to `done`, so `d.r` stays valid.
+  void fail_produced(Produced& d, const std::string& what) {
+    set_error(d.o, what);
+    auto it = reqs.find(d.r->id);
+    if (it == reqs.end()) return;  // already finished in collect(): only its output changes
+    if (flight && d.r->flight == flight->serial) flight->aborted.push_back(d.r->id);  // in the next step
+    else sched->finish(d.r->id);
+    done.emplace_back();
+    erase_request(it, &done.back());
+  }
+
   // The deferred half of collect(): text, then the outputs in step order.
   void finish_outputs(std::vector<RequestOutput>& outs) {
     const auto t0 = std::chrono::steady_clock::now();
     for (Produced& d : produced) {
       Request& r = *d.r;
-      if (d.push) push_text(r, d.id, d.o);
-      if (d.flush && r.stream) {  // release held-back and incomplete trailing text
-        r.text += r.stream->flush();
-        emit_upto(r, r.text.size(), d.o);
+      try {
+        if (d.push) push_text(r, d.id, d.o);
+        if (d.flush && r.stream) {  // release held-back and incomplete trailing text
+          r.text += r.stream->flush();
+          emit_upto(r, r.text.size(), d.o);
+        }
+      } catch (...) {
+        fail_produced(d, current_error());
       }
       outs.push_back(std::move(d.o));
     }
@@ -494,11 +586,6 @@ void Engine::abort(uint64_t id) {
 
 std::vector<RequestOutput> Engine::step() {
   Impl& m = *impl_;
-  if (m.launch_error) {  // launching ahead failed in the previous call: fail as it would have here
-    std::exception_ptr e = m.launch_error;
-    m.launch_error = nullptr;
-    std::rethrow_exception(e);
-  }
   std::vector<RequestOutput> outs = std::move(m.pending);
   m.pending.clear();
   if (!m.flight) m.start();
@@ -508,15 +595,11 @@ std::vector<RequestOutput> Engine::step() {
   m.done.clear();
   m.collect(f);
   // Launch the next step before the slow half of this one, unless some live request needs host
-  // logits (its step would run to the end here, delaying this step's outputs).
+  // logits (its step would run to the end here, delaying this step's outputs). A launch that
+  // fails is reported by the next call, as the same step would fail there without overlap.
   if (m.overlap && !m.reqs.empty() && m.n_host_logits == 0) {
-    try {
-      m.start();
-      ++m.steps_ahead;
-    } catch (...) {
-      m.flight.reset();
-      m.launch_error = std::current_exception();
-    }
+    m.start();
+    ++m.steps_ahead;
   }
   m.finish_outputs(outs);
   return outs;
@@ -524,7 +607,7 @@ std::vector<RequestOutput> Engine::step() {
 
 bool Engine::has_unfinished() const {
   const Impl& m = *impl_;
-  return !m.reqs.empty() || !m.pending.empty() || m.flight.has_value() || m.launch_error != nullptr;
+  return !m.reqs.empty() || !m.pending.empty() || m.flight.has_value();
 }
 
 EngineStats Engine::stats() const {

@@ -51,7 +51,8 @@ struct RequestOutput {
   std::string new_text;               // text that became final in this step (stop strings cut)
   std::vector<TokenLogprob> logprobs; // one per new id when asked for
   bool finished = false;
-  std::string finish_reason;          // "stop", "length" or "abort" once finished
+  std::string finish_reason;          // "stop", "length", "abort" or "error" once finished
+  std::string error;                  // finish_reason "error": what failed (this request only)
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;      // so far
   int64_t cached_prompt_tokens = 0;   // prompt tokens served from the prefix cache
@@ -83,6 +84,9 @@ class Engine {
   void abort(uint64_t id);
   // Returns what one scheduler step produced. With overlap, it also launches the next step
   // before returning, so a request added now joins the step after that one.
+  // Failures do not escape: a request whose own work throws (sampling, detokenization, stop
+  // strings) finishes alone with finish_reason "error"; when the forward pass of a step throws,
+  // the sequences scheduled in it finish with "error" and the waiting ones run on.
   std::vector<RequestOutput> step();
   // True while a request is queued or running, an output is pending, or a step is in flight.
   bool has_unfinished() const;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "core/error.h"
 #include "engine/engine.h"
 #include "model/kv_cache.h"
 
@@ -43,6 +44,7 @@ GenerateResult Generator::generate(const GenerateRequest& req, const std::functi
       res.ids.insert(res.ids.end(), o.new_ids.begin(), o.new_ids.end());
       res.text += o.new_text;
       if (on_text && !o.new_text.empty()) on_text(o.new_text);
+      if (o.finished && o.finish_reason == "error") throw Error(o.error);  // its only request failed
       if (o.finished) res.finish_reason = o.finish_reason;
     }
   }

@@ -122,6 +122,10 @@ void EngineLoop::deliver(std::vector<RequestOutput>& outs) {
       metrics_.ttft.observe(std::chrono::duration<double>(now - g->arrival).count());
     }
     const bool finished = o.finished;
+    if (finished && o.finish_reason == "abort" && !g->error.empty()) {  // aborted after a failed step()
+      o.finish_reason = "error";
+      o.error = g->error;
+    }
     if (finished) {
       std::string outcome = o.finish_reason;
       if (outcome == "abort" && !g->cancel_reason.empty()) outcome = g->cancel_reason;
@@ -155,10 +159,14 @@ void EngineLoop::run() {
       try {
         outs = engine_.step();
       } catch (const std::exception& e) {
-        // Not expected after validation; fail every group rather than take the server down.
+        // The engine isolates failures (a failed request or forward pass comes back as outputs
+        // with finish_reason "error", delivered like any other), so this is an engine bug:
+        // nothing can be pinned on one request. End every group with the error, so each client
+        // hears why, rather than take the server down.
         std::fprintf(stderr, "gale serve: engine step failed: %s\n", e.what());
         for (auto& [box, g] : groups_) {
           g->cancel_reason = "error";
+          g->error = std::string("the engine failed: ") + e.what();
           for (uint64_t id : g->ids)
             if (requests_.count(id)) engine_.abort(id);
         }

@@ -3,7 +3,8 @@
 // Sessions submit a group of engine requests (one per prompt x n) with a Mailbox; the engine
 // thread adds them, runs step() while anything is unfinished, and pushes each RequestOutput into
 // the group's mailbox, which wakes its session. cancel() aborts a group (client gone, timeout):
-// Engine::abort frees its KV blocks at once.
+// Engine::abort frees its KV blocks at once. A request the engine failed arrives as an output
+// with finish_reason "error" (and its message) in its own group only; the others run on.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -79,6 +80,7 @@ class EngineLoop {
     std::chrono::steady_clock::time_point arrival;
     int64_t unfinished = 0;
     std::string cancel_reason;
+    std::string error;  // step() itself threw: its abort outputs become this error
   };
   struct PerRequest {
     std::shared_ptr<Group> group;

@@ -1,5 +1,7 @@
-// The HTTP side of `gale serve`: Beast parses requests; responses (including the chunked SSE
-// streams) are written as raw bytes through one write queue per connection.
+// The HTTP side of `gale serve`: Beast parses requests; responses (including the SSE streams:
+// chunked for HTTP/1.1, close-delimited for HTTP/1.0, which has no chunked encoding) are
+// written as raw bytes through one write queue per connection. Past --max-connections a new
+// connection is answered 503 and closed without a session.
 #include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without including it
 
 #include <boost/asio.hpp>
@@ -10,6 +12,7 @@
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -106,6 +109,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     req_ = parser_->release();
     keep_alive_ = req_.keep_alive();
+    http10_ = req_.version() < 11;
     started_ = clock::now();
     try {
       route();
@@ -234,9 +238,23 @@ class Session : public std::enable_shared_from_this<Session> {
     srv_.loop.cancel(box_, "timeout");
     char secs[32];
     std::snprintf(secs, sizeof secs, "%g", srv_.cfg.request_timeout_s);
-    ApiError e(408, std::string("the request did not finish within ") + secs + " s", "", "timeout");
+    end_with_error(ApiError(408, std::string("the request did not finish within ") + secs + " s", "", "timeout"));
+  }
+
+  // One of the request's sequences failed in the engine (the others of the server run on):
+  // the rest of this request is aborted, and the client gets the error.
+  void on_failed_output(const RequestOutput& o) {
+    in_generation_ = false;
+    timeout_.cancel();
+    srv_.loop.cancel(box_, "error");
+    end_with_error(ApiError(500, "the request failed: " + o.error, "", "generation_failed"));
+  }
+
+  // Before the stream started: an error response of its own. After: the status line already
+  // said 200, so an SSE error event (OpenAI clients raise it) and [DONE] end the stream.
+  void end_with_error(const ApiError& e) {
     if (!stream_started_) return send_error(e);
-    srv_.metrics.count_http(408);  // reported in the stream; the status line already said 200
+    srv_.metrics.count_http(e.status);
     queue_chunk("data: " + error_body(e) + "\n\n");
     queue_chunk("data: [DONE]\n\n");
     end_stream();
@@ -264,8 +282,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void start_stream() {
     stream_started_ = true;
     srv_.metrics.count_http(200);
-    queue_raw(std::string("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                          "Transfer-Encoding: chunked\r\nConnection: ") + (want_keep_alive() ? "keep-alive" : "close") + "\r\n\r\n");
+    // HTTP/1.0 has no chunked encoding: the stream ends when the connection closes.
+    chunked_ = !http10_;
+    if (!chunked_) keep_alive_ = false;
+    queue_raw(std::string("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n") +
+              (chunked_ ? "Transfer-Encoding: chunked\r\n" : "") + "Connection: " +
+              (want_keep_alive() ? "keep-alive" : "close") + "\r\n\r\n");
     for (size_t i = 0; i < choices_.size(); ++i) {
       if (api_->endpoint == Endpoint::Chat) {
         queue_chunk(sse_event(rb_->chat_role_chunk(int(i))));
@@ -293,6 +315,7 @@ class Session : public std::enable_shared_from_this<Session> {
     c.ids.insert(c.ids.end(), o.new_ids.begin(), o.new_ids.end());
     for (auto& l : o.logprobs) c.logprobs.push_back(std::move(l));
     if (!o.finished) return;
+    if (o.finish_reason == "error") return on_failed_output(o);
     c.finished = true;
     c.finish_reason = o.finish_reason;
     if (api_->stream) queue_chunk(sse_event(rb_->chunk(idx, "", {}, {}, o.finish_reason, 0)));
@@ -335,7 +358,9 @@ class Session : public std::enable_shared_from_this<Session> {
                  std::string(req_.target()).c_str(), status, ms);
   }
 
+  // One piece of the stream: a chunk, or the bytes themselves in a close-delimited stream.
   void queue_chunk(const std::string& data) {
+    if (!chunked_) return queue_raw(data);
     char hex[32];
     std::snprintf(hex, sizeof hex, "%zx\r\n", data.size());
     queue_raw(hex + data + "\r\n");
@@ -343,8 +368,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void end_stream() {
     if (srv_.cfg.log_requests) log(200);
-    queue_raw("0\r\n\r\n");
-    finish_response(want_keep_alive());
+    if (chunked_) queue_raw("0\r\n\r\n");
+    finish_response(chunked_ && want_keep_alive());
   }
 
   // After the queued bytes are written: read the next request, or close.
@@ -402,6 +427,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
   bool keep_alive_ = true, next_keep_alive_ = true;
+  bool http10_ = false;                // the request said HTTP/1.0
+  bool chunked_ = true;                // the stream being written is chunked (HTTP/1.1)
   clock::time_point started_;
   // The request being generated.
   std::unique_ptr<ApiRequest> api_;
@@ -419,6 +446,53 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_ = false, response_done_ = false, closed_ = false;
 };
 
+// A connection past --max-connections: answered 503 at once and closed, without a Session (no
+// parser, no buffers). Its request is read and dropped after the answer, for up to a second, so
+// that closing with unread bytes does not reset the connection before the client read the 503.
+class Refusal : public std::enable_shared_from_this<Refusal> {
+ public:
+  Refusal(tcp::socket s, std::string response) : sock_(std::move(s)), timer_(sock_.get_executor()), out_(std::move(response)) {}
+
+  void start() {
+    timer_.expires_after(std::chrono::seconds(1));
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->close();
+    });
+    net::async_write(sock_, net::buffer(out_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->close();
+      beast::error_code ignored;
+      self->sock_.shutdown(tcp::socket::shutdown_send, ignored);
+      self->drain();
+    });
+  }
+
+ private:
+  void drain() {
+    sock_.async_read_some(net::buffer(buf_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->close();  // EOF: the client has the answer and closed
+      self->drain();
+    });
+  }
+  void close() {
+    beast::error_code ignored;
+    timer_.cancel();
+    sock_.close(ignored);
+  }
+
+  tcp::socket sock_;
+  net::steady_timer timer_;
+  std::string out_;
+  char buf_[4096];
+};
+
+std::string refusal_response(int64_t max_connections) {
+  const std::string body = error_body(ApiError(503, "the server has too many open connections (" +
+                                                        std::to_string(max_connections) + "); retry later",
+                                               "", "too_many_connections"));
+  return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\nConnection: close\r\nRetry-After: 1\r\n\r\n" + body;
+}
+
 }  // namespace
 
 void Server::Impl::do_accept() {
@@ -431,7 +505,12 @@ void Server::Impl::do_accept() {
       });
       return;
     }
-    std::make_shared<Session>(std::move(s), *this)->start();
+    if (connections.load() >= cfg.max_connections) {
+      metrics.count_http(503);
+      std::make_shared<Refusal>(std::move(s), refusal_response(cfg.max_connections))->start();
+    } else {
+      std::make_shared<Session>(std::move(s), *this)->start();
+    }
     do_accept();
   });
 }
@@ -506,6 +585,22 @@ void Server::run(bool handle_signals) {
   s.ioc.run();
   for (auto& t : extra) t.join();
   s.loop.stop();
+}
+
+void Server::serve_connection(int fd) {
+  Impl& s = *impl_;
+  net::post(s.ioc, [&s, fd] {
+    tcp::socket sock(net::make_strand(s.ioc));
+    beast::error_code ec;
+    // The protocol only tells asio the address family; a socketpair end works the same for
+    // everything a session does (no_delay simply fails on it, as the session ignores).
+    sock.assign(tcp::v4(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      return;
+    }
+    std::make_shared<Session>(std::move(sock), s)->start();
+  });
 }
 
 void Server::shutdown() {

@@ -24,6 +24,7 @@ struct ServerConfig {
   std::string api_key;                  // non-empty: "Authorization: Bearer KEY" on all but /health
   int64_t max_body_bytes = 8 << 20;     // larger bodies get 413
   int64_t max_in_flight = 1024;         // sequences accepted and unfinished; beyond -> 429
+  int64_t max_connections = 1024;       // open connections; one more is answered 503 and closed
   double request_timeout_s = 600;       // a request running longer is aborted (408 / error event)
   double read_timeout_s = 60;           // to receive a whole request (slow clients are closed)
   double drain_timeout_s = 30;          // SIGTERM: finish in-flight requests up to this, then exit
@@ -43,6 +44,10 @@ class Server {
   // handle_signals: install SIGTERM/SIGINT handlers (the CLI does; tests don't).
   void run(bool handle_signals);
   void shutdown();       // begins the drain from any thread
+  // Serves an already-connected stream socket (TCP, or one end of an AF_UNIX socketpair) as an
+  // accepted connection, outside --max-connections; takes ownership of fd. The seam through
+  // which tests/fuzz/fuzz_http.cpp feeds raw bytes to the HTTP session. Needs start().
+  void serve_connection(int fd);
 
   struct Impl;  // public so the connection code in http_server.cpp can name it
 

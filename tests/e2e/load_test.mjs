@@ -133,5 +133,9 @@ const grow = rss1 - rss0;
 console.log(`load: 3 x ${N} streams + 2 x ${BAD} malformed in ${((Date.now() - t0) / 1000).toFixed(1)} s; ` +
             `${aborted} abandoned streams aborted; RSS ${(rss0 / 2 ** 20).toFixed(1)} -> ${(rss1 / 2 ** 20).toFixed(1)} MiB; ` +
             `prefix-cache hit rate ${after.gale_prefix_cache_hit_rate.toFixed(2)}`);
-assert.ok(grow < Math.max(32 * 2 ** 20, 0.15 * rss0), `resident memory grew by ${(grow / 2 ** 20).toFixed(1)} MiB`);
+// Under AddressSanitizer (GALE_E2E_SANITIZED=1) freed memory waits in ASan's quarantine (256 MiB
+// by default), so resident memory says nothing about leaks; LeakSanitizer checks at the server's
+// exit instead (run_e2e.sh fails on its exit status).
+if (process.env.GALE_E2E_SANITIZED === '1') console.log('load: resident memory not checked (sanitized build)');
+else assert.ok(grow < Math.max(32 * 2 ** 20, 0.15 * rss0), `resident memory grew by ${(grow / 2 ** 20).toFixed(1)} MiB`);
 console.log('load test passed');

@@ -3,6 +3,8 @@
 #   curl (SSE framing, headers, auth, body limit), the official openai npm package
 #   (client_test.mjs), a bounded load test (load_test.mjs), and the SIGTERM drain.
 # Usage: tests/e2e/run_e2e.sh BUILD_DIR   (exits non-zero on any failure; always stops the server)
+# GALE_E2E_SANITIZED=1: the build has ASan+UBSan (tools/test.sh sets it); the load test then skips
+# its resident-memory bound, and LeakSanitizer's verdict at the server's exit counts instead.
 set -euo pipefail
 build=$(cd "${1:?usage: run_e2e.sh BUILD_DIR}" && pwd)
 gale=$build/gale
@@ -55,6 +57,12 @@ assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
 assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
 assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
 PY
+# HTTP/1.0 has no chunked encoding: the stream is close-delimited
+curl -sN --http1.0 -D "$hdr" "$url/v1/completions" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+  -d '{"prompt":"def add(a, b):","max_tokens":6,"temperature":0,"stream":true}' >"$out"
+grep -qi '^transfer-encoding' "$hdr" && fail "HTTP/1.0 stream sent Transfer-Encoding"
+grep -qi '^connection: close' "$hdr" || fail "HTTP/1.0 stream without Connection: close"
+tail -c 14 "$out" | grep -q 'data: \[DONE\]' || fail "HTTP/1.0 stream did not end with [DONE]"
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 [ "$(code "$url/health")" = 200 ] || fail "/health without a key"
 [ "$(code "$url/v1/models")" = 401 ] || fail "/v1/models without a key"

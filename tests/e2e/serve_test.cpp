@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "fake_engine.h"
 #include "serve/server.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -24,84 +25,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// One token per step for each running request: ids 300, 301, ... (text from the real tokenizer).
-class FakeEngine : public StepEngine {
- public:
-  explicit FakeEngine(const Tokenizer* tok) : tok_(tok) {}
-  uint64_t add_request(RequestParams p) override {
-    std::lock_guard lk(mu_);
-    for (int32_t id : p.prompt)
-      if (id == 1) throw Error("the engine refuses token 1");
-    uint64_t id = next_++;
-    reqs_[id] = {std::move(p), 0, false};
-    return id;
-  }
-  void abort(uint64_t id) override {
-    std::lock_guard lk(mu_);
-    if (reqs_.count(id)) reqs_[id].aborted = true;
-    ++aborts;
-  }
-  std::vector<RequestOutput> step() override {
-    if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
-    std::lock_guard lk(mu_);
-    std::vector<RequestOutput> outs;
-    for (auto it = reqs_.begin(); it != reqs_.end();) {
-      auto& r = it->second;
-      RequestOutput o;
-      o.id = it->first;
-      o.prompt_tokens = int64_t(r.p.prompt.size());
-      if (r.aborted) {
-        o.finished = true;
-        o.finish_reason = "abort";
-      } else {
-        int32_t t = 300 + int32_t(r.done);
-        o.new_ids = {t};
-        int32_t a[1] = {t};
-        o.new_text = tok_->decode(a);
-        if (r.p.top_logprobs >= 0) {
-          TokenLogprob lp{t, -0.5f, {}};
-          for (int k = 0; k < r.p.top_logprobs; ++k) lp.top.push_back({t + k, -0.5f - float(k)});
-          o.logprobs.push_back(lp);
-        }
-        ++r.done;
-        if (r.done >= r.p.max_tokens) {
-          o.finished = true;
-          o.finish_reason = "length";
-        }
-      }
-      o.completion_tokens = r.done;
-      outs.push_back(std::move(o));
-      if (outs.back().finished) it = reqs_.erase(it);
-      else ++it;
-    }
-    return outs;
-  }
-  bool has_unfinished() const override {
-    std::lock_guard lk(mu_);
-    return !reqs_.empty();
-  }
-  EngineStats stats() const override {
-    std::lock_guard lk(mu_);
-    EngineStats s;
-    s.running = int64_t(reqs_.size());
-    s.kv_blocks_total = 100;
-    s.kv_blocks_free = 100 - s.running;
-    return s;
-  }
-  std::atomic<int> step_ms{0};
-  std::atomic<int> aborts{0};
-
- private:
-  struct R {
-    RequestParams p;
-    int64_t done;
-    bool aborted;
-  };
-  const Tokenizer* tok_;
-  mutable std::mutex mu_;
-  std::map<uint64_t, R> reqs_;
-  uint64_t next_ = 1;
-};
+using test::FakeEngine;
 
 struct Response {
   int status = 0;
@@ -163,15 +87,21 @@ Response parse_response(const std::string& raw) {
   return r;
 }
 
+// Everything the server sends until it closes the connection.
+std::string read_to_close(int fd) {
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(n));
+  return raw;
+}
+
 Response http(int port, const std::string& method, const std::string& path, const std::string& body = "",
               const std::string& headers = "") {
   int fd = connect_to(port);
   if (fd < 0) return {};
   send_all(fd, request_text(method, path, body, headers));
-  std::string raw;
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) raw.append(buf, size_t(n));
+  std::string raw = read_to_close(fd);
   ::close(fd);
   return parse_response(raw);
 }
@@ -498,6 +428,161 @@ TEST_F(ServeTest, TokenizeDetokenizeMetrics) {
                         "gale_e2e_request_latency_seconds_bucket{le=\"+Inf\"} 1", "gale_kv_cache_usage_perc 0",
                         "# TYPE gale_time_per_output_token_seconds histogram"})
     EXPECT_NE(m.find(k), std::string::npos) << k << "\n" << m;
+}
+
+// One failing request among many: it alone gets an error (500 with an OpenAI error body, or an
+// SSE error event then [DONE] in a stream); every other request finishes normally.
+TEST_F(ServeTest, OneFailingRequestGetsItsErrorTheOthersFinish) {
+  start();
+  engine_->step_ms = 2;
+  const int n = 30;
+  struct Call {
+    bool stream, fails;
+    Response r;
+  };
+  std::vector<Call> calls(n);
+  for (int i = 0; i < n; ++i) calls[size_t(i)] = {i % 2 == 1, i == 11 || i == 20};  // 11 streams, 20 does not
+  std::vector<std::thread> ts;
+  for (int i = 0; i < n; ++i)
+    ts.emplace_back([&, i] {
+      Call& c = calls[size_t(i)];
+      json body = {{"prompt", c.fails ? std::vector<int32_t>{5, 2, 6} : std::vector<int32_t>{5, 6, 7}},
+                   {"max_tokens", 6}, {"stream", c.stream}};
+      c.r = http(port_, "POST", "/v1/completions", body.dump());
+    });
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < n; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    const Call& c = calls[size_t(i)];
+    if (c.fails && !c.stream) {
+      expect_error(c.r, 500);
+      EXPECT_NE(c.r.body.find("injected request failure"), std::string::npos) << c.r.body;
+      continue;
+    }
+    ASSERT_EQ(c.r.status, 200) << c.r.body;
+    if (!c.stream) {
+      EXPECT_EQ(c.r.j()["choices"][0]["finish_reason"], "length") << c.r.body;
+      continue;
+    }
+    auto ev = sse_events(c.r.body);
+    ASSERT_GE(ev.size(), 2u);
+    EXPECT_EQ(ev.back(), "[DONE]");
+    json last = json::parse(ev[ev.size() - 2]);
+    if (c.fails) {
+      ASSERT_TRUE(last.contains("error")) << c.r.body;
+      EXPECT_NE(last["error"]["message"].get<std::string>().find("injected request failure"), std::string::npos);
+      EXPECT_EQ(last["error"]["type"], "server_error");
+    } else {
+      EXPECT_EQ(last["choices"][0]["finish_reason"], "length") << c.r.body;
+    }
+  }
+  EXPECT_EQ(engine_->aborts, 0);  // nobody else was aborted
+  std::string m = http(port_, "GET", "/metrics").body;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"error\"} 2"), std::string::npos) << m;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"length\"} 28"), std::string::npos) << m;
+  EXPECT_NE(m.find("gale_requests_total{outcome=\"abort\"} 0"), std::string::npos) << m;
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+}
+
+// A request with n > 1 whose one sequence fails: the whole request answers the error and its
+// other sequences are aborted (freeing their blocks), not left running.
+TEST_F(ServeTest, FailedSequenceAbortsTheRestOfItsRequest) {
+  start();
+  engine_->step_ms = 5;
+  Response r = http(port_, "POST", "/v1/completions", R"({"prompt":[[5,6],[5,2]],"max_tokens":20})");
+  expect_error(r, 500);
+  for (int i = 0; i < 100 && metric("gale_num_requests_in_flight") != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
+  EXPECT_EQ(engine_->aborts, 1);
+}
+
+// If step() itself throws (an engine bug: failures are outputs), every client in flight hears
+// the error instead of a silent finish_reason "abort"; the server keeps serving.
+TEST_F(ServeTest, StepThatThrowsAnswersErrorsNotAborts) {
+  start();
+  engine_->step_ms = 20;
+  Response r;
+  std::thread t([&] { r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":20})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  engine_->throw_next_step = true;
+  t.join();
+  expect_error(r, 500);
+  EXPECT_NE(r.body.find("injected step failure"), std::string::npos) << r.body;
+  Response ok = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+// HTTP/1.0 has no chunked encoding: a stream to a 1.0 client is close-delimited (no
+// Transfer-Encoding, Connection: close, the SSE events as they are, then the close), even when
+// the client asked for keep-alive.
+TEST_F(ServeTest, Http10StreamIsCloseDelimited) {
+  start();
+  for (const char* extra : {"", "Connection: keep-alive\r\n"}) {
+    SCOPED_TRACE(extra);
+    const std::string body = R"({"prompt":"x","max_tokens":3,"stream":true})";
+    int fd = connect_to(port_);
+    ASSERT_GE(fd, 0);
+    send_all(fd, std::string("POST /v1/completions HTTP/1.0\r\n") + extra +
+                     "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    std::string raw = read_to_close(fd);  // returns only because the server closes
+    ::close(fd);
+    size_t he = raw.find("\r\n\r\n");
+    ASSERT_NE(he, std::string::npos) << raw;
+    std::string head = raw.substr(0, he), rest = raw.substr(he + 4);
+    EXPECT_EQ(std::atoi(head.c_str() + 9), 200) << head;
+    EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+    EXPECT_NE(head.find("Connection: close"), std::string::npos) << head;
+    EXPECT_NE(head.find("Content-Type: text/event-stream"), std::string::npos) << head;
+    auto ev = sse_events(rest);  // every byte after the head is an event: no chunk sizes
+    ASSERT_EQ(ev.size(), 5u) << rest;  // 3 tokens, finish, [DONE]
+    std::string text;
+    for (size_t i = 0; i < 4; ++i) text += json::parse(ev[i])["choices"][0]["text"].get<std::string>();
+    int32_t ids[3] = {300, 301, 302};
+    EXPECT_EQ(text, tok_->decode(ids));
+    EXPECT_EQ(ev.back(), "[DONE]");
+  }
+  // HTTP/1.1 still streams chunked.
+  Response r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2,"stream":true})");
+  EXPECT_TRUE(r.chunked);
+}
+
+// Reads one keep-alive response to GET /health ("{}") on an open connection.
+bool health_on(int fd) {
+  send_all(fd, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  std::string raw;
+  char buf[4096];
+  while (raw.find("\r\n\r\n{}") == std::string::npos) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    raw.append(buf, size_t(n));
+  }
+  return raw.rfind("HTTP/1.1 200", 0) == 0;
+}
+
+// --max-connections N: connection N+1 is answered 503 with an OpenAI error body and closed;
+// once one closes, a new one is served again.
+TEST_F(ServeTest, ConnectionsPastTheCapGet503) {
+  ServerConfig cfg;
+  cfg.max_connections = 2;
+  start(cfg);
+  int a = connect_to(port_), b = connect_to(port_);
+  ASSERT_TRUE(health_on(a));  // both are sessions now, idle and open
+  ASSERT_TRUE(health_on(b));
+  for (int i = 0; i < 2; ++i) {
+    Response r = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":2})");
+    expect_error(r, 503);
+    EXPECT_NE(r.head.find("Connection: close"), std::string::npos) << r.head;
+  }
+  ::close(a);
+  int status = 0;
+  for (int i = 0; i < 100 && status != 200; ++i) {  // until the server has seen the close
+    status = http(port_, "GET", "/health").status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 200);
+  EXPECT_TRUE(health_on(b));
+  ::close(b);
 }
 
 }  // namespace

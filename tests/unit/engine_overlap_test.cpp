@@ -16,6 +16,7 @@
 #include "loader/safetensors.h"
 #include "model/cpu_backend.h"
 #include "model/model_loader.h"
+#include "host_sampling_backend.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace gale;
@@ -24,31 +25,7 @@ namespace {
 
 std::string bundled(const std::string& name) { return std::string(GALE_SOURCE_DIR) + "/models/" + name; }
 
-// The CPU backend with the GPU's engine path: the engine hands each sampled row's parameters,
-// uniform and penalty lists to sample_rows and only gets ids back (Sampler::sample's own code).
-class HostSamplingBackend : public CpuBackend {
- public:
-  HostSamplingBackend() : CpuBackend(false) {}
-  bool has_sample_rows() const override { return true; }
-  void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out) override {
-    for (int64_t i = 0; i < logits.rows; ++i) {
-      const RowSampling& r = rows[size_t(i)];
-      SamplingParams p;
-      p.temperature = r.temperature;
-      p.top_k = r.top_k;
-      p.top_p = r.top_p;
-      p.min_p = r.min_p;
-      p.repetition_penalty = r.repetition_penalty;
-      p.presence_penalty = r.presence_penalty;
-      p.frequency_penalty = r.frequency_penalty;
-      std::span<float> row(logits.f32() + i * logits.ld, size_t(logits.cols));
-      out[i] = sample_token(p, r.seen_ids, r.output_ids, r.output_counts, r.u, row, idx_);
-    }
-  }
-
- private:
-  std::vector<int32_t> idx_;
-};
+using test::HostSamplingBackend;
 
 // GALE_OVERLAP=0 in the environment turns overlap off for every engine: nothing to compare.
 bool overlap_disabled() {

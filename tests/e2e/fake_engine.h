@@ -1,0 +1,106 @@
+// A fake StepEngine for the HTTP layer's tests and fuzz target: no model, deterministic
+// outputs, the real tokenizer's text.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "serve/engine_loop.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gale::test {
+
+// One token per step for each running request: ids 300, 301, ... (text from the real tokenizer).
+// A request whose prompt holds token 2 fails after its first token (finish_reason "error", as
+// the real engine reports a request whose own work threw); throw_next_step makes step() throw.
+class FakeEngine : public serve::StepEngine {
+ public:
+  explicit FakeEngine(const Tokenizer* tok) : tok_(tok) {}
+  uint64_t add_request(RequestParams p) override {
+    std::lock_guard lk(mu_);
+    for (int32_t id : p.prompt)
+      if (id == 1) throw Error("the engine refuses token 1");
+    uint64_t id = next_++;
+    reqs_[id] = {std::move(p), 0, false};
+    return id;
+  }
+  void abort(uint64_t id) override {
+    std::lock_guard lk(mu_);
+    if (reqs_.count(id)) reqs_[id].aborted = true;
+    ++aborts;
+  }
+  std::vector<RequestOutput> step() override {
+    if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
+    if (throw_next_step.exchange(false)) throw Error("injected step failure");
+    std::lock_guard lk(mu_);
+    std::vector<RequestOutput> outs;
+    for (auto it = reqs_.begin(); it != reqs_.end();) {
+      auto& r = it->second;
+      RequestOutput o;
+      o.id = it->first;
+      o.prompt_tokens = int64_t(r.p.prompt.size());
+      const bool fails = std::find(r.p.prompt.begin(), r.p.prompt.end(), 2) != r.p.prompt.end();
+      if (r.aborted) {
+        o.finished = true;
+        o.finish_reason = "abort";
+      } else if (fails && r.done == 1) {
+        o.finished = true;
+        o.finish_reason = "error";
+        o.error = "injected request failure";
+      } else {
+        int32_t t = 300 + int32_t(r.done);
+        o.new_ids = {t};
+        int32_t a[1] = {t};
+        o.new_text = tok_->decode(a);
+        if (r.p.top_logprobs >= 0) {
+          TokenLogprob lp{t, -0.5f, {}};
+          for (int k = 0; k < r.p.top_logprobs; ++k) lp.top.push_back({t + k, -0.5f - float(k)});
+          o.logprobs.push_back(lp);
+        }
+        ++r.done;
+        if (r.done >= r.p.max_tokens) {
+          o.finished = true;
+          o.finish_reason = "length";
+        }
+      }
+      o.completion_tokens = r.done;
+      outs.push_back(std::move(o));
+      if (outs.back().finished) it = reqs_.erase(it);
+      else ++it;
+    }
+    return outs;
+  }
+  bool has_unfinished() const override {
+    std::lock_guard lk(mu_);
+    return !reqs_.empty();
+  }
+  EngineStats stats() const override {
+    std::lock_guard lk(mu_);
+    EngineStats s;
+    s.running = int64_t(reqs_.size());
+    s.kv_blocks_total = 100;
+    s.kv_blocks_free = 100 - s.running;
+    return s;
+  }
+  std::atomic<int> step_ms{0};
+  std::atomic<int> aborts{0};
+  std::atomic<bool> throw_next_step{false};
+
+ private:
+  struct R {
+    RequestParams p;
+    int64_t done;
+    bool aborted;
+  };
+  const Tokenizer* tok_;
+  mutable std::mutex mu_;
+  std::map<uint64_t, R> reqs_;
+  uint64_t next_ = 1;
+};
+
+}  // namespace gale::test
