@@ -9,6 +9,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "core/json_depth.h"
 #include "tokenizer/unicode_util.h"
 
 namespace gale::tok {
@@ -197,7 +198,7 @@ struct Cursor {
         }
         ++p;
         if (c == '{' || c == '[') {
-          ++depth;
+          if (++depth > kMaxJsonDepth) return false;  // nlohmann's path names the error
         } else if (c == '}' || c == ']') {
           if (--depth == 0) return true;
         }

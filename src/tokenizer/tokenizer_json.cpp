@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "core/mapped_file.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode_util.h"
@@ -165,6 +166,7 @@ std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg
   json cfg;
   bool has_cfg = !cfg_text.empty();
   if (has_cfg) {
+    check_json_depth(cfg_text, cfg_name);
     try {
       cfg = json::parse(cfg_text);
     } catch (const json::exception& e) {
@@ -174,10 +176,14 @@ std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg
   try {
     // The big vocab / merges sections go through the fast scanner; nlohmann parses the rest.
     tok::BpeSections raw;
+    // The builders recurse once per nested Sequence: bound the nesting before parsing. The
+    // vocab and merges the fast path takes out of `rest` are flat by its own rules.
     if (tok::split_bpe_sections(tok_text, raw)) {
+      check_json_depth(raw.rest, "the document");
       json tj = json::parse(raw.rest);
       return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr, &raw);
     }
+    check_json_depth(tok_text, "the document");
     json tj = json::parse(tok_text);
     return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr);
   } catch (const json::exception& e) {
