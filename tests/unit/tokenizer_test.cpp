@@ -247,6 +247,11 @@ TEST(TokenizerCli, TokenizeAndDetokenize) {
   out = run_cli("detokenize -m " + dir + " --ids '' --json", &rc);
   EXPECT_EQ(rc, 0);
   EXPECT_EQ(json::parse(out)["text"], "");
+  // An id past the tokenizer's vocabulary (a padded embedding row) has no text, as in HF.
+  const std::string past = std::to_string(tok->vocab_size());
+  out = run_cli("detokenize -m " + dir + " --ids " + past + "," + list + "," + past + " --json", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(json::parse(out)["text"], tok->decode(ids, false));
   out = run_cli("detokenize -m " + dir + " --ids 1,x --json", &rc);
   EXPECT_EQ(rc, 1) << out;
   out = run_cli("tokenize -m /nonexistent --text hi", &rc);
