@@ -408,6 +408,9 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
     num_blocks = std::max(per_seq, std::min(mul_sat(per_seq, cfg.max_num_seqs), share > 0 ? share : per_seq));
     num_blocks = std::min(num_blocks, kMaxKvBlocks);
   }
+  if (mul_sat(block_bytes, num_blocks) == kInt64Max)  // KVCache multiplies them in size_t
+    throw Error("the KV cache (" + std::to_string(num_blocks) + " blocks of " + std::to_string(block_bytes) +
+                " bytes) is larger than any memory; lower --block-size or --kv-cache-memory");
   impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype(), &model.backend());
   SchedulerConfig sc;
   sc.num_blocks = num_blocks;
