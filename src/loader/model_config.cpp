@@ -301,16 +301,20 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
   return c;
 }
 
+json parse_config_json(std::string_view text, const std::string& what) {
+  check_json_depth(text, what);  // error messages dump() values, which recurses
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(what + ": invalid JSON: " + e.what());
+  }
+}
+
 static json read_json_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   if (!in) throw Error("cannot read " + p.string());
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  check_json_depth(text, p.string());  // error messages dump() values, which recurses
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(p.string() + ": invalid JSON: " + e.what());
-  }
+  return parse_config_json(text, p.string());
 }
 
 ModelConfig load_model_config(const std::string& model_dir) {
