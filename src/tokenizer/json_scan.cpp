@@ -216,7 +216,12 @@ struct Cursor {
   bool uint(int64_t& v) {
     const char* start = p;
     v = 0;
-    while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    // Digits past the 16th are skipped, not accumulated: int64 would overflow (undefined), and
+    // such a number is refused below anyway.
+    while (p < end && *p >= '0' && *p <= '9') {
+      if (p - start < 16) v = v * 10 + (*p - '0');
+      ++p;
+    }
     size_t n = size_t(p - start);
     if (n == 0 || n > 15 || (n > 1 && *start == '0')) return false;
     return !(p < end && (*p == '.' || *p == 'e' || *p == 'E'));
