@@ -28,7 +28,9 @@ struct ArrayData {
   bool is_tuple = false;  // only changes how it prints: (1, 2) instead of [1, 2]
   ArrayData() = default;
   ArrayData(const ArrayData&) = default;
+  ArrayData(ArrayData&&) = default;
   ArrayData& operator=(const ArrayData&) = default;
+  ArrayData& operator=(ArrayData&&) = default;
   ~ArrayData();
 };
 
@@ -42,7 +44,9 @@ struct ObjectData {
   void set(const std::string& key, Value v);
   ObjectData() = default;
   ObjectData(const ObjectData&) = default;
+  ObjectData(ObjectData&&) = default;
   ObjectData& operator=(const ObjectData&) = default;
+  ObjectData& operator=(ObjectData&&) = default;
   ~ObjectData();
 };
 
