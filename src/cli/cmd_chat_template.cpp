@@ -8,6 +8,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/chat_template.h"
 
 namespace gale::cli {
@@ -18,8 +19,10 @@ nlohmann::ordered_json read_json(const std::string& path, const char* what) {
   if (!f) throw Error(std::string(what) + ": cannot read " + path);
   std::ostringstream ss;
   ss << f.rdbuf();
+  const std::string text = ss.str();
+  check_json_depth(text, std::string(what) + ": " + path);  // the template walks it recursively
   try {
-    return nlohmann::ordered_json::parse(ss.str());
+    return nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string(what) + ": " + path + ": invalid JSON: " + e.what());
   }

@@ -1,4 +1,5 @@
 // gale generate: stream a completion of a prompt (text or ids).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include "cli/command.h"
 #include "cli/model_options.h"
 #include "cli/engine_options.h"
+#include "core/checked_math.h"
 #include "core/error.h"
 #include "engine/engine.h"
 #include "loader/model_config.h"
@@ -72,9 +74,14 @@ void run_generate(const GenerateOptions& o) {
   // One request through the Engine (the same path as batch mode and the server).
   EngineConfig ec = engine_config(o.engine);
   ec.max_num_seqs = 1;
-  if (o.engine.kv_cache_memory.empty())  // just what this request needs
-    ec.kv_cache_bytes = int64_t((req.prompt.size() + size_t(o.n) + size_t(ec.block_size)) *
-                                KVCache::bytes_per_token(cfg, lm.model->kv_dtype()));
+  if (o.engine.kv_cache_memory.empty()) {
+    // Just what this request needs, and never more than the context: past it add_request
+    // refuses the request by name, so a huge -n must not first size (or wrap) the cache.
+    int64_t tokens = add_sat(int64_t(req.prompt.size()), o.n);
+    if (int64_t ctx = context_limit(cfg); ctx > 0) tokens = std::min(tokens, ctx);
+    ec.kv_cache_bytes = mul_sat(add_sat(tokens, ec.block_size),
+                                int64_t(KVCache::bytes_per_token(cfg, lm.model->kv_dtype())));
+  }
   Engine engine(*lm.model, tok.get(), ec);
   struct {
     std::vector<int32_t> ids;

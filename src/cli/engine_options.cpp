@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 
@@ -21,10 +22,13 @@ void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs) {
 }
 
 int64_t parse_bytes(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size() && (std::isdigit(uint8_t(s[i])) || s[i] == '.')) ++i;
-  if (i == 0) throw Error("bad size '" + s + "' (expected e.g. 2GiB, 512MiB or a byte count)");
-  double v = std::stod(s.substr(0, i));
+  size_t i = 0, dots = 0;
+  while (i < s.size() && (std::isdigit(uint8_t(s[i])) || s[i] == '.')) dots += s[i++] == '.';
+  if (i == 0 || dots > 1 || s[0] == '.' || s[i - 1] == '.')
+    throw Error("bad size '" + s + "' (expected e.g. 2GiB, 512MiB or a byte count)");
+  // strtod, not stod: 400 digits give HUGE_VAL (refused below) rather than an exception.
+  const std::string number = s.substr(0, i);
+  double v = std::strtod(number.c_str(), nullptr);
   std::string unit = s.substr(i);
   for (auto& c : unit) c = char(std::tolower(uint8_t(c)));
   double mul;

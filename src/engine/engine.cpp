@@ -34,6 +34,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/checked_math.h"
 #include "core/error.h"
 #include "runtime/scheduler.h"
 #include "tokenizer/tokenizer.h"
@@ -59,12 +60,14 @@ int64_t available_memory() {
   return 0;
 }
 
-// Context a request may fill: max_position_embeddings, except for dynamic RoPE (built to run
-// past it) and configs without one.
+}  // namespace
+
 int64_t context_limit(const ModelConfig& c) {
   if (c.max_position_embeddings <= 0 || c.rope.type == RopeType::Dynamic) return 0;
   return c.max_position_embeddings;
 }
+
+namespace {
 
 // What Sampler::sample would do with the sequence's next logits, for Backend::sample_rows;
 // draws the token's uniform now (the generator advances as on the host path).
@@ -461,23 +464,31 @@ struct Engine::Impl {
 
 Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : impl_(new Impl(model, tok, cfg)) {
   const ModelConfig& mc = model.config();
-  if (cfg.block_size <= 0) throw Error("block size must be > 0");
+  if (cfg.block_size <= 0 || cfg.block_size > kMaxBlockSize)
+    throw Error("--block-size must be in [1, " + std::to_string(kMaxBlockSize) + "] (got " +
+                std::to_string(cfg.block_size) + ")");
   if (cfg.max_num_seqs <= 0) throw Error("--max-num-seqs must be > 0");
   if (cfg.max_num_batched_tokens <= 0) throw Error("--max-num-batched-tokens must be > 0");
   if (cfg.kv_cache_bytes < 0) throw Error("--kv-cache-memory must be >= 0");
-  const int64_t block_bytes = int64_t(KVCache::bytes_per_token(mc, model.kv_dtype())) * cfg.block_size;
+  // Every product below is saturating: user input (block size, sequences, bytes) must not wrap.
+  const int64_t block_bytes = mul_sat(int64_t(KVCache::bytes_per_token(mc, model.kv_dtype())), cfg.block_size);
+  const int64_t ctx = context_limit(mc) > 0 ? context_limit(mc) : 4096;
+  const int64_t per_seq = ceil_div(ctx, cfg.block_size);
   int64_t num_blocks;
   if (cfg.kv_cache_bytes > 0) {
     num_blocks = cfg.kv_cache_bytes / block_bytes;
     if (num_blocks < 1)
       throw Error("--kv-cache-memory " + std::to_string(cfg.kv_cache_bytes) + " holds no KV block (one is " +
                   std::to_string(block_bytes) + " bytes)");
+    if (num_blocks > kMaxKvBlocks)  // block ids are int32
+      throw Error("a KV cache of " + std::to_string(cfg.kv_cache_bytes) + " bytes is " + std::to_string(num_blocks) +
+                  " blocks of " + std::to_string(block_bytes) + " bytes, more than the " +
+                  std::to_string(kMaxKvBlocks) + " a cache can index (lower --kv-cache-memory or -n, or raise "
+                  "--block-size)");
   } else if (int64_t budget = model.backend().default_kv_budget(); budget >= 0) {
     // GPU: what --gpu-memory-utilization leaves after the weights, capped at what max_num_seqs
     // full-context sequences can use.
-    const int64_t ctx = context_limit(mc) > 0 ? context_limit(mc) : 4096;
-    const int64_t per_seq = (ctx + cfg.block_size - 1) / cfg.block_size;
-    num_blocks = std::min(budget / block_bytes, per_seq * cfg.max_num_seqs);
+    num_blocks = std::min({budget / block_bytes, mul_sat(per_seq, cfg.max_num_seqs), kMaxKvBlocks});
     if (num_blocks < 1)
       throw Error("no GPU memory is left for the KV cache after the weights on " + model.backend().name() +
                   " (raise --gpu-memory-utilization or use a smaller model)");
@@ -485,11 +496,13 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
     // Default: what max_num_seqs sequences of the full context need, but no more than 40 % of
     // the memory available now (the mapping is committed page by page as blocks fill, so an
     // unused share costs nothing), and at least one full-context sequence.
-    const int64_t ctx = context_limit(mc) > 0 ? context_limit(mc) : 4096;
-    const int64_t per_seq = (ctx + cfg.block_size - 1) / cfg.block_size;
     const int64_t share = available_memory() * 2 / 5 / block_bytes;
-    num_blocks = std::max(per_seq, std::min(per_seq * cfg.max_num_seqs, share > 0 ? share : per_seq));
+    num_blocks = std::max(per_seq, std::min(mul_sat(per_seq, cfg.max_num_seqs), share > 0 ? share : per_seq));
+    num_blocks = std::min(num_blocks, kMaxKvBlocks);
   }
+  if (mul_sat(block_bytes, num_blocks) == kInt64Max)  // KVCache multiplies them in size_t
+    throw Error("the KV cache (" + std::to_string(num_blocks) + " blocks of " + std::to_string(block_bytes) +
+                " bytes) is larger than any memory; lower --block-size or --kv-cache-memory");
   impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype(), &model.backend());
   SchedulerConfig sc;
   sc.num_blocks = num_blocks;
@@ -532,11 +545,11 @@ uint64_t Engine::add_request(RequestParams p) {
     if (id < 0 || id >= mc.vocab_size)
       throw Error("token id " + std::to_string(id) + " is out of range (vocabulary size " +
                   std::to_string(mc.vocab_size) + ")");
-  const int64_t total = int64_t(p.prompt.size()) + p.max_tokens;
+  const int64_t total = add_sat(int64_t(p.prompt.size()), p.max_tokens);  // -n 2^63-1 must not wrap
   if (int64_t ctx = context_limit(mc); ctx > 0 && total > ctx)
     throw Error("the prompt (" + std::to_string(p.prompt.size()) + " tokens) plus max_tokens (" +
                 std::to_string(p.max_tokens) + ") exceeds the model's context of " + std::to_string(ctx) + " tokens");
-  const int64_t blocks = (total + m.cfg.block_size - 1) / m.cfg.block_size;
+  const int64_t blocks = ceil_div(total, m.cfg.block_size);
   if (blocks > m.sched->pool().num_blocks())
     throw Error("the request needs " + std::to_string(blocks) + " KV blocks but the cache has " +
                 std::to_string(m.sched->pool().num_blocks()) + "; raise --kv-cache-memory");

@@ -16,6 +16,15 @@ namespace gale {
 
 class Tokenizer;
 
+// Limits on EngineConfig: KV block ids are int32, and a block of more tokens than this is no
+// use to any context (vLLM's largest is 256).
+constexpr int64_t kMaxKvBlocks = 2147483647;
+constexpr int64_t kMaxBlockSize = 65536;
+
+// Context a request may fill: max_position_embeddings, except for dynamic RoPE (built to run
+// past it) and configs without one (0 = no limit).
+int64_t context_limit(const ModelConfig& c);
+
 struct EngineConfig {
   int64_t block_size = 16;               // tokens per KV block
   int64_t kv_cache_bytes = 0;            // KV budget (--kv-cache-memory); 0 = default from free memory

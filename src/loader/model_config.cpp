@@ -1,10 +1,14 @@
 #include "loader/model_config.h"
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -30,6 +34,19 @@ const std::vector<std::string>& supported_architectures() {
 
 namespace {
 
+// Upper bounds on config.json's sizes. The largest released models have ~130 layers, 128
+// heads, hidden 25,600, head_dim 512, 384 experts and ~260k vocab entries; these leave room
+// for ten times that and keep every product of them far from int64 overflow. The checkpoint
+// check (loader/checkpoint_check.h) then ties each count to real tensors.
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxHidden = int64_t(1) << 20;
+constexpr int64_t kMaxIntermediate = int64_t(1) << 22;
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxHeadDim = 8192;
+constexpr int64_t kMaxVocab = int64_t(1) << 31;
+constexpr int64_t kMaxExperts = 16384;
+constexpr int64_t kMaxPositions = int64_t(1) << 40;
+
 struct Reader {
   const json& j;
   std::string what;
@@ -41,8 +58,15 @@ struct Reader {
   int64_t i64(const char* k) const {
     if (!has(k)) fail(k, "is missing");
     const json& v = j[k];
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) fail(k, "is out of range");
     if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))) return int64_t(v.get<double>());
+    // 1e9 is integral, 2.5 is not; converting a double past int64 would be undefined, and
+    // past 2^53 it no longer names one integer.
+    if (v.is_number_float()) {
+      const double d = v.get<double>();
+      if (std::fabs(d) > 9007199254740992.0) fail(k, "is out of range");
+      if (d == std::trunc(d)) return int64_t(d);
+    }
     fail(k, "must be an integer");
   }
   int64_t i64_or(const char* k, int64_t d) const { return has(k) ? i64(k) : d; }
@@ -57,9 +81,17 @@ struct Reader {
     if (!j[k].is_boolean()) fail(k, "must be true or false");
     return j[k].get<bool>();
   }
-  int64_t positive(const char* k) const {
+  // A positive integer at most `max` (the limits below: far past any real model, small enough
+  // that nothing sized from them before the checkpoint is read can be large).
+  int64_t positive(const char* k, int64_t max = int64_t(1) << 31) const {
     int64_t v = i64(k);
-    if (v <= 0 || v > (int64_t(1) << 31)) fail(k, "must be a positive integer (got " + std::to_string(v) + ")");
+    if (v <= 0) fail(k, "must be a positive integer (got " + std::to_string(v) + ")");
+    if (v > max) fail(k, "is " + std::to_string(v) + ", more than the " + std::to_string(max) + " Gale accepts");
+    return v;
+  }
+  int64_t non_negative_or(const char* k, int64_t d, int64_t max) const {
+    int64_t v = i64_or(k, d);
+    if (v < 0 || v > max) fail(k, "must be in [0, " + std::to_string(max) + "] (got " + std::to_string(v) + ")");
     return v;
   }
 };
@@ -67,18 +99,47 @@ struct Reader {
 std::vector<int32_t> parse_id_or_list(const json& v, const std::string& what, const char* key) {
   std::vector<int32_t> out;
   if (v.is_null()) return out;
+  auto id = [&](const json& e) {  // get<int32_t> would wrap 4294967297 to 1
+    if (!e.is_number_integer()) throw Error(what + ": '" + key + "' must hold integer token ids");
+    if (e.is_number_unsigned() ? e.get<uint64_t>() > uint64_t(INT32_MAX)
+                               : e.get<int64_t>() < INT32_MIN || e.get<int64_t>() > INT32_MAX)
+      throw Error(what + ": '" + key + "' holds a token id out of range: " + e.dump());
+    return e.get<int32_t>();
+  };
   if (v.is_number_integer()) {
-    out.push_back(v.get<int32_t>());
+    out.push_back(id(v));
     return out;
   }
   if (v.is_array()) {
-    for (auto& e : v) {
-      if (!e.is_number_integer()) throw Error(what + ": '" + key + "' must hold integer token ids");
-      out.push_back(e.get<int32_t>());
-    }
+    if (v.size() > 4096) throw Error(what + ": '" + key + "' lists more than 4096 token ids");
+    for (auto& e : v) out.push_back(id(e));
     return out;
   }
   throw Error(what + ": '" + key + "' must be a token id or a list of them");
+}
+
+// original_max_position_embeddings of dynamic / yarn scaling (max_position_embeddings when
+// absent); it divides, so it must be positive.
+int64_t original_context(const Reader& p, int64_t max_pos) {
+  const int64_t v = p.has("original_max_position_embeddings")
+                        ? p.positive("original_max_position_embeddings", kMaxPositions) : max_pos;
+  if (v <= 0) p.fail("original_max_position_embeddings", "is required when max_position_embeddings is 0");
+  return v;
+}
+
+// Quantized checkpoints need their scales applied; loading only the stored weights would run
+// silently wrong, so any quantization_config is refused by name until a format is supported.
+void refuse_quantization(const Reader& r) {
+  for (const char* key : {"quantization_config", "compression_config"}) {
+    if (!r.has(key)) continue;
+    const json& q = r.j[key];
+    std::string method = "unnamed";
+    if (q.is_object() && q.contains("quant_method") && q["quant_method"].is_string())
+      method = "'" + q["quant_method"].get<std::string>() + "'";
+    r.fail(key, "asks for quantization method " + method +
+                    ", which is not supported (supported: none yet; Gale loads unquantized F32, F16, BF16, "
+                    "F8_E4M3 and F8_E5M2 weights)");
+  }
 }
 
 RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
@@ -112,16 +173,16 @@ RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
   } else if (type == "dynamic") {
     r.type = RopeType::Dynamic;
     r.factor = p.f64("factor");
-    r.original_max_position = p.i64_or("original_max_position_embeddings", max_pos);
+    r.original_max_position = original_context(p, max_pos);
   } else if (type == "llama3") {
     r.type = RopeType::Llama3;
     r.factor = p.f64("factor");
     r.low_freq_factor = p.f64("low_freq_factor");
     r.high_freq_factor = p.f64("high_freq_factor");
-    r.original_max_position = p.i64("original_max_position_embeddings");
+    r.original_max_position = p.positive("original_max_position_embeddings", kMaxPositions);
   } else if (type == "yarn") {
     r.type = RopeType::Yarn;
-    r.original_max_position = p.i64_or("original_max_position_embeddings", max_pos);
+    r.original_max_position = original_context(p, max_pos);
     r.factor = p.has("factor") ? p.f64("factor") : double(max_pos) / double(r.original_max_position);
     if (p.has("attention_factor")) r.attention_factor = p.f64("attention_factor");
     r.beta_fast = p.f64_or("beta_fast", 32.0);
@@ -164,18 +225,19 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
     throw Error(what + ": unsupported architecture '" + c.architecture + "' (supported: " + list + ")");
   }
   if (r.has("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
-  c.vocab_size = r.positive("vocab_size");
-  c.hidden_size = r.positive("hidden_size");
-  c.intermediate_size = r.positive("intermediate_size");
-  c.num_layers = r.positive("num_hidden_layers");
-  c.num_heads = r.positive("num_attention_heads");
-  c.num_kv_heads = r.has("num_key_value_heads") ? r.positive("num_key_value_heads") : c.num_heads;
-  c.head_dim = r.has("head_dim") ? r.positive("head_dim") : c.hidden_size / c.num_heads;
+  refuse_quantization(r);
+  c.vocab_size = r.positive("vocab_size", kMaxVocab);
+  c.hidden_size = r.positive("hidden_size", kMaxHidden);
+  c.intermediate_size = r.positive("intermediate_size", kMaxIntermediate);
+  c.num_layers = r.positive("num_hidden_layers", kMaxLayers);
+  c.num_heads = r.positive("num_attention_heads", kMaxHeads);
+  c.num_kv_heads = r.has("num_key_value_heads") ? r.positive("num_key_value_heads", kMaxHeads) : c.num_heads;
+  c.head_dim = r.has("head_dim") ? r.positive("head_dim", kMaxHeadDim) : c.hidden_size / c.num_heads;
   if (!r.has("head_dim") && c.hidden_size % c.num_heads != 0)
     r.fail("hidden_size", "is not divisible by num_attention_heads and no head_dim is given");
   if (c.num_heads % c.num_kv_heads != 0) r.fail("num_key_value_heads", "must divide num_attention_heads");
   if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE");
-  c.max_position_embeddings = r.i64_or("max_position_embeddings", 4096);
+  c.max_position_embeddings = r.non_negative_or("max_position_embeddings", 4096, kMaxPositions);
   c.rms_norm_eps = r.f64_or("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
   if (r.has("hidden_act") && j["hidden_act"] != "silu")
@@ -195,7 +257,7 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
   // Sliding-window attention, per layer.
   c.layer_window.assign(size_t(c.num_layers), 0);
   int64_t window = r.i64_or("sliding_window", 0);
-  if (window < 0) r.fail("sliding_window", "must be positive or null");
+  if (window < 0 || window > kMaxPositions) r.fail("sliding_window", "must be positive or null");
   if (r.has("layer_types")) {
     const json& lt = j["layer_types"];
     if (!lt.is_array() || int64_t(lt.size()) != c.num_layers)
@@ -213,19 +275,21 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
   } else if (a == "Qwen2ForCausalLM" || a == "Qwen3ForCausalLM") {
     // 4.x layout: use_sliding_window applies to layers from max_window_layers on.
     if (r.boolean_or("use_sliding_window", false) && window > 0) {
-      int64_t first = r.i64_or("max_window_layers", c.num_layers);
+      int64_t first = r.non_negative_or("max_window_layers", c.num_layers, kMaxLayers);
       for (int64_t i = first; i < c.num_layers; ++i) c.layer_window[size_t(i)] = window;
     }
   }
 
   if (a == "MixtralForCausalLM") {
-    c.num_experts = r.positive("num_local_experts");
-    c.num_experts_per_tok = r.positive("num_experts_per_tok");
+    c.num_experts = r.positive("num_local_experts", kMaxExperts);
+    c.num_experts_per_tok = r.positive("num_experts_per_tok", kMaxExperts);
     if (c.num_experts_per_tok > c.num_experts) r.fail("num_experts_per_tok", "exceeds num_local_experts");
     c.norm_topk_prob = true;
   }
 
   c.rope = parse_rope(j, r, c.max_position_embeddings);
+  if (!(c.rope.partial_rotary_factor > 0 && c.rope.partial_rotary_factor <= 1))
+    r.fail("partial_rotary_factor", "must be in (0, 1]");
   int64_t rot = int64_t(double(c.head_dim) * c.rope.partial_rotary_factor);
   if (rot <= 0 || rot % 2 || rot > c.head_dim) r.fail("partial_rotary_factor", "gives an invalid rotary dimension");
 
@@ -237,14 +301,20 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
   return c;
 }
 
-static json read_json_file(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) throw Error("cannot read " + p.string());
+json parse_config_json(std::string_view text, const std::string& what) {
+  check_json_depth(text, what);  // error messages dump() values, which recurses
   try {
-    return json::parse(in);
+    return json::parse(text);
   } catch (const json::exception& e) {
-    throw Error(p.string() + ": invalid JSON: " + e.what());
+    throw Error(what + ": invalid JSON: " + e.what());
   }
+}
+
+static json read_json_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw Error("cannot read " + p.string());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_config_json(text, p.string());
 }
 
 ModelConfig load_model_config(const std::string& model_dir) {
@@ -279,11 +349,11 @@ static GenerationDefaults parse_generation_config_checked(const json& j, const M
   }
   g.do_sample = r.boolean_or("do_sample", false);
   g.temperature = float(r.f64_or("temperature", 1.0));
-  g.top_k = int(r.i64_or("top_k", 0));
+  g.top_k = int(r.non_negative_or("top_k", 0, INT32_MAX));
   g.top_p = float(r.f64_or("top_p", 1.0));
   g.min_p = float(r.f64_or("min_p", 0.0));
   g.repetition_penalty = float(r.f64_or("repetition_penalty", 1.0));
-  if (r.has("max_new_tokens")) g.max_new_tokens = int(r.i64("max_new_tokens"));
+  if (r.has("max_new_tokens")) g.max_new_tokens = int(r.non_negative_or("max_new_tokens", 0, INT32_MAX));
   return g;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -55,6 +56,10 @@ struct ModelConfig {
 
 // Architectures Gale runs, as config.json's "architectures" names them.
 const std::vector<std::string>& supported_architectures();
+
+// The JSON of config.json / generation_config.json, nesting bounded (core/json_depth.h); throws
+// gale::Error naming `what` for invalid or too deeply nested JSON.
+nlohmann::json parse_config_json(std::string_view text, const std::string& what);
 
 // Throws gale::Error naming the key and the problem (`what` names the file in messages).
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& what = "config.json");

@@ -4,9 +4,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -28,6 +30,8 @@ std::vector<TensorInfo> parse_safetensors(const uint8_t* data, size_t size, cons
                 " exceeds file size " + std::to_string(size) + ")");
   if (hlen > (100u << 20)) throw Error(what + ": safetensors header larger than 100 MB");
   json header;
+  check_json_depth(std::string_view(reinterpret_cast<const char*>(data + 8), size_t(hlen)),
+                   what + ": the safetensors header");
   try {
     header = json::parse(data + 8, data + 8 + hlen);
   } catch (const json::exception& e) {
@@ -106,10 +110,12 @@ SafeTensors SafeTensors::open_dir(const std::string& dir) {
   fs::path d(dir);
   fs::path index = d / "model.safetensors.index.json";
   if (fs::exists(index)) {
-    std::ifstream in(index);
+    std::ifstream in(index, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    check_json_depth(text, index.string());
     json j;
     try {
-      j = json::parse(in);
+      j = json::parse(text);
     } catch (const json::exception& e) {
       throw Error(index.string() + ": invalid JSON: " + e.what());
     }

@@ -1,8 +1,10 @@
 #include "model/weights.h"
 
 #include <set>
+#include <unordered_set>
 
 #include "core/error.h"
+#include "loader/checkpoint_check.h"
 #include "loader/safetensors.h"
 
 namespace gale {
@@ -22,6 +24,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 struct Binder {
   const SafeTensors& st;
   std::set<std::string> dtypes;
+  std::unordered_set<std::string> bound;  // names bound so far, for check_unbound_tensors
   size_t bytes = 0;
 
   const TensorInfo& tensor(const std::string& name, std::vector<int64_t> shape) {
@@ -33,7 +36,7 @@ struct Binder {
       throw Error("tensor '" + name + "' has shape " + shape_str(t.shape) + " but config.json implies " +
                   shape_str(shape));
     dtypes.insert(std::string(dtype_name(t.dtype)));
-    bytes += t.nbytes;
+    if (bound.insert(name).second) bytes += t.nbytes;
     return t;
   }
   // Small vectors (norm weights, biases) are converted to f32 once: a few KB per layer.
@@ -55,7 +58,9 @@ struct Binder {
 
 ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelConfig& c) {
   const SafeTensors& st = *stp;
-  Binder b{st, {}, 0};
+  // The counts first: the layer and expert arrays below are sized from them.
+  check_config_against_checkpoint(c, st);
+  Binder b{st, {}, {}, 0};
   ModelWeights w;
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const TensorInfo& emb = b.tensor("model.embed_tokens.weight", {c.vocab_size, H});
@@ -96,6 +101,7 @@ ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelCon
   } else {
     w.lm_head = b.linear("lm_head", c.vocab_size, H, false);
   }
+  check_unbound_tensors(st, b.bound);
   w.total_bytes = b.bytes;
   w.dtypes.assign(b.dtypes.begin(), b.dtypes.end());
   w.storage = std::move(stp);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "tokenizer/jinja_interp.h"
 
 namespace gale {
@@ -26,6 +27,7 @@ bool read_file(const fs::path& p, std::string& out) {
 nlohmann::ordered_json parse_json_file(const fs::path& p) {
   std::string text;
   if (!read_file(p, text)) throw Error("cannot read " + p.string());
+  check_json_depth(text, p.string());  // templates walk these values recursively
   try {
     return nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::json::exception& e) {

@@ -67,6 +67,19 @@ class Parser {
     }
     ~DepthGuard() { --p.depth_; }
   };
+  // A left-associative chain (a + b + c ..., a.b.c ..., x | f | g ...) is built by a loop, but
+  // its tree is as deep as the chain is long, and evaluating or freeing it recurses that deep:
+  // each link counts as one level of nesting, until the chain's function returns.
+  struct ChainGuard {
+    Parser& p;
+    int links = 0;
+    explicit ChainGuard(Parser& pp) : p(pp) {}
+    void link(int line) {
+      ++links;
+      if (++p.depth_ > p.lim_.max_depth) parse_fail(line, "template nesting too deep (a chain of operators)");
+    }
+    ~ChainGuard() { p.depth_ -= links; }
+  };
 
   const Token& cur() const { return t_[i_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
@@ -393,8 +406,10 @@ class Parser {
   NodePtr parse_condexpr() {
     DepthGuard g(*this, cur().line);
     auto e = parse_or();
+    ChainGuard chain(*this);
     while (is_name("if")) {
       int line = cur().line;
+      chain.link(line);
       next();
       auto n = make(NodeType::CondExpr, line);
       n->a = parse_or();
@@ -407,7 +422,9 @@ class Parser {
 
   NodePtr parse_or() {
     auto e = parse_and();
+    ChainGuard chain(*this);
     while (is_name("or")) {
+      chain.link(cur().line);
       auto n = make(NodeType::Or, cur().line);
       next();
       n->a = std::move(e);
@@ -419,7 +436,9 @@ class Parser {
 
   NodePtr parse_and() {
     auto e = parse_not();
+    ChainGuard chain(*this);
     while (is_name("and")) {
+      chain.link(cur().line);
       auto n = make(NodeType::And, cur().line);
       next();
       n->a = std::move(e);
@@ -480,9 +499,11 @@ class Parser {
 
   NodePtr parse_math1() {
     auto e = parse_concat();
+    ChainGuard chain(*this);
     while (is_op("+") || is_op("-")) {
       std::string op = cur().text;
       int line = cur().line;
+      chain.link(line);
       next();
       e = binop(op.c_str(), std::move(e), parse_concat(), line);
     }
@@ -491,7 +512,9 @@ class Parser {
 
   NodePtr parse_concat() {
     auto e = parse_math2();
+    ChainGuard chain(*this);
     while (is_op("~")) {
+      chain.link(cur().line);
       auto n = make(NodeType::Concat, cur().line);
       next();
       n->a = std::move(e);
@@ -503,9 +526,11 @@ class Parser {
 
   NodePtr parse_math2() {
     auto e = parse_pow();
+    ChainGuard chain(*this);
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
       std::string op = cur().text;
       int line = cur().line;
+      chain.link(line);
       next();
       e = binop(op.c_str(), std::move(e), parse_pow(), line);
     }
@@ -514,8 +539,10 @@ class Parser {
 
   NodePtr parse_pow() {
     auto e = parse_unary(true);
+    ChainGuard chain(*this);
     while (is_op("**")) {
       int line = cur().line;
+      chain.link(line);
       next();
       e = binop("**", std::move(e), parse_unary(true), line);
     }
@@ -620,8 +647,10 @@ class Parser {
   }
 
   NodePtr parse_postfix(NodePtr e) {
+    ChainGuard chain(*this);
     while (true) {
       int line = cur().line;
+      if (is_op(".") || is_op("[") || is_op("(")) chain.link(line);
       if (is_op(".")) {
         next();
         if (cur().type == Tok::Name) {
@@ -715,7 +744,9 @@ class Parser {
   }
 
   NodePtr parse_filter_expr(NodePtr e) {
+    ChainGuard chain(*this);
     while (true) {
+      if (is_op("|") || is_name("is")) chain.link(cur().line);
       if (is_op("|")) {
         next();
         e = parse_filter(std::move(e));

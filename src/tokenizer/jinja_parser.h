@@ -70,7 +70,9 @@ struct Node {
 };
 
 struct ParseLimits {
-  int max_depth = 128;  // nesting of expressions and blocks: bounds the C++ stack used later
+  // Nesting of expressions and blocks, each link of an operator chain one level: bounds the C++
+  // stack used later (evaluating and freeing the tree).
+  int max_depth = 128;
 };
 
 // Parses a whole template. Throws gale::Error "chat template line N: ..." on syntax errors and

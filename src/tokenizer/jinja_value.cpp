@@ -23,6 +23,41 @@ constexpr int kMaxDepth = 256;  // nesting bound for recursive printing/compare 
 // ObjectData
 // ---------------------------------------------------------------------------------------
 
+namespace {
+
+// Moves v onto `pending` when it holds the last reference to a container, so the container
+// dies there, one at a time, instead of inside its parent's destructor.
+void defer_container(Value& v, std::vector<Value>& pending) {
+  if (v.sole_array() || v.sole_object()) pending.push_back(std::move(v));
+}
+
+// Frees the deferred containers: each gives up its own containers before it dies, so no
+// destructor runs inside another one more than one level deep.
+void free_deferred(std::vector<Value>& pending) {
+  while (!pending.empty()) {
+    Value v = std::move(pending.back());
+    pending.pop_back();
+    if (ArrayData* a = v.sole_array())
+      for (Value& c : a->items) defer_container(c, pending);
+    if (ObjectData* o = v.sole_object())
+      for (auto& kv : o->items) defer_container(kv.second, pending);
+  }
+}
+
+}  // namespace
+
+ArrayData::~ArrayData() {
+  std::vector<Value> pending;
+  for (Value& c : items) defer_container(c, pending);
+  free_deferred(pending);
+}
+
+ObjectData::~ObjectData() {
+  std::vector<Value> pending;
+  for (auto& kv : items) defer_container(kv.second, pending);
+  free_deferred(pending);
+}
+
 const Value* ObjectData::find(std::string_view key) const {
   auto it = index.find(std::string(key));
   return it == index.end() ? nullptr : &items[it->second].second;

@@ -20,9 +20,18 @@ namespace gale::jinja {
 class Value;
 class Interp;
 
+// Containers free their nested containers without recursion (jinja_value.cpp): a template loop
+// can build a list nested a million deep (`set ns.x = [ns.x]`), and a recursive destructor
+// chain that deep overflows the stack (issue 15).
 struct ArrayData {
   std::vector<Value> items;
   bool is_tuple = false;  // only changes how it prints: (1, 2) instead of [1, 2]
+  ArrayData() = default;
+  ArrayData(const ArrayData&) = default;
+  ArrayData(ArrayData&&) = default;
+  ArrayData& operator=(const ArrayData&) = default;
+  ArrayData& operator=(ArrayData&&) = default;
+  ~ArrayData();
 };
 
 // A Python dict with string keys, in insertion order; also used for namespace() objects.
@@ -33,6 +42,12 @@ struct ObjectData {
 
   const Value* find(std::string_view key) const;
   void set(const std::string& key, Value v);
+  ObjectData() = default;
+  ObjectData(const ObjectData&) = default;
+  ObjectData(ObjectData&&) = default;
+  ObjectData& operator=(const ObjectData&) = default;
+  ObjectData& operator=(ObjectData&&) = default;
+  ~ObjectData();
 };
 
 struct CallArgs {
@@ -86,6 +101,9 @@ class Value {
   ObjectData& obj() const { return *o_; }
   const std::shared_ptr<ObjectData>& obj_ptr() const { return o_; }
   Callable& fn() const { return *c_; }
+  // The container only this value holds (so its items may be moved out before it dies), else null.
+  ArrayData* sole_array() const { return a_ && a_.use_count() == 1 ? a_.get() : nullptr; }
+  ObjectData* sole_object() const { return o_ && o_.use_count() == 1 ? o_.get() : nullptr; }
 
   bool truthy() const;
   std::string type_name() const;  // Python's name for the type, for error messages

@@ -9,6 +9,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "core/json_depth.h"
 #include "tokenizer/unicode_util.h"
 
 namespace gale::tok {
@@ -197,7 +198,7 @@ struct Cursor {
         }
         ++p;
         if (c == '{' || c == '[') {
-          ++depth;
+          if (++depth > kMaxJsonDepth) return false;  // nlohmann's path names the error
         } else if (c == '}' || c == ']') {
           if (--depth == 0) return true;
         }
@@ -215,7 +216,12 @@ struct Cursor {
   bool uint(int64_t& v) {
     const char* start = p;
     v = 0;
-    while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    // Digits past the 16th are skipped, not accumulated: int64 would overflow (undefined), and
+    // such a number is refused below anyway.
+    while (p < end && *p >= '0' && *p <= '9') {
+      if (p - start < 16) v = v * 10 + (*p - '0');
+      ++p;
+    }
     size_t n = size_t(p - start);
     if (n == 0 || n > 15 || (n > 1 && *start == '0')) return false;
     return !(p < end && (*p == '.' || *p == 'e' || *p == 'E'));

@@ -22,7 +22,9 @@ class Tokenizer {
 
   // add_special_tokens: apply the post-processor (BOS/EOS insertion) as HF's encode() does.
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const = 0;
-  // Throws gale::Error for ids outside [0, vocab_size()).
+  // Ids the vocabulary does not hold (>= vocab_size(), or holes) decode to no text, as HF's
+  // decode does: a model's embedding is often padded past the tokenizer. Throws gale::Error
+  // for negative ids.
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
 
   virtual size_t vocab_size() const = 0;

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/json_depth.h"
 #include "core/mapped_file.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode_util.h"
@@ -109,8 +110,9 @@ std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
-    if (id < 0 || size_t(id) >= vocab_size_)
-      throw Error("token id " + std::to_string(id) + " out of range [0, " + std::to_string(vocab_size_) + ")");
+    if (id < 0) throw Error("token id " + std::to_string(id) + " is negative");
+    // Ids past the vocabulary (padded embedding rows: Qwen2.5 has 152,064 rows for 151,665
+    // tokens) have no text: HF's decode filter_maps them away, and so does the lookup below.
     if (const AddedToken* a = added_.by_id(id)) {
       if (skip_special_tokens && a->special) continue;
       tokens.push_back(added_.decode_form(*a));
@@ -164,6 +166,7 @@ std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg
   json cfg;
   bool has_cfg = !cfg_text.empty();
   if (has_cfg) {
+    check_json_depth(cfg_text, cfg_name);
     try {
       cfg = json::parse(cfg_text);
     } catch (const json::exception& e) {
@@ -173,10 +176,14 @@ std::unique_ptr<Tokenizer> build(std::string_view tok_text, std::string_view cfg
   try {
     // The big vocab / merges sections go through the fast scanner; nlohmann parses the rest.
     tok::BpeSections raw;
+    // The builders recurse once per nested Sequence: bound the nesting before parsing. The
+    // vocab and merges the fast path takes out of `rest` are flat by its own rules.
     if (tok::split_bpe_sections(tok_text, raw)) {
+      check_json_depth(raw.rest, "the document");
       json tj = json::parse(raw.rest);
       return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr, &raw);
     }
+    check_json_depth(tok_text, "the document");
     json tj = json::parse(tok_text);
     return std::make_unique<tok::HfTokenizer>(tj, has_cfg ? &cfg : nullptr);
   } catch (const json::exception& e) {

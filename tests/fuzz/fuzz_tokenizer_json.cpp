@@ -2,6 +2,7 @@
 // a tokenizer that loads must then encode and decode without crashing.
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<int32_t> all;
     for (size_t i = 0; i < tok->vocab_size() && i < 512; ++i) all.push_back(int32_t(i));
     tok->decode(all, false);
+    // Ids past the vocabulary (a padded embedding) decode to nothing, streamed or not.
+    std::vector<int32_t> past = {int32_t(tok->vocab_size()), 0, int32_t(tok->vocab_size()) + 1};
+    GALE_ASSERT(tok->decode(std::span<const int32_t>(past.data(), 1), false).empty());
+    gale::StreamDecoder sd(*tok, true);
+    for (int32_t id : past) sd.push(id);
+    sd.flush();
   } catch (const gale::Error&) {
     // e.g. a regex that hits PCRE2's match limit, or an unk token missing from the vocab
   }

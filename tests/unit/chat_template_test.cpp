@@ -254,6 +254,31 @@ TEST(JinjaErrors, HostileTemplatesAreBounded) {
   std::string ifs;
   for (int i = 0; i < 1000; ++i) ifs += "{% if true %}";
   EXPECT_NE(error_of(ifs).find("nesting"), std::string::npos);
+  // Operator chains are parsed by loops but make trees as deep as they are long: a million links
+  // overflowed the stack (issue 15) when the tree was evaluated or freed. Each link is a level.
+  auto chain = [](const std::string& head, const std::string& link, int n) {
+    std::string s = "{{ " + head;
+    for (int i = 0; i < n; ++i) s += link;
+    return s + " }}";
+  };
+  for (auto [head, link] : std::vector<std::pair<std::string, std::string>>{
+           {"1", " + 1"}, {"1", " * 1"}, {"1", " ~ 1"}, {"1", " and 1"}, {"1", " or 1"}, {"2", " ** 1"},
+           {"x", ".a"}, {"x", "[0]"}, {"x", "()"}, {"'a'", "|lower"}, {"1", " if 1 else 1"}}) {
+    EXPECT_NE(error_of(chain(head, link, 1000)).find("nesting too deep"), std::string::npos) << link;
+    if (link == " + 1" || link == ".a" || link == "|lower")  // the crashing sizes: slower to lex
+      EXPECT_NE(error_of(chain(head, link, 1000000)).find("nesting too deep"), std::string::npos) << link;
+  }
+  // Values nested ~a million deep at run time: their destructor chain overflowed the stack
+  // (issue 15) when the step limit ended the render; containers are freed iteratively now.
+  EXPECT_NE(error_of("{% set ns = namespace(x=[], y={}) %}{% for i in range(1000) %}{% for j in range(1000) %}"
+                     "{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}")
+                .find("step limit"),
+            std::string::npos);
+  EXPECT_EQ(render("{% set ns = namespace(x=[]) %}{% for i in range(300) %}{% for j in range(300) %}"
+                   "{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}{{ ns.x|length }}"),
+            "1");
+  // Short chains still render.
+  EXPECT_EQ(render("{{ 1" + std::string(" + 1") + " + 1 }}"), "3");
   // output size
   EXPECT_NE(error_of("{{ 'x' * 1000000000000 }}").find("size"), std::string::npos);
   EXPECT_NE(error_of("{% set s = namespace(v='xxxxxxxxxxxxxxxx') %}{% for i in range(100000) %}{% set s.v = s.v ~ s.v %}{% endfor %}").find("limit"),

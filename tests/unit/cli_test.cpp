@@ -1,10 +1,12 @@
 // The gale binary as users' scripts call it: JSON contracts, exit codes, error messages.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 
@@ -20,10 +22,11 @@ struct Result {
   std::string out, err;
 };
 
-// Runs gale with args (a shell-quoted string); stdout and stderr captured separately.
+// Runs gale with args (a shell-quoted string); stdout and stderr captured separately. A run
+// that hangs is killed after 300 s and reads as exit code 124.
 Result gale(const std::string& args) {
   fs::path err_file = fs::temp_directory_path() / ("gale-cli-err-" + std::to_string(::getpid()));
-  std::string cmd = std::string(GALE_BINARY) + " " + args + " 2>" + err_file.string() + " </dev/null";
+  std::string cmd = "timeout 300 " + std::string(GALE_BINARY) + " " + args + " 2>" + err_file.string() + " </dev/null";
   Result r;
   FILE* p = ::popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -63,6 +66,24 @@ TEST(Cli, GenerateStreamsTextFromAPrompt) {
   r = gale("generate -p 'def fibonacci(n):' -n 48 --temperature 0 --json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["text"], ref["text"]);
+}
+
+// Padded vocabularies (issue 15): llama-f32 has 384 embedding rows for 382 tokens, and this
+// prompt's greedy run samples id 382 (the run used to end "token id 382 out of range"). An id
+// the tokenizer does not know has no text, as in HF's decode; the request finishes.
+TEST(Cli, PaddedVocabularyIdsNeverFailARequest) {
+  Result r = gale("generate -m " + fixture("llama-f32") + " -p 'def fib' -n 1000 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 1000);
+  std::vector<int> ids = j["ids"];
+  ASSERT_TRUE(std::any_of(ids.begin(), ids.end(), [](int id) { return id >= 382; }))
+      << "the run no longer samples a padded id: pick another prompt";
+  std::string list;
+  for (int id : ids) list += (list.empty() ? "" : ",") + std::to_string(id);
+  Result d = gale("detokenize -m " + fixture("llama-f32") + " --ids " + list + " --skip-special --json");
+  ASSERT_EQ(d.code, 0) << d.err;
+  EXPECT_EQ(json::parse(d.out)["text"], j["text"]);
 }
 
 TEST(Cli, LogitsJsonContract) {
@@ -149,6 +170,64 @@ void expect_error(const std::string& args, const std::string& needle) {
   EXPECT_EQ(r.code, 1) << args << "\n" << r.err;
   EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\nstderr: " << r.err;
   EXPECT_TRUE(r.out.empty() || r.out == "\n") << r.out;
+}
+
+// Integer overflow (issue 15): -n 2^63-1 wrapped prompt + max_tokens and spun forever; -n 2^50
+// overflowed the KV size. Every size from a flag saturates and meets a limit with its name.
+TEST(Cli, HugeSizesAreOneClearError) {
+  const std::string m = "generate -m " + fixture("llama-f32") + " --ids 1,2";
+  expect_error(m + " -n 9223372036854775807", "exceeds the model's context of 1024 tokens");
+  expect_error(m + " -n 1125899906842624", "exceeds the model's context of 1024 tokens");
+  // Dynamic RoPE has no context limit: the KV cache the request would need is refused.
+  expect_error("generate -m " + fixture("llama_dynamic-f32") + " --ids 1,2 -n 9223372036854775807",
+               "more than the 2147483647 a cache can index");
+  expect_error(m + " -n 5 --kv-cache-memory 8000000000000000000", "more than the 2147483647 a cache can index");
+  expect_error(m + " -n 5 --block-size 1099511627776", "--block-size must be in [1, 65536]");
+  expect_error(m + " -n 5 --kv-cache-memory 1.2.3GiB", "bad size");
+  expect_error(m + " -n 5 --kv-cache-memory " + std::string(400, '9'), "bad size");
+}
+
+// A model folder whose config.json is `edit`ed from llama-f32's.
+fs::path edited_model(const std::string& tag, const std::function<void(json&)>& edit) {
+  fs::path d = fs::temp_directory_path() / ("gale-cli-" + tag + "-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::copy(fixture("llama-f32"), d);
+  json j = gale::test::read_json((d / "config.json").string());
+  edit(j);
+  std::ofstream(d / "config.json") << j.dump();
+  return d;
+}
+
+// Nesting (issue 15): error messages dump() the offending value, which recursed once per level;
+// 100k nested arrays overflowed the stack. Past 128 levels the file is refused by name.
+TEST(Cli, DeeplyNestedFilesAreOneClearError) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  fs::path d = edited_model("deep", [](json& j) { j.erase("hidden_act"); });  // a later key would win
+  {
+    std::string cfg = gale::test::read_json((d / "config.json").string()).dump();
+    cfg.insert(1, "\"hidden_act\": " + deep + ", ");
+    std::ofstream(d / "config.json") << cfg;
+  }
+  expect_error("generate -m " + d.string() + " --ids 1,2 -n 1", "nests deeper than 128 levels");
+  fs::remove_all(d);
+  // tokenizer.json: a Sequence pre-tokenizer nested 50k deep.
+  d = edited_model("deeptok", [](json&) {});
+  json tj = gale::test::read_json((d / "tokenizer.json").string());
+  std::string seq = "{\"type\": \"Whitespace\"}";
+  std::string open, close;
+  for (int i = 0; i < 50000; ++i) {
+    open += "{\"type\": \"Sequence\", \"pretokenizers\": [";
+    close += "]}";
+  }
+  tj["pre_tokenizer"] = nullptr;
+  std::string text = tj.dump();
+  const std::string key = "\"pre_tokenizer\":null";
+  ASSERT_NE(text.find(key), std::string::npos);
+  text.replace(text.find(key), key.size(), "\"pre_tokenizer\":" + open + seq + close);
+  std::ofstream(d / "tokenizer.json") << text;
+  expect_error("tokenize -m " + d.string() + " --text hi", "nests deeper than 128 levels");
+  expect_error("generate -m " + d.string() + " -p hi -n 1", "nests deeper than 128 levels");
+  fs::remove_all(d);
 }
 
 TEST(Cli, BadInputIsOneClearError) {

@@ -151,6 +151,67 @@ TEST(Config, BadValuesAreErrors) {
   bad([](json& j) { j = json::array(); });
 }
 
+// Issue 15: sizes read from config.json are bounded before anything is allocated from them
+// (num_hidden_layers: 1e9 used to take ~8 GB), and huge or non-integral doubles never reach an
+// undefined double -> int64 conversion.
+TEST(Config, AbsurdSizesAreClearErrors) {
+  json base = test::read_json(test::fixtures_dir() + "/configs/llama-3.1-8b.json");
+  auto error = [&](auto mutate) {
+    json j = base;
+    mutate(j);
+    try {
+      parse_model_config(j);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error for ") + j.dump();
+  };
+  auto expect = [&](auto mutate, const std::string& key, const std::string& why) {
+    std::string e = error(mutate);
+    EXPECT_NE(e.find("'" + key + "'"), std::string::npos) << e;
+    EXPECT_NE(e.find(why), std::string::npos) << e;
+  };
+  expect([](json& j) { j["num_hidden_layers"] = 1e9; }, "num_hidden_layers", "more than the 4096");
+  expect([](json& j) { j["num_hidden_layers"] = 1e300; }, "num_hidden_layers", "out of range");
+  expect([](json& j) { j["num_hidden_layers"] = 2.5; }, "num_hidden_layers", "must be an integer");
+  expect([](json& j) { j["num_hidden_layers"] = uint64_t(18446744073709551615u); }, "num_hidden_layers", "out of range");
+  expect([](json& j) { j["hidden_size"] = 1e30; }, "hidden_size", "out of range");
+  expect([](json& j) { j["hidden_size"] = int64_t(1) << 40; }, "hidden_size", "more than");
+  expect([](json& j) { j["num_attention_heads"] = 1e6; }, "num_attention_heads", "more than");
+  expect([](json& j) { j["num_key_value_heads"] = 1e6; }, "num_key_value_heads", "more than");
+  expect([](json& j) { j["head_dim"] = 1e6; }, "head_dim", "more than");
+  expect([](json& j) { j["intermediate_size"] = 1e12; }, "intermediate_size", "more than");
+  expect([](json& j) { j["max_position_embeddings"] = -5; }, "max_position_embeddings", "must be in");
+  expect([](json& j) { j["partial_rotary_factor"] = 1e300; }, "partial_rotary_factor", "(0, 1]");
+  expect([](json& j) { j["eos_token_id"] = int64_t(4294967297); }, "eos_token_id", "out of range");
+  json mixtral = test::read_json(test::fixtures_dir() + "/configs/mixtral-8x7b-v0.1.json");
+  mixtral["num_local_experts"] = 1e9;
+  EXPECT_THROW(parse_model_config(mixtral), Error);
+  json qwen = test::read_json(test::fixtures_dir() + "/configs/qwen2.5-7b.json");
+  qwen["use_sliding_window"] = true;
+  qwen["sliding_window"] = 4096;
+  qwen["max_window_layers"] = -5;  // indexed the layer array at -5
+  EXPECT_THROW(parse_model_config(qwen), Error);
+}
+
+// Issue 15: quantized checkpoints loaded as if unquantized (rc 0, wrong logits). Refused by name.
+TEST(Config, QuantizationConfigIsRefusedByName) {
+  json j = test::read_json(test::fixtures_dir() + "/configs/llama-3.1-8b.json");
+  j["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "dynamic"}};
+  try {
+    parse_model_config(j);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("quantization method 'fp8'"), std::string::npos) << m;
+    EXPECT_NE(m.find("not supported (supported: none yet"), std::string::npos) << m;
+  }
+  j["quantization_config"] = {{"bits", 4}};
+  EXPECT_THROW(parse_model_config(j), Error);
+  j["quantization_config"] = nullptr;  // transformers writes null for "none"
+  EXPECT_NO_THROW(parse_model_config(j));
+}
+
 TEST(GenerationConfig, EosListAndSamplingDefaults) {
   ModelConfig c = parse_file("llama-3.1-8b.json");
   json g = {{"bos_token_id", 128000}, {"eos_token_id", {128001, 128008, 128009}}, {"do_sample", true},

@@ -70,6 +70,18 @@ TEST(SafeTensors, RejectsCorruptInput) {
   EXPECT_NE(error_of(not_json).find("invalid JSON"), std::string::npos);
 }
 
+// Issue 15: nesting is bounded in every JSON Gale reads (the walk after parsing recurses).
+TEST(SafeTensors, DeeplyNestedHeaderIsRefused) {
+  json h = {{"a", {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {0, 4}}}}};
+  std::string text = h.dump();
+  text.insert(1, "\"__metadata__\": " + std::string(100000, '[') + std::string(100000, ']') + ", ");
+  std::string b(8, '\0');
+  for (int i = 0; i < 8; ++i) b[size_t(i)] = char(uint64_t(text.size()) >> (8 * i));
+  b += text;
+  b.append(4, '\0');
+  EXPECT_NE(error_of(b).find("nests deeper than 128 levels"), std::string::npos) << error_of(b);
+}
+
 TEST(F8, DecodesBothFormats) {
   EXPECT_EQ(f8e4m3_to_f32(0x38), 1.0f);   // 0 0111 000
   EXPECT_EQ(f8e4m3_to_f32(0xB8), -1.0f);
@@ -113,6 +125,18 @@ class BrokenModel : public ::testing::Test {
     f(j);
     std::ofstream(dir / "config.json") << j.dump();
   }
+  // Appends an F32 tensor of n elements to model.safetensors.
+  void add_tensor(const std::string& name, int64_t n) {
+    std::ifstream in(dir / "model.safetensors", std::ios::binary);
+    std::string file((std::istreambuf_iterator<char>(in)), {});
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | uint8_t(file[size_t(i)]);
+    json header = json::parse(file.substr(8, hlen));
+    std::string data = file.substr(8 + hlen);
+    header[name] = {{"dtype", "F32"}, {"shape", {n}}, {"data_offsets", {data.size(), data.size() + 4 * size_t(n)}}};
+    data.append(4 * size_t(n), '\0');
+    std::ofstream(dir / "model.safetensors", std::ios::binary) << blob(header, 0) << data;
+  }
 };
 
 TEST_F(BrokenModel, MissingFiles) {
@@ -141,6 +165,62 @@ TEST_F(BrokenModel, ShapeDisagreesWithConfig) {
 TEST_F(BrokenModel, MissingTensorIsNamed) {
   edit_config([](json& j) { j["num_hidden_layers"] = 3; });
   EXPECT_NE(load_error().find("model.layers.2."), std::string::npos) << load_error();
+}
+
+// Issue 15: the counts config.json gives are checked against the checkpoint's tensor names
+// before the layer arrays are sized from them (num_hidden_layers: 1e9 used to take ~8 GB first).
+TEST_F(BrokenModel, LayerCountIsCheckedAgainstTheCheckpointFirst) {
+  edit_config([](json& j) { j["num_hidden_layers"] = 4000; });
+  std::string e = load_error();
+  EXPECT_NE(e.find("num_hidden_layers = 4000 but the checkpoint holds 2 layers"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.layers.2."), std::string::npos) << e;
+  // A stray tensor with a huge layer index is not a layer count.
+  edit_config([](json& j) { j["num_hidden_layers"] = 2; });
+  add_tensor("model.layers.999999999.extra", 1);
+  EXPECT_EQ(load_error(), "");
+}
+
+TEST(ModelCheck, ExpertCountIsCheckedAgainstTheCheckpointFirst) {
+  fs::path d = fs::temp_directory_path() / ("gale-experts-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::copy(test::fixtures_dir() + "/models/mixtral-f32", d);
+  json j = test::read_json((d / "config.json").string());
+  const int64_t have = j["num_local_experts"];
+  j["num_local_experts"] = 16000;
+  j["num_experts_per_tok"] = 2;
+  std::ofstream(d / "config.json") << j.dump();
+  try {
+    load_model(d.string());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("num_local_experts = 16000 but layer 0 of the checkpoint holds " + std::to_string(have) + " experts"),
+              std::string::npos) << m;
+  }
+  fs::remove_all(d);
+}
+
+// Issue 15: a quantized checkpoint (quantization_config, *weight_scale* tensors) loaded as if it
+// were not (rc 0, wrong logits). The config is refused by name, and a scale tensor the model
+// does not bind is never dropped silently.
+TEST_F(BrokenModel, QuantizedCheckpointsAreRefused) {
+  edit_config([](json& j) { j["quantization_config"] = {{"quant_method", "compressed-tensors"}}; });
+  EXPECT_NE(load_error().find("quantization method 'compressed-tensors', which is not supported"), std::string::npos)
+      << load_error();
+  edit_config([](json& j) { j.erase("quantization_config"); });
+  // A rotary inv_freq buffer (older checkpoints carry one) is ignored, as transformers does.
+  add_tensor("model.layers.0.self_attn.rotary_emb.inv_freq", 8);
+  EXPECT_EQ(load_error(), "");
+  for (const char* scale : {"model.layers.0.self_attn.q_proj.weight_scale", "model.layers.1.mlp.down_proj.weight_scale_inv",
+                            "model.layers.0.self_attn.k_scale", "model.layers.1.mlp.up_proj.qzeros",
+                            "model.layers.0.self_attn.o_proj.input_scale", "model.layers.0.mlp.gate_proj.scales",
+                            "model.layers.0.mlp.gate_proj.g_idx"}) {
+    SetUp();  // a fresh copy
+    add_tensor(scale, 1);
+    std::string e = load_error();
+    EXPECT_NE(e.find(std::string("tensor '") + scale + "'"), std::string::npos) << e;
+    EXPECT_NE(e.find("quantization"), std::string::npos) << e;
+  }
 }
 
 TEST_F(BrokenModel, UnknownArchitecture) {

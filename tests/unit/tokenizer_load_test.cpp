@@ -93,6 +93,51 @@ TEST(TokenizerLoad, MalformedSectionsGiveOneClearError) {
   EXPECT_NE(error_of(doc(R"({"a": 0})", "{}")).find("model.merges must be a list"), std::string::npos);
   EXPECT_NE(error_of(doc(R"({"a": 0})", "[]") + " x").find("parse error"), std::string::npos);
   EXPECT_NE(error_of(doc(R"({"a": 0})", "[]", R"("normalizer": {"type": "Nope"}, )")).find("Nope"), std::string::npos);
+  // 30 digits: the scanner multiplied past int64 (undefined behaviour, found by fuzz_tokenizer_json
+  // under UBSan) before refusing the number; nlohmann's path then names the error.
+  EXPECT_NE(error_of(doc(R"({"a": 123456789012345678901234567890})", "[]")), "");
+}
+
+}  // namespace
+
+namespace {
+
+// `levels` Sequences of `kind` around one plain component, as tokenizer.json nests them.
+std::string nested(const char* list_key, const std::string& leaf, int levels) {
+  std::string open, close;
+  for (int i = 0; i < levels; ++i) {
+    open += std::string(R"({"type": "Sequence", ")") + list_key + "\": [";
+    close += "]}";
+  }
+  return open + leaf + close;
+}
+
+// Issue 15: a Sequence nested 50k deep overflowed the stack (SIGSEGV) in the recursive
+// component builders; the document is refused, by name, before they run. Shallow nesting works.
+TEST(TokenizerLoad, DeeplyNestedSequencesAreOneClearError) {
+  const std::string vocab = R"({"a": 0, "b": 1, "ab": 2})", merges = R"(["a b"])";
+  struct Kind {
+    const char *key, *list, *leaf;
+  } kinds[] = {{"pre_tokenizer", "pretokenizers", R"({"type": "Whitespace"})"},
+               {"normalizer", "normalizers", R"({"type": "Lowercase"})"},
+               {"post_processor", "processors", R"({"type": "ByteLevel", "trim_offsets": false})"}};
+  for (const Kind& k : kinds) {
+    for (bool fast : {true, false}) {  // the fast vocab scanner, and nlohmann's whole-document path
+      auto text = [&](int levels) {
+        std::string extra = "\"" + std::string(k.key) + "\": " + nested(k.list, k.leaf, levels) + ", ";
+        // A duplicate "model" key makes split_bpe_sections give up: the whole-document path.
+        if (!fast) extra += R"("model": {"type": "BPE", "vocab": {}, "merges": []}, )";
+        return doc(vocab, merges, extra);
+      };
+      EXPECT_EQ(error_of(text(3)), "") << k.key << " fast=" << fast;
+      std::string e = error_of(text(50000));
+      EXPECT_NE(e.find("nests deeper than 128 levels"), std::string::npos) << k.key << ": " << e;
+    }
+  }
+  // The decoder sits after the model in doc(); replace its null.
+  std::string d = doc(vocab, merges);
+  d.replace(d.rfind("null"), 4, nested("decoders", R"({"type": "Fuse"})", 50000));
+  EXPECT_NE(error_of(d).find("nests deeper than 128 levels"), std::string::npos) << error_of(d);
 }
 
 }  // namespace

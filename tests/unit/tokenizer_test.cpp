@@ -91,8 +91,8 @@ TEST_P(TokenizerCases, MatchesHuggingFace) {
   for (const json& c : cases["decode"]) {
     auto ids = c["ids"].get<std::vector<int32_t>>();
     std::string want = c["text"], want_skip = c["text_skip"];
-    if (std::any_of(ids.begin(), ids.end(), [&](int32_t id) { return id < 0 || size_t(id) >= tok->vocab_size(); })) {
-      // HF silently drops unknown ids; Gale's contract is to reject them.
+    if (std::any_of(ids.begin(), ids.end(), [&](int32_t id) { return id < 0; })) {
+      // HF cannot even take a negative id (u32); Gale rejects it.
       EXPECT_THROW(tok->decode(ids, false), gale::Error);
       continue;
     }
@@ -142,10 +142,26 @@ TEST(Tokenizer, InvalidUtf8InputNeverCrashes) {
   EXPECT_EQ(tok->decode(ids, true), "ok \xEF\xBF\xBD\xEF\xBF\xBD \xEF\xBF\xBD \xEF\xBF\xBD\xEF\xBF\xBD end");
 }
 
-TEST(Tokenizer, DecodeRejectsOutOfRangeIds) {
+// Padded vocabularies (issue 15): the embedding has more rows than the tokenizer has tokens, so
+// a model may sample an id the tokenizer does not know. HF's Tokenizer::decode
+// (tokenizers/src/tokenizer/mod.rs) filter_maps ids without a token away: no text, no error.
+TEST(Tokenizer, DecodeSkipsIdsPastTheVocabulary) {
+  for (const char* name : {"gpt2_bpe", "llama2_spm", "added_tokens"}) {
+    auto tok = gale::Tokenizer::load(tok_dir() + "/" + name);
+    const int32_t past = int32_t(tok->vocab_size());
+    std::vector<int32_t> known = tok->encode("Hello world, 123", false);
+    ASSERT_GE(known.size(), 2u) << name;
+    std::vector<int32_t> padded = {past, known[0], past + 1, past + 1000};
+    padded.insert(padded.end(), known.begin() + 1, known.end());
+    padded.push_back(past);
+    for (bool skip : {false, true}) {
+      EXPECT_EQ(tok->decode(padded, skip), tok->decode(known, skip)) << name;
+      EXPECT_EQ(stream_decode(*tok, padded, skip), tok->decode(known, skip)) << name;
+    }
+    std::vector<int32_t> only_past{past};
+    EXPECT_EQ(tok->decode(only_past), "") << name;
+  }
   auto tok = gale::Tokenizer::load(tok_dir() + "/gpt2_bpe");
-  std::vector<int32_t> ids{int32_t(tok->vocab_size())};
-  EXPECT_THROW(tok->decode(ids), gale::Error);
   std::vector<int32_t> neg{-1};
   EXPECT_THROW(tok->decode(neg), gale::Error);
 }
@@ -231,6 +247,11 @@ TEST(TokenizerCli, TokenizeAndDetokenize) {
   out = run_cli("detokenize -m " + dir + " --ids '' --json", &rc);
   EXPECT_EQ(rc, 0);
   EXPECT_EQ(json::parse(out)["text"], "");
+  // An id past the tokenizer's vocabulary (a padded embedding row) has no text, as in HF.
+  const std::string past = std::to_string(tok->vocab_size());
+  out = run_cli("detokenize -m " + dir + " --ids " + past + "," + list + "," + past + " --json", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(json::parse(out)["text"], tok->decode(ids, false));
   out = run_cli("detokenize -m " + dir + " --ids 1,x --json", &rc);
   EXPECT_EQ(rc, 1) << out;
   out = run_cli("tokenize -m /nonexistent --text hi", &rc);
