@@ -52,6 +52,7 @@ struct RequestOutput {
   std::vector<TokenLogprob> logprobs; // one per new id when asked for
   bool finished = false;
   std::string finish_reason;          // "stop", "length" or "abort" once finished
+  std::string error;  // finish_reason "error": what failed
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;      // so far
   int64_t cached_prompt_tokens = 0;   // prompt tokens served from the prefix cache
