@@ -23,6 +23,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -464,7 +465,9 @@ CommandRegistrar reg{15, [](CLI::App& root) {
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
   sub->add_option("--input", o->input, "Requests: one {custom_id, method, url, body} per line")->required();
-  sub->add_option("--output", o->output, "Results (JSONL), appended; custom_ids already there are skipped")->required();
+  sub->add_option("--output", o->output,
+                  "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")
+      ->required();
   sub->add_option("--errors", o->errors, "Malformed input lines with their line numbers (default OUTPUT.errors.jsonl)");
   sub->callback([o] {
     int code;

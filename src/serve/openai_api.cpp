@@ -44,7 +44,7 @@ ojson parse_json_body(std::string_view text, std::string_view what) {
   };
   try {
     return ojson::parse(text, cb);
-  } catch (const ojson::parse_error& e) {
+  } catch (const ojson::exception& e) {  // parse_error, and out_of_range for numbers past a double (1e400)
     throw ApiError(400, "invalid JSON in " + std::string(what) + ": " + e.what());
   }
 }
@@ -311,7 +311,9 @@ ojson chat_messages(const json& body) {
 }
 
 std::string render_chat(const json& body, const ChatTemplate* tmpl) {
-  if (!tmpl) throw ApiError(400, "this model has no chat template: add chat_template.jinja to its folder (gale serve also takes --chat-template FILE)", "messages");
+  if (!tmpl)
+    throw ApiError(400, "this model has no chat template: add chat_template.jinja to its folder "
+                        "(gale serve also takes --chat-template FILE)", "messages");
   ojson msgs = chat_messages(body);
   ojson tools = nullptr;
   if (const json* t = field(body, "tools")) {

@@ -69,6 +69,20 @@ TEST_F(OpenAiApi, JsonDepthIsBounded) {
   EXPECT_THROW(parse_json_body(R"({"prompt":"x","user":)" + nested(100000) + "}"), ApiError);
 }
 
+// A number past a double is nlohmann's out_of_range, not a parse_error: it escaped as a 500
+// (and would have ended gale batch). Found by fuzz_openai_body.
+TEST_F(OpenAiApi, NumberOverflowIsInvalidJson) {
+  try {
+    parse_json_body(R"({"prompt":"x","max_tokens":1e400})");
+    FAIL() << "accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(std::string(e.what()).find("number overflow"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":1e400}})").error.find("invalid JSON in the line"),
+            0u);
+}
+
 TEST_F(OpenAiApi, IntegersAreRangeCheckedBeforeConversion) {
   EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":4})"), "");
   EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":0.9})"), "'max_tokens' must be an integer");

@@ -369,6 +369,7 @@ TEST_F(ServeTest, ValidationErrors) {
   expect_error(post("/v1/completions", std::string(100, '[') + std::string(100, ']')), 400);
   expect_error(post("/v1/completions", R"({"prompt":"x","user":)" + std::string(65, '[') + std::string(65, ']') + "}"), 400);
   expect_error(post("/v1/completions", R"({"prompt":"x","top_k":1e20})"), 400, "top_k");
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":1e400})"), 400);  // was a 500
   expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":9223372036854775808})"), 400, "max_tokens");
   expect_error(post("/v1/completions", R"({"prompt":[788,4294967301]})"), 400, "prompt");
   expect_error(post("/v1/completions", R"({"prompt":"x","stop":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]})"), 400, "stop");
