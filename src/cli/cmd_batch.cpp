@@ -1,6 +1,8 @@
 // gale batch: offline jobs in the OpenAI batch format. Every input line is one request
 // ({"custom_id", "method", "url", "body"}); every output line one result
-// ({"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}).
+// ({"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}) or one
+// recorded error ({..., "response": null, "error": {"code", "message"}}). The lines and bodies are
+// parsed and validated by serve/openai_batch.h, with the server's own rules.
 //
 // Durability: each result is appended as one whole line by a single write() on an O_APPEND
 // descriptor as soon as its request finishes. A write() that returned is in the page cache, so
@@ -8,7 +10,10 @@
 // fdatasync runs at most once a second and at exit: it only guards against a machine crash,
 // where up to a second of results may be lost or the last line torn; rerunning repairs the tail
 // (cuts the torn line) and recomputes whatever is missing. Rerunning the same command resumes:
-// custom_ids already in the output are skipped.
+// a custom_id counts as done only where the output holds a whole result or recorded error line
+// for it and the input has it; anything else in the output is ignored (and the request runs).
+// Since resume reads the input again and appends to the output, the input must be a regular
+// file, and the input, output and errors file three different files.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -18,6 +23,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -34,15 +40,17 @@
 #include "engine/engine.h"
 #include "loader/model_config.h"
 #include "model/model_loader.h"
+#include "serve/openai_batch.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gale::cli {
 namespace {
 
-using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
 using clock_type = std::chrono::steady_clock;
+using serve::ApiError;
+using serve::BatchLine;
 
 volatile std::sig_atomic_t g_signal = 0;
 extern "C" void on_signal(int sig) { g_signal = sig; }
@@ -56,20 +64,65 @@ struct BatchOptions {
 // A request read from the input, not yet handed to the engine.
 struct Pending {
   int64_t line = 0;
-  std::string custom_id;
-  bool chat = false;
-  json body;
+  BatchLine req;
 };
 
 struct Running {
-  Pending req;
-  std::vector<int32_t> ids;
-  std::string text;
-  std::vector<TokenLogprob> logprobs;
-  int64_t prompt_tokens = 0;
+  Pending p;
+  serve::ApiRequest api;
+  serve::ChoiceState choice;
 };
 
 std::string errno_text() { return std::strerror(errno); }
+
+bool same_file(const struct stat& a, const struct stat& b) { return a.st_dev == b.st_dev && a.st_ino == b.st_ino; }
+
+// The input, opened once and read line by line.
+class InputFile {
+ public:
+  explicit InputFile(const std::string& path) : path_(path) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) throw Error("cannot open " + path + ": " + errno_text());
+    if (::fstat(fd, &st_) != 0 || !S_ISREG(st_.st_mode)) {
+      ::close(fd);
+      // A directory reads as empty; a FIFO or device cannot be read again to resume.
+      throw Error("--input " + path + " is not a regular file");
+    }
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    f_ = ::fdopen(fd, "rb");
+    if (!f_) {
+      ::close(fd);
+      throw Error("cannot open " + path + ": " + errno_text());
+    }
+  }
+  ~InputFile() {
+    std::free(buf_);
+    if (f_) std::fclose(f_);
+  }
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+
+  const struct stat& stat() const { return st_; }
+  // The next line without its '\n'; false at the end.
+  bool next(std::string& line) {
+    ssize_t n = ::getline(&buf_, &cap_, f_);
+    if (n < 0) {
+      if (std::ferror(f_)) throw Error("cannot read " + path_ + ": " + errno_text());
+      return false;
+    }
+    line.assign(buf_, size_t(n));
+    if (!line.empty() && line.back() == '\n') line.pop_back();
+    return true;
+  }
+
+ private:
+  std::string path_;
+  std::FILE* f_ = nullptr;
+  char* buf_ = nullptr;
+  size_t cap_ = 0;
+  struct stat st_ {};
+};
 
 // The output file, append-only. Repairs a torn last line left by a crash.
 class ResultFile {
@@ -77,6 +130,11 @@ class ResultFile {
   explicit ResultFile(const std::string& path) : path_(path) {
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd_ < 0) throw Error("cannot open " + path + ": " + errno_text());
+    if (::fstat(fd_, &st_) != 0 || !S_ISREG(st_.st_mode)) {
+      ::close(fd_);
+      fd_ = -1;
+      throw Error("--output " + path + " is not a regular file");
+    }
   }
   ~ResultFile() {
     if (fd_ >= 0) {
@@ -84,9 +142,14 @@ class ResultFile {
       ::close(fd_);
     }
   }
+  ResultFile(const ResultFile&) = delete;
+  ResultFile& operator=(const ResultFile&) = delete;
 
-  // custom_ids of the complete lines; cuts an incomplete last line.
-  std::unordered_set<std::string> scan_and_repair() {
+  const struct stat& stat() const { return st_; }
+
+  // custom_ids of the input that have a whole result (or recorded error) line; cuts an
+  // incomplete last line.
+  std::unordered_set<std::string> scan_and_repair(const std::unordered_set<std::string>& inputs) {
     std::unordered_set<std::string> done;
     std::ifstream in(path_, std::ios::binary);
     std::string data((std::istreambuf_iterator<char>(in)), {});
@@ -99,19 +162,24 @@ class ResultFile {
       ::fdatasync(fd_);
     }
     size_t pos = 0;
-    int64_t line = 0;
+    int64_t line = 0, foreign = 0;
     while (pos < keep) {
       size_t nl = data.find('\n', pos);
       ++line;
       std::string_view l(data.data() + pos, nl - pos);
       pos = nl + 1;
       if (l.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      json j = json::parse(l, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("custom_id") && j["custom_id"].is_string())
-        done.insert(j["custom_id"].get<std::string>());
-      else
+      std::optional<std::string> id = serve::recorded_custom_id(l);
+      if (!id)
         std::fprintf(stderr, "gale batch: %s line %lld is not a result; ignored\n", path_.c_str(), (long long)line);
+      else if (!inputs.count(*id))
+        ++foreign;
+      else
+        done.insert(std::move(*id));
     }
+    if (foreign > 0)
+      std::fprintf(stderr, "gale batch: %s has %lld result(s) for custom_ids not in the input; ignored\n",
+                   path_.c_str(), (long long)foreign);
     return done;
   }
 
@@ -134,8 +202,19 @@ class ResultFile {
  private:
   std::string path_;
   int fd_ = -1;
+  struct stat st_ {};
   clock_type::time_point last_sync_ = clock_type::now();
 };
+
+// The errors file may not exist yet; where it does, it must be neither the input nor the output
+// (it is truncated, or removed when a run finds no malformed line).
+void check_errors_path(const std::string& path, const struct stat& input, const struct stat& output) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return;
+  if (!S_ISREG(st.st_mode)) throw Error("--errors " + path + " is not a regular file");
+  if (same_file(st, input)) throw Error("--errors " + path + " is the input file");
+  if (same_file(st, output)) throw Error("--errors " + path + " is the output file");
+}
 
 // The progress line on stderr: redrawn in place on a terminal, a plain line every 10 s otherwise.
 class Progress {
@@ -179,18 +258,6 @@ class Progress {
   clock_type::time_point start_ = clock_type::now(), last_ = clock_type::time_point{};
 };
 
-uint64_t fnv1a(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (char c : s) h = (h ^ uint8_t(c)) * 1099511628211ull;
-  return h;
-}
-
-std::string hex(uint64_t v) {
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", (unsigned long long)v);
-  return b;
-}
-
 class BatchJob {
  public:
   BatchJob(const BatchOptions& o) : o_(o) {}
@@ -198,192 +265,67 @@ class BatchJob {
   int run();
 
  private:
-  // Turns a body into engine parameters; throws gale::Error for invalid requests.
-  RequestParams make_params(const Pending& p);
-  ojson result_body(const Running& r, const RequestOutput& fin);
-  void write_ok(const Running& r, const RequestOutput& fin);
+  // Records a request that cannot run (invalid body, refused by the engine) as its result line.
   void write_error(const Pending& p, const std::string& code, const std::string& msg);
-  std::string token_text(int32_t id) const;
+  void admit(Engine& engine, Pending p, std::unordered_map<uint64_t, Running>& running);
+  void load_chat_template(bool needed);
 
   const BatchOptions& o_;
-  std::string model_dir_, model_name_;
+  std::string model_dir_;
   LoadedModel lm_;
   std::unique_ptr<Tokenizer> tok_;
   std::optional<ChatTemplate> chat_;
-  std::string chat_error_;
-  bool chat_loaded_ = false;
+  serve::ModelInfo info_;
   GenerationDefaults gd_;
   std::unique_ptr<ResultFile> out_;
   int64_t written_ = 0;
 };
 
-std::string BatchJob::token_text(int32_t id) const {
-  if (!tok_) return std::to_string(id);
-  int32_t one[1] = {id};
-  return tok_->decode(one, false);
-}
-
-RequestParams BatchJob::make_params(const Pending& p) {
-  const json& b = p.body;
-  const ModelConfig& cfg = lm_.model->config();
-  RequestParams rp;
-  auto num = [&](const char* k) -> std::optional<double> {
-    if (!b.contains(k) || b[k].is_null()) return std::nullopt;
-    if (!b[k].is_number()) throw Error(std::string("'") + k + "' must be a number");
-    return b[k].get<double>();
-  };
-  if (p.chat) {
-    if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty())
-      throw Error("'messages' must be a non-empty array");
-    if (!tok_) throw Error("chat requests need the model's tokenizer.json");
-    if (!chat_loaded_) {
-      chat_loaded_ = true;
-      try {
-        chat_ = ChatTemplate::load(model_dir_);
-      } catch (const Error& e) {
-        chat_error_ = e.what();
-      }
-    }
-    if (!chat_) throw Error("the model has no usable chat template: " + chat_error_);
-    ojson msgs = ojson::parse(b["messages"].dump());
-    ojson tools = b.contains("tools") ? ojson::parse(b["tools"].dump()) : ojson();
-    std::string text = chat_->render(msgs, tools, /*add_generation_prompt=*/true);
-    rp.prompt = tok_->encode(text, /*add_special_tokens=*/false);
-  } else {
-    if (!b.contains("prompt")) throw Error("'prompt' is required");
-    const json& pr = b["prompt"];
-    if (pr.is_string()) {
-      if (!tok_) throw Error("text prompts need the model's tokenizer.json; give token ids");
-      rp.prompt = tok_->encode(pr.get<std::string>(), /*add_special_tokens=*/true);
-    } else if (pr.is_array() && !pr.empty() && pr[0].is_number_integer()) {
-      for (const json& v : pr) {
-        if (!v.is_number_integer()) throw Error("'prompt' token ids must be integers");
-        rp.prompt.push_back(v.get<int32_t>());
-      }
-    } else if (pr.is_array() && pr.size() == 1 && pr[0].is_string() && tok_) {
-      rp.prompt = tok_->encode(pr[0].get<std::string>(), true);
-    } else {
-      throw Error("'prompt' must be a string or an array of token ids (one prompt per request)");
-    }
-  }
-  if (rp.prompt.empty()) throw Error("the prompt is empty");
-  if (auto n = num("n"); n && *n != 1) throw Error("only n = 1 is supported");
-  if (b.value("echo", false)) throw Error("'echo' is not supported");
-  std::optional<double> mt = num("max_tokens");
-  if (p.chat && !mt) mt = num("max_completion_tokens");
-  const int64_t ctx = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096;
-  if (mt) rp.max_tokens = int64_t(*mt);
-  else rp.max_tokens = p.chat ? std::max<int64_t>(1, ctx - int64_t(rp.prompt.size())) : 16;  // OpenAI's defaults
-  // Sampling: the body wins; otherwise generation_config.json's defaults (as gale generate).
-  SamplingParams& sp = rp.sampling;
-  sp.temperature = float(num("temperature").value_or(gd_.do_sample ? gd_.temperature : 0.0));
-  sp.top_p = float(num("top_p").value_or(gd_.do_sample ? gd_.top_p : 1.0));
-  sp.top_k = int(num("top_k").value_or(gd_.do_sample ? gd_.top_k : 0));
-  sp.min_p = float(num("min_p").value_or(gd_.do_sample ? gd_.min_p : 0.0));
-  sp.repetition_penalty = float(num("repetition_penalty").value_or(gd_.repetition_penalty));
-  sp.presence_penalty = float(num("presence_penalty").value_or(0.0));
-  sp.frequency_penalty = float(num("frequency_penalty").value_or(0.0));
-  // No seed given: one derived from the custom_id, so a resumed job samples as a clean run would.
-  if (b.contains("seed") && !b["seed"].is_null()) {
-    if (!b["seed"].is_number_integer()) throw Error("'seed' must be an integer");
-    sp.seed = b["seed"].get<uint64_t>();
-  } else {
-    sp.seed = fnv1a(p.custom_id);
-  }
-  if (b.contains("stop") && !b["stop"].is_null()) {
-    if (b["stop"].is_string()) rp.stop.push_back(b["stop"].get<std::string>());
-    else if (b["stop"].is_array())
-      for (const json& s : b["stop"]) {
-        if (!s.is_string()) throw Error("'stop' must be a string or an array of strings");
-        rp.stop.push_back(s.get<std::string>());
-      }
-    else throw Error("'stop' must be a string or an array of strings");
-  }
-  rp.ignore_eos = b.value("ignore_eos", false);
-  rp.eos_ids = gd_.eos_token_ids;
-  if (p.chat) {
-    if (b.value("logprobs", false)) rp.top_logprobs = int(num("top_logprobs").value_or(0));
-  } else if (auto lp = num("logprobs")) {
-    rp.top_logprobs = int(*lp);
-  }
-  if (rp.top_logprobs > 20) throw Error("top_logprobs must be <= 20");
-  return rp;
-}
-
-ojson BatchJob::result_body(const Running& r, const RequestOutput& fin) {
-  const int64_t n_gen = int64_t(r.ids.size());
-  ojson usage = {{"prompt_tokens", r.prompt_tokens}, {"completion_tokens", n_gen},
-                 {"total_tokens", r.prompt_tokens + n_gen},
-                 {"prompt_tokens_details", {{"cached_tokens", fin.cached_prompt_tokens}}}};
-  const std::string id_base = hex(fnv1a(r.req.custom_id));
-  const int64_t created = int64_t(std::time(nullptr));
-  ojson lp = nullptr;
-  if (!r.logprobs.empty()) {
-    if (r.req.chat) {
-      ojson content = ojson::array();
-      for (const TokenLogprob& t : r.logprobs) {
-        ojson top = ojson::array();
-        for (auto& [id, l] : t.top) top.push_back({{"token", token_text(id)}, {"logprob", l}});
-        content.push_back({{"token", token_text(t.id)}, {"logprob", t.logprob}, {"top_logprobs", top}});
-      }
-      lp = {{"content", content}};
-    } else {
-      ojson tokens = ojson::array(), token_lp = ojson::array(), top = ojson::array(), offs = ojson::array();
-      size_t off = 0;
-      for (const TokenLogprob& t : r.logprobs) {
-        std::string s = token_text(t.id);
-        tokens.push_back(s);
-        token_lp.push_back(t.logprob);
-        ojson m = ojson::object();
-        for (auto& [id, l] : t.top) m[token_text(id)] = l;
-        top.push_back(m);
-        offs.push_back(off);
-        off += s.size();
-      }
-      lp = {{"tokens", tokens}, {"token_logprobs", token_lp}, {"top_logprobs", top}, {"text_offset", offs}};
-    }
-  }
-  ojson choice;
-  if (r.req.chat) {
-    choice = {{"index", 0}, {"message", {{"role", "assistant"}, {"content", r.text}}}, {"logprobs", lp},
-              {"finish_reason", fin.finish_reason}};
-    return {{"id", "chatcmpl-" + id_base}, {"object", "chat.completion"}, {"created", created},
-            {"model", model_name_}, {"choices", ojson::array({choice})}, {"usage", usage}};
-  }
-  choice = {{"index", 0}, {"text", r.text}, {"logprobs", lp}, {"finish_reason", fin.finish_reason}};
-  return {{"id", "cmpl-" + id_base}, {"object", "text_completion"}, {"created", created},
-          {"model", model_name_}, {"choices", ojson::array({choice})}, {"usage", usage}};
-}
-
-void BatchJob::write_ok(const Running& r, const RequestOutput& fin) {
-  ojson line = {{"id", "batch_req_" + hex(fnv1a("r" + r.req.custom_id))},
-                {"custom_id", r.req.custom_id},
-                {"response", {{"status_code", 200}, {"request_id", "req_" + hex(fnv1a(r.req.custom_id))},
-                              {"body", result_body(r, fin)}}},
-                {"error", nullptr}};
-  out_->append(line.dump(-1, ' ', false, ojson::error_handler_t::replace));
-  ++written_;
-}
-
 void BatchJob::write_error(const Pending& p, const std::string& code, const std::string& msg) {
-  ojson line = {{"id", "batch_req_" + hex(fnv1a("r" + p.custom_id))},
-                {"custom_id", p.custom_id},
-                {"response", nullptr},
-                {"error", {{"code", code}, {"message", msg}}}};
-  out_->append(line.dump(-1, ' ', false, ojson::error_handler_t::replace));
+  out_->append(serve::json_text(serve::batch_error_line(p.req.custom_id, code, msg)));
   ++written_;
+}
+
+void BatchJob::admit(Engine& engine, Pending p, std::unordered_map<uint64_t, Running>& running) {
+  Running r;
+  try {
+    serve::BatchRequest br = serve::batch_request(p.req, info_, tok_.get(), chat_ ? &*chat_ : nullptr, gd_.eos_token_ids);
+    r.choice.prompt_tokens = int64_t(br.params.prompt.size());
+    r.api = std::move(br.api);
+    uint64_t id = engine.add_request(std::move(br.params));
+    r.p = std::move(p);
+    running.emplace(id, std::move(r));
+  } catch (const ApiError& e) {
+    write_error(p, "invalid_request", e.what());
+  } catch (const Error& e) {  // the engine's own validation (e.g. more KV blocks than the cache has)
+    write_error(p, "invalid_request", e.what());
+  } catch (const std::exception& e) {  // anything else fails this request, not the job
+    write_error(p, "server_error", e.what());
+  }
+}
+
+// Chat bodies need the model's template; its absence (or a template that does not parse) is
+// said once here, and each chat request fails on its own with the parser's message.
+void BatchJob::load_chat_template(bool needed) {
+  if (lm_.synthetic) return;
+  try {
+    chat_ = ChatTemplate::load(model_dir_);
+  } catch (const Error& e) {
+    if (needed) std::fprintf(stderr, "gale batch: no chat template (%s); chat requests will fail\n", e.what());
+  }
 }
 
 int BatchJob::run() {
   model_dir_ = resolve_model(o_.model);
-  // Results first: a bad output path fails before the model loads.
+  // Files first: a bad input or output path fails before the model loads.
+  InputFile in(o_.input);
   out_ = std::make_unique<ResultFile>(o_.output);
-  std::unordered_set<std::string> done = out_->scan_and_repair();
+  // Reading the output as results of its own input would skip everything ("nothing to do").
+  if (same_file(in.stat(), out_->stat())) throw Error("--input and --output are the same file (" + o_.output + ")");
+  const std::string err_path = o_.errors.empty() ? o_.output + ".errors.jsonl" : o_.errors;
+  check_errors_path(err_path, in.stat(), out_->stat());
 
   // Input: every line parsed now (line numbers for the errors file); bodies checked at admission.
-  std::ifstream in(o_.input, std::ios::binary);
-  if (!in) throw Error("cannot open " + o_.input);
-  const std::string err_path = o_.errors.empty() ? o_.output + ".errors.jsonl" : o_.errors;
   std::ofstream errs;
   int64_t num_bad = 0;
   auto bad_line = [&](int64_t line, const std::string& msg, const std::string& custom_id = "") {
@@ -394,58 +336,43 @@ int BatchJob::run() {
     ojson e = {{"line", line}};
     if (!custom_id.empty()) e["custom_id"] = custom_id;
     e["error"] = msg;
-    errs << e.dump(-1, ' ', false, ojson::error_handler_t::replace) << '\n';
+    errs << serve::json_text(e) << '\n';
     errs.flush();
     ++num_bad;
   };
-  std::deque<Pending> queue;
+  std::vector<Pending> requests;
   std::unordered_set<std::string> seen;
-  int64_t total = 0, resumed = 0;
   std::string text;
-  for (int64_t line_no = 1; std::getline(in, text); ++line_no) {
+  for (int64_t line_no = 1; in.next(text); ++line_no) {
     if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) {
-      bad_line(line_no, "not a JSON object");
-      continue;
-    }
-    if (!j.contains("custom_id") || !j["custom_id"].is_string() || j["custom_id"].get<std::string>().empty()) {
-      bad_line(line_no, "'custom_id' (a non-empty string) is required");
-      continue;
-    }
     Pending p;
     p.line = line_no;
-    p.custom_id = j["custom_id"].get<std::string>();
-    if (!seen.insert(p.custom_id).second) {
-      bad_line(line_no, "duplicate custom_id", p.custom_id);
+    p.req = serve::parse_batch_line(text);
+    if (!p.req.error.empty()) {
+      bad_line(line_no, p.req.error, p.req.custom_id);
       continue;
     }
-    if (j.contains("method") && j["method"] != "POST") {
-      bad_line(line_no, "'method' must be POST", p.custom_id);
+    if (!seen.insert(p.req.custom_id).second) {
+      bad_line(line_no, "duplicate custom_id", p.req.custom_id);
       continue;
     }
-    if (!j.contains("body") || !j["body"].is_object()) {
-      bad_line(line_no, "'body' (an object) is required", p.custom_id);
-      continue;
-    }
-    std::string url = j.value("url", j["body"].contains("messages") ? "/v1/chat/completions" : "/v1/completions");
-    if (url != "/v1/completions" && url != "/v1/chat/completions") {
-      bad_line(line_no, "'url' must be /v1/completions or /v1/chat/completions", p.custom_id);
-      continue;
-    }
-    p.chat = url == "/v1/chat/completions";
-    p.body = std::move(j["body"]);
-    ++total;
-    if (done.count(p.custom_id)) {
-      ++resumed;
-      continue;
-    }
-    queue.push_back(std::move(p));
+    requests.push_back(std::move(p));
   }
   if (!errs.is_open()) std::filesystem::remove(err_path);  // no stale errors from an earlier run
   if (num_bad > 0)
     std::fprintf(stderr, "gale batch: %lld malformed input line(s), listed in %s\n", (long long)num_bad,
                  err_path.c_str());
+
+  const std::unordered_set<std::string> done = out_->scan_and_repair(seen);
+  const int64_t total = int64_t(requests.size()), resumed = int64_t(done.size());
+  std::deque<Pending> queue;
+  bool any_chat = false;
+  for (Pending& p : requests) {
+    if (done.count(p.req.custom_id)) continue;
+    any_chat |= p.req.endpoint == serve::Endpoint::Chat;
+    queue.push_back(std::move(p));
+  }
+  requests.clear();
   if (resumed > 0)
     std::fprintf(stderr, "gale batch: resuming: %lld of %lld requests already in %s\n", (long long)resumed,
                  (long long)total, o_.output.c_str());
@@ -455,11 +382,24 @@ int BatchJob::run() {
   }
 
   lm_ = load_model(model_dir_, backend_options(o_.model));
-  model_name_ = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
-  if (model_name_.empty()) model_name_ = std::filesystem::path(model_dir_).parent_path().filename().string();
+  const ModelConfig& cfg = lm_.model->config();
+  info_.name = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
+  if (info_.name.empty()) info_.name = std::filesystem::path(model_dir_).parent_path().filename().string();
+  info_.max_model_len = cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 4096;
+  info_.vocab_size = cfg.vocab_size;
+  info_.check_model_name = false;
   if (!lm_.synthetic && std::filesystem::exists(std::filesystem::path(model_dir_) / "tokenizer.json"))
     tok_ = Tokenizer::load(model_dir_);
-  gd_ = lm_.synthetic ? GenerationDefaults{} : load_generation_defaults(model_dir_, lm_.model->config());
+  load_chat_template(any_chat);
+  // Sampling: the body wins; otherwise generation_config.json's defaults, greedy where it does
+  // not sample (as gale generate; the server falls back to OpenAI's temperature 1 instead).
+  gd_ = lm_.synthetic ? GenerationDefaults{} : load_generation_defaults(model_dir_, cfg);
+  SamplingParams& dflt = info_.defaults;
+  dflt.temperature = gd_.do_sample ? gd_.temperature : 0.0f;
+  dflt.top_p = gd_.do_sample ? gd_.top_p : 1.0f;
+  dflt.top_k = gd_.do_sample ? gd_.top_k : 0;
+  dflt.min_p = gd_.do_sample ? gd_.min_p : 0.0f;
+  dflt.repetition_penalty = gd_.repetition_penalty;
   Engine engine(*lm_.model, tok_.get(), engine_config(o_.engine));
 
   struct sigaction sa {};
@@ -477,29 +417,28 @@ int BatchJob::run() {
     while (!queue.empty() && running.size() < depth) {
       Pending p = std::move(queue.front());
       queue.pop_front();
-      try {
-        RequestParams rp = make_params(p);
-        Running r;
-        r.prompt_tokens = int64_t(rp.prompt.size());
-        uint64_t id = engine.add_request(std::move(rp));
-        r.req = std::move(p);
-        running.emplace(id, std::move(r));
-      } catch (const Error& e) {
-        write_error(p, "invalid_request", e.what());
-        ++done_now;
-      }
+      const int64_t before = written_;
+      admit(engine, std::move(p), running);
+      done_now += written_ - before;
     }
     if (!engine.has_unfinished()) continue;
     for (RequestOutput& o : engine.step()) {
       auto it = running.find(o.id);
       if (it == running.end()) continue;
-      Running& r = it->second;
-      r.ids.insert(r.ids.end(), o.new_ids.begin(), o.new_ids.end());
-      r.text += o.new_text;
-      r.logprobs.insert(r.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+      serve::ChoiceState& c = it->second.choice;
+      c.ids.insert(c.ids.end(), o.new_ids.begin(), o.new_ids.end());
+      c.text += o.new_text;
+      c.logprobs.insert(c.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
       gen_tokens += int64_t(o.new_ids.size());
       if (o.finished) {
-        write_ok(r, o);
+        c.finished = true;
+        c.finish_reason = o.finish_reason;
+        c.completion_tokens = int64_t(c.ids.size());
+        c.cached_tokens = o.cached_prompt_tokens;
+        // A request the engine failed is recorded as an error line; the job goes on.
+        out_->append(serve::json_text(
+            serve::batch_finished_line(it->second.p.req.custom_id, it->second.api, info_, tok_.get(), c, o)));
+        ++written_;
         ++done_now;
         running.erase(it);
       }
@@ -526,7 +465,9 @@ CommandRegistrar reg{15, [](CLI::App& root) {
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
   sub->add_option("--input", o->input, "Requests: one {custom_id, method, url, body} per line")->required();
-  sub->add_option("--output", o->output, "Results (JSONL), appended; custom_ids already there are skipped")->required();
+  sub->add_option("--output", o->output,
+                  "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")
+      ->required();
   sub->add_option("--errors", o->errors, "Malformed input lines with their line numbers (default OUTPUT.errors.jsonl)");
   sub->callback([o] {
     int code;

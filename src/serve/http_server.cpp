@@ -63,8 +63,6 @@ struct Server::Impl {
 
 namespace {
 
-constexpr size_t kMaxJsonDepth = 64;
-
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket s, Server::Impl& srv) : srv_(srv), stream_(std::move(s)), timeout_(stream_.get_executor()) {
@@ -158,7 +156,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return send(200, "application/json", json_text(models_list(srv_.info)));
     }
     need(http::verb::post);
-    ojson body = parse_body();
+    ojson body = parse_json_body(req_.body());
     if (path == "/tokenize") return send(200, "application/json", json_text(tokenize(body, srv_.info, srv_.tok, srv_.tmpl)));
     if (path == "/detokenize") return send(200, "application/json", json_text(detokenize(body, srv_.info, srv_.tok)));
     if (srv_.draining) throw ApiError(503, "the server is shutting down");
@@ -166,19 +164,6 @@ class Session : public std::enable_shared_from_this<Session> {
                                             ? parse_completion_request(body, srv_.info, srv_.tok)
                                             : parse_chat_request(body, srv_.info, srv_.tok, srv_.tmpl));
     begin_generation();
-  }
-
-  ojson parse_body() {
-    const std::string& b = req_.body();
-    try {
-      ojson::parser_callback_t cb = [](int depth, ojson::parse_event_t, ojson&) {
-        if (size_t(depth) > kMaxJsonDepth) throw ApiError(400, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-        return true;
-      };
-      return ojson::parse(b, cb);
-    } catch (const ojson::parse_error& e) {
-      throw ApiError(400, std::string("invalid JSON in the request body: ") + e.what());
-    }
   }
 
   // ---- generation

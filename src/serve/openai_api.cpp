@@ -34,6 +34,21 @@ std::string error_body(const ApiError& e) {
   return json_text(ojson{{"error", err}});
 }
 
+ojson parse_json_body(std::string_view text, std::string_view what) {
+  // `depth` counts the containers already open when a new one starts: 0 for the outermost.
+  ojson::parser_callback_t cb = [](int depth, ojson::parse_event_t event, ojson&) {
+    const bool opens = event == ojson::parse_event_t::object_start || event == ojson::parse_event_t::array_start;
+    if (opens && depth >= kMaxJsonDepth)
+      throw ApiError(400, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  };
+  try {
+    return ojson::parse(text, cb);
+  } catch (const ojson::exception& e) {  // parse_error, and out_of_range for numbers past a double (1e400)
+    throw ApiError(400, "invalid JSON in " + std::string(what) + ": " + e.what());
+  }
+}
+
 std::string sse_event(const ojson& j) { return "data: " + json_text(j) + "\n\n"; }
 
 std::string random_id(const char* prefix) {
@@ -106,7 +121,7 @@ std::optional<std::string> opt_string(const json& body, const char* key) {
 
 void check_model(const json& body, const ModelInfo& info) {
   auto m = opt_string(body, "model");
-  if (m && *m != info.name)
+  if (m && info.check_model_name && *m != info.name)
     throw ApiError(404, "The model `" + *m + "` does not exist.", "model", "model_not_found", "invalid_request_error");
 }
 
@@ -150,7 +165,8 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
     if (v->is_string()) {
       r.stop.push_back(v->get<std::string>());
     } else if (v->is_array()) {
-      if (v->size() > 16) throw ApiError(400, "'stop' takes at most 16 sequences", "stop");
+      if (v->size() > kMaxStopSequences)
+        throw ApiError(400, "'stop' takes at most " + std::to_string(kMaxStopSequences) + " sequences", "stop");
       for (auto& x : *v) {
         if (!x.is_string()) throw ApiError(400, "'stop' must be a string or a list of strings", "stop");
         r.stop.push_back(x.get<std::string>());
@@ -158,8 +174,11 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
     } else {
       throw ApiError(400, "'stop' must be a string or a list of strings", "stop");
     }
-    for (auto& x : r.stop)
+    for (auto& x : r.stop) {
       if (x.empty()) throw ApiError(400, "'stop' sequences must not be empty", "stop");
+      if (x.size() > kMaxStopBytes)
+        throw ApiError(400, "'stop' sequences must be at most " + std::to_string(kMaxStopBytes) + " bytes", "stop");
+    }
   }
   if (auto v = opt_string(body, "user")) (void)v;
   r.stream = opt_bool(body, "stream").value_or(false);
@@ -171,7 +190,8 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
   if (const json* lb = field(body, "logit_bias"); lb && !(lb->is_object() && lb->empty()))
     throw ApiError(400, "'logit_bias' is not supported", "logit_bias");
   if (const json* rf = field(body, "response_format")) {
-    if (!rf->is_object() || rf->value("type", "text") != "text")
+    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+    if (!rf->is_object() || (type && *type != "text"))
       throw ApiError(400, "only the 'text' response_format is supported", "response_format");
   }
 }
@@ -270,14 +290,16 @@ ojson chat_messages(const json& body) {
     if (!msg.is_object()) throw ApiError(400, "each message must be an object", "messages");
     auto role = msg.find("role");
     if (role == msg.end() || !role->is_string()) throw ApiError(400, "each message needs a string 'role'", "messages");
-    ojson o = ojson::parse(msg.dump());
+    ojson o = msg;
     auto c = msg.find("content");
     if (c != msg.end() && c->is_array()) {  // content parts: only text is supported
       std::string text;
       for (auto& part : *c) {
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+        auto type = part.is_object() ? part.find("type") : part.end();
+        auto t = part.is_object() ? part.find("text") : part.end();
+        if (!part.is_object() || type == part.end() || *type != "text" || t == part.end() || !t->is_string())
           throw ApiError(400, "only text content parts are supported", "messages");
-        text += part["text"].get<std::string>();
+        text += t->get<std::string>();
       }
       o["content"] = text;
     } else if (c != msg.end() && !c->is_string() && !c->is_null()) {
@@ -289,17 +311,19 @@ ojson chat_messages(const json& body) {
 }
 
 std::string render_chat(const json& body, const ChatTemplate* tmpl) {
-  if (!tmpl) throw ApiError(400, "this model has no chat template; start the server with --chat-template FILE", "messages");
+  if (!tmpl)
+    throw ApiError(400, "this model has no chat template: add chat_template.jinja to its folder "
+                        "(gale serve also takes --chat-template FILE)", "messages");
   ojson msgs = chat_messages(body);
   ojson tools = nullptr;
   if (const json* t = field(body, "tools")) {
     if (!t->is_array()) throw ApiError(400, "'tools' must be a list", "tools");
-    tools = ojson::parse(t->dump());
+    tools = *t;
   }
   ojson kwargs = ojson::object();
   if (const json* k = field(body, "chat_template_kwargs")) {
     if (!k->is_object()) throw ApiError(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs");
-    kwargs = ojson::parse(k->dump());
+    kwargs = *k;
   }
   bool add_gen = opt_bool(body, "add_generation_prompt").value_or(true);
   try {
@@ -335,9 +359,9 @@ ApiRequest parse_chat_request(const json& body, const ModelInfo& info, const Tok
 
 // ---- responses
 
-ResponseBuilder::ResponseBuilder(const ApiRequest& req, const ModelInfo& info, const Tokenizer* tok)
+ResponseBuilder::ResponseBuilder(const ApiRequest& req, const ModelInfo& info, const Tokenizer* tok, std::string id)
     : req_(req), info_(info), tok_(tok),
-      id_(random_id(req.endpoint == Endpoint::Chat ? "chatcmpl-" : "cmpl-")),
+      id_(!id.empty() ? std::move(id) : random_id(req.endpoint == Endpoint::Chat ? "chatcmpl-" : "cmpl-")),
       created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) {}
 
 std::string ResponseBuilder::token_text(int32_t id) const {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/engine.h"
@@ -30,6 +31,17 @@ struct ApiError : std::runtime_error {
 
 std::string error_body(const ApiError& e);
 
+// Nesting allowed in a request body (and in a `gale batch` line): deeper input is refused while
+// it is parsed, so nothing downstream (dump, the chat template, copies) recurses past it.
+constexpr int kMaxJsonDepth = 64;
+// Limits on what one body may ask for; each one is per request.
+constexpr size_t kMaxStopSequences = 16;
+constexpr size_t kMaxStopBytes = 1024;  // the engine matches every stop string against new text each step
+
+// A request body as JSON; ApiError 400 for invalid JSON or nesting deeper than kMaxJsonDepth.
+// `what` names the text in the message ("invalid JSON in the request body: ...").
+nlohmann::ordered_json parse_json_body(std::string_view text, std::string_view what = "the request body");
+
 // What the server knows about the model it serves.
 struct ModelInfo {
   std::string name;                 // served model name (the `model` field must match it)
@@ -37,6 +49,9 @@ struct ModelInfo {
   int64_t vocab_size = 0;
   SamplingParams defaults;          // from generation_config.json, else OpenAI's (temperature 1)
   int64_t created = 0;              // unix time the server started
+  // gale batch: a batch body names the model it was written for, whatever runs it; the server
+  // answers 404 for a name it does not serve.
+  bool check_model_name = true;
 };
 
 enum class Endpoint { Completions, Chat };
@@ -77,7 +92,8 @@ struct ChoiceState {
 // Builds responses and stream chunks for one HTTP request.
 class ResponseBuilder {
  public:
-  ResponseBuilder(const ApiRequest& req, const ModelInfo& info, const Tokenizer* tok);
+  // id: the response id; empty = a random one (gale batch derives its ids from the custom_id).
+  ResponseBuilder(const ApiRequest& req, const ModelInfo& info, const Tokenizer* tok, std::string id = "");
   const std::string& id() const { return id_; }
 
   nlohmann::ordered_json full_response(const std::vector<ChoiceState>& choices) const;

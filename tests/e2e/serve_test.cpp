@@ -297,6 +297,15 @@ TEST_F(ServeTest, ValidationErrors) {
   expect_error(post("/v1/completions", R"({"prompt":"x","seed":"1"})"), 400, "seed");
   expect_error(post("/v1/completions", R"({"prompt":")" + std::string(300, 'a') + " " + std::string(200, 'b') + R"("})"), 400);
   expect_error(post("/v1/completions", std::string(100, '[') + std::string(100, ']')), 400);
+  expect_error(post("/v1/completions", R"({"prompt":"x","user":)" + std::string(65, '[') + std::string(65, ']') + "}"), 400);
+  expect_error(post("/v1/completions", R"({"prompt":"x","top_k":1e20})"), 400, "top_k");
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":1e400})"), 400);  // was a 500
+  expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":9223372036854775808})"), 400, "max_tokens");
+  expect_error(post("/v1/completions", R"({"prompt":[788,4294967301]})"), 400, "prompt");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stop":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]})"), 400, "stop");
+  expect_error(post("/v1/completions", R"({"prompt":"x","stop":")" + std::string(1025, 'a') + R"("})"), 400, "stop");
+  expect_error(post("/v1/completions", R"({"prompt":"x","response_format":{"type":1}})"), 400, "response_format");
+  expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":[{"type":7,"text":"x"}]}]})"), 400, "messages");
   expect_error(post("/v1/chat/completions", R"({"messages":[]})"), 400, "messages");
   expect_error(post("/v1/chat/completions", R"({"messages":[{"content":"x"}]})"), 400, "messages");
   expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})"), 400, "top_logprobs");

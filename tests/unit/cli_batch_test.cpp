@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -166,15 +168,20 @@ TEST(CliBatch, KillResumeAndSignalsLoseNothing) {
   auto ref = read_results(clean, &dups);
   EXPECT_EQ(dups, 0);
   ASSERT_EQ(ref.size(), size_t(kRequests));
-  int ok = 0;
+  // Exactly the six chat bodies fail, each recorded as an error: models/draft has no chat template.
+  std::set<std::string> failed;
   for (auto& [id, j] : ref) {
     if (j["error"].is_null()) {
-      ++ok;
       EXPECT_EQ(j["response"]["status_code"], 200);
       EXPECT_EQ(j["response"]["body"]["choices"][0]["finish_reason"], "length");
+    } else {
+      failed.insert(id);
+      EXPECT_TRUE(j["response"].is_null()) << j;
+      EXPECT_EQ(j["error"]["code"], "invalid_request") << j;
+      EXPECT_NE(j["error"]["message"].get<std::string>().find("no chat template"), std::string::npos) << j;
     }
   }
-  EXPECT_GE(ok, kRequests - 6);  // chat bodies may fail where the model has no chat template
+  EXPECT_EQ(failed, (std::set<std::string>{"req-3", "req-10", "req-17", "req-24", "req-31", "req-38"}));
   std::string errs = slurp(clean.string() + ".errors.jsonl");
   EXPECT_NE(errs.find("\"line\":3"), std::string::npos) << errs;
   EXPECT_NE(errs.find("\"line\":10"), std::string::npos) << errs;
@@ -221,6 +228,173 @@ TEST(CliBatch, KillResumeAndSignalsLoseNothing) {
   p = start(batch_args(in, termed, "8"), dir / "noop.log");
   EXPECT_EQ(wait_exit(p), 0);
   EXPECT_EQ(count_lines(termed), kRequests);
+  fs::remove_all(dir);
+}
+
+// Runs gale batch to the end: its exit code; its stderr in *log.
+int run_batch(const std::vector<std::string>& args, const fs::path& dir, std::string* log = nullptr) {
+  const fs::path log_path = dir / "run.log";
+  int rc = wait_exit(start(args, log_path));
+  if (log) *log = slurp(log_path);
+  return rc;
+}
+
+std::vector<std::string> with_model(std::vector<std::string> args, const std::string& model) {
+  for (size_t i = 0; i + 1 < args.size(); ++i)
+    if (args[i] == "-m") args[i + 1] = model;
+  return args;
+}
+
+std::string request_line(const std::string& id, const json& body, const std::string& url = "/v1/completions") {
+  return json({{"custom_id", id}, {"method", "POST"}, {"url", url}, {"body", body}}).dump();
+}
+
+// Reading the output as results of its own input said "nothing to do"; a directory read as an
+// empty input; --errors naming the input truncated it, or removed it when no line was malformed.
+TEST(CliBatch, RefusesSameFilesAndNonRegularInput) {
+  const fs::path dir = work_dir() / "files";
+  fs::create_directories(dir);
+  const fs::path in = dir / "in.jsonl";
+  {
+    std::ofstream f(in);
+    f << request_line("a", {{"prompt", "def f():"}, {"max_tokens", 2}}) << "\n";
+  }
+  const std::string before = slurp(in);
+  fs::create_symlink(in, dir / "sym.jsonl");
+  fs::create_hard_link(in, dir / "hard.jsonl");
+  fs::create_directories(dir / "adir");
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0644), 0);
+  struct Case {
+    std::string input, output, errors, message;
+  };
+  const std::vector<Case> cases = {
+      {in, in, "", "--input and --output are the same file"},
+      {in, dir / "sym.jsonl", "", "--input and --output are the same file"},
+      {in, dir / "hard.jsonl", "", "--input and --output are the same file"},
+      {dir / "adir", dir / "out.jsonl", "", "is not a regular file"},
+      {dir / "fifo", dir / "out.jsonl", "", "is not a regular file"},
+      {in, dir / "out.jsonl", in, "--errors " + in.string() + " is the input file"},
+      {in, dir / "out.jsonl", dir / "out.jsonl", "is the output file"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = batch_args(c.input, c.output, "2");
+    if (!c.errors.empty()) args.insert(args.end(), {"--errors", c.errors});
+    std::string log;
+    EXPECT_EQ(run_batch(args, dir, &log), 1) << c.input << " -> " << c.output << ": " << log;
+    EXPECT_NE(log.find(c.message), std::string::npos) << log;
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << "one line: " << log;
+    EXPECT_EQ(slurp(in), before) << "the input changed";
+  }
+  fs::remove_all(dir);
+}
+
+// Any line with a string custom_id counted as done: request lines, bare ids, other jobs' results.
+TEST(CliBatch, ResumeTrustsOnlyRecordedResults) {
+  const fs::path dir = work_dir() / "resume";
+  fs::create_directories(dir);
+  const fs::path in = dir / "in.jsonl", out = dir / "out.jsonl";
+  const std::string a = request_line("a", {{"prompt", "def f():"}, {"max_tokens", 2}});
+  {
+    std::ofstream f(in);
+    f << a << "\n" << request_line("b", {{"prompt", "import os"}, {"max_tokens", 2}}) << "\n"
+      << request_line("c", {{"prompt", "class A:"}, {"max_tokens", 2}}) << "\n";
+  }
+  // A clean run of "c" gives a real result line to keep.
+  {
+    std::ofstream f(dir / "c.jsonl");
+    f << request_line("c", {{"prompt", "class A:"}, {"max_tokens", 2}}) << "\n";
+  }
+  ASSERT_EQ(run_batch(batch_args(dir / "c.jsonl", out, "2"), dir), 0);
+  std::string c_result = slurp(out);
+  {
+    std::ofstream f(out, std::ios::app);
+    f << a << "\n";                                // the request line of "a"
+    f << R"({"custom_id": "b"})" << "\n";            // a bare custom_id
+    f << R"({"id":"x","custom_id":"zz","response":null,"error":{"code":"c","message":"m"}})" << "\n";  // not in the input
+  }
+  std::string log;
+  ASSERT_EQ(run_batch(batch_args(in, out, "2"), dir, &log), 0) << log;
+  EXPECT_NE(log.find("resuming: 1 of 3 requests"), std::string::npos) << log;
+  EXPECT_NE(log.find("1 result(s) for custom_ids not in the input"), std::string::npos) << log;
+  auto results = read_results(out);
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_TRUE(results.count(id)) << id;
+    EXPECT_TRUE(results[id]["error"].is_null()) << results[id];
+    EXPECT_EQ(results[id]["response"]["status_code"], 200) << results[id];
+  }
+  EXPECT_EQ(slurp(out).find(c_result), 0u) << "the earlier result is kept, not recomputed";
+  fs::remove_all(dir);
+}
+
+// Batch bodies go through the server's parser: ids wrapped to int32 (4294967301 ran as 5),
+// max_tokens 0.9 ran as 0, 1e20 and 2^63 were undefined double -> int conversions, stop was unbounded.
+TEST(CliBatch, BodiesFollowTheServersRules) {
+  const fs::path dir = work_dir() / "rules";
+  fs::create_directories(dir);
+  const fs::path in = dir / "in.jsonl", out = dir / "out.jsonl";
+  json stop17 = json::array();
+  for (int i = 0; i < 17; ++i) stop17.push_back(std::to_string(i));
+  {
+    std::ofstream f(in);
+    f << request_line("ok", {{"model", "any-name"}, {"prompt", "def f():"}, {"max_tokens", 2}}) << "\n";
+    f << request_line("wrap", {{"prompt", json::array({788, 4294967301ll})}, {"max_tokens", 2}}) << "\n";
+    f << request_line("frac", {{"prompt", "x"}, {"max_tokens", 0.9}}) << "\n";
+    f << request_line("topk", {{"prompt", "x"}, {"max_tokens", 2}, {"top_k", 1e20}}) << "\n";
+    f << R"({"custom_id":"big","body":{"prompt":"x","max_tokens":9223372036854775808}})" << "\n";
+    f << request_line("stop", {{"prompt", "x"}, {"max_tokens", 2}, {"stop", stop17}}) << "\n";
+    f << request_line("long", {{"prompt", "x"}, {"max_tokens", 2}, {"stop", std::string(2000, 'a')}}) << "\n";
+  }
+  std::string log;
+  ASSERT_EQ(run_batch(batch_args(in, out, "2"), dir, &log), 0) << log;
+  auto r = read_results(out);
+  ASSERT_EQ(r.size(), 7u) << slurp(out);
+  EXPECT_EQ(r["ok"]["response"]["status_code"], 200) << r["ok"];
+  const std::map<std::string, std::string> expected = {
+      {"wrap", "token id 4294967301 is out of range"},   {"frac", "'max_tokens' must be an integer"},
+      {"topk", "'top_k' must be an integer"},            {"big", "'max_tokens' is out of range"},
+      {"stop", "'stop' takes at most 16 sequences"},     {"long", "'stop' sequences must be at most 1024 bytes"}};
+  for (auto& [id, msg] : expected) {
+    ASSERT_TRUE(r[id]["error"].is_object()) << id << ": " << r[id];
+    EXPECT_EQ(r[id]["error"]["code"], "invalid_request");
+    EXPECT_NE(r[id]["error"]["message"].get<std::string>().find(msg), std::string::npos) << id << ": " << r[id];
+  }
+  fs::remove_all(dir);
+}
+
+// Content nested 100k deep crashed the job in JSON serialization, and since resume retried the
+// line, every rerun crashed again. Now it is one malformed line in the errors file.
+TEST(CliBatch, DeepNestingIsOneMalformedLine) {
+  const fs::path dir = work_dir() / "deep";
+  const fs::path model = dir / "model";  // models/draft plus a chat template, so chat bodies render
+  fs::create_directories(model);
+  for (auto& e : fs::directory_iterator(model_dir())) fs::create_symlink(e.path(), model / e.path().filename());
+  {
+    std::ofstream t(model / "chat_template.jinja");
+    t << "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|>{% endif %}";
+  }
+  const fs::path in = dir / "in.jsonl", out = dir / "out.jsonl";
+  {
+    std::ofstream f(in);
+    f << request_line("chat", {{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}, {"max_tokens", 2}},
+                      "/v1/chat/completions")
+      << "\n";
+    const int depth = 100000;
+    f << R"({"custom_id":"deep","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":)"
+      << std::string(depth, '[') << std::string(depth, ']') << "}]}}\n";
+  }
+  const auto args = with_model(batch_args(in, out, "2"), model.string());
+  std::string log;
+  ASSERT_EQ(run_batch(args, dir, &log), 0) << log;
+  auto r = read_results(out);
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_EQ(r["chat"]["response"]["status_code"], 200) << r["chat"];
+  const std::string errs = slurp(out.string() + ".errors.jsonl");
+  EXPECT_NE(errs.find(R"({"line":2,"error":"JSON nested deeper than 64 levels"})"), std::string::npos) << errs;
+  // The rerun has nothing left to run and exits cleanly, listing the line again.
+  ASSERT_EQ(run_batch(args, dir, &log), 0) << log;
+  EXPECT_NE(log.find("nothing to do"), std::string::npos) << log;
+  EXPECT_NE(slurp(out.string() + ".errors.jsonl").find("\"line\":2"), std::string::npos);
   fs::remove_all(dir);
 }
 

@@ -1,0 +1,213 @@
+// The OpenAI body parser and validator called directly (no HTTP), and the batch format built on
+// it (serve/openai_batch.h): the same rules for `gale serve` and `gale batch`.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "serve/openai_batch.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace gale;
+using namespace gale::serve;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+class OpenAiApi : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tok_ = Tokenizer::load(std::string(GALE_SOURCE_DIR) + "/models/default").release();
+    tmpl_ = new ChatTemplate(ChatTemplate::from_string(
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"));
+  }
+  void SetUp() override {
+    info_.name = "m";
+    info_.max_model_len = 64;
+    info_.vocab_size = int64_t(tok_->vocab_size());
+  }
+  // The message of the 400 a completions body gets; "" when it is accepted.
+  std::string completion_error(const std::string& body) {
+    try {
+      parse_completion_request(parse_json_body(body), info_, tok_);
+      return "";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << body;
+      return e.what();
+    }
+  }
+  std::string chat_error(const std::string& body) {
+    try {
+      parse_chat_request(parse_json_body(body), info_, tok_, tmpl_);
+      return "";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << body;
+      return e.what();
+    }
+  }
+  static Tokenizer* tok_;
+  static ChatTemplate* tmpl_;
+  ModelInfo info_;
+};
+Tokenizer* OpenAiApi::tok_ = nullptr;
+ChatTemplate* OpenAiApi::tmpl_ = nullptr;
+
+std::string nested(int depth) { return std::string(size_t(depth), '[') + std::string(size_t(depth), ']'); }
+
+TEST_F(OpenAiApi, JsonDepthIsBounded) {
+  EXPECT_NO_THROW(parse_json_body(nested(kMaxJsonDepth)));
+  EXPECT_NO_THROW(parse_json_body(nested(kMaxJsonDepth - 1).insert(kMaxJsonDepth - 1, R"({"a":1})")));
+  try {
+    parse_json_body(nested(kMaxJsonDepth + 1));
+    FAIL() << "accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 64"), std::string::npos) << e.what();
+  }
+  // 100k levels: refused at level 65 while parsing, nothing recurses over it.
+  EXPECT_THROW(parse_json_body(R"({"prompt":"x","user":)" + nested(100000) + "}"), ApiError);
+}
+
+// A number past a double is nlohmann's out_of_range, not a parse_error: it escaped as a 500
+// (and would have ended gale batch). Found by fuzz_openai_body.
+TEST_F(OpenAiApi, NumberOverflowIsInvalidJson) {
+  try {
+    parse_json_body(R"({"prompt":"x","max_tokens":1e400})");
+    FAIL() << "accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(std::string(e.what()).find("number overflow"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":1e400}})").error.find("invalid JSON in the line"),
+            0u);
+}
+
+TEST_F(OpenAiApi, IntegersAreRangeCheckedBeforeConversion) {
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":4})"), "");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":0.9})"), "'max_tokens' must be an integer");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":9223372036854775808})"), "'max_tokens' is out of range");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":18446744073709551616})"), "'max_tokens' must be an integer");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","top_k":1e20})"), "'top_k' must be an integer");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","top_k":2147483648})").find("'top_k' must be in"), 0u);
+  EXPECT_EQ(completion_error(R"({"prompt":"x","n":1.5})"), "'n' must be an integer");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","logprobs":1e3})"), "'logprobs' must be an integer");
+  EXPECT_EQ(completion_error(R"({"prompt":[788, 4294967301]})"), "token id 4294967301 is out of range [0, 8192)");
+  EXPECT_EQ(completion_error(R"({"prompt":[788, 18446744073709551615]})").find("token id"), 0u);
+  EXPECT_EQ(completion_error(R"({"prompt":[788, 1.5]})"), "'prompt' token ids must be integers");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":0.9})"),
+            "'max_completion_tokens' must be an integer");
+}
+
+TEST_F(OpenAiApi, StopListAndStringsAreBounded) {
+  ojson body = {{"prompt", "x"}, {"max_tokens", 2}, {"stop", ojson::array()}};
+  for (size_t i = 0; i < kMaxStopSequences; ++i) body["stop"].push_back("s" + std::to_string(i));
+  EXPECT_EQ(completion_error(body.dump()), "");
+  body["stop"].push_back("one more");
+  EXPECT_EQ(completion_error(body.dump()), "'stop' takes at most 16 sequences");
+  body["stop"] = std::string(kMaxStopBytes, 'a');
+  EXPECT_EQ(completion_error(body.dump()), "");
+  body["stop"] = std::string(kMaxStopBytes + 1, 'a');
+  EXPECT_EQ(completion_error(body.dump()), "'stop' sequences must be at most 1024 bytes");
+  body["stop"] = ojson::array({"ok", std::string(kMaxStopBytes + 1, 'a')});
+  EXPECT_EQ(completion_error(body.dump()), "'stop' sequences must be at most 1024 bytes");
+}
+
+// Fields of the wrong type inside objects were read with json::value(), which throws a json
+// type_error (a 500, and a crash in gale batch) instead of a 400.
+TEST_F(OpenAiApi, WrongTypesInsideObjectsAre400s) {
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":[{"type":7,"text":"x"}]}]})"),
+            "only text content parts are supported");
+  EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]})"), "");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","response_format":{"type":1}})"),
+            "only the 'text' response_format is supported");
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"response_format":{"type":"text"}})"), "");
+}
+
+TEST_F(OpenAiApi, BatchLinesUseTheServersRules) {
+  info_.check_model_name = false;
+  auto error_of = [&](const std::string& text) -> std::string {
+    BatchLine l = parse_batch_line(text);
+    if (!l.error.empty()) return "line: " + l.error;
+    try {
+      batch_request(l, info_, tok_, tmpl_, {});
+      return "";
+    } catch (const ApiError& e) {
+      return e.what();
+    }
+  };
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"model":"gpt-4o","prompt":"x","max_tokens":2}})"), "");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":[788, 4294967301]}})"),
+            "token id 4294967301 is out of range [0, 8192)");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":0.9}})"), "'max_tokens' must be an integer");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":"x","top_k":1e20}})"), "'top_k' must be an integer");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":9223372036854775808}})"),
+            "'max_tokens' is out of range");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":"x","stop":["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}})"),
+            "'stop' takes at most 16 sequences");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":"x","n":2}})"), "only n = 1 is supported in a batch");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","body":{"prompt":["x","y"]}})"), "a batch request takes one prompt");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":)" +
+                     nested(100000) + "}]}}"),
+            "line: JSON nested deeper than 64 levels");
+  EXPECT_EQ(error_of(R"({"custom_id":"a","url":7,"body":{"prompt":"x"}})"),
+            "line: 'url' must be /v1/completions or /v1/chat/completions");
+  EXPECT_EQ(error_of(R"({"custom_id":"","body":{"prompt":"x"}})"), "line: 'custom_id' (a non-empty string) is required");
+  EXPECT_EQ(parse_batch_line(R"({"custom_id":"c","method":"GET","body":{}})").custom_id, "c");  // named in the errors file
+}
+
+TEST_F(OpenAiApi, BatchSeedComesFromTheCustomId) {
+  BatchLine a = parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":2,"temperature":1}})");
+  BatchLine b = parse_batch_line(R"({"custom_id":"b","body":{"prompt":"x","max_tokens":2,"temperature":1}})");
+  BatchLine s = parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":2,"seed":5}})");
+  EXPECT_EQ(batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed,
+            batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed);
+  EXPECT_NE(batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed,
+            batch_request(b, info_, tok_, tmpl_, {}).params.sampling.seed);
+  EXPECT_EQ(batch_request(s, info_, tok_, tmpl_, {}).params.sampling.seed, 5u);
+}
+
+// Resume trusts only whole lines this format wrote: a result or a recorded error.
+TEST_F(OpenAiApi, ResumeTrustsOnlyRecordedResults) {
+  BatchLine l = parse_batch_line(R"({"custom_id":"r1","body":{"prompt":"x","max_tokens":2}})");
+  BatchRequest r = batch_request(l, info_, tok_, tmpl_, {});
+  ChoiceState c;
+  c.text = "y";
+  c.finish_reason = "length";
+  RequestOutput fin;
+  fin.finish_reason = "length";
+  EXPECT_EQ(recorded_custom_id(json_text(batch_finished_line("r1", r.api, info_, tok_, c, fin))), "r1");
+  EXPECT_EQ(recorded_custom_id(json_text(batch_error_line("r2", "invalid_request", "bad"))), "r2");
+  // Not results: the request line itself, a bare custom_id, a torn result, other shapes.
+  EXPECT_EQ(recorded_custom_id(R"({"custom_id":"r1","method":"POST","url":"/v1/completions","body":{"prompt":"x"}})"),
+            std::nullopt);
+  EXPECT_EQ(recorded_custom_id(R"({"custom_id":"r1"})"), std::nullopt);
+  std::string whole = json_text(batch_error_line("r3", "invalid_request", "bad"));
+  EXPECT_EQ(recorded_custom_id(whole.substr(0, whole.size() - 1)), std::nullopt);
+  EXPECT_EQ(recorded_custom_id(R"({"id":"x","custom_id":"r1","response":{"status_code":500,"body":{"choices":[{}]}},"error":null})"),
+            std::nullopt);
+  EXPECT_EQ(recorded_custom_id(R"({"id":"x","custom_id":"r1","response":null,"error":null})"), std::nullopt);
+  EXPECT_EQ(recorded_custom_id(R"({"id":"x","custom_id":"r1","response":null,"error":{"code":1,"message":"m"}})"),
+            std::nullopt);
+  EXPECT_EQ(recorded_custom_id(R"({"id":"x","custom_id":"r1","response":null,"error":)" + nested(100000) + "}"),
+            std::nullopt);
+}
+
+// A request the engine fails (finish_reason "error", RequestOutput::error) is recorded as an error
+// line, which resume then counts as done: it is not retried on every rerun.
+TEST_F(OpenAiApi, EngineFailureIsARecordedError) {
+  BatchLine l = parse_batch_line(R"({"custom_id":"f","body":{"prompt":"x","max_tokens":2}})");
+  BatchRequest r = batch_request(l, info_, tok_, tmpl_, {});
+  ChoiceState c;
+  RequestOutput fin;
+  fin.finished = true;
+  fin.finish_reason = "error";
+  fin.error = "the step failed: out of memory";
+  ojson line = batch_finished_line("f", r.api, info_, tok_, c, fin);
+  EXPECT_TRUE(line["response"].is_null()) << line.dump();
+  EXPECT_EQ(line["error"]["code"], "server_error");
+  EXPECT_EQ(line["error"]["message"], "the step failed: out of memory");
+  EXPECT_EQ(recorded_custom_id(json_text(line)), "f");
+}
+
+}  // namespace
