@@ -285,8 +285,9 @@ struct Engine::Impl {
     steps.reserve(f.so.seqs.size());
     for (const ScheduledSeq& s : f.so.seqs) {
       std::span<const int32_t> toks = sched->tokens(s.id);
+      // rope_len: every known token, so the chunks of one prompt rotate alike ("dynamic" RoPE).
       steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
-                       s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None});
+                       s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None, int64_t(toks.size())});
     }
     // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
     // of each row is needed: the backend computes it where the logits are (on a GPU they never
@@ -509,7 +510,9 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
   sc.block_size = cfg.block_size;
   sc.max_num_seqs = cfg.max_num_seqs;
   sc.max_num_batched_tokens = cfg.max_num_batched_tokens;
-  sc.prefix_cache = cfg.prefix_cache;
+  // "dynamic" RoPE rotates a prefix by the length of the prompt it came with: a cached prefix of
+  // another prompt would be rotated differently, so it is never reused.
+  sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic;
   impl_->sched = std::make_unique<Scheduler>(sc);
 }
 

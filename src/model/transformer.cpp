@@ -54,7 +54,7 @@ void Transformer::build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t b
     p.tokens.insert(p.tokens.end(), s.tokens.begin(), s.tokens.end());
     for (int64_t i = 0; i < n; ++i) pos_[size_t(t0 + i)] = s.start_pos + i;
     // Rotary tables per sequence: "dynamic" scaling depends on the sequence's length.
-    RopeFrequencies f = rope_frequencies(c.rope, rot_dim_, s.start_pos + n);
+    RopeFrequencies f = rope_frequencies(c.rope, rot_dim_, std::max(s.start_pos + n, s.rope_len));
     rope_cos_sin(f, pos_.data() + t0, n, p.cos.data() + t0 * rot_dim_ / 2, p.sin.data() + t0 * rot_dim_ / 2);
     if (s.logits == SeqStep::Logits::All)
       for (int64_t i = 0; i < n; ++i) p.logit_rows.push_back(int32_t(t0 + i));

@@ -23,6 +23,10 @@ struct SeqStep {
   int64_t start_pos = 0;                 // position of tokens[0] (= tokens already cached)
   std::span<const int32_t> block_table;  // blocks covering start_pos + tokens.size() positions
   enum class Logits { None, Last, All } logits = Logits::Last;
+  // Length "dynamic" RoPE computes its frequencies for (at least start_pos + tokens.size()).
+  // A chunked prompt passes the whole prompt's length, so every chunk rotates as the single
+  // forward of transformers does; 0 = start_pos + tokens.size().
+  int64_t rope_len = 0;
 };
 
 class Transformer {
