@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/json_depth.h"
+#include "loader/config_reader.h"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -26,75 +27,7 @@ const char* rope_type_name(RopeType t) {
   return "?";
 }
 
-const std::vector<std::string>& supported_architectures() {
-  static const std::vector<std::string> a = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                                             "Qwen3ForCausalLM", "MixtralForCausalLM"};
-  return a;
-}
-
 namespace {
-
-// Upper bounds on config.json's sizes. The largest released models have ~130 layers, 128
-// heads, hidden 25,600, head_dim 512, 384 experts and ~260k vocab entries; these leave room
-// for ten times that and keep every product of them far from int64 overflow. The checkpoint
-// check (loader/checkpoint_check.h) then ties each count to real tensors.
-constexpr int64_t kMaxLayers = 4096;
-constexpr int64_t kMaxHidden = int64_t(1) << 20;
-constexpr int64_t kMaxIntermediate = int64_t(1) << 22;
-constexpr int64_t kMaxHeads = 4096;
-constexpr int64_t kMaxHeadDim = 8192;
-constexpr int64_t kMaxVocab = int64_t(1) << 31;
-constexpr int64_t kMaxExperts = 16384;
-constexpr int64_t kMaxPositions = int64_t(1) << 40;
-
-struct Reader {
-  const json& j;
-  std::string what;
-
-  [[noreturn]] void fail(const std::string& key, const std::string& why) const {
-    throw Error(what + ": '" + key + "' " + why);
-  }
-  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
-  int64_t i64(const char* k) const {
-    if (!has(k)) fail(k, "is missing");
-    const json& v = j[k];
-    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) fail(k, "is out of range");
-    if (v.is_number_integer()) return v.get<int64_t>();
-    // 1e9 is integral, 2.5 is not; converting a double past int64 would be undefined, and
-    // past 2^53 it no longer names one integer.
-    if (v.is_number_float()) {
-      const double d = v.get<double>();
-      if (std::fabs(d) > 9007199254740992.0) fail(k, "is out of range");
-      if (d == std::trunc(d)) return int64_t(d);
-    }
-    fail(k, "must be an integer");
-  }
-  int64_t i64_or(const char* k, int64_t d) const { return has(k) ? i64(k) : d; }
-  double f64(const char* k) const {
-    if (!has(k)) fail(k, "is missing");
-    if (!j[k].is_number()) fail(k, "must be a number");
-    return j[k].get<double>();
-  }
-  double f64_or(const char* k, double d) const { return has(k) ? f64(k) : d; }
-  bool boolean_or(const char* k, bool d) const {
-    if (!has(k)) return d;
-    if (!j[k].is_boolean()) fail(k, "must be true or false");
-    return j[k].get<bool>();
-  }
-  // A positive integer at most `max` (the limits below: far past any real model, small enough
-  // that nothing sized from them before the checkpoint is read can be large).
-  int64_t positive(const char* k, int64_t max = int64_t(1) << 31) const {
-    int64_t v = i64(k);
-    if (v <= 0) fail(k, "must be a positive integer (got " + std::to_string(v) + ")");
-    if (v > max) fail(k, "is " + std::to_string(v) + ", more than the " + std::to_string(max) + " Gale accepts");
-    return v;
-  }
-  int64_t non_negative_or(const char* k, int64_t d, int64_t max) const {
-    int64_t v = i64_or(k, d);
-    if (v < 0 || v > max) fail(k, "must be in [0, " + std::to_string(max) + "] (got " + std::to_string(v) + ")");
-    return v;
-  }
-};
 
 std::vector<int32_t> parse_id_or_list(const json& v, const std::string& what, const char* key) {
   std::vector<int32_t> out;
@@ -120,7 +53,7 @@ std::vector<int32_t> parse_id_or_list(const json& v, const std::string& what, co
 
 // original_max_position_embeddings of dynamic / yarn scaling (max_position_embeddings when
 // absent); it divides, so it must be positive.
-int64_t original_context(const Reader& p, int64_t max_pos) {
+int64_t original_context(const ConfigReader& p, int64_t max_pos) {
   const int64_t v = p.has("original_max_position_embeddings")
                         ? p.positive("original_max_position_embeddings", kMaxPositions) : max_pos;
   if (v <= 0) p.fail("original_max_position_embeddings", "is required when max_position_embeddings is 0");
@@ -129,7 +62,7 @@ int64_t original_context(const Reader& p, int64_t max_pos) {
 
 // Quantized checkpoints need their scales applied; loading only the stored weights would run
 // silently wrong, so any quantization_config is refused by name until a format is supported.
-void refuse_quantization(const Reader& r) {
+void refuse_quantization(const ConfigReader& r) {
   for (const char* key : {"quantization_config", "compression_config"}) {
     if (!r.has(key)) continue;
     const json& q = r.j[key];
@@ -142,7 +75,7 @@ void refuse_quantization(const Reader& r) {
   }
 }
 
-RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
+RopeConfig parse_rope(const json& j, const ConfigReader& top, int64_t max_pos) {
   RopeConfig r;
   // 5.x: rope_parameters holds rope_theta and the scaling; 4.x: rope_theta + rope_scaling.
   const json* params = nullptr;
@@ -159,7 +92,7 @@ RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
   r.theta = top.f64_or("rope_theta", 10000.0);
   r.partial_rotary_factor = top.f64_or("partial_rotary_factor", 1.0);
   if (!params) return r;
-  Reader p{*params, top.what + ": rope parameters"};
+  ConfigReader p{*params, top.what + ": rope parameters"};
   if (p.has("rope_theta")) r.theta = p.f64("rope_theta");
   if (p.has("partial_rotary_factor")) r.partial_rotary_factor = p.f64("partial_rotary_factor");
   std::string type = "default";
@@ -200,30 +133,24 @@ RopeConfig parse_rope(const json& j, const Reader& top, int64_t max_pos) {
 
 }  // namespace
 
-static ModelConfig parse_model_config_checked(const json& j, const std::string& what);
+static ModelConfig parse_common_config_checked(const json& j, const std::string& what);
 
-ModelConfig parse_model_config(const json& j, const std::string& what) {
+ModelConfig parse_common_config(const json& j, const std::string& what) {
   try {
-    return parse_model_config_checked(j, what);
+    return parse_common_config_checked(j, what);
   } catch (const json::exception& e) {  // a value of the wrong JSON type deep inside
     throw Error(what + ": " + e.what());
   }
 }
 
-static ModelConfig parse_model_config_checked(const json& j, const std::string& what) {
+static ModelConfig parse_common_config_checked(const json& j, const std::string& what) {
   if (!j.is_object()) throw Error(what + ": expected a JSON object");
-  Reader r{j, what};
+  ConfigReader r{j, what};
   ModelConfig c;
   if (!r.has("architectures") || !j["architectures"].is_array() || j["architectures"].empty() ||
       !j["architectures"][0].is_string())
     r.fail("architectures", "must be a non-empty list of architecture names");
   c.architecture = j["architectures"][0].get<std::string>();
-  const auto& sup = supported_architectures();
-  if (std::find(sup.begin(), sup.end(), c.architecture) == sup.end()) {
-    std::string list;
-    for (auto& s : sup) list += (list.empty() ? "" : ", ") + s;
-    throw Error(what + ": unsupported architecture '" + c.architecture + "' (supported: " + list + ")");
-  }
   if (r.has("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
   refuse_quantization(r);
   c.vocab_size = r.positive("vocab_size", kMaxVocab);
@@ -245,46 +172,23 @@ static ModelConfig parse_model_config_checked(const json& j, const std::string& 
   if (r.has("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"].get<std::string>();
   if (r.has("dtype") && j["dtype"].is_string()) c.torch_dtype = j["dtype"].get<std::string>();
 
-  const std::string& a = c.architecture;
-  if (a == "Qwen2ForCausalLM") {
-    c.qkv_bias = true;  // Qwen2 always has q/k/v biases and none on o_proj
-  } else if (a == "LlamaForCausalLM" || a == "Qwen3ForCausalLM") {
-    c.qkv_bias = c.o_bias = r.boolean_or("attention_bias", false);
-  }
-  if (a == "LlamaForCausalLM") c.mlp_bias = r.boolean_or("mlp_bias", false);
-  c.qk_norm = (a == "Qwen3ForCausalLM");
-
-  // Sliding-window attention, per layer.
+  // Sliding-window attention, per layer, as the 5.x layout lists it (layer_types); an
+  // architecture reads its 4.x spelling when layer_types is absent.
   c.layer_window.assign(size_t(c.num_layers), 0);
-  int64_t window = r.i64_or("sliding_window", 0);
-  if (window < 0 || window > kMaxPositions) r.fail("sliding_window", "must be positive or null");
+  c.sliding_window = r.i64_or("sliding_window", 0);
+  if (c.sliding_window < 0 || c.sliding_window > kMaxPositions) r.fail("sliding_window", "must be positive or null");
   if (r.has("layer_types")) {
     const json& lt = j["layer_types"];
     if (!lt.is_array() || int64_t(lt.size()) != c.num_layers)
       r.fail("layer_types", "must list one type per layer");
     for (size_t i = 0; i < lt.size(); ++i) {
       if (lt[i] == "sliding_attention") {
-        if (window <= 0) r.fail("sliding_window", "is required by layer_types 'sliding_attention'");
-        c.layer_window[i] = window;
+        if (c.sliding_window <= 0) r.fail("sliding_window", "is required by layer_types 'sliding_attention'");
+        c.layer_window[i] = c.sliding_window;
       } else if (lt[i] != "full_attention") {
         r.fail("layer_types", "has unknown entry " + lt[i].dump());
       }
     }
-  } else if (a == "MistralForCausalLM" || a == "MixtralForCausalLM") {
-    for (auto& w : c.layer_window) w = window;
-  } else if (a == "Qwen2ForCausalLM" || a == "Qwen3ForCausalLM") {
-    // 4.x layout: use_sliding_window applies to layers from max_window_layers on.
-    if (r.boolean_or("use_sliding_window", false) && window > 0) {
-      int64_t first = r.non_negative_or("max_window_layers", c.num_layers, kMaxLayers);
-      for (int64_t i = first; i < c.num_layers; ++i) c.layer_window[size_t(i)] = window;
-    }
-  }
-
-  if (a == "MixtralForCausalLM") {
-    c.num_experts = r.positive("num_local_experts", kMaxExperts);
-    c.num_experts_per_tok = r.positive("num_experts_per_tok", kMaxExperts);
-    if (c.num_experts_per_tok > c.num_experts) r.fail("num_experts_per_tok", "exceeds num_local_experts");
-    c.norm_topk_prob = true;
   }
 
   c.rope = parse_rope(j, r, c.max_position_embeddings);
@@ -310,18 +214,12 @@ json parse_config_json(std::string_view text, const std::string& what) {
   }
 }
 
-static json read_json_file(const fs::path& p) {
+json read_config_file(const std::string& path) {
+  const fs::path p(path);
   std::ifstream in(p, std::ios::binary);
   if (!in) throw Error("cannot read " + p.string());
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return parse_config_json(text, p.string());
-}
-
-ModelConfig load_model_config(const std::string& model_dir) {
-  fs::path p = fs::path(model_dir) / "config.json";
-  if (!fs::is_directory(model_dir)) throw Error("model directory not found: " + model_dir);
-  if (!fs::exists(p)) throw Error("no config.json in " + model_dir);
-  return parse_model_config(read_json_file(p), p.string());
 }
 
 static GenerationDefaults parse_generation_config_checked(const json& j, const ModelConfig& cfg,
@@ -341,7 +239,7 @@ static GenerationDefaults parse_generation_config_checked(const json& j, const M
   g.eos_token_ids = cfg.eos_token_ids;
   g.bos_token_id = cfg.bos_token_id;
   if (!j.is_object()) throw Error(what + ": expected a JSON object");
-  Reader r{j, what};
+  ConfigReader r{j, what};
   if (r.has("eos_token_id")) g.eos_token_ids = parse_id_or_list(j["eos_token_id"], what, "eos_token_id");
   if (r.has("bos_token_id")) {
     auto v = parse_id_or_list(j["bos_token_id"], what, "bos_token_id");
@@ -365,7 +263,7 @@ GenerationDefaults load_generation_defaults(const std::string& model_dir, const 
     g.bos_token_id = cfg.bos_token_id;
     return g;
   }
-  return parse_generation_config(read_json_file(p), cfg, p.string());
+  return parse_generation_config(read_config_file(p.string()), cfg, p.string());
 }
 
 }  // namespace gale

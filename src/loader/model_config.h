@@ -45,6 +45,7 @@ struct ModelConfig {
   bool mlp_bias = false;
   bool qk_norm = false;     // per-head RMSNorm of q and k before RoPE (Qwen3)
   std::vector<int64_t> layer_window;  // per layer: sliding window in tokens, 0 = full attention
+  int64_t sliding_window = 0;         // config.json's sliding_window (0 = null / absent)
   int64_t num_experts = 0;            // 0 = dense MLP
   int64_t num_experts_per_tok = 0;
   bool norm_topk_prob = true;         // renormalize the top-k routing weights (Mixtral: always)
@@ -54,16 +55,17 @@ struct ModelConfig {
   std::vector<int32_t> eos_token_ids;
 };
 
-// Architectures Gale runs, as config.json's "architectures" names them.
-const std::vector<std::string>& supported_architectures();
-
 // The JSON of config.json / generation_config.json, nesting bounded (core/json_depth.h); throws
 // gale::Error naming `what` for invalid or too deeply nested JSON.
 nlohmann::json parse_config_json(std::string_view text, const std::string& what);
+// The file at `path` through parse_config_json.
+nlohmann::json read_config_file(const std::string& path);
 
-// Throws gale::Error naming the key and the problem (`what` names the file in messages).
-ModelConfig parse_model_config(const nlohmann::json& j, const std::string& what = "config.json");
-ModelConfig load_model_config(const std::string& model_dir);
+// The keys every architecture shares: sizes, RoPE, token ids, the 5.x `layer_types` windows,
+// quantization refused by name. The architecture's own keys (biases, norms, experts, its 4.x
+// window spelling) are read by its file in model/arch/; parse_model_config (model/arch/arch.h)
+// runs both. Throws gale::Error naming the key and the problem (`what` names the file).
+ModelConfig parse_common_config(const nlohmann::json& j, const std::string& what = "config.json");
 
 struct GenerationDefaults {
   std::vector<int32_t> eos_token_ids;

@@ -1,6 +1,7 @@
 #include "model/model_loader.h"
 
 #include "loader/safetensors.h"
+#include "model/arch/arch.h"
 #include "model/kv_cache.h"
 #include "model/synthetic.h"
 

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "loader/safetensors.h"
+#include "model/arch/arch.h"
 
 using nlohmann::json;
 
@@ -79,42 +80,8 @@ ModelConfig synthetic_config(const std::string& name) {
 ModelWeights synthetic_weights(const ModelConfig& c, uint64_t seed) {
   // Lay the tensors out as a safetensors blob in memory so they bind through the same
   // validated path as a checkpoint on disk.
-  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;
-  const int64_t H = c.hidden_size, hd = c.head_dim, I = c.intermediate_size;
-  tensors.push_back({"model.embed_tokens.weight", {c.vocab_size, H}});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    std::string p = "model.layers." + std::to_string(l) + ".";
-    tensors.push_back({p + "input_layernorm.weight", {H}});
-    tensors.push_back({p + "post_attention_layernorm.weight", {H}});
-    tensors.push_back({p + "self_attn.q_proj.weight", {c.num_heads * hd, H}});
-    tensors.push_back({p + "self_attn.k_proj.weight", {c.num_kv_heads * hd, H}});
-    tensors.push_back({p + "self_attn.v_proj.weight", {c.num_kv_heads * hd, H}});
-    tensors.push_back({p + "self_attn.o_proj.weight", {H, c.num_heads * hd}});
-    if (c.qkv_bias) {
-      tensors.push_back({p + "self_attn.q_proj.bias", {c.num_heads * hd}});
-      tensors.push_back({p + "self_attn.k_proj.bias", {c.num_kv_heads * hd}});
-      tensors.push_back({p + "self_attn.v_proj.bias", {c.num_kv_heads * hd}});
-    }
-    if (c.qk_norm) {
-      tensors.push_back({p + "self_attn.q_norm.weight", {hd}});
-      tensors.push_back({p + "self_attn.k_norm.weight", {hd}});
-    }
-    if (c.num_experts) {
-      tensors.push_back({p + "block_sparse_moe.gate.weight", {c.num_experts, H}});
-      for (int64_t e = 0; e < c.num_experts; ++e) {
-        std::string ep = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
-        tensors.push_back({ep + "w1.weight", {I, H}});
-        tensors.push_back({ep + "w2.weight", {H, I}});
-        tensors.push_back({ep + "w3.weight", {I, H}});
-      }
-    } else {
-      tensors.push_back({p + "mlp.gate_proj.weight", {I, H}});
-      tensors.push_back({p + "mlp.up_proj.weight", {I, H}});
-      tensors.push_back({p + "mlp.down_proj.weight", {H, I}});
-    }
-  }
-  tensors.push_back({"model.norm.weight", {H}});
-  if (!c.tie_word_embeddings) tensors.push_back({"lm_head.weight", {c.vocab_size, H}});
+  // The tensors as the architecture names them (model/arch/), tied LM head included or not.
+  const auto tensors = checkpoint_layout(c);
 
   json header = json::object();
   uint64_t off = 0;

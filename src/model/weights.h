@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -48,5 +49,8 @@ struct ModelWeights {
 // Binds every tensor the config calls for; throws gale::Error naming a missing tensor or one
 // whose shape or dtype disagrees with config.json.
 ModelWeights bind_weights(std::shared_ptr<const SafeTensors> st, const ModelConfig& cfg);
+// The tensors (name, shape) a checkpoint of cfg holds, in binding order, as its architecture
+// names them (model/arch/): the layout of synthetic models.
+std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_layout(const ModelConfig& cfg);
 
 }  // namespace gale

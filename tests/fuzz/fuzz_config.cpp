@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "loader/model_config.h"
+#include "model/arch/arch.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   nlohmann::json j;

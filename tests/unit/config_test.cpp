@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "loader/model_config.h"
+#include "model/arch/arch.h"
 #include "test_util.h"
 
 using namespace gale;

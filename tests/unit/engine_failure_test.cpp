@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "loader/model_config.h"
+#include "model/arch/arch.h"
 #include "loader/safetensors.h"
 #include "model/cpu_backend.h"
 #include "model/model_loader.h"

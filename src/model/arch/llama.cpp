@@ -1,0 +1,28 @@
+// LlamaForCausalLM: attention (biases with attention_bias) and a SwiGLU MLP (biases with
+// mlp_bias); sliding windows only through layer_types.
+#include "model/arch/arch.h"
+#include "model/arch/blocks.h"
+
+namespace gale {
+
+namespace {
+
+void configure(const ConfigReader& r, ModelConfig& c) {
+  read_attention_bias(r, c);
+  c.mlp_bias = r.boolean_or("mlp_bias", false);
+}
+
+void bind_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
+  bind_norms(b, c, p, L);
+  bind_attention(b, c, p, L);
+  bind_mlp(b, c, p, L);
+}
+
+}  // namespace
+
+const Architecture& llama_architecture() {
+  static const Architecture a{{"LlamaForCausalLM"}, configure, bind_layer};
+  return a;
+}
+
+}  // namespace gale
