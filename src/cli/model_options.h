@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "model/backend_factory.h"
 #include "model/transformer.h"
 
 namespace gale::cli {

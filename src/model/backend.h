@@ -229,15 +229,4 @@ class Backend {
   std::vector<int32_t> launched_ids_;  // the default launches' results
 };
 
-struct BackendOptions {
-  std::string device = "cpu";            // "cpu", "cuda" or "cuda:N"
-  bool bf16_activations = false;         // CPU: --dtype bf16 (the GPU always runs bf16)
-  double gpu_memory_utilization = 0.9;   // share of the card weights + activations + KV may take
-};
-
-// Throws gale::Error when the device is unknown, absent, or this build has no CUDA backend.
-std::unique_ptr<Backend> make_backend(const BackendOptions& o);
-// The default device: "cuda" when this build has CUDA and a GPU is present, else "cpu".
-std::string default_device();
-
 }  // namespace gale

@@ -7,7 +7,6 @@
 #include "core/error.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
-#include "runtime/sampler.h"
 
 namespace gale {
 
@@ -135,7 +134,7 @@ void CpuBackend::to_host(Act src, float* dst) {
 void CpuBackend::argmax_rows(Act logits, int32_t* out) {
   check_f32(logits);
   for (int64_t r = 0; r < logits.rows; ++r)
-    out[r] = argmax({logits.f32() + r * logits.ld, size_t(logits.cols)});
+    out[r] = cpu::argmax(logits.f32() + r * logits.ld, logits.cols);
 }
 
 }  // namespace gale

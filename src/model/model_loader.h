@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "model/backend_factory.h"
 #include "model/transformer.h"
 
 namespace gale {

@@ -182,3 +182,13 @@ TEST(CpuOps, PagedAttention) {
 
 }  // namespace
 }  // namespace gale
+
+// The CPU backend's greedy choice: the first of equal maxima, as torch.argmax.
+TEST(CpuOps, ArgmaxTakesTheFirstMaximum) {
+  const std::vector<float> v = {-3.0f, 2.5f, -1.0f, 2.5f, 0.0f};
+  EXPECT_EQ(gale::cpu::argmax(v.data(), int64_t(v.size())), 1);
+  EXPECT_EQ(gale::cpu::argmax(v.data() + 2, 3), 1);  // 2.5 at offset 1 of the tail
+  const std::vector<float> neg = {-5.0f, -4.0f, -4.5f};
+  EXPECT_EQ(gale::cpu::argmax(neg.data(), 3), 1);
+  EXPECT_EQ(gale::cpu::argmax(neg.data(), 1), 0);
+}

@@ -185,4 +185,11 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
   });
 }
 
+int32_t argmax(const float* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return int32_t(best);
+}
+
 }  // namespace gale::cpu

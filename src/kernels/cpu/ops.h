@@ -30,6 +30,9 @@ void silu_mul(float* gate, int64_t ldg, const float* up, int64_t ldu, int64_t n,
 // Rounds every element to the nearest bf16 value (--dtype bf16 activations).
 void round_to_bf16(float* x, int64_t n);
 
+// Index of the largest of x[0..n); the first one on ties (as torch.argmax).
+int32_t argmax(const float* x, int64_t n);
+
 // Paged attention over a block table for one sequence's new tokens.
 struct PagedKV {
   const void* k;  // [num_blocks, block_size, n_kv_heads, head_dim] of dtype

@@ -3,6 +3,8 @@
 // cache is bf16. GEMMs go through cuBLASLt; everything else is a kernel of kernels/cuda.
 // Per step, the host packs the whole plan (ids, rotary tables, slots, block tables, lengths,
 // logit rows) into one pinned buffer and sends it with one copy.
+#include "model/cuda/cuda_backend.h"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
