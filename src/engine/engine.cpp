@@ -62,6 +62,19 @@ int64_t available_memory() {
 
 }  // namespace
 
+namespace {
+
+// The GPU's KV budget (what --gpu-memory-utilization leaves after the weights) as each model's
+// backend sees it, the smaller; -1 when the target's backend has none (CPU).
+int64_t default_budget(const Transformer& model, const Transformer* draft) {
+  int64_t budget = model.backend().default_kv_budget();
+  if (budget >= 0 && draft)
+    if (int64_t d = draft->backend().default_kv_budget(); d >= 0) budget = std::min(budget, d);
+  return budget;
+}
+
+}  // namespace
+
 int64_t context_limit(const ModelConfig& c) {
   if (c.max_position_embeddings <= 0 || c.rope.type == RopeType::Dynamic) return 0;
   return c.max_position_embeddings;
@@ -116,6 +129,8 @@ struct Engine::Impl {
     // while the step is in flight reports these, as it would have without overlap).
     uint64_t flight = 0;   // serial of the last step that scheduled or preempted it
     int64_t cached_before = 0, cached_now = 0;
+    int64_t rollback_pending = 0;    // tokens to roll back once the step in flight is collected
+    std::vector<float> draft_logits;  // the draft's logits where its last returned token was sampled
   };
 
   // A scheduled step whose ids have not been collected yet.
@@ -125,6 +140,8 @@ struct Engine::Impl {
     enum class Path { Greedy, Device, Host } path = Path::Host;
     bool launched = false;          // the model owes wait_ids()
     std::vector<uint64_t> aborted;  // abort()ed meanwhile: finished in the scheduler after the wait
+    std::vector<uint64_t> rollbacks;  // rollback()ed meanwhile: applied after the commit
+    std::vector<float> draft_logits;  // the draft's logit rows of the step [sampled rows, vocab]
     std::string error;              // the forward pass threw: every scheduled sequence fails
   };
 
@@ -140,7 +157,9 @@ struct Engine::Impl {
   Transformer& model;
   const Tokenizer* tok;
   EngineConfig cfg;
+  Transformer* draft = nullptr;
   std::unique_ptr<KVCache> kv;
+  std::unique_ptr<KVCache> draft_kv;  // same blocks and block tables as kv (see Engine's constructor)
   std::unique_ptr<Scheduler> sched;
   std::unordered_map<uint64_t, std::unique_ptr<Request>> reqs;
   std::vector<RequestOutput> pending;  // finished outside a step (abort, max_tokens 0)
@@ -162,7 +181,7 @@ struct Engine::Impl {
   double prof_schedule = 0, prof_launch = 0, prof_wait = 0, prof_book = 0, prof_text = 0;
   std::vector<int32_t> top_idx;
 
-  Impl(Transformer& m, const Tokenizer* t, EngineConfig c) : model(m), tok(t), cfg(c) {
+  Impl(Transformer& m, const Tokenizer* t, EngineConfig c, Transformer* d) : model(m), tok(t), cfg(c), draft(d) {
     static const bool env_overlap = [] {
       const char* v = std::getenv("GALE_OVERLAP");
       return !(v && std::string(v) == "0");
@@ -280,7 +299,10 @@ struct Engine::Impl {
 
   // The block copies and the forward of a scheduled step: launched, or run to the logits.
   void launch(Flight& f) {
-    for (const BlockCopy& c : f.so.copies) kv->copy_block(c.src, c.dst);
+    for (const BlockCopy& c : f.so.copies) {
+      kv->copy_block(c.src, c.dst);
+      if (draft_kv) draft_kv->copy_block(c.src, c.dst);
+    }
     std::vector<SeqStep> steps;
     steps.reserve(f.so.seqs.size());
     for (const ScheduledSeq& s : f.so.seqs) {
@@ -314,6 +336,15 @@ struct Engine::Impl {
       } else {
         model.forward(steps, *kv, logits);
       }
+      // The draft fills its cache over the same tokens and blocks. Once the target's launch has
+      // returned, a failure here must still let collect() wait for it: it fails the step there.
+      if (draft) {
+        try {
+          draft->forward(steps, *draft_kv, f.draft_logits);
+        } catch (...) {
+          f.error = current_error();
+        }
+      }
     }
   }
 
@@ -340,6 +371,19 @@ struct Engine::Impl {
       auto it = reqs.find(s.id);
       if (it == reqs.end()) continue;  // aborted while in flight: its token is dropped
       Request& r = *it->second;
+      if (r.rollback_pending > 0) {  // rolled back while in flight: its token is dropped too
+        try {
+          const int32_t dropped = token_of(r, f.path, at);
+          apply_rollback(r, &dropped);
+        } catch (...) {
+          fail_request(it, current_error());
+        }
+        continue;
+      }
+      if (draft) {
+        const size_t V = size_t(model.config().vocab_size);
+        r.draft_logits.assign(f.draft_logits.begin() + ptrdiff_t(at * V), f.draft_logits.begin() + ptrdiff_t((at + 1) * V));
+      }
       Produced d;
       d.r = &r;
       const char* reason = nullptr;
@@ -360,6 +404,7 @@ struct Engine::Impl {
       }
       produced.push_back(std::move(d));
     }
+    apply_rollbacks(f);
     if (profile) {
       prof_steps += 1;
       prof_tokens += f.so.num_batched_tokens;
@@ -368,19 +413,64 @@ struct Engine::Impl {
     }
   }
 
+  // The sequence's token of this step (logit row `at`), sampled or accepted.
+  int32_t token_of(Request& r, Flight::Path path, size_t at) {
+    if (path != Flight::Path::Host) {
+      r.sampler->accept(device_ids[at]);
+      return device_ids[at];
+    }
+    const size_t V = size_t(model.config().vocab_size);
+    std::span<float> lg(logits.data() + at * V, V);
+    if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
+    return r.sampler->sample(lg);
+  }
+
+  // Rolls r back by r.rollback_pending generated tokens, plus `dropped` when the step just
+  // collected sampled one for it (its sampler saw it; the scheduler did not). The scheduler
+  // rolls back one token more and gets the last remaining one again, so that token is
+  // recomputed and the next one sampled from its logits, as in the run that never had them.
+  void apply_rollback(Request& r, const int32_t* dropped) {
+    const int64_t n = r.rollback_pending;
+    r.rollback_pending = 0;
+    std::vector<int32_t> gone(r.out_ids.end() - n, r.out_ids.end());
+    if (dropped) gone.push_back(*dropped);
+    r.sampler->rollback(gone);
+    r.out_ids.resize(r.out_ids.size() - size_t(n));
+    r.draft_logits.clear();
+    sched->rollback(r.id, n + 1);
+    sched->append_token(r.id, r.out_ids.empty() ? r.p.prompt.back() : r.out_ids.back());
+  }
+
+  // The rollbacks asked for while f was in flight that collect() has not applied (their
+  // requests sampled nothing in f). The scheduler has committed f by now.
+  void apply_rollbacks(Flight& f) {
+    for (uint64_t id : f.rollbacks) {
+      auto it = reqs.find(id);
+      if (it == reqs.end() || it->second->rollback_pending == 0) continue;
+      try {
+        apply_rollback(*it->second, nullptr);
+      } catch (...) {
+        fail_request(it, current_error());
+      }
+    }
+  }
+
+  // A request whose own bookkeeping failed between steps (no step holds it): it ends alone.
+  void fail_request(std::unordered_map<uint64_t, std::unique_ptr<Request>>::iterator it, const std::string& what) {
+    Produced d;
+    d.r = it->second.get();
+    d.o = output_of(*d.r);
+    set_error(d.o, what);
+    sched->finish(d.r->id);
+    done.emplace_back();
+    erase_request(it, &done.back());
+    produced.push_back(std::move(d));
+  }
+
   // Samples (or accepts) the sequence's token of this step and applies eos, stop strings and
   // max_tokens; returns the finish reason, or null when it runs on (its token appended).
   const char* advance(Request& r, Flight::Path path, size_t at, Produced& d) {
-    int32_t id;
-    if (path != Flight::Path::Host) {
-      id = device_ids[at];
-      r.sampler->accept(id);
-    } else {
-      const size_t V = size_t(model.config().vocab_size);
-      std::span<float> lg(logits.data() + at * V, V);
-      if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
-      id = r.sampler->sample(lg);
-    }
+    const int32_t id = token_of(r, path, at);
     r.out_ids.push_back(id);
     ++generation_tokens_total;
     d.id = id;
@@ -427,6 +517,7 @@ struct Engine::Impl {
       sched->finish(s.id);
     }
     sched->commit(f.so);
+    apply_rollbacks(f);
   }
 
   // A request that failed after collect() (its deferred text): ends it as abort() would,
@@ -463,8 +554,19 @@ struct Engine::Impl {
   }
 };
 
-Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : impl_(new Impl(model, tok, cfg)) {
+Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Transformer* draft)
+    : impl_(new Impl(model, tok, cfg, draft)) {
   const ModelConfig& mc = model.config();
+  if (draft) {
+    const ModelConfig& dc = draft->config();
+    if (draft == &model) throw Error("the draft model must be another model than the target");
+    if (dc.vocab_size != mc.vocab_size)
+      throw Error("the draft model's vocabulary (" + std::to_string(dc.vocab_size) + ") differs from the target's (" +
+                  std::to_string(mc.vocab_size) + ")");
+    const int64_t ctx = context_limit(mc), dctx = context_limit(dc);
+    if (dctx > 0 && (ctx == 0 || dctx < ctx))
+      throw Error("the draft model's context (" + std::to_string(dctx) + " tokens) is shorter than the target's");
+  }
   if (cfg.block_size <= 0 || cfg.block_size > kMaxBlockSize)
     throw Error("--block-size must be in [1, " + std::to_string(kMaxBlockSize) + "] (got " +
                 std::to_string(cfg.block_size) + ")");
@@ -472,7 +574,10 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
   if (cfg.max_num_batched_tokens <= 0) throw Error("--max-num-batched-tokens must be > 0");
   if (cfg.kv_cache_bytes < 0) throw Error("--kv-cache-memory must be >= 0");
   // Every product below is saturating: user input (block size, sequences, bytes) must not wrap.
-  const int64_t block_bytes = mul_sat(int64_t(KVCache::bytes_per_token(mc, model.kv_dtype())), cfg.block_size);
+  // With a draft, a block is one block of each cache.
+  const int64_t token_bytes = add_sat(int64_t(KVCache::bytes_per_token(mc, model.kv_dtype())),
+                                      draft ? int64_t(KVCache::bytes_per_token(draft->config(), draft->kv_dtype())) : 0);
+  const int64_t block_bytes = mul_sat(token_bytes, cfg.block_size);
   const int64_t ctx = context_limit(mc) > 0 ? context_limit(mc) : 4096;
   const int64_t per_seq = ceil_div(ctx, cfg.block_size);
   int64_t num_blocks;
@@ -486,7 +591,7 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
                   " blocks of " + std::to_string(block_bytes) + " bytes, more than the " +
                   std::to_string(kMaxKvBlocks) + " a cache can index (lower --kv-cache-memory or -n, or raise "
                   "--block-size)");
-  } else if (int64_t budget = model.backend().default_kv_budget(); budget >= 0) {
+  } else if (int64_t budget = default_budget(model, draft); budget >= 0) {
     // GPU: what --gpu-memory-utilization leaves after the weights, capped at what max_num_seqs
     // full-context sequences can use.
     num_blocks = std::min({budget / block_bytes, mul_sat(per_seq, cfg.max_num_seqs), kMaxKvBlocks});
@@ -505,6 +610,9 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
     throw Error("the KV cache (" + std::to_string(num_blocks) + " blocks of " + std::to_string(block_bytes) +
                 " bytes) is larger than any memory; lower --block-size or --kv-cache-memory");
   impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype(), &model.backend());
+  if (draft)
+    impl_->draft_kv =
+        std::make_unique<KVCache>(draft->config(), num_blocks, cfg.block_size, draft->kv_dtype(), &draft->backend());
   SchedulerConfig sc;
   sc.num_blocks = num_blocks;
   sc.block_size = cfg.block_size;
@@ -512,7 +620,8 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg) : imp
   sc.max_num_batched_tokens = cfg.max_num_batched_tokens;
   // "dynamic" RoPE rotates a prefix by the length of the prompt it came with: a cached prefix of
   // another prompt would be rotated differently, so it is never reused.
-  sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic;
+  sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic &&
+                    !(draft && draft->config().rope.type == RopeType::Dynamic);
   impl_->sched = std::make_unique<Scheduler>(sc);
 }
 
@@ -644,8 +753,41 @@ EngineStats Engine::stats() const {
   return e;
 }
 
+void Engine::rollback(uint64_t id, int64_t n) {
+  Impl& m = *impl_;
+  auto it = m.reqs.find(id);
+  if (it == m.reqs.end()) throw Error("rollback: no live request " + std::to_string(id));
+  Impl::Request& r = *it->second;
+  const int64_t have = int64_t(r.out_ids.size()) - r.rollback_pending;  // what the caller was returned
+  if (n < 0 || n > have)
+    throw Error("rollback of " + std::to_string(n) + " tokens: request " + std::to_string(id) + " has " +
+                std::to_string(have) + " generated tokens");
+  if (r.stream) throw Error("rollback: request " + std::to_string(id) + "'s text was streamed and cannot be taken back");
+  if (int64_t(r.p.prompt.size()) + have - n < 2)  // the scheduler rolls back one token more
+    throw Error("rollback: every generated token of a one-token prompt cannot be rolled back");
+  if (n == 0) return;
+  r.rollback_pending += n;
+  if (!m.flight) return m.apply_rollback(r, nullptr);
+  auto& ids = m.flight->rollbacks;  // the step in flight may hold it: after its commit
+  if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+}
+
 void Engine::clear_prefix_cache() { impl_->sched->clear_prefix_cache(); }
 
 const EngineConfig& Engine::config() const { return impl_->cfg; }
+
+const Transformer& Engine::model() const { return impl_->model; }
+
+const Transformer* Engine::draft() const { return impl_->draft; }
+
+const KVCache& Engine::kv_cache() const { return *impl_->kv; }
+
+const KVCache* Engine::draft_kv_cache() const { return impl_->draft_kv.get(); }
+
+std::span<const float> Engine::draft_logits(uint64_t id) const {
+  auto it = impl_->reqs.find(id);
+  if (it == impl_->reqs.end()) return {};
+  return it->second->draft_logits;
+}
 
 }  // namespace gale

@@ -5,6 +5,7 @@
 // Not thread-safe: one thread calls it (the server wraps it in a loop thread with a queue).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -80,7 +81,15 @@ struct EngineStats {
 
 class Engine {
  public:
-  Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg = {});
+  // draft: a second model beside the target (speculative decoding's seam; nothing proposes with
+  // it yet). It must share the target's vocabulary (tokenizer) and context. It gets a KV cache
+  // of its own with the same number of blocks of the same size, indexed by the same block
+  // tables: one scheduler, one block pool and one prefix cache serve both, so a block allocated,
+  // shared, copied, rolled back or freed is so in both caches, and the KV budget covers a block
+  // of each. For that to be sound the draft runs over every token the target runs over: each
+  // step's forward is run by the draft too (after the target's launch, synchronously), and
+  // draft_logits() keeps its logits where the target sampled.
+  Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg = {}, Transformer* draft = nullptr);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -91,6 +100,17 @@ class Engine {
   // Frees the request's blocks (after the step in flight, if any); its final output
   // (finish_reason "abort") comes from the next step().
   void abort(uint64_t id);
+  // Removes the last n generated tokens of a live request (0 <= n <= tokens it has returned), as
+  // if they had never been sampled: its blocks past the remaining tokens are freed, its sampler
+  // forgets them (penalties; a seeded generator is rewound, so the continuation draws what the
+  // uninterrupted run drew), and its next token is sampled again from the logits after the
+  // tokens that remain. Call it between step() calls. With overlap the step launched ahead may
+  // hold the request: the rollback then applies when the next step() collects that step, and the
+  // token that step sampled for the request is dropped, never returned. completion_tokens counts
+  // down accordingly. Throws gale::Error for an unknown or finished id, n out of range, a request
+  // whose text is streamed (an engine with a tokenizer: returned text cannot be taken back), and
+  // n equal to every generated token of a one-token prompt (the scheduler keeps one token).
+  void rollback(uint64_t id, int64_t n);
   // Returns what one scheduler step produced. With overlap, it also launches the next step
   // before returning, so a request added now joins the step after that one.
   // Failures do not escape: a request whose own work throws (sampling, detokenization, stop
@@ -103,6 +123,14 @@ class Engine {
   // Drops the prefix cache's unreferenced blocks (after a run: every block is free again).
   void clear_prefix_cache();
   const EngineConfig& config() const;
+  // The models and their KV caches: the draft ones are null without a draft.
+  const Transformer& model() const;
+  const Transformer* draft() const;
+  const KVCache& kv_cache() const;
+  const KVCache* draft_kv_cache() const;
+  // The draft's logits [vocab] at the position the target sampled the request's last returned
+  // token from; empty without a draft, before its first token, after a rollback, once finished.
+  std::span<const float> draft_logits(uint64_t id) const;
 
  private:
   struct Impl;

@@ -107,6 +107,11 @@ int32_t PrefixCache::insert(int32_t from, std::span<const int32_t> tokens, std::
   return node;
 }
 
+int32_t PrefixCache::parent(int32_t node) const {
+  GALE_ASSERT(node != kRoot && nodes_[size_t(node)].live);
+  return nodes_[size_t(node)].parent;
+}
+
 void PrefixCache::remove_leaf(int32_t id) {
   Node& n = nodes_[size_t(id)];
   GALE_ASSERT(n.children.empty() && id != kRoot);

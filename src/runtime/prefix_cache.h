@@ -44,6 +44,10 @@ class PrefixCache {
   // released, the cached one retained). Returns the node of block last-1.
   int32_t insert(int32_t from, std::span<const int32_t> tokens, std::span<int32_t> blocks);
 
+  // The node of the block before `node`'s (kRoot for a first block). A sequence holding node's
+  // block holds the whole path, so every node on it stays live.
+  int32_t parent(int32_t node) const;
+
   // Frees up to n unreferenced cached blocks (LRU leaves first); returns how many were freed.
   int64_t evict(int64_t n);
   // Blocks that evict() could free right now.

@@ -27,6 +27,8 @@ uint64_t Rng::next() {
   return z ^ (z >> 31);
 }
 
+void Rng::rewind(uint64_t n) { s_ -= n * 0x9E3779B97F4A7C15ull; }
+
 double Rng::uniform() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
 
 int32_t argmax(std::span<const float> v) {
@@ -41,6 +43,21 @@ Sampler::Sampler(const SamplingParams& p, std::span<const int32_t> prompt)
   validate(p_);
   std::sort(seen_.begin(), seen_.end());
   seen_.erase(std::unique(seen_.begin(), seen_.end()), seen_.end());
+  prompt_ids_ = seen_;
+}
+
+void Sampler::rollback(std::span<const int32_t> ids) {
+  for (int32_t id : ids) {
+    auto it = std::lower_bound(out_ids_.begin(), out_ids_.end(), id);
+    GALE_ASSERT(it != out_ids_.end() && *it == id);  // it was generated
+    const size_t at = size_t(it - out_ids_.begin());
+    if (--out_counts_[at] > 0) continue;
+    out_ids_.erase(it);
+    out_counts_.erase(out_counts_.begin() + ptrdiff_t(at));
+    if (!std::binary_search(prompt_ids_.begin(), prompt_ids_.end(), id))
+      seen_.erase(std::lower_bound(seen_.begin(), seen_.end(), id));
+  }
+  if (p_.temperature != 0.0f) rng_.rewind(uint64_t(ids.size()));
 }
 
 void Sampler::accept(int32_t id) {

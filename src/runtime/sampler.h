@@ -27,6 +27,8 @@ class Rng {
   explicit Rng(uint64_t seed) : s_(seed) {}
   uint64_t next();
   double uniform();  // [0, 1) with 53 random bits
+  // Undoes the last n draws (splitmix64's state advances by a constant per draw).
+  void rewind(uint64_t n);
 
  private:
   uint64_t s_;
@@ -38,6 +40,11 @@ class Sampler {
   // Picks the next id from logits [vocab] (modified in place) and records it as generated.
   int32_t sample(std::span<float> logits);
   void accept(int32_t id);  // record an id chosen elsewhere (e.g. forced)
+  // Forgets the last ids.size() generated ids (`ids`: those ids), as if they had never been
+  // generated: the penalty lists drop them and, when sampling (temperature > 0), the generator
+  // is rewound by one draw each (each came from sample() or from next_uniform() + accept()), so
+  // the tokens sampled next get the uniforms they had.
+  void rollback(std::span<const int32_t> ids);
   // Plain greedy (temperature 0, no penalties): the choice is the logits' argmax, which the
   // engine may take from the device without copying the logits out.
   bool plain_greedy() const {
@@ -61,6 +68,7 @@ class Sampler {
   // Kept sorted and distinct as ids arrive (each penalty applies once per id), so neither path
   // sorts the prompt again every token.
   std::vector<int32_t> seen_;        // prompt + output ids, for repetition penalty
+  std::vector<int32_t> prompt_ids_;  // distinct prompt ids, ascending (rollback keeps them seen)
   std::vector<int32_t> out_ids_;     // output ids, for presence/frequency
   std::vector<int32_t> out_counts_;  // their counts
   std::vector<int32_t> idx_;         // scratch

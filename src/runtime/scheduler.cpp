@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/checked_math.h"
 #include "core/error.h"
 
 namespace gale {
@@ -132,6 +133,7 @@ SchedulerOutput Scheduler::schedule() {
     ss.block_table = s.blocks;
     ss.sample = s.num_computed + n == int64_t(s.tokens.size());
     out.seqs.push_back(std::move(ss));
+    s.in_step = true;
     scheduled.insert(s.id);
     budget -= n;
     out.num_batched_tokens += n;
@@ -232,7 +234,8 @@ void Scheduler::commit(const SchedulerOutput& out) {
     auto it = seqs_.find(ss.id);
     if (it == seqs_.end()) continue;  // finished in between (abort)
     Seq& s = it->second;
-    GALE_ASSERT(s.running && s.num_computed == ss.start_pos);
+    GALE_ASSERT(s.running && s.in_step && s.num_computed == ss.start_pos);
+    s.in_step = false;
     s.num_computed += ss.num_tokens;
     insert_full_blocks(s);
   }
@@ -241,6 +244,40 @@ void Scheduler::commit(const SchedulerOutput& out) {
 }
 
 void Scheduler::append_token(uint64_t id, int32_t token) { seqs_.at(id).tokens.push_back(token); }
+
+void Scheduler::rollback(uint64_t id, int64_t n) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) throw Error("rollback: no sequence " + std::to_string(id));
+  Seq& s = it->second;
+  const int64_t len = int64_t(s.tokens.size());
+  if (n < 0) throw Error("rollback: the number of tokens must be >= 0 (got " + std::to_string(n) + ")");
+  if (n >= len)
+    throw Error("rollback of " + std::to_string(n) + " tokens would leave sequence " + std::to_string(id) +
+                " empty (it has " + std::to_string(len) + ")");
+  // Its step may still be writing the KV of the tokens being removed, and commit() would count them.
+  if (s.in_step) throw Error("rollback: sequence " + std::to_string(id) + " is in a step not yet committed");
+  if (n == 0) return;
+  const int64_t bs = cfg_.block_size;
+  s.tokens.resize(size_t(len - n));
+  s.num_computed = std::min(s.num_computed, len - n);
+  const int64_t full = s.num_computed / bs;
+  if (s.num_inserted > full) {
+    GALE_ASSERT(cache_);
+    // Block `full` is in the cache: the sequence would write its positions past num_computed, so
+    // it recomputes the block's first tokens into a block of its own instead (a copy-on-write
+    // here would need a free block, which a rollback should never wait for).
+    s.num_computed = full * bs;
+    for (int64_t i = full; i < s.num_inserted; ++i) s.cache_node = cache_->parent(s.cache_node);
+    s.num_inserted = full;
+  }
+  // Blocks past the last computed position; the partially used last block stays.
+  const int64_t keep = ceil_div(s.num_computed, bs);
+  GALE_ASSERT(int64_t(s.blocks.size()) >= keep);
+  while (int64_t(s.blocks.size()) > keep) {
+    pool_.release(s.blocks.back());  // a cached block stays in the cache for others
+    s.blocks.pop_back();
+  }
+}
 
 void Scheduler::finish(uint64_t id) {
   auto it = seqs_.find(id);

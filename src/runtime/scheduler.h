@@ -16,6 +16,13 @@
 //
 // The caller runs the step (copies, then one forward over `seqs`), then commit(), then
 // append_token()/finish() for the sequences whose `sample` was set.
+//
+// Rollback (speculative decoding's seam): rollback(id, n) removes a sequence's last n tokens as
+// if they had never been appended. It may be called for any sequence that is not in a step
+// scheduled and not yet committed: between commit() and the next schedule() for running ones,
+// at any time for waiting ones. (A pipelined caller, such as the engine with overlap, holds its
+// rollbacks until the step in flight is committed.) The sequence keeps the blocks that hold its
+// remaining computed tokens, the partially used last one included, and releases the rest.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -82,6 +89,21 @@ class Scheduler {
   void append_token(uint64_t id, int32_t token);
   // Finished or aborted (running or waiting): releases its blocks (cached ones stay cached).
   void finish(uint64_t id);
+  // Removes the last n tokens (0 <= n < its length: at least one token stays; the scheduler
+  // does not tell prompt from output, so a rollback may reach into the prompt). num_computed is
+  // clamped to the new length and every block past the one holding its last computed position
+  // is released. Prefix cache: blocks the sequence inserted stay cached (their KV is right for
+  // their tokens) and the sequence drops its references past its new computed length; when the
+  // new length ends inside a block the cache holds, the sequence would write the rest of that
+  // shared block, so it lets it go too and recomputes that block's leading tokens instead (at
+  // most block_size - 1). A partially filled block is never in the cache, and is inserted only
+  // once all its positions are recomputed, so stale KV is never shared.
+  // When every remaining token is computed afterwards (as after commit()), the caller appends a
+  // token before the next schedule(); to sample again from the last remaining token instead,
+  // roll back one more and append that token again (as Engine::rollback does).
+  // Throws gale::Error for an unknown id, n < 0, n >= its length, or a sequence scheduled in a
+  // step that is not committed yet.
+  void rollback(uint64_t id, int64_t n);
 
   bool contains(uint64_t id) const { return seqs_.count(id) != 0; }
   const std::vector<int32_t>& tokens(uint64_t id) const;
@@ -108,6 +130,7 @@ class Scheduler {
     int64_t cached_tokens = 0;
     int64_t num_preemptions = 0;
     bool running = false;
+    bool in_step = false;  // scheduled, not yet committed
   };
   using Rank = std::tuple<int, uint64_t, uint64_t>;  // (priority, arrival, id)
   static Rank rank(const Seq& s) { return {s.priority, s.arrival, s.id}; }

@@ -162,4 +162,56 @@ TEST(Sampler, InvalidParametersAreRejected) {
   bad([](SamplingParams& p) { p.repetition_penalty = 0; });
 }
 
+// Forgetting the last tokens restores the penalty lists and the generator: sampling again gives
+// the tokens of the run that never had them (speculative decoding's rollback).
+TEST(Sampler, RollbackForgetsTokensAndRewindsTheGenerator) {
+  SamplingParams p;
+  p.temperature = 0.9f;
+  p.top_p = 0.9f;
+  p.repetition_penalty = 1.3f;
+  p.presence_penalty = 0.4f;
+  p.frequency_penalty = 0.3f;
+  p.seed = 42;
+  const std::vector<int32_t> prompt = {3, 7, 7, 11};
+  auto logits = [](int step) {
+    std::vector<float> l(40);
+    for (size_t i = 0; i < l.size(); ++i) l[i] = float(std::sin(double(i) * 0.7 + step * 0.3)) * 3.0f;
+    return l;
+  };
+  Sampler ref(p, prompt), s(p, prompt);
+  std::vector<int32_t> want, got;
+  for (int i = 0; i < 30; ++i) {
+    auto l = logits(i);
+    want.push_back(ref.sample(l));
+  }
+  for (int i = 0; i < 20; ++i) {  // 20 tokens, then forget the last 12 (and 3 forced ones)
+    auto l = logits(i);
+    got.push_back(s.sample(l));
+  }
+  std::vector<int32_t> gone(got.end() - 12, got.end());
+  got.resize(8);
+  s.rollback(gone);
+  for (int32_t forced : {7, 30, 30}) {  // as the device path: a uniform drawn, the device's id accepted
+    s.next_uniform();
+    s.accept(forced);
+  }
+  s.rollback(std::vector<int32_t>{7, 30, 30});
+  Sampler at8(p, prompt);
+  for (int i = 0; i < 8; ++i) {
+    auto l = logits(i);
+    at8.sample(l);
+  }
+  EXPECT_EQ(std::vector<int32_t>(s.seen_ids().begin(), s.seen_ids().end()),
+            std::vector<int32_t>(at8.seen_ids().begin(), at8.seen_ids().end()));
+  EXPECT_EQ(std::vector<int32_t>(s.output_ids().begin(), s.output_ids().end()),
+            std::vector<int32_t>(at8.output_ids().begin(), at8.output_ids().end()));
+  EXPECT_EQ(std::vector<int32_t>(s.output_counts().begin(), s.output_counts().end()),
+            std::vector<int32_t>(at8.output_counts().begin(), at8.output_counts().end()));
+  for (int i = 8; i < 30; ++i) {
+    auto l = logits(i);
+    got.push_back(s.sample(l));
+  }
+  EXPECT_EQ(got, want);
+}
+
 }  // namespace

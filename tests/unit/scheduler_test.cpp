@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "core/error.h"
 #include "runtime/scheduler.h"
 
 using namespace gale;
@@ -68,7 +69,7 @@ class Sim {
     for (const ScheduledSeq& s : so.seqs) {
       if (!s.sample) continue;
       const std::vector<int32_t>& toks = sched_.tokens(s.id);
-      int32_t next = int32_t((toks.back() * 31 + int32_t(toks.size()) * 7) % 1000);
+      int32_t next = int32_t((toks.back() * 31 + int32_t(toks.size()) * 7 + salt_[s.id]) % 1000);
       out_[s.id].push_back(next);
       if (int64_t(out_[s.id].size()) >= want_[s.id]) {
         sched_.finish(s.id);
@@ -79,6 +80,19 @@ class Sim {
     }
     return so;
   }
+
+  // Drops the last n outputs of a live sequence as the engine does: the scheduler rolls back one
+  // token more and gets the last remaining one again, which is recomputed and sampled from.
+  void rollback(uint64_t id, int64_t n) {
+    const std::vector<int32_t>& toks = sched_.tokens(id);
+    const int32_t last = toks[toks.size() - size_t(n) - 1];
+    sched_.rollback(id, n + 1);
+    sched_.append_token(id, last);
+    out_[id].resize(out_[id].size() - size_t(n));
+  }
+  // Changes what the "model" generates for a sequence from now on (rolled-back tokens come back
+  // different, so a stale cached block would be read as a wrong token).
+  void set_salt(uint64_t id, int32_t salt) { salt_[id] = salt; }
 
   void run(int max_steps = 100000) {
     for (int i = 0; i < max_steps && sched_.has_unfinished(); ++i) step();
@@ -95,6 +109,7 @@ class Sim {
   std::vector<int32_t> slots_;  // mock KV: the token id written at every slot
   std::map<uint64_t, int64_t> want_;
   std::map<uint64_t, std::vector<int32_t>> out_;
+  std::map<uint64_t, int32_t> salt_;
   std::vector<uint64_t> finished_order_;
 };
 
@@ -300,6 +315,189 @@ TEST(Scheduler, RandomWorkloadsUnderPressureMatchARoomyRun) {
     }
   }
   EXPECT_GT(preemptions, 20);
+  EXPECT_GT(hits, 100);
+}
+
+// ---- rollback -------------------------------------------------------------------------------
+
+// Runs one sequence step by step (commit, then append the "model's" token) until it holds `len`
+// tokens right after a commit (every token computed, nothing appended yet).
+void run_to(Scheduler& s, uint64_t id, int64_t len) {
+  while (true) {
+    SchedulerOutput so = s.schedule();
+    s.commit(so);
+    const std::vector<int32_t>& t = s.tokens(id);
+    ASSERT_FALSE(so.seqs.empty());
+    if (!so.seqs.back().sample) continue;
+    if (int64_t(t.size()) >= len) return;
+    s.append_token(id, int32_t((t.back() * 31 + int32_t(t.size()) * 7) % 1000));
+  }
+}
+
+void expect_same_plan(const SchedulerOutput& a, const SchedulerOutput& b) {
+  ASSERT_EQ(a.seqs.size(), b.seqs.size());
+  for (size_t i = 0; i < a.seqs.size(); ++i) {
+    EXPECT_EQ(a.seqs[i].id, b.seqs[i].id);
+    EXPECT_EQ(a.seqs[i].start_pos, b.seqs[i].start_pos);
+    EXPECT_EQ(a.seqs[i].num_tokens, b.seqs[i].num_tokens);
+    EXPECT_EQ(a.seqs[i].block_table, b.seqs[i].block_table);
+    EXPECT_EQ(a.seqs[i].sample, b.seqs[i].sample);
+  }
+  EXPECT_EQ(a.copies.size(), b.copies.size());
+  EXPECT_EQ(a.num_decode_tokens, b.num_decode_tokens);
+  EXPECT_EQ(a.num_prefill_tokens, b.num_prefill_tokens);
+}
+
+// A sequence that ran m tokens further and rolled them back holds the blocks, and gets the
+// schedules, of one that never had them: whole blocks freed, the partial last one kept.
+TEST(SchedulerRollback, ThenAppendSchedulesAsIfNeverAppended) {
+  struct Case { int64_t len, m; bool prefix; };
+  // Block size 4, prompt 6. Rollbacks within a block, onto a boundary, across one and several;
+  // with the prefix cache where the new length stays past the blocks it inserted.
+  for (Case c : {Case{9, 1, false}, Case{9, 2, false}, Case{8, 1, false}, Case{8, 5, false}, Case{11, 9, false},
+                 Case{7, 13, false}, Case{9, 2, true}, Case{12, 2, true}, Case{16, 3, true}}) {
+    SCOPED_TRACE("len " + std::to_string(c.len) + " m " + std::to_string(c.m) + (c.prefix ? " prefix" : ""));
+    Scheduler a(config(32, 4, 64, c.prefix)), b(config(32, 4, 64, c.prefix));
+    a.add(1, tokens(6, 1));
+    b.add(1, tokens(6, 1));
+    run_to(a, 1, c.len + c.m);
+    run_to(b, 1, c.len);
+    const int64_t free_before = a.pool().num_free();
+    a.rollback(1, c.m);
+    EXPECT_EQ(a.tokens(1), b.tokens(1));
+    EXPECT_EQ(a.pool().num_free(), b.pool().num_free());
+    EXPECT_EQ(a.pool().num_free() - free_before, (c.len + c.m + 3) / 4 - (c.len + 3) / 4) << "whole blocks freed";
+    EXPECT_EQ(a.stats().blocks_cached, b.stats().blocks_cached + (c.prefix ? (c.len + c.m) / 4 - c.len / 4 : 0));
+    const int32_t next = 777;
+    a.append_token(1, next);
+    b.append_token(1, next);
+    for (int step = 0; step < 9; ++step) {
+      SchedulerOutput pa = a.schedule(), pb = b.schedule();
+      expect_same_plan(pa, pb);
+      a.commit(pa);
+      b.commit(pb);
+      a.append_token(1, 100 + step);
+      b.append_token(1, 100 + step);
+      EXPECT_EQ(a.pool().num_free(), b.pool().num_free());
+    }
+  }
+}
+
+TEST(SchedulerRollback, WaitingSequenceAndErrors) {
+  Scheduler s(config(16, 4, 64, true));
+  s.add(1, tokens(10, 1));
+  s.rollback(1, 0);
+  s.rollback(1, 3);  // waiting: only its tokens change
+  EXPECT_EQ(s.tokens(1).size(), 7u);
+  EXPECT_THROW(s.rollback(2, 1), Error);   // unknown
+  EXPECT_THROW(s.rollback(1, -1), Error);  // negative
+  EXPECT_THROW(s.rollback(1, 7), Error);   // would leave none
+  SchedulerOutput so = s.schedule();
+  EXPECT_THROW(s.rollback(1, 1), Error);   // its step is not committed yet
+  EXPECT_EQ(s.tokens(1).size(), 7u);
+  s.commit(so);
+  EXPECT_EQ(s.stats().blocks_cached, 1);
+  s.rollback(1, 6);  // into the prompt, down to one token
+  EXPECT_EQ(s.tokens(1), std::vector<int32_t>{tokens(1, 1)});
+  // Its one token sits in a block the cache holds (the first 4 tokens were cached): it lets the
+  // block go and computes that token again into a block of its own.
+  EXPECT_EQ(s.pool().num_free() + s.stats().blocks_cached, s.pool().num_blocks());
+  so = s.schedule();
+  ASSERT_EQ(so.seqs.size(), 1u);
+  EXPECT_EQ(so.seqs[0].start_pos, 0);
+  EXPECT_EQ(so.seqs[0].num_tokens, 1);
+  EXPECT_EQ(s.pool().ref_count(so.seqs[0].block_table[0]), 1);
+  s.commit(so);
+  s.finish(1);
+  expect_all_blocks_free(s);
+}
+
+// A sequence whose generated blocks entered the prefix cache rolls back into and past them and
+// generates something else. The cached blocks keep their (right) KV for others: a request with
+// the old tokens is served from them, one with the new tokens from the new blocks, and no one
+// reads a stale slot (the mock KV checks every read) or writes into a shared block.
+TEST(SchedulerRollback, PrefixCacheKeepsTheRightBlocksAndNeverServesStaleOnes) {
+  // Block size 4, prompt 6, 16 generated: the sequence reaches 21 tokens, 5 full blocks cached.
+  for (int64_t n : {1, 4, 5, 6, 8, 9, 15}) {  // new length 20-n: in, at the end of, or past cached blocks
+    SCOPED_TRACE("rollback " + std::to_string(n));
+    Sim sim(config(64, 4, 64, true));
+    sim.add(1, {tokens(6, 1), 40});
+    for (int i = 0; i < 16; ++i) sim.step();
+    const std::vector<int32_t> old = sim.sched().tokens(1);
+    ASSERT_EQ(old.size(), 22u);
+    ASSERT_EQ(sim.sched().stats().blocks_cached, 5);
+    sim.rollback(1, n);
+    sim.set_salt(1, 5);
+    EXPECT_EQ(sim.sched().stats().blocks_cached, 5) << "cached blocks stay cached";
+    while (sim.sched().tokens(1).size() < 26) sim.step();
+    const std::vector<int32_t> now = sim.sched().tokens(1);
+    ASSERT_NE(std::vector<int32_t>(now.begin(), now.begin() + 22), old);
+    // The old tokens: every full block of them is still cached.
+    sim.add(2, {old, 2});
+    sim.step();
+    EXPECT_GE(sim.sched().num_cached_tokens(2), 20);
+    // The new ones: served from the blocks the rolled-back sequence wrote since.
+    sim.add(3, {std::vector<int32_t>(now.begin(), now.begin() + 21), 2});
+    sim.step();
+    EXPECT_EQ(sim.sched().num_cached_tokens(3), 20);
+    sim.run();
+    expect_all_blocks_free(sim.sched());
+  }
+}
+
+// Random workloads, tight KV budget, rollbacks of random sequences at random steps (into cached
+// and preempted sequences too): outputs equal the roomy run when the rolled-back tokens come
+// back the same; when they come back different, every read still finds its own token.
+TEST(SchedulerRollback, RandomRollbacksUnderPressure) {
+  std::mt19937 rng(11);
+  int64_t rollbacks = 0, preemptions = 0, hits = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    const int64_t bs = 1 + int64_t(rng() % 6);
+    std::vector<Req> reqs;
+    std::vector<int32_t> shared = tokens(int(rng() % 30), 1);
+    int64_t longest = 0;
+    for (int i = 0; i < 8; ++i) {
+      Req r;
+      r.prompt = shared;
+      std::vector<int32_t> tail = tokens(2 + int(rng() % 20), 100 + i + trial);
+      r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+      r.gen = 4 + int64_t(rng() % 20);
+      longest = std::max<int64_t>(longest, int64_t(r.prompt.size()) + r.gen);
+      reqs.push_back(r);
+    }
+    const int64_t need = (longest + bs - 1) / bs;
+    for (bool change : {false, true}) {
+      for (bool prefix : {false, true}) {
+        SCOPED_TRACE("trial " + std::to_string(trial) + " bs " + std::to_string(bs) + (prefix ? " prefix" : "") +
+                     (change ? " new tokens" : ""));
+        Sim tight(config(need + 1 + int64_t(rng() % 4), 1 + int64_t(rng() % 5), 1 + int64_t(rng() % 40), prefix, bs));
+        for (size_t i = 0; i < reqs.size(); ++i) tight.add(i + 1, reqs[i]);
+        for (int step = 0; step < 100000 && tight.sched().has_unfinished(); ++step) {
+          tight.step();
+          if (rng() % 3 != 0) continue;
+          const uint64_t id = 1 + rng() % reqs.size();
+          if (!tight.sched().contains(id)) continue;
+          const int64_t k = int64_t(tight.outputs().at(id).size());
+          if (k == 0) continue;
+          tight.rollback(id, 1 + int64_t(rng() % uint64_t(k)));
+          if (change) tight.set_salt(id, int32_t(rng() % 50));
+          ++rollbacks;
+        }
+        EXPECT_FALSE(tight.sched().has_unfinished());
+        if (!change) {
+          Sim roomy(config(4096, 64, 4096, false, bs));
+          for (size_t i = 0; i < reqs.size(); ++i) roomy.add(i + 1, reqs[i]);
+          roomy.run();
+          EXPECT_EQ(tight.outputs(), roomy.outputs());
+        }
+        preemptions += tight.sched().stats().preemptions;
+        hits += tight.sched().stats().prefix_hit_tokens;
+        expect_all_blocks_free(tight.sched());
+      }
+    }
+  }
+  EXPECT_GT(rollbacks, 200);
+  EXPECT_GT(preemptions, 10);
   EXPECT_GT(hits, 100);
 }
 
