@@ -156,15 +156,15 @@ def markdown(results, baseline, candidate):
     lines = [f"baseline {baseline}, candidate {candidate}; ratio = candidate / baseline (median of the rows)", ""]
     if shared:
         lines += ["same in every row: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in shared), ""]
-    head = ["model", "machine", "settings", "figure", "baseline", "candidate", "ratio"]
+    head = ["model", "machine"] + (["settings"] if varying else []) + ["figure", "baseline", "candidate", "ratio"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         g = r["group"]
-        settings = " ".join(f"{k}={json.dumps(g[k])}" for k in varying if k in g)
+        settings = [" ".join(f"{k}={json.dumps(g[k])}" for k in varying if k in g)] if varying else []
         b, c = r["baseline"], r["candidate"]
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        cells = [str(g.get("model", "")), str(g.get("machine", "")), settings, r["figure"],
-                 f"{fmt(b['median'])} (n={b['rows']})", f"{fmt(c['median'])} (n={c['rows']})", ratio]
+        cells = [str(g.get("model", "")), str(g.get("machine", ""))] + settings + [
+            r["figure"], f"{fmt(b['median'])} (n={b['rows']})", f"{fmt(c['median'])} (n={c['rows']})", ratio]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
 
