@@ -42,7 +42,7 @@ RunResult run_all(Transformer& m, const std::vector<RequestParams>& reqs, Engine
 
 }  // namespace
 
-void bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o) {
+nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o) {
   const int64_t V = m.config().vocab_size;
   Rng rng(7);
   std::vector<RequestParams> reqs;
@@ -72,16 +72,14 @@ void bench_throughput(Transformer& m, const std::string& model_name, const Engin
     if (!o.json)
       std::printf("%12lld %14.1f %14.1f %10.2f\n", (long long)c, out_tps, tot_tps, r.seconds), std::fflush(stdout);
   }
-  if (o.json)
-    std::printf("%s\n", nlohmann::json({{"mode", "throughput"}, {"model", model_name}, {"threads", num_threads()},
-                                        {"requests", o.requests}, {"prompt_tokens", o.prompt}, {"gen_tokens", o.gen},
-                                        {"max_num_batched_tokens", o.engine.max_num_batched_tokens},
-                                        {"results", rows}})
-                            .dump(2)
-                            .c_str());
+  nlohmann::json j = {{"mode", "throughput"}, {"model", model_name}, {"threads", num_threads()},
+                      {"requests", o.requests}, {"prompt_tokens", o.prompt}, {"gen_tokens", o.gen},
+                      {"max_num_batched_tokens", o.engine.max_num_batched_tokens}, {"results", rows}};
+  if (o.json) std::printf("%s\n", j.dump(2).c_str());
+  return j;
 }
 
-void bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o) {
+nlohmann::json bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o) {
   const int64_t V = m.config().vocab_size;
   Rng rng(11);
   const std::vector<int32_t> prefix = random_ids(rng, o.prefix, V);
@@ -120,15 +118,12 @@ void bench_shared_prefix(Transformer& m, const std::string& model_name, const En
                   (long long)r.stats.prefix_cache_hit_tokens, cold_s / r.seconds),
           std::fflush(stdout);
   }
-  if (o.json)
-    std::printf("%s\n", nlohmann::json({{"mode", "shared-prefix"}, {"model", model_name}, {"threads", num_threads()},
-                                        {"requests", o.requests}, {"prefix_tokens", o.prefix},
-                                        {"suffix_tokens", o.suffix}, {"gen_tokens", o.gen},
-                                        {"max_num_seqs", o.engine.max_num_seqs},
-                                        {"max_num_batched_tokens", o.engine.max_num_batched_tokens},
-                                        {"results", rows}})
-                            .dump(2)
-                            .c_str());
+  nlohmann::json j = {{"mode", "shared-prefix"}, {"model", model_name}, {"threads", num_threads()},
+                      {"requests", o.requests}, {"prefix_tokens", o.prefix}, {"suffix_tokens", o.suffix},
+                      {"gen_tokens", o.gen}, {"max_num_seqs", o.engine.max_num_seqs},
+                      {"max_num_batched_tokens", o.engine.max_num_batched_tokens}, {"results", rows}};
+  if (o.json) std::printf("%s\n", j.dump(2).c_str());
+  return j;
 }
 
 }  // namespace gale::cli

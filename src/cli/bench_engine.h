@@ -1,5 +1,6 @@
 // Engine benchmarks behind `gale bench --mode throughput|shared-prefix`.
 #pragma once
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -16,9 +17,10 @@ struct EngineBenchOptions {
   bool json = false;
 };
 
+// Each returns the JSON object that --json prints (for --record).
 // Output tokens/s against max_num_seqs (random prompts, ignore_eos).
-void bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
+nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
 // Requests sharing a long prefix, with and without the prefix cache: prefill saved, speed-up.
-void bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
+nlohmann::json bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
 
 }  // namespace gale::cli

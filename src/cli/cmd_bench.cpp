@@ -2,10 +2,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "cli/bench_engine.h"
+#include "cli/bench_record.h"
+#include "cli/build_info.h"
 #include "cli/command.h"
 #include "cli/engine_options.h"
 #include "cli/model_options.h"
@@ -32,7 +35,40 @@ struct BenchOptions {
   int64_t requests = 0;  // 0 = the mode's default
   std::string concurrency = "1,2,4,8,16";
   int64_t prefix = 1000, suffix = 16;
+  std::string record;  // --record: "" = kDefaultBenchRecord
 };
+
+// The activations' dtype as the flags leave it: a GPU runs bf16 whatever --dtype says.
+std::string act_dtype_name(const BenchOptions& o, bool gpu) {
+  return gpu ? "bf16" : (o.model.dtype.empty() ? "f32" : o.model.dtype);
+}
+
+// The row --record appends: the object --json prints, and what matching it with other runs needs
+// (where the object does not already say it): commit, date, machine, and the settings that
+// change the figures. Keys are only added here, never renamed (bench/results/README.md).
+nlohmann::json record_row(nlohmann::json j, const BenchOptions& o, const Transformer& m) {
+  const bool gpu = !m.backend().is_cpu();
+  const std::string card = m.backend().device_model();
+  j["record_format"] = 1;
+  j["commit"] = build_commit();
+  j["date"] = utc_now_iso8601();
+  j["machine"] = gpu && !card.empty() ? card : cpu_model_name();
+  auto add = [&j](const char* key, nlohmann::json v) {
+    if (!j.contains(key)) j[key] = std::move(v);
+  };
+  add("mode", o.mode);
+  add("device", m.backend().name());
+  add("dtype", act_dtype_name(o, gpu));
+  if (o.mode == "kernels") {
+    add("reps", o.reps);
+    add("probe", !o.no_probe);
+  } else {
+    add("block_size", o.engine.block_size);
+    add("kv_cache_memory", o.engine.kv_cache_memory.empty() ? "default" : o.engine.kv_cache_memory);
+  }
+  if (gpu) add("gpu_memory_utilization", o.model.gpu_memory_utilization);
+  return j;
+}
 
 // Bytes one decode step streams: every matrix once, the embedding table only gathered
 // (unless tied, when the LM head streams it), and only the routed experts of an MoE layer.
@@ -93,7 +129,21 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   sub->add_option("--concurrency", o->concurrency, "throughput: max-num-seqs values to try (default 1,2,4,8,16)");
   sub->add_option("--prefix", o->prefix, "shared-prefix: shared tokens (default 1000)")->check(CLI::PositiveNumber);
   sub->add_option("--suffix", o->suffix, "shared-prefix: distinct tokens per request (default 16)")->check(CLI::PositiveNumber);
+  sub->add_option("--record", o->record,
+                  std::string("Append one JSON line per run (the --json object plus commit, date, machine) to FILE "
+                              "(default ") + kDefaultBenchRecord + ", relative to the current directory); compare "
+                              "commits with tools/bench-compare.py")
+      ->expected(0, 1)
+      ->type_name("[FILE]");
   sub->callback([o, sub] {
+    // Opened first: a path that cannot be written fails before the run, a failed run appends nothing.
+    std::unique_ptr<BenchRecord> record;
+    if (sub->count("--record")) record = std::make_unique<BenchRecord>(o->record.empty() ? kDefaultBenchRecord : o->record);
+    auto append_record = [&](const nlohmann::json& j, const Transformer& m) {
+      if (!record) return;
+      record->append(record_row(j, *o, m));
+      std::fprintf(stderr, "recorded to %s\n", record->path().c_str());
+    };
     if (o->mode != "kernels") {
       const std::string path = resolve_model(o->model);
       LoadedModel lm = load_model(path, backend_options(o->model));
@@ -109,13 +159,13 @@ CommandRegistrar reg{40, [](CLI::App& root) {
           if (c <= 0) throw gale::Error("--concurrency values must be > 0");
           b.concurrency.push_back(c);
         }
-        bench_throughput(*lm.model, lm.source, b);
+        append_record(bench_throughput(*lm.model, lm.source, b), *lm.model);
       } else {
         b.requests = o->requests > 0 ? o->requests : 64;
         b.prefix = o->prefix;
         b.suffix = o->suffix;
         b.gen = sub->count("--gen") ? o->gen : 8;
-        bench_shared_prefix(*lm.model, lm.source, b);
+        append_record(bench_shared_prefix(*lm.model, lm.source, b), *lm.model);
       }
       return;
     }
@@ -130,7 +180,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     const int threads = num_threads();
     double bw = 0, peak = 0;
     const bool gpu = !m.backend().is_cpu();
-    const std::string dtype = gpu ? "bf16" : (o->model.dtype.empty() ? "f32" : o->model.dtype);
+    const std::string dtype = act_dtype_name(*o, gpu);
     if (!o->no_probe) {
       if (!o->json) std::fprintf(stderr, "measuring memory bandwidth and %s peak...\n", gpu ? "bf16 tensor-core" : "FMA");
       if (!m.backend().probe(&bw, &peak)) {
@@ -210,6 +260,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     }
     if (o->json) {
       std::printf("%s\n", j.dump(2).c_str());
+      std::fflush(stdout);  // the figures are out even if recording them fails
+      append_record(j, m);
       return;
     }
     std::printf("model        %s (%s), %s activations, load %.2f s\n", lm.source.c_str(), c.architecture.c_str(),
@@ -228,6 +280,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       std::printf("%-12s %10s %8.1f GB/s    %11s   (medians of %d decode steps each followed by a %.1f GB/s read)\n",
                   "tg paired", "", paired_decode, (std::to_string(int(100 * paired_ratio + 0.5)) + "% BW").c_str(),
                   o->pairs, paired_read);
+    std::fflush(stdout);
+    append_record(j, m);
   });
 }};
 

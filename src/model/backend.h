@@ -84,6 +84,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;   // "cpu" or "cuda:N"
+  // The card's model ("NVIDIA H100 80GB HBM3"), for benchmark records; "" where the CPU is the machine.
+  virtual std::string device_model() const { return {}; }
   virtual bool is_cpu() const = 0;
 
   // Dtype of the normed activations and projection outputs the transformer asks for (the

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <sys/wait.h>
+#include <vector>
 
 #include "test_util.h"
 
@@ -153,6 +156,63 @@ TEST(Cli, BenchPairsDecodeStepsWithReadPasses) {
     EXPECT_FALSE(json::parse(r.out).contains("decode_fraction_of_paired_bandwidth")) << flags;
   }
   EXPECT_NE(gale("bench -m synthetic:tiny --device cpu --pairs -1 --json").code, 0);
+}
+
+// --record appends one JSON line per run: the --json object plus commit, date and machine. Runs
+// that fail append nothing; without a FILE it writes bench/results/bench.jsonl under the current
+// directory.
+TEST(Cli, BenchRecordAppendsOneJsonLinePerRun) {
+  const fs::path dir = fs::temp_directory_path() / ("gale-cli-record-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string file = (dir / "runs" / "bench.jsonl").string();  // "runs/" does not exist yet
+  const std::string run = "bench -m synthetic:tiny --device cpu --prompt 16 --gen 4 --reps 1 --no-probe";
+  Result r = gale(run + " --json --record " + file);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json printed = json::parse(r.out);
+  ASSERT_EQ(gale(run + " --record " + file).code, 0);  // text output records the same row
+  EXPECT_NE(gale("bench -m synthetic:no-such-shape --record " + file).code, 0);
+  std::ifstream in(file);
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(json::parse(line));  // throws on a torn line
+  ASSERT_EQ(rows.size(), 2u);
+  for (const json& row : rows) {
+    EXPECT_EQ(row["record_format"], 1);
+    const std::string commit = row["commit"];
+    EXPECT_TRUE(commit == "unknown" || commit.size() >= 12) << commit;
+    EXPECT_EQ(row["date"].get<std::string>().size(), 20u) << row["date"];  // 2026-12-03T19:45:12Z
+    EXPECT_EQ(row["date"].get<std::string>().back(), 'Z');
+    EXPECT_FALSE(row["machine"].get<std::string>().empty());
+    EXPECT_EQ(row["mode"], "kernels");
+    EXPECT_EQ(row["device"], "cpu");
+    EXPECT_EQ(row["reps"], 1);
+    EXPECT_EQ(row["probe"], false);
+    EXPECT_EQ(row["prompt_tokens"], 16);
+    EXPECT_EQ(row["gen_tokens"], 4);
+    EXPECT_GT(row["decode_tokens_per_s"].get<double>(), 0);
+    for (auto& [key, value] : printed.items()) {  // every key --json prints, with the same settings
+      if (value.is_number_float()) {
+        EXPECT_TRUE(row.contains(key)) << key;
+      } else {
+        EXPECT_EQ(row[key], value) << key;
+      }
+    }
+  }
+  EXPECT_FALSE(printed.contains("commit"));  // --json itself is unchanged
+  // An engine mode records its results list; no FILE means bench/results/bench.jsonl here.
+  const std::string cmd = "cd " + dir.string() + " && timeout 300 " + GALE_BINARY +
+                          " bench -m synthetic:tiny --device cpu --mode throughput --requests 2 --prompt 4 --gen 2"
+                          " --concurrency 1,2 --record >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream def(dir / "bench" / "results" / "bench.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(def, line));
+  const json row = json::parse(line);
+  EXPECT_EQ(row["mode"], "throughput");
+  EXPECT_EQ(row["results"].size(), 2u);
+  EXPECT_EQ(row["block_size"], 16);
+  EXPECT_FALSE(std::getline(def, line));
+  fs::remove_all(dir);
 }
 
 TEST(Cli, PerplexityCommand) {

@@ -95,6 +95,10 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda:" + std::to_string(dev_); }
+  std::string device_model() const override {
+    cudaDeviceProp prop{};
+    return cudaGetDeviceProperties(&prop, dev_) == cudaSuccess ? std::string(prop.name) : std::string();
+  }
   bool is_cpu() const override { return false; }
   DType act_dtype() const override { return DType::BF16; }
   DType kv_dtype() const override { return DType::BF16; }
