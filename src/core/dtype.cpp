@@ -1,6 +1,7 @@
 #include "core/dtype.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace gale {
 
@@ -105,16 +106,30 @@ float f8e5m2_to_f32(uint8_t v) {
   return f16_to_f32(uint16_t(uint16_t(v) << 8));
 }
 
+namespace {
+
+// Element i of a tensor whose data may sit at any byte offset: safetensors aligns the data
+// section, not each tensor (an f32 vector after an odd-length bf16 one is misaligned), so
+// elements are read with memcpy rather than through a typed pointer.
+template <class T>
+T element(const void* data, size_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const uint8_t*>(data) + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+}  // namespace
+
 float load_as_f32(const void* data, DType t, size_t i) {
   switch (t) {
-    case DType::F32: return static_cast<const float*>(data)[i];
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::F8_E4M3: return f8e4m3_to_f32(static_cast<const uint8_t*>(data)[i]);
-    case DType::F8_E5M2: return f8e5m2_to_f32(static_cast<const uint8_t*>(data)[i]);
-    case DType::I32: return float(static_cast<const int32_t*>(data)[i]);
-    case DType::I64: return float(static_cast<const int64_t*>(data)[i]);
-    case DType::U8: return float(static_cast<const uint8_t*>(data)[i]);
+    case DType::F32: return element<float>(data, i);
+    case DType::F16: return f16_to_f32(element<uint16_t>(data, i));
+    case DType::BF16: return bf16_to_f32(element<uint16_t>(data, i));
+    case DType::F8_E4M3: return f8e4m3_to_f32(element<uint8_t>(data, i));
+    case DType::F8_E5M2: return f8e5m2_to_f32(element<uint8_t>(data, i));
+    case DType::I32: return float(element<int32_t>(data, i));
+    case DType::I64: return float(element<int64_t>(data, i));
+    case DType::U8: return float(element<uint8_t>(data, i));
   }
   return 0.0f;
 }
