@@ -645,7 +645,6 @@ Engine::~Engine() {
                  1e3 * m.prof_book / n, 1e3 * m.prof_text / n,
                  m.steps_ahead > 0 ? " (text+outputs of a step launched ahead run while the device computes)" : "");
   }
-  delete impl_;
 }
 
 uint64_t Engine::add_request(RequestParams p) {

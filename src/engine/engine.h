@@ -5,6 +5,7 @@
 // Not thread-safe: one thread calls it (the server wraps it in a loop thread with a queue).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -134,7 +135,7 @@ class Engine {
 
  private:
   struct Impl;
-  Impl* impl_;
+  std::unique_ptr<Impl> impl_;  // freed also when the constructor throws (a bad --block-size)
 };
 
 }  // namespace gale
