@@ -11,6 +11,7 @@
 #include "host_sampling_backend.h"
 #include "loader/model_config.h"
 #include "loader/safetensors.h"
+#include "model/arch/arch.h"
 #include "model/model_loader.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
