@@ -58,6 +58,12 @@ void bind_moe(TensorBinder& b, const ModelConfig& c, const std::string& p, const
   }
 }
 
+void bind_dense_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
+  bind_norms(b, c, p, L);
+  bind_attention(b, c, p, L);
+  bind_mlp(b, c, p, L);
+}
+
 void window_all_layers(const ConfigReader& r, ModelConfig& c) {
   if (!r.has("layer_types"))
     for (auto& w : c.layer_window) w = c.sliding_window;

@@ -28,6 +28,9 @@ struct MoeNames {
 };
 void bind_moe(TensorBinder& b, const ModelConfig& c, const std::string& p, const MoeNames& n, LayerWeights& L);
 
+// The Llama layer (norms, attention, SwiGLU MLP), which most families use unchanged.
+void bind_dense_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L);
+
 // The 4.x spelling of sliding windows, for configs without layer_types: every layer windowed.
 void window_all_layers(const ConfigReader& r, ModelConfig& c);
 // attention_bias: q/k/v and o biases together (Llama, Qwen3).

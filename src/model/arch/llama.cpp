@@ -12,16 +12,10 @@ void configure(const ConfigReader& r, ModelConfig& c) {
   c.mlp_bias = r.boolean_or("mlp_bias", false);
 }
 
-void bind_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
-  bind_norms(b, c, p, L);
-  bind_attention(b, c, p, L);
-  bind_mlp(b, c, p, L);
-}
-
 }  // namespace
 
 const Architecture& llama_architecture() {
-  static const Architecture a{{"LlamaForCausalLM"}, configure, bind_layer};
+  static const Architecture a{{"LlamaForCausalLM"}, configure, bind_dense_layer};
   return a;
 }
 

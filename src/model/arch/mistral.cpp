@@ -8,16 +8,10 @@ namespace {
 
 void configure(const ConfigReader& r, ModelConfig& c) { window_all_layers(r, c); }
 
-void bind_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
-  bind_norms(b, c, p, L);
-  bind_attention(b, c, p, L);
-  bind_mlp(b, c, p, L);
-}
-
 }  // namespace
 
 const Architecture& mistral_architecture() {
-  static const Architecture a{{"MistralForCausalLM"}, configure, bind_layer};
+  static const Architecture a{{"MistralForCausalLM"}, configure, bind_dense_layer};
   return a;
 }
 

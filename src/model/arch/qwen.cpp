@@ -25,21 +25,15 @@ void configure_qwen3(const ConfigReader& r, ModelConfig& c) {
   qwen_window(r, c);
 }
 
-void bind_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
-  bind_norms(b, c, p, L);
-  bind_attention(b, c, p, L);
-  bind_mlp(b, c, p, L);
-}
-
 }  // namespace
 
 const Architecture& qwen2_architecture() {
-  static const Architecture a{{"Qwen2ForCausalLM"}, configure_qwen2, bind_layer};
+  static const Architecture a{{"Qwen2ForCausalLM"}, configure_qwen2, bind_dense_layer};
   return a;
 }
 
 const Architecture& qwen3_architecture() {
-  static const Architecture a{{"Qwen3ForCausalLM"}, configure_qwen3, bind_layer};
+  static const Architecture a{{"Qwen3ForCausalLM"}, configure_qwen3, bind_dense_layer};
   return a;
 }
 
