@@ -8,29 +8,14 @@
 #include <string_view>
 
 #include "serve/openai_api.h"
-#include "tokenizer/chat_template.h"
-#include "tokenizer/tokenizer.h"
+#include "fuzz_target.h"
 
 namespace {
 
-struct Target {
-  std::unique_ptr<gale::Tokenizer> tok;
-  std::unique_ptr<gale::ChatTemplate> tmpl;
-  gale::serve::ModelInfo info;
-};
+using gale::fuzz::Target;
 
 const Target& target() {
-  static const Target t = [] {
-    Target t;
-    t.tok = gale::Tokenizer::load(std::string(GALE_SOURCE_DIR) + "/models/default");
-    t.tmpl = std::make_unique<gale::ChatTemplate>(gale::ChatTemplate::from_string(
-        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"));
-    t.info.name = "fuzz";
-    t.info.max_model_len = 256;
-    t.info.vocab_size = int64_t(t.tok->vocab_size());
-    return t;
-  }();
+  static const Target t = gale::fuzz::make_target(/*check_model_name=*/true);
   return t;
 }
 
