@@ -4,7 +4,8 @@
 #   tools/gpu-skip-check.sh CTEST_LOG
 set -uo pipefail
 log=$1
-total=$(grep -oE 'tests failed out of [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$')
+# "100% tests passed, 0 tests failed out of N" (CMake 3.25) or "100% tests passed out of N" (newer).
+total=$(grep -oE 'tests passed(, [0-9]+ tests failed)? out of [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$')
 skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .*\(Skipped\)$' "$log")
 total=${total:-0}
 if (( total == 0 )); then
