@@ -24,10 +24,6 @@ const TensorInfo& TensorBinder::tensor(const std::string& name, std::vector<int6
     TensorInfo& t = recorded_.emplace_back();
     t.name = name;
     t.shape = std::move(shape);
-    if (t.shape.size() == 1) {
-      if (zeros_.size() < size_t(t.shape[0])) zeros_.resize(size_t(t.shape[0]));
-      t.data = reinterpret_cast<const uint8_t*>(zeros_.data());
-    }
     return t;
   }
   const TensorInfo& t = st_->get(name);
@@ -45,6 +41,7 @@ const TensorInfo& TensorBinder::tensor(const std::string& name, std::vector<int6
 std::vector<float> TensorBinder::vec(const std::string& name, int64_t n) {
   const TensorInfo& t = tensor(name, {n});
   std::vector<float> v(static_cast<size_t>(n));
+  if (!st_) return v;  // record mode: no data behind it
   for (int64_t i = 0; i < n; ++i) v[size_t(i)] = load_as_f32(t.data, t.dtype, size_t(i));
   return v;
 }

@@ -19,7 +19,7 @@ namespace gale {
 class TensorBinder {
  public:
   // st == nullptr: records the tensors asked for instead of binding them (their names and
-  // shapes lay out a synthetic checkpoint); vectors read as zeros, matrices point nowhere.
+  // shapes lay out a synthetic checkpoint); vectors come back as zeros, no tensor has data.
   explicit TensorBinder(const SafeTensors* st) : st_(st) {}
 
   // The tensor `name` of exactly `shape`; throws gale::Error naming a missing tensor or a
@@ -47,7 +47,6 @@ class TensorBinder {
   size_t bytes_ = 0;
   std::vector<std::pair<std::string, std::vector<int64_t>>> requested_;
   std::deque<TensorInfo> recorded_;  // record mode: stable addresses for the returned infos
-  std::vector<float> zeros_;         // record mode: what vectors read
 };
 
 }  // namespace gale
