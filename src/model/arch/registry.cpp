@@ -36,14 +36,16 @@ const Architecture& find_architecture(const std::string& name, const std::string
 }
 
 ModelConfig parse_model_config(const nlohmann::json& j, const std::string& what) {
-  // An unsupported architecture is named before any of its keys is judged.
+  // An unsupported architecture is named before any of its keys is judged; a malformed
+  // "architectures" is parse_common_config's error.
+  const Architecture* a = nullptr;
   if (j.is_object() && j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
       j["architectures"][0].is_string())
-    find_architecture(j["architectures"][0].get<std::string>(), what);
+    a = &find_architecture(j["architectures"][0].get<std::string>(), what);
   ModelConfig c = parse_common_config(j, what);
-  const Architecture& a = find_architecture(c.architecture, what);
+  GALE_ASSERT(a);
   try {
-    a.configure(ConfigReader{j, what}, c);
+    a->configure(ConfigReader{j, what}, c);
   } catch (const nlohmann::json::exception& e) {  // a value of the wrong JSON type deep inside
     throw Error(what + ": " + e.what());
   }
