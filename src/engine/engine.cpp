@@ -60,10 +60,6 @@ int64_t available_memory() {
   return 0;
 }
 
-}  // namespace
-
-namespace {
-
 // The GPU's KV budget (what --gpu-memory-utilization leaves after the weights) as each model's
 // backend sees it, the smaller; -1 when the target's backend has none (CPU).
 int64_t default_budget(const Transformer& model, const Transformer* draft) {
