@@ -46,7 +46,11 @@ class Mailbox {
     std::vector<uint64_t> ids; // Added: engine ids, in submission order
     std::string error;         // Failed: the engine's validation message
   };
+  Mailbox() = default;
   explicit Mailbox(std::function<void()> notify) : notify_(std::move(notify)) {}
+  // Only before the box is handed to the engine loop (the wake-up is read without the lock's order
+  // otherwise); lets the callback hold a weak pointer to the box itself.
+  void set_notify(std::function<void()> notify) { notify_ = std::move(notify); }
   void push(Event e);
   std::vector<Event> take();
 

@@ -171,11 +171,18 @@ class Session : public std::enable_shared_from_this<Session> {
   void begin_generation() {
     std::weak_ptr<Session> weak = shared_from_this();
     auto ex = stream_.get_executor();
-    box_ = std::make_shared<Mailbox>([weak, ex] {
-      net::post(ex, [weak] {
-        if (auto s = weak.lock()) s->on_events();
+    // The wake-up may arrive after this request ended (a timeout or an error answered it and
+    // box_ was reset or replaced by the next request's): it then belongs to no one and is dropped.
+    auto box = std::make_shared<Mailbox>();
+    std::weak_ptr<Mailbox> weak_box = box;
+    box->set_notify([weak, ex, weak_box] {
+      net::post(ex, [weak, weak_box] {
+        auto s = weak.lock();
+        auto b = weak_box.lock();
+        if (s && b && s->box_ == b) s->on_events();
       });
     });
+    box_ = std::move(box);
     auto reqs = api_->engine_requests();
     choices_.assign(reqs.size(), ChoiceState{});
     offsets_.assign(reqs.size(), 0);

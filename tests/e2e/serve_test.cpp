@@ -384,6 +384,21 @@ TEST_F(ServeTest, RequestTimeout) {
   EXPECT_EQ(metric("gale_num_requests_in_flight"), 0);
 }
 
+// Regression: the engine keeps pushing outputs until it sees the timeout's cancel, and a wake-up
+// posted then used to reach a session whose mailbox the answered request had already dropped (a
+// null dereference under UBSan). Fast steps and short timeouts make that window wide.
+TEST_F(ServeTest, WakeupsAfterATimeoutAreDropped) {
+  ServerConfig cfg;
+  cfg.request_timeout_s = 0.02;
+  start(cfg);
+  engine_->step_ms = 1;
+  for (int i = 0; i < 25; ++i)
+    expect_error(http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":60})"), 408);
+  engine_->step_ms = 0;
+  Response ok = http(port_, "POST", "/v1/completions", R"({"prompt":"x","max_tokens":3})");
+  EXPECT_EQ(ok.status, 200);
+}
+
 TEST_F(ServeTest, DrainFinishesInFlightRequests) {
   start();
   engine_->step_ms = 10;
