@@ -32,11 +32,10 @@ int64_t first_missing(const std::set<int64_t>& have, int64_t n) {
 }
 
 constexpr std::string_view kLayers = "model.layers.";
-constexpr std::string_view kExperts = "block_sparse_moe.experts.";
 
 }  // namespace
 
-void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& st) {
+void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& st, std::string_view experts_prefix) {
   std::set<int64_t> layers;
   std::map<int64_t, std::set<int64_t>> experts;  // layer -> expert indices present
   for (const auto& [name, t] : st.tensors()) {
@@ -44,7 +43,8 @@ void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& 
     if (l < 0) continue;
     layers.insert(l);
     const size_t after = kLayers.size() + std::to_string(l).size() + 1;
-    if (int64_t e = index_after(name, kExperts, after); e >= 0) experts[l].insert(e);
+    if (experts_prefix.empty()) continue;
+    if (int64_t e = index_after(name, experts_prefix, after); e >= 0) experts[l].insert(e);
   }
   if (int64_t l = first_missing(layers, cfg.num_layers); l >= 0)
     throw Error("config.json has num_hidden_layers = " + std::to_string(cfg.num_layers) +
@@ -57,7 +57,7 @@ void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& 
       throw Error("config.json has num_local_experts = " + std::to_string(cfg.num_experts) +
                   " but layer " + std::to_string(l) + " of the checkpoint holds " + std::to_string(have.size()) +
                   " experts: no tensor named " + std::string(kLayers) + std::to_string(l) + "." +
-                  std::string(kExperts) + std::to_string(e) + ".*");
+                  std::string(experts_prefix) + std::to_string(e) + ".*");
   }
 }
 

@@ -1,6 +1,7 @@
 // Checks of a checkpoint's tensor list against config.json, made where binding cannot make them.
 #pragma once
 #include <string>
+#include <string_view>
 #include <unordered_set>
 
 #include "loader/model_config.h"
@@ -14,7 +15,9 @@ class SafeTensors;
 // saying num_hidden_layers: 1e9 fails here instead of allocating a billion layers first. Each
 // layer's (and expert's) shapes are checked by binding; this only checks the counts, in memory
 // bounded by the checkpoint's own header. Throws gale::Error naming the first missing prefix.
-void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& st);
+// experts_prefix: how the architecture names its experts under a layer
+// ("block_sparse_moe.experts."), for a config with num_local_experts.
+void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& st, std::string_view experts_prefix);
 
 // After binding: a tensor the model did not bind that holds quantization data (scales, zero
 // points, packed integer weights: `*weight_scale*`, `*scale_inv`, `qweight`, `qzeros`,

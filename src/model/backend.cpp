@@ -7,6 +7,15 @@
 
 namespace gale {
 
+bool Backend::supports(const Linear& l) const {
+  const bool dense = l.dtype == DType::F32 || l.dtype == DType::F16 || l.dtype == DType::BF16 ||
+                     l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
+  return dense && l.scheme.plain() && l.packed_rows();
+}
+
+void Backend::fill_zero(Act) { throw Error(name() + ": fill_zero is not implemented (partial residuals)"); }
+void Backend::reduce_add(Act, Act) { throw Error(name() + ": reduce_add is not implemented (partial residuals)"); }
+
 void Backend::sample_rows(Act, std::span<const RowSampling>, int32_t*) {
   throw Error("sampling on the device is not available on " + name());
 }

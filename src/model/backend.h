@@ -105,6 +105,13 @@ class Backend {
   virtual void release(void* p, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
 
+  // Whether linear / linear_fused (and the fused ops built on them) run a matrix stored as l
+  // is: its dtype, scheme and row stride (model/weights.h). The model asks for every matrix
+  // before prepare() and refuses the first that fails, by name. Default: the dense dtypes
+  // (F32, F16, BF16, F8_E4M3, F8_E5M2) without scales, in packed rows, which the CPU ops read
+  // in place and the CUDA backend converts to bf16 at upload.
+  virtual bool supports(const Linear& l) const;
+
   // Once per model: upload, convert or fuse what the ops need. q/k/v and gate/up become one
   // projection each (linear_fused) where the backend can.
   virtual void prepare(const ModelConfig& cfg, const ModelWeights& w) = 0;
@@ -195,6 +202,17 @@ class Backend {
   virtual void attend_cached(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) {
     throw Error(name() + ": attend_cached without rmsnorm_qkv_rope_cache");
   }
+  // Tensor parallelism's seam: how each block's output (the o projection, the dense MLP's
+  // down projection, the experts' weighted sum) reaches the residual stream x. Where
+  // partial_residuals() is false (one device) the block's last product accumulates straight
+  // into x. Where true, the transformer has the block write into zeroed f32 scratch of x's
+  // shape (fill_zero) and then calls reduce_add(partial, x): a tensor-parallel backend holds
+  // its rank's partial sum there and all-reduces it across ranks before the add. The CPU
+  // backend implements both as one rank (tests run the model through the seam); elsewhere the
+  // defaults throw.
+  virtual bool partial_residuals() const { return false; }
+  virtual void fill_zero(Act x);
+  virtual void reduce_add(Act partial, Act x);
   // gate = silu(gate) * up (in place).
   virtual void silu_mul(Act gate, Act up) = 0;
   // Rounds f32 activations to bf16 in place (`--dtype bf16` on the CPU); no-op where the

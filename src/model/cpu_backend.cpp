@@ -71,6 +71,18 @@ void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out
   cpu::matmul_multi(in.f32(), in.ld, in.rows, in.cols, {targets, ls.size()});
 }
 
+void CpuBackend::fill_zero(Act x) {
+  check_f32(x);
+  for (int64_t r = 0; r < x.rows; ++r) std::memset(x.f32() + r * x.ld, 0, size_t(x.cols) * sizeof(float));
+}
+
+void CpuBackend::reduce_add(Act partial, Act x) {
+  check_f32(partial);
+  check_f32(x);
+  GALE_ASSERT(partial.rows == x.rows && partial.cols == x.cols);
+  for (int64_t r = 0; r < x.rows; ++r) cpu::axpy_f32(1.0f, partial.f32() + r * partial.ld, x.f32() + r * x.ld, x.cols);
+}
+
 void CpuBackend::rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) {
   check_f32(q);
   check_f32(k);

@@ -28,6 +28,8 @@ class CpuBackend : public Backend {
   void rope(Act q, int64_t n_q_heads, Act k, int64_t n_k_heads, int64_t head_dim) override;
   void attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                  Act out) override;
+  void fill_zero(Act x) override;
+  void reduce_add(Act partial, Act x) override;  // one rank: x += partial
   void silu_mul(Act gate, Act up) override;
   void round_act(Act x) override;
   void gather_rows(Act src, std::span<const int32_t> rows, Act dst) override;

@@ -4,6 +4,7 @@
 #include "model/arch/arch.h"
 #include "model/kv_cache.h"
 #include "model/synthetic.h"
+#include "model/transforms.h"
 
 namespace gale {
 
@@ -46,9 +47,14 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
     if (!m.model->backend().is_cpu()) warm_up(*m.model);
     return m;
   }
+  // The loading pipeline: the architecture's description, the weights bound with their
+  // schemes, the transforms, then the backend's check and prepare (in the Transformer).
   ModelConfig cfg = load_model_config(path);
   auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(path));
-  m.model = std::make_unique<Transformer>(cfg, bind_weights(st, cfg), act, std::move(backend));
+  ModelWeights w = bind_weights(st, cfg);
+  const WeightTransform transforms[] = {identity_transform()};
+  apply_transforms(transforms, cfg, w);
+  m.model = std::make_unique<Transformer>(cfg, std::move(w), act, std::move(backend));
   if (!m.model->backend().is_cpu()) warm_up(*m.model);
   return m;
 }

@@ -9,16 +9,31 @@
 
 namespace gale {
 
+namespace {
+
+// Loading's last check before prepare: the backend runs every matrix as it is stored, or the
+// model is refused naming the first that it cannot (a scheme no kernel of it reads).
+void check_supported(const Backend& be, const ModelWeights& w) {
+  for_each_linear(w, [&](const Linear& l) {
+    if (!be.supports(l))
+      throw Error("weight '" + (l.name.empty() ? std::string("(unnamed)") : l.name) + "' is stored as " +
+                  describe_storage(l) + ", which the " + be.name() + " backend cannot run");
+  });
+}
+
+}  // namespace
+
 Transformer::Transformer(ModelConfig cfg, ModelWeights w, ActDType act, std::unique_ptr<Backend> backend)
     : cfg_(std::move(cfg)), w_(std::move(w)), act_(act), backend_(std::move(backend)) {
   rot_dim_ = int64_t(double(cfg_.head_dim) * cfg_.rope.partial_rotary_factor);
   if (!backend_) backend_ = std::make_unique<CpuBackend>(act == ActDType::BF16);
+  check_supported(*backend_, w_);
   backend_->prepare(cfg_, w_);
 }
 
 Transformer::~Transformer() {
-  for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_ws_, &blogit_x_, &blogit_n_,
-                    &blogits_})
+  for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_ws_, &bpartial_, &blogit_x_,
+                    &blogit_n_, &blogits_})
     if (b->p) backend_->release(b->p, b->bytes);
 }
 
@@ -148,6 +163,7 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
     const size_t ws = be.moe_workspace_bytes(c, Tp);
     buffer(bmoe_ws_, int64_t((ws + 3) / 4), 1, DType::F32);
   }
+  if (be.partial_residuals()) buffer(bpartial_, Tp, H, DType::F32);
   Act rows = buffer(blogit_x_, Rp, H, DType::F32);
   Act normed = buffer(blogit_n_, Rp, H, be.act_dtype());
   Act out;
@@ -210,13 +226,28 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
     be.rope_attention(kvl, q, k, v, c.num_heads, window, scale, attn);
   }
   be.round_act(attn);
-  be.linear(L.o, attn, x_, /*accumulate=*/true);  // residual add
+  if (!be.partial_residuals()) {
+    be.linear(L.o, attn, x_, /*accumulate=*/true);  // residual add
+    return;
+  }
+  Act part = buffer(bpartial_, T, c.hidden_size, DType::F32);
+  be.linear(L.o, attn, part, /*accumulate=*/false);
+  be.reduce_add(part, x_);
+}
+
+Act Transformer::zeroed_partial() {
+  Act part = buffer(bpartial_, x_.rows, cfg_.hidden_size, DType::F32);
+  backend_->fill_zero(part);
+  return part;
 }
 
 void Transformer::mlp_block(const LayerWeights& L) {
   Backend& be = *backend_;
   Act gu = buffer(bgu_, x_.rows, 2 * cfg_.intermediate_size, be.act_dtype());
-  be.swiglu_mlp(x_, L.ffn_norm, float(cfg_.rms_norm_eps), xn_, gu, L.gate, L.up, L.down, x_);  // residual add
+  const bool partial = be.partial_residuals();
+  Act out = partial ? zeroed_partial() : x_;
+  be.swiglu_mlp(x_, L.ffn_norm, float(cfg_.rms_norm_eps), xn_, gu, L.gate, L.up, L.down, out);  // out += mlp
+  if (partial) be.reduce_add(out, x_);
 }
 
 void Transformer::moe_block(const LayerWeights& L, int64_t T) {
@@ -224,7 +255,10 @@ void Transformer::moe_block(const LayerWeights& L, int64_t T) {
   Backend& be = *backend_;
   Act router = buffer(brouter_, T, c.num_experts, DType::F32);
   be.linear(L.router, xn_, router, false);
-  be.moe_experts(c, L, xn_, router, bmoe_ws_.p, x_);  // residual add
+  const bool partial = be.partial_residuals();
+  Act out = partial ? zeroed_partial() : x_;
+  be.moe_experts(c, L, xn_, router, bmoe_ws_.p, out);  // out += experts
+  if (partial) be.reduce_add(out, x_);
 }
 
 }  // namespace gale

@@ -80,6 +80,9 @@ class Transformer {
   void attention_block(int64_t layer, KVCache& kv, int64_t T);
   void mlp_block(const LayerWeights& L);
   void moe_block(const LayerWeights& L, int64_t T);
+  // Where the backend has partial residuals (Backend::partial_residuals): the block's output
+  // goes to this zeroed scratch, then reduce_add adds it into x_.
+  Act zeroed_partial();
 
   ModelConfig cfg_;
   ModelWeights w_;
@@ -88,7 +91,7 @@ class Transformer {
   std::unique_ptr<Backend> backend_;
   StepPlan plan_;
   Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
-  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, blogit_x_, blogit_n_, blogits_;
+  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, bpartial_, blogit_x_, blogit_n_, blogits_;
   int64_t launched_rows_ = -1;  // ids a launch owes wait_ids(); -1: nothing launched
   std::vector<int64_t> pos_;
 };

@@ -48,18 +48,13 @@ std::vector<float> TensorBinder::vec(const std::string& name, int64_t n) {
 
 Linear TensorBinder::linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
   const TensorInfo& t = tensor(prefix + ".weight", {out, in});
-  Linear l{t.data, t.dtype, out, in, {}};
+  Linear l;
+  l.w = t.data;
+  l.dtype = t.dtype;
+  l.out = out;
+  l.in = in;
+  l.name = t.name;
   if (bias) l.bias = vec(prefix + ".bias", out);
-  return l;
-}
-
-Linear TensorBinder::rows(const Linear& whole, int64_t row0, int64_t n) {
-  GALE_ASSERT(row0 >= 0 && n > 0 && row0 + n <= whole.out);
-  Linear l = whole;
-  if (whole.w)
-    l.w = static_cast<const uint8_t*>(whole.w) + size_t(row0) * size_t(whole.in) * dtype_size(whole.dtype);
-  l.out = n;
-  if (!whole.bias.empty()) l.bias.assign(whole.bias.begin() + row0, whole.bias.begin() + row0 + n);
   return l;
 }
 

@@ -30,9 +30,6 @@ class TensorBinder {
   std::vector<float> vec(const std::string& name, int64_t n);
   // "<prefix>.weight" [out, in] (+ "<prefix>.bias" [out]).
   Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias);
-  // Rows [row0, row0 + rows) of a matrix: a view into the same storage (a fused q|k|v or
-  // gate|up tensor split into its projections), with the matching slice of its bias.
-  static Linear rows(const Linear& whole, int64_t row0, int64_t rows);
 
   const std::unordered_set<std::string>& bound() const { return bound_; }
   size_t bytes() const { return bytes_; }

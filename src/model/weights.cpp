@@ -1,5 +1,7 @@
 #include "model/weights.h"
 
+#include "core/error.h"
+
 #include "loader/checkpoint_check.h"
 #include "loader/safetensors.h"
 #include "model/arch/arch.h"
@@ -22,7 +24,11 @@ ModelWeights bind_with(TensorBinder& b, const ModelConfig& c) {
     arch.bind_layer(b, c, "model.layers." + std::to_string(i) + ".", w.layers[size_t(i)]);
   w.final_norm = b.vec("model.norm.weight", H);
   if (c.tie_word_embeddings && !b.has("lm_head.weight")) {
-    w.lm_head = Linear{emb.data, emb.dtype, c.vocab_size, H, {}};
+    w.lm_head.w = emb.data;
+    w.lm_head.dtype = emb.dtype;
+    w.lm_head.out = c.vocab_size;
+    w.lm_head.in = H;
+    w.lm_head.name = emb.name;
   } else {
     w.lm_head = b.linear("lm_head", c.vocab_size, H, false);
   }
@@ -31,10 +37,112 @@ ModelWeights bind_with(TensorBinder& b, const ModelConfig& c) {
 
 }  // namespace
 
+namespace {
+
+using Scales = WeightScheme::Scales;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Scales (or zero points) per stored row of them, and the element offset of scale row `r`.
+int64_t scales_per_row(const Linear& l) {
+  const WeightScheme& s = l.scheme;
+  if (s.scale_ld) return s.scale_ld;
+  return s.scales == Scales::PerGroup || s.scales == Scales::PerBlock ? ceil_div(l.in, s.group) : 1;
+}
+
+const void* offset(const void* p, int64_t elems, DType dt) {
+  return p ? static_cast<const uint8_t*>(p) + size_t(elems) * dtype_size(dt) : nullptr;
+}
+
+// Moves a scheme's scale and zero pointers by `elems` scale elements.
+void offset_scales(WeightScheme& s, int64_t elems) {
+  s.scale = offset(s.scale, elems, s.scale_dtype);
+  s.zero = offset(s.zero, elems, s.zero_dtype);
+}
+
+// Byte offset of element (r, c) of the stored values.
+size_t value_offset(const Linear& l, int64_t r, int64_t c) {
+  const size_t e = size_t(r) * size_t(l.row_stride()) + size_t(c);
+  return l.scheme.packing == WeightScheme::Packing::U4 ? e / 2 : e * dtype_size(l.dtype);
+}
+
+}  // namespace
+
+Linear Linear::rows_view(int64_t r0, int64_t n) const {
+  GALE_ASSERT(r0 >= 0 && n > 0 && r0 + n <= out);
+  Linear v = *this;
+  if (w) v.w = static_cast<const uint8_t*>(w) + value_offset(*this, r0, 0);
+  v.out = n;
+  v.ld = row_stride();
+  if (!bias.empty()) v.bias.assign(bias.begin() + r0, bias.begin() + r0 + n);
+  v.scheme.scale_ld = scales_per_row(*this);
+  switch (scheme.scales) {
+    case Scales::None:
+    case Scales::PerTensor: break;
+    case Scales::PerChannel: offset_scales(v.scheme, r0); break;
+    case Scales::PerGroup: offset_scales(v.scheme, r0 * v.scheme.scale_ld); break;
+    case Scales::PerBlock:
+      GALE_ASSERT(r0 % scheme.group == 0);
+      offset_scales(v.scheme, r0 / scheme.group * v.scheme.scale_ld);
+      break;
+  }
+  return v;
+}
+
+Linear Linear::cols_view(int64_t c0, int64_t n) const {
+  GALE_ASSERT(c0 >= 0 && n > 0 && c0 + n <= in);
+  if (scheme.packing == WeightScheme::Packing::U4) GALE_ASSERT(c0 % 2 == 0 && row_stride() % 2 == 0);
+  Linear v = *this;
+  if (w) v.w = static_cast<const uint8_t*>(w) + value_offset(*this, 0, c0);
+  v.in = n;
+  v.ld = row_stride();
+  v.bias.clear();
+  v.scheme.scale_ld = scales_per_row(*this);
+  if (scheme.scales == Scales::PerGroup || scheme.scales == Scales::PerBlock) {
+    GALE_ASSERT(c0 % scheme.group == 0 && (n % scheme.group == 0 || c0 + n == in));
+    offset_scales(v.scheme, c0 / scheme.group);
+  }
+  return v;
+}
+
+std::string describe_storage(const Linear& l) {
+  const WeightScheme& s = l.scheme;
+  std::string r(dtype_name(l.dtype));
+  if (s.packing == WeightScheme::Packing::U4) r += " packed 4-bit";
+  switch (s.scales) {
+    case Scales::None: break;
+    case Scales::PerTensor: r += ", one scale"; break;
+    case Scales::PerChannel: r += ", per-channel scales"; break;
+    case Scales::PerGroup: r += ", scales per group of " + std::to_string(s.group); break;
+    case Scales::PerBlock: r += ", scales per " + std::to_string(s.group) + "x" + std::to_string(s.group) + " block"; break;
+  }
+  if (s.zero) r += ", zero points";
+  if (!l.packed_rows()) r += ", row stride " + std::to_string(l.row_stride());
+  return r;
+}
+
+namespace {
+
+template <class W, class Fn>
+void walk_linears(W& w, Fn&& fn) {
+  for (auto& L : w.layers) {
+    for (auto* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.router})
+      if (l->out > 0) fn(*l);
+    for (auto& e : L.experts)
+      for (auto* l : {&e.gate, &e.up, &e.down}) fn(*l);
+  }
+  if (w.lm_head.out > 0) fn(w.lm_head);
+}
+
+}  // namespace
+
+void for_each_linear(const ModelWeights& w, const std::function<void(const Linear&)>& fn) { walk_linears(w, fn); }
+void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn) { walk_linears(w, fn); }
+
 ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelConfig& c) {
   const SafeTensors& st = *stp;
   // The counts first: the layer and expert arrays below are sized from them.
-  check_config_against_checkpoint(c, st);
+  check_config_against_checkpoint(c, st, find_architecture(c.architecture).experts_prefix);
   TensorBinder b(&st);
   ModelWeights w = bind_with(b, c);
   check_unbound_tensors(st, b.bound());

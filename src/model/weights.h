@@ -2,6 +2,7 @@
 // (or a synthetic buffer): matrices stay in their stored dtype.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -14,13 +15,64 @@ namespace gale {
 
 class SafeTensors;
 
+// How a matrix's numbers are stored beyond their element type: the scales, zero points and
+// packing of quantized formats. A weight format is data here, not a code path through the
+// model: binding (model/arch/) or a transform (model/transforms.h) fills the scheme in, and
+// each backend says which schemes its ops run (Backend::supports); the model refuses, naming
+// the tensor, a matrix its backend cannot run. Plain 16/32-bit and FP8 weights without scales
+// have the default scheme.
+struct WeightScheme {
+  enum class Scales : uint8_t {
+    None,        // the stored values are the weights
+    PerTensor,   // one scale
+    PerChannel,  // one per output row: [out]
+    PerGroup,    // one per `group` input columns of each row: [out, in / group]
+    PerBlock,    // one per group x group tile: [ceil(out / group), ceil(in / group)]
+  };
+  enum class Packing : uint8_t {
+    None,  // one element of the dtype per value
+    U4,    // two 4-bit values per byte of U8, the lower nibble first (AWQ / GPTQ style)
+  };
+  Scales scales = Scales::None;
+  const void* scale = nullptr;  // in the layout the kind says
+  DType scale_dtype = DType::F32;
+  int64_t group = 0;            // PerGroup / PerBlock
+  int64_t scale_ld = 0;         // PerGroup / PerBlock: scales per stored row of them; 0: as `in` implies
+  const void* zero = nullptr;   // zero points in the scales' layout (asymmetric formats), or null
+  DType zero_dtype = DType::U8;
+  Packing packing = Packing::None;
+  bool plain() const { return scales == Scales::None && packing == Packing::None && zero == nullptr; }
+};
+
+// A projection y = x · Wᵀ (+ bias): a view of `out` rows of `in` values, row r starting `ld`
+// elements after row r - 1 (a fused tensor's slice, or a tensor-parallel shard of the mapped
+// checkpoint, is a view and not a copy).
 struct Linear {
-  const void* w = nullptr;  // [out, in] in dtype
+  const void* w = nullptr;  // the view's first element, in dtype
   DType dtype = DType::F32;
   int64_t out = 0, in = 0;
   std::vector<float> bias;  // [out] or empty
-  size_t bytes() const { return size_t(out) * size_t(in) * dtype_size(dtype); }
+  int64_t ld = 0;           // row stride in elements; 0: `in` (rows packed back to back)
+  WeightScheme scheme;
+  std::string name;         // the checkpoint's tensor, for messages ("" for made-up matrices)
+  int64_t row_stride() const { return ld ? ld : in; }
+  bool packed_rows() const { return row_stride() == in; }
+  // Bytes of the stored values the view covers (scales not counted).
+  size_t bytes() const {
+    const size_t n = size_t(out) * size_t(in);
+    return scheme.packing == WeightScheme::Packing::U4 ? (n + 1) / 2 : n * dtype_size(dtype);
+  }
+  // Rows [r0, r0 + n) as a view of the same storage, with their bias and scales (a per-block
+  // scheme: r0 a multiple of the block).
+  Linear rows_view(int64_t r0, int64_t n) const;
+  // Columns [c0, c0 + n): the partial product over those inputs (a row-parallel shard), so
+  // without the bias, which the caller adds once; whole scale groups only (c0 a multiple of
+  // the group, n too unless the view reaches the last column).
+  Linear cols_view(int64_t c0, int64_t n) const;
 };
+
+// "BF16", "F8_E4M3, per-channel scales", "U8 packed 4-bit, groups of 128, zero points".
+std::string describe_storage(const Linear& l);
 
 struct ExpertWeights {
   Linear gate, up, down;  // w1, w3, w2 in Mixtral's naming
@@ -42,9 +94,15 @@ struct ModelWeights {
   std::vector<float> final_norm;
   Linear lm_head;               // aliases embed when tie_word_embeddings
   std::shared_ptr<const void> storage;  // keeps the mapping / buffer alive
+  std::vector<std::shared_ptr<const void>> owned;  // matrices transforms made (model/transforms.h)
   size_t total_bytes = 0;       // every tensor of the checkpoint that the model uses
   std::vector<std::string> dtypes;  // distinct stored dtypes, for `gale info`
 };
+
+// Every matrix of the model in a fixed order (per layer q, k, v, o, gate, up, down, router,
+// experts' gate, up, down; then lm_head): what transforms and backend checks walk.
+void for_each_linear(const ModelWeights& w, const std::function<void(const Linear&)>& fn);
+void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn);
 
 // Binds every tensor the config calls for; throws gale::Error naming a missing tensor or one
 // whose shape or dtype disagrees with config.json.

@@ -22,6 +22,9 @@ struct Architecture {
   void (*configure)(const ConfigReader& r, ModelConfig& c);
   // Binds layer `layer`'s tensors (names under `prefix` = "model.layers.<i>.").
   void (*bind_layer)(TensorBinder& b, const ModelConfig& c, const std::string& prefix, LayerWeights& L);
+  // MoE families: the experts' names under a layer ("block_sparse_moe.experts."), whose count
+  // is checked against num_local_experts before anything is sized (loader/checkpoint_check.h).
+  const char* experts_prefix = "";
 };
 
 // Each family's description (defined in its file).

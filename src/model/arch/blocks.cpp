@@ -23,9 +23,9 @@ void bind_fused_attention(TensorBinder& b, const ModelConfig& c, const std::stri
                           LayerWeights& L) {
   const int64_t H = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
   const Linear qkv = b.linear(p + "self_attn." + fused, q + 2 * kv, H, c.qkv_bias);
-  L.q = TensorBinder::rows(qkv, 0, q);
-  L.k = TensorBinder::rows(qkv, q, kv);
-  L.v = TensorBinder::rows(qkv, q + kv, kv);
+  L.q = qkv.rows_view(0, q);
+  L.k = qkv.rows_view(q, kv);
+  L.v = qkv.rows_view(q + kv, kv);
   L.o = b.linear(p + "self_attn.o_proj", H, q, c.o_bias);
 }
 
@@ -40,8 +40,8 @@ void bind_fused_mlp(TensorBinder& b, const ModelConfig& c, const std::string& p,
                     LayerWeights& L) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const Linear gate_up = b.linear(p + "mlp." + fused, 2 * I, H, c.mlp_bias);
-  L.gate = TensorBinder::rows(gate_up, 0, I);
-  L.up = TensorBinder::rows(gate_up, I, I);
+  L.gate = gate_up.rows_view(0, I);
+  L.up = gate_up.rows_view(I, I);
   L.down = b.linear(p + "mlp.down_proj", H, I, c.mlp_bias);
 }
 

@@ -25,7 +25,7 @@ void bind_layer(TensorBinder& b, const ModelConfig& c, const std::string& p, Lay
 }  // namespace
 
 const Architecture& mixtral_architecture() {
-  static const Architecture a{{"MixtralForCausalLM"}, configure, bind_layer};
+  static const Architecture a{{"MixtralForCausalLM"}, configure, bind_layer, "block_sparse_moe.experts."};
   return a;
 }
 

@@ -1,0 +1,38 @@
+// Transforms: steps over the bound weights between binding and the backend's prepare, the
+// third stage of loading (architecture description -> weights bound with their scheme ->
+// transforms -> Backend::supports check and prepare). gpt-fast's habit: quantization and
+// tensor parallelism are applied to a loaded model, not woven into loading, so each is one
+// WeightTransform here and composes with the others:
+//   - quantize-at-load: rewrites matrices into a scheme (model/weights.h WeightScheme);
+//   - shard-for-TP: narrows cfg to the rank's heads and replaces matrices with rows_view /
+//     cols_view views of the mapped checkpoint (pack_rows where the backend needs packed rows);
+//   - prune: zeroes or drops weights in copies it owns.
+// Today the loader applies the identity; the first real user is pack_rows.
+#pragma once
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loader/model_config.h"
+#include "model/weights.h"
+
+namespace gale {
+
+struct WeightTransform {
+  std::string name;  // for messages
+  // May narrow cfg and rewrite w's matrices; data it makes is kept alive in w.owned.
+  std::function<void(ModelConfig& cfg, ModelWeights& w)> apply;
+};
+
+// Leaves everything as bound.
+WeightTransform identity_transform();
+// Copies every matrix whose rows are not packed (a column view, a row-parallel shard) into
+// rows of its own, for backends whose products read packed rows only (Backend::supports).
+// Plain schemes only: a scaled matrix's copy would need its scales re-laid too.
+WeightTransform pack_rows();
+
+// Applies ts in order; an error is rethrown prefixed with the transform's name.
+void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);
+
+}  // namespace gale
