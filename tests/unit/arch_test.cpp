@@ -13,6 +13,7 @@
 #include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "model/weights.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace gale;
@@ -76,17 +77,6 @@ struct Blob {
   }
 };
 
-std::vector<float> all_logits(Transformer& m, const std::vector<int32_t>& ids) {
-  const int64_t bs = 16, n = int64_t(ids.size());
-  KVCache kv(m.config(), (n + bs - 1) / bs, bs, m.kv_dtype());
-  std::vector<int32_t> table(size_t((n + bs - 1) / bs));
-  for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
-  SeqStep s{ids, 0, table, SeqStep::Logits::All};
-  std::vector<float> logits;
-  m.forward({&s, 1}, kv, logits);
-  return logits;
-}
-
 TEST(Phi3Architecture, FusedProjectionsBindAsViewsOfTheSameWeights) {
   const std::string dir = test::fixtures_dir() + "/models/llama-f32";
   json cj = test::read_json(dir + "/config.json");
@@ -135,7 +125,7 @@ TEST(Phi3Architecture, FusedProjectionsBindAsViewsOfTheSameWeights) {
   EXPECT_EQ(static_cast<const uint8_t*>(L.up.w), static_cast<const uint8_t*>(L.gate.w) + size_t(L.gate.out) * row);
 
   const auto ids = test::read_json(dir + "/reference.json")["prompt_ids"].get<std::vector<int32_t>>();
-  const std::vector<float> a = all_logits(llama, ids), b = all_logits(phi3, ids);
+  const std::vector<float> a = test::all_logits(llama, ids), b = test::all_logits(phi3, ids);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "logits differ";
 }

@@ -16,6 +16,7 @@
 #include "model/transformer.h"
 #include "model/transforms.h"
 #include "model/weights.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 using namespace gale;
@@ -38,17 +39,6 @@ Fixture open_fixture(const std::string& name) {
 std::vector<int32_t> prompt_of(const std::string& name) {
   return test::read_json(test::fixtures_dir() + "/models/" + name + "/reference.json")["prompt_ids"]
       .get<std::vector<int32_t>>();
-}
-
-std::vector<float> all_logits(Transformer& m, const std::vector<int32_t>& ids) {
-  const int64_t bs = 16, n = int64_t(ids.size());
-  KVCache kv(m.config(), (n + bs - 1) / bs, bs, m.kv_dtype());
-  std::vector<int32_t> table(size_t((n + bs - 1) / bs));
-  for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
-  SeqStep s{ids, 0, table, SeqStep::Logits::All};
-  std::vector<float> logits;
-  m.forward({&s, 1}, kv, logits);
-  return logits;
 }
 
 // ---- views
@@ -148,7 +138,7 @@ TEST(Transforms, PackRowsMakesStridedViewsRunnable) {
   const Fixture f = open_fixture(name);
   const auto ids = prompt_of(name);
   Transformer plain(f.cfg, f.weights());
-  const std::vector<float> want = all_logits(plain, ids);
+  const std::vector<float> want = test::all_logits(plain, ids);
 
   ModelWeights w = f.weights();
   for_each_linear(w, [&](Linear& l) {
@@ -178,7 +168,7 @@ TEST(Transforms, PackRowsMakesStridedViewsRunnable) {
   apply_transforms(ts, cfg, w);
   for_each_linear(static_cast<const ModelWeights&>(w), [](const Linear& l) { EXPECT_TRUE(l.packed_rows()) << l.name; });
   Transformer packed(cfg, std::move(w));
-  const std::vector<float> got = all_logits(packed, ids);
+  const std::vector<float> got = test::all_logits(packed, ids);
   ASSERT_EQ(got.size(), want.size());
   EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << "logits differ";
 }
@@ -229,7 +219,7 @@ TEST_P(ResidualSeam, PartialOutputsReducedIntoTheResidualGiveTheSameLogits) {
   auto be = std::make_unique<PartialResidualBackend>(act == ActDType::BF16);
   PartialResidualBackend* seam = be.get();
   Transformer split(f.cfg, f.weights(), act, std::move(be));
-  const std::vector<float> a = all_logits(fused, ids), b = all_logits(split, ids);
+  const std::vector<float> a = test::all_logits(fused, ids), b = test::all_logits(split, ids);
   EXPECT_EQ(seam->reductions, 2 * f.cfg.num_layers);  // attention and feed-forward of each layer
   ASSERT_EQ(a.size(), b.size());
   // x + (0 + y) is x + y exactly for one product; the experts' weighted sum is added to x once
