@@ -4,24 +4,10 @@
 
 #include <cstring>
 
-#include "kernels/cpu/matmul_kernels.h"
+#include "kernels/cpu/matmul_simd.h"
 
 namespace gale::cpu::detail {
 namespace {
-
-// Fully unrolls a loop with a constant trip count early enough that arrays of vectors
-// indexed by it become plain registers; otherwise GCC 12 keeps the tile accumulators in a
-// stack array and stores them on every iteration (half speed, measured).
-#define GALE_PRAGMA(x) _Pragma(#x)
-#if defined(__clang__)
-#define GALE_UNROLL GALE_PRAGMA(unroll)
-#else
-#define GALE_UNROLL GALE_PRAGMA(GCC unroll 32)
-#endif
-
-constexpr int64_t elem_size(WKind wk) {
-  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
-}
 
 // 8 weights starting at element k of w, widened exactly to f32.
 template <WKind WK>
@@ -60,176 +46,40 @@ inline __m256 load8_tail(const void* w, int64_t k, int64_t n) {
   return load8<WK>(buf, 0);
 }
 
-inline __m256 loadx_tail(const float* x, int64_t n) {
-  alignas(32) float buf[8] = {};
-  std::memcpy(buf, x, size_t(n) * 4);
-  return _mm256_load_ps(buf);
-}
+// The vector operations matmul_simd.h's shared kernels are written over. AVX2 has no
+// masked loads for every width, so tails go through a zeroed buffer: nothing past the end of
+// the row is read or written.
+struct Avx2 {
+  using vec = __m256;
+  static constexpr int64_t kLanes = 8;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec loadx(const float* x) { return _mm256_loadu_ps(x); }
+  static vec loadx_tail(const float* x, int64_t n) {
+    alignas(32) float buf[8] = {};
+    std::memcpy(buf, x, size_t(n) * 4);
+    return _mm256_load_ps(buf);
+  }
+  template <WKind WK>
+  static vec loadw(const void* w, int64_t k) { return load8<WK>(w, k); }
+  template <WKind WK>
+  static vec loadw_tail(const void* w, int64_t k, int64_t n) { return load8_tail<WK>(w, k, n); }
+  static vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static float hsum(vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  static void store_tail(float* p, vec v, int64_t n) {
+    alignas(32) float buf[8];
+    _mm256_store_ps(buf, v);
+    std::memcpy(p, buf, size_t(n) * 4);
+  }
+};
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// ---- decode: y[m, n] for MX ≤ 4 rows of x, one W row at a time ---------------------------
-//
-// Rows are read one after another so each thread is one sequential stream (see the AVX-512
-// file); U independent accumulators per x row hide the FMA latency.
-
-template <WKind WK, int MX, int U>
-inline void matvec_row(const MatmulProblem& p, int64_t n) {
-  const void* wr = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
-  __m256 acc[MX][U];
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m)
-    GALE_UNROLL
-    for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 * U <= p.K; k += 8 * U) {
-    GALE_UNROLL
-    for (int u = 0; u < U; ++u) {
-      __m256 wv = load8<WK>(wr, k + 8 * u);
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m)
-        acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(p.x + m * p.ldx + k + 8 * u), wv, acc[m][u]);
-    }
-  }
-  for (; k + 8 <= p.K; k += 8) {
-    __m256 wv = load8<WK>(wr, k);
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m)
-      acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(p.x + m * p.ldx + k), wv, acc[m][0]);
-  }
-  if (k < p.K) {
-    __m256 wv = load8_tail<WK>(wr, k, p.K - k);
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m)
-      acc[m][0] = _mm256_fmadd_ps(loadx_tail(p.x + m * p.ldx + k, p.K - k), wv, acc[m][0]);
-  }
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m) {
-    GALE_UNROLL
-    for (int u = 1; u < U; ++u) acc[m][0] = _mm256_add_ps(acc[m][0], acc[m][u]);
-    float v = hsum(acc[m][0]) + (p.bias ? p.bias[n] : 0.0f);
-    float* out = p.y + m * p.ldy + n;
-    *out = p.accumulate ? *out + v : v;
-  }
-}
-
-// When x does not stay in L1 beside the W stream, R rows share every x load and each row
-// is prefetched into L2 ahead (see the AVX-512 file for the measurements).
-template <WKind WK, int MX, int R>
-inline void matvec_rows_shared_x(const MatmulProblem& p, int64_t n) {
-  constexpr int64_t kLine = 64 / elem_size(WK);  // elements per 64-byte line of W
-  constexpr int64_t kAhead = 2048;               // prefetch distance in bytes
-  const char* w0 = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
-  __m256 acc[MX][R];
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m)
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + kLine <= p.K; k += kLine) {
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r)
-      _mm_prefetch(w0 + (r * p.K + k) * elem_size(WK) + kAhead, _MM_HINT_T2);
-    GALE_UNROLL
-    for (int64_t kk = k; kk < k + kLine; kk += 8) {
-      __m256 xv[MX];
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m) xv[m] = _mm256_loadu_ps(p.x + m * p.ldx + kk);
-      GALE_UNROLL
-      for (int r = 0; r < R; ++r) {
-        __m256 wv = load8<WK>(w0 + r * p.K * elem_size(WK), kk);
-        GALE_UNROLL
-        for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
-      }
-    }
-  }
-  for (; k < p.K; k += 8) {
-    const int64_t left = p.K - k < 8 ? p.K - k : 8;
-    __m256 xv[MX];
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m) xv[m] = loadx_tail(p.x + m * p.ldx + k, left);
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      __m256 wv = load8_tail<WK>(w0 + r * p.K * elem_size(WK), k, left);
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
-    }
-  }
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m) {
-    float* out = p.y + m * p.ldy + n;
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      float v = hsum(acc[m][r]) + (p.bias ? p.bias[n + r] : 0.0f);
-      out[r] = p.accumulate ? out[r] + v : v;
-    }
-  }
-}
-
-template <WKind WK, int MX>
-void matvec_range(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  if (MX * p.K * 4 > 16384) {
-    constexpr int R = MX == 1 ? 8 : MX == 2 ? 4 : 2;  // MX · R + MX + 1 ≤ 16 registers
-    for (; n + R <= n1; n += R) matvec_rows_shared_x<WK, MX, R>(p, n);
-  }
-  // MX · U accumulators + one W vector stay within the 16 registers.
-  constexpr int U = MX == 1 ? 8 : MX == 2 ? 4 : 2;
-  for (; n < n1; ++n) matvec_row<WK, MX, U>(p, n);
-}
-
-template <WKind WK>
-void matvec_wk(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  switch (p.M) {
-    case 1: return matvec_range<WK, 1>(p, n0, n1);
-    case 2: return matvec_range<WK, 2>(p, n0, n1);
-    case 3: return matvec_range<WK, 3>(p, n0, n1);
-    default: return matvec_range<WK, 4>(p, n0, n1);
-  }
-}
-
-void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  switch (p.wk) {
-    case WKind::F32: return matvec_wk<WKind::F32>(p, n0, n1);
-    case WKind::F16: return matvec_wk<WKind::F16>(p, n0, n1);
-    case WKind::BF16: return matvec_wk<WKind::BF16>(p, n0, n1);
-    case WKind::E4M3: return matvec_wk<WKind::E4M3>(p, n0, n1);
-    case WKind::E5M2: return matvec_wk<WKind::E5M2>(p, n0, n1);
-  }
-}
-
-// ---- prefill: W panel conversion and the register-blocked tile ---------------------------
-
-template <WKind WK>
-void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
-  for (int64_t j = 0; j < rows; ++j) {
-    const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kWcStride;
-    int64_t k = 0;
-    for (; k + 8 <= kc; k += 8) _mm256_storeu_ps(dst + k, load8<WK>(row, k));
-    if (k < kc) {
-      alignas(32) float buf[8];
-      _mm256_store_ps(buf, load8_tail<WK>(row, k, kc - k));
-      std::memcpy(dst + k, buf, size_t(kc - k) * 4);
-    }
-  }
-}
-
-void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0, int64_t kc,
-                  float* wc) {
-  switch (wk) {
-    case WKind::F32: return convert_rows_wk<WKind::F32>(w, ldw, rows, k0, kc, wc);
-    case WKind::F16: return convert_rows_wk<WKind::F16>(w, ldw, rows, k0, kc, wc);
-    case WKind::BF16: return convert_rows_wk<WKind::BF16>(w, ldw, rows, k0, kc, wc);
-    case WKind::E4M3: return convert_rows_wk<WKind::E4M3>(w, ldw, rows, k0, kc, wc);
-    case WKind::E5M2: return convert_rows_wk<WKind::E5M2>(w, ldw, rows, k0, kc, wc);
-  }
-}
+// ---- prefill: the register-blocked tile --------------------------------------------------
 
 constexpr int kNr = 6;
 
@@ -270,6 +120,6 @@ void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const
 
 }  // namespace
 
-const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec, convert_rows, tile, false};
+const MatmulKernels kAvx2Kernels = {"avx2", 16, kNr, matvec<Avx2>, convert_rows<Avx2>, tile, false};
 
 }  // namespace gale::cpu::detail

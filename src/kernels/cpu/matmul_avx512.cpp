@@ -12,20 +12,10 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#include "kernels/cpu/matmul_kernels.h"
+#include "kernels/cpu/matmul_simd.h"
 
 namespace gale::cpu::detail {
 namespace {
-
-// Fully unrolls a loop with a constant trip count early enough that arrays of vectors
-// indexed by it become plain registers; otherwise GCC 12 keeps the tile accumulators in a
-// stack array and stores them on every iteration (half speed, measured).
-#define GALE_PRAGMA(x) _Pragma(#x)
-#if defined(__clang__)
-#define GALE_UNROLL GALE_PRAGMA(unroll)
-#else
-#define GALE_UNROLL GALE_PRAGMA(GCC unroll 32)
-#endif
 
 // 16 weights starting at element k of w, widened exactly to f32. Masked lanes load nothing
 // (no fault past the end of the row) and read as 0.
@@ -57,170 +47,27 @@ inline __m512 load16(const void* w, int64_t k, __mmask16 m = 0xffff) {
   }
 }
 
-constexpr int64_t elem_size(WKind wk) {
-  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
-}
+// The vector operations matmul_simd.h's shared kernels are written over. Tails are masked
+// loads and stores: lanes past n read as 0 and nothing past the row is touched.
+struct Avx512 {
+  using vec = __m512;
+  static constexpr int64_t kLanes = 16;
+  static __mmask16 mask(int64_t n) { return __mmask16((1u << n) - 1); }  // n ≤ 16
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec loadx(const float* x) { return _mm512_loadu_ps(x); }
+  static vec loadx_tail(const float* x, int64_t n) { return _mm512_maskz_loadu_ps(mask(n), x); }
+  template <WKind WK>
+  static vec loadw(const void* w, int64_t k) { return load16<WK>(w, k); }
+  template <WKind WK>
+  static vec loadw_tail(const void* w, int64_t k, int64_t n) { return load16<WK>(w, k, mask(n)); }
+  static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static float hsum(vec v) { return _mm512_reduce_add_ps(v); }
+  static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  static void store_tail(float* p, vec v, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+};
 
-// ---- decode: y[m, n] for MX ≤ 4 rows of x, one W row at a time ---------------------------
-//
-// W rows are read one after another, front to back: a single sequential stream per thread
-// is what the hardware prefetcher follows best. Interleaving 4 rows (4 streams one page
-// apart) measured 17.5 GB/s against 22-24 GB/s for this order on one Zen4 core
-// (bench/NOTES-matmul.md). U independent accumulators per x row hide the FMA latency.
-
-template <WKind WK, int MX, int U>
-inline void matvec_row(const MatmulProblem& p, int64_t n) {
-  const void* wr = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
-  __m512 acc[MX][U];
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m)
-    GALE_UNROLL
-    for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 * U <= p.K; k += 16 * U) {
-    GALE_UNROLL
-    for (int u = 0; u < U; ++u) {
-      __m512 wv = load16<WK>(wr, k + 16 * u);
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m)
-        acc[m][u] = _mm512_fmadd_ps(_mm512_loadu_ps(p.x + m * p.ldx + k + 16 * u), wv, acc[m][u]);
-    }
-  }
-  for (; k + 16 <= p.K; k += 16) {
-    __m512 wv = load16<WK>(wr, k);
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m)
-      acc[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(p.x + m * p.ldx + k), wv, acc[m][0]);
-  }
-  if (k < p.K) {
-    __mmask16 mask = __mmask16((1u << (p.K - k)) - 1);
-    __m512 wv = load16<WK>(wr, k, mask);
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m)
-      acc[m][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p.x + m * p.ldx + k), wv, acc[m][0]);
-  }
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m) {
-    GALE_UNROLL
-    for (int u = 1; u < U; ++u) acc[m][0] = _mm512_add_ps(acc[m][0], acc[m][u]);
-    float v = _mm512_reduce_add_ps(acc[m][0]) + (p.bias ? p.bias[n] : 0.0f);
-    float* out = p.y + m * p.ldy + n;
-    *out = p.accumulate ? *out + v : v;
-  }
-}
-
-// When x does not stay in L1 next to the W stream (K = 8192: 32 KiB of x, all of a Zen4
-// L1), each x load would come from L2 once per W row. Then R rows share every x load, and
-// each row is prefetched into L2 a little ahead: 8 rows measured 23-24 GB/s against 12 for
-// one row at a time at K = 8192.
-template <WKind WK, int MX, int R>
-inline void matvec_rows_shared_x(const MatmulProblem& p, int64_t n) {
-  constexpr int64_t kLine = 64 / elem_size(WK);  // elements per 64-byte line of W
-  constexpr int64_t kAhead = 2048;               // prefetch distance in bytes
-  const char* w0 = static_cast<const char*>(p.w) + n * p.K * elem_size(WK);
-  __m512 acc[MX][R];
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m)
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + kLine <= p.K; k += kLine) {
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r)
-      _mm_prefetch(w0 + (r * p.K + k) * elem_size(WK) + kAhead, _MM_HINT_T2);
-    GALE_UNROLL
-    for (int64_t kk = k; kk < k + kLine; kk += 16) {
-      __m512 xv[MX];
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m) xv[m] = _mm512_loadu_ps(p.x + m * p.ldx + kk);
-      GALE_UNROLL
-      for (int r = 0; r < R; ++r) {
-        __m512 wv = load16<WK>(w0 + r * p.K * elem_size(WK), kk);
-        GALE_UNROLL
-        for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
-      }
-    }
-  }
-  for (; k < p.K; k += 16) {
-    __mmask16 mask = p.K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (p.K - k)) - 1);
-    __m512 xv[MX];
-    GALE_UNROLL
-    for (int m = 0; m < MX; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, p.x + m * p.ldx + k);
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      __m512 wv = load16<WK>(w0 + r * p.K * elem_size(WK), k, mask);
-      GALE_UNROLL
-      for (int m = 0; m < MX; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
-    }
-  }
-  GALE_UNROLL
-  for (int m = 0; m < MX; ++m) {
-    float* out = p.y + m * p.ldy + n;
-    GALE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      float v = _mm512_reduce_add_ps(acc[m][r]) + (p.bias ? p.bias[n + r] : 0.0f);
-      out[r] = p.accumulate ? out[r] + v : v;
-    }
-  }
-}
-
-template <WKind WK, int MX>
-void matvec_range(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  if (MX * p.K * 4 > 16384) {
-    constexpr int R = 8 / MX;  // MX · R ≤ 8 accumulators
-    for (; n + R <= n1; n += R) matvec_rows_shared_x<WK, MX, R>(p, n);
-  }
-  constexpr int U = MX == 1 ? 8 : MX == 2 ? 4 : 2;  // ≤ 8 accumulators per x row set
-  for (; n < n1; ++n) matvec_row<WK, MX, U>(p, n);
-}
-
-template <WKind WK>
-void matvec_wk(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  switch (p.M) {
-    case 1: return matvec_range<WK, 1>(p, n0, n1);
-    case 2: return matvec_range<WK, 2>(p, n0, n1);
-    case 3: return matvec_range<WK, 3>(p, n0, n1);
-    default: return matvec_range<WK, 4>(p, n0, n1);
-  }
-}
-
-void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
-  switch (p.wk) {
-    case WKind::F32: return matvec_wk<WKind::F32>(p, n0, n1);
-    case WKind::F16: return matvec_wk<WKind::F16>(p, n0, n1);
-    case WKind::BF16: return matvec_wk<WKind::BF16>(p, n0, n1);
-    case WKind::E4M3: return matvec_wk<WKind::E4M3>(p, n0, n1);
-    case WKind::E5M2: return matvec_wk<WKind::E5M2>(p, n0, n1);
-  }
-}
-
-// ---- prefill: W panel conversion and the register-blocked tile ---------------------------
-
-template <WKind WK>
-void convert_rows_wk(const void* w, int64_t ldw, int64_t rows, int64_t k0, int64_t kc, float* wc) {
-  for (int64_t j = 0; j < rows; ++j) {
-    const void* row = static_cast<const char*>(w) + (j * ldw + k0) * elem_size(WK);
-    float* dst = wc + j * kWcStride;
-    int64_t k = 0;
-    for (; k + 16 <= kc; k += 16) _mm512_storeu_ps(dst + k, load16<WK>(row, k));
-    if (k < kc) {
-      __mmask16 mask = __mmask16((1u << (kc - k)) - 1);
-      _mm512_mask_storeu_ps(dst + k, mask, load16<WK>(row, k, mask));
-    }
-  }
-}
-
-void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0, int64_t kc,
-                  float* wc) {
-  switch (wk) {
-    case WKind::F32: return convert_rows_wk<WKind::F32>(w, ldw, rows, k0, kc, wc);
-    case WKind::F16: return convert_rows_wk<WKind::F16>(w, ldw, rows, k0, kc, wc);
-    case WKind::BF16: return convert_rows_wk<WKind::BF16>(w, ldw, rows, k0, kc, wc);
-    case WKind::E4M3: return convert_rows_wk<WKind::E4M3>(w, ldw, rows, k0, kc, wc);
-    case WKind::E5M2: return convert_rows_wk<WKind::E5M2>(w, ldw, rows, k0, kc, wc);
-  }
-}
+// ---- prefill: the register-blocked tile --------------------------------------------------
 
 constexpr int kNr = 12;
 constexpr int kNr_max = kNr;  // columns of a tile held in registers (≤ 16 for store_rows16)
@@ -309,6 +156,6 @@ void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const
 
 }  // namespace
 
-const MatmulKernels kAvx512Kernels = {"avx512", 32, kNr, matvec, convert_rows, tile, true};
+const MatmulKernels kAvx512Kernels = {"avx512", 32, kNr, matvec<Avx512>, convert_rows<Avx512>, tile, true};
 
 }  // namespace gale::cpu::detail
