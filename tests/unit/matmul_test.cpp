@@ -153,6 +153,65 @@ TEST_P(MatmulIsa, LongK) {
   }
 }
 
+// Scaled FP8 weights (per tensor, per channel, groups of 32 columns, 128 x 128 blocks) on the
+// decode kernels (M <= 4, with and without the shared-x path of long K) and the GEMM: each
+// weight is its dequantized f32 value, so the error bound is the unscaled paths'.
+TEST_P(MatmulIsa, ScaledFp8Weights) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> sd(0.001f, 0.05f);
+  struct Scheme {
+    const char* name;
+    int64_t rows, cols;  // 0: the whole dimension
+  };
+  for (const Scheme sc : {Scheme{"tensor", 0, 0}, Scheme{"channel", 1, 0}, Scheme{"group32", 1, 32},
+                          Scheme{"block128", 128, 128}}) {
+    for (DType wdt : {DType::F8_E4M3, DType::F8_E5M2}) {
+      for (int64_t M : {1, 2, 4, 9, 70}) {
+        for (int64_t K : {100, 256, 300, 5000}) {
+          if (K == 5000 && M > 4) continue;  // the long-K case is about the decode paths
+          const int64_t N = 133;
+          const int64_t srows = sc.rows ? sc.rows : N, scols = sc.cols ? sc.cols : K;
+          const int64_t sld = (K + scols - 1) / scols;
+          std::vector<float> x = random_floats(size_t(M * K), rng), bias = random_floats(size_t(N), rng);
+          std::vector<uint8_t> w = random_weights(wdt, size_t(N * K), rng);
+          std::vector<float> s(size_t((N + srows - 1) / srows * sld));
+          for (float& v : s) v = sd(rng);
+          std::vector<float> y0 = random_floats(size_t(M * N), rng), y = y0, yref = y0;
+          cpu::WeightScales ws{s.data(), srows, scols, sld};
+          cpu::matmul(x.data(), K, M, K, w.data(), wdt, N, bias.data(), y.data(), N, true, ws);
+          ref::matmul_scaled(x.data(), K, M, K, w.data(), wdt, N, s.data(), srows, scols, sld, bias.data(),
+                             yref.data(), N, true);
+          double worst = 0;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double mag = std::fabs(bias[size_t(n)]) + std::fabs(y0[size_t(m * N + n)]);
+              for (int64_t k = 0; k < K; ++k)
+                mag += std::fabs(double(x[size_t(m * K + k)]) * load_as_f32(w.data(), wdt, size_t(n * K + k)) *
+                                 s[size_t((n / srows) * sld + k / scols)]);
+              const size_t i = size_t(m * N + n);
+              worst = std::max(worst, std::fabs(double(y[i]) - double(yref[i])) / mag);
+            }
+          EXPECT_LE(worst, 1e-6) << sc.name << " " << dtype_name(wdt) << " M=" << M << " K=" << K;
+        }
+      }
+    }
+  }
+}
+
+// A scale that is not applied, or applied to the wrong columns, is caught: two blocks of
+// columns with scales 1 and 2 give exactly the known sums.
+TEST_P(MatmulIsa, BlockScalesLandOnTheirColumns) {
+  for (int64_t M : {1, 9}) {
+    const int64_t K = 256, N = 3;
+    std::vector<float> x(size_t(M * K), 1.0f), y(size_t(M * N));
+    std::vector<uint8_t> w(size_t(N * K), 0x38);  // E4M3 1.0
+    const float s[] = {1.0f, 2.0f};               // columns 0-127, 128-255 (one row block)
+    cpu::matmul(x.data(), K, M, K, w.data(), DType::F8_E4M3, N, nullptr, y.data(), N, false,
+                cpu::WeightScales{s, 128, 128, 2});
+    for (float v : y) EXPECT_EQ(v, 128.0f + 256.0f);
+  }
+}
+
 // Special weight values pass through: E4M3's NaN code, f16/E5M2 infinities.
 TEST_P(MatmulIsa, NonFiniteWeights) {
   for (int64_t M : {1, 9}) {

@@ -245,7 +245,7 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
         const int64_t n = locate(g, pi_cur);
         const MatmulProblem& pr = ps[pi_cur];
         const int64_t rows = std::min<int64_t>(nr, pr.N - n);
-        kn.convert_rows(w_rows(pr, n, 0), pr.wk, K, rows, k0, kc, wc);
+        kn.convert_rows(w_rows(pr, n, 0), pr.wk, K, rows, k0, kc, wc, &pr.scale, n);
         for (int64_t j = rows; j < nr; ++j) std::memset(wc + j * detail::kWcStride, 0, size_t(kc) * 4);
 
         // The W block converted next by this thread: the next tile of this K-block, or the
@@ -330,12 +330,19 @@ void run_problems(std::span<const MatmulProblem> ps) {
   else gemm(kn, ps);
 }
 
+detail::WScale scale_of(const WeightScales& s, int64_t N, int64_t K) {
+  if (!s.s) return {nullptr, 1, 1, 1};
+  GALE_ASSERT(s.rows > 0 && s.cols > 0 && s.ld > 0);
+  GALE_ASSERT(s.cols >= K || s.cols % 16 == 0);  // segments start on whole vectors
+  return {s.s, std::min(s.rows, std::max<int64_t>(N, 1)), std::min(s.cols, K), s.ld};
+}
+
 }  // namespace
 
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
-            const float* bias, float* y, int64_t ldy, bool accumulate) {
+            const float* bias, float* y, int64_t ldy, bool accumulate, const WeightScales& scales) {
   if (M <= 0 || N <= 0) return;
-  const MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt), N, bias, y, ldy, accumulate};
+  const MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt), N, bias, y, ldy, accumulate, scale_of(scales, N, K)};
   run_problems({&p, 1});
 }
 
@@ -352,7 +359,8 @@ void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
   size_t count = 0;
   for (const MatmulTarget& t : targets)
     if (t.n > 0)
-      ps[count++] = {x, ldx, M, K, t.w, weight_kind(t.dtype), t.n, t.bias, t.y, t.ldy, t.accumulate};
+      ps[count++] = {x,   ldx,   M,     K,     t.w, weight_kind(t.dtype), t.n, t.bias, t.y, t.ldy, t.accumulate,
+                     scale_of(t.scales, t.n, K)};
   if (count > 0) run_problems({ps, count});
 }
 

@@ -13,8 +13,18 @@ namespace gale::cpu {
 // y: [M, N] f32, row stride ldy; overwritten (y += ... when accumulate is true)
 // M == 1 is the bandwidth-bound decode path; larger M is the compute-bound prefill path.
 // Multi-threaded through parallel_for; SIMD path chosen at run time (AVX-512 / AVX2+FMA+F16C / scalar).
+// Scales of quantized weights (FP8 formats): element (n, k) of W counts as
+// W[n, k] · s[(n / rows) · ld + k / cols], that product rounded to f32 (the weight an fp32
+// dequantization gives). Per tensor: rows ≥ N, cols ≥ K; per channel: rows 1, cols ≥ K; per
+// group of g columns: rows 1, cols g; per g × g block: rows = cols = g, ld = ceil(K / g).
+// A cols < K must be a multiple of 16. s == nullptr: the stored values are the weights.
+struct WeightScales {
+  const float* s = nullptr;
+  int64_t rows = 1, cols = 1, ld = 1;
+};
+
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
-            const float* bias, float* y, int64_t ldy, bool accumulate = false);
+            const float* bias, float* y, int64_t ldy, bool accumulate = false, const WeightScales& scales = {});
 
 // One product of matmul_multi: y = x · Wᵀ (+ bias), the same meaning as matmul's arguments.
 struct MatmulTarget {
@@ -25,6 +35,7 @@ struct MatmulTarget {
   float* y;            // [M, n] f32, row stride ldy
   int64_t ldy;
   bool accumulate = false;  // y += x · Wᵀ (+ bias) instead of y =
+  WeightScales scales = {};
 };
 
 // Several products of the same x: [M, K] f32 (row stride ldx), e.g. q/k/v or gate/up.

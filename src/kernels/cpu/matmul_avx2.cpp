@@ -65,6 +65,8 @@ struct Avx2 {
   static vec loadw_tail(const void* w, int64_t k, int64_t n) { return load8_tail<WK>(w, k, n); }
   static vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
   static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec bcast(float v) { return _mm256_set1_ps(v); }
   static float hsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

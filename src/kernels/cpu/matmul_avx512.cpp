@@ -62,6 +62,8 @@ struct Avx512 {
   static vec loadw_tail(const void* w, int64_t k, int64_t n) { return load16<WK>(w, k, mask(n)); }
   static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
   static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static vec bcast(float v) { return _mm512_set1_ps(v); }
   static float hsum(vec v) { return _mm512_reduce_add_ps(v); }
   static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static void store_tail(float* p, vec v, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }

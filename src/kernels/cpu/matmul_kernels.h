@@ -14,6 +14,16 @@ namespace gale::cpu::detail {
 // Weight element formats (mirrors the float rows of gale::DType).
 enum class WKind : int { F32, F16, BF16, E4M3, E5M2 };
 
+// Scales of a quantized W (s == nullptr: none): element (n, k) counts as
+// W[n, k] · s[(n / rows) · ld + k / cols], that product rounded to f32 (the dequantized weight
+// an fp32 reference computes). Per tensor: rows = N, cols = K; per channel: rows = 1, cols = K;
+// per group of g: rows = 1, cols = g; per g × g block: rows = cols = g. A cols < K is a
+// multiple of 16 (segments start on whole vectors).
+struct WScale {
+  const float* s;
+  int64_t rows, cols, ld;
+};
+
 // One y = x·Wᵀ (+ bias) problem; see matmul.h for the meaning of each field.
 struct MatmulProblem {
   const float* x;  // [M, K], row stride ldx
@@ -25,6 +35,7 @@ struct MatmulProblem {
   float* y;           // [M, N], row stride ldy
   int64_t ldy;
   bool accumulate;
+  WScale scale;
 };
 
 // Decode kernel, M ≤ kMatvecMaxRows: writes y[:, n0:n1] in one pass over W[n0:n1, :].
@@ -47,8 +58,9 @@ constexpr int64_t kKc = 1024;  // 512 and 1024 measured within noise; fewer y pa
 // One cache line more than kKc: rows exactly 4 KiB apart would all fall into the same L1 set
 // (8 ways), and the tile kernel reads all nr of them at the same k.
 constexpr int64_t kWcStride = kKc + 16;
+// With scales (sc->s not null), row j of the block is W row n0 + j, scaled as WScale says.
 using ConvertRowsFn = void (*)(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0,
-                               int64_t kc, float* wc);
+                               int64_t kc, float* wc, const WScale* sc, int64_t n0);
 // Where a tile's sums go when the kernel writes y itself (MatmulKernels::tile_writes_y):
 // for i < rows, j < cols, y[i * ldy + j] = s + bias[j] (bias when not null), or, with add,
 // y[i * ldy + j] + (s + bias[j]): the same operations, in the same order, as the driver's

@@ -48,11 +48,16 @@ size_t wk_size(WKind wk) {
 }
 
 void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0, int64_t kc,
-                  float* wc) {
+                  float* wc, const WScale* sc, int64_t n0) {
   const char* base = static_cast<const char*>(w);
   for (int64_t j = 0; j < rows; ++j) {
     const void* row = base + (j * ldw + k0) * int64_t(wk_size(wk));
-    for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = load_one(row, wk, k);
+    if (sc && sc->s) {
+      const float* srow = sc->s + ((n0 + j) / sc->rows) * sc->ld;
+      for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = load_one(row, wk, k) * srow[(k0 + k) / sc->cols];
+    } else {
+      for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = load_one(row, wk, k);
+    }
   }
 }
 
@@ -75,7 +80,7 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
     for (int64_t k0 = 0; k0 < p.K; k0 += kBlock) {
       int64_t kc = p.K - k0 < kBlock ? p.K - k0 : kBlock;
       convert_rows(static_cast<const char*>(p.w) + n * p.K * int64_t(wk_size(p.wk)), p.wk, p.K, 1,
-                   k0, kc, wrow);
+                   k0, kc, wrow, &p.scale, n);
       for (int64_t m = 0; m < p.M; ++m) acc[m] += dot(p.x + m * p.ldx + k0, wrow, kc);
     }
     for (int64_t m = 0; m < p.M; ++m) {
