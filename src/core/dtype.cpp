@@ -101,6 +101,22 @@ float f8e4m3_to_f32(uint8_t v) {
   return sign ? -r : r;
 }
 
+uint8_t f32_to_f8e4m3(float f) {
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (std::isnan(f)) return uint8_t(sign | 0x7f);
+  if (a >= 464.0f) return uint8_t(sign | 0x7e);  // past the midpoint to 480: saturate at 448
+  if (a < 0.015625f) {                             // below 2^-6: subnormal steps of 2^-9
+    return uint8_t(sign | uint8_t(std::nearbyint(a * 512.0f)));  // 8 is the smallest normal, 0x08
+  }
+  int ex;
+  std::frexp(a, &ex);  // a = fr * 2^ex, fr in [0.5, 1)
+  int e = ex - 1;
+  int m = int(std::nearbyint((std::ldexp(a, -e) - 1.0f) * 8.0f));  // exact: a / 2^e in [1, 2)
+  if (m == 8) m = 0, ++e;
+  return uint8_t(sign | uint8_t((e + 7) << 3) | uint8_t(m));
+}
+
 float f8e5m2_to_f32(uint8_t v) {
   // E5M2 is the top byte of an IEEE f16.
   return f16_to_f32(uint16_t(uint16_t(v) << 8));

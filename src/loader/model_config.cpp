@@ -60,21 +60,6 @@ int64_t original_context(const ConfigReader& p, int64_t max_pos) {
   return v;
 }
 
-// Quantized checkpoints need their scales applied; loading only the stored weights would run
-// silently wrong, so any quantization_config is refused by name until a format is supported.
-void refuse_quantization(const ConfigReader& r) {
-  for (const char* key : {"quantization_config", "compression_config"}) {
-    if (!r.has(key)) continue;
-    const json& q = r.j[key];
-    std::string method = "unnamed";
-    if (q.is_object() && q.contains("quant_method") && q["quant_method"].is_string())
-      method = "'" + q["quant_method"].get<std::string>() + "'";
-    r.fail(key, "asks for quantization method " + method +
-                    ", which is not supported (supported: none yet; Gale loads unquantized F32, F16, BF16, "
-                    "F8_E4M3 and F8_E5M2 weights)");
-  }
-}
-
 RopeConfig parse_rope(const json& j, const ConfigReader& top, int64_t max_pos) {
   RopeConfig r;
   // 5.x: rope_parameters holds rope_theta and the scaling; 4.x: rope_theta + rope_scaling.
@@ -152,7 +137,7 @@ static ModelConfig parse_common_config_checked(const json& j, const std::string&
     r.fail("architectures", "must be a non-empty list of architecture names");
   c.architecture = j["architectures"][0].get<std::string>();
   if (r.has("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
-  refuse_quantization(r);
+  c.quant = parse_quant_config(r);
   c.vocab_size = r.positive("vocab_size", kMaxVocab);
   c.hidden_size = r.positive("hidden_size", kMaxHidden);
   c.intermediate_size = r.positive("intermediate_size", kMaxIntermediate);

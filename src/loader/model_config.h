@@ -9,6 +9,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "loader/quant_config.h"
+
 namespace gale {
 
 enum class RopeType { Default, Linear, Dynamic, Llama3, Yarn };
@@ -53,6 +55,7 @@ struct ModelConfig {
   std::string torch_dtype;
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
+  QuantConfig quant;                  // quantization_config (loader/quant_config.h)
 };
 
 // The JSON of config.json / generation_config.json, nesting bounded (core/json_depth.h); throws

@@ -1,5 +1,6 @@
 #include "model/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -13,6 +14,39 @@ namespace gale {
 namespace {
 
 void check_f32(const Act& a) { GALE_ASSERT(a.dtype == DType::F32); }
+
+// The matmul's view of a scheme's scales (Backend::supports has checked they are f32 and laid
+// out as the kernels read them).
+cpu::WeightScales scales_of(const Linear& l) {
+  using S = WeightScheme::Scales;
+  const WeightScheme& s = l.scheme;
+  const float* p = static_cast<const float*>(s.scale);
+  const int64_t groups = s.scale_ld ? s.scale_ld : (s.group > 0 ? (l.in + s.group - 1) / s.group : 1);
+  switch (s.scales) {
+    case S::None: return {};
+    case S::PerTensor: return {p, std::max<int64_t>(l.out, 1), std::max<int64_t>(l.in, 1), 1};
+    case S::PerChannel: return {p, 1, std::max<int64_t>(l.in, 1), 1};
+    case S::PerGroup: return {p, 1, s.group, groups};
+    case S::PerBlock: return {p, s.group, s.group, groups};
+  }
+  return {};
+}
+
+}  // namespace
+
+// FP8 weights may carry f32 scales per tensor, channel, group or block (the matmul applies
+// them to each widened weight); groups and blocks of a multiple of 16 columns. Everything
+// else as the default.
+bool CpuBackend::supports(const Linear& l) const {
+  const WeightScheme& s = l.scheme;
+  if (s.scales == WeightScheme::Scales::None) return Backend::supports(l);
+  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
+  const bool grouped = s.scales == WeightScheme::Scales::PerGroup || s.scales == WeightScheme::Scales::PerBlock;
+  return fp8 && l.packed_rows() && s.packing == WeightScheme::Packing::None && !s.zero && s.scale &&
+         s.scale_dtype == DType::F32 && (!grouped || (s.group > 0 && s.group % 16 == 0));
+}
+
+namespace {
 
 }  // namespace
 
@@ -50,7 +84,7 @@ void CpuBackend::linear(const Linear& l, Act in, Act out, bool accumulate) {
   check_f32(out);
   GALE_ASSERT(in.cols == l.in && out.cols == l.out && in.rows == out.rows);
   cpu::matmul(in.f32(), in.ld, in.rows, l.in, l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(),
-              out.f32(), out.ld, accumulate);
+              out.f32(), out.ld, accumulate, scales_of(l));
 }
 
 // x is packed once for all the projections and the threads split their union of output rows
@@ -64,7 +98,8 @@ void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out
   for (size_t i = 0; i < ls.size(); ++i) {
     const Linear& l = *ls[i];
     GALE_ASSERT(l.in == in.cols);
-    targets[i] = {l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32() + c0, out.ld, false};
+    targets[i] = {l.w,    l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32() + c0, out.ld, false,
+                  scales_of(l)};
     c0 += l.out;
   }
   GALE_ASSERT(c0 == out.cols && in.rows == out.rows);

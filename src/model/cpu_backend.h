@@ -17,6 +17,7 @@ class CpuBackend : public Backend {
   void* alloc(size_t bytes) override;
   void release(void* p, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
+  bool supports(const Linear& l) const override;
   void prepare(const ModelConfig&, const ModelWeights&) override {}  // weights are read in place
   void begin_step(const StepPlan& plan) override { plan_ = &plan; }
 

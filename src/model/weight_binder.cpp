@@ -55,7 +55,72 @@ Linear TensorBinder::linear(const std::string& prefix, int64_t out, int64_t in, 
   l.in = in;
   l.name = t.name;
   if (bias) l.bias = vec(prefix + ".bias", out);
+  if (quant_ && quant_->quantized() && st_) bind_scales(prefix, l);
   return l;
+}
+
+const TensorInfo& TensorBinder::take(const std::string& name) {
+  const TensorInfo& t = st_->get(name);
+  if (!is_float_dtype(t.dtype) || t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2)
+    throw Error("tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) + ", expected F32, F16 or BF16");
+  if (bound_.insert(name).second) bytes_ += t.nbytes;
+  return t;
+}
+
+float TensorBinder::optional_scalar(const std::string& name) {
+  if (!has(name)) return 0.0f;
+  const TensorInfo& t = take(name);
+  int64_t n = 1;
+  for (int64_t d : t.shape) n *= d;
+  if (n != 1) throw Error("tensor '" + name + "' has shape " + shape_str(t.shape) + ", expected one value");
+  return load_as_f32(t.data, t.dtype, 0);
+}
+
+void TensorBinder::bind_scales(const std::string& prefix, Linear& l) {
+  using G = QuantConfig::Granularity;
+  const std::string sname = prefix + "." + quant_->scale_suffix();
+  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
+  if (!has(sname)) {
+    if (fp8)
+      throw Error("tensor '" + prefix + ".weight' is " + std::string(dtype_name(l.dtype)) + " but the checkpoint has no '" +
+                  sname + "' for it (" + quant_->describe() + ")");
+    return;  // a module the config leaves in 16 bits (ignore / modules_to_not_convert)
+  }
+  if (!fp8)
+    throw Error("'" + sname + "' scales '" + prefix + ".weight', which is " + std::string(dtype_name(l.dtype)) +
+                ", not FP8");
+  const TensorInfo& t = take(sname);
+  const int64_t b = quant_->block;
+  std::vector<int64_t> want;  // the layout the config's granularity implies
+  int64_t numel = 1;
+  for (int64_t d : t.shape) numel *= d;
+  switch (quant_->weights) {
+    case G::Tensor:
+      if (numel != 1) want = {1};
+      l.scheme.scales = WeightScheme::Scales::PerTensor;
+      break;
+    case G::Channel:
+      if (!(t.shape == std::vector<int64_t>{l.out, 1} || t.shape == std::vector<int64_t>{l.out})) want = {l.out, 1};
+      l.scheme.scales = WeightScheme::Scales::PerChannel;
+      break;
+    case G::Block:
+      if (t.shape != std::vector<int64_t>{(l.out + b - 1) / b, (l.in + b - 1) / b}) want = {(l.out + b - 1) / b, (l.in + b - 1) / b};
+      l.scheme.scales = WeightScheme::Scales::PerBlock;
+      l.scheme.group = b;
+      l.scheme.scale_ld = (l.in + b - 1) / b;
+      break;
+  }
+  if (!want.empty())
+    throw Error("tensor '" + sname + "' has shape " + shape_str(t.shape) + " but " + quant_->describe() +
+                " implies " + shape_str(want));
+  auto scales = std::make_shared<std::vector<float>>(size_t(numel));
+  for (int64_t i = 0; i < numel; ++i) (*scales)[size_t(i)] = load_as_f32(t.data, t.dtype, size_t(i));
+  l.scheme.scale = scales->data();
+  l.scheme.scale_dtype = DType::F32;
+  owned_.push_back(std::move(scales));
+  // Static activation scales belong to W8A8 kernels; the f32 / bf16 activations here do not
+  // need them, but they are part of the format, not stray tensors.
+  if (has(prefix + ".input_scale")) take(prefix + ".input_scale");
 }
 
 }  // namespace gale

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <set>
 #include <string>
 #include <unordered_set>
@@ -20,7 +21,8 @@ class TensorBinder {
  public:
   // st == nullptr: records the tensors asked for instead of binding them (their names and
   // shapes lay out a synthetic checkpoint); vectors come back as zeros, no tensor has data.
-  explicit TensorBinder(const SafeTensors* st) : st_(st) {}
+  // quant: the checkpoint's quantization_config; FP8 weights then bind with their scales.
+  explicit TensorBinder(const SafeTensors* st, const QuantConfig* quant = nullptr) : st_(st), quant_(quant) {}
 
   // The tensor `name` of exactly `shape`; throws gale::Error naming a missing tensor or a
   // shape or dtype that disagrees.
@@ -28,8 +30,14 @@ class TensorBinder {
   bool has(const std::string& name) const { return st_ && st_->find(name); }
   // Small vectors (norm weights, biases) are converted to f32 once: a few KB per layer.
   std::vector<float> vec(const std::string& name, int64_t n);
-  // "<prefix>.weight" [out, in] (+ "<prefix>.bias" [out]).
+  // "<prefix>.weight" [out, in] (+ "<prefix>.bias" [out]); in a quantized checkpoint an FP8
+  // weight with its scales ("<prefix>.weight_scale" or "weight_scale_inv", converted to f32)
+  // and its input scale marked as used.
   Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias);
+  // A one-element f32 tensor when the checkpoint has it (KV cache scales), else 0.
+  float optional_scalar(const std::string& name);
+  // Data the binder made (scales converted to f32): ModelWeights::owned keeps it alive.
+  std::vector<std::shared_ptr<const void>> take_owned() { return std::move(owned_); }
 
   const std::unordered_set<std::string>& bound() const { return bound_; }
   size_t bytes() const { return bytes_; }
@@ -38,7 +46,14 @@ class TensorBinder {
   const std::vector<std::pair<std::string, std::vector<int64_t>>>& requested() const { return requested_; }
 
  private:
+  // Binds the scales of FP8 weight l ("<prefix>.weight") as quant_ says.
+  void bind_scales(const std::string& prefix, Linear& l);
+  // Marks a tensor used without the exact-shape check of tensor() (scales of several spellings).
+  const TensorInfo& take(const std::string& name);
+
   const SafeTensors* st_;
+  const QuantConfig* quant_;
+  std::vector<std::shared_ptr<const void>> owned_;
   std::set<std::string> dtypes_;
   std::unordered_set<std::string> bound_;
   size_t bytes_ = 0;

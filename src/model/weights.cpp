@@ -82,7 +82,9 @@ Linear Linear::rows_view(int64_t r0, int64_t n) const {
     case Scales::PerChannel: offset_scales(v.scheme, r0); break;
     case Scales::PerGroup: offset_scales(v.scheme, r0 * v.scheme.scale_ld); break;
     case Scales::PerBlock:
-      GALE_ASSERT(r0 % scheme.group == 0);
+      if (r0 % scheme.group != 0)
+        throw Error("'" + name + "': rows from " + std::to_string(r0) + " do not start on a " +
+                    std::to_string(scheme.group) + "-row scale block");
       offset_scales(v.scheme, r0 / scheme.group * v.scheme.scale_ld);
       break;
   }
@@ -143,8 +145,9 @@ ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelCon
   const SafeTensors& st = *stp;
   // The counts first: the layer and expert arrays below are sized from them.
   check_config_against_checkpoint(c, st, find_architecture(c.architecture).experts_prefix);
-  TensorBinder b(&st);
+  TensorBinder b(&st, &c.quant);
   ModelWeights w = bind_with(b, c);
+  w.owned = b.take_owned();
   check_unbound_tensors(st, b.bound());
   w.total_bytes = b.bytes();
   w.dtypes.assign(b.dtypes().begin(), b.dtypes().end());

@@ -85,6 +85,7 @@ struct LayerWeights {
   Linear gate, up, down;                   // dense MLP
   Linear router;                           // [num_experts, hidden] (MoE)
   std::vector<ExpertWeights> experts;      // MoE
+  float k_scale = 0, v_scale = 0;          // FP8 KV cache scales of a quantized checkpoint (0: none)
 };
 
 struct ModelWeights {

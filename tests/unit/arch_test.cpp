@@ -46,37 +46,6 @@ INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureLayout, ::testing::ValuesIn(test::m
                            return n;
                          });
 
-// A safetensors blob in memory from (name, dtype, shape, bytes) entries.
-struct Blob {
-  struct Entry {
-    std::string name;
-    DType dtype;
-    std::vector<int64_t> shape;
-    std::vector<uint8_t> bytes;
-  };
-  std::vector<Entry> entries;
-  std::shared_ptr<std::vector<uint8_t>> build() const {
-    json header = json::object();
-    uint64_t off = 0;
-    for (const Entry& e : entries) {
-      header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};
-      off += e.bytes.size();
-    }
-    std::string h = header.dump();
-    h.append((8 - h.size() % 8) % 8, ' ');
-    auto buf = std::make_shared<std::vector<uint8_t>>(8 + h.size() + off);
-    const uint64_t hl = h.size();
-    std::memcpy(buf->data(), &hl, 8);
-    std::memcpy(buf->data() + 8, h.data(), h.size());
-    size_t p = 8 + h.size();
-    for (const Entry& e : entries) {
-      std::memcpy(buf->data() + p, e.bytes.data(), e.bytes.size());
-      p += e.bytes.size();
-    }
-    return buf;
-  }
-};
-
 TEST(Phi3Architecture, FusedProjectionsBindAsViewsOfTheSameWeights) {
   const std::string dir = test::fixtures_dir() + "/models/llama-f32";
   json cj = test::read_json(dir + "/config.json");
@@ -85,7 +54,7 @@ TEST(Phi3Architecture, FusedProjectionsBindAsViewsOfTheSameWeights) {
   auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(dir));
 
   // The same weights as Phi3 stores them: q|k|v and gate|up fused row after row.
-  Blob blob;
+  test::Blob blob;
   auto bytes_of = [&](const std::string& name) {
     const TensorInfo& t = st->get(name);
     return std::vector<uint8_t>(t.data, t.data + t.nbytes);
@@ -96,7 +65,7 @@ TEST(Phi3Architecture, FusedProjectionsBindAsViewsOfTheSameWeights) {
       const std::string base = name.substr(0, name.find(attn ? "q_proj" : "gate_proj"));
       const std::vector<std::string> parts = attn ? std::vector<std::string>{"q_proj", "k_proj", "v_proj"}
                                                   : std::vector<std::string>{"gate_proj", "up_proj"};
-      Blob::Entry e{base + (attn ? "qkv_proj.weight" : "gate_up_proj.weight"), t.dtype, {0, t.shape[1]}, {}};
+      test::Blob::Entry e{base + (attn ? "qkv_proj.weight" : "gate_up_proj.weight"), t.dtype, {0, t.shape[1]}, {}};
       for (const std::string& part : parts) {
         const TensorInfo& pt = st->get(base + part + ".weight");
         e.shape[0] += pt.shape[0];

@@ -204,8 +204,11 @@ TEST(ModelCheck, ExpertCountIsCheckedAgainstTheCheckpointFirst) {
 // were not (rc 0, wrong logits). The config is refused by name, and a scale tensor the model
 // does not bind is never dropped silently.
 TEST_F(BrokenModel, QuantizedCheckpointsAreRefused) {
+  edit_config([](json& j) { j["quantization_config"] = {{"quant_method", "bitsandbytes"}}; });
+  EXPECT_NE(load_error().find("quantization method 'bitsandbytes', which is not supported"), std::string::npos)
+      << load_error();
   edit_config([](json& j) { j["quantization_config"] = {{"quant_method", "compressed-tensors"}}; });
-  EXPECT_NE(load_error().find("quantization method 'compressed-tensors', which is not supported"), std::string::npos)
+  EXPECT_NE(load_error().find("of compressed-tensors Gale loads 'float-quantized' (FP8) checkpoints"), std::string::npos)
       << load_error();
   edit_config([](json& j) { j.erase("quantization_config"); });
   // A rotary inv_freq buffer (older checkpoints carry one) is ignored, as transformers does.

@@ -7,12 +7,24 @@ void bind_norms(TensorBinder& b, const ModelConfig& c, const std::string& p, Lay
   L.ffn_norm = b.vec(p + "post_attention_layernorm.weight", c.hidden_size);
 }
 
+namespace {
+
+// A quantized checkpoint's KV cache scales (compressed-tensors kv_cache_scheme).
+void bind_kv_scales(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
+  if (!c.quant.kv_scales) return;
+  L.k_scale = b.optional_scalar(p + "self_attn.k_scale");
+  L.v_scale = b.optional_scalar(p + "self_attn.v_scale");
+}
+
+}  // namespace
+
 void bind_attention(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
   const int64_t H = c.hidden_size, hd = c.head_dim;
   L.q = b.linear(p + "self_attn.q_proj", c.num_heads * hd, H, c.qkv_bias);
   L.k = b.linear(p + "self_attn.k_proj", c.num_kv_heads * hd, H, c.qkv_bias);
   L.v = b.linear(p + "self_attn.v_proj", c.num_kv_heads * hd, H, c.qkv_bias);
   L.o = b.linear(p + "self_attn.o_proj", H, c.num_heads * hd, c.o_bias);
+  bind_kv_scales(b, c, p, L);
   if (c.qk_norm) {
     L.q_norm = b.vec(p + "self_attn.q_norm.weight", hd);
     L.k_norm = b.vec(p + "self_attn.k_norm.weight", hd);
@@ -27,6 +39,7 @@ void bind_fused_attention(TensorBinder& b, const ModelConfig& c, const std::stri
   L.k = qkv.rows_view(q, kv);
   L.v = qkv.rows_view(q + kv, kv);
   L.o = b.linear(p + "self_attn.o_proj", H, q, c.o_bias);
+  bind_kv_scales(b, c, p, L);
 }
 
 void bind_mlp(TensorBinder& b, const ModelConfig& c, const std::string& p, LayerWeights& L) {
