@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <tuple>
 #include <cstring>
@@ -61,20 +60,22 @@ int cuda_device_count() {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, double util) : dev_(device), util_(util) {
-    cuda_check(cudaSetDevice(dev_), "cudaSetDevice");
+  explicit CudaBackend(const CudaOptions& options) : opt_(options), fuse_norm_(options.gemv && options.fuse_norm) {
+    // The kernels' own switches, handed down before anything is launched.
+    cuda::set_kernel_switches({opt_.pdl, opt_.clusters, opt_.gemv_rotate, opt_.gemv_unroll});
+    cuda_check(cudaSetDevice(opt_.device), "cudaSetDevice");
     cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     cuda_check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
     cuda_check(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming), "cudaEventCreate");
     cuda_check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
-    if (profile_) {
+    if (opt_.profile) {
       cuda_check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
       cuda_check(cudaEventCreate(&prof_end_), "cudaEventCreate");
     }
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
-    if (profile_) {
+    if (opt_.profile) {
       if (!prof_ms_.empty()) {  // median: graph captures make a few steps much longer
         std::sort(prof_ms_.begin(), prof_ms_.end());
         std::fprintf(stderr, "cuda: %zu greedy steps, GPU time per step median %.3f ms (plan upload to ids on the host)\n",
@@ -94,10 +95,10 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
 
-  std::string name() const override { return "cuda:" + std::to_string(dev_); }
+  std::string name() const override { return "cuda:" + std::to_string(opt_.device); }
   std::string device_model() const override {
     cudaDeviceProp prop{};
-    return cudaGetDeviceProperties(&prop, dev_) == cudaSuccess ? std::string(prop.name) : std::string();
+    return cudaGetDeviceProperties(&prop, opt_.device) == cudaSuccess ? std::string(prop.name) : std::string();
   }
   bool is_cpu() const override { return false; }
   DType act_dtype() const override { return DType::BF16; }
@@ -107,7 +108,7 @@ class CudaBackend final : public Backend {
     size_t free = 0, total = 0;
     cuda_check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     // Activations and cuBLASLt's workspace grow with the batch: keep 1.5 GiB for them.
-    const int64_t budget = int64_t(double(total) * util_) - int64_t(total - free) - (int64_t(3) << 29);
+    const int64_t budget = int64_t(double(total) * opt_.gpu_memory_utilization) - int64_t(total - free) - (int64_t(3) << 29);
     return std::max<int64_t>(budget, 0);
   }
 
@@ -300,7 +301,7 @@ class CudaBackend final : public Backend {
                          static_cast<int32_t*>(d_rows_.p), d_argmax_ws_.p};
     cuda_check(cuda::argmax(p, stream_), "argmax");
     cuda_check(cudaMemcpyAsync(h, d_rows_.p, size_t(logits.rows) * 4, cudaMemcpyDeviceToHost, stream_), "copy to host");
-    if (profile_) cuda_check(cudaEventRecord(prof_end_, stream_), "profile");
+    if (opt_.profile) cuda_check(cudaEventRecord(prof_end_, stream_), "profile");
     cuda_check(cudaEventRecord(ids_ready_, stream_), "step");
     launched_ids_ = logits.rows;
     launched_argmax_ = true;
@@ -415,7 +416,7 @@ class CudaBackend final : public Backend {
 
   void gemm(const void* w, int64_t n, Act in, Act out, bool accumulate) {
     cuda::GemmParams p{in.data, in.ld, w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
-    if (use_gemv_ && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
+    if (opt_.gemv && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
       cuda_check(cuda::gemv_bf16(p, stream_), "GEMV");
       return;
     }
@@ -454,8 +455,9 @@ class CudaBackend final : public Backend {
     return p;
   }
 
-  int dev_;
-  double util_;
+  const CudaOptions opt_;
+  // RMSNorm inside the decode GEMV needs the GEMV (GALE_CUDA_GEMV and the "norm" fusion).
+  const bool fuse_norm_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t plan_sent_ = nullptr;
   cudaEvent_t ids_ready_ = nullptr;  // the launched step's ids reached h_ids_
@@ -465,12 +467,11 @@ class CudaBackend final : public Backend {
   // GALE_PROFILE=1: time from each greedy step's plan upload to its argmax ids reaching the host,
   // on the GPU's clock; against the engine's wall time per step it shows how long the GPU waits
   // on the host.
-  bool profile_ = std::getenv("GALE_PROFILE") != nullptr;
   cudaEvent_t prof_begin_ = nullptr, prof_end_ = nullptr;
   std::vector<float> prof_ms_;
   void profile_step_done() {
     float ms = 0;
-    if (profile_ && cudaEventElapsedTime(&ms, prof_begin_, prof_end_) == cudaSuccess) prof_ms_.push_back(ms);
+    if (opt_.profile && cudaEventElapsedTime(&ms, prof_begin_, prof_end_) == cudaSuccess) prof_ms_.push_back(ms);
   }
   cuda::GemmContext* gemm_ = nullptr;
   ModelConfig cfg_;
@@ -503,22 +504,6 @@ class CudaBackend final : public Backend {
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   bool graphable_ = false, capturing_ = false;
   GraphKey key_{};
-  bool use_gemv_ = std::getenv("GALE_CUDA_GEMV") == nullptr || std::string(std::getenv("GALE_CUDA_GEMV")) != "0";
-  // Fusions (all on by default; GALE_CUDA_FUSE lists those on, for A/B runs): rope = RoPE with
-  // the K/V write, norm = RMSNorm inside the decode GEMV, silu = SiLU-mul in the gate|up GEMV,
-  // qkv = RoPE and the K/V write in the q|k|v GEMV's epilogue (with norm).
-  static bool fused(const char* what) {
-    const char* env = std::getenv("GALE_CUDA_FUSE");
-    return std::string(env ? env : "rope,norm,silu,qkv").find(what) != std::string::npos;
-  }
-  bool fuse_rope_ = fused("rope");
-  bool fuse_qkv_ = fused("qkv");
-  bool fuse_norm_ = use_gemv_ && fused("norm");
-  bool fuse_silu_ = fused("silu");  // gate|up interleaved at load, SiLU-mul in the GEMV's epilogue
-  // GALE_CUDA_MOE=0: MoE routing on the host and one GEMM per expert (the Backend default), for
-  // A/B runs; such steps are not captured into graphs.
-  bool moe_enabled_ = std::getenv("GALE_CUDA_MOE") == nullptr || std::string(std::getenv("GALE_CUDA_MOE")) != "0";
-  bool graphs_enabled_ = std::getenv("GALE_CUDA_GRAPHS") == nullptr || std::string(std::getenv("GALE_CUDA_GRAPHS")) != "0";
 };
 
 // ---- weights ---------------------------------------------------------------------------------
@@ -613,10 +598,10 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     if (need > free)
       throw Error("the model's weights (" + gib(need) + " as bf16) do not fit in the free memory of " + name() + " (" +
                   gib(free) + " of " + gib(total) + ")");
-    const double share = util_ * double(total) - double(total - free);
+    const double share = opt_.gpu_memory_utilization * double(total) - double(total - free);
     if (double(need) > share)
       throw Error("the model's weights (" + gib(need) + " as bf16) exceed --gpu-memory-utilization " +
-                  std::to_string(util_).substr(0, 4) + " of " + name() + " (" + gib(size_t(std::max(share, 0.0))) +
+                  std::to_string(opt_.gpu_memory_utilization).substr(0, 4) + " of " + name() + " (" + gib(size_t(std::max(share, 0.0))) +
                   " available to Gale)");
   }
   // Fuses projections that read the same input into one [sum n, in] matrix.
@@ -668,13 +653,13 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       moe_layers_[L.router.w] = {table(gu), table(dn)};
     } else {
       fuse({&L.gate, &L.up});
-      if (fuse_silu_ && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
+      if (opt_.fuse_silu && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
       upload_matrix(L.down);
     }
   }
   // MoE on the device when the kernels take the shapes (moe_route: E <= 256, top_k <= 8; the
   // grouped GEMM: dimensions multiples of 8) and the experts have no biases.
-  moe_kernels_ = moe_enabled_ && cfg.num_experts > 0 && cfg.num_experts <= cuda::kMoeMaxExperts &&
+  moe_kernels_ = opt_.moe && cfg.num_experts > 0 && cfg.num_experts <= cuda::kMoeMaxExperts &&
                  cfg.num_experts_per_tok >= 1 && cfg.num_experts_per_tok <= std::min(cfg.num_experts, cuda::kMoeMaxTopK) &&
                  cfg.hidden_size % 8 == 0 && cfg.intermediate_size % 8 == 0;
   for (const LayerWeights& L : w.layers)
@@ -715,7 +700,7 @@ bool decode_step(const StepPlan& plan) {
 
 int64_t CudaBackend::padded_tokens(const StepPlan& plan) const {
   // MoE steps are graphable when routing stays on the device (moe_kernels_).
-  if (!graphs_enabled_ || (cfg_.num_experts > 0 && !moe_kernels_) || !decode_step(plan)) return plan.T();
+  if (!opt_.graphs || (cfg_.num_experts > 0 && !moe_kernels_) || !decode_step(plan)) return plan.T();
   for (int64_t b : kGraphBuckets)
     if (b >= plan.T()) return b;
   return plan.T();
@@ -738,7 +723,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   }
   all_decode_ = plan.all_decode();
   if (all_decode_) n_lead_decode_ = int64_t(plan.seqs.size()) + pad;
-  graphable_ = graphs_enabled_ && (cfg_.num_experts == 0 || moe_kernels_) && decode_step(plan) &&
+  graphable_ = opt_.graphs && (cfg_.num_experts == 0 || moe_kernels_) && decode_step(plan) &&
                Tp == padded_tokens(plan);
   if (graphable_) {
     // A graph bakes the block-table stride and the attention split in: round the table width
@@ -755,7 +740,7 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   const size_t words = size_t(2 * Tp + 3 * S + 1 + R + S * maxb + 2 * Tp * half);
   const size_t bytes = words * 4;
   cuda_check(cudaEventSynchronize(plan_sent_), "step");  // the previous plan left the pinned buffer
-  if (profile_) cuda_check(cudaEventRecord(prof_begin_, stream_), "profile");
+  if (opt_.profile) cuda_check(cudaEventRecord(prof_begin_, stream_), "profile");
   grow_pinned(h_plan_, bytes);
   grow_device(d_plan_, bytes);
   int32_t* h = static_cast<int32_t*>(h_plan_.p);
@@ -906,7 +891,7 @@ void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_he
 // Decode steps (M <= 4): RMSNorm, the q|k|v GEMV, RoPE and the K/V write in one kernel.
 bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w, float eps,
                                          std::span<const Linear* const> qkv, Act out, const KVLayer& kv) {
-  if (!fuse_qkv_ || !fuse_norm_ || qkv.size() != 3 || rot_dim_ != kv.head_dim || x.dtype != DType::F32 ||
+  if (!opt_.fuse_qkv || !fuse_norm_ || qkv.size() != 3 || rot_dim_ != kv.head_dim || x.dtype != DType::F32 ||
       out.dtype != DType::BF16 || kv.dtype != DType::BF16)
     return false;
   const Fused* f = fused_for(qkv);
@@ -922,7 +907,7 @@ bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w
 
 void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
                                  Act out) {
-  if (!fuse_rope_ || rot_dim_ <= 0) return Backend::rope_attention(kv, q, k, v, n_heads, window, scale, out);
+  if (!opt_.fuse_rope || rot_dim_ <= 0) return Backend::rope_attention(kv, q, k, v, n_heads, window, scale, out);
   GALE_ASSERT(q.dtype == k.dtype);
   const cuda::RopeParams r{q.data, q.ld, n_heads, k.data, k.ld, kv.n_kv_heads, q.dtype, q.rows, kv.head_dim, rot_dim_,
                            d_cos_, d_sin_};
@@ -1031,8 +1016,8 @@ bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
   return true;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int device, double gpu_memory_utilization) {
-  return std::make_unique<CudaBackend>(device, gpu_memory_utilization);
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
+  return std::make_unique<CudaBackend>(options);
 }
 
 }  // namespace gale
