@@ -1,4 +1,5 @@
-// The CUDA backend's factory (model/cuda/cuda_backend.cpp); only CUDA builds compile it.
+// The CUDA backend's factory (the class is cuda_backend_impl.h, implemented by cuda_backend.cpp,
+// cuda_weights.cpp and cuda_step_graphs.cpp); only CUDA builds compile it.
 #pragma once
 #include <memory>
 
