@@ -25,7 +25,10 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
     if (n == 0) throw Error("--device " + o.device + ": no CUDA GPU is visible");
     if (index >= n)
       throw Error("--device " + o.device + ": only " + std::to_string(n) + " CUDA GPU(s) are visible");
-    return make_cuda_backend(index, o.gpu_memory_utilization);
+    CudaOptions c = o.cuda ? *o.cuda : cuda_options_from_env();
+    c.device = index;
+    c.gpu_memory_utilization = o.gpu_memory_utilization;
+    return make_cuda_backend(c);
 #else
     throw Error("--device " + o.device + ": this gale was built without CUDA (configure where nvcc is found)");
 #endif

@@ -21,13 +21,25 @@ namespace gale::cuda {
 // Multiprocessor count of the current device, read once per process.
 int device_sm_count();
 
+// Launch choices the user may switch off for A/B runs. The kernels read no environment: the CUDA
+// backend parses the switches once (model/cuda/cuda_options.h) and sets them here before its
+// first launch; callers without a backend (kernel tests, kernel benchmarks) get these defaults.
+struct KernelSwitches {
+  bool pdl = true;          // GALE_CUDA_PDL: programmatic dependent launch where the card has it
+  bool clusters = true;     // GALE_CUDA_CLUSTERS: thread block clusters where the card has them
+  bool gemv_rotate = true;  // GALE_GEMV_ROTATE: GEMV rows start at rotated pieces
+  int gemv_unroll = 0;      // GALE_GEMV_UNROLL: loads in flight per lane in the GEMV, 4 or 8; 0 = by width
+};
+void set_kernel_switches(const KernelSwitches& s);
+KernelSwitches kernel_switches();
+
 // Whether kernels are launched with programmatic dependent launch (PDL, Hopper and later): the
 // next kernel in the stream may start while this one finishes, and waits in pdl_wait() for its
-// inputs. Off below compute capability 9.0 or with GALE_CUDA_PDL=0; read once per process.
+// inputs. Off below compute capability 9.0 or with KernelSwitches::pdl off.
 bool pdl_enabled();
 
 // Whether kernels may be launched in thread block clusters (Hopper and later: blocks of a cluster
-// read each other's shared memory). Off below compute capability 9.0 or with GALE_CUDA_CLUSTERS=0.
+// read each other's shared memory). Off below compute capability 9.0 or with KernelSwitches::clusters off.
 bool clusters_enabled();
 
 }  // namespace gale::cuda

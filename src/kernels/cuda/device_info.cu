@@ -1,6 +1,4 @@
 #include <atomic>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/cuda/common.cuh"
 
@@ -21,25 +19,37 @@ int device_sm_count() {
 
 namespace {
 
-// Compute capability 9.0 or later (Hopper), unless the environment variable `off` is "0".
-bool hopper_unless(const char* off) {
-  const char* env = std::getenv(off);
-  if (env && std::string(env) == "0") return false;
-  int dev = 0, major = 0;
-  return cudaGetDevice(&dev) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+// Compute capability 9.0 or later (Hopper), read once per process.
+bool hopper() {
+  static const bool on = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
 }
+
+// Set by the backend (possibly on another thread than the one that launches); relaxed loads
+// suffice: the values are set before the first launch and never change in between.
+std::atomic<bool> g_pdl{true}, g_clusters{true}, g_gemv_rotate{true};
+std::atomic<int> g_gemv_unroll{0};
 
 }  // namespace
 
-bool pdl_enabled() {
-  static const bool on = hopper_unless("GALE_CUDA_PDL");
-  return on;
+void set_kernel_switches(const KernelSwitches& s) {
+  g_pdl.store(s.pdl, std::memory_order_relaxed);
+  g_clusters.store(s.clusters, std::memory_order_relaxed);
+  g_gemv_rotate.store(s.gemv_rotate, std::memory_order_relaxed);
+  g_gemv_unroll.store(s.gemv_unroll, std::memory_order_relaxed);
 }
 
-bool clusters_enabled() {
-  static const bool on = hopper_unless("GALE_CUDA_CLUSTERS");
-  return on;
+KernelSwitches kernel_switches() {
+  return {g_pdl.load(std::memory_order_relaxed), g_clusters.load(std::memory_order_relaxed),
+          g_gemv_rotate.load(std::memory_order_relaxed), g_gemv_unroll.load(std::memory_order_relaxed)};
 }
+
+bool pdl_enabled() { return g_pdl.load(std::memory_order_relaxed) && hopper(); }
+
+bool clusters_enabled() { return g_clusters.load(std::memory_order_relaxed) && hopper(); }
 
 }  // namespace gale::cuda

@@ -2,8 +2,6 @@
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 namespace gale::cuda {
@@ -200,15 +198,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   }
 }
 
-// GALE_GEMV_ROTATE=0 turns the rotated row starts off (read once).
-int rotate_rows() {
-  static const int on = [] {
-    const char* e = std::getenv("GALE_GEMV_ROTATE");
-    return e && std::string(e) == "0" ? 0 : 1;
-  }();
-  return on;
-}
-
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; }
 
 }  // namespace
@@ -246,12 +235,9 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
   // 16 loads in flight for K = 4,096 175.4 vs 179.8; x copied into shared memory for o and
   // down 179.5 vs 180.5 without. Rows starting at rotated pieces: 180.2 vs 179.3 over two
   // calls, on by default, GALE_GEMV_ROTATE=0 off.)
-  static const std::string mode = [] {
-    const char* e = std::getenv("GALE_GEMV_UNROLL");
-    return std::string(e ? e : "auto");
-  }();
-  const int rotate = rotate_rows();
-  const bool deep = mode == "8" || (mode == "auto" && p.N <= 8192);
+  const KernelSwitches sw = kernel_switches();
+  const int rotate = sw.gemv_rotate ? 1 : 0;  // KernelSwitches::gemv_rotate (GALE_GEMV_ROTATE)
+  const bool deep = sw.gemv_unroll == 8 || (sw.gemv_unroll == 0 && p.N <= 8192);
   auto go = [&](auto m) -> cudaError_t {
     constexpr int M = decltype(m)::value;
     auto with = [&](auto op, auto epi, size_t smem) -> cudaError_t {

@@ -1,0 +1,198 @@
+// CudaBackend::prepare: every weight goes to the device once, before the KV cache is sized.
+// Matrices become bf16 (converted on the host while the previous piece is copied); projections
+// that read the same input are concatenated so each is one product (q|k|v; gate|up, whose rows a
+// dense model interleaves by four for the SwiGLU GEMV); each MoE layer gets device tables of its
+// experts' matrices for the grouped GEMM. Norm weights and biases stay f32.
+#include "model/cuda/cuda_backend_impl.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <initializer_list>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/cuda/moe_grouped_gemm.cuh"
+#include "kernels/cuda/moe_route.cuh"
+
+namespace gale {
+
+void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size_t n, DType dst_dtype) {
+  // Through two pinned staging halves: the host fills (and converts into) one while the copy
+  // engine drains the other.
+  constexpr size_t kStage = size_t(64) << 20;
+  grow_pinned(h_plan_, 2 * kStage);
+  cudaEvent_t done[2];
+  for (auto& e : done) cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  const size_t out_es = dtype_size(dst_dtype), in_es = dtype_size(src_dtype);
+  const size_t per = kStage / out_es;
+  int half = 0;
+  for (size_t i0 = 0; i0 < n; i0 += per, half ^= 1) {
+    const size_t cnt = std::min(per, n - i0);
+    cuda_check(cudaEventSynchronize(done[half]), "upload");
+    uint8_t* stage = static_cast<uint8_t*>(h_plan_.p) + size_t(half) * kStage;
+    const uint8_t* s = static_cast<const uint8_t*>(src) + i0 * in_es;
+    parallel_for(int64_t(cnt), [&](int64_t b, int64_t e, int) {
+      if (src_dtype == dst_dtype) {
+        std::memcpy(stage + size_t(b) * out_es, s + size_t(b) * in_es, size_t(e - b) * out_es);
+      } else if (dst_dtype == DType::BF16) {
+        uint16_t* o = reinterpret_cast<uint16_t*>(stage);
+        for (int64_t j = b; j < e; ++j) o[j] = f32_to_bf16(load_as_f32(s, src_dtype, size_t(j)));
+      } else {
+        float* o = reinterpret_cast<float*>(stage);
+        for (int64_t j = b; j < e; ++j) o[j] = load_as_f32(s, src_dtype, size_t(j));
+      }
+    }, int64_t(1) << 16);
+    cuda_check(cudaMemcpyAsync(static_cast<uint8_t*>(dst) + i0 * out_es, stage, cnt * out_es, cudaMemcpyHostToDevice,
+                          stream_),
+          "upload");
+    cuda_check(cudaEventRecord(done[half], stream_), "upload");
+  }
+  cuda_check(cudaStreamSynchronize(stream_), "upload");
+  for (auto& e : done) cudaEventDestroy(e);
+}
+
+// Reorders a fused [gate; up] matrix (2I rows of `in` bf16) in place into groups of four:
+// rows 8b..8b+3 = gate rows 4b..4b+3, rows 8b+4..8b+7 = up rows 4b..4b+3 (through one
+// temporary copy, freed before the KV cache is sized).
+void CudaBackend::interleave4(Fused& f, int64_t in) {
+  const int64_t I = f.n / 2;
+  const size_t row = size_t(in) * 2, bytes = size_t(f.n) * row;
+  void* tmp = nullptr;
+  cuda_check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into f.w went out on other streams
+  cuda_check(cudaMalloc(&tmp, bytes), "cudaMalloc (gate|up reorder)");
+  cuda_check(cudaMemcpyAsync(tmp, f.w, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
+  uint8_t* dst = static_cast<uint8_t*>(f.w);
+  const uint8_t* src = static_cast<const uint8_t*>(tmp);
+  // Four rows at a time: gate block b to 8b, up block b to 8b + 4.
+  cuda_check(cudaMemcpy2DAsync(dst, 8 * row, src, 4 * row, 4 * row, size_t(I / 4), cudaMemcpyDeviceToDevice, stream_),
+        "gate|up reorder");
+  cuda_check(cudaMemcpy2DAsync(dst + 4 * row, 8 * row, src + size_t(I) * row, 4 * row, 4 * row, size_t(I / 4),
+                          cudaMemcpyDeviceToDevice, stream_),
+        "gate|up reorder");
+  cuda_check(cudaStreamSynchronize(stream_), "gate|up reorder");
+  cuda_check(cudaFree(tmp), "cudaFree");
+  f.interleaved4 = true;
+}
+
+void* CudaBackend::upload_matrix(const Linear& l, void* dst) {
+  if (auto it = wmap_.find(l.w); it != wmap_.end() && !dst) return const_cast<void*>(it->second);
+  if (!dst) dst = device_alloc_owned(size_t(l.out * l.in) * 2);
+  upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16);
+  wmap_[l.w] = dst;
+  return dst;
+}
+
+const float* CudaBackend::upload_vector(const std::vector<float>& v) {
+  if (v.empty()) return nullptr;
+  if (auto it = vmap_.find(v.data()); it != vmap_.end()) return it->second;
+  float* d = static_cast<float*>(device_alloc_owned(v.size() * 4));
+  cuda_check(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice), "upload");
+  vmap_[v.data()] = d;
+  return d;
+}
+
+void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
+  cfg_ = cfg;
+  rot_dim_ = int64_t(double(cfg.head_dim) * cfg.rope.partial_rotary_factor);
+  {
+    size_t free = 0, total = 0;
+    cuda_check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    size_t need = 0;
+    for (const LayerWeights& L : w.layers) {
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.router}) need += size_t(l->out * l->in) * 2;
+      for (const ExpertWeights& X : L.experts) need += size_t(3 * X.gate.out * X.gate.in) * 2;
+    }
+    need += size_t(w.lm_head.out * w.lm_head.in) * 2 + size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype);
+    if (need > free)
+      throw Error("the model's weights (" + gib(need) + " as bf16) do not fit in the free memory of " + name() + " (" +
+                  gib(free) + " of " + gib(total) + ")");
+    const double share = opt_.gpu_memory_utilization * double(total) - double(total - free);
+    if (double(need) > share)
+      throw Error("the model's weights (" + gib(need) + " as bf16) exceed --gpu-memory-utilization " +
+                  std::to_string(opt_.gpu_memory_utilization).substr(0, 4) + " of " + name() + " (" +
+                  gib(size_t(std::max(share, 0.0))) + " available to Gale)");
+  }
+  // Fuses projections that read the same input into one [sum n, in] matrix.
+  auto fuse = [&](std::initializer_list<const Linear*> ls) {
+    int64_t n = 0;
+    bool any_bias = false;
+    for (const Linear* l : ls) {
+      n += l->out;
+      any_bias |= !l->bias.empty();
+    }
+    const int64_t in = (*ls.begin())->in;
+    uint8_t* d = static_cast<uint8_t*>(device_alloc_owned(size_t(n * in) * 2));
+    Fused f{d, n, ls.size(), nullptr};
+    std::vector<float> b;
+    for (const Linear* l : ls) {
+      upload_matrix(*l, d);
+      d += size_t(l->out * in) * 2;
+      if (any_bias) {
+        if (l->bias.empty()) b.insert(b.end(), size_t(l->out), 0.0f);
+        else b.insert(b.end(), l->bias.begin(), l->bias.end());
+      }
+      upload_vector(l->bias);
+    }
+    if (any_bias) {
+      float* db = static_cast<float*>(device_alloc_owned(b.size() * 4));
+      cuda_check(cudaMemcpy(db, b.data(), b.size() * 4, cudaMemcpyHostToDevice), "upload");
+      f.bias = db;
+    }
+    fused_[(*ls.begin())->w] = f;
+  };
+  for (const LayerWeights& L : w.layers) {
+    for (const std::vector<float>* v : {&L.attn_norm, &L.ffn_norm, &L.q_norm, &L.k_norm}) upload_vector(*v);
+    fuse({&L.q, &L.k, &L.v});
+    upload_matrix(L.o);
+    if (cfg.num_experts > 0) {
+      upload_matrix(L.router);
+      std::vector<const void*> gu, dn;
+      for (const ExpertWeights& X : L.experts) {
+        fuse({&X.gate, &X.up});
+        upload_matrix(X.down);
+        gu.push_back(fused_.at(X.gate.w).w);
+        dn.push_back(wmap_.at(X.down.w));
+      }
+      auto table = [&](const std::vector<const void*>& ptrs) {
+        void* d = device_alloc_owned(ptrs.size() * sizeof(void*));
+        cuda_check(cudaMemcpy(d, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice), "upload");
+        return static_cast<const void* const*>(d);
+      };
+      moe_layers_[L.router.w] = {table(gu), table(dn)};
+    } else {
+      fuse({&L.gate, &L.up});
+      if (opt_.fuse_silu && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
+      upload_matrix(L.down);
+    }
+  }
+  // MoE on the device when the kernels take the shapes (moe_route: E <= 256, top_k <= 8; the
+  // grouped GEMM: dimensions multiples of 8) and the experts have no biases.
+  moe_kernels_ = opt_.moe && cfg.num_experts > 0 && cfg.num_experts <= cuda::kMoeMaxExperts &&
+                 cfg.num_experts_per_tok >= 1 && cfg.num_experts_per_tok <= std::min(cfg.num_experts, cuda::kMoeMaxTopK) &&
+                 cfg.hidden_size % 8 == 0 && cfg.intermediate_size % 8 == 0;
+  for (const LayerWeights& L : w.layers)
+    for (const ExpertWeights& X : L.experts)
+      moe_kernels_ = moe_kernels_ && X.gate.bias.empty() && X.up.bias.empty() && X.down.bias.empty() &&
+                     X.gate.out == cfg.intermediate_size && X.down.in == cfg.intermediate_size;
+  if (moe_kernels_) cuda_check(cuda::moe_grouped_gemm_init(), "grouped GEMM setup");  // not mid-capture
+  upload_vector(w.final_norm);
+  // The embedding table is gathered in its stored dtype; the LM head needs bf16 (a tied bf16
+  // table is shared).
+  if (w.embed_dtype == DType::BF16 || w.lm_head.w != w.embed) {
+    embed_ = device_alloc_owned(size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype));
+    upload_bytes(const_cast<void*>(embed_), w.embed, w.embed_dtype, size_t(cfg.vocab_size * cfg.hidden_size),
+                 w.embed_dtype);
+    embed_dtype_ = w.embed_dtype;
+    if (w.lm_head.w == w.embed) wmap_[w.embed] = embed_;
+  }
+  void* head = upload_matrix(w.lm_head);
+  if (!embed_) {  // tied f32/f16 table: gather from the bf16 copy of the LM head
+    embed_ = head;
+    embed_dtype_ = DType::BF16;
+  }
+  upload_vector(w.lm_head.bias);
+}
+
+}  // namespace gale
