@@ -107,6 +107,20 @@ Linear Linear::cols_view(int64_t c0, int64_t n) const {
   return v;
 }
 
+float Linear::scale_at(int64_t r, int64_t c) const {
+  const WeightScheme& s = scheme;
+  const int64_t ld = scales_per_row(*this);
+  auto at = [&](int64_t i) { return load_as_f32(s.scale, s.scale_dtype, size_t(i)); };
+  switch (s.scales) {
+    case Scales::None: return 1.0f;
+    case Scales::PerTensor: return at(0);
+    case Scales::PerChannel: return at(r);
+    case Scales::PerGroup: return at(r * ld + c / s.group);
+    case Scales::PerBlock: return at(r / s.group * ld + c / s.group);
+  }
+  return 1.0f;
+}
+
 std::string describe_storage(const Linear& l) {
   const WeightScheme& s = l.scheme;
   std::string r(dtype_name(l.dtype));

@@ -39,6 +39,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   std::string name() const override { return "cuda:" + std::to_string(opt_.device); }
+  // Scaled FP8 weights too: until FP8 kernels land they are dequantized to bf16 at upload.
+  bool supports(const Linear& l) const override;
   std::string device_model() const override;
   bool is_cpu() const override { return false; }
   DType act_dtype() const override { return DType::BF16; }
@@ -246,7 +248,10 @@ class CudaBackend final : public Backend {
   void* upload_matrix(const Linear& l, void* dst = nullptr);
   void interleave4(Fused& f, int64_t in);
   const float* upload_vector(const std::vector<float>& v);
-  void upload_bytes(void* dst, const void* src, DType src_dtype, size_t n_elems, DType dst_dtype);
+  // scaled: element i of src is row i / scaled->in, column i % scaled->in of that matrix,
+  // multiplied by its scale (Linear::scale_at) before the conversion.
+  void upload_bytes(void* dst, const void* src, DType src_dtype, size_t n_elems, DType dst_dtype,
+                    const Linear* scaled = nullptr);
   void* device_alloc_owned(size_t bytes) {
     void* p = alloc(bytes);
     owned_.push_back({p, bytes});

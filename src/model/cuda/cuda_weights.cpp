@@ -18,7 +18,16 @@
 
 namespace gale {
 
-void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size_t n, DType dst_dtype) {
+bool CudaBackend::supports(const Linear& l) const {
+  const WeightScheme& s = l.scheme;
+  if (s.scales == WeightScheme::Scales::None) return Backend::supports(l);
+  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
+  return fp8 && l.packed_rows() && s.packing == WeightScheme::Packing::None && !s.zero && s.scale &&
+         (s.scales == WeightScheme::Scales::PerTensor || s.scales == WeightScheme::Scales::PerChannel || s.group > 0);
+}
+
+void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size_t n, DType dst_dtype,
+                               const Linear* scaled) {
   // Through two pinned staging halves: the host fills (and converts into) one while the copy
   // engine drains the other.
   constexpr size_t kStage = size_t(64) << 20;
@@ -34,7 +43,14 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
     uint8_t* stage = static_cast<uint8_t*>(h_plan_.p) + size_t(half) * kStage;
     const uint8_t* s = static_cast<const uint8_t*>(src) + i0 * in_es;
     parallel_for(int64_t(cnt), [&](int64_t b, int64_t e, int) {
-      if (src_dtype == dst_dtype) {
+      if (scaled) {  // an FP8 weight with scales, dequantized (bf16 out)
+        GALE_ASSERT(dst_dtype == DType::BF16);
+        uint16_t* o = reinterpret_cast<uint16_t*>(stage);
+        for (int64_t j = b; j < e; ++j) {
+          const int64_t g = int64_t(i0) + j;
+          o[j] = f32_to_bf16(load_as_f32(s, src_dtype, size_t(j)) * scaled->scale_at(g / scaled->in, g % scaled->in));
+        }
+      } else if (src_dtype == dst_dtype) {
         std::memcpy(stage + size_t(b) * out_es, s + size_t(b) * in_es, size_t(e - b) * out_es);
       } else if (dst_dtype == DType::BF16) {
         uint16_t* o = reinterpret_cast<uint16_t*>(stage);
@@ -79,7 +95,8 @@ void CudaBackend::interleave4(Fused& f, int64_t in) {
 void* CudaBackend::upload_matrix(const Linear& l, void* dst) {
   if (auto it = wmap_.find(l.w); it != wmap_.end() && !dst) return const_cast<void*>(it->second);
   if (!dst) dst = device_alloc_owned(size_t(l.out * l.in) * 2);
-  upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16);
+  upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16,
+               l.scheme.scales == WeightScheme::Scales::None ? nullptr : &l);
   wmap_[l.w] = dst;
   return dst;
 }
