@@ -37,6 +37,7 @@
 #include "model/backend.h"
 #include "model/backend_factory.h"
 #include "model/rope.h"
+#include "host_sampling_backend.h"
 #include "runtime/sampler.h"
 
 #ifdef GALE_HAVE_CUDA
@@ -833,19 +834,11 @@ TEST_P(BackendOps, SampleRows) {
   Rig rig(GetParam(), Shape{});
   Backend& be = *rig.be;
   struct Params {
-    ref::SamplingSpec s;
+    RowSampling r;
     const char* what;
   };
   auto spec = [](float t, int32_t k, float p, float m, float rep = 1.0f, float pres = 0.0f, float freq = 0.0f) {
-    ref::SamplingSpec s;
-    s.temperature = t;
-    s.top_k = k;
-    s.top_p = p;
-    s.min_p = m;
-    s.repetition_penalty = rep;
-    s.presence_penalty = pres;
-    s.frequency_penalty = freq;
-    return s;
+    return RowSampling{t, k, p, m, rep, pres, freq, 0.0, {}, {}, {}};
   };
   // Greedy rows are decided by the penalty they test: the top token A (an output id seen twice)
   // leads the second by 0.75, which presence 0.5 alone does not overturn and presence + 2 x
@@ -888,14 +881,7 @@ TEST_P(BackendOps, SampleRows) {
     std::vector<const Params*> row_params;
     for (const Params& p : params)
       for (double u : us) {
-        RowSampling r;
-        r.temperature = p.s.temperature;
-        r.top_k = p.s.top_k;
-        r.top_p = p.s.top_p;
-        r.min_p = p.s.min_p;
-        r.repetition_penalty = p.s.repetition_penalty;
-        r.presence_penalty = p.s.presence_penalty;
-        r.frequency_penalty = p.s.frequency_penalty;
+        RowSampling r = p.r;
         r.u = u;
         r.seen_ids = seen;
         r.output_ids = out_ids;
@@ -917,20 +903,14 @@ TEST_P(BackendOps, SampleRows) {
       std::vector<int32_t> idx;
       for (int64_t r = 0; r < R; ++r) {
         const RowSampling& q = rows[size_t(r)];
-        SamplingParams sp;
-        sp.temperature = q.temperature;
-        sp.top_k = q.top_k;
-        sp.top_p = q.top_p;
-        sp.min_p = q.min_p;
-        sp.repetition_penalty = q.repetition_penalty;
-        sp.presence_penalty = q.presence_penalty;
-        sp.frequency_penalty = q.frequency_penalty;
-        got[size_t(r)] = sample_token(sp, q.seen_ids, q.output_ids, q.output_counts, q.u,
+        got[size_t(r)] = sample_token(test::sampling_params(q), q.seen_ids, q.output_ids, q.output_counts, q.u,
                                       std::span<float>(host.data() + r * V, size_t(V)), idx);
       }
     }
     for (int64_t r = 0; r < R; ++r) {
-      const ref::SamplingSpec& s = row_params[size_t(r)]->s;
+      const RowSampling& q = rows[size_t(r)];
+      const ref::SamplingSpec s{q.temperature, q.top_k, q.top_p, q.min_p, q.repetition_penalty, q.presence_penalty,
+                                q.frequency_penalty};
       const double u = rows[size_t(r)].u;
       const std::string what = target_name(GetParam()) + " V=" + std::to_string(V) + " " + row_params[size_t(r)]->what +
                                " u=" + std::to_string(u);
