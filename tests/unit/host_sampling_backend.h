@@ -10,6 +10,19 @@
 
 namespace gale::test {
 
+// Sampler::sample's parameters of a Backend::sample_rows row.
+inline SamplingParams sampling_params(const RowSampling& r) {
+  SamplingParams p;
+  p.temperature = r.temperature;
+  p.top_k = r.top_k;
+  p.top_p = r.top_p;
+  p.min_p = r.min_p;
+  p.repetition_penalty = r.repetition_penalty;
+  p.presence_penalty = r.presence_penalty;
+  p.frequency_penalty = r.frequency_penalty;
+  return p;
+}
+
 class HostSamplingBackend : public CpuBackend {
  public:
   HostSamplingBackend() : CpuBackend(false) {}
@@ -17,16 +30,8 @@ class HostSamplingBackend : public CpuBackend {
   void sample_rows(Act logits, std::span<const RowSampling> rows, int32_t* out) override {
     for (int64_t i = 0; i < logits.rows; ++i) {
       const RowSampling& r = rows[size_t(i)];
-      SamplingParams p;
-      p.temperature = r.temperature;
-      p.top_k = r.top_k;
-      p.top_p = r.top_p;
-      p.min_p = r.min_p;
-      p.repetition_penalty = r.repetition_penalty;
-      p.presence_penalty = r.presence_penalty;
-      p.frequency_penalty = r.frequency_penalty;
       std::span<float> row(logits.f32() + i * logits.ld, size_t(logits.cols));
-      out[i] = sample_token(p, r.seen_ids, r.output_ids, r.output_counts, r.u, row, idx_);
+      out[i] = sample_token(sampling_params(r), r.seen_ids, r.output_ids, r.output_counts, r.u, row, idx_);
     }
   }
 

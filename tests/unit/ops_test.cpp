@@ -1,6 +1,8 @@
-// The CPU element-wise and attention kernels (kernels/cpu/ops.h): each against a plain
-// double-precision formula, and bitwise the same whatever the number of threads (the
-// threads split rows, heads or tokens; no sum is ever split).
+// The CPU element-wise and attention kernels (kernels/cpu/ops.h) called directly: each against
+// its scalar reference (kernels/ref), with strided rows, untouched padding and in-place calls,
+// and bitwise the same whatever the number of threads (the threads split rows, heads or
+// tokens; no sum is ever split). tests/unit/backend_ops_test.cpp runs the same ops through
+// every Backend.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +16,10 @@
 #include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ref/activation_ref.h"
+#include "kernels/ref/attention_ref.h"
+#include "kernels/ref/norm_ref.h"
+#include "kernels/ref/rope_ref.h"
 
 namespace gale {
 namespace {
@@ -53,13 +59,11 @@ TEST(CpuOps, RmsNorm) {
         cpu::rmsnorm(x.data(), ldx, n, d, w.data(), 1e-5f, o.data(), ldo);
         return o;
       });
+      std::vector<float> want(size_t(n * ldo), 9.0f);
+      ref::rmsnorm(x.data(), ldx, n, d, w.data(), 1e-5f, want.data(), ldo);
       for (int64_t r = 0; r < n; ++r) {
-        double ss = 0;
-        for (int64_t i = 0; i < d; ++i) ss += double(x[size_t(r * ldx + i)]) * x[size_t(r * ldx + i)];
-        const double inv = 1.0 / std::sqrt(ss / double(d) + 1e-5);
         for (int64_t i = 0; i < d; ++i)
-          ASSERT_NEAR(out[size_t(r * ldo + i)], w[size_t(i)] * x[size_t(r * ldx + i)] * inv, 1e-5)
-              << "n=" << n << " d=" << d;
+          ASSERT_NEAR(out[size_t(r * ldo + i)], want[size_t(r * ldo + i)], 1e-5) << "n=" << n << " d=" << d;
         for (int64_t i = d; i < ldo; ++i) ASSERT_EQ(out[size_t(r * ldo + i)], 9.0f);  // padding untouched
       }
       // In place gives the same values.
@@ -89,19 +93,11 @@ TEST(CpuOps, Rope) {
         cpu::rope_apply(v.data(), ld, n_tokens, n_heads, head_dim, rot_dim, cs.data(), sn.data());
         return v;
       });
+      std::vector<float> want = x;
+      ref::rope_rotate(want.data(), ld, n_tokens, n_heads, head_dim, rot_dim, cs.data(), sn.data());
       for (int64_t t = 0; t < n_tokens; ++t)
-        for (int64_t h = 0; h < n_heads; ++h)
-          for (int64_t i = 0; i < head_dim; ++i) {
-            const size_t at = size_t(t * ld + h * head_dim + i);
-            double want = x[at];
-            if (i < rot_dim) {
-              const int64_t j = i % half;
-              const double c = cs[size_t(t * half + j)], s = sn[size_t(t * half + j)];
-              const double a = x[size_t(t * ld + h * head_dim + j)], b = x[size_t(t * ld + h * head_dim + j + half)];
-              want = i < half ? a * c - b * s : b * c + a * s;
-            }
-            ASSERT_NEAR(out[at], want, 1e-6) << "t=" << t << " h=" << h << " i=" << i;
-          }
+        for (int64_t i = 0; i < ld; ++i)  // the unrotated tail and the row padding untouched
+          ASSERT_NEAR(out[size_t(t * ld + i)], want[size_t(t * ld + i)], 1e-6) << "t=" << t << " i=" << i;
     }
   }
 }
@@ -116,11 +112,10 @@ TEST(CpuOps, SiluMulAndRoundToBf16) {
       cpu::silu_mul(v.data(), ldg, u.data(), ldu, n, d);
       return v;
     });
+    std::vector<float> want = g;
+    ref::silu_mul(g.data(), ldg, u.data(), ldu, n, d, want.data(), ldg);
     for (int64_t r = 0; r < n; ++r)
-      for (int64_t i = 0; i < d; ++i) {
-        const double a = g[size_t(r * ldg + i)];
-        ASSERT_NEAR(out[size_t(r * ldg + i)], a / (1.0 + std::exp(-a)) * u[size_t(r * ldu + i)], 1e-5);
-      }
+      for (int64_t i = 0; i < d; ++i) ASSERT_NEAR(out[size_t(r * ldg + i)], want[size_t(r * ldg + i)], 1e-5);
     std::vector<float> rounded = same_for_all_thread_counts([&] {
       std::vector<float> v = g;
       cpu::round_to_bf16(v.data(), int64_t(v.size()));
@@ -152,29 +147,15 @@ TEST(CpuOps, PagedAttention) {
           cpu::paged_attention(q.data(), qd, n_tokens, n_heads, start, pkv, table, window, scale, o.data(), qd);
           return o;
         });
-        auto cached = [&](const std::vector<float>& src, int64_t i) {
-          return dt == DType::F32 ? double(src[size_t(i)]) : double(bf16_to_f32(f32_to_bf16(src[size_t(i)])));
-        };
-        for (int64_t t = 0; t < n_tokens; ++t)
-          for (int64_t h = 0; h < n_heads; ++h) {
-            const int64_t pos = start + t, g = h / (n_heads / n_kv);
-            const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-            std::vector<double> s;
-            for (int64_t p = first; p <= pos; ++p) {
-              double dot = 0;
-              for (int64_t i = 0; i < hd; ++i) dot += double(q[size_t(t * qd + h * hd + i)]) * cached(k, p * kvd + g * hd + i);
-              s.push_back(dot * scale);
-            }
-            const double m = *std::max_element(s.begin(), s.end());
-            double den = 0;
-            for (double& e : s) den += (e = std::exp(e - m));
-            for (int64_t i = 0; i < hd; ++i) {
-              double want = 0;
-              for (int64_t p = first; p <= pos; ++p) want += s[size_t(p - first)] / den * cached(v, p * kvd + g * hd + i);
-              ASSERT_NEAR(out[size_t(t * qd + h * hd + i)], want, 1e-5)
-                  << dtype_name(dt) << " window=" << window << " t=" << t << " h=" << h;
-            }
-          }
+        // The reference reads its own cache, written by ref::paged_kv_write (bf16 rounded as stored).
+        std::vector<uint8_t> rk(kc.size()), rv(kc.size());
+        const ref::PagedCache rc{rk.data(), rv.data(), dt, bs, n_kv, hd};
+        ref::paged_kv_write(k.data(), kvd, v.data(), kvd, ctx, 0, rc, table);
+        std::vector<float> want(size_t(n_tokens * qd));
+        ref::paged_attention(q.data(), qd, n_tokens, n_heads, start, rc, table, window, scale, want.data(), qd);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_NEAR(out[i], want[i], 1e-5) << dtype_name(dt) << " window=" << window << " token " << i / size_t(qd)
+                                             << " head " << i % size_t(qd) / size_t(hd);
       }
     }
   }

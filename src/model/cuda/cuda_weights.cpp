@@ -163,12 +163,14 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     for (const std::vector<float>* v : {&L.attn_norm, &L.ffn_norm, &L.q_norm, &L.k_norm}) upload_vector(*v);
     fuse({&L.q, &L.k, &L.v});
     upload_matrix(L.o);
+    upload_vector(L.o.bias);  // linear() adds it (attention_bias)
     if (cfg.num_experts > 0) {
       upload_matrix(L.router);
       std::vector<const void*> gu, dn;
       for (const ExpertWeights& X : L.experts) {
         fuse({&X.gate, &X.up});
         upload_matrix(X.down);
+        upload_vector(X.down.bias);
         gu.push_back(fused_.at(X.gate.w).w);
         dn.push_back(wmap_.at(X.down.w));
       }
@@ -182,6 +184,7 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       fuse({&L.gate, &L.up});
       if (opt_.fuse_silu && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
       upload_matrix(L.down);
+      upload_vector(L.down.bias);  // mlp_bias
     }
   }
   // MoE on the device when the kernels take the shapes (moe_route: E <= 256, top_k <= 8; the
