@@ -381,7 +381,7 @@ int BatchJob::run() {
     return 0;
   }
 
-  lm_ = load_model(model_dir_, backend_options(o_.model));
+  lm_ = load_model(model_dir_, backend_options(o_.model), load_options(o_.model));
   const ModelConfig& cfg = lm_.model->config();
   info_.name = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
   if (info_.name.empty()) info_.name = std::filesystem::path(model_dir_).parent_path().filename().string();

@@ -146,7 +146,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     };
     if (o->mode != "kernels") {
       const std::string path = resolve_model(o->model);
-      LoadedModel lm = load_model(path, backend_options(o->model));
+      LoadedModel lm = load_model(path, backend_options(o->model), load_options(o->model));
       EngineBenchOptions b;
       b.engine = engine_config(o->engine);
       b.json = o->json;
@@ -173,7 +173,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
     const std::string path = resolve_model(o->model);
     auto t_load = clock::now();
-    LoadedModel lm = load_model(path, backend_options(o->model));
+    LoadedModel lm = load_model(path, backend_options(o->model), load_options(o->model));
     const double load_s = secs(t_load);
     Transformer& m = *lm.model;
     const ModelConfig& c = m.config();

@@ -39,7 +39,7 @@ void run_generate(const GenerateOptions& o) {
   using clock = std::chrono::steady_clock;
   const std::string dir = resolve_model(o.model);
   auto t0 = clock::now();
-  LoadedModel lm = load_model(dir, backend_options(o.model));
+  LoadedModel lm = load_model(dir, backend_options(o.model), load_options(o.model));
   const ModelConfig& cfg = lm.model->config();
   std::unique_ptr<Tokenizer> tok;
   if (!lm.synthetic && std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))

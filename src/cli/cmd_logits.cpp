@@ -28,7 +28,7 @@ CommandRegistrar reg{20, [](CLI::App& root) {
   sub->callback([o] {
     std::vector<int32_t> ids = parse_id_list(o->ids);
     if (ids.empty()) throw Error("--ids is empty");
-    LoadedModel lm = load_model(resolve_model(o->model), backend_options(o->model));
+    LoadedModel lm = load_model(resolve_model(o->model), backend_options(o->model), load_options(o->model));
     Transformer& m = *lm.model;
     const int64_t V = m.config().vocab_size, bs = 16;
     const int64_t nb = (int64_t(ids.size()) + bs - 1) / bs;

@@ -38,7 +38,7 @@ CommandRegistrar reg{25, [](CLI::App& root) {
     if (!in) throw Error("cannot read " + o->file);
     std::stringstream ss;
     ss << in.rdbuf();
-    LoadedModel lm = load_model(dir, backend_options(o->model));
+    LoadedModel lm = load_model(dir, backend_options(o->model), load_options(o->model));
     if (lm.synthetic) throw Error("perplexity needs a model folder with a tokenizer");
     auto tok = Tokenizer::load(dir);
     std::vector<int32_t> ids = tok->encode(ss.str(), /*add_special_tokens=*/true);

@@ -73,7 +73,7 @@ nlohmann::ordered_json special_tokens(const std::string& dir) {
 void run_serve(ServeOptions& o) {
   const std::string dir = resolve_model(o.model);
   if (const char* k = std::getenv("GALE_API_KEY"); k && o.server.api_key.empty()) o.server.api_key = k;
-  LoadedModel lm = load_model(dir, backend_options(o.model));
+  LoadedModel lm = load_model(dir, backend_options(o.model), load_options(o.model));
   const ModelConfig& cfg = lm.model->config();
   std::unique_ptr<Tokenizer> tok;
   if (!lm.synthetic && fs::exists(fs::path(dir) / "tokenizer.json")) tok = Tokenizer::load(dir);

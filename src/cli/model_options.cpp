@@ -17,6 +17,10 @@ void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
                     "Share of the GPU's memory for weights, activations and KV cache (default 0.9)")
         ->check(CLI::Range(0.01, 1.0));
   }
+  sub->add_option("--quantization", o.quantization,
+                  "Weights as loaded: none (as stored) or fp8 (E4M3 with per-channel scales, quantized at load; "
+                  "the LM head and MoE routers stay as stored)")
+      ->check(CLI::IsMember({"none", "fp8"}));
   sub->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
 }
 
@@ -43,6 +47,12 @@ BackendOptions backend_options(const ModelOptions& o) {
   if (b.device != "cpu" && o.dtype == "f32")
     throw Error("--dtype f32: the CUDA backend runs bf16 activations (use --device cpu for f32)");
   return b;
+}
+
+LoadOptions load_options(const ModelOptions& o) {
+  LoadOptions l;
+  l.quantization = o.quantization;
+  return l;
 }
 
 }  // namespace gale::cli

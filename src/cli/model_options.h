@@ -5,6 +5,7 @@
 #include <string>
 
 #include "model/backend_factory.h"
+#include "model/model_loader.h"
 #include "model/transformer.h"
 
 namespace gale::cli {
@@ -15,6 +16,7 @@ struct ModelOptions {
   int threads = 0;          // 0 = all cores
   std::string device;       // --device: "" = cuda when a GPU is present, else cpu
   double gpu_memory_utilization = 0.9;
+  std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
 };
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype = true);
@@ -24,5 +26,7 @@ ActDType parse_act_dtype(const std::string& s);
 // The backend the flags ask for (--device, --dtype, --gpu-memory-utilization); throws
 // gale::Error for combinations the backend cannot run (--dtype f32 on a GPU).
 BackendOptions backend_options(const ModelOptions& o);
+// What loading does to the weights (--quantization).
+LoadOptions load_options(const ModelOptions& o);
 
 }  // namespace gale::cli

@@ -102,19 +102,21 @@ float f8e4m3_to_f32(uint8_t v) {
 }
 
 uint8_t f32_to_f8e4m3(float f) {
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  const float a = std::fabs(f);
-  if (std::isnan(f)) return uint8_t(sign | 0x7f);
-  if (a >= 464.0f) return uint8_t(sign | 0x7e);  // past the midpoint to 480: saturate at 448
-  if (a < 0.015625f) {                             // below 2^-6: subnormal steps of 2^-9
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint8_t sign = uint8_t((u >> 24) & 0x80);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return uint8_t(sign | 0x7f);  // NaN
+  if (u >= 0x43e80000u) return uint8_t(sign | 0x7e);  // >= 464, past the midpoint to 480: saturate at 448
+  if (u < 0x3c800000u) {                              // below 2^-6: subnormal steps of 2^-9 (exact product)
+    float a;
+    std::memcpy(&a, &u, 4);
     return uint8_t(sign | uint8_t(std::nearbyint(a * 512.0f)));  // 8 is the smallest normal, 0x08
   }
-  int ex;
-  std::frexp(a, &ex);  // a = fr * 2^ex, fr in [0.5, 1)
-  int e = ex - 1;
-  int m = int(std::nearbyint((std::ldexp(a, -e) - 1.0f) * 8.0f));  // exact: a / 2^e in [1, 2)
-  if (m == 8) m = 0, ++e;
-  return uint8_t(sign | uint8_t((e + 7) << 3) | uint8_t(m));
+  // Normal: the f32 exponent rebiased from 127 to 7 and the mantissa rounded to 3 bits, to even;
+  // a mantissa that rounds up to 8 carries into the exponent, which is the right code.
+  const uint32_t r = u + 0x7ffffu + ((u >> 20) & 1u);
+  return uint8_t(sign | uint8_t((r >> 20) - (120u << 3)));
 }
 
 float f8e5m2_to_f32(uint8_t v) {

@@ -1,5 +1,6 @@
 #include "model/model_loader.h"
 
+#include "core/error.h"
 #include "loader/safetensors.h"
 #include "model/arch/arch.h"
 #include "model/kv_cache.h"
@@ -34,7 +35,19 @@ void warm_up(Transformer& m) {
 
 }  // namespace
 
-LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
+namespace {
+
+// The transforms the load options ask for, in order (identity when none).
+std::vector<WeightTransform> transforms_for(const LoadOptions& o) {
+  if (o.quantization == "none" || o.quantization.empty()) return {identity_transform()};
+  if (o.quantization == "fp8") return {quantize_fp8_per_channel()};
+  throw Error("--quantization must be none or fp8 (got '" + o.quantization + "')");
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& path, const BackendOptions& bo, const LoadOptions& lo) {
+  const std::vector<WeightTransform> transforms = transforms_for(lo);  // a bad option fails before loading
   const ActDType act = bo.bf16_activations || bo.device != "cpu" ? ActDType::BF16 : ActDType::F32;
   std::unique_ptr<Backend> backend = make_backend(bo);  // a bad --device fails before any loading
   LoadedModel m;
@@ -43,7 +56,9 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
   if (path.rfind(kSynthetic, 0) == 0) {
     ModelConfig cfg = synthetic_config(path.substr(kSynthetic.size()));
     m.synthetic = true;
-    m.model = std::make_unique<Transformer>(cfg, synthetic_weights(cfg), act, std::move(backend));
+    ModelWeights w = synthetic_weights(cfg);
+    apply_transforms(transforms, cfg, w);
+    m.model = std::make_unique<Transformer>(cfg, std::move(w), act, std::move(backend));
     if (!m.model->backend().is_cpu()) warm_up(*m.model);
     return m;
   }
@@ -52,7 +67,6 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo) {
   ModelConfig cfg = load_model_config(path);
   auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(path));
   ModelWeights w = bind_weights(st, cfg);
-  const WeightTransform transforms[] = {identity_transform()};
   apply_transforms(transforms, cfg, w);
   m.model = std::make_unique<Transformer>(cfg, std::move(w), act, std::move(backend));
   if (!m.model->backend().is_cpu()) warm_up(*m.model);

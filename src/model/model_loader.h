@@ -17,7 +17,15 @@ struct LoadedModel {
 // Throws gale::Error (missing files, corrupt checkpoint, unknown architecture, ...).
 // The model runs on the CPU with activations `act`.
 LoadedModel load_model(const std::string& path_or_synthetic, ActDType act = ActDType::F32);
+// What loading does to the weights on their way to the backend (model/transforms.h).
+struct LoadOptions {
+  // --quantization: "none" (as stored) or "fp8" (per-channel FP8 weights, quantized at load;
+  // the checkpoint's own FP8 matrices are kept).
+  std::string quantization = "none";
+};
+
 // The model runs on backend.device (weights uploaded there when it is a GPU).
-LoadedModel load_model(const std::string& path_or_synthetic, const BackendOptions& backend);
+LoadedModel load_model(const std::string& path_or_synthetic, const BackendOptions& backend,
+                       const LoadOptions& load = {});
 
 }  // namespace gale

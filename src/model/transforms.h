@@ -7,7 +7,7 @@
 //   - shard-for-TP: narrows cfg to the rank's heads and replaces matrices with rows_view /
 //     cols_view views of the mapped checkpoint (pack_rows where the backend needs packed rows);
 //   - prune: zeroes or drops weights in copies it owns.
-// Today the loader applies the identity; the first real user is pack_rows.
+// The loader applies the identity, and quantize_fp8_per_channel for --quantization fp8.
 #pragma once
 #include <functional>
 #include <span>
@@ -31,6 +31,13 @@ WeightTransform identity_transform();
 // rows of its own, for backends whose products read packed rows only (Backend::supports).
 // Plain schemes only: a scaled matrix's copy would need its scales re-laid too.
 WeightTransform pack_rows();
+
+// --quantization fp8: every projection of the layers (attention, dense MLP, experts) to E4M3
+// with one f32 scale per output channel (its amax / 448, the offline quantizers' rule; values
+// rounded to nearest even), in buffers the weights own; ModelWeights::total_bytes follows. The
+// MoE router and the LM head stay as stored, as published FP8 checkpoints keep them; a matrix
+// already FP8 is left alone.
+WeightTransform quantize_fp8_per_channel();
 
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);
