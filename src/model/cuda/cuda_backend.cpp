@@ -356,7 +356,8 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
   GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16);
   const int64_t D = n_lead_decode_;
   if (D > 0) {
-    cuda::DecodeAttentionParams p{};
+    cuda::DecodeAttentionParams p =
+        decode_attention_shape(D, n_heads, kv.n_kv_heads, kv.head_dim, max_seq_len_, kv.block_size, window);
     p.q = q.data;
     p.q_dtype = q.dtype;
     p.ldq = q.ld;
@@ -366,13 +367,6 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
     p.block_tables = d_tables_;
     p.max_blocks_per_seq = max_blocks_;
     p.seq_lens = d_seq_lens_;
-    p.max_seq_len = max_seq_len_;
-    p.n_seqs = D;
-    p.n_heads = n_heads;
-    p.n_kv_heads = kv.n_kv_heads;
-    p.head_dim = kv.head_dim;
-    p.block_size = kv.block_size;
-    p.window = window;
     p.scale = scale;
     p.out = out.data;
     p.out_dtype = out.dtype;

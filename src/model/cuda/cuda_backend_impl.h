@@ -22,6 +22,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/bias_add.cuh"
+#include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/gather_rows.cuh"
 #include "kernels/cuda/gemm_lt.cuh"
 #include "kernels/cuda/gemv_bf16.cuh"
@@ -32,6 +33,22 @@
 #include "model/cuda/cuda_sampling.h"
 
 namespace gale {
+
+// The shape half of the decode attention's parameters: what sizes its split-K workspace
+// (begin_step, before any capture) and what each layer's launch then completes (attend).
+inline cuda::DecodeAttentionParams decode_attention_shape(int64_t n_seqs, int64_t n_heads, int64_t n_kv_heads,
+                                                          int64_t head_dim, int64_t max_seq_len, int64_t block_size,
+                                                          int64_t window) {
+  cuda::DecodeAttentionParams p{};
+  p.n_seqs = n_seqs;
+  p.n_heads = n_heads;
+  p.n_kv_heads = n_kv_heads;
+  p.head_dim = head_dim;
+  p.max_seq_len = max_seq_len;
+  p.block_size = block_size;
+  p.window = window;
+  return p;
+}
 
 class CudaBackend final : public Backend {
  public:

@@ -130,13 +130,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   max_q_len_ = max_q;
   max_seq_len_ = max_len;
   if (n_lead_decode_ > 0) {  // the split-K workspace, sized here: nothing may be allocated mid-capture
-    cuda::DecodeAttentionParams p{};
-    p.n_seqs = n_lead_decode_;
-    p.n_heads = cfg_.num_heads;
-    p.n_kv_heads = cfg_.num_kv_heads;
-    p.head_dim = cfg_.head_dim;
-    p.max_seq_len = max_len;
-    p.block_size = bs;
+    cuda::DecodeAttentionParams p =
+        decode_attention_shape(n_lead_decode_, cfg_.num_heads, cfg_.num_kv_heads, cfg_.head_dim, max_len, bs, 0);
     size_t ws = 0;  // the largest split any layer's window may use
     for (int64_t w : cfg_.layer_window) {
       p.window = w;
