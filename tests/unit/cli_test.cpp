@@ -107,6 +107,31 @@ TEST(Cli, LogitsJsonContract) {
   EXPECT_FALSE(json::parse(r.out).contains("argmax"));
 }
 
+// --quantization fp8: the layers quantized to per-channel FP8 at load follow the f32 model's
+// tokens wherever it is decisive (a dropped or misplaced scale would not), and an unknown
+// format is refused.
+TEST(Cli, QuantizationFp8AtLoad) {
+  auto ref = gale::test::read_json(fixture("llama-f32") + "/reference.json");
+  std::string list;
+  for (int id : ref["prompt_ids"]) list += (list.empty() ? "" : ",") + std::to_string(id);
+  Result r = gale("logits -m " + fixture("llama-f32") + " --ids " + list + " --all-positions --json --quantization fp8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  ASSERT_EQ(j["argmax"].size(), ref["argmax"].size());
+  size_t agree = 0, clear = 0, clear_agree = 0;
+  for (size_t p = 0; p < j["argmax"].size(); ++p) {
+    const bool same = j["argmax"][p] == ref["argmax"][p];
+    agree += same;
+    if (ref["argmax_margin"][p].get<double>() > 1.0) ++clear, clear_agree += same;
+  }
+  EXPECT_GE(double(agree) / double(j["argmax"].size()), 0.75);  // 243 of 300 measured
+  EXPECT_GT(clear, 10u);
+  EXPECT_EQ(clear_agree, clear);
+  r = gale("generate -m " + fixture("llama-f32") + " -p hi -n 2 --quantization int4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--quantization"), std::string::npos) << r.err;
+}
+
 TEST(Cli, InfoAndBench) {
   Result r = gale("info -m " + fixture("mixtral-f16") + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
