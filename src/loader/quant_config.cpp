@@ -103,6 +103,10 @@ QuantConfig parse_fp8(const ConfigReader& q) {
       q.fail("activation_scheme", "must be \"dynamic\" or \"static\"");
     c.static_input_scales = a == "static";
   }
+  // ue8m0 (power-of-two) scales are stored in another dtype and read differently.
+  if (q.has("scale_fmt") && (!q.j["scale_fmt"].is_string() || q.j["scale_fmt"] != "float"))
+    q.fail("scale_fmt", "must be \"float\" (other scale formats are not supported)");
+  if (q.boolean_or("dequantize", false)) q.fail("dequantize", "must be false in a stored checkpoint");
   c.ignore = string_list(q, "modules_to_not_convert");
   return c;
 }
