@@ -40,7 +40,7 @@ CommandRegistrar reg{30, [](CLI::App& root) {
     for (int64_t x : c.layer_window) if (x) { window = std::to_string(x); break; }
     nlohmann::json j = {
         {"source", lm.source}, {"architecture", c.architecture}, {"parameters", params},
-        {"dtypes", w.dtypes}, {"weight_bytes", w.total_bytes},
+        {"dtypes", w.dtypes}, {"weight_bytes", w.total_bytes}, {"quantization", c.quant.describe()},
         {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
         {"num_layers", c.num_layers}, {"num_heads", c.num_heads}, {"num_kv_heads", c.num_kv_heads},
         {"head_dim", c.head_dim}, {"max_position_embeddings", c.max_position_embeddings},
@@ -59,6 +59,7 @@ CommandRegistrar reg{30, [](CLI::App& root) {
     std::printf("architecture   %s\n", c.architecture.c_str());
     std::printf("parameters     %.3f B (%lld)\n", double(params) / 1e9, (long long)params);
     std::printf("dtypes         %s\n", dts.c_str());
+    if (c.quant.quantized()) std::printf("quantization   %s\n", c.quant.describe().c_str());
     std::printf("weights        %.3f GiB\n", gib(double(w.total_bytes)));
     std::printf("layers         %lld, hidden %lld, ffn %lld, heads %lld/%lld (head_dim %lld)\n", (long long)c.num_layers,
                 (long long)c.hidden_size, (long long)c.intermediate_size, (long long)c.num_heads,

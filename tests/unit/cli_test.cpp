@@ -127,6 +127,9 @@ TEST(Cli, QuantizationFp8AtLoad) {
   EXPECT_GE(double(agree) / double(j["argmax"].size()), 0.75);  // 243 of 300 measured
   EXPECT_GT(clear, 10u);
   EXPECT_EQ(clear_agree, clear);
+  r = gale("info -m " + fixture("qwen2-cttensor") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["quantization"], "compressed-tensors FP8, per-tensor weight scales, static activation scales");
   r = gale("generate -m " + fixture("llama-f32") + " -p hi -n 2 --quantization int4");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--quantization"), std::string::npos) << r.err;
