@@ -9,6 +9,10 @@ namespace gale {
 
 enum class DType : uint8_t { F32, F16, BF16, F8_E4M3, F8_E5M2, I32, I64, U8 };
 
+inline bool is_fp8(DType t) { return t == DType::F8_E4M3 || t == DType::F8_E5M2; }
+// The element types weights may be stored in (16/32-bit floats and FP8).
+inline bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || is_fp8(t); }
+
 // Size of one element in bytes.
 size_t dtype_size(DType t);
 // Canonical safetensors spelling ("F32", "BF16", "F8_E4M3", ...).

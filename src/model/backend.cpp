@@ -8,9 +8,7 @@
 namespace gale {
 
 bool Backend::supports(const Linear& l) const {
-  const bool dense = l.dtype == DType::F32 || l.dtype == DType::F16 || l.dtype == DType::BF16 ||
-                     l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
-  return dense && l.scheme.plain() && l.packed_rows();
+  return is_float_dtype(l.dtype) && l.scheme.plain() && l.packed_rows();
 }
 
 void Backend::fill_zero(Act) { throw Error(name() + ": fill_zero is not implemented (partial residuals)"); }

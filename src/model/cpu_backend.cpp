@@ -1,6 +1,5 @@
 #include "model/cpu_backend.h"
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -18,18 +17,9 @@ void check_f32(const Act& a) { GALE_ASSERT(a.dtype == DType::F32); }
 // The matmul's view of a scheme's scales (Backend::supports has checked they are f32 and laid
 // out as the kernels read them).
 cpu::WeightScales scales_of(const Linear& l) {
-  using S = WeightScheme::Scales;
-  const WeightScheme& s = l.scheme;
-  const float* p = static_cast<const float*>(s.scale);
-  const int64_t groups = s.scale_ld ? s.scale_ld : (s.group > 0 ? (l.in + s.group - 1) / s.group : 1);
-  switch (s.scales) {
-    case S::None: return {};
-    case S::PerTensor: return {p, std::max<int64_t>(l.out, 1), std::max<int64_t>(l.in, 1), 1};
-    case S::PerChannel: return {p, 1, std::max<int64_t>(l.in, 1), 1};
-    case S::PerGroup: return {p, 1, s.group, groups};
-    case S::PerBlock: return {p, s.group, s.group, groups};
-  }
-  return {};
+  if (l.scheme.scales == WeightScheme::Scales::None) return {};
+  const Linear::ScaleLayout s = l.scale_layout();
+  return {static_cast<const float*>(l.scheme.scale), s.rows, s.cols, s.ld};
 }
 
 }  // namespace
@@ -40,15 +30,9 @@ cpu::WeightScales scales_of(const Linear& l) {
 bool CpuBackend::supports(const Linear& l) const {
   const WeightScheme& s = l.scheme;
   if (s.scales == WeightScheme::Scales::None) return Backend::supports(l);
-  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
   const bool grouped = s.scales == WeightScheme::Scales::PerGroup || s.scales == WeightScheme::Scales::PerBlock;
-  return fp8 && l.packed_rows() && s.packing == WeightScheme::Packing::None && !s.zero && s.scale &&
-         s.scale_dtype == DType::F32 && (!grouped || (s.group > 0 && s.group % 16 == 0));
+  return l.scaled_fp8() && s.scale_dtype == DType::F32 && (!grouped || (s.group > 0 && s.group % 16 == 0));
 }
-
-namespace {
-
-}  // namespace
 
 void* CpuBackend::alloc(size_t bytes) {
   void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);

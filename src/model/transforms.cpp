@@ -43,7 +43,7 @@ WeightTransform quantize_fp8_per_channel() {
             }
             for (Linear* lp : todo) {
               Linear& l = *lp;
-              if (l.out == 0 || !l.w || l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2) continue;
+              if (l.out == 0 || !l.w || is_fp8(l.dtype)) continue;
               if (!l.scheme.plain())
                 throw Error("'" + l.name + "' (" + describe_storage(l) + ") is quantized already");
               auto codes = std::shared_ptr<uint8_t[]>(new uint8_t[size_t(l.out) * size_t(l.in)]);

@@ -6,10 +6,6 @@ namespace gale {
 
 namespace {
 
-bool is_float_dtype(DType t) {
-  return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F8_E4M3 || t == DType::F8_E5M2;
-}
-
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -34,7 +30,7 @@ const TensorInfo& TensorBinder::tensor(const std::string& name, std::vector<int6
     throw Error("tensor '" + name + "' has shape " + shape_str(t.shape) + " but config.json implies " +
                 shape_str(shape));
   dtypes_.insert(std::string(dtype_name(t.dtype)));
-  if (bound_.insert(name).second) bytes_ += t.nbytes;
+  mark_bound(t);
   return t;
 }
 
@@ -61,39 +57,39 @@ Linear TensorBinder::linear(const std::string& prefix, int64_t out, int64_t in, 
 
 const TensorInfo& TensorBinder::take(const std::string& name) {
   const TensorInfo& t = st_->get(name);
-  if (!is_float_dtype(t.dtype) || t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2)
+  if (!is_float_dtype(t.dtype) || is_fp8(t.dtype))
     throw Error("tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) + ", expected F32, F16 or BF16");
-  if (bound_.insert(name).second) bytes_ += t.nbytes;
+  mark_bound(t);
   return t;
+}
+
+void TensorBinder::mark_bound(const TensorInfo& t) {
+  if (bound_.insert(t.name).second) bytes_ += t.nbytes;
 }
 
 float TensorBinder::optional_scalar(const std::string& name) {
   if (!has(name)) return 0.0f;
   const TensorInfo& t = take(name);
-  int64_t n = 1;
-  for (int64_t d : t.shape) n *= d;
-  if (n != 1) throw Error("tensor '" + name + "' has shape " + shape_str(t.shape) + ", expected one value");
+  if (t.numel() != 1) throw Error("tensor '" + name + "' has shape " + shape_str(t.shape) + ", expected one value");
   return load_as_f32(t.data, t.dtype, 0);
 }
 
 void TensorBinder::bind_scales(const std::string& prefix, Linear& l) {
   using G = QuantConfig::Granularity;
   const std::string sname = prefix + "." + quant_->scale_suffix();
-  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
   if (!has(sname)) {
-    if (fp8)
+    if (is_fp8(l.dtype))
       throw Error("tensor '" + prefix + ".weight' is " + std::string(dtype_name(l.dtype)) + " but the checkpoint has no '" +
                   sname + "' for it (" + quant_->describe() + ")");
     return;  // a module the config leaves in 16 bits (ignore / modules_to_not_convert)
   }
-  if (!fp8)
+  if (!is_fp8(l.dtype))
     throw Error("'" + sname + "' scales '" + prefix + ".weight', which is " + std::string(dtype_name(l.dtype)) +
                 ", not FP8");
   const TensorInfo& t = take(sname);
   const int64_t b = quant_->block;
   std::vector<int64_t> want;  // the layout the config's granularity implies
-  int64_t numel = 1;
-  for (int64_t d : t.shape) numel *= d;
+  const int64_t numel = t.numel();
   switch (quant_->weights) {
     case G::Tensor:
       if (numel != 1) want = {1};
@@ -103,12 +99,14 @@ void TensorBinder::bind_scales(const std::string& prefix, Linear& l) {
       if (!(t.shape == std::vector<int64_t>{l.out, 1} || t.shape == std::vector<int64_t>{l.out})) want = {l.out, 1};
       l.scheme.scales = WeightScheme::Scales::PerChannel;
       break;
-    case G::Block:
-      if (t.shape != std::vector<int64_t>{(l.out + b - 1) / b, (l.in + b - 1) / b}) want = {(l.out + b - 1) / b, (l.in + b - 1) / b};
+    case G::Block: {
+      const std::vector<int64_t> blocks = {(l.out + b - 1) / b, (l.in + b - 1) / b};
+      if (t.shape != blocks) want = blocks;
       l.scheme.scales = WeightScheme::Scales::PerBlock;
       l.scheme.group = b;
-      l.scheme.scale_ld = (l.in + b - 1) / b;
+      l.scheme.scale_ld = blocks[1];
       break;
+    }
   }
   if (!want.empty())
     throw Error("tensor '" + sname + "' has shape " + shape_str(t.shape) + " but " + quant_->describe() +

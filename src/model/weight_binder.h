@@ -50,6 +50,8 @@ class TensorBinder {
   void bind_scales(const std::string& prefix, Linear& l);
   // Marks a tensor used without the exact-shape check of tensor() (scales of several spellings).
   const TensorInfo& take(const std::string& name);
+  // Counts t as used (once, however often it is bound).
+  void mark_bound(const TensorInfo& t);
 
   const SafeTensors* st_;
   const QuantConfig* quant_;

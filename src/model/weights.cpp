@@ -1,7 +1,8 @@
 #include "model/weights.h"
 
-#include "core/error.h"
+#include <algorithm>
 
+#include "core/error.h"
 #include "loader/checkpoint_check.h"
 #include "loader/safetensors.h"
 #include "model/arch/arch.h"
@@ -34,10 +35,6 @@ ModelWeights bind_with(TensorBinder& b, const ModelConfig& c) {
   }
   return w;
 }
-
-}  // namespace
-
-namespace {
 
 using Scales = WeightScheme::Scales;
 
@@ -107,18 +104,21 @@ Linear Linear::cols_view(int64_t c0, int64_t n) const {
   return v;
 }
 
-float Linear::scale_at(int64_t r, int64_t c) const {
-  const WeightScheme& s = scheme;
-  const int64_t ld = scales_per_row(*this);
-  auto at = [&](int64_t i) { return load_as_f32(s.scale, s.scale_dtype, size_t(i)); };
-  switch (s.scales) {
-    case Scales::None: return 1.0f;
-    case Scales::PerTensor: return at(0);
-    case Scales::PerChannel: return at(r);
-    case Scales::PerGroup: return at(r * ld + c / s.group);
-    case Scales::PerBlock: return at(r / s.group * ld + c / s.group);
+Linear::ScaleLayout Linear::scale_layout() const {
+  const int64_t all_rows = std::max<int64_t>(out, 1), all_cols = std::max<int64_t>(in, 1);
+  switch (scheme.scales) {
+    case Scales::None:
+    case Scales::PerTensor: return {all_rows, all_cols, 1};
+    case Scales::PerChannel: return {1, all_cols, 1};
+    case Scales::PerGroup: return {1, scheme.group, scales_per_row(*this)};
+    case Scales::PerBlock: return {scheme.group, scheme.group, scales_per_row(*this)};
   }
-  return 1.0f;
+  return {};
+}
+
+bool Linear::scaled_fp8() const {
+  return is_fp8(dtype) && scheme.scales != Scales::None && scheme.scale && !scheme.zero &&
+         scheme.packing == WeightScheme::Packing::None && packed_rows();
 }
 
 std::string describe_storage(const Linear& l) {

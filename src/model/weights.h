@@ -69,9 +69,15 @@ struct Linear {
   // without the bias, which the caller adds once; whole scale groups only (c0 a multiple of
   // the group, n too unless the view reaches the last column).
   Linear cols_view(int64_t c0, int64_t n) const;
-  // The scale of element (r, c) of the view (1 for an unscaled scheme): host-side code that
-  // dequantizes (an upload to a backend without FP8 kernels, tests) reads scales through it.
-  float scale_at(int64_t r, int64_t c) const;
+  // Where the scale of element (r, c) of the view sits: scale[(r / rows) * ld + c / cols] (one
+  // formula for every kind: per tensor rows = out and cols = in, per channel rows = 1, ...).
+  struct ScaleLayout {
+    int64_t rows = 1, cols = 1, ld = 1;
+  };
+  ScaleLayout scale_layout() const;
+  // FP8 values with their scales in a layout a kernel can walk: packed rows, no zero points,
+  // no packing (what the backends' supports() build on).
+  bool scaled_fp8() const;
 };
 
 // "BF16", "F8_E4M3, per-channel scales", "U8 packed 4-bit, groups of 128, zero points".

@@ -266,7 +266,7 @@ class CudaBackend final : public Backend {
   void interleave4(Fused& f, int64_t in);
   const float* upload_vector(const std::vector<float>& v);
   // scaled: element i of src is row i / scaled->in, column i % scaled->in of that matrix,
-  // multiplied by its scale (Linear::scale_at) before the conversion.
+  // multiplied by its scale (Linear::scale_layout) before the conversion.
   void upload_bytes(void* dst, const void* src, DType src_dtype, size_t n_elems, DType dst_dtype,
                     const Linear* scaled = nullptr);
   void* device_alloc_owned(size_t bytes) {

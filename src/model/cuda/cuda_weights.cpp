@@ -21,8 +21,7 @@ namespace gale {
 bool CudaBackend::supports(const Linear& l) const {
   const WeightScheme& s = l.scheme;
   if (s.scales == WeightScheme::Scales::None) return Backend::supports(l);
-  const bool fp8 = l.dtype == DType::F8_E4M3 || l.dtype == DType::F8_E5M2;
-  return fp8 && l.packed_rows() && s.packing == WeightScheme::Packing::None && !s.zero && s.scale &&
+  return l.scaled_fp8() &&
          (s.scales == WeightScheme::Scales::PerTensor || s.scales == WeightScheme::Scales::PerChannel || s.group > 0);
 }
 
@@ -35,6 +34,7 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
   cudaEvent_t done[2];
   for (auto& e : done) cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   const size_t out_es = dtype_size(dst_dtype), in_es = dtype_size(src_dtype);
+  const Linear::ScaleLayout layout = scaled ? scaled->scale_layout() : Linear::ScaleLayout{};
   const size_t per = kStage / out_es;
   int half = 0;
   for (size_t i0 = 0; i0 < n; i0 += per, half ^= 1) {
@@ -47,8 +47,10 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
         GALE_ASSERT(dst_dtype == DType::BF16);
         uint16_t* o = reinterpret_cast<uint16_t*>(stage);
         for (int64_t j = b; j < e; ++j) {
-          const int64_t g = int64_t(i0) + j;
-          o[j] = f32_to_bf16(load_as_f32(s, src_dtype, size_t(j)) * scaled->scale_at(g / scaled->in, g % scaled->in));
+          const int64_t g = int64_t(i0) + j, r = g / scaled->in, c = g % scaled->in;
+          const float sc = load_as_f32(scaled->scheme.scale, scaled->scheme.scale_dtype,
+                                       size_t(r / layout.rows * layout.ld + c / layout.cols));
+          o[j] = f32_to_bf16(load_as_f32(s, src_dtype, size_t(j)) * sc);
         }
       } else if (src_dtype == dst_dtype) {
         std::memcpy(stage + size_t(b) * out_es, s + size_t(b) * in_es, size_t(e - b) * out_es);
