@@ -1,7 +1,10 @@
 #include "kernels/cuda/gemm_lt.cuh"
 
+#include "kernels/cuda/fp8_convert.cuh"
+
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <unordered_map>
@@ -13,12 +16,14 @@ namespace {
 struct PlanKey {
   int64_t M, N, K, ldx, ldw, ldy;
   int ydt, acc, align;  // align: log2 of the common pointer alignment (capped at 256 B)
+  int fp8 = 0;          // 1: E4M3 W and x with outer-vector scales (gemm_fp8's W8A8 plan)
   bool operator==(const PlanKey&) const = default;
 };
 struct PlanKeyHash {
   size_t operator()(const PlanKey& k) const {
     size_t h = 1469598103934665603ull;
-    for (int64_t v : {k.M, k.N, k.K, k.ldx, k.ldw, k.ldy, int64_t(k.ydt), int64_t(k.acc), int64_t(k.align)})
+    for (int64_t v : {k.M, k.N, k.K, k.ldx, k.ldw, k.ldy, int64_t(k.ydt), int64_t(k.acc), int64_t(k.align),
+                      int64_t(k.fp8)})
       h = (h ^ size_t(v)) * 1099511628211ull;
     return h;
   }
@@ -27,6 +32,7 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool ok = true;  // false: cuBLASLt has no kernel for it (an FP8 plan; gemm_fp8 falls back)
 };
 
 int align_log2(uintptr_t v) {
@@ -43,7 +49,25 @@ struct GemmContext {
   size_t workspace_bytes = 0;
   std::unordered_map<PlanKey, Plan, PlanKeyHash> plans;
   std::string last_error;
+  // gemm_fp8's scratch: the quantized activations and their scales, or a piece of dequantized W.
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
 };
+
+namespace {
+
+cudaError_t grow_scratch(GemmContext* ctx, size_t bytes) {
+  if (bytes <= ctx->scratch_bytes) return cudaSuccess;
+  bytes = std::max(bytes, ctx->scratch_bytes * 2);
+  if (ctx->scratch) GALE_CUDA_TRY(cudaFree(ctx->scratch));  // synchronizes: prefill steps only, rarely
+  ctx->scratch = nullptr;
+  ctx->scratch_bytes = 0;
+  GALE_CUDA_TRY(cudaMalloc(&ctx->scratch, bytes));
+  ctx->scratch_bytes = bytes;
+  return cudaSuccess;
+}
+
+}  // namespace
 
 cudaError_t gemm_context_create(GemmContext** out, size_t workspace_bytes) {
   *out = nullptr;
@@ -72,6 +96,7 @@ void gemm_context_destroy(GemmContext* ctx) {
     cublasLtMatmulDescDestroy(pl.desc);
   }
   cudaFree(ctx->workspace);
+  cudaFree(ctx->scratch);
   cublasLtDestroy(ctx->handle);
   delete ctx;
 }
@@ -90,14 +115,22 @@ size_t gemm_cached_plans(const GemmContext* ctx) { return ctx->plans.size(); }
 
 // Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is column-major yᵀ[N,M] = W'ᵀ·x' with W' = W viewed as
 // column-major [K,N] and x' = x as column-major [K,M]: cuBLASLt A = W (op T), B = x (op N).
+// The FP8 plan is the same product over E4M3 W and x (K-major both: the "TN" layout FP8 needs),
+// each column of the result scaled by W's row scale and each row by x's (outer-vector scales).
 static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
   const cudaDataType_t yt = k.ydt == int(DType::F32) ? CUDA_R_32F : CUDA_R_16BF;
+  const cudaDataType_t in_t = k.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   GALE_LT_TRY(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->a, CUDA_R_16BF, uint64_t(k.K), uint64_t(k.N), k.ldw));
-  GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->b, CUDA_R_16BF, uint64_t(k.K), uint64_t(k.M), k.ldx));
+  if (k.fp8) {
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
+  }
+  GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->a, in_t, uint64_t(k.K), uint64_t(k.N), k.ldw));
+  GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->b, in_t, uint64_t(k.K), uint64_t(k.M), k.ldx));
   GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->c, yt, uint64_t(k.N), uint64_t(k.M), k.ldy));
   cublasLtMatmulPreference_t pref = nullptr;
   GALE_LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
@@ -124,32 +157,110 @@ static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
   return cudaSuccess;
 }
 
+namespace {
+
+// The cached plan for key (made on first use); nullptr with ctx->last_error set when cuBLASLt
+// refuses it. A refused FP8 plan is cached too (ok = false), so the query is not repeated.
+const Plan* find_plan(GemmContext* ctx, const PlanKey& key, cudaError_t* err) {
+  auto it = ctx->plans.find(key);
+  if (it == ctx->plans.end()) {
+    Plan pl;
+    *err = make_plan(ctx, key, &pl);
+    if (*err != cudaSuccess) {
+      if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
+      if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
+      if (pl.c) cublasLtMatrixLayoutDestroy(pl.c);
+      if (pl.desc) cublasLtMatmulDescDestroy(pl.desc);
+      if (!key.fp8) return nullptr;
+      pl = Plan{};
+      pl.ok = false;
+    }
+    it = ctx->plans.emplace(key, pl).first;
+  }
+  *err = it->second.ok ? cudaSuccess : cudaErrorNotSupported;
+  return it->second.ok ? &it->second : nullptr;
+}
+
+}  // namespace
+
 cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0) return cudaSuccess;
-  if (p.K <= 0 || (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.K || p.ldw < p.K || p.ldy < p.N)
+  if (p.K <= 0 || p.w_dtype != DType::BF16 || (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.K ||
+      p.ldw < p.K || p.ldy < p.N)
     return cudaErrorInvalidValue;
   const size_t ysz = p.y_dtype == DType::F32 ? 4 : 2;
   const uintptr_t bits = uintptr_t(p.x) | uintptr_t(p.w) | uintptr_t(p.y) | uintptr_t(p.ldx * 2) |
                          uintptr_t(p.ldw * 2) | uintptr_t(p.ldy * ysz);
   const PlanKey key{p.M, p.N, p.K, p.ldx, p.ldw, p.ldy, int(p.y_dtype), p.accumulate ? 1 : 0, align_log2(bits)};
-  auto it = ctx->plans.find(key);
-  if (it == ctx->plans.end()) {
-    Plan pl;
-    cudaError_t err = make_plan(ctx, key, &pl);
-    if (err != cudaSuccess) {
-      if (pl.a) cublasLtMatrixLayoutDestroy(pl.a);
-      if (pl.b) cublasLtMatrixLayoutDestroy(pl.b);
-      if (pl.c) cublasLtMatrixLayoutDestroy(pl.c);
-      if (pl.desc) cublasLtMatmulDescDestroy(pl.desc);
-      return err;
-    }
-    it = ctx->plans.emplace(key, pl).first;
-  }
-  const Plan& pl = it->second;
+  cudaError_t err = cudaSuccess;
+  const Plan* pl = find_plan(ctx, key, &err);
+  if (!pl) return err;
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl.desc, &alpha, p.w, pl.a, p.x, pl.b, &beta, p.y, pl.c, p.y, pl.c, &pl.algo,
-                             ctx->workspace, ctx->workspace_bytes, stream));
+  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, p.x, pl->b, &beta, p.y, pl->c, p.y, pl->c,
+                             &pl->algo, ctx->workspace, ctx->workspace_bytes, stream));
   return cudaGetLastError();
+}
+
+namespace {
+
+// W8A8: x to E4M3 per token in the scratch, then the FP8 plan. cudaErrorNotSupported when
+// cuBLASLt has no FP8 kernel for the shape (the caller falls back).
+cudaError_t gemm_w8a8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream) {
+  const int64_t ldq = (p.K + 15) / 16 * 16;  // 16-byte rows
+  const size_t qbytes = (size_t(p.M * ldq) + 255) / 256 * 256;
+  const size_t ysz = p.y_dtype == DType::F32 ? 4 : 2;
+  const uintptr_t bits = uintptr_t(p.w) | uintptr_t(p.y) | uintptr_t(ldq) | uintptr_t(p.ldw) | uintptr_t(p.ldy * ysz);
+  PlanKey key{p.M, p.N, p.K, ldq, p.ldw, p.ldy, int(p.y_dtype), p.accumulate ? 1 : 0, align_log2(bits)};
+  key.fp8 = 1;
+  cudaError_t err = cudaSuccess;
+  const Plan* pl = find_plan(ctx, key, &err);
+  if (!pl) return err;
+  GALE_CUDA_TRY(grow_scratch(ctx, qbytes + size_t(p.M) * 4));
+  uint8_t* q = static_cast<uint8_t*>(ctx->scratch);
+  float* xs = reinterpret_cast<float*>(q + qbytes);
+  GALE_CUDA_TRY(quantize_rows_fp8({p.x, p.ldx, q, ldq, xs, p.M, p.K}, stream));
+  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale,
+                                             sizeof p.w_scale));
+  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs));
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, q, pl->b, &beta, p.y, pl->c, p.y, pl->c,
+                             &pl->algo, ctx->workspace, ctx->workspace_bytes, stream));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8) {
+  if (p.M <= 0 || p.N <= 0) return cudaSuccess;
+  if (p.K <= 0 || p.w_dtype != DType::F8_E4M3 || !p.w_scale || p.ws_rows < 1 || p.ws_cols < 1 ||
+      (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.K || p.ldw < p.K || p.ldy < p.N)
+    return cudaErrorInvalidValue;
+  if (w8a8 && p.ws_rows == 1 && p.ws_cols >= p.K && p.K % 16 == 0 && p.ldw % 16 == 0 &&
+      (reinterpret_cast<uintptr_t>(p.w) & 15) == 0) {
+    const cudaError_t e = gemm_w8a8(ctx, p, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  // W's rows dequantized to bf16 a piece at a time (at most 64 MiB, whole 128-row blocks), each
+  // piece one bf16 product into its columns of y.
+  const int64_t ldd = (p.K + 7) / 8 * 8;
+  int64_t rows = std::max<int64_t>(128, (int64_t(64) << 20) / (ldd * 2) / 128 * 128);
+  rows = std::min(rows, p.N);
+  GALE_CUDA_TRY(grow_scratch(ctx, size_t(rows * ldd) * 2));
+  const size_t ysz = p.y_dtype == DType::F32 ? 4 : 2;
+  for (int64_t r0 = 0; r0 < p.N; r0 += rows) {
+    const int64_t n = std::min(rows, p.N - r0);
+    GALE_CUDA_TRY(dequantize_fp8({p.w, p.ldw, p.w_scale, p.ws_rows, p.ws_cols, p.ws_ld, r0, n, p.K, ctx->scratch, ldd},
+                                stream));
+    GemmParams q = p;
+    q.w = ctx->scratch;
+    q.ldw = ldd;
+    q.w_dtype = DType::BF16;
+    q.w_scale = nullptr;
+    q.N = n;
+    q.y = static_cast<uint8_t*>(p.y) + size_t(r0) * ysz;
+    GALE_CUDA_TRY(gemm_bf16(ctx, q, stream));
+  }
+  return cudaSuccess;
 }
 
 }  // namespace gale::cuda

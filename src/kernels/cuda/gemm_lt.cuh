@@ -20,6 +20,12 @@ struct GemmParams {
   DType y_dtype;
   int64_t M, N, K;
   bool accumulate;    // y += x·Wᵀ (the residual add) instead of y = x·Wᵀ
+  // FP8 weights (the GEMV and gemm_fp8): W holds F8_E4M3 values and element (n, k) of the
+  // product's W is W[n, k] · w_scale[(n / ws_rows) * ws_ld + k / ws_cols] (f32, on the device;
+  // Linear::ScaleLayout's formula). BF16: no scales.
+  DType w_dtype = DType::BF16;
+  const float* w_scale = nullptr;
+  int64_t ws_rows = 1, ws_cols = 1, ws_ld = 1;
 };
 
 // workspace_bytes 0 picks 32 MiB (what cuBLASLt's Hopper kernels ask for at most).
@@ -27,6 +33,13 @@ cudaError_t gemm_context_create(GemmContext** ctx, size_t workspace_bytes = 0);
 void gemm_context_destroy(GemmContext* ctx);
 // cudaErrorNotSupported when cuBLASLt has no algorithm for the shape; gemm_last_error says why.
 cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream);
+// FP8 weights (p.w_dtype F8_E4M3 with its scale grid), bf16 x. With w8a8 and one scale per
+// row of W (ws_rows 1, ws_cols >= K: per-channel, or per-tensor spread over the rows) x is
+// quantized to E4M3 per token and cuBLASLt runs the FP8 product with outer-vector scales
+// (W8A8, Hopper's FP8 tensor cores); otherwise, or where cuBLASLt has no such kernel, W's rows
+// are dequantized to bf16 in pieces in the context's scratch and multiplied by gemm_bf16
+// (weight-only numerics). Grows the scratch with cudaMalloc: not while a graph is captured.
+cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8 = true);
 const char* gemm_last_error(const GemmContext* ctx);
 // Plans held in the cache (for tests).
 size_t gemm_cached_plans(const GemmContext* ctx);

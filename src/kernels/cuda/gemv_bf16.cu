@@ -2,6 +2,8 @@
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 
+#include <cuda_fp8.h>
+
 #include <type_traits>
 
 namespace gale::cuda {
@@ -22,6 +24,37 @@ __device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc)
     acc = fmaf(a.x, b.x, acc);
     acc = fmaf(a.y, b.y, acc);
   }
+}
+
+// Widens 16 E4M3 weights (one 16-byte load) to f32: the hardware's e4m3x2 -> f16x2 conversion,
+// then f16 -> f32 (exact: every E4M3 value is an f16).
+__device__ __forceinline__ void widen16_e4m3(const uint4& w, float (&f)[16]) {
+  const uint32_t* wv = reinterpret_cast<const uint32_t*>(&w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(wv[i] >> (16 * j)), __NV_E4M3);
+      const float2 v = __half22float2(__half2(h));
+      f[4 * i + 2 * j] = v.x;
+      f[4 * i + 2 * j + 1] = v.y;
+    }
+}
+
+// Sum over 16 widened weights times x[16] (two 16-byte loads of bf16).
+__device__ __forceinline__ float dot16(const float (&wf)[16], const uint4& x0, const uint4& x1) {
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&x0);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x1);
+  float acc = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 u = __bfloat1622float2(a[i]), v = __bfloat1622float2(b[i]);
+    acc = fmaf(wf[2 * i], u.x, acc);
+    acc = fmaf(wf[2 * i + 1], u.y, acc);
+    acc = fmaf(wf[8 + 2 * i], v.x, acc);
+    acc = fmaf(wf[8 + 2 * i + 1], v.y, acc);
+  }
+  return acc;
 }
 
 // Writes the M normalized input rows into shared memory xs[M][K] (bf16).
@@ -69,7 +102,10 @@ __device__ void stage_rmsnorm(const GemmParams& p, const GemvFusion& in, __nv_bf
   __syncthreads();
 }
 
-template <int M, int kUnroll, int OP, int EPI = kStore>  // kUnroll: 16-byte W loads in flight per lane
+// kUnroll: 16-byte W loads in flight per lane. F8: W is E4M3 (16 weights a load) with p's scale
+// grid; SK: its scale changes along a row (groups or blocks of ws_cols columns, applied to each
+// 16-weight chunk's partial sum), else one scale per row, applied to the finished sum.
+template <int M, int kUnroll, int OP, int EPI, bool F8, bool SK>
 __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, GemvFusion in, int rotate) {
   pdl_launch_dependents();
   extern __shared__ uint4 staged[];
@@ -85,8 +121,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
   const bool active = n < p.N;
   // Staging needs every thread of the block at its barriers, so inactive warps (past N) stay.
   if (!active && OP == GemvFusion::kPlain) return;
-  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.w) + (active ? n : 0) * p.ldw);
-  const int chunks = int(p.K / 8);  // 16-byte chunks per row
+  constexpr int kPer = F8 ? 16 : 8;  // weights per 16-byte chunk
+  const int64_t wrow = active ? n : 0;
+  const uint4* w = reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(p.w) + wrow * p.ldw * (F8 ? 1 : 2));
+  const float* srow = F8 ? p.w_scale + wrow / p.ws_rows * p.ws_ld : nullptr;
+  const int chunks = int(p.K / kPer);  // 16-byte chunks per row
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
@@ -122,6 +161,22 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
     if constexpr (OP == GemvFusion::kPlain) return __ldg(xv[m] + i);
     else return xv[m][i];
   };
+  // One 16-byte chunk c of W times the M rows of x.
+  const auto chunk = [&](const uint4& wv, int c) {
+    if constexpr (!F8) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) dot8(wv, ldx(m, c), acc[m]);
+    } else {
+      float wf[16];
+      widen16_e4m3(wv, wf);  // once for all M rows
+      const float sc = SK ? __ldg(srow + int64_t(c) * 16 / p.ws_cols) : 1.0f;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float part = dot16(wf, ldx(m, 2 * c), ldx(m, 2 * c + 1));
+        acc[m] = SK ? fmaf(part, sc, acc[m]) : acc[m] + part;
+      }
+    }
+  };
   // Main loop: kUnroll loads of W in flight before the first use (W is read once: no L1).
   for (int it = 0; it < pieces; ++it) {
     const int c = piece(it);
@@ -130,14 +185,15 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_bf16_kernel(GemmParams p, Ge
       for (int u = 0; u < kUnroll; ++u) wr[u] = __ldcs(w + c + 32 * u);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int m = 0; m < M; ++m) dot8(wr[u], ldx(m, c + 32 * u), acc[m]);
+    for (int u = 0; u < kUnroll; ++u) chunk(wr[u], c + 32 * u);
   }
-  for (int c = lane + 32 * kUnroll * pieces; c < chunks; c += 32) {
-    const uint4 wv = __ldcs(w + c);
+  for (int c = lane + 32 * kUnroll * pieces; c < chunks; c += 32) chunk(__ldcs(w + c), c);
+  if constexpr (F8 && !SK) {
+    if (active) {
+      const float sc = __ldg(srow);
 #pragma unroll
-    for (int m = 0; m < M; ++m) dot8(wv, ldx(m, c), acc[m]);
+      for (int m = 0; m < M; ++m) acc[m] *= sc;
+    }
   }
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
@@ -203,7 +259,13 @@ bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 
 }  // namespace
 
 bool gemv_bf16_supported(const GemmParams& p) {
-  return p.M >= 1 && p.M <= 8 && p.K % 8 == 0 && p.ldx % 8 == 0 && p.ldw % 8 == 0 && aligned16(p.x) &&
+  const bool f8 = p.w_dtype == DType::F8_E4M3;
+  if (!f8 && p.w_dtype != DType::BF16) return false;
+  // FP8: a scale per row or per whole 16-weight chunks along it.
+  if (f8 && (!p.w_scale || p.ws_rows < 1 || p.ws_cols < 1 || p.ws_ld < 1 || (p.ws_cols < p.K && p.ws_cols % 16)))
+    return false;
+  const int64_t per = f8 ? 16 : 8;  // weights per 16-byte load
+  return p.M >= 1 && p.M <= 8 && p.K % per == 0 && p.ldx % 8 == 0 && p.ldw % per == 0 && aligned16(p.x) &&
          aligned16(p.w) && (p.y_dtype == DType::BF16 || p.y_dtype == DType::F32);
 }
 
@@ -242,8 +304,15 @@ cudaError_t gemv_bf16(const GemmParams& p, cudaStream_t stream, const GemvFusion
     constexpr int M = decltype(m)::value;
     auto with = [&](auto op, auto epi, size_t smem) -> cudaError_t {
       constexpr int OP = decltype(op)::value, EPI = decltype(epi)::value;
-      if (deep) return launch(gemv_bf16_kernel<M, 8, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
-      return launch(gemv_bf16_kernel<M, 4, OP, EPI>, grid, kWarps * 32, smem, stream, p, in, rotate);
+      auto weights = [&](auto f8, auto sk) -> cudaError_t {
+        constexpr bool F8 = decltype(f8)::value, SK = decltype(sk)::value;
+        if (deep) return launch(gemv_bf16_kernel<M, 8, OP, EPI, F8, SK>, grid, kWarps * 32, smem, stream, p, in, rotate);
+        return launch(gemv_bf16_kernel<M, 4, OP, EPI, F8, SK>, grid, kWarps * 32, smem, stream, p, in, rotate);
+      };
+      using T = std::true_type;
+      using F = std::false_type;
+      if (p.w_dtype != DType::F8_E4M3) return weights(F{}, F{});
+      return p.ws_cols < p.K ? weights(T{}, T{}) : weights(T{}, F{});
     };
     using Plain = std::integral_constant<int, GemvFusion::kPlain>;
     using Norm = std::integral_constant<int, GemvFusion::kRMSNorm>;

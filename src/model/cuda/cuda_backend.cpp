@@ -163,7 +163,7 @@ void CudaBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act ou
     return;
   }
   GALE_ASSERT(out.cols == f->n);
-  gemm(f->w, f->n, in, out, false);
+  gemm(*f, f->n, in, out, false);
   if (f->bias) bias(f->bias, out);
 }
 
@@ -171,10 +171,10 @@ void CudaBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act ou
 void CudaBackend::rmsnorm_linear(Act x, const std::vector<float>& norm_w, float eps, Act normed,
                                  std::span<const Linear* const> ls, Act out) {
   const Fused* f = fused_for(ls);
-  const void* w = f ? f->w : ls.size() == 1 ? wmap_.at(ls[0]->w) : nullptr;
-  if (fuse_norm_ && w && x.dtype == DType::F32) {
+  const DevMatrix* m = f ? f : ls.size() == 1 ? &wmap_.at(ls[0]->w) : nullptr;
+  if (fuse_norm_ && m && x.dtype == DType::F32) {
     const int64_t n = f ? f->n : ls[0]->out;
-    cuda::GemmParams p{x.data, x.ld, w, x.cols, out.data, out.ld, out.dtype, x.rows, n, x.cols, false};
+    const cuda::GemmParams p = gemm_params(*m, n, x, out, false);
     const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
     if (out.cols == n && cuda::gemv_bf16_fusable(p, in)) {
       cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + GEMV");
@@ -193,7 +193,7 @@ void CudaBackend::swiglu_mlp(Act x, const std::vector<float>& norm_w, float eps,
   const int64_t I = gate.out, rows = x.rows;
   GALE_ASSERT(gate_up.cols == 2 * I && f.n == 2 * I && d_act_.bytes >= size_t(rows * I) * 2);
   Act act{d_act_.p, DType::BF16, rows, I, I};
-  cuda::GemmParams p{x.data, x.ld, f.w, x.cols, act.data, act.ld, DType::BF16, rows, 2 * I, x.cols, false};
+  const cuda::GemmParams p = gemm_params(f, 2 * I, x, act, false);
   cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
   in.swiglu = true;
   if (x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
@@ -332,7 +332,7 @@ bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w
     return false;
   const Fused* f = fused_for(qkv);
   if (!f || f->bias || f->interleaved4) return false;
-  cuda::GemmParams p{x.data, x.ld, f->w, x.cols, out.data, out.ld, DType::BF16, x.rows, f->n, x.cols, false};
+  const cuda::GemmParams p = gemm_params(*f, f->n, x, out, false);
   cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
   in.rope = true;
   in.rk = {d_cos_, d_sin_, qkv[0]->out, qkv[1]->out, kv.head_dim, kv.k, kv.v, d_slots_};
@@ -436,7 +436,7 @@ bool CudaBackend::probe(double* bandwidth_gbs, double* peak_gflops) {
   cuda_check(cudaMemcpy(b, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "probe");
   void* y = alloc(size_t(d * d) * 2);
   Act x{a, DType::BF16, d, d, d}, out{y, DType::BF16, d, d, d};
-  const double gemm_s = timed(10, [&] { gemm(b, d, x, out, false); });
+  const double gemm_s = timed(10, [&] { gemm(DevMatrix{b}, d, x, out, false); });
   *peak_gflops = 2.0 * double(d) * double(d) * double(d) / gemm_s / 1e9;
   release(a, n);
   release(b, n);

@@ -1,7 +1,7 @@
 // The CUDA backend's class, shared by the three files that implement it, one responsibility each:
 //   cuda_backend.cpp      construction, memory, and the ops (the Backend overrides that launch
 //                         kernels: norms, products, RoPE, attention, MoE, argmax / sampling)
-//   cuda_weights.cpp      prepare: the weights uploaded once as bf16 (q|k|v and gate|up fused,
+//   cuda_weights.cpp      prepare: the weights uploaded once as bf16 or FP8 (q|k|v and gate|up fused,
 //                         gate|up interleaved for the SwiGLU GEMV, the MoE experts' pointer tables)
 //   cuda_step_graphs.cpp  per step: the plan packed into one upload, decode batches padded to a
 //                         bucket, CUDA graphs captured and replayed
@@ -56,7 +56,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   std::string name() const override { return "cuda:" + std::to_string(opt_.device); }
-  // Scaled FP8 weights too: until FP8 kernels land they are dequantized to bf16 at upload.
+  // Scaled FP8 weights too: dense projections stay E4M3 on the device (the decode GEMV and the
+  // W8A8 GEMM), the MoE experts and the router are dequantized to bf16 at upload.
   bool supports(const Linear& l) const override;
   std::string device_model() const override;
   bool is_cpu() const override { return false; }
@@ -158,13 +159,33 @@ class CudaBackend final : public Backend {
     return it->second;
   }
 
-  void gemm(const void* w, int64_t n, Act in, Act out, bool accumulate) {
-    cuda::GemmParams p{in.data, in.ld, w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
+  // A weight matrix on the device: bf16 rows, or E4M3 rows with f32 scales, one per `scols`
+  // columns of each row (scale[r * sld + k / scols]; scols >= in: one per row).
+  struct DevMatrix {
+    void* w = nullptr;
+    DType dtype = DType::BF16;
+    const float* scale = nullptr;
+    int64_t scols = 1, sld = 1;
+  };
+
+  static cuda::GemmParams gemm_params(const DevMatrix& m, int64_t n, Act in, Act out, bool accumulate) {
+    cuda::GemmParams p{in.data, in.ld, m.w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
+    p.w_dtype = m.dtype;
+    p.w_scale = m.scale;
+    p.ws_rows = 1;
+    p.ws_cols = m.scols;
+    p.ws_ld = m.sld;
+    return p;
+  }
+
+  void gemm(const DevMatrix& m, int64_t n, Act in, Act out, bool accumulate) {
+    const cuda::GemmParams p = gemm_params(m, n, in, out, accumulate);
     if (opt_.gemv && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
       cuda_check(cuda::gemv_bf16(p, stream_), "GEMV");
       return;
     }
-    cudaError_t e = cuda::gemm_bf16(gemm_, p, stream_);
+    cudaError_t e = m.dtype == DType::F8_E4M3 ? cuda::gemm_fp8(gemm_, p, stream_, opt_.fp8_w8a8)
+                                             : cuda::gemm_bf16(gemm_, p, stream_);
     if (e == cudaErrorNotSupported) throw Error(cuda::gemm_last_error(gemm_));
     cuda_check(e, "GEMM");
   }
@@ -213,8 +234,7 @@ class CudaBackend final : public Backend {
 
   // ---- weights (cuda_weights.cpp) ------------------------------------------------------------
 
-  struct Fused {
-    void* w = nullptr;  // [n, in] bf16: the projections' rows one after the other
+  struct Fused : DevMatrix {  // [n, in]: the projections' rows one after the other
     int64_t n = 0;
     size_t count = 0;
     const float* bias = nullptr;  // [n] or nullptr
@@ -261,9 +281,12 @@ class CudaBackend final : public Backend {
     return it != fused_.end() && it->second.count == ls.size() ? &it->second : nullptr;
   }
 
-  // Device copies of the weights.
-  void* upload_matrix(const Linear& l, void* dst = nullptr);
-  void interleave4(Fused& f, int64_t in);
+  // Device copies of the weights. A group of matrices that are one product (q|k|v, gate|up, or
+  // one matrix) stays FP8 on the device when fp8_cols returns its scale grid's column width.
+  int64_t fp8_cols(std::span<const Linear* const> ls) const;
+  DevMatrix upload_matrix(const Linear& l, void* dst = nullptr, float* scale_dst = nullptr, int64_t scols = 0);
+  // Reorders rows [gate; up] of rows_bytes each into groups of four (GemvFusion::swiglu's layout).
+  void interleave4(void* rows, int64_t n, size_t row_bytes);
   const float* upload_vector(const std::vector<float>& v);
   // scaled: element i of src is row i / scaled->in, column i % scaled->in of that matrix,
   // multiplied by its scale (Linear::scale_layout) before the conversion.
@@ -278,7 +301,7 @@ class CudaBackend final : public Backend {
   ModelConfig cfg_;
   int64_t rot_dim_ = 0;
   std::vector<std::pair<void*, size_t>> owned_;
-  std::unordered_map<const void*, const void*> wmap_;  // host weight -> device bf16 copy
+  std::unordered_map<const void*, DevMatrix> wmap_;     // host weight -> device copy
   std::unordered_map<const void*, Fused> fused_;       // first projection's host weight -> fused
   std::unordered_map<const float*, const float*> vmap_;
   const void* embed_ = nullptr;

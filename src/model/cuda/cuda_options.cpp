@@ -49,6 +49,8 @@ CudaOptions cuda_options_from_env() {
   o.clusters = env_switch("GALE_CUDA_CLUSTERS");
   o.moe = env_switch("GALE_CUDA_MOE");
   o.gemv_rotate = env_switch("GALE_GEMV_ROTATE");
+  o.fp8 = env_switch("GALE_CUDA_FP8");
+  o.fp8_w8a8 = env_switch("GALE_CUDA_W8A8");
   if (const char* v = std::getenv("GALE_GEMV_UNROLL"); v && *v) {
     const std::string s = v;
     if (s == "4" || s == "8") o.gemv_unroll = s[0] - '0';

@@ -19,6 +19,8 @@ struct CudaOptions {
   bool moe = true;          // GALE_CUDA_MOE: MoE routing and experts on the device
   bool gemv_rotate = true;  // GALE_GEMV_ROTATE: GEMV rows start at rotated pieces
   int gemv_unroll = 0;      // GALE_GEMV_UNROLL: 4 or 8 loads in flight per lane; 0 ("auto"): by width
+  bool fp8 = true;          // GALE_CUDA_FP8: FP8 weights stay FP8 on the device (else dequantized to bf16)
+  bool fp8_w8a8 = true;     // GALE_CUDA_W8A8: prefill products with per-channel FP8 weights as W8A8
   // GALE_CUDA_FUSE: a comma list of the fusions to use (default: all; empty: none).
   bool fuse_rope = true;  // "rope": RoPE with the K/V write
   bool fuse_norm = true;  // "norm": RMSNorm inside the decode GEMV (needs gemv)

@@ -1,8 +1,10 @@
 // CudaBackend::prepare: every weight goes to the device once, before the KV cache is sized.
-// Matrices become bf16 (converted on the host while the previous piece is copied); projections
-// that read the same input are concatenated so each is one product (q|k|v; gate|up, whose rows a
-// dense model interleaves by four for the SwiGLU GEMV); each MoE layer gets device tables of its
-// experts' matrices for the grouped GEMM. Norm weights and biases stay f32.
+// Matrices become bf16 (converted on the host while the previous piece is copied), except FP8
+// projections, which stay E4M3 with an f32 scale grid of one scale per row or per group of
+// columns of each row (fp8_cols); projections that read the same input are concatenated so each
+// is one product (q|k|v; gate|up, whose rows a dense model interleaves by four for the SwiGLU
+// GEMV, scales with them); each MoE layer gets device tables of its experts' bf16 matrices for
+// the grouped GEMM. Norm weights and biases stay f32.
 #include "model/cuda/cuda_backend_impl.h"
 
 #include <cuda_runtime.h>
@@ -10,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -71,17 +74,17 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
   for (auto& e : done) cudaEventDestroy(e);
 }
 
-// Reorders a fused [gate; up] matrix (2I rows of `in` bf16) in place into groups of four:
-// rows 8b..8b+3 = gate rows 4b..4b+3, rows 8b+4..8b+7 = up rows 4b..4b+3 (through one
-// temporary copy, freed before the KV cache is sized).
-void CudaBackend::interleave4(Fused& f, int64_t in) {
-  const int64_t I = f.n / 2;
-  const size_t row = size_t(in) * 2, bytes = size_t(f.n) * row;
+// Reorders n = 2I rows [gate; up] of row_bytes each in place into groups of four: rows
+// 8b..8b+3 = gate rows 4b..4b+3, rows 8b+4..8b+7 = up rows 4b..4b+3 (through one temporary
+// copy, freed before the KV cache is sized).
+void CudaBackend::interleave4(void* rows, int64_t n, size_t row) {
+  const int64_t I = n / 2;
+  const size_t bytes = size_t(n) * row;
   void* tmp = nullptr;
-  cuda_check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into f.w went out on other streams
+  cuda_check(cudaDeviceSynchronize(), "weight upload");  // the staged copies into rows went out on other streams
   cuda_check(cudaMalloc(&tmp, bytes), "cudaMalloc (gate|up reorder)");
-  cuda_check(cudaMemcpyAsync(tmp, f.w, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
-  uint8_t* dst = static_cast<uint8_t*>(f.w);
+  cuda_check(cudaMemcpyAsync(tmp, rows, bytes, cudaMemcpyDeviceToDevice, stream_), "gate|up reorder");
+  uint8_t* dst = static_cast<uint8_t*>(rows);
   const uint8_t* src = static_cast<const uint8_t*>(tmp);
   // Four rows at a time: gate block b to 8b, up block b to 8b + 4.
   cuda_check(cudaMemcpy2DAsync(dst, 8 * row, src, 4 * row, 4 * row, size_t(I / 4), cudaMemcpyDeviceToDevice, stream_),
@@ -91,16 +94,56 @@ void CudaBackend::interleave4(Fused& f, int64_t in) {
         "gate|up reorder");
   cuda_check(cudaStreamSynchronize(stream_), "gate|up reorder");
   cuda_check(cudaFree(tmp), "cudaFree");
-  f.interleaved4 = true;
 }
 
-void* CudaBackend::upload_matrix(const Linear& l, void* dst) {
-  if (auto it = wmap_.find(l.w); it != wmap_.end() && !dst) return const_cast<void*>(it->second);
-  if (!dst) dst = device_alloc_owned(size_t(l.out * l.in) * 2);
-  upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16,
-               l.scheme.scales == WeightScheme::Scales::None ? nullptr : &l);
-  wmap_[l.w] = dst;
-  return dst;
+// The column width of the scale grid a group of matrices (one product) would have on the
+// device in FP8, or 0 where they go to the device as bf16: all E4M3 with their scales (or none)
+// in packed rows, K a multiple of 16, the FP8 switch on. One scale per row when every matrix
+// has one per row or per tensor (width K), else the widest width dividing every matrix's
+// scale groups (their 128-column blocks), which the GEMV needs to be whole 16-column chunks.
+int64_t CudaBackend::fp8_cols(std::span<const Linear* const> ls) const {
+  if (!opt_.fp8 || ls.empty()) return 0;
+  const int64_t K = ls[0]->in;
+  if (K % 16) return 0;
+  int64_t g = 0;
+  for (const Linear* l : ls) {
+    if (l->dtype != DType::F8_E4M3 || l->in != K || !l->packed_rows()) return 0;
+    if (l->scheme.scales != WeightScheme::Scales::None && !l->scaled_fp8()) return 0;
+    const int64_t c = l->scale_layout().cols;
+    if (c < K) g = std::gcd(g, c);
+  }
+  if (g == 0) return K;
+  return g % 16 == 0 ? g : 0;
+}
+
+// FP8 (scols > 0): the E4M3 bytes as they are, and at scale_dst (or a buffer of its own) the
+// scale grid, [out][ceil(in / scols)] f32, each entry the matrix's scale of (row, first column).
+CudaBackend::DevMatrix CudaBackend::upload_matrix(const Linear& l, void* dst, float* scale_dst, int64_t scols) {
+  if (auto it = wmap_.find(l.w); it != wmap_.end() && !dst) return it->second;
+  DevMatrix m;
+  if (scols > 0) {
+    const int64_t sld = (l.in + scols - 1) / scols;
+    if (!dst) dst = device_alloc_owned(size_t(l.out * l.in));
+    if (!scale_dst) scale_dst = static_cast<float*>(device_alloc_owned(size_t(l.out * sld) * 4));
+    upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), l.dtype);
+    std::vector<float> grid(size_t(l.out * sld), 1.0f);
+    if (l.scheme.scales != WeightScheme::Scales::None) {
+      const Linear::ScaleLayout lay = l.scale_layout();
+      for (int64_t r = 0; r < l.out; ++r)
+        for (int64_t j = 0; j < sld; ++j)
+          grid[size_t(r * sld + j)] =
+              load_as_f32(l.scheme.scale, l.scheme.scale_dtype, size_t(r / lay.rows * lay.ld + j * scols / lay.cols));
+    }
+    cuda_check(cudaMemcpy(scale_dst, grid.data(), grid.size() * 4, cudaMemcpyHostToDevice), "upload");
+    m = DevMatrix{dst, DType::F8_E4M3, scale_dst, scols, sld};
+  } else {
+    if (!dst) dst = device_alloc_owned(size_t(l.out * l.in) * 2);
+    upload_bytes(dst, l.w, l.dtype, size_t(l.out * l.in), DType::BF16,
+                 l.scheme.scales == WeightScheme::Scales::None ? nullptr : &l);
+    m = DevMatrix{dst};
+  }
+  wmap_[l.w] = m;
+  return m;
 }
 
 const float* CudaBackend::upload_vector(const std::vector<float>& v) {
@@ -119,22 +162,30 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     size_t free = 0, total = 0;
     cuda_check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     size_t need = 0;
+    const bool moe = cfg.num_experts > 0;
+    auto bytes = [&](const Linear& l, bool dense) {  // as prepare lays it out below
+      const Linear* one[] = {&l};
+      const int64_t c = dense ? fp8_cols(one) : 0;
+      return c ? size_t(l.out * l.in) + size_t(l.out * ((l.in + c - 1) / c)) * 4 : size_t(l.out * l.in) * 2;
+    };
     for (const LayerWeights& L : w.layers) {
-      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.router}) need += size_t(l->out * l->in) * 2;
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) need += bytes(*l, !moe);
+      need += bytes(L.router, false);
       for (const ExpertWeights& X : L.experts) need += size_t(3 * X.gate.out * X.gate.in) * 2;
     }
-    need += size_t(w.lm_head.out * w.lm_head.in) * 2 + size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype);
+    need += bytes(w.lm_head, true) + size_t(cfg.vocab_size * cfg.hidden_size) * dtype_size(w.embed_dtype);
     if (need > free)
-      throw Error("the model's weights (" + gib(need) + " as bf16) do not fit in the free memory of " + name() + " (" +
+      throw Error("the model's weights (" + gib(need) + " on the device) do not fit in the free memory of " + name() + " (" +
                   gib(free) + " of " + gib(total) + ")");
     const double share = opt_.gpu_memory_utilization * double(total) - double(total - free);
     if (double(need) > share)
-      throw Error("the model's weights (" + gib(need) + " as bf16) exceed --gpu-memory-utilization " +
+      throw Error("the model's weights (" + gib(need) + " on the device) exceed --gpu-memory-utilization " +
                   std::to_string(opt_.gpu_memory_utilization).substr(0, 4) + " of " + name() + " (" +
                   gib(size_t(std::max(share, 0.0))) + " available to Gale)");
   }
-  // Fuses projections that read the same input into one [sum n, in] matrix.
-  auto fuse = [&](std::initializer_list<const Linear*> ls) {
+  // Fuses projections that read the same input into one [sum n, in] matrix (FP8 with its scale
+  // grid when fp8_cols allows and `dense`: the MoE experts' grouped GEMM takes bf16 only).
+  auto fuse = [&](std::initializer_list<const Linear*> ls, bool dense) {
     int64_t n = 0;
     bool any_bias = false;
     for (const Linear* l : ls) {
@@ -142,12 +193,20 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       any_bias |= !l->bias.empty();
     }
     const int64_t in = (*ls.begin())->in;
-    uint8_t* d = static_cast<uint8_t*>(device_alloc_owned(size_t(n * in) * 2));
-    Fused f{d, n, ls.size(), nullptr};
+    const int64_t scols = dense ? fp8_cols(std::span<const Linear* const>(ls.begin(), ls.size())) : 0;
+    const size_t es = scols ? 1 : 2;
+    const int64_t sld = scols ? (in + scols - 1) / scols : 0;
+    uint8_t* d = static_cast<uint8_t*>(device_alloc_owned(size_t(n * in) * es));
+    float* sd = scols ? static_cast<float*>(device_alloc_owned(size_t(n * sld) * 4)) : nullptr;
+    Fused f;
+    static_cast<DevMatrix&>(f) = DevMatrix{d, scols ? DType::F8_E4M3 : DType::BF16, sd, scols ? scols : 1, sld ? sld : 1};
+    f.n = n;
+    f.count = ls.size();
     std::vector<float> b;
     for (const Linear* l : ls) {
-      upload_matrix(*l, d);
-      d += size_t(l->out * in) * 2;
+      upload_matrix(*l, d, sd, scols);
+      d += size_t(l->out * in) * es;
+      if (sd) sd += size_t(l->out * sld);
       if (any_bias) {
         if (l->bias.empty()) b.insert(b.end(), size_t(l->out), 0.0f);
         else b.insert(b.end(), l->bias.begin(), l->bias.end());
@@ -161,20 +220,25 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     }
     fused_[(*ls.begin())->w] = f;
   };
+  // A single matrix of a dense layer (o, down; the LM head): FP8 where fp8_cols allows.
+  auto single = [&](const Linear& l) {
+    const Linear* one[] = {&l};
+    return upload_matrix(l, nullptr, nullptr, fp8_cols(one));
+  };
   for (const LayerWeights& L : w.layers) {
     for (const std::vector<float>* v : {&L.attn_norm, &L.ffn_norm, &L.q_norm, &L.k_norm}) upload_vector(*v);
-    fuse({&L.q, &L.k, &L.v});
-    upload_matrix(L.o);
+    fuse({&L.q, &L.k, &L.v}, true);
+    single(L.o);
     upload_vector(L.o.bias);  // linear() adds it (attention_bias)
     if (cfg.num_experts > 0) {
       upload_matrix(L.router);
       std::vector<const void*> gu, dn;
       for (const ExpertWeights& X : L.experts) {
-        fuse({&X.gate, &X.up});
+        fuse({&X.gate, &X.up}, false);
         upload_matrix(X.down);
         upload_vector(X.down.bias);
         gu.push_back(fused_.at(X.gate.w).w);
-        dn.push_back(wmap_.at(X.down.w));
+        dn.push_back(wmap_.at(X.down.w).w);
       }
       auto table = [&](const std::vector<const void*>& ptrs) {
         void* d = device_alloc_owned(ptrs.size() * sizeof(void*));
@@ -183,9 +247,14 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       };
       moe_layers_[L.router.w] = {table(gu), table(dn)};
     } else {
-      fuse({&L.gate, &L.up});
-      if (opt_.fuse_silu && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) interleave4(fused_[L.gate.w], L.gate.in);
-      upload_matrix(L.down);
+      fuse({&L.gate, &L.up}, true);
+      if (opt_.fuse_silu && L.gate.out % 4 == 0 && L.gate.bias.empty() && L.up.bias.empty()) {
+        Fused& f = fused_[L.gate.w];
+        interleave4(f.w, f.n, size_t(L.gate.in) * (f.dtype == DType::F8_E4M3 ? 1 : 2));
+        if (f.scale) interleave4(const_cast<float*>(f.scale), f.n, size_t(f.sld) * 4);
+        f.interleaved4 = true;
+      }
+      single(L.down);
       upload_vector(L.down.bias);  // mlp_bias
     }
   }
@@ -207,11 +276,12 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
     upload_bytes(const_cast<void*>(embed_), w.embed, w.embed_dtype, size_t(cfg.vocab_size * cfg.hidden_size),
                  w.embed_dtype);
     embed_dtype_ = w.embed_dtype;
-    if (w.lm_head.w == w.embed) wmap_[w.embed] = embed_;
+    if (w.lm_head.w == w.embed) wmap_[w.embed] = DevMatrix{const_cast<void*>(embed_)};
   }
-  void* head = upload_matrix(w.lm_head);
+  const DevMatrix head = single(w.lm_head);
   if (!embed_) {  // tied f32/f16 table: gather from the bf16 copy of the LM head
-    embed_ = head;
+    GALE_ASSERT(head.dtype == DType::BF16);
+    embed_ = head.w;
     embed_dtype_ = DType::BF16;
   }
   upload_vector(w.lm_head.bias);

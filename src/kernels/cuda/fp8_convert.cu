@@ -1,0 +1,62 @@
+#include "kernels/cuda/fp8_convert.cuh"
+
+#include <cuda_fp8.h>
+
+namespace gale::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// One block per row: the row's amax, then its values divided by the scale.
+__global__ void __launch_bounds__(kThreads) quantize_rows_fp8_kernel(QuantizeRowsFp8Params p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const int64_t m = blockIdx.x;
+  const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx;
+  __nv_fp8_storage_t* q = static_cast<__nv_fp8_storage_t*>(p.q) + m * p.ldq;
+  float amax = 0.0f;
+  for (int64_t k = threadIdx.x; k < p.K; k += kThreads) amax = fmaxf(amax, fabsf(__bfloat162float(x[k])));
+  __shared__ float part[kThreads / 32];
+  amax = warp_max(amax);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = amax;
+  __syncthreads();
+  float a = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) a = fmaxf(a, part[w]);
+  // A zero row gets a tiny scale (its values stay 0); 448 = the largest finite E4M3.
+  const float scale = fmaxf(a, 1e-12f) / 448.0f;
+  const float inv = 1.0f / scale;
+  if (threadIdx.x == 0) p.scale[m] = scale;
+  for (int64_t k = threadIdx.x; k < p.K; k += kThreads)
+    q[k] = __nv_cvt_float_to_fp8(__bfloat162float(x[k]) * inv, __NV_SATFINITE, __NV_E4M3);
+}
+
+__global__ void __launch_bounds__(kThreads) dequantize_fp8_kernel(DequantizeFp8Params p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const int64_t r = blockIdx.x, row = p.r0 + r;
+  const __nv_fp8_storage_t* w = static_cast<const __nv_fp8_storage_t*>(p.w) + row * p.ldw;
+  const float* s = p.scale + row / p.ws_rows * p.ws_ld;
+  __nv_bfloat16* y = static_cast<__nv_bfloat16*>(p.y) + r * p.ldy;
+  for (int64_t k = threadIdx.x; k < p.K; k += kThreads) {
+    const float v = __half2float(__half(__nv_cvt_fp8_to_halfraw(w[k], __NV_E4M3)));
+    y[k] = __float2bfloat16_rn(v * s[k / p.ws_cols]);
+  }
+}
+
+}  // namespace
+
+cudaError_t quantize_rows_fp8(const QuantizeRowsFp8Params& p, cudaStream_t stream) {
+  if (p.M <= 0 || p.K <= 0) return cudaSuccess;
+  if (p.ldx < p.K || p.ldq < p.K || !p.scale) return cudaErrorInvalidValue;
+  return launch(quantize_rows_fp8_kernel, unsigned(p.M), kThreads, 0, stream, p);
+}
+
+cudaError_t dequantize_fp8(const DequantizeFp8Params& p, cudaStream_t stream) {
+  if (p.n <= 0 || p.K <= 0) return cudaSuccess;
+  if (p.ldy < p.K || p.ldw < p.K || !p.scale || p.ws_rows < 1 || p.ws_cols < 1) return cudaErrorInvalidValue;
+  return launch(dequantize_fp8_kernel, unsigned(p.n), kThreads, 0, stream, p);
+}
+
+}  // namespace gale::cuda

@@ -1,0 +1,34 @@
+// The conversions around the FP8 products: activations to E4M3 with one scale per row (the
+// W8A8 GEMM's dynamic per-token quantization) and FP8 weights back to bf16 (the prefill
+// fallback where cuBLASLt has no kernel for a weight's scale layout).
+#pragma once
+#include "kernels/cuda/common.cuh"
+
+namespace gale::cuda {
+
+// q[m, k] = e4m3(x[m, k] / scale[m]) with scale[m] = max(amax(x[m, :]), tiny) / 448 (round to
+// nearest even, saturating): the per-token rule of vLLM's and TensorRT-LLM's dynamic FP8.
+struct QuantizeRowsFp8Params {
+  const void* x;   // [M, K] bf16, row stride ldx
+  int64_t ldx;
+  void* q;         // [M, K] E4M3, row stride ldq
+  int64_t ldq;
+  float* scale;    // [M]
+  int64_t M, K;
+};
+cudaError_t quantize_rows_fp8(const QuantizeRowsFp8Params& p, cudaStream_t stream);
+
+// y[r, k] = bf16(W[r0 + r, k] · scale(r0 + r, k)) for r < n, the scale grid as in GemmParams
+// (w_scale[(row / ws_rows) * ws_ld + k / ws_cols]).
+struct DequantizeFp8Params {
+  const void* w;   // E4M3 rows of K, row stride ldw
+  int64_t ldw;
+  const float* scale;
+  int64_t ws_rows, ws_cols, ws_ld;
+  int64_t r0, n, K;
+  void* y;         // [n, K] bf16, row stride ldy
+  int64_t ldy;
+};
+cudaError_t dequantize_fp8(const DequantizeFp8Params& p, cudaStream_t stream);
+
+}  // namespace gale::cuda
