@@ -58,6 +58,8 @@ bool cpu_has_f16c() {
 bool cpu_has(const char* isa) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  if (std::strcmp(isa, "avx512bf16") == 0)
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
   if (std::strcmp(isa, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c();
@@ -69,6 +71,7 @@ bool cpu_has(const char* isa) {
 
 const MatmulKernels* kernels_by_name(std::string_view name) {
 #if defined(__x86_64__) || defined(__i386__)
+  if (name == "avx512bf16") return &detail::kAvx512Bf16Kernels;
   if (name == "avx512") return &detail::kAvx512Kernels;
   if (name == "avx2") return &detail::kAvx2Kernels;
 #endif
@@ -83,7 +86,7 @@ const MatmulKernels* best_kernels() {
     std::fprintf(stderr, "gale: GALE_ISA=%s is unknown or not supported by this CPU; ignored\n",
                  forced);
   }
-  for (const char* name : {"avx512", "avx2", "scalar"})
+  for (const char* name : {"avx512bf16", "avx512", "avx2", "scalar"})
     if (kernels_by_name(name) && cpu_has(name)) return kernels_by_name(name);
   return &detail::kScalarKernels;
 }
@@ -368,14 +371,14 @@ const char* matmul_isa() { return kernels().name; }
 
 std::vector<std::string> matmul_isas_available() {
   std::vector<std::string> out;
-  for (const char* name : {"avx512", "avx2", "scalar"})
+  for (const char* name : {"avx512bf16", "avx512", "avx2", "scalar"})
     if (kernels_by_name(name) && cpu_has(name)) out.push_back(name);
   return out;
 }
 
 void set_matmul_isa(std::string_view name) {
   const MatmulKernels* k = kernels_by_name(name);
-  if (!k) throw Error("unknown matmul ISA '" + std::string(name) + "' (avx512, avx2 or scalar)");
+  if (!k) throw Error("unknown matmul ISA '" + std::string(name) + "' (avx512bf16, avx512, avx2 or scalar)");
   if (!cpu_has(std::string(name).c_str()))
     throw Error("matmul ISA '" + std::string(name) + "' is not supported by this CPU");
   g_kernels.store(k, std::memory_order_release);

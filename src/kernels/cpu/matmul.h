@@ -45,7 +45,7 @@ struct MatmulTarget {
 void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
                   std::span<const MatmulTarget> targets);
 
-// Which SIMD path matmul uses on this machine ("avx512", "avx2", "scalar").
+// Which SIMD path matmul uses on this machine ("avx512bf16", "avx512", "avx2", "scalar").
 const char* matmul_isa();
 
 }  // namespace gale::cpu

@@ -6,7 +6,7 @@
 
 namespace gale::cpu {
 
-// The paths this CPU can run, best first: a subset of {"avx512", "avx2", "scalar"}.
+// The paths this CPU can run, best first: a subset of {"avx512bf16", "avx512", "avx2", "scalar"}.
 std::vector<std::string> matmul_isas_available();
 
 // Makes matmul use `name` from now on (the default is the best available, or GALE_ISA when

@@ -1,5 +1,5 @@
 // Internal interface between matmul.cpp (threading, blocking, dispatch) and the per-ISA
-// kernel files matmul_{scalar,avx2,avx512}.cpp.
+// kernel files matmul_{scalar,avx2,avx512,avx512bf16}.cpp.
 //
 // The ISA files are compiled with -mavx2 / -mavx512f ... flags. Any inline function or
 // template they instantiate from a shared header could be emitted there with those
@@ -90,5 +90,6 @@ struct MatmulKernels {
 extern const MatmulKernels kScalarKernels;
 extern const MatmulKernels kAvx2Kernels;
 extern const MatmulKernels kAvx512Kernels;
+extern const MatmulKernels kAvx512Bf16Kernels;  // kAvx512Kernels with an E4M3 decode kernel (AVX512-BF16, VBMI)
 
 }  // namespace gale::cpu::detail
