@@ -169,7 +169,8 @@ void CudaBackend::prepare(const ModelConfig& cfg, const ModelWeights& w) {
       return c ? size_t(l.out * l.in) + size_t(l.out * ((l.in + c - 1) / c)) * 4 : size_t(l.out * l.in) * 2;
     };
     for (const LayerWeights& L : w.layers) {
-      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) need += bytes(*l, !moe);
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o}) need += bytes(*l, true);
+      for (const Linear* l : {&L.gate, &L.up, &L.down}) need += bytes(*l, !moe);
       need += bytes(L.router, false);
       for (const ExpertWeights& X : L.experts) need += size_t(3 * X.gate.out * X.gate.in) * 2;
     }
