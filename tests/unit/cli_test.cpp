@@ -354,6 +354,21 @@ TEST(Cli, DeviceFlagErrors) {
   }
 }
 
+// --keep-16bit at load, repeatable: keeping every layer is the 16-bit model; keeping one changes
+// the FP8 model's logits; without --quantization fp8 it is refused.
+TEST(Cli, Keep16BitAtLoad) {
+  const std::string m = "logits -m " + fixture("llama-bf16") + " --ids 1,5,9,200,17,33,90,4 --json";
+  Result plain = gale(m), fp8 = gale(m + " --quantization fp8");
+  Result one = gale(m + " --quantization fp8 --keep-16bit 'model.layers.0.*'");
+  Result both = gale(m + " --quantization fp8 --keep-16bit 'model.layers.0.*' --keep-16bit 're:model\\.layers\\.1\\.'");
+  for (const Result* r : {&plain, &fp8, &one, &both}) ASSERT_EQ(r->code, 0) << r->err;
+  EXPECT_EQ(json::parse(both.out), json::parse(plain.out));
+  EXPECT_NE(json::parse(one.out), json::parse(fp8.out));
+  EXPECT_NE(json::parse(one.out), json::parse(plain.out));
+  expect_error(m + " --keep-16bit 'model.layers.0.*'", "--keep-16bit applies to --quantization fp8");
+  expect_error(m + " --quantization fp8 --keep-16bit 'nothing.*'", "matches no layer");
+}
+
 TEST(Cli, HelpListsTheSubcommands) {
   Result r = gale("--help");
   EXPECT_EQ(r.code, 0);
