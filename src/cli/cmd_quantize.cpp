@@ -29,6 +29,7 @@ void draw_progress(uint64_t done, uint64_t total) {
 
 struct QuantizeCli {
   std::string model;
+  int threads = 0;
   QuantizeOptions q;
 };
 
@@ -43,9 +44,11 @@ CommandRegistrar reg{75, [](CLI::App& root) {
                   "scale per matrix) or block128 (transformers' fp8, 128x128 block scales)");
   add_keep_16bit_option(sub, o->q.keep_16bit);
   sub->add_flag("--force", o->q.force, "Replace --out if it exists and is not empty");
+  sub->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->callback([o] {
     ModelOptions m;
     m.model = o->model;
+    m.threads = o->threads;
     o->q.source = resolve_model(m);
     const bool tty = ::isatty(2);
     // An interrupt stops at the next tensor, so the partial folder is removed on the way out.
