@@ -21,7 +21,18 @@ void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
                   "Weights as loaded: none (as stored) or fp8 (E4M3 with per-channel scales, quantized at load; "
                   "the LM head and MoE routers stay as stored)")
       ->check(CLI::IsMember({"none", "fp8"}));
+  add_keep_16bit_option(sub, o.keep_16bit);
   sub->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+void add_keep_16bit_option(CLI::App* sub, std::vector<std::string>& patterns) {
+  sub->add_option("--keep-16bit", patterns,
+                  "Keep the layer matrices whose checkpoint name matches PATTERN as stored instead of quantizing "
+                  "them (repeatable): a glob over the module or tensor name ('model.layers.0.*', '*.down_proj'), "
+                  "or 're:REGEX' matched at the start of the module name, as compressed-tensors' ignore lists")
+      ->type_name("PATTERN")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
 std::string resolve_model(const ModelOptions& o) {
@@ -52,6 +63,7 @@ BackendOptions backend_options(const ModelOptions& o) {
 LoadOptions load_options(const ModelOptions& o) {
   LoadOptions l;
   l.quantization = o.quantization;
+  l.keep_16bit = o.keep_16bit;
   return l;
 }
 

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <string>
+#include <vector>
 
 #include "model/backend_factory.h"
 #include "model/model_loader.h"
@@ -17,16 +18,19 @@ struct ModelOptions {
   std::string device;       // --device: "" = cuda when a GPU is present, else cpu
   double gpu_memory_utilization = 0.9;
   std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
+  std::vector<std::string> keep_16bit;  // --keep-16bit PATTERN (repeatable): projections fp8 leaves as stored
 };
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype = true);
+// --keep-16bit PATTERN, repeatable (one pattern per occurrence); also `gale quantize`'s.
+void add_keep_16bit_option(CLI::App* sub, std::vector<std::string>& patterns);
 // Resolves the model path (default model when -m is absent), applies --threads.
 std::string resolve_model(const ModelOptions& o);
 ActDType parse_act_dtype(const std::string& s);
 // The backend the flags ask for (--device, --dtype, --gpu-memory-utilization); throws
 // gale::Error for combinations the backend cannot run (--dtype f32 on a GPU).
 BackendOptions backend_options(const ModelOptions& o);
-// What loading does to the weights (--quantization).
+// What loading does to the weights (--quantization, --keep-16bit).
 LoadOptions load_options(const ModelOptions& o);
 
 }  // namespace gale::cli

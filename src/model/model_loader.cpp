@@ -39,8 +39,11 @@ namespace {
 
 // The transforms the load options ask for, in order (identity when none).
 std::vector<WeightTransform> transforms_for(const LoadOptions& o) {
-  if (o.quantization == "none" || o.quantization.empty()) return {identity_transform()};
-  if (o.quantization == "fp8") return {quantize_fp8_per_channel()};
+  const bool none = o.quantization == "none" || o.quantization.empty();
+  if (none && !o.keep_16bit.empty())
+    throw Error("--keep-16bit applies to --quantization fp8 (the weights are loaded as stored without it)");
+  if (none) return {identity_transform()};
+  if (o.quantization == "fp8") return {quantize_fp8_per_channel(NamePatterns(o.keep_16bit, "--keep-16bit"))};
   throw Error("--quantization must be none or fp8 (got '" + o.quantization + "')");
 }
 

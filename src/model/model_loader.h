@@ -2,6 +2,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/backend_factory.h"
 #include "model/transformer.h"
@@ -22,6 +23,9 @@ struct LoadOptions {
   // --quantization: "none" (as stored) or "fp8" (per-channel FP8 weights, quantized at load;
   // the checkpoint's own FP8 matrices are kept).
   std::string quantization = "none";
+  // --keep-16bit: projections whose checkpoint name matches one of these patterns stay as
+  // stored under --quantization fp8 (loader/name_patterns.h: globs, or "re:" regexes).
+  std::vector<std::string> keep_16bit;
 };
 
 // The model runs on backend.device (weights uploaded there when it is a GPU).

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "loader/model_config.h"
+#include "loader/name_patterns.h"
 #include "model/weights.h"
 
 namespace gale {
@@ -33,11 +34,12 @@ WeightTransform identity_transform();
 WeightTransform pack_rows();
 
 // --quantization fp8: every projection of the layers (attention, dense MLP, experts) to E4M3
-// with one f32 scale per output channel (its amax / 448, the offline quantizers' rule; values
-// rounded to nearest even), in buffers the weights own; ModelWeights::total_bytes follows. The
-// MoE router and the LM head stay as stored, as published FP8 checkpoints keep them; a matrix
-// already FP8 is left alone.
-WeightTransform quantize_fp8_per_channel();
+// with one f32 scale per output channel (model/fp8_quantize.h: amax / 448, values rounded to
+// nearest even), in buffers the weights own; ModelWeights::total_bytes follows. The MoE router
+// and the LM head stay as stored, as published FP8 checkpoints keep them; a matrix already FP8
+// is left alone, and so is one whose checkpoint name `keep_16bit` matches (--keep-16bit;
+// a pattern matching no projection is an error, most likely a typo).
+WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit = {});
 
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);

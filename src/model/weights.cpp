@@ -150,10 +150,22 @@ void walk_linears(W& w, Fn&& fn) {
   if (w.lm_head.out > 0) fn(w.lm_head);
 }
 
+template <class W, class Fn>
+void walk_projections(W& w, Fn&& fn) {
+  for (auto& L : w.layers) {
+    for (auto* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (l->out > 0) fn(*l);
+    for (auto& e : L.experts)
+      for (auto* l : {&e.gate, &e.up, &e.down}) fn(*l);
+  }
+}
+
 }  // namespace
 
 void for_each_linear(const ModelWeights& w, const std::function<void(const Linear&)>& fn) { walk_linears(w, fn); }
 void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn) { walk_linears(w, fn); }
+void for_each_projection(const ModelWeights& w, const std::function<void(const Linear&)>& fn) { walk_projections(w, fn); }
+void for_each_projection(ModelWeights& w, const std::function<void(Linear&)>& fn) { walk_projections(w, fn); }
 
 ModelWeights bind_weights(std::shared_ptr<const SafeTensors> stp, const ModelConfig& c) {
   const SafeTensors& st = *stp;

@@ -113,6 +113,12 @@ struct ModelWeights {
 // experts' gate, up, down; then lm_head): what transforms and backend checks walk.
 void for_each_linear(const ModelWeights& w, const std::function<void(const Linear&)>& fn);
 void for_each_linear(ModelWeights& w, const std::function<void(Linear&)>& fn);
+// The layers' projections only (per layer q, k, v, o, gate, up, down, experts' gate, up, down;
+// not the MoE routers nor the LM head): what FP8 quantization rewrites (--quantization fp8,
+// `gale quantize`). A fused checkpoint tensor (Phi-3's qkv_proj) comes once per view, each
+// view with the tensor's name.
+void for_each_projection(const ModelWeights& w, const std::function<void(const Linear&)>& fn);
+void for_each_projection(ModelWeights& w, const std::function<void(Linear&)>& fn);
 
 // Binds every tensor the config calls for; throws gale::Error naming a missing tensor or one
 // whose shape or dtype disagrees with config.json.

@@ -354,10 +354,61 @@ TEST(Cli, DeviceFlagErrors) {
   }
 }
 
+// gale quantize: a per-channel checkpoint gives `--quantization fp8`'s logits; every refusal is
+// one line on stderr and exit code 1, and leaves --out as it was.
+TEST(Cli, QuantizeWritesACheckpointAndRefusesInOneLine) {
+  fs::path out = fs::temp_directory_path() / ("gale-cli-quantize-" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const std::string src = fixture("llama-bf16"), ids = " --ids 1,5,9,200,17,33,90,4 --all-positions --json";
+  Result r = gale("quantize -m " + src + " --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("per-channel weight scales"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.err.empty()) << "no progress bar without a terminal: " << r.err;
+  Result a = gale("logits -m " + out.string() + ids), b = gale("logits -m " + src + ids + " --quantization fp8");
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(json::parse(a.out), json::parse(b.out));
+
+  auto one_line_error = [](const std::string& args, const std::string& needle) {
+    Result e = gale(args);
+    EXPECT_EQ(e.code, 1) << args << "\n" << e.err;
+    EXPECT_NE(e.err.find(needle), std::string::npos) << args << "\nstderr: " << e.err;
+    EXPECT_EQ(std::count(e.err.begin(), e.err.end(), '\n'), 1) << e.err;
+    EXPECT_TRUE(e.out.empty()) << e.out;
+  };
+  const std::string o2 = " --out " + out.string() + "-2";
+  one_line_error("quantize -m " + src + " --out " + out.string(), "exists and is not empty (--force replaces it)");
+  one_line_error("quantize -m " + src + o2 + " --format int4", "--format must be fp8 (got 'int4')");
+  one_line_error("quantize -m " + src + o2 + " --scheme block64", "--scheme must be channel, tensor or block128");
+  one_line_error("quantize -m " + fixture("llama-ctchannel") + o2, "quantized already");
+  one_line_error("quantize -m " + src + o2 + " --keep-16bit 'model.layer.0.*'", "matches no layer projection");
+  EXPECT_FALSE(fs::exists(out.string() + "-2"));
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --scheme block128 --keep-16bit 'model.layers.1.*'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("128x128 block weight scales"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("7 kept 16-bit"), std::string::npos) << r.out;
+  fs::remove_all(out);
+}
+
+// --keep-16bit at load, repeatable: keeping every layer is the 16-bit model; keeping one changes
+// the FP8 model's logits; without --quantization fp8 it is refused.
+TEST(Cli, Keep16BitAtLoad) {
+  const std::string m = "logits -m " + fixture("llama-bf16") + " --ids 1,5,9,200,17,33,90,4 --json";
+  Result plain = gale(m), fp8 = gale(m + " --quantization fp8");
+  Result one = gale(m + " --quantization fp8 --keep-16bit 'model.layers.0.*'");
+  Result both = gale(m + " --quantization fp8 --keep-16bit 'model.layers.0.*' --keep-16bit 're:model\\.layers\\.1\\.'");
+  for (const Result* r : {&plain, &fp8, &one, &both}) ASSERT_EQ(r->code, 0) << r->err;
+  EXPECT_EQ(json::parse(both.out), json::parse(plain.out));
+  EXPECT_NE(json::parse(one.out), json::parse(fp8.out));
+  EXPECT_NE(json::parse(one.out), json::parse(plain.out));
+  expect_error(m + " --keep-16bit 'model.layers.0.*'", "--keep-16bit applies to --quantization fp8");
+  expect_error(m + " --quantization fp8 --keep-16bit 'nothing.*'", "matches no layer");
+}
+
 TEST(Cli, HelpListsTheSubcommands) {
   Result r = gale("--help");
   EXPECT_EQ(r.code, 0);
-  for (const char* c : {"generate", "logits", "info", "bench", "perplexity", "tokenize", "detokenize"})
+  for (const char* c : {"generate", "logits", "info", "bench", "perplexity", "tokenize", "detokenize", "quantize"})
     EXPECT_NE(r.out.find(c), std::string::npos) << c;
   r = gale("");
   EXPECT_NE(r.code, 0);

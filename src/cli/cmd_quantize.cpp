@@ -1,0 +1,70 @@
+// gale quantize: a 16/32-bit checkpoint folder written as an FP8 one (model/quantize_checkpoint.h).
+#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+
+#include "cli/command.h"
+#include "cli/model_options.h"
+#include "core/error.h"
+#include "model/quantize_checkpoint.h"
+
+namespace gale::cli {
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_interrupt(int) { g_interrupted = 1; }
+
+// "[#########           ] 45%  1.21 / 2.69 GB" redrawn in place on a terminal.
+void draw_progress(uint64_t done, uint64_t total) {
+  const double f = total ? double(done) / double(total) : 1.0;
+  char bar[31];
+  const int n = int(f * 30);
+  for (int i = 0; i < 30; ++i) bar[i] = i < n ? '#' : ' ';
+  bar[30] = 0;
+  std::fprintf(stderr, "\rquantize [%s] %3d%%  %.2f / %.2f GB", bar, int(f * 100), double(done) / 1e9,
+               double(total) / 1e9);
+  if (done == total) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+struct QuantizeCli {
+  std::string model;
+  int threads = 0;
+  QuantizeOptions q;
+};
+
+CommandRegistrar reg{75, [](CLI::App& root) {
+  auto o = std::make_shared<QuantizeCli>();
+  CLI::App* sub = root.add_subcommand("quantize", "Write a 16/32-bit checkpoint folder as an FP8 checkpoint");
+  sub->add_option("-m,--model", o->model, "Source model folder (config.json, 16/32-bit *.safetensors)");
+  sub->add_option("--out", o->q.out, "Folder to write (must not exist or be empty, unless --force)")->required();
+  sub->add_option("--format", o->q.format, "Quantized format: fp8");
+  sub->add_option("--scheme", o->q.scheme,
+                  "channel (compressed-tensors, per-channel scales; default), tensor (compressed-tensors, one "
+                  "scale per matrix) or block128 (transformers' fp8, 128x128 block scales)");
+  add_keep_16bit_option(sub, o->q.keep_16bit);
+  sub->add_flag("--force", o->q.force, "Replace --out if it exists and is not empty");
+  sub->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->callback([o] {
+    ModelOptions m;
+    m.model = o->model;
+    m.threads = o->threads;
+    o->q.source = resolve_model(m);
+    const bool tty = ::isatty(2);
+    // An interrupt stops at the next tensor, so the partial folder is removed on the way out.
+    std::signal(SIGINT, on_interrupt);
+    std::signal(SIGTERM, on_interrupt);
+    o->q.progress = [tty](uint64_t done, uint64_t total) {
+      if (g_interrupted) throw Error("interrupted; nothing was written to --out");
+      if (tty) draw_progress(done, total);
+    };
+    const QuantizeSummary s = quantize_checkpoint(o->q);
+    std::printf("%s: %s; %lld matrices quantized, %lld kept 16-bit, %lld tensors copied; %.3f GB -> %.3f GB in %zu file%s\n",
+                s.out.c_str(), s.quantization.c_str(), (long long)s.quantized, (long long)s.kept_16bit,
+                (long long)s.copied, double(s.bytes_in) / 1e9, double(s.bytes_out) / 1e9, s.files,
+                s.files == 1 ? "" : "s");
+  });
+}};
+
+}  // namespace
+}  // namespace gale::cli

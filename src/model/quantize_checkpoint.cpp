@@ -1,0 +1,293 @@
+#include "model/quantize_checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "loader/name_patterns.h"
+#include "loader/safetensors.h"
+#include "loader/safetensors_writer.h"
+#include "model/arch/arch.h"
+#include "model/fp8_quantize.h"
+#include "model/weights.h"
+
+namespace gale {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Scheme {
+  Fp8Granularity granularity;
+  int64_t block;
+  bool transformers_fp8;  // quant_method "fp8" (weight_scale_inv) rather than compressed-tensors
+  const char* scale_suffix() const { return transformers_fp8 ? "weight_scale_inv" : "weight_scale"; }
+};
+
+Scheme parse_scheme(const std::string& format, const std::string& scheme) {
+  if (format != "fp8") throw Error("--format must be fp8 (got '" + format + "')");
+  if (scheme == "channel") return {Fp8Granularity::Channel, 0, false};
+  if (scheme == "tensor") return {Fp8Granularity::Tensor, 0, false};
+  if (scheme == "block128") return {Fp8Granularity::Block, 128, true};
+  throw Error("--scheme must be channel, tensor or block128 (got '" + scheme + "')");
+}
+
+// Files beside the weights that a checkpoint folder carries on unchanged.
+constexpr const char* kSideFiles[] = {
+    "tokenizer.json",        "tokenizer_config.json", "tokenizer.model",     "special_tokens_map.json",
+    "added_tokens.json",     "vocab.json",            "merges.txt",          "generation_config.json",
+    "chat_template.jinja",   "chat_template.json",    "preprocessor_config.json",
+};
+
+// Whether `inner` is `outer` or lies under it (both made absolute and normal).
+bool path_within(const fs::path& inner, const fs::path& outer) {
+  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
+  auto ai = a.begin();
+  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
+    if (bi->empty()) continue;  // a trailing separator
+    if (ai == a.end() || *ai != *bi) return false;
+  }
+  return true;
+}
+
+void check_out(const QuantizeOptions& o, const fs::path& out) {
+  if (o.out.empty()) throw Error("--out is required");
+  if (path_within(o.source, out))
+    throw Error("--out " + o.out + " is or holds the source folder " + o.source + "; write somewhere else");
+  if (!fs::exists(out)) return;
+  if (!fs::is_directory(out)) throw Error("--out " + o.out + " exists and is not a folder");
+  if (!fs::is_empty(out) && !o.force) throw Error("--out " + o.out + " exists and is not empty (--force replaces it)");
+}
+
+json compressed_tensors_config(const Scheme& s, const std::vector<std::string>& ignore) {
+  const char* strategy = s.granularity == Fp8Granularity::Channel ? "channel" : "tensor";
+  json weights = {{"num_bits", 8},       {"type", "float"},       {"symmetric", true},
+                  {"dynamic", false},    {"strategy", strategy},  {"group_size", nullptr},
+                  {"block_structure", nullptr}, {"actorder", nullptr}, {"observer", "minmax"}};
+  // FP8_DYNAMIC: activations quantized per token at run time (no calibration, no input_scale).
+  json acts = {{"num_bits", 8},     {"type", "float"},      {"symmetric", true},
+               {"dynamic", true},   {"strategy", "token"},  {"group_size", nullptr},
+               {"block_structure", nullptr}, {"observer", nullptr}};
+  return {{"quant_method", "compressed-tensors"},
+          {"format", "float-quantized"},
+          {"quantization_status", "compressed"},
+          {"config_groups",
+           {{"group_0",
+             {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", acts}, {"output_activations", nullptr}}}}},
+          {"ignore", ignore},
+          {"kv_cache_scheme", nullptr}};
+}
+
+// What transformers' FineGrainedFP8Config saves (5.x), with our block and kept modules.
+json transformers_fp8_config(const Scheme& s, const std::vector<std::string>& ignore) {
+  return {{"quant_method", "fp8"},
+          {"activation_scheme", "dynamic"},
+          {"weight_block_size", {s.block, s.block}},
+          {"modules_to_not_convert", ignore},
+          {"modules_to_convert", nullptr},
+          {"dequantize", false},
+          {"scale_fmt", "float"}};
+}
+
+json read_json_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw Error("cannot read " + p.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error(p.string() + ": invalid JSON: " + e.what());
+  }
+}
+
+void write_json_file(const fs::path& p, const json& j) {
+  std::ofstream out(p, std::ios::binary);
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) throw Error("cannot write " + p.string());
+}
+
+// One output tensor: copied from the source, or a quantized matrix's codes or scales.
+struct Item {
+  enum class Kind { Copy, Codes, Scales } kind;
+  const TensorInfo* src;
+};
+
+// The quantization itself: every file of the result written into `dir` (which exists, empty).
+QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, const fs::path& dir) {
+  const NamePatterns keep(o.keep_16bit, "--keep-16bit");
+  ModelConfig cfg = load_model_config(o.source);
+  if (cfg.quant.quantized())
+    throw Error(o.source + " is quantized already (" + cfg.quant.describe() +
+                "); gale quantize reads 16/32-bit checkpoints");
+  auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(o.source));
+  const ModelWeights w = bind_weights(st, cfg);  // every tensor checked; projections found by the architecture
+
+  QuantizeSummary sum;
+  std::set<std::string> quantize, kept;
+  std::vector<bool> used(o.keep_16bit.size(), false);
+  for_each_projection(w, [&](const Linear& l) {
+    if (!is_fp8(l.dtype) && l.dtype != DType::F32 && l.dtype != DType::F16 && l.dtype != DType::BF16)
+      throw Error("'" + l.name + "' has dtype " + std::string(dtype_name(l.dtype)) + "; gale quantize reads F32, F16 or BF16");
+    if (is_fp8(l.dtype))
+      throw Error("'" + l.name + "' is " + std::string(dtype_name(l.dtype)) +
+                  " already; gale quantize reads 16/32-bit checkpoints");
+    if (const int k = keep.match_index(l.name); k >= 0) {
+      used[size_t(k)] = true;
+      kept.insert(l.name);
+    } else {
+      quantize.insert(l.name);
+    }
+  });
+  for (size_t k = 0; k < used.size(); ++k)
+    if (!used[k])
+      throw Error("--keep-16bit '" + o.keep_16bit[k] +
+                  "' matches no layer projection (the LM head and MoE routers are never quantized)");
+  // Modules left in 16 bits, as the config lists them: the LM head under transformers' name
+  // (tied or not), then every router and kept projection.
+  std::set<std::string> others;
+  for_each_linear(w, [&](const Linear& l) {
+    if (&l != &w.lm_head && !quantize.count(l.name)) others.insert(module_name_of(l.name));
+  });
+  sum.ignore.push_back("lm_head");
+  for (const std::string& m : others)
+    if (m != "lm_head") sum.ignore.push_back(m);
+
+  // The plan: source order (by name), a quantized matrix's scales right after its codes.
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, Item> items;
+  for (const auto& [name, t] : st->tensors()) {
+    sum.bytes_in += t.nbytes;
+    if (!quantize.count(name)) {
+      entries.push_back({name, t.dtype, t.shape});
+      items.emplace(name, Item{Item::Kind::Copy, &t});
+      ++sum.copied;
+      continue;
+    }
+    GALE_ASSERT(t.shape.size() == 2);
+    const int64_t rows = t.shape[0], cols = t.shape[1], b = sc.block;
+    std::vector<int64_t> sshape = sc.granularity == Fp8Granularity::Channel ? std::vector<int64_t>{rows, 1}
+                                  : sc.granularity == Fp8Granularity::Tensor
+                                      ? std::vector<int64_t>{1}
+                                      : std::vector<int64_t>{(rows + b - 1) / b, (cols + b - 1) / b};
+    const std::string sname = module_name_of(name) + "." + sc.scale_suffix();
+    entries.push_back({name, DType::F8_E4M3, t.shape});
+    entries.push_back({sname, DType::F32, sshape});
+    items.emplace(name, Item{Item::Kind::Codes, &t});
+    items.emplace(sname, Item{Item::Kind::Scales, &t});
+    ++sum.quantized;
+  }
+  sum.kept_16bit = int64_t(kept.size());
+  sum.copied -= sum.kept_16bit;
+  uint64_t total = 0, done = 0;
+  for (const SafetensorsEntry& e : entries) total += e.nbytes();
+  sum.bytes_out = total;
+
+  // Scales of each quantized matrix, made when its first tensor (scales or codes) is written:
+  // a few floats per row or block, so all of them together are small.
+  std::map<std::string, std::vector<float>> scales;
+  auto scales_of = [&](const TensorInfo& t) -> const std::vector<float>& {
+    auto it = scales.find(t.name);
+    if (it != scales.end()) return it->second;
+    const int64_t rows = t.shape[0], cols = t.shape[1];
+    std::vector<float> s(size_t(fp8_scale_count(sc.granularity, rows, cols, sc.block)));
+    fp8_scales(t.data, t.dtype, rows, cols, cols, sc.granularity, sc.block, s.data());
+    return scales.emplace(t.name, std::move(s)).first->second;
+  };
+
+  const auto shards = plan_safetensors_shards(entries, o.max_shard_bytes);
+  json weight_map = json::object();
+  for (size_t k = 0; k < shards.size(); ++k) {
+    const std::string file = safetensors_shard_name(k + 1, shards.size());
+    SafetensorsWriter out((dir / file).string(), shards[k]);
+    for (const SafetensorsEntry& e : out.entries()) {
+      if (o.progress) o.progress(done, total);
+      const Item& it = items.at(e.name);
+      const TensorInfo& t = *it.src;
+      switch (it.kind) {
+        case Item::Kind::Copy: out.write({t.data, t.nbytes}); break;
+        case Item::Kind::Scales: {
+          const std::vector<float>& s = scales_of(t);
+          out.write({reinterpret_cast<const uint8_t*>(s.data()), s.size() * sizeof(float)});
+          break;
+        }
+        case Item::Kind::Codes: {
+          const int64_t rows = t.shape[0], cols = t.shape[1];
+          std::vector<uint8_t> codes(size_t(rows) * size_t(cols));  // the one converted copy held
+          fp8_encode(t.data, t.dtype, rows, cols, cols, sc.granularity, sc.block, scales_of(t).data(), codes.data());
+          out.write(codes);
+          break;
+        }
+      }
+      done += e.nbytes();
+      weight_map[e.name] = file;
+    }
+    out.finish();
+  }
+  sum.files = shards.size();
+  if (shards.size() > 1)
+    write_json_file(dir / "model.safetensors.index.json",
+                    {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
+
+  json config = read_json_file(fs::path(o.source) / "config.json");
+  config["quantization_config"] =
+      sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore) : compressed_tensors_config(sc, sum.ignore);
+  write_json_file(dir / "config.json", config);
+  for (const char* f : kSideFiles) {
+    const fs::path p = fs::path(o.source) / f;
+    if (fs::is_regular_file(p)) fs::copy_file(p, dir / f);
+  }
+  // What was written loads: the config parses and every tensor binds with its scales.
+  // (Block scales also need every fused tensor's split on a block boundary: Phi-3's q|k|v
+  // rows at multiples of 128, true of the released models but not of tiny test ones.)
+  try {
+    const ModelConfig back = load_model_config(dir.string());
+    bind_weights(std::make_shared<SafeTensors>(SafeTensors::open_dir(dir.string())), back);
+    sum.quantization = back.quant.describe();
+  } catch (const Error& e) {
+    throw Error("the quantized checkpoint would not load back (nothing written): " + std::string(e.what()));
+  }
+  if (o.progress) o.progress(total, total);
+  return sum;
+}
+
+}  // namespace
+
+QuantizeSummary quantize_checkpoint(const QuantizeOptions& o) {
+  const Scheme sc = parse_scheme(o.format, o.scheme);
+  NamePatterns(o.keep_16bit, "--keep-16bit");  // a bad pattern fails before anything is read
+  if (o.source.rfind("synthetic:", 0) == 0) throw Error("gale quantize reads a checkpoint folder, not " + o.source);
+  if (!fs::is_directory(o.source)) throw Error("model folder " + o.source + " not found");
+  fs::path out = fs::absolute(fs::path(o.out)).lexically_normal();
+  if (out.has_parent_path() && !out.has_filename()) out = out.parent_path();  // "dir/"
+  check_out(o, out);
+  const fs::path partial = out.parent_path() / (out.filename().string() + ".partial-" + std::to_string(::getpid()));
+  QuantizeSummary sum;
+  try {
+    fs::create_directories(out.parent_path());
+    fs::remove_all(partial);  // a leftover of an earlier run with this pid
+    fs::create_directory(partial);
+    sum = write_quantized(o, sc, partial);
+    if (fs::exists(out)) fs::remove_all(out);  // empty, or --force
+    fs::rename(partial, out);
+  } catch (const fs::filesystem_error& e) {
+    std::error_code ec;
+    fs::remove_all(partial, ec);
+    throw Error("writing " + out.string() + ": " + e.code().message() + " (" + e.path1().string() + ")");
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(partial, ec);
+    throw;
+  }
+  sum.out = out.string();
+  return sum;
+}
+
+}  // namespace gale

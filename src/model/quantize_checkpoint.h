@@ -1,0 +1,57 @@
+// `gale quantize`: a 16/32-bit Hugging Face checkpoint folder rewritten as an FP8 one that
+// transformers, vLLM and Gale load as published FP8 checkpoints (loader/quant_config.h):
+//   --scheme channel   compressed-tensors float-quantized, one f32 `weight_scale` [out, 1] per
+//                      output channel, dynamic per-token activations (llm-compressor's
+//                      FP8_DYNAMIC scheme); the same codes and scales --quantization fp8 makes
+//                      at load (model/fp8_quantize.h), so both give the same logits;
+//   --scheme tensor    compressed-tensors float-quantized, one `weight_scale` [1] per matrix,
+//                      dynamic per-token activations (no calibration data, so no static scales);
+//   --scheme block128  transformers' fine-grained `fp8` (DeepSeek-V3 / Qwen3-FP8 layout), one f32
+//                      `weight_scale_inv` per 128 x 128 block: [ceil(out/128), ceil(in/128)].
+// What is quantized is what the architecture binds as a layer projection (model/arch/,
+// for_each_projection): never guessed from names. Everything else (embeddings, norms, biases,
+// the LM head, MoE routers, matrices --keep-16bit names) is copied byte for byte, and the kept
+// matrices are listed in `ignore` / `modules_to_not_convert`.
+//
+// The output is streamed: the source stays mapped, each safetensors file's header is written
+// from the plan, then each tensor in turn (a quantized matrix's codes are the only converted
+// copy held). It is written into "<out>.partial-<pid>" beside --out and renamed to --out only
+// once complete and loadable, so an interrupted run leaves no half checkpoint at --out.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace gale {
+
+struct QuantizeOptions {
+  std::string source;                 // -m: a folder with config.json and 16/32-bit *.safetensors
+  std::string out;                    // --out
+  std::string format = "fp8";         // --format: fp8 only, for now
+  std::string scheme = "channel";     // --scheme: channel, tensor or block128
+  std::vector<std::string> keep_16bit;  // --keep-16bit patterns (loader/name_patterns.h)
+  bool force = false;                 // --force: replace a non-empty --out
+  uint64_t max_shard_bytes = 4'000'000'000;  // tensor bytes per safetensors file before the next
+  // Called before each tensor is written and once at the end (done == total); may throw (an
+  // interrupt) to abandon the run, which then removes its partial folder.
+  std::function<void(uint64_t done_bytes, uint64_t total_bytes)> progress;
+};
+
+struct QuantizeSummary {
+  std::string out;
+  std::string quantization;         // QuantConfig::describe() of the result, as Gale reads it back
+  int64_t quantized = 0;            // matrices written in FP8
+  int64_t kept_16bit = 0;           // projections --keep-16bit left as stored
+  int64_t copied = 0;               // other tensors, copied as stored
+  uint64_t bytes_in = 0, bytes_out = 0;  // tensor data
+  size_t files = 0;                 // safetensors files written
+  std::vector<std::string> ignore;  // the config's ignore / modules_to_not_convert list
+};
+
+// Throws gale::Error (one line) for a bad format or scheme, a source that is already quantized
+// or not a supported checkpoint, an --out that exists and is not empty (without force), is a
+// file, or holds the source, and for any I/O failure.
+QuantizeSummary quantize_checkpoint(const QuantizeOptions& o);
+
+}  // namespace gale
