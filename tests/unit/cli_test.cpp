@@ -260,6 +260,19 @@ void expect_error(const std::string& args, const std::string& needle) {
   EXPECT_TRUE(r.out.empty() || r.out == "\n") << r.out;
 }
 
+// gale info --quantization fp8 describes the weights as loaded (the flag used to be accepted
+// and ignored): per-channel E4M3 layers are half the bytes of bf16 ones, plus a scale per row.
+TEST(Cli, InfoAppliesQuantization) {
+  Result plain = gale("info -m " + fixture("llama-bf16") + " --json");
+  Result fp8 = gale("info -m " + fixture("llama-bf16") + " --quantization fp8 --json");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(fp8.code, 0) << fp8.err;
+  const json p = json::parse(plain.out), q = json::parse(fp8.out);
+  EXPECT_LT(q["weight_bytes"].get<int64_t>(), p["weight_bytes"].get<int64_t>());
+  const std::vector<std::string> dtypes = q["dtypes"];
+  EXPECT_NE(std::find(dtypes.begin(), dtypes.end(), "F8_E4M3"), dtypes.end()) << q["dtypes"];
+}
+
 // gale eval (issue 17, item 6). A short text and small windows keep each run to a second or two.
 std::string bundled(const std::string& name) { return std::string(GALE_SOURCE_DIR) + "/models/" + name; }
 
