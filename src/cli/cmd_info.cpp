@@ -31,6 +31,7 @@ CommandRegistrar reg{30, [](CLI::App& root) {
   add_model_options(sub, o->model, /*dtype=*/false);
   sub->add_flag("--json", o->json, "JSON output");
   sub->callback([o] {
+    // On the CPU, with --quantization applied: the weights as they would run (weight_bytes, dtypes).
     LoadedModel lm = load_model(resolve_model(o->model), BackendOptions{}, load_options(o->model));
     const ModelConfig& c = lm.model->config();
     const ModelWeights& w = lm.model->weights();

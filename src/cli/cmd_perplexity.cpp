@@ -1,13 +1,12 @@
 // gale perplexity: sliding-window perplexity of a text file, comparable with transformers.
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <unistd.h>
 
 #include "cli/command.h"
 #include "cli/model_options.h"
+#include "cli/progress.h"
 #include "core/error.h"
 #include "engine/perplexity.h"
 #include "model/model_loader.h"
@@ -44,19 +43,7 @@ CommandRegistrar reg{25, [](CLI::App& root) {
     std::vector<int32_t> ids = tok->encode(ss.str(), /*add_special_tokens=*/true);
     const int64_t ctx = std::min<int64_t>(o->ctx, lm.model->config().max_position_embeddings);
     const int64_t stride = o->stride > 0 ? o->stride : std::max<int64_t>(1, ctx / 2);
-    const bool tty = isatty(fileno(stderr));
-    auto t0 = std::chrono::steady_clock::now();
-    auto progress = [&](int64_t done, int64_t total) {
-      if (o->json) return;
-      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      double eta = done > 0 ? s / double(done) * double(total - done) : 0;
-      if (tty) std::fprintf(stderr, "\rwindow %lld/%lld  %.0f%%  eta %.0fs   ", (long long)done, (long long)total,
-                            100.0 * double(done) / double(total), eta);
-      else if (done % 50 == 0 || done == total)
-        std::fprintf(stderr, "window %lld/%lld\n", (long long)done, (long long)total);
-    };
-    PerplexityResult r = perplexity(*lm.model, ids, ctx, stride, progress);
-    if (tty && !o->json) std::fprintf(stderr, "\n");
+    PerplexityResult r = perplexity(*lm.model, ids, ctx, stride, window_progress(o->json));
     if (o->json) {
       nlohmann::json j = {{"perplexity", r.ppl}, {"tokens", ids.size()}, {"scored_tokens", r.scored_tokens},
                           {"windows", r.windows}, {"ctx", ctx}, {"stride", stride},

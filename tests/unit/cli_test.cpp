@@ -260,6 +260,121 @@ void expect_error(const std::string& args, const std::string& needle) {
   EXPECT_TRUE(r.out.empty() || r.out == "\n") << r.out;
 }
 
+// gale info --quantization fp8 describes the weights as loaded (the flag used to be accepted
+// and ignored): per-channel E4M3 layers are half the bytes of bf16 ones, plus a scale per row.
+TEST(Cli, InfoAppliesQuantization) {
+  Result plain = gale("info -m " + fixture("llama-bf16") + " --json");
+  Result fp8 = gale("info -m " + fixture("llama-bf16") + " --quantization fp8 --json");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  ASSERT_EQ(fp8.code, 0) << fp8.err;
+  const json p = json::parse(plain.out), q = json::parse(fp8.out);
+  EXPECT_LT(q["weight_bytes"].get<int64_t>(), p["weight_bytes"].get<int64_t>());
+  const std::vector<std::string> dtypes = q["dtypes"];
+  EXPECT_NE(std::find(dtypes.begin(), dtypes.end(), "F8_E4M3"), dtypes.end()) << q["dtypes"];
+}
+
+// gale eval (issue 17, item 6). A short text and small windows keep each run to a second or two.
+std::string bundled(const std::string& name) { return std::string(GALE_SOURCE_DIR) + "/models/" + name; }
+
+fs::path eval_text() {
+  fs::path p = fs::temp_directory_path() / ("gale-cli-eval-" + std::to_string(::getpid()) + ".txt");
+  std::ifstream in(bundled("data/validation-head.txt"), std::ios::binary);
+  std::string text(1500, '\0');
+  in.read(text.data(), std::streamsize(text.size()));
+  text.resize(size_t(in.gcount()));
+  std::ofstream(p, std::ios::binary) << text;
+  return p;
+}
+
+json run_json(const std::string& args) {
+  Result r = gale(args);
+  EXPECT_EQ(r.code, 0) << args << "\n" << r.err;
+  return r.code == 0 ? json::parse(r.out) : json::object();
+}
+
+// Against itself (the reference spelled as another path, so its tokenizer is loaded and
+// compared too): KL exactly zero, every argmax the same, and both perplexities `gale
+// perplexity`'s figure to the last bit.
+TEST(Cli, EvalAgainstItself) {
+  const fs::path text = eval_text();
+  const std::string windows = " --file " + text.string() + " --ctx 64 --stride 32 --json";
+  json j = run_json("eval -m " + bundled("default") + " --reference " + bundled("../models/default") + windows);
+  json p = run_json("perplexity -m " + bundled("default") + windows);
+  fs::remove(text);
+  ASSERT_TRUE(j.contains("kl_divergence") && p.contains("perplexity"));
+  EXPECT_LE(std::abs(j["kl_divergence"].get<double>()), 1e-12);
+  EXPECT_LE(std::abs(j["kl_max"].get<double>()), 1e-12);
+  EXPECT_LE(std::abs(j["kl_p99"].get<double>()), 1e-12);
+  EXPECT_EQ(j["top1_agreement"].get<double>(), 1.0);
+  EXPECT_EQ(j["same_top1"], j["scored_tokens"]);
+  EXPECT_EQ(j["scored_tokens"].get<int64_t>(), p["tokens"].get<int64_t>() - 1);
+  EXPECT_EQ(j["perplexity"].get<double>(), p["perplexity"].get<double>());
+  EXPECT_EQ(j["reference_perplexity"].get<double>(), p["perplexity"].get<double>());
+  for (const char* k : {"windows", "ctx", "stride", "tokens"}) EXPECT_EQ(j[k], p[k]) << k;
+  EXPECT_EQ(j["model"], bundled("default"));
+  EXPECT_EQ(j["reference"], bundled("../models/default"));
+  EXPECT_EQ(j["weight_bytes"], j["reference_weight_bytes"]);
+}
+
+// Quantize-at-load against the checkpoint as stored: a small positive divergence, most argmaxes
+// kept, each perplexity the one `gale perplexity` gives for that loading, and the human table.
+TEST(Cli, EvalFp8AgainstStored) {
+  const fs::path text = eval_text();
+  const std::string windows = " --file " + text.string() + " --ctx 64 --stride 32";
+  json j = run_json("eval -m " + bundled("default") + " --quantization fp8 --reference-quantization none" + windows +
+                    " --json");
+  json q = run_json("perplexity -m " + bundled("default") + " --quantization fp8" + windows + " --json");
+  json p = run_json("perplexity -m " + bundled("default") + windows + " --json");
+  Result table = gale("eval -m " + bundled("default") + " --quantization fp8 --reference-quantization none" + windows);
+  fs::remove(text);
+  ASSERT_TRUE(j.contains("kl_divergence") && q.contains("perplexity") && p.contains("perplexity"));
+  const double kl = j["kl_divergence"], top1 = j["top1_agreement"];
+  EXPECT_GT(kl, 1e-5);  // 0.0016 measured
+  EXPECT_LT(kl, 0.02);
+  EXPECT_GE(j["kl_max"].get<double>(), j["kl_p99"].get<double>());
+  EXPECT_GE(j["kl_p99"].get<double>(), kl);
+  EXPECT_GT(top1, 0.95);  // 0.984 measured
+  EXPECT_LE(top1, 1.0);
+  EXPECT_NEAR(top1, j["same_top1"].get<double>() / j["scored_tokens"].get<double>(), 1e-15);
+  EXPECT_EQ(j["perplexity"].get<double>(), q["perplexity"].get<double>());
+  EXPECT_EQ(j["reference_perplexity"].get<double>(), p["perplexity"].get<double>());
+  EXPECT_NEAR(j["perplexity"].get<double>() / j["reference_perplexity"].get<double>(), 1.0, 0.02);
+  EXPECT_EQ(j["quantization"], "fp8");
+  EXPECT_EQ(j["reference_quantization"], "none");
+  EXPECT_EQ(j["reference"], j["model"]);
+  EXPECT_LT(j["weight_bytes"].get<double>(), 0.7 * j["reference_weight_bytes"].get<double>());
+  ASSERT_EQ(table.code, 0) << table.err;
+  for (const char* s : {"perplexity", "KL(reference || model)", "top-1 agreement", "fp8"})
+    EXPECT_NE(table.out.find(s), std::string::npos) << s << "\n" << table.out;
+}
+
+TEST(Cli, EvalBadInputIsOneClearError) {
+  const fs::path text = eval_text();
+  const std::string m = "eval -m " + bundled("default");
+  const std::string f = " --file " + text.string();
+  auto one_line = [](const std::string& args, const std::string& needle) {
+    expect_error(args, needle);
+    const std::string err = gale(args).err;
+    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  };
+  one_line(m + " --reference-quantization none --file /nonexistent/text.txt", "cannot read /nonexistent/text.txt");
+  one_line(m + f, "eval needs a reference");
+  one_line(m + " --reference " + fixture("llama-f32") + f, "different vocabularies (8192 and 384 entries)");
+  one_line(m + " --reference /nonexistent" + f, "not found");
+  one_line(m + " --reference-quantization none --ctx 1" + f, "--ctx must be at least 2");
+  one_line(m + " --reference-quantization none --ctx 8 --stride 9" + f, "--stride must be in [1, ctx]");
+  // Same vocabulary size, another tokenizer: the draft's folder with a lowercasing normalizer.
+  fs::path d = fs::temp_directory_path() / ("gale-cli-evaltok-" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::copy(bundled("draft"), d);
+  json tj = gale::test::read_json((d / "tokenizer.json").string());
+  tj["normalizer"] = {{"type", "Lowercase"}};
+  std::ofstream(d / "tokenizer.json") << tj.dump();
+  one_line(m + " --reference " + d.string() + f, "encodes " + text.string() + " differently");
+  fs::remove_all(d);
+  fs::remove(text);
+}
+
 // Integer overflow (issue 15): -n 2^63-1 wrapped prompt + max_tokens and spun forever; -n 2^50
 // overflowed the KV size. Every size from a flag saturates and meets a limit with its name.
 TEST(Cli, HugeSizesAreOneClearError) {
@@ -408,7 +523,7 @@ TEST(Cli, Keep16BitAtLoad) {
 TEST(Cli, HelpListsTheSubcommands) {
   Result r = gale("--help");
   EXPECT_EQ(r.code, 0);
-  for (const char* c : {"generate", "logits", "info", "bench", "perplexity", "tokenize", "detokenize", "quantize"})
+  for (const char* c : {"generate", "logits", "info", "bench", "perplexity", "eval", "tokenize", "detokenize", "quantize"})
     EXPECT_NE(r.out.find(c), std::string::npos) << c;
   r = gale("");
   EXPECT_NE(r.code, 0);
