@@ -128,6 +128,11 @@ __attribute__((always_inline)) inline __m512 dp(__m512 acc, __m512i w, const uns
 
 #define GALE_UNROLL_ALL _Pragma("GCC unroll 16")
 
+// W is streamed one row after another, front to back (one stream is what the hardware
+// prefetcher follows best; two rows side by side measured slower), with a software prefetch
+// this far ahead.
+constexpr int64_t kAhead = 1024;
+
 // R rows n.. of W against MX rows of x (split: xs[m][part][K]); NA accumulators per (row, x
 // row, part) (two for a single x row, so that enough independent sums are in flight).
 template <int MX, int R, int NA>
@@ -154,6 +159,7 @@ void rows(const MatmulProblem& p, int64_t n, const unsigned short* xs, const Con
     for (int64_t k = kb; k < kb + seg; k += 64) {
       GALE_UNROLL_ALL
       for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w0 + r * K + k) + kAhead, _MM_HINT_T0);
         __m512i wa, wb;
         widen64(c, w0 + r * K + k, wa, wb);
         GALE_UNROLL_ALL
@@ -203,7 +209,6 @@ template <int MX>
 void range(const MatmulProblem& p, int64_t n0, int64_t n1, const unsigned short* xs, const Consts& c) {
   int64_t n = n0;
   if constexpr (MX == 1) {
-    for (; n + 2 <= n1; n += 2) rows<1, 2, 2>(p, n, xs, c);
     for (; n < n1; ++n) rows<1, 1, 2>(p, n, xs, c);
   } else {
     for (; n < n1; ++n) rows<MX, 1, 1>(p, n, xs, c);
