@@ -17,6 +17,7 @@ struct ModelOptions {
   std::string device;       // --device: "" = cuda when a GPU is present, else cpu
   double gpu_memory_utilization = 0.9;
   std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, bf16 or fp8
 };
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype = true);
@@ -26,7 +27,7 @@ ActDType parse_act_dtype(const std::string& s);
 // The backend the flags ask for (--device, --dtype, --gpu-memory-utilization); throws
 // gale::Error for combinations the backend cannot run (--dtype f32 on a GPU).
 BackendOptions backend_options(const ModelOptions& o);
-// What loading does to the weights (--quantization).
+// What loading does to the weights (--quantization) and the KV cache's dtype (--kv-cache-dtype).
 LoadOptions load_options(const ModelOptions& o);
 
 }  // namespace gale::cli

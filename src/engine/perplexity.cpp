@@ -15,7 +15,7 @@ PerplexityResult perplexity(Transformer& model, std::span<const int32_t> ids, in
   if (stride < 1 || stride > ctx) throw Error("--stride must be in [1, ctx]");
   const int64_t V = model.config().vocab_size, bs = 16;
   const int64_t total_windows = std::max<int64_t>(1, (std::max<int64_t>(n - ctx, 0) + stride - 1) / stride + 1);
-  KVCache kv(model.config(), (ctx + bs - 1) / bs, bs, model.kv_dtype(), &model.backend());
+  KVCache kv(model.config(), (ctx + bs - 1) / bs, bs, model.kv_format(), &model.backend());
   std::vector<int32_t> table(static_cast<size_t>((ctx + bs - 1) / bs));
   for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(i);
   std::vector<float> logits;

@@ -261,7 +261,7 @@ TEST(CudaKVCacheWrite, MatchesCpuPagedWrite) {
   for (DType ct : {DType::F32, DType::BF16}) {
     auto k = randn(size_t(T * row), g), v = randn(size_t(T * row), g);
     std::vector<uint8_t> kc(size_t(nblocks * bs * row) * dtype_size(ct), 0xFF), vc = kc;
-    cpu::paged_kv_write(k.data(), row, v.data(), row, T, start, kc.data(), vc.data(), ct, bs, nkv, hd, table);
+    cpu::paged_kv_write(k.data(), row, v.data(), row, T, start, cpu::PagedKV{kc.data(), vc.data(), ct, bs, nkv, hd}, table);
     std::vector<int32_t> slots(T + 1);
     for (int64_t t = 0; t < T; ++t) slots[size_t(t)] = table[size_t((start + t) / bs)] * int32_t(bs) + int32_t((start + t) % bs);
     slots[size_t(T)] = -1;  // a padding token
