@@ -73,6 +73,7 @@ nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, c
       std::printf("%12lld %14.1f %14.1f %10.2f\n", (long long)c, out_tps, tot_tps, r.seconds), std::fflush(stdout);
   }
   nlohmann::json j = {{"mode", "throughput"}, {"model", model_name}, {"threads", num_threads()},
+                      {"kv_cache_dtype", kv_cache_dtype_name(m.kv_dtype())},
                       {"requests", o.requests}, {"prompt_tokens", o.prompt}, {"gen_tokens", o.gen},
                       {"max_num_batched_tokens", o.engine.max_num_batched_tokens}, {"results", rows}};
   if (o.json) std::printf("%s\n", j.dump(2).c_str());
@@ -119,6 +120,7 @@ nlohmann::json bench_shared_prefix(Transformer& m, const std::string& model_name
           std::fflush(stdout);
   }
   nlohmann::json j = {{"mode", "shared-prefix"}, {"model", model_name}, {"threads", num_threads()},
+                      {"kv_cache_dtype", kv_cache_dtype_name(m.kv_dtype())},
                       {"requests", o.requests}, {"prefix_tokens", o.prefix}, {"suffix_tokens", o.suffix},
                       {"gen_tokens", o.gen}, {"max_num_seqs", o.engine.max_num_seqs},
                       {"max_num_batched_tokens", o.engine.max_num_batched_tokens}, {"results", rows}};

@@ -59,6 +59,7 @@ nlohmann::json record_row(nlohmann::json j, const BenchOptions& o, const Transfo
   add("mode", o.mode);
   add("device", m.backend().name());
   add("dtype", act_dtype_name(o, gpu));
+  add("kv_cache_dtype", kv_cache_dtype_name(m.kv_dtype()));
   if (o.mode == "kernels") {
     add("reps", o.reps);
     add("probe", !o.no_probe);
@@ -191,7 +192,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     const bool paired = !o->no_probe && !gpu && o->pairs > 0;
     const int64_t bs = 16, total = o->prompt + o->gen + (paired ? o->pairs : 0);
     const int64_t nb = (total + bs - 1) / bs;
-    KVCache kv(c, nb, bs, m.kv_dtype(), &m.backend());
+    KVCache kv(c, nb, bs, m.kv_format(), &m.backend());
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
     Rng rng(42);
@@ -240,6 +241,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     const double tg_gbs = step_bytes * tg_tps / 1e9;
     nlohmann::json j = {{"model", lm.source}, {"architecture", c.architecture}, {"threads", threads},
                         {"matmul_isa", gpu ? "cublaslt" : cpu::matmul_isa()}, {"dtype", dtype}, {"load_s", load_s},
+                        {"kv_cache_dtype", kv_cache_dtype_name(m.kv_dtype())},
                         {"device", m.backend().name()}, {"prompt_seconds", best_pp},
                         {"prompt_tokens", o->prompt}, {"gen_tokens", o->gen},
                         {"prompt_tokens_per_s", pp_tps}, {"prompt_gflops", pp_gflops},
@@ -264,8 +266,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       append_record(j, m);
       return;
     }
-    std::printf("model        %s (%s), %s activations, load %.2f s\n", lm.source.c_str(), c.architecture.c_str(),
-                dtype.c_str(), load_s);
+    std::printf("model        %s (%s), %s activations, %s KV cache, load %.2f s\n", lm.source.c_str(),
+                c.architecture.c_str(), dtype.c_str(), kv_cache_dtype_name(m.kv_dtype()), load_s);
     if (gpu) std::printf("device       %s\n", m.backend().name().c_str());
     else std::printf("threads      %d, matmul path %s\n", threads, cpu::matmul_isa());
     if (!o->no_probe)

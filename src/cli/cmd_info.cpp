@@ -32,11 +32,15 @@ CommandRegistrar reg{30, [](CLI::App& root) {
   sub->add_flag("--json", o->json, "JSON output");
   sub->callback([o] {
     // On the CPU, with --quantization applied: the weights as they would run (weight_bytes, dtypes).
-    LoadedModel lm = load_model(resolve_model(o->model), BackendOptions{}, load_options(o->model));
+    LoadOptions lo = load_options(o->model);
+    LoadedModel lm = load_model(resolve_model(o->model), BackendOptions{}, lo);
     const ModelConfig& c = lm.model->config();
     const ModelWeights& w = lm.model->weights();
     const int64_t params = count_parameters(c);
     const size_t kv_f32 = KVCache::bytes_per_token(c, DType::F32), kv_bf16 = KVCache::bytes_per_token(c, DType::BF16);
+    const size_t kv_fp8 = KVCache::bytes_per_token(c, DType::F8_E4M3);
+    // The KV dtype --kv-cache-dtype gives on the CPU (auto: f32 there; a GPU's auto is bf16).
+    const KVFormat& kvf = lm.model->kv_format();
     std::string window;
     for (int64_t x : c.layer_window) if (x) { window = std::to_string(x); break; }
     nlohmann::json j = {
@@ -47,8 +51,13 @@ CommandRegistrar reg{30, [](CLI::App& root) {
         {"head_dim", c.head_dim}, {"max_position_embeddings", c.max_position_embeddings},
         {"tie_word_embeddings", c.tie_word_embeddings}, {"rope_type", rope_type_name(c.rope.type)},
         {"rope_theta", c.rope.theta}, {"num_experts", c.num_experts}, {"num_experts_per_tok", c.num_experts_per_tok},
-        {"kv_bytes_per_token_f32", kv_f32}, {"kv_bytes_per_token_bf16", kv_bf16},
+        {"kv_bytes_per_token_f32", kv_f32}, {"kv_bytes_per_token_bf16", kv_bf16}, {"kv_bytes_per_token_fp8", kv_fp8},
+        {"kv_cache_dtype", kv_cache_dtype_name(kvf.dtype)}, {"kv_cache_scales", lm.model->kv_scale_source()},
         {"memory_bytes_full_context_bf16_kv", w.total_bytes + kv_bf16 * size_t(c.max_position_embeddings)}};
+    if (!kvf.k_scale.empty()) {
+      j["kv_cache_k_scales"] = kvf.k_scale;
+      j["kv_cache_v_scales"] = kvf.v_scale;
+    }
     if (o->json) {
       std::printf("%s\n", j.dump(2).c_str());
       return;
@@ -70,7 +79,11 @@ CommandRegistrar reg{30, [](CLI::App& root) {
     std::printf("rope           %s, theta %g\n", rope_type_name(c.rope.type), c.rope.theta);
     if (!window.empty()) std::printf("sliding window %s\n", window.c_str());
     std::printf("context        %lld tokens\n", (long long)c.max_position_embeddings);
-    std::printf("KV cache       %.1f KiB/token (bf16), %.1f KiB/token (f32)\n", double(kv_bf16) / 1024, double(kv_f32) / 1024);
+    std::printf("KV cache       %.1f KiB/token (bf16), %.1f KiB/token (fp8), %.1f KiB/token (f32)\n",
+                double(kv_bf16) / 1024, double(kv_fp8) / 1024, double(kv_f32) / 1024);
+    std::printf("KV dtype       %s%s%s (--kv-cache-dtype %s, on the CPU)\n", kv_cache_dtype_name(kvf.dtype),
+                lm.model->kv_scale_source().empty() ? "" : ", scales ", lm.model->kv_scale_source().c_str(),
+                o->model.kv_cache_dtype.c_str());
     std::printf("memory needed  %.3f GiB weights + %.3f GiB KV (bf16) for the full context\n", gib(double(w.total_bytes)),
                 gib(double(kv_bf16) * double(c.max_position_embeddings)));
   });

@@ -32,7 +32,7 @@ CommandRegistrar reg{20, [](CLI::App& root) {
     Transformer& m = *lm.model;
     const int64_t V = m.config().vocab_size, bs = 16;
     const int64_t nb = (int64_t(ids.size()) + bs - 1) / bs;
-    KVCache kv(m.config(), nb, bs, m.kv_dtype(), &m.backend());
+    KVCache kv(m.config(), nb, bs, m.kv_format(), &m.backend());
     std::vector<int32_t> table(static_cast<size_t>(nb));
     for (int64_t i = 0; i < nb; ++i) table[size_t(i)] = int32_t(i);
     SeqStep s{ids, 0, table, o->all_positions ? SeqStep::Logits::All : SeqStep::Logits::Last};

@@ -108,8 +108,9 @@ void run_serve(ServeOptions& o) {
   EngineAdapter adapter(engine);
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
   server.start();
-  std::fprintf(stderr, "gale serve: model %s (context %lld) listening on http://%s:%d%s\n", info.name.c_str(),
-               (long long)info.max_model_len, o.server.host.c_str(), server.port(),
+  std::fprintf(stderr, "gale serve: model %s (context %lld), KV cache %s, %lld tokens, listening on http://%s:%d%s\n",
+               info.name.c_str(), (long long)info.max_model_len, kv_cache_dtype_name(lm.model->kv_dtype()),
+               (long long)engine.kv_cache().capacity_tokens(), o.server.host.c_str(), server.port(),
                o.server.api_key.empty() ? "" : " (API key required)");
   server.run(/*handle_signals=*/true);
   std::fprintf(stderr, "gale serve: stopped\n");

@@ -22,6 +22,11 @@ void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
                   "the LM head and MoE routers stay as stored)")
       ->check(CLI::IsMember({"none", "fp8"}));
   add_keep_16bit_option(sub, o.keep_16bit);
+  sub->add_option("--kv-cache-dtype", o.kv_cache_dtype,
+                  "KV cache storage: auto (f32 on the CPU with f32 activations, else bf16; fp8 for a checkpoint "
+                  "with KV cache scales), bf16, or fp8 (E4M3 with per-layer K and V scales: the checkpoint's, "
+                  "else calibrated at load; half the bytes of bf16 per token)")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   sub->add_option("--threads", o.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
 }
 
@@ -64,6 +69,7 @@ LoadOptions load_options(const ModelOptions& o) {
   LoadOptions l;
   l.quantization = o.quantization;
   l.keep_16bit = o.keep_16bit;
+  l.kv_cache_dtype = o.kv_cache_dtype;
   return l;
 }
 

@@ -19,6 +19,7 @@ struct ModelOptions {
   double gpu_memory_utilization = 0.9;
   std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
   std::vector<std::string> keep_16bit;  // --keep-16bit PATTERN (repeatable): projections fp8 leaves as stored
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, bf16 or fp8
 };
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype = true);
@@ -30,7 +31,7 @@ ActDType parse_act_dtype(const std::string& s);
 // The backend the flags ask for (--device, --dtype, --gpu-memory-utilization); throws
 // gale::Error for combinations the backend cannot run (--dtype f32 on a GPU).
 BackendOptions backend_options(const ModelOptions& o);
-// What loading does to the weights (--quantization, --keep-16bit).
+// What loading does to the weights (--quantization, --keep-16bit) and the KV cache's dtype (--kv-cache-dtype).
 LoadOptions load_options(const ModelOptions& o);
 
 }  // namespace gale::cli

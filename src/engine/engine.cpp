@@ -605,10 +605,10 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Trans
   if (mul_sat(block_bytes, num_blocks) == kInt64Max)  // KVCache multiplies them in size_t
     throw Error("the KV cache (" + std::to_string(num_blocks) + " blocks of " + std::to_string(block_bytes) +
                 " bytes) is larger than any memory; lower --block-size or --kv-cache-memory");
-  impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_dtype(), &model.backend());
+  impl_->kv = std::make_unique<KVCache>(mc, num_blocks, cfg.block_size, model.kv_format(), &model.backend());
   if (draft)
     impl_->draft_kv =
-        std::make_unique<KVCache>(draft->config(), num_blocks, cfg.block_size, draft->kv_dtype(), &draft->backend());
+        std::make_unique<KVCache>(draft->config(), num_blocks, cfg.block_size, draft->kv_format(), &draft->backend());
   SchedulerConfig sc;
   sc.num_blocks = num_blocks;
   sc.block_size = cfg.block_size;
@@ -736,6 +736,8 @@ EngineStats Engine::stats() const {
   e.running = s.running;
   e.waiting = s.waiting;
   e.kv_blocks_total = s.blocks_total;
+  e.kv_capacity_tokens = impl_->kv->capacity_tokens();
+  e.kv_cache_dtype = kv_cache_dtype_name(impl_->kv->dtype());
   e.kv_blocks_free = s.blocks_free;
   e.kv_blocks_cached = s.blocks_cached;
   e.prefix_cache_queried_tokens = s.prefix_queried_tokens;

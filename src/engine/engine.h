@@ -73,6 +73,8 @@ struct EngineStats {
   int64_t running = 0, waiting = 0;
   int64_t kv_blocks_total = 0, kv_blocks_free = 0;
   int64_t kv_blocks_cached = 0;         // held by the prefix cache (free ones are not counted)
+  int64_t kv_capacity_tokens = 0;       // tokens the KV cache holds (blocks x block size)
+  std::string kv_cache_dtype;           // "f32", "bf16" or "fp8" (model/kv_cache.h kv_cache_dtype_name)
   int64_t prefix_cache_queried_tokens = 0, prefix_cache_hit_tokens = 0;
   int64_t preemptions = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;

@@ -31,7 +31,7 @@ std::vector<PerplexityWindow> perplexity_windows(int64_t n, int64_t ctx, int64_t
 
 WindowForward::WindowForward(Transformer& model, int64_t ctx) : model_(model) {
   const int64_t blocks = (ctx + kBlockSize - 1) / kBlockSize;
-  kv_ = std::make_unique<KVCache>(model.config(), blocks, kBlockSize, model.kv_dtype(), &model.backend());
+  kv_ = std::make_unique<KVCache>(model.config(), blocks, kBlockSize, model.kv_format(), &model.backend());
   table_.resize(size_t(blocks));
   for (size_t i = 0; i < table_.size(); ++i) table_[i] = int32_t(i);
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -9,6 +10,11 @@ namespace gale {
 
 bool Backend::supports(const Linear& l) const {
   return is_float_dtype(l.dtype) && l.scheme.plain() && l.packed_rows();
+}
+
+void Backend::download(void* host, const void* src, size_t bytes) {
+  if (!is_cpu()) throw Error(name() + ": download is not implemented");
+  std::memcpy(host, src, bytes);
 }
 
 void Backend::fill_zero(Act) { throw Error(name() + ": fill_zero is not implemented (partial residuals)"); }

@@ -76,8 +76,11 @@ struct RowSampling {
 struct KVLayer {
   void* k = nullptr;
   void* v = nullptr;
-  DType dtype = DType::F32;
+  DType dtype = DType::F32;  // one the backend supports_kv
   int64_t block_size = 0, n_kv_heads = 0, head_dim = 0;
+  // F8_E4M3: the layer's dequantization scales (stored = e4m3(x / scale), read = stored * scale;
+  // kernels/ref/attention_ref.h); ignored for other dtypes.
+  float k_scale = 1.0f, v_scale = 1.0f;
 };
 
 class Backend {
@@ -91,7 +94,13 @@ class Backend {
   // Dtype of the normed activations and projection outputs the transformer asks for (the
   // residual stream, router and logits stay f32 on every backend).
   virtual DType act_dtype() const = 0;
+  // The KV cache's dtype when the user chose none (--kv-cache-dtype auto, a checkpoint
+  // without KV scales).
   virtual DType kv_dtype() const = 0;
+  // Whether attention / rope_attention / rmsnorm_qkv_rope_cache write and read a cache of this
+  // dtype (F8_E4M3: with the KVLayer's scales). The model asks before it uses one and refuses
+  // with one error otherwise (Transformer::set_kv_dtype). Default: kv_dtype() only.
+  virtual bool supports_kv(DType dtype) const { return dtype == kv_dtype(); }
   // Bytes the KV cache may take when the user gave no budget (GPU: --gpu-memory-utilization of
   // the card minus what is in use; CPU: -1, the engine decides from host memory).
   virtual int64_t default_kv_budget() const { return -1; }
@@ -104,6 +113,8 @@ class Backend {
   virtual void* alloc(size_t bytes) = 0;
   virtual void release(void* p, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+  // Copies backend memory to the host (waits for the device). Default: memcpy on a CPU backend.
+  virtual void download(void* host, const void* src, size_t bytes);
 
   // Whether linear / linear_fused (and the fused ops built on them) run a matrix stored as l
   // is: its dtype, scheme and row stride (model/weights.h). The model asks for every matrix

@@ -114,10 +114,11 @@ void CpuBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_hea
                            Act out) {
   check_f32(q);
   check_f32(out);
-  const cpu::PagedKV pkv{kv.k, kv.v, kv.dtype, kv.block_size, kv.n_kv_heads, kv.head_dim};
+  GALE_ASSERT(supports_kv(kv.dtype));
+  const cpu::PagedKV pkv{kv.k, kv.v, kv.dtype, kv.block_size, kv.n_kv_heads, kv.head_dim, kv.k_scale, kv.v_scale};
   for (const StepPlan::Seq& s : plan_->seqs) {
-    cpu::paged_kv_write(k.f32() + s.t0 * k.ld, k.ld, v.f32() + s.t0 * v.ld, v.ld, s.n, s.start_pos, kv.k, kv.v,
-                        kv.dtype, kv.block_size, kv.n_kv_heads, kv.head_dim, s.block_table);
+    cpu::paged_kv_write(k.f32() + s.t0 * k.ld, k.ld, v.f32() + s.t0 * v.ld, v.ld, s.n, s.start_pos, pkv,
+                        s.block_table);
     cpu::paged_attention(q.f32() + s.t0 * q.ld, q.ld, s.n, n_heads, s.start_pos, pkv, s.block_table, window, scale,
                          out.f32() + s.t0 * out.ld, out.ld);
   }

@@ -13,6 +13,10 @@ class CpuBackend : public Backend {
   bool is_cpu() const override { return true; }
   DType act_dtype() const override { return DType::F32; }
   DType kv_dtype() const override { return bf16_ ? DType::BF16 : DType::F32; }
+  // Any of F32, BF16 and F8_E4M3, whatever the activations (kernels/cpu paged_attention).
+  bool supports_kv(DType dtype) const override {
+    return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F8_E4M3;
+  }
 
   void* alloc(size_t bytes) override;
   void release(void* p, size_t bytes) override;

@@ -2,7 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "model/backend.h"
@@ -13,9 +15,22 @@ size_t KVCache::bytes_per_token(const ModelConfig& cfg, DType dtype) {
   return size_t(2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);
 }
 
-KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, DType dtype, Backend* backend)
-    : num_blocks_(num_blocks), block_size_(block_size), dtype_(dtype) {
-  if (dtype != DType::F32 && dtype != DType::BF16) throw Error("KV cache dtype must be f32 or bf16");
+KVCache::KVCache(const ModelConfig& cfg, int64_t num_blocks, int64_t block_size, KVFormat format, Backend* backend)
+    : num_blocks_(num_blocks), block_size_(block_size), format_(std::move(format)) {
+  const DType dtype = format_.dtype;
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F8_E4M3)
+    throw Error("KV cache dtype must be f32, bf16 or F8_E4M3");
+  if (dtype == DType::F8_E4M3) {
+    if (format_.k_scale.size() != size_t(cfg.num_layers) || format_.v_scale.size() != size_t(cfg.num_layers))
+      throw Error("an F8_E4M3 KV cache needs a K and a V scale for each of the " + std::to_string(cfg.num_layers) +
+                  " layers");
+    for (const std::vector<float>* sc : {&format_.k_scale, &format_.v_scale})
+      for (float x : *sc)
+        if (!(x > 0.0f) || !std::isfinite(x)) throw Error("KV cache scale " + std::to_string(x) + " is not positive and finite");
+  } else {
+    format_.k_scale.clear();
+    format_.v_scale.clear();
+  }
   num_layers_ = cfg.num_layers;
   block_bytes_ = size_t(block_size * cfg.num_kv_heads * cfg.head_dim) * dtype_size(dtype);  // [block_size, kv_heads, head_dim]
   layer_bytes_ = block_bytes_ * size_t(num_blocks);

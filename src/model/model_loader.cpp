@@ -22,7 +22,7 @@ namespace {
 // time to first token (vLLM warms up the same way).
 void warm_up(Transformer& m) {
   const int64_t bs = 16, n = 16;
-  KVCache kv(m.config(), 2, bs, m.kv_dtype(), &m.backend());
+  KVCache kv(m.config(), 2, bs, m.kv_format(), &m.backend());
   std::vector<int32_t> prompt(size_t(n), 0), table = {0, 1};
   std::vector<int32_t> next;
   SeqStep s{prompt, 0, table, SeqStep::Logits::Last};
@@ -47,10 +47,28 @@ std::vector<WeightTransform> transforms_for(const LoadOptions& o) {
   throw Error("--quantization must be none or fp8 (got '" + o.quantization + "')");
 }
 
+void check_kv_cache_dtype(const std::string& s) {
+  if (s != "auto" && s != "bf16" && s != "fp8" && !s.empty())
+    throw Error("--kv-cache-dtype must be auto, bf16 or fp8 (got '" + s + "')");
+}
+
+// The KV format, then the GPU's warm-up (which runs in it).
+void finish_load(Transformer& m, const LoadOptions& lo) {
+  m.set_kv_dtype(resolve_kv_cache_dtype(lo.kv_cache_dtype, m.config(), m.backend()));
+  if (!m.backend().is_cpu()) warm_up(m);
+}
+
 }  // namespace
+
+DType resolve_kv_cache_dtype(const std::string& s, const ModelConfig& cfg, const Backend& backend) {
+  if (s == "auto" || s.empty()) return cfg.quant.kv_scales ? DType::F8_E4M3 : backend.kv_dtype();
+  check_kv_cache_dtype(s);
+  return s == "bf16" ? DType::BF16 : DType::F8_E4M3;
+}
 
 LoadedModel load_model(const std::string& path, const BackendOptions& bo, const LoadOptions& lo) {
   const std::vector<WeightTransform> transforms = transforms_for(lo);  // a bad option fails before loading
+  check_kv_cache_dtype(lo.kv_cache_dtype);
   const ActDType act = bo.bf16_activations || bo.device != "cpu" ? ActDType::BF16 : ActDType::F32;
   std::unique_ptr<Backend> backend = make_backend(bo);  // a bad --device fails before any loading
   LoadedModel m;
@@ -62,7 +80,7 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo, const 
     ModelWeights w = synthetic_weights(cfg);
     apply_transforms(transforms, cfg, w);
     m.model = std::make_unique<Transformer>(cfg, std::move(w), act, std::move(backend));
-    if (!m.model->backend().is_cpu()) warm_up(*m.model);
+    finish_load(*m.model, lo);
     return m;
   }
   // The loading pipeline: the architecture's description, the weights bound with their
@@ -72,7 +90,7 @@ LoadedModel load_model(const std::string& path, const BackendOptions& bo, const 
   ModelWeights w = bind_weights(st, cfg);
   apply_transforms(transforms, cfg, w);
   m.model = std::make_unique<Transformer>(cfg, std::move(w), act, std::move(backend));
-  if (!m.model->backend().is_cpu()) warm_up(*m.model);
+  finish_load(*m.model, lo);
   return m;
 }
 

@@ -26,7 +26,15 @@ struct LoadOptions {
   // --keep-16bit: projections whose checkpoint name matches one of these patterns stay as
   // stored under --quantization fp8 (loader/name_patterns.h: globs, or "re:" regexes).
   std::vector<std::string> keep_16bit;
+  // --kv-cache-dtype: "auto" (the backend's own: f32 on the CPU with f32 activations, else
+  // bf16; fp8 for a checkpoint with a kv_cache_scheme), "bf16" or "fp8" (E4M3, per-layer K and
+  // V scales: the checkpoint's k_scale / v_scale, else calibrated at load).
+  std::string kv_cache_dtype = "auto";
 };
+
+// The KV dtype --kv-cache-dtype asks for, for this config on this backend (gale::Error for an
+// unknown value).
+DType resolve_kv_cache_dtype(const std::string& kv_cache_dtype, const ModelConfig& cfg, const Backend& backend);
 
 // The model runs on backend.device (weights uploaded there when it is a GPU).
 LoadedModel load_model(const std::string& path_or_synthetic, const BackendOptions& backend,

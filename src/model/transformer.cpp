@@ -29,6 +29,85 @@ Transformer::Transformer(ModelConfig cfg, ModelWeights w, ActDType act, std::uni
   if (!backend_) backend_ = std::make_unique<CpuBackend>(act == ActDType::BF16);
   check_supported(*backend_, w_);
   backend_->prepare(cfg_, w_);
+  kv_format_.dtype = backend_->kv_dtype();
+}
+
+namespace {
+
+// The E4M3 KV scales when the checkpoint has none (ARCHITECTURE.md, "FP8 KV cache"): one
+// forward over kCalibrationTokens fixed tokens (the BOS token, then ids drawn by splitmix64
+// from a fixed seed: no tokenizer below the engine, and the same scales on every machine),
+// each layer's largest |K| (after RoPE) and |V| measured, and scale = amax * kKvHeadroom / 448.
+// E4M3 is a float: its relative step is 2^-3 from 2^-6 to 448, so the headroom costs only the
+// values below amax * headroom / 2^14.8 (nothing an attention sum notices), while anything up to
+// headroom x the calibration's amax is stored without clipping.
+constexpr int64_t kCalibrationTokens = 128;
+constexpr float kKvHeadroom = 4.0f;
+
+float amax_of(const std::vector<uint8_t>& bytes, DType dt) {
+  float m = 0.0f;
+  const size_t n = bytes.size() / dtype_size(dt);
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(load_as_f32(bytes.data(), dt, i)));
+  return m;
+}
+
+}  // namespace
+
+void Transformer::calibrate_kv_scales(std::vector<float>& k_scale, std::vector<float>& v_scale) {
+  const ModelConfig& c = cfg_;
+  const int64_t bs = 16, n = kCalibrationTokens, nb = (n + bs - 1) / bs;
+  std::vector<int32_t> tokens(static_cast<size_t>(n)), table(static_cast<size_t>(nb));
+  uint64_t state = 0x243f6a8885a308d3ull;
+  for (int32_t& t : tokens) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    t = int32_t((z ^ (z >> 31)) % uint64_t(c.vocab_size));
+  }
+  if (c.bos_token_id && *c.bos_token_id >= 0 && *c.bos_token_id < c.vocab_size) tokens[0] = *c.bos_token_id;
+  for (int64_t b = 0; b < nb; ++b) table[size_t(b)] = int32_t(b);
+  const DType dt = backend_->kv_dtype();
+  KVCache kv(c, nb, bs, dt, backend_.get());
+  SeqStep s{tokens, 0, table, SeqStep::Logits::None};
+  std::vector<float> logits;
+  forward({&s, 1}, kv, logits);
+  // Blocks 0.. hold the n tokens in order: the first n rows of each layer's K and V.
+  std::vector<uint8_t> bytes(size_t(n * c.num_kv_heads * c.head_dim) * dtype_size(dt));
+  k_scale.assign(size_t(c.num_layers), 1.0f);
+  v_scale.assign(size_t(c.num_layers), 1.0f);
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (int kv_i = 0; kv_i < 2; ++kv_i) {
+      backend_->download(bytes.data(), kv_i ? kv.v(l) : kv.k(l), bytes.size());
+      const float amax = amax_of(bytes, dt);
+      // An all-zero (or non-finite) layer keeps scale 1.
+      if (amax > 0.0f && std::isfinite(amax)) (kv_i ? v_scale : k_scale)[size_t(l)] = amax * kKvHeadroom / 448.0f;
+    }
+}
+
+void Transformer::set_kv_dtype(DType dtype) {
+  GALE_ASSERT(!launched());
+  if (!backend_->supports_kv(dtype))
+    throw Error("the " + backend_->name() + " backend cannot keep the KV cache in " + std::string(dtype_name(dtype)));
+  KVFormat f{dtype, {}, {}};
+  std::string source;
+  if (dtype == DType::F8_E4M3) {
+    const bool stored = std::all_of(w_.layers.begin(), w_.layers.end(), [](const LayerWeights& L) {
+      return L.k_scale > 0.0f && std::isfinite(L.k_scale) && L.v_scale > 0.0f && std::isfinite(L.v_scale);
+    });
+    if (stored) {
+      for (const LayerWeights& L : w_.layers) {
+        f.k_scale.push_back(L.k_scale);
+        f.v_scale.push_back(L.v_scale);
+      }
+      source = "checkpoint";
+    } else {
+      kv_format_ = KVFormat{backend_->kv_dtype(), {}, {}};  // the calibration runs in the backend's own dtype
+      calibrate_kv_scales(f.k_scale, f.v_scale);
+      source = "calibrated";
+    }
+  }
+  kv_format_ = std::move(f);
+  kv_scale_source_ = source;
 }
 
 Transformer::~Transformer() {
@@ -127,6 +206,8 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden_size;
   GALE_ASSERT(kv.device() == (backend_->is_cpu() ? nullptr : backend_.get()));
+  GALE_ASSERT(backend_->supports_kv(kv.dtype()));
+  GALE_ASSERT(kv.dtype() != DType::F8_E4M3 || kv.format().k_scale.size() == size_t(c.num_layers));
   GALE_ASSERT(!launched());  // a launched pass is waited for before the next one
   int64_t T = 0;
   for (const SeqStep& s : seqs) {
@@ -210,7 +291,7 @@ void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {
   const int64_t hd = c.head_dim, qd = c.num_heads * hd, kvd = c.num_kv_heads * hd;
   Act qkv = buffer(bqkv_, T, qd + 2 * kvd, be.act_dtype());
   const Linear* proj[] = {&L.q, &L.k, &L.v};
-  const KVLayer kvl{kv.k(l), kv.v(l), kv.dtype(), kv.block_size(), c.num_kv_heads, hd};
+  const KVLayer kvl{kv.k(l), kv.v(l), kv.dtype(), kv.block_size(), c.num_kv_heads, hd, kv.k_scale(l), kv.v_scale(l)};
   const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
   const int64_t window = c.layer_window[size_t(l)];
   Act q = qkv.cols_range(0, qd), k = qkv.cols_range(qd, kvd), v = qkv.cols_range(qd + kvd, kvd);

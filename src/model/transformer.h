@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "loader/model_config.h"
@@ -40,7 +41,17 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
   ActDType act_dtype() const { return act_; }
-  DType kv_dtype() const { return backend_->kv_dtype(); }
+  // How the KV caches this model reads and writes store K/V (model/kv_cache.h): the backend's
+  // kv_dtype() until set_kv_dtype. Make caches with KVCache(config(), n, bs, kv_format(), &backend()).
+  const KVFormat& kv_format() const { return kv_format_; }
+  DType kv_dtype() const { return kv_format_.dtype; }
+  // Stores K/V as dtype from now on (F32, BF16 or F8_E4M3); gale::Error naming the backend when
+  // its attention cannot (Backend::supports_kv). F8_E4M3 takes the checkpoint's k_scale /
+  // v_scale where every layer has both, else scales calibrated once, here (ARCHITECTURE.md,
+  // "FP8 KV cache"). Caches made for the old format may not be used afterwards.
+  void set_kv_dtype(DType dtype);
+  // Where the F8_E4M3 scales came from: "checkpoint" or "calibrated" ("" for other dtypes).
+  const std::string& kv_scale_source() const { return kv_scale_source_; }
   Backend& backend() { return *backend_; }
   const Backend& backend() const { return *backend_; }
 
@@ -77,6 +88,8 @@ class Transformer {
   // The pass up to the logits: returns them in backend memory (CPU: in *host when given).
   Act run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<float>* host);
   void build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t block_size);
+  // Per-layer K and V scales for an E4M3 cache, measured on a calibration forward.
+  void calibrate_kv_scales(std::vector<float>& k_scale, std::vector<float>& v_scale);
   void attention_block(int64_t layer, KVCache& kv, int64_t T);
   void mlp_block(const LayerWeights& L);
   void moe_block(const LayerWeights& L, int64_t T);
@@ -87,6 +100,8 @@ class Transformer {
   ModelConfig cfg_;
   ModelWeights w_;
   ActDType act_;
+  KVFormat kv_format_;
+  std::string kv_scale_source_;
   int64_t rot_dim_;
   std::unique_ptr<Backend> backend_;
   StepPlan plan_;

@@ -68,6 +68,10 @@ std::string Metrics::render(const EngineStats& s, int64_t in_flight, int64_t ope
   gauge("gale_num_requests_in_flight", "Sequences accepted by the server and not yet finished.", double(in_flight));
   gauge("gale_open_connections", "Open HTTP connections.", double(open_connections));
   gauge("gale_kv_cache_blocks_total", "KV-cache blocks.", double(s.kv_blocks_total));
+  gauge("gale_kv_cache_capacity_tokens", "Tokens the KV cache holds (blocks x block size).", double(s.kv_capacity_tokens));
+  if (!s.kv_cache_dtype.empty())
+    o += "# HELP gale_kv_cache_info The KV cache's storage dtype (--kv-cache-dtype).\n# TYPE gale_kv_cache_info gauge\n"
+         "gale_kv_cache_info{dtype=\"" + s.kv_cache_dtype + "\"} 1\n";
   gauge("gale_kv_cache_blocks_free", "Free KV-cache blocks.", double(s.kv_blocks_free));
   gauge("gale_kv_cache_blocks_cached", "KV-cache blocks held by the prefix cache.", double(s.kv_blocks_cached));
   gauge("gale_kv_cache_usage_perc", "Fraction of KV-cache blocks not free (0-1), prefix-cache blocks included.",

@@ -85,6 +85,8 @@ class FakeEngine : public serve::StepEngine {
     s.running = int64_t(reqs_.size());
     s.kv_blocks_total = 100;
     s.kv_blocks_free = 100 - s.running;
+    s.kv_capacity_tokens = 1600;
+    s.kv_cache_dtype = "fp8";
     return s;
   }
   std::atomic<int> step_ms{0};

@@ -450,6 +450,7 @@ TEST_F(ServeTest, TokenizeDetokenizeMetrics) {
   std::string m = http(port_, "GET", "/metrics").body;
   for (const char* k : {"gale_requests_total{outcome=\"length\"} 1", "gale_time_to_first_token_seconds_count 1",
                         "gale_e2e_request_latency_seconds_bucket{le=\"+Inf\"} 1", "gale_kv_cache_usage_perc 0",
+                        "gale_kv_cache_capacity_tokens 1600", "gale_kv_cache_info{dtype=\"fp8\"} 1",
                         "# TYPE gale_time_per_output_token_seconds histogram"})
     EXPECT_NE(m.find(k), std::string::npos) << k << "\n" << m;
 }

@@ -1,5 +1,6 @@
 // Paged attention kernels (decode and prefill) against cpu::paged_attention, over block tables
-// out of order, GQA groups 1/4/8, head_dim 16/32/64/128, sliding windows, cached prefixes, odd lengths.
+// out of order, GQA groups 1/4/8, head_dim 16/32/64/128, sliding windows, cached prefixes, odd
+// lengths, and bf16 / f32 / E4M3 caches (E4M3: per-layer K and V scales, as --kv-cache-dtype fp8).
 // Cache slots no valid read may touch hold NaN, and block-table entries of blocks wholly
 // outside a sliding window are -1, so a stray read shows up as NaN or a fault (memcheck).
 #include <algorithm>
@@ -14,6 +15,10 @@ namespace gale {
 namespace {
 
 using namespace gale::test;
+
+// E4M3 caches: K of N(0, 1) stored with |x| = 3 at 448 x 0.75, V with a scale that sends its
+// small values into the format's subnormals.
+constexpr float kKScale = 3.0f / 336.0f, kVScale = 0.05f;
 
 struct Cache {
   int64_t bs, nkv, hd, max_blocks;
@@ -56,6 +61,7 @@ Cache make_cache(std::mt19937& g, const std::vector<int64_t>& kv_lens, const std
           for (int w = 0; w < 2; ++w) {
             uint8_t* dst = (w ? c.v : c.k).data() + idx * size_t(es);
             if (dt == DType::F32) std::memcpy(dst, &kv[w], 4);
+            else if (dt == DType::F8_E4M3) *dst = f32_to_f8e4m3(kv[w] / (w ? kVScale : kKScale));
             else { uint16_t h = f32_to_bf16(kv[w]); std::memcpy(dst, &h, 2); }
           }
         }
@@ -86,6 +92,13 @@ TEST(CudaDecodeAttention, MatchesCpuPagedAttention) {
       // blocks of its cluster empty.
       {32, 8, 128, 16, 0, DType::BF16, DType::BF16, DType::BF16, {300}, 0},
       {8, 2, 128, 16, 0, DType::BF16, DType::BF16, DType::F32, {60, 1000, 129}, 128},
+      // E4M3 caches: split-K through the workspace, clusters, a window, head_dim 64 and 256.
+      {32, 8, 128, 16, 0, DType::F8_E4M3, DType::BF16, DType::BF16, {1000, 1, 4097}, 0},
+      {32, 8, 128, 16, 0, DType::F8_E4M3, DType::BF16, DType::BF16, {300}, 0},
+      {16, 2, 128, 32, 0, DType::F8_E4M3, DType::F32, DType::F32, {77, 513, 2000, 5}, 64},
+      {28, 4, 128, 16, 100, DType::F8_E4M3, DType::F32, DType::F32, {999, 50, 101}, 0},
+      {6, 2, 64, 16, 0, DType::F8_E4M3, DType::BF16, DType::F32, {1, 17, 700}, 0},
+      {4, 1, 256, 16, 0, DType::F8_E4M3, DType::BF16, DType::F32, {129, 640}, 128},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window
@@ -111,13 +124,14 @@ TEST(CudaDecodeAttention, MatchesCpuPagedAttention) {
     p.n_seqs = S; p.n_heads = c.n_heads; p.n_kv_heads = c.n_kv; p.head_dim = c.hd; p.block_size = c.bs;
     p.window = c.window; p.scale = 1.0f / std::sqrt(float(c.hd));
     p.out = dout.p; p.out_dtype = c.out; p.ldo = ldo; p.partition_size = c.part;
+    p.k_scale = kKScale; p.v_scale = kVScale;  // read for E4M3 caches only
     DevBuf ws(cuda::decode_attention_workspace_size(p));
     p.workspace = ws.p;
     CUDA_OK(cuda::decode_attention(p, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<float> ref(static_cast<size_t>(S * ldo));
     for (int64_t s = 0; s < S; ++s) {
-      cpu::PagedKV pkv{kc.k.data(), kc.v.data(), c.kv, c.bs, c.n_kv, c.hd};
+      cpu::PagedKV pkv{kc.k.data(), kc.v.data(), c.kv, c.bs, c.n_kv, c.hd, kKScale, kVScale};
       std::span<const int32_t> tab(kc.tables.data() + s * kc.max_blocks, size_t(kc.max_blocks));
       cpu::paged_attention(q.data() + s * ldq, ldq, 1, c.n_heads, c.lens[size_t(s)] - 1, pkv, tab, c.window, p.scale,
                            ref.data() + s * ldo, ldo);
@@ -127,7 +141,12 @@ TEST(CudaDecodeAttention, MatchesCpuPagedAttention) {
   }
 }
 
-struct PrefillCase { int64_t n_heads, n_kv, hd, bs, window; DType out; std::vector<int64_t> n_q, start; };
+struct PrefillCase {
+  int64_t n_heads, n_kv, hd, bs, window;
+  DType out;
+  std::vector<int64_t> n_q, start;
+  DType kv = DType::BF16;
+};
 
 TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
   GALE_REQUIRE_GPU();
@@ -143,9 +162,16 @@ TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
       {4, 2, 16, 16, 0, DType::BF16, {150, 1}, {0, 40}},                            // hd 16 (fixture models)
       {4, 1, 32, 16, 48, DType::F32, {70, 5}, {20, 100}},                           // hd 32, window
       {8, 2, 128, 16, 0, DType::BF16, {520, 130, 7}, {0, 64, 900}},                 // 128-row blocks, varlen
+      // E4M3 caches: every head_dim, a window, cached prefixes, tile edges.
+      {8, 8, 64, 16, 0, DType::F32, {1, 63, 64, 65}, {0, 0, 0, 0}, DType::F8_E4M3},
+      {32, 8, 128, 16, 0, DType::BF16, {200, 3}, {0, 500}, DType::F8_E4M3},
+      {8, 2, 128, 16, 50, DType::F32, {300, 45}, {0, 170}, DType::F8_E4M3},
+      {4, 2, 16, 16, 0, DType::BF16, {150, 1}, {0, 40}, DType::F8_E4M3},
+      {4, 1, 32, 16, 48, DType::F32, {70, 5}, {20, 100}, DType::F8_E4M3},
   };
   for (const auto& c : cases) {
-    SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window);
+    SCOPED_TRACE(testing::Message() << "heads=" << c.n_heads << "/" << c.n_kv << " hd=" << c.hd << " window=" << c.window
+                                    << " kv=" << dtype_name(c.kv));
     const int64_t S = int64_t(c.n_q.size());
     std::vector<int64_t> kv_lens(static_cast<size_t>(S)), lo(static_cast<size_t>(S));
     std::vector<int32_t> cu(size_t(S + 1), 0), start32(static_cast<size_t>(S));
@@ -156,7 +182,7 @@ TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
       start32[size_t(s)] = int32_t(c.start[size_t(s)]);
     }
     const int64_t T = cu.back();
-    Cache kc = make_cache(g, kv_lens, lo, c.bs, c.n_kv, c.hd, DType::BF16);
+    Cache kc = make_cache(g, kv_lens, lo, c.bs, c.n_kv, c.hd, c.kv);
     const int64_t ldq = c.n_heads * c.hd + 16, ldo = c.n_heads * c.hd;
     std::vector<float> q = round_bf16(randn(size_t(T * ldq), g));
     DevBuf dq = to_device(to_bf16(q));
@@ -171,11 +197,12 @@ TEST(CudaPrefillAttention, MatchesCpuPagedAttention) {
     p.n_seqs = S; p.n_heads = c.n_heads; p.n_kv_heads = c.n_kv; p.head_dim = c.hd; p.block_size = c.bs;
     p.window = c.window; p.scale = 1.0f / std::sqrt(float(c.hd));
     p.out = dout.p; p.out_dtype = c.out; p.ldo = ldo;
+    p.kv_dtype = c.kv; p.k_scale = kKScale; p.v_scale = kVScale;
     CUDA_OK(cuda::prefill_attention(p, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<float> ref(static_cast<size_t>(T * ldo));
     for (int64_t s = 0; s < S; ++s) {
-      cpu::PagedKV pkv{kc.k.data(), kc.v.data(), DType::BF16, c.bs, c.n_kv, c.hd};
+      cpu::PagedKV pkv{kc.k.data(), kc.v.data(), c.kv, c.bs, c.n_kv, c.hd, kKScale, kVScale};
       std::span<const int32_t> tab(kc.tables.data() + s * kc.max_blocks, size_t(kc.max_blocks));
       cpu::paged_attention(q.data() + cu[size_t(s)] * ldq, ldq, c.n_q[size_t(s)], c.n_heads, c.start[size_t(s)], pkv, tab,
                            c.window, p.scale, ref.data() + cu[size_t(s)] * ldo, ldo);

@@ -148,7 +148,8 @@ TEST(CudaRopeKVWrite, EqualsRopeThenCacheWrite) {
   std::mt19937 g(seed);
   struct C { int64_t T, hq, hk, hd, rot; DType t, ct; };
   for (const C c : {C{1, 32, 8, 128, 128, DType::BF16, DType::BF16}, C{9, 8, 2, 64, 32, DType::F32, DType::BF16},
-                    C{5, 4, 4, 64, 64, DType::BF16, DType::F32}}) {
+                    C{5, 4, 4, 64, 64, DType::BF16, DType::F32}, C{7, 8, 2, 128, 128, DType::BF16, DType::F8_E4M3},
+                    C{3, 4, 2, 64, 32, DType::BF16, DType::F8_E4M3}}) {
     SCOPED_TRACE(testing::Message() << "T=" << c.T << " hd=" << c.hd << " rot=" << c.rot);
     const int64_t bs = 16, row = c.hk * c.hd, ld = (c.hq + 2 * c.hk) * c.hd + 8, cache_rows = 4 * bs;
     const auto qkv0 = randn(size_t(c.T * ld), g);
@@ -172,7 +173,7 @@ TEST(CudaRopeKVWrite, EqualsRopeThenCacheWrite) {
       uint8_t* k = q + size_t(c.hq * c.hd) * es;
       uint8_t* v = k + size_t(row) * es;
       cuda::RopeParams rp{q, ld, c.hq, k, ld, c.hk, c.t, c.T, c.hd, c.rot, dc.as<float>(), ds.as<float>()};
-      cuda::KVCacheWriteParams wp{k, ld, v, ld, c.t, kc.p, vc.p, c.ct, dslots.as<int32_t>(), c.T, row};
+      cuda::KVCacheWriteParams wp{k, ld, v, ld, c.t, kc.p, vc.p, c.ct, dslots.as<int32_t>(), c.T, row, 0.013f, 0.0041f};
       if (fused) {
         CUDA_OK(cuda::rope_kv_write({rp, wp}, nullptr));
       } else {
@@ -258,16 +259,22 @@ TEST(CudaKVCacheWrite, MatchesCpuPagedWrite) {
   std::mt19937 g(seed);
   const int64_t bs = 16, nkv = 4, hd = 64, row = nkv * hd, nblocks = 9, T = 37, start = 21;
   std::vector<int32_t> table = {7, 2, 5, 0, 8};  // out of order
-  for (DType ct : {DType::F32, DType::BF16}) {
+  // E4M3: scales that put |x| ~ 3 at the top of the format and push the largest K past it
+  // (saturating at 448), the smallest V into subnormals: the CPU's rounding, bit for bit.
+  const float k_scale = 2.5f / 448.0f, v_scale = 0.3f;
+  for (DType ct : {DType::F32, DType::BF16, DType::F8_E4M3}) {
+    SCOPED_TRACE(dtype_name(ct));
     auto k = randn(size_t(T * row), g), v = randn(size_t(T * row), g);
     std::vector<uint8_t> kc(size_t(nblocks * bs * row) * dtype_size(ct), 0xFF), vc = kc;
-    cpu::paged_kv_write(k.data(), row, v.data(), row, T, start, kc.data(), vc.data(), ct, bs, nkv, hd, table);
+    cpu::paged_kv_write(k.data(), row, v.data(), row, T, start,
+                        cpu::PagedKV{kc.data(), vc.data(), ct, bs, nkv, hd, k_scale, v_scale}, table);
     std::vector<int32_t> slots(T + 1);
     for (int64_t t = 0; t < T; ++t) slots[size_t(t)] = table[size_t((start + t) / bs)] * int32_t(bs) + int32_t((start + t) % bs);
     slots[size_t(T)] = -1;  // a padding token
     DevBuf dk = to_device(k), dv = to_device(v), dslots = to_device(slots);
     DevBuf dkc(kc.size()), dvc(vc.size());
-    cuda::KVCacheWriteParams p{dk.p, row, dv.p, row, DType::F32, dkc.p, dvc.p, ct, dslots.as<int32_t>(), T + 1, row};
+    cuda::KVCacheWriteParams p{dk.p, row, dv.p, row, DType::F32, dkc.p, dvc.p, ct, dslots.as<int32_t>(), T + 1, row,
+                               k_scale, v_scale};
     // The padding token's source row would be read past k's end if it were not skipped.
     p.n_tokens = T + 1;
     CUDA_OK(cuda::kv_cache_write(p, nullptr));

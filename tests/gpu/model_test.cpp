@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "engine/engine.h"
@@ -49,7 +50,7 @@ BackendOptions cuda() {
 // All-position logits of one prompt run in chunks of `chunk` tokens (0 = one pass).
 std::vector<float> run(Transformer& m, const std::vector<int32_t>& ids, int64_t chunk = 0) {
   const int64_t bs = 16, n = int64_t(ids.size());
-  KVCache kv(m.config(), (n + bs - 1) / bs, bs, m.kv_dtype(), &m.backend());
+  KVCache kv(m.config(), (n + bs - 1) / bs, bs, m.kv_format(), &m.backend());
   std::vector<int32_t> table(size_t((n + bs - 1) / bs));
   for (size_t i = 0; i < table.size(); ++i) table[i] = int32_t(table.size() - 1 - i);  // out of order
   std::vector<float> all, part;
@@ -163,10 +164,12 @@ TEST(GpuModel, BundledModelGreedyMatchesTransformers) {
 }
 
 // The engine on the GPU: batching (chunked prefill next to decodes), the prefix cache and
-// preemption under a tiny KV budget give each request what it gives alone.
-TEST(GpuEngine, BatchingPrefixCacheAndPreemptionKeepOutputs) {
-  GALE_REQUIRE_GPU();
-  LoadedModel lm = load_model(bundled_model(), cuda());
+// preemption under a tiny KV budget give each request what it gives alone, with the KV cache
+// kv_cache_dtype asks for (--kv-cache-dtype).
+void batching_prefix_cache_and_preemption(const std::string& kv_cache_dtype) {
+  LoadOptions lo;
+  lo.kv_cache_dtype = kv_cache_dtype;
+  LoadedModel lm = load_model(bundled_model(), cuda(), lo);
   auto tok = Tokenizer::load(bundled_model());
   const std::vector<std::string> texts = {
       "def fibonacci(n):", "import os\nimport sys\n\n", "class Stack:\n    def __init__(self):\n        self.items = []\n",
@@ -243,6 +246,63 @@ TEST(GpuEngine, BatchingPrefixCacheAndPreemptionKeepOutputs) {
         }
       }
     }
+  }
+}
+
+TEST(GpuEngine, BatchingPrefixCacheAndPreemptionKeepOutputs) {
+  GALE_REQUIRE_GPU();
+  batching_prefix_cache_and_preemption("auto");
+}
+
+// The E4M3 cache (decode, prefill and the K/V writes in their fp8 variants; blocks shared,
+// copied on write, recomputed after preemption).
+TEST(GpuEngine, Fp8KvCacheBatchingPrefixCacheAndPreemptionKeepOutputs) {
+  GALE_REQUIRE_GPU();
+  batching_prefix_cache_and_preemption("fp8");
+}
+
+// The bundled model's logits with an E4M3 cache against a bf16 one, both on the GPU: the
+// bounds of the CPU's KvCacheFp8.LogitsCloseToABf16Cache (tests/unit/kv_cache_fp8_test.cpp),
+// where the same comparison with f32 activations shows mean KL 1.3e-3, max 1.3e-2.
+TEST(GpuModel, Fp8KvCacheLogitsCloseToBf16) {
+  GALE_REQUIRE_GPU();
+  LoadOptions lo;
+  lo.kv_cache_dtype = "fp8";
+  LoadedModel bf16 = load_model(bundled_model(), cuda()), fp8 = load_model(bundled_model(), cuda(), lo);
+  ASSERT_EQ(fp8.model->kv_dtype(), DType::F8_E4M3);
+  ASSERT_EQ(bf16.model->kv_dtype(), DType::BF16);
+  auto tok = Tokenizer::load(bundled_model());
+  std::ifstream in(bundled_model() + "/../data/validation-head.txt");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<int32_t> ids = tok->encode(ss.str());
+  ASSERT_GE(ids.size(), 384u);
+  ids.resize(384);
+  const int64_t V = bf16.model->config().vocab_size;
+  for (int64_t chunk : {int64_t(0), int64_t(1)}) {  // one pass (prefill kernel), then token by token (decode)
+    const std::vector<float> want = run(*bf16.model, ids, chunk), got = run(*fp8.model, ids, chunk);
+    double max_kl = 0, mean_kl = 0;
+    int same = 0;
+    for (size_t t = 0; t < ids.size(); ++t) {
+      const float* x = want.data() + t * size_t(V);
+      const float* y = got.data() + t * size_t(V);
+      const double mx = *std::max_element(x, x + V), my = *std::max_element(y, y + V);
+      double zx = 0, zy = 0;
+      for (int64_t i = 0; i < V; ++i) zx += std::exp(x[i] - mx), zy += std::exp(y[i] - my);
+      double kl = 0;
+      for (int64_t i = 0; i < V; ++i) {
+        const double lp = x[i] - mx - std::log(zx), lq = y[i] - my - std::log(zy);
+        kl += std::exp(lp) * (lp - lq);
+      }
+      max_kl = std::max(max_kl, kl);
+      mean_kl += kl / double(ids.size());
+      same += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+    }
+    std::printf("[ fp8 kv ] %s: mean KL %.2e, max KL %.2e, same argmax %d of %zu\n", chunk ? "decode" : "prefill",
+                mean_kl, max_kl, same, ids.size());
+    EXPECT_LT(mean_kl, 4e-3);
+    EXPECT_LT(max_kl, 5e-2);
+    EXPECT_GE(same, int(ids.size()) * 95 / 100);
   }
 }
 

@@ -71,6 +71,13 @@ constexpr Tolerance kTolerance[] = {
     // f32 softmax and sums over up to ~700 positions; bf16: rotated q rounded, the softmax
     // weights rounded before the PV product on the GPU, the output rounded: three roundings
     {"attention", 1e-11, 4e-5},
+    // An E4M3 cache (--kv-cache-dtype fp8): backend and reference store the same bytes (the same
+    // f32 division, round to nearest even), except where their rotated k differ in the last
+    // bit next to a rounding tie, which moves one element by one E4M3 step (2^-3 relative):
+    // NMSE <= (2^-3)^2 / (row / 3) < 1e-3 for rows of 64 or more. A wrong scale or slot is >= 0.2.
+    {"kv_write_fp8", 1e-3, 1e-3},
+    // Both read those bytes: the attention's own error, plus what one such element moves
+    {"attention_fp8", 1e-6, 1e-4},
     // f32 exp; bf16: output rounded once
     {"silu_mul", 1e-12, 1e-5},
     // f32 dot products of up to 200 terms against double sums; bf16: output rounded once (the
@@ -565,6 +572,7 @@ struct AttnCase {
   int64_t heads, kv_heads, hd, window;
   std::vector<SeqSpec> seqs;
   bool rope;
+  bool fp8 = false;  // an E4M3 cache with per-layer scales instead of the backend's kv_dtype()
 };
 
 void run_attention(Target target, const AttnCase& c) {
@@ -581,20 +589,24 @@ void run_attention(Target target, const AttnCase& c) {
   const int64_t T = p.T(), qd = c.heads * c.hd, kvd = c.kv_heads * c.hd, ld = qd + 2 * kvd;
   std::string what = "heads=" + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) +
                      " head_dim=" + std::to_string(c.hd) + " window=" + std::to_string(c.window) +
-                     (c.rope ? " rope_attention" : " attention") + " seqs";
+                     (c.rope ? " rope_attention" : " attention") + (c.fp8 ? " fp8" : "") + " seqs";
   for (const SeqSpec& q : c.seqs) what += " " + std::to_string(q.start) + "+" + std::to_string(q.n);
 
   // The cache: earlier steps' K/V of every sequence written by the reference, then uploaded.
-  const DType kdt = be.kv_dtype();
+  const DType kdt = c.fp8 ? DType::F8_E4M3 : be.kv_dtype();
+  ASSERT_TRUE(be.supports_kv(kdt));
+  // E4M3: this step's |K| <= 2 (2.83 rotated) and |V| <= 2 land below 320 and 300 of the
+  // format's 448; earlier steps' (<= 1) at half that.
+  const float k_scale = c.fp8 ? 2.0f / 224.0f : 1.0f, v_scale = c.fp8 ? 2.0f / 300.0f : 1.0f;
   const size_t cache_elems = size_t(step->num_blocks * bs * kvd), cache_bytes = cache_elems * dtype_size(kdt);
   std::vector<uint8_t> kimg(cache_bytes, 0), vimg(cache_bytes, 0);
-  const ref::PagedCache hc{kimg.data(), vimg.data(), kdt, bs, c.kv_heads, c.hd};
+  const ref::PagedCache hc{kimg.data(), vimg.data(), kdt, bs, c.kv_heads, c.hd, k_scale, v_scale};
   for (size_t i = 0; i < c.seqs.size(); ++i) {
     const int64_t n = c.seqs[i].start;
     std::vector<float> k = rig.random(size_t(n * kvd)), v = rig.random(size_t(n * kvd));
     ref::paged_kv_write(k.data(), kvd, v.data(), kvd, n, 0, hc, step->tables[i]);
   }
-  KVLayer kv{rig.raw(cache_bytes), rig.raw(cache_bytes), kdt, bs, c.kv_heads, c.hd};
+  KVLayer kv{rig.raw(cache_bytes), rig.raw(cache_bytes), kdt, bs, c.kv_heads, c.hd, k_scale, v_scale};
   rig.put(kv.k, kimg.data(), cache_bytes);
   rig.put(kv.v, vimg.data(), cache_bytes);
   step->plan.kv_base = kv.k;
@@ -614,6 +626,11 @@ void run_attention(Target target, const AttnCase& c) {
     if (rig.narrow())  // the rotated q is an activation again (bf16 on the GPU, round_act on the CPU)
       for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < qd; ++i) x[size_t(t * ld + i)] = round_bf16(x[size_t(t * ld + i)]);
+    // The GPU rotates k in its bf16 activations and caches that (the CPU caches its f32 k): a
+    // bf16 cache rounds the same either way, an E4M3 one must see the bf16 value.
+    if (c.fp8 && !be.is_cpu())
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = qd; i < qd + kvd; ++i) x[size_t(t * ld + i)] = round_bf16(x[size_t(t * ld + i)]);
   }
   std::vector<float> want(size_t(T * qd));
   for (size_t i = 0; i < c.seqs.size(); ++i) {
@@ -623,7 +640,7 @@ void run_attention(Target target, const AttnCase& c) {
     ref::paged_attention(row, ld, sq.n, c.heads, sq.start_pos, hc, step->tables[i], c.window, scale,
                          want.data() + sq.t0 * qd, qd);
   }
-  rig.expect_close("attention", rig.download(out), want, T, qd, what);
+  rig.expect_close(c.fp8 ? "attention_fp8" : "attention", rig.download(out), want, T, qd, what);
   // The whole cache as [slots, kvd] rows: this step's K/V where the tables say, nothing else moved.
   const int64_t slots = step->num_blocks * bs;
   Act kc{kv.k, kdt, slots, kvd, kvd}, vc{kv.v, kdt, slots, kvd, kvd};
@@ -632,8 +649,9 @@ void run_attention(Target target, const AttnCase& c) {
     wk[i] = load_as_f32(kimg.data(), kdt, i);
     wv[i] = load_as_f32(vimg.data(), kdt, i);
   }
-  rig.expect_close("kv_write", rig.download(kc), wk, slots, kvd, "K " + what);
-  rig.expect_close("kv_write", rig.download(vc), wv, slots, kvd, "V " + what);
+  const char* op = c.fp8 ? "kv_write_fp8" : "kv_write";
+  rig.expect_close(op, rig.download(kc), wk, slots, kvd, "K " + what);
+  rig.expect_close(op, rig.download(vc), wv, slots, kvd, "V " + what);
 }
 
 // Steps as the scheduler makes them: one-token decodes first, then prefill chunks. Contexts
@@ -652,6 +670,17 @@ TEST_P(BackendOps, Attention) {
     }
   run_attention(GetParam(), {4, 2, 64, 1, kMixedStep, true});  // window 1: each token sees itself only
   run_attention(GetParam(), {5, 5, 128, 7, kDecodeStep, true});
+}
+
+// The same steps over an E4M3 cache (--kv-cache-dtype fp8): the K/V write quantizes, both
+// attention kernels (the GPU's decode and prefill) dequantize with the layer's scales.
+TEST_P(BackendOps, AttentionFp8) {
+  for (int64_t window : {0, 20})
+    for (bool rope : {false, true}) {
+      run_attention(GetParam(), {8, 2, 128, window, kMixedStep, rope, true});
+      run_attention(GetParam(), {6, 1, 64, window, kDecodeStep, rope, true});
+      run_attention(GetParam(), {3, 3, 64, window, kPrefillStep, rope, true});
+    }
 }
 
 // ---- SiLU-mul and the products ---------------------------------------------------------------

@@ -167,6 +167,34 @@ TEST(Cli, InfoAndBench) {
   EXPECT_DOUBLE_EQ(json::parse(r.out)["decode_bytes_per_token"].get<double>(), tied_weights);
 }
 
+// --kv-cache-dtype on the commands that run a model: what info and bench say, the halved bytes
+// per token, and one clear error for a value it does not know.
+TEST(Cli, KvCacheDtype) {
+  Result r = gale("info -m synthetic:tiny --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["kv_cache_dtype"], "f32");
+  EXPECT_EQ(2 * j["kv_bytes_per_token_fp8"].get<int64_t>(), j["kv_bytes_per_token_bf16"].get<int64_t>());
+  r = gale("info -m synthetic:tiny --json --kv-cache-dtype fp8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = json::parse(r.out);
+  EXPECT_EQ(j["kv_cache_dtype"], "fp8");
+  EXPECT_EQ(j["kv_cache_scales"], "calibrated");
+  EXPECT_EQ(j["kv_cache_k_scales"].size(), j["num_layers"].get<size_t>());
+  r = gale("bench -m synthetic:tiny --prompt 16 --gen 4 --reps 1 --no-probe --json --kv-cache-dtype fp8");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["kv_cache_dtype"], "fp8");
+  r = gale("bench -m synthetic:tiny --mode throughput --requests 2 --prompt 8 --gen 2 --concurrency 2 --json "
+           "--kv-cache-dtype bf16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["kv_cache_dtype"], "bf16");
+  r = gale("generate -m synthetic:tiny --kv-cache-dtype fp8 --ids 1,2,3 -n 4 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = gale("generate -m synthetic:tiny --kv-cache-dtype int4 --ids 1,2,3 -n 4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--kv-cache-dtype"), std::string::npos) << r.err;
+}
+
 // On the CPU, with the probe, decode steps alternate with read passes: the medians of both and of
 // their per-pair ratio are reported (and nothing of the kind without the probe or with 0 pairs).
 TEST(Cli, BenchPairsDecodeStepsWithReadPasses) {

@@ -176,7 +176,7 @@ TEST(EngineDraft, HoldsADraftBesideTheTarget) {
   EXPECT_EQ(tkv.num_blocks(), (16 << 20) / int64_t((tb + db) * size_t(ec.block_size)));
 
   // The draft alone: its own cache, the prompt in one chunk, then one token at a time.
-  KVCache alone(draft.model->config(), 64, ec.block_size, draft.model->kv_dtype(), &draft.model->backend());
+  KVCache alone(draft.model->config(), 64, ec.block_size, draft.model->kv_format(), &draft.model->backend());
   std::vector<int32_t> table(64);
   std::iota(table.begin(), table.end(), 0);
   std::vector<int32_t> seq = p.prompt;

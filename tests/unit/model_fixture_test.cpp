@@ -34,7 +34,7 @@ TEST_P(ModelFixture, LogitsAndArgmaxMatchTransformers) {
   LoadedModel lm = load_model(dir(), ActDType::F32);
   Transformer& m = *lm.model;
   const int64_t V = m.config().vocab_size, bs = 16;
-  KVCache kv(m.config(), int64_t(ids.size() + bs - 1) / bs, bs, m.kv_dtype());
+  KVCache kv(m.config(), int64_t(ids.size() + bs - 1) / bs, bs, m.kv_format());
   auto table = reversed_block_table(int64_t(ids.size()), bs);
   SeqStep s{ids, 0, table, SeqStep::Logits::All};
   std::vector<float> logits;
@@ -76,11 +76,11 @@ TEST_P(ModelFixture, ChunkedPrefillEqualsOnePass) {
   auto table = reversed_block_table(int64_t(ids.size()), bs);
   std::vector<float> one, chunked;
   {
-    KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_dtype());
+    KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_format());
     SeqStep s{ids, 0, table, SeqStep::Logits::Last};
     m.forward({&s, 1}, kv, one);
   }
-  KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_dtype());
+  KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_format());
   for (size_t pos = 0; pos < ids.size();) {
     size_t n = std::min<size_t>(7 + pos % 5, ids.size() - pos);  // uneven chunks across block edges
     SeqStep s{std::span<const int32_t>(ids).subspan(pos, n), int64_t(pos), table, SeqStep::Logits::Last};
@@ -104,7 +104,7 @@ TEST_P(ModelFixture, Bf16ActivationsAgreeOnClearArgmax) {
   Transformer& m = *lm.model;
   const int64_t V = m.config().vocab_size, bs = 16;
   auto table = reversed_block_table(int64_t(ids.size()), bs);
-  KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_dtype());
+  KVCache kv(m.config(), int64_t(table.size()), bs, m.kv_format());
   EXPECT_EQ(kv.dtype(), DType::BF16);
   SeqStep s{ids, 0, table, SeqStep::Logits::All};
   std::vector<float> logits;

@@ -126,11 +126,15 @@ TEST(CpuOps, SiluMulAndRoundToBf16) {
 }
 
 // Attention of a prompt's tokens over a paged cache with a scrambled block table, GQA,
-// f32 and bf16 caches, with and without a sliding window.
+// f32, bf16 and E4M3 caches, with and without a sliding window. An E4M3 cache must hold the
+// reference's bytes exactly (the same f32 division and rounding).
 TEST(CpuOps, PagedAttention) {
   std::mt19937 rng(4);
   const int64_t n_heads = 8, n_kv = 2, hd = 64, bs = 16, qd = n_heads * hd, kvd = n_kv * hd;
-  for (DType dt : {DType::F32, DType::BF16}) {
+  // E4M3 scales that put K (|x| < 1) low in the format's range and V at its top, the largest
+  // values saturating at 448.
+  const float k_scale = 8.0f / 448.0f, v_scale = 0.9f / 448.0f;
+  for (DType dt : {DType::F32, DType::BF16, DType::F8_E4M3}) {
     for (int64_t window : {int64_t(0), int64_t(20)}) {
       for (auto [start, n_tokens] : {std::pair<int64_t, int64_t>{0, 70}, {37, 1}, {10, 33}}) {
         const int64_t ctx = start + n_tokens, num_blocks = (ctx + bs - 1) / bs + 2;
@@ -139,8 +143,8 @@ TEST(CpuOps, PagedAttention) {
         std::vector<float> k = random_floats(size_t(ctx * kvd), rng), v = random_floats(size_t(ctx * kvd), rng);
         std::vector<float> q = random_floats(size_t(n_tokens * qd), rng);
         std::vector<uint8_t> kc(size_t(num_blocks * bs * kvd) * dtype_size(dt)), vc(kc.size());
-        cpu::paged_kv_write(k.data(), kvd, v.data(), kvd, ctx, 0, kc.data(), vc.data(), dt, bs, n_kv, hd, table);
-        const cpu::PagedKV pkv{kc.data(), vc.data(), dt, bs, n_kv, hd};
+        const cpu::PagedKV pkv{kc.data(), vc.data(), dt, bs, n_kv, hd, k_scale, v_scale};
+        cpu::paged_kv_write(k.data(), kvd, v.data(), kvd, ctx, 0, pkv, table);
         const float scale = 0.125f;
         std::vector<float> out = same_for_all_thread_counts([&] {
           std::vector<float> o(size_t(n_tokens * qd), 7.0f);
@@ -149,8 +153,12 @@ TEST(CpuOps, PagedAttention) {
         });
         // The reference reads its own cache, written by ref::paged_kv_write (bf16 rounded as stored).
         std::vector<uint8_t> rk(kc.size()), rv(kc.size());
-        const ref::PagedCache rc{rk.data(), rv.data(), dt, bs, n_kv, hd};
+        const ref::PagedCache rc{rk.data(), rv.data(), dt, bs, n_kv, hd, k_scale, v_scale};
         ref::paged_kv_write(k.data(), kvd, v.data(), kvd, ctx, 0, rc, table);
+        if (dt == DType::F8_E4M3) {
+          ASSERT_EQ(kc, rk);
+          ASSERT_EQ(vc, rv);
+        }
         std::vector<float> want(size_t(n_tokens * qd));
         ref::paged_attention(q.data(), qd, n_tokens, n_heads, start, rc, table, window, scale, want.data(), qd);
         for (size_t i = 0; i < want.size(); ++i)

@@ -116,22 +116,46 @@ void round_to_bf16(float* x, int64_t n) {
   });
 }
 
+namespace {
+
+// E4M3 byte -> f32, exact (NaN for 0x7f / 0xff), built once.
+const float* e4m3_table() {
+  static const std::vector<float> t = [] {
+    std::vector<float> v(256);
+    for (int i = 0; i < 256; ++i) v[size_t(i)] = f8e4m3_to_f32(uint8_t(i));
+    return v;
+  }();
+  return t.data();
+}
+
+}  // namespace
+
 void paged_kv_write(const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t n_tokens, int64_t start_pos,
-                    void* kcache, void* vcache, DType dtype, int64_t block_size, int64_t n_kv_heads, int64_t head_dim,
-                    std::span<const int32_t> block_table) {
-  const int64_t row = n_kv_heads * head_dim;
+                    const PagedKV& kv, std::span<const int32_t> block_table) {
+  const int64_t row = kv.n_kv_heads * kv.head_dim;
+  void* kcache = const_cast<void*>(kv.k);
+  void* vcache = const_cast<void*>(kv.v);
   for (int64_t t = 0; t < n_tokens; ++t) {
     int64_t pos = start_pos + t;
-    int64_t slot = int64_t(block_table[size_t(pos / block_size)]) * block_size + pos % block_size;
-    if (dtype == DType::F32) {
-      std::memcpy(static_cast<float*>(kcache) + slot * row, k + t * ldk, size_t(row) * 4);
-      std::memcpy(static_cast<float*>(vcache) + slot * row, v + t * ldv, size_t(row) * 4);
+    int64_t slot = int64_t(block_table[size_t(pos / kv.block_size)]) * kv.block_size + pos % kv.block_size;
+    const float* kt = k + t * ldk;
+    const float* vt = v + t * ldv;
+    if (kv.dtype == DType::F32) {
+      std::memcpy(static_cast<float*>(kcache) + slot * row, kt, size_t(row) * 4);
+      std::memcpy(static_cast<float*>(vcache) + slot * row, vt, size_t(row) * 4);
+    } else if (kv.dtype == DType::F8_E4M3) {
+      uint8_t* kd = static_cast<uint8_t*>(kcache) + slot * row;
+      uint8_t* vd = static_cast<uint8_t*>(vcache) + slot * row;
+      for (int64_t i = 0; i < row; ++i) {
+        kd[i] = f32_to_f8e4m3(kt[i] / kv.k_scale);
+        vd[i] = f32_to_f8e4m3(vt[i] / kv.v_scale);
+      }
     } else {
       uint16_t* kd = static_cast<uint16_t*>(kcache) + slot * row;
       uint16_t* vd = static_cast<uint16_t*>(vcache) + slot * row;
       for (int64_t i = 0; i < row; ++i) {
-        kd[i] = f32_to_bf16(k[t * ldk + i]);
-        vd[i] = f32_to_bf16(v[t * ldv + i]);
+        kd[i] = f32_to_bf16(kt[i]);
+        vd[i] = f32_to_bf16(vt[i]);
       }
     }
   }
@@ -144,10 +168,15 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
   const int64_t group = n_heads / kv.n_kv_heads;
   const int64_t row = kv.n_kv_heads * hd;
   const int64_t max_ctx = start_pos + n_tokens;
+  // An E4M3 cache is widened exactly (a table) and its scales applied outside the loops: the K
+  // scale with the softmax scale, the V scale with each softmax weight.
+  const bool fp8 = kv.dtype == DType::F8_E4M3;
+  const float* e4m3 = fp8 ? e4m3_table() : nullptr;
+  const float score_scale = fp8 ? scale * kv.k_scale : scale, v_scale = fp8 ? kv.v_scale : 1.0f;
   // One work item = (head, token), head-major: the threads' contiguous ranges then hold whole
   // heads, each with the same causal triangle of work (token-major ranges gave the last
   // thread the longest rows). Scores for a whole row are kept (two-pass softmax, exact like
-  // the reference); keys are converted per block when the cache is bf16.
+  // the reference); keys are converted per row when the cache is bf16 or E4M3.
   parallel_for(n_tokens * n_heads, [&](int64_t b, int64_t e, int) {
     std::vector<float> scores(static_cast<size_t>(max_ctx));
     std::vector<float> kbuf, vbuf;
@@ -160,13 +189,18 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
       auto key_row = [&](int64_t p, const void* cache, float* buf) -> const float* {
         int64_t slot = int64_t(block_table[size_t(p / kv.block_size)]) * kv.block_size + p % kv.block_size;
         if (kv.dtype == DType::F32) return static_cast<const float*>(cache) + slot * row + g * hd;
+        if (fp8) {
+          const uint8_t* src = static_cast<const uint8_t*>(cache) + slot * row + g * hd;
+          for (int64_t i = 0; i < hd; ++i) buf[i] = e4m3[src[i]];
+          return buf;
+        }
         const uint16_t* src = static_cast<const uint16_t*>(cache) + slot * row + g * hd;
         for (int64_t i = 0; i < hd; ++i) buf[i] = bf16_to_f32(src[i]);
         return buf;
       };
       float m = -INFINITY;
       for (int64_t p = first; p <= pos; ++p) {
-        float s = dot_f32(qh, key_row(p, kv.k, kbuf.data()), hd) * scale;
+        float s = dot_f32(qh, key_row(p, kv.k, kbuf.data()), hd) * score_scale;
         scores[size_t(p - first)] = s;
         m = std::max(m, s);
       }
@@ -178,7 +212,7 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
       }
       float* o = out + t * ldo + h * hd;
       std::fill(o, o + hd, 0.0f);
-      const float inv = 1.0f / denom;
+      const float inv = v_scale / denom;
       for (int64_t p = first; p <= pos; ++p)
         axpy_f32(scores[size_t(p - first)] * inv, key_row(p, kv.v, vbuf.data()), o, hd);
     }

@@ -37,10 +37,11 @@ int32_t argmax(const float* x, int64_t n);
 struct PagedKV {
   const void* k;  // [num_blocks, block_size, n_kv_heads, head_dim] of dtype
   const void* v;  // same layout
-  DType dtype;    // F32 or BF16
+  DType dtype;    // F32, BF16 or F8_E4M3
   int64_t block_size;
   int64_t n_kv_heads;
   int64_t head_dim;
+  float k_scale = 1.0f, v_scale = 1.0f;  // F8_E4M3: real value = stored * scale (ignored otherwise)
 };
 // q: [n_tokens, n_heads, head_dim] (row stride ldq); token i sits at position start_pos + i and
 // attends positions [max(0, pos - window + 1), pos] (window 0 = unlimited) read through
@@ -49,9 +50,10 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
                      const PagedKV& kv, std::span<const int32_t> block_table, int64_t window, float scale,
                      float* out, int64_t ldo);
 
-// Writes k/v rows of n_tokens tokens at positions start_pos.. into the paged cache.
+// Writes k/v rows of n_tokens tokens at positions start_pos.. into the paged cache (kv.k and
+// kv.v written through): f32 as is, bf16 rounded to nearest even, F8_E4M3 as
+// f32_to_f8e4m3(x / scale) (kernels/ref/attention_ref.h).
 void paged_kv_write(const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t n_tokens, int64_t start_pos,
-                    void* kcache, void* vcache, DType dtype, int64_t block_size, int64_t n_kv_heads, int64_t head_dim,
-                    std::span<const int32_t> block_table);
+                    const PagedKV& kv, std::span<const int32_t> block_table);
 
 }  // namespace gale::cpu

@@ -4,6 +4,8 @@
 
 #include <cooperative_groups.h>
 
+#include "kernels/cuda/kv_fp8.cuh"
+
 namespace gale::cuda {
 
 namespace {
@@ -17,6 +19,11 @@ template <> struct Raw8<__nv_bfloat16> {
   uint4 u;
   __device__ __forceinline__ void load(const __nv_bfloat16* p) { u = *reinterpret_cast<const uint4*>(p); }
   __device__ __forceinline__ void widen(float* o) const { load8(reinterpret_cast<const __nv_bfloat16*>(&u), o); }
+};
+template <> struct Raw8<__nv_fp8_e4m3> {
+  uint2 u;
+  __device__ __forceinline__ void load(const __nv_fp8_e4m3* p) { u = *reinterpret_cast<const uint2*>(p); }
+  __device__ __forceinline__ void widen(float* o) const { widen8_e4m3(u, o); }
 };
 template <> struct Raw8<float> {
   float4 a, b;
@@ -79,7 +86,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
   constexpr int LPT = HD / 8;           // lanes per token: each lane owns 8 consecutive dims
   constexpr int TPW = 32 / LPT;         // tokens per warp per step
   constexpr int STEP = kWarps * TPW;    // tokens per block per step
-  constexpr int kUnroll = sizeof(KV) == 2 ? 8 : 4;  // rows in flight per lane before the first use
+  constexpr int kUnroll = sizeof(KV) <= 2 ? 8 : 4;  // rows in flight per lane before the first use
+  // E4M3: the K scale is in q (the launcher folds it into p.scale), the V scale multiplies the
+  // normalized output.
+  constexpr bool kFp8 = sizeof(KV) == 1;
   extern __shared__ float smem[];       // scores [TH][part_size], later reused for the reduction
   __shared__ float s_max[TH], s_sum[TH];
 
@@ -243,7 +253,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
         l = fmaf(w, *cluster.map_shared_rank(s_sum + h, r), l);
         o = fmaf(w, *cluster.map_shared_rank(red + j, r), o);
       }
-      store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(h0 + h) * HD + d, o / l);
+      if constexpr (kFp8) store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(h0 + h) * HD + d, o / l * p.v_scale);
+      else store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + int64_t(h0 + h) * HD + d, o / l);
     }
     cluster.sync();  // the others' shared memory stays until every block has read it
 #endif
@@ -256,7 +267,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(DecodeAtt
       for (int w = 0; w < kWarps; ++w) o += red[w * TH * HD + j];
       const int64_t head = h0 + h;
       if (n_parts == 1) {
-        store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
+        if constexpr (kFp8) store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h] * p.v_scale);
+        else store_f32(p.out, p.out_dtype, int64_t(s) * p.ldo + head * HD + d, o / s_sum[h]);
       } else {
         const int64_t idx = (int64_t(s) * p.n_heads + head) * max_parts + part;
         float* ws_o = static_cast<float*>(p.workspace);
@@ -293,7 +305,8 @@ __global__ void decode_attention_merge_kernel(DecodeAttentionParams p, int part_
       l += w * ws_ml[(idx0 + i) * 2 + 1];
     }
     l = warp_sum(l);
-    if (threadIdx.x == 0) s_inv = 1.0f / l;
+    // The V scale of an E4M3 cache (1 otherwise: the same bits as 1 / l).
+    if (threadIdx.x == 0) s_inv = (p.kv_dtype == DType::F8_E4M3 ? p.v_scale : 1.0f) / l;
   }
   __syncthreads();
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
@@ -370,9 +383,18 @@ cudaError_t decode_attention(const DecodeAttentionParams& p, cudaStream_t stream
   const Split sp = choose_split(p);
   if (sp.max_parts > 1 && !use_clusters(p, sp) && !p.workspace) return cudaErrorInvalidValue;
   cudaError_t err;
-  if (p.kv_dtype == DType::BF16) err = launch_kv<__nv_bfloat16>(p, sp, stream);
-  else if (p.kv_dtype == DType::F32) err = launch_kv<float>(p, sp, stream);
-  else return cudaErrorInvalidValue;
+  if (p.kv_dtype == DType::BF16) {
+    err = launch_kv<__nv_bfloat16>(p, sp, stream);
+  } else if (p.kv_dtype == DType::F32) {
+    err = launch_kv<float>(p, sp, stream);
+  } else if (p.kv_dtype == DType::F8_E4M3) {
+    if (!(p.k_scale > 0.0f && p.v_scale > 0.0f)) return cudaErrorInvalidValue;
+    DecodeAttentionParams q = p;
+    q.scale = p.scale * p.k_scale;  // scores = (q · stored K) * softmax scale * K scale
+    err = launch_kv<__nv_fp8_e4m3>(q, sp, stream);
+  } else {
+    return cudaErrorInvalidValue;
+  }
   if (err != cudaSuccess || sp.max_parts <= 1 || use_clusters(p, sp)) return err;
   // Padded to whole 16-byte words: the compiler may read the weights as vectors.
   const size_t merge_smem = size_t((sp.max_parts + 3) / 4 * 4 + 4) * 4;

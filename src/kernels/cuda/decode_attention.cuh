@@ -7,6 +7,9 @@
 // handles (partition, kv head, up to 8 query heads of its group, sequence), so K/V are read once
 // per group (GQA). When a sequence needs more than one partition the partial results (running
 // max, sum, unnormalized output) go to the workspace and a second kernel merges them.
+//
+// An F8_E4M3 cache is widened in registers (kv_fp8.cuh); its K scale joins the softmax scale
+// and its V scale multiplies the output (kernels/ref/attention_ref.h).
 #pragma once
 #include "kernels/cuda/common.cuh"
 
@@ -18,7 +21,7 @@ struct DecodeAttentionParams {
   int64_t ldq;
   const void* k_cache;         // [num_blocks, block_size, n_kv_heads, head_dim], kv_dtype
   const void* v_cache;         // same layout
-  DType kv_dtype;              // F32 or BF16
+  DType kv_dtype;              // F32, BF16 or F8_E4M3
   const int32_t* block_tables; // [n_seqs, max_blocks_per_seq]
   int64_t max_blocks_per_seq;
   const int32_t* seq_lens;     // [n_seqs], each >= 1: cached tokens including the new one
@@ -31,6 +34,7 @@ struct DecodeAttentionParams {
   int64_t ldo;
   void* workspace;             // decode_attention_workspace_size(p) bytes (nullptr when 0)
   int64_t partition_size;      // 0 = chosen from the shape and the SM count; else 64..512, power of 2
+  float k_scale = 1.0f, v_scale = 1.0f;  // F8_E4M3: the layer's dequantization scales (ignored otherwise)
 };
 
 // Bytes of workspace decode_attention needs for these shapes (pointers are not read).

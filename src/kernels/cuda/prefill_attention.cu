@@ -1,4 +1,5 @@
 #include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/kv_fp8.cuh"
 #include "kernels/cuda/mma.cuh"
 
 namespace gale::cuda {
@@ -23,11 +24,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
-template <int HD>
+// 8 E4M3 values as 8 bf16 (exact) in one 16-byte word.
+__device__ __forceinline__ uint4 e4m3x8_to_bf16x8(uint2 u) {
+  float f[8];
+  widen8_e4m3(u, f);
+  return make_uint4(pack_bf16(f[0], f[1]), pack_bf16(f[2], f[3]), pack_bf16(f[4], f[5]), pack_bf16(f[6], f[7]));
+}
+
+// kFp8: K/V are E4M3 (see the header); else bf16, copied by cp.async.
+template <int HD, bool kFp8>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAttentionParams p) {
   pdl_launch_dependents();
   pdl_wait();
-  constexpr int CH = HD / 8;  // 16-byte chunks per row
+  constexpr int CH = HD / 8;  // 16-byte chunks per row (of bf16 in shared memory)
+  constexpr int kChunks = kBN * CH / kThreads;  // E4M3: chunks of a K (and of a V) tile per thread
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* sK = sQ + kBM * HD;       // [2][kBN][HD]
@@ -55,6 +65,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   const __nv_bfloat16* qg = static_cast<const __nv_bfloat16*>(p.q);
   const __nv_bfloat16* kg = static_cast<const __nv_bfloat16*>(p.k_cache);
   const __nv_bfloat16* vg = static_cast<const __nv_bfloat16*>(p.v_cache);
+  const uint8_t* kg8 = static_cast<const uint8_t*>(p.k_cache);
+  const uint8_t* vg8 = static_cast<const uint8_t*>(p.v_cache);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
@@ -67,6 +79,12 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   }
   // K/V tile j into buffer b; keys outside [key_lo, kv_len) are zero-filled and never read
   // (their blocks may be freed by a sliding-window runtime).
+  // E4M3: element offset of chunk ch of key kp in the cache, -1 outside [key_lo, kv_len).
+  auto kv_offset = [&](int64_t kp, int ch) -> int64_t {
+    if (kp < key_lo || kp >= kv_len) return -1;
+    const int t = int(kp), blk = shift >= 0 ? t >> shift : t / bs;  // 32-bit: see decode_attention.cu
+    return (int64_t(table[blk]) * bs + (t - blk * bs)) * kv_row + kvh * HD + ch * 8;
+  };
   auto load_kv = [&](int j, int b) {
     const int64_t k0 = tile0 + int64_t(j) * kBN;
     for (int c = tid; c < kBN * CH; c += kThreads) {
@@ -82,21 +100,51 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
       cp_async16(sV + b * kBN * HD + swz<HD>(r, ch), vg + off, ok ? 16 : 0);
     }
   };
-  load_kv(0, 0);
-  cp_async_commit();
+  // E4M3: tile j's raw bytes into registers (fetch, before the tile ahead is computed), then
+  // widened into buffer b (stash, after it).
+  uint2 rk[kChunks], rv[kChunks];
+  auto fetch = [&](int j) {
+    const int64_t k0 = tile0 + int64_t(j) * kBN;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = tid + i * kThreads, r = c / CH, ch = c % CH;
+      const int64_t off = kv_offset(k0 + r, ch);
+      rk[i] = off >= 0 ? *reinterpret_cast<const uint2*>(kg8 + off) : make_uint2(0, 0);
+      rv[i] = off >= 0 ? *reinterpret_cast<const uint2*>(vg8 + off) : make_uint2(0, 0);
+    }
+  };
+  auto stash = [&](int b) {
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = tid + i * kThreads, r = c / CH, ch = c % CH;
+      *reinterpret_cast<uint4*>(sK + b * kBN * HD + swz<HD>(r, ch)) = e4m3x8_to_bf16x8(rk[i]);
+      *reinterpret_cast<uint4*>(sV + b * kBN * HD + swz<HD>(r, ch)) = e4m3x8_to_bf16x8(rv[i]);
+    }
+  };
+  if constexpr (kFp8) {
+    cp_async_commit();  // the Q tile
+    fetch(0);
+    stash(0);
+    cp_async_wait<0>();
+  } else {
+    load_kv(0, 0);
+    cp_async_commit();
+  }
 
   uint32_t qf[HD / 16][4];
   float o[HD / 8][4];
 #pragma unroll
   for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-  const float sl2 = p.scale * 1.4426950408889634f;  // softmax in base 2
+  const float sl2 = (kFp8 ? p.scale * p.k_scale : p.scale) * 1.4426950408889634f;  // softmax in base 2
   const int r_lo = warp * 16 + lane / 4;            // this thread's rows r_lo and r_lo + 8
   const int64_t qp[2] = {start + qi0 + r_lo, start + qi0 + r_lo + 8};
 
   for (int j = 0; j < n_tiles; ++j) {
     const int b = j & 1;
-    if (j + 1 < n_tiles) {
+    if constexpr (kFp8) {
+      if (j + 1 < n_tiles) fetch(j + 1);  // in flight while tile j is computed
+    } else if (j + 1 < n_tiles) {
       load_kv(j + 1, b ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -186,6 +234,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
         mma_bf16(o[dt + 1], pa, vb + 2);
       }
     }
+    // E4M3: tile j + 1 into the other buffer, last read in iteration j - 1 (whose closing
+    // barrier every thread has passed).
+    if constexpr (kFp8)
+      if (j + 1 < n_tiles) stash(b ^ 1);
     __syncthreads();  // buffer b is refilled by the next iteration's prefetch
   }
 
@@ -199,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   for (int r = 0; r < 2; ++r) {
     const int qi = qi0 + r_lo + r * 8;
     if (qi >= n_q) continue;
-    const float inv = 1.0f / l_run[r];
+    const float inv = (kFp8 ? p.v_scale : 1.0f) / l_run[r];
     const int64_t base = int64_t(q_begin + qi) * p.ldo + int64_t(h) * HD + (lane % 4) * 2;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; ++dt) {
@@ -213,13 +265,25 @@ __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillAtte
   }
 }
 
-template <int HD>
+template <int HD, bool kFp8>
 cudaError_t launch_hd(const PrefillAttentionParams& p, cudaStream_t stream) {
-  const size_t smem = size_t(kBM + 4 * kBN) * HD * 2;  // Q + double-buffered K and V
-  GALE_CUDA_TRY(cudaFuncSetAttribute(prefill_attention_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const size_t smem = size_t(kBM + 4 * kBN) * HD * 2;  // Q + double-buffered K and V (bf16)
+  auto kernel = prefill_attention_kernel<HD, kFp8>;
+  GALE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned((p.max_q_len + kBM - 1) / kBM), unsigned(p.n_heads), unsigned(p.n_seqs));
-  GALE_CUDA_TRY(launch(prefill_attention_kernel<HD>, grid, kThreads, smem, stream, p));
+  GALE_CUDA_TRY(launch(kernel, grid, kThreads, smem, stream, p));
   return cudaGetLastError();
+}
+
+template <bool kFp8>
+cudaError_t launch_kv(const PrefillAttentionParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 16: return launch_hd<16, kFp8>(p, stream);
+    case 32: return launch_hd<32, kFp8>(p, stream);
+    case 64: return launch_hd<64, kFp8>(p, stream);
+    case 128: return launch_hd<128, kFp8>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -229,13 +293,9 @@ cudaError_t prefill_attention(const PrefillAttentionParams& p, cudaStream_t stre
   if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads || p.block_size <= 0 || p.n_seqs > 65535 ||
       p.n_heads > 65535 || (p.out_dtype != DType::F32 && p.out_dtype != DType::BF16) || p.ldq % 8)
     return cudaErrorInvalidValue;
-  switch (p.head_dim) {
-    case 16: return launch_hd<16>(p, stream);
-    case 32: return launch_hd<32>(p, stream);
-    case 64: return launch_hd<64>(p, stream);
-    case 128: return launch_hd<128>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  if (p.kv_dtype == DType::BF16) return launch_kv<false>(p, stream);
+  if (p.kv_dtype == DType::F8_E4M3 && p.k_scale > 0.0f && p.v_scale > 0.0f) return launch_kv<true>(p, stream);
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace gale::cuda

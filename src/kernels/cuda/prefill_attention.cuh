@@ -5,7 +5,10 @@
 // chunked prefill). Query at position P attends keys [max(0, P - window + 1), P] (window 0 =
 // unlimited), read through the block table. K/V layout of model/kv_cache.h.
 //
-// bf16 only (q, K, V); P is rounded to bf16 before the P·V product, accumulation in f32.
+// q bf16, K/V bf16 or F8_E4M3; P is rounded to bf16 before the P·V product, accumulation in f32.
+// An E4M3 tile is widened to bf16 (exactly) on its way into shared memory, loaded into
+// registers one tile ahead instead of by cp.async; the K scale joins the softmax scale and the
+// V scale the final normalization (kernels/ref/attention_ref.h).
 #pragma once
 #include "kernels/cuda/common.cuh"
 
@@ -14,7 +17,7 @@ namespace gale::cuda {
 struct PrefillAttentionParams {
   const void* q;                // [n_tokens, n_heads, head_dim] bf16, row stride ldq (elements)
   int64_t ldq;
-  const void* k_cache;          // [num_blocks, block_size, n_kv_heads, head_dim] bf16
+  const void* k_cache;          // [num_blocks, block_size, n_kv_heads, head_dim], kv_dtype
   const void* v_cache;          // same layout
   const int32_t* block_tables;  // [n_seqs, max_blocks_per_seq]
   int64_t max_blocks_per_seq;
@@ -27,6 +30,8 @@ struct PrefillAttentionParams {
   void* out;                    // [n_tokens, n_heads, head_dim] row stride ldo, out_dtype (F32/BF16)
   DType out_dtype;
   int64_t ldo;
+  DType kv_dtype = DType::BF16;           // BF16 or F8_E4M3
+  float k_scale = 1.0f, v_scale = 1.0f;   // F8_E4M3: the layer's dequantization scales
 };
 
 cudaError_t prefill_attention(const PrefillAttentionParams& p, cudaStream_t stream);

@@ -1,5 +1,7 @@
 #include "kernels/cuda/rope_kv_write.cuh"
 
+#include "kernels/cuda/kv_fp8.cuh"
+
 #include <algorithm>
 
 namespace gale::cuda {
@@ -33,16 +35,16 @@ __global__ void rope_kv_write_kernel(RopeKVWriteParams p) {
     store_f32(base, r.dtype, off + i, x.x);
     store_f32(base, r.dtype, off + i + half, x.y);
     if (slot >= 0) {
-      store_f32(w.k_cache, w.cache_dtype, dst + i, load_f32(base, r.dtype, off + i));
-      store_f32(w.k_cache, w.cache_dtype, dst + i + half, load_f32(base, r.dtype, off + i + half));
+      store_kv(w.k_cache, w.cache_dtype, dst + i, load_f32(base, r.dtype, off + i), w.k_scale);
+      store_kv(w.k_cache, w.cache_dtype, dst + i + half, load_f32(base, r.dtype, off + i + half), w.k_scale);
     }
   }
   if (slot < 0) return;
   for (int64_t i = r.rot_dim + threadIdx.x; i < hd; i += blockDim.x)  // k dims past the rotary ones
-    store_f32(w.k_cache, w.cache_dtype, dst + i, load_f32(w.k, w.src_dtype, off + i));
+    store_kv(w.k_cache, w.cache_dtype, dst + i, load_f32(w.k, w.src_dtype, off + i), w.k_scale);
   const int64_t voff = t * w.ldv + h * hd;
   for (int64_t i = threadIdx.x; i < hd; i += blockDim.x)
-    store_f32(w.v_cache, w.cache_dtype, dst + i, load_f32(w.v, w.src_dtype, voff + i));
+    store_kv(w.v_cache, w.cache_dtype, dst + i, load_f32(w.v, w.src_dtype, voff + i), w.v_scale);
 }
 
 cudaError_t rope_kv_write(const RopeKVWriteParams& p, cudaStream_t stream) {
@@ -51,7 +53,9 @@ cudaError_t rope_kv_write(const RopeKVWriteParams& p, cudaStream_t stream) {
   if (r.n_tokens <= 0) return cudaSuccess;
   if ((r.dtype != DType::F32 && r.dtype != DType::BF16) || r.rot_dim % 2 || r.rot_dim <= 0 || r.rot_dim > r.head_dim ||
       !r.k || w.k != r.k || w.ldk != r.ldk || w.src_dtype != r.dtype || w.n_tokens != r.n_tokens ||
-      w.row != r.n_k_heads * r.head_dim || (w.cache_dtype != DType::F32 && w.cache_dtype != DType::BF16))
+      w.row != r.n_k_heads * r.head_dim ||
+      (w.cache_dtype != DType::F32 && w.cache_dtype != DType::BF16 && w.cache_dtype != DType::F8_E4M3) ||
+      (w.cache_dtype == DType::F8_E4M3 && !(w.k_scale > 0.0f && w.v_scale > 0.0f)))
     return cudaErrorInvalidValue;
   // A head per blockDim.x threads (one rotation pair each), 256 threads per block: at batch 1
   // the heads spread over several blocks; in prefill the blocks stay big enough to schedule.

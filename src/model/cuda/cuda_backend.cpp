@@ -115,6 +115,11 @@ void CudaBackend::copy(void* dst, const void* src, size_t bytes) {
   cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "copy");
 }
 
+void CudaBackend::download(void* host, const void* src, size_t bytes) {
+  cuda_check(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, stream_), "download");
+  cuda_check(cudaStreamSynchronize(stream_), "download");
+}
+
 // ---- ops -------------------------------------------------------------------------------------
 
 void CudaBackend::embedding(const ModelWeights& w, Act out) {
@@ -314,8 +319,9 @@ void CudaBackend::moe_experts(const ModelConfig& c, const LayerWeights& L, Act x
 }
 
 cuda::KVCacheWriteParams CudaBackend::cache_write_params(const KVLayer& kv, Act k, Act v) const {
-  GALE_ASSERT(kv.dtype == DType::BF16 && k.dtype == DType::BF16 && v.dtype == DType::BF16);
-  return {k.data, k.ld, v.data, v.ld, k.dtype, kv.k, kv.v, kv.dtype, d_slots_, n_tokens_, kv.n_kv_heads * kv.head_dim};
+  GALE_ASSERT(supports_kv(kv.dtype) && k.dtype == DType::BF16 && v.dtype == DType::BF16);
+  return {k.data, k.ld, v.data,      v.ld,     k.dtype,    kv.k, kv.v, kv.dtype, d_slots_, n_tokens_,
+          kv.n_kv_heads * kv.head_dim, kv.k_scale, kv.v_scale};
 }
 
 void CudaBackend::attention(const KVLayer& kv, Act q, Act k, Act v, int64_t n_heads, int64_t window, float scale,
@@ -353,7 +359,7 @@ void CudaBackend::rope_attention(const KVLayer& kv, Act q, Act k, Act v, int64_t
 
 // Attention of the step's queries over the cache (K/V of this step already written).
 void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t window, float scale, Act out) {
-  GALE_ASSERT(kv.dtype == DType::BF16 && q.dtype == DType::BF16);
+  GALE_ASSERT(supports_kv(kv.dtype) && q.dtype == DType::BF16);
   const int64_t D = n_lead_decode_;
   if (D > 0) {
     cuda::DecodeAttentionParams p =
@@ -364,6 +370,8 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
     p.k_cache = kv.k;
     p.v_cache = kv.v;
     p.kv_dtype = kv.dtype;
+    p.k_scale = kv.k_scale;
+    p.v_scale = kv.v_scale;
     p.block_tables = d_tables_;
     p.max_blocks_per_seq = max_blocks_;
     p.seq_lens = d_seq_lens_;
@@ -383,6 +391,9 @@ void CudaBackend::attend(const KVLayer& kv, Act q, int64_t n_heads, int64_t wind
   p.ldq = q.ld;
   p.k_cache = kv.k;
   p.v_cache = kv.v;
+  p.kv_dtype = kv.dtype;
+  p.k_scale = kv.k_scale;
+  p.v_scale = kv.v_scale;
   p.block_tables = d_tables_ + D * max_blocks_;
   p.max_blocks_per_seq = max_blocks_;
   p.cu_seqlens_q = d_cu_q_ + D;  // absolute row offsets: no shift of q or out

@@ -5,7 +5,8 @@
 //                         gate|up interleaved for the SwiGLU GEMV, the MoE experts' pointer tables)
 //   cuda_step_graphs.cpp  per step: the plan packed into one upload, decode batches padded to a
 //                         bucket, CUDA graphs captured and replayed
-// One GPU, one stream. Activations are bf16 with an f32 residual stream, the KV cache is bf16.
+// One GPU, one stream. Activations are bf16 with an f32 residual stream, the KV cache bf16 or
+// E4M3 (--kv-cache-dtype fp8).
 // Only the factory (cuda_backend.h) is for the rest of Gale; this header is the backend's own.
 #pragma once
 #include <cuda_runtime.h>
@@ -63,6 +64,9 @@ class CudaBackend final : public Backend {
   bool is_cpu() const override { return false; }
   DType act_dtype() const override { return DType::BF16; }
   DType kv_dtype() const override { return DType::BF16; }
+  // E4M3 too: written by kv_cache_write / rope_kv_write, read by both attention kernels (the
+  // q|k|v GEMV's fused K/V write stays bf16: rmsnorm_qkv_rope_cache declines an E4M3 cache).
+  bool supports_kv(DType dtype) const override { return dtype == DType::BF16 || dtype == DType::F8_E4M3; }
 
   int64_t default_kv_budget() const override;
   bool probe(double* bandwidth_gbs, double* peak_gflops) override;
@@ -70,6 +74,7 @@ class CudaBackend final : public Backend {
   void* alloc(size_t bytes) override;
   void release(void* p, size_t) override;
   void copy(void* dst, const void* src, size_t bytes) override;
+  void download(void* host, const void* src, size_t bytes) override;
 
   // cuda_weights.cpp
   void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
