@@ -25,7 +25,36 @@ struct EvalOptions {
   int64_t ctx = 512;
   int64_t stride = 0;  // 0 = ctx / 2
   bool json = false;
+  bool sensitivity = false;  // --sensitivity: one layer quantized at a time, ranked by the KL it adds
 };
+
+// The per-layer sensitivity pass (--sensitivity): for each layer, the model loaded with only
+// that layer's projections quantized (every other layer kept as stored by --keep-16bit
+// patterns), compared with the reference over the same windows. The layers whose KL stands out
+// (more than twice the median layer's, at most a quarter of them, the worst first) are the
+// suggested --keep-16bit set: mixed precision chosen by measured sensitivity.
+struct LayerSensitivity {
+  int64_t layer = 0;
+  EvalResult r;
+};
+
+std::vector<std::string> keep_all_but(int64_t layers, int64_t keep_out, const std::vector<std::string>& user) {
+  std::vector<std::string> p = user;
+  for (int64_t j = 0; j < layers; ++j)
+    if (j != keep_out) p.push_back("model.layers." + std::to_string(j) + ".*");
+  return p;
+}
+
+std::vector<int64_t> suggested_layers(std::vector<LayerSensitivity> s) {
+  if (s.empty()) return {};
+  std::sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return a.r.kl_mean > b.r.kl_mean; });
+  const double median = s[s.size() / 2].r.kl_mean;
+  std::vector<int64_t> out;
+  for (const auto& l : s)
+    if (l.r.kl_mean > 2.0 * median && int64_t(out.size()) < std::max<int64_t>(1, int64_t(s.size()) / 4))
+      out.push_back(l.layer);
+  return out;
+}
 
 CommandRegistrar reg{26, [](CLI::App& root) {
   auto o = std::make_shared<EvalOptions>();
@@ -42,7 +71,13 @@ CommandRegistrar reg{26, [](CLI::App& root) {
   sub->add_option("--ctx", o->ctx, "Window length in tokens (default 512)");
   sub->add_option("--stride", o->stride, "Window step in tokens (default ctx/2)");
   sub->add_flag("--json", o->json, "JSON output");
+  sub->add_flag("--sensitivity", o->sensitivity,
+                "With --quantization fp8: quantize one layer at a time (the others kept as stored), rank the layers "
+                "by the KL each adds, and suggest the --keep-16bit set (layers over twice the median KL, at most a "
+                "quarter of them)");
   sub->callback([o] {
+    if (o->sensitivity && o->model.quantization == "none")
+      throw Error("--sensitivity measures what --quantization does to each layer: add --quantization fp8");
     if (o->reference.empty() && o->reference_quantization.empty())
       throw Error("eval needs a reference: --reference DIR, or --reference-quantization none for the model's "
                   "own folder as stored");
@@ -71,6 +106,44 @@ CommandRegistrar reg{26, [](CLI::App& root) {
                                   ref.model->config().max_position_embeddings});
     const int64_t stride = o->stride > 0 ? o->stride : std::max<int64_t>(1, ctx / 2);
     EvalResult r = eval_compare(*lm.model, *ref.model, ids, ctx, stride, window_progress(o->json));
+    if (o->sensitivity) {
+      const int64_t L = lm.model->config().num_layers;
+      lm.model.reset();  // one quantized model at a time
+      std::vector<LayerSensitivity> layers;
+      for (int64_t i = 0; i < L; ++i) {
+        ModelOptions one = o->model;
+        one.keep_16bit = keep_all_but(L, i, o->model.keep_16bit);
+        LoadedModel m = load_model(dir, backend_options(one), load_options(one));
+        if (!o->json) std::fprintf(stderr, "layer %lld/%lld\n", (long long)(i + 1), (long long)L);
+        layers.push_back({i, eval_compare(*m.model, *ref.model, ids, ctx, stride, {})});
+      }
+      const std::vector<int64_t> keep = suggested_layers(layers);
+      std::vector<std::string> flags;
+      for (int64_t i : keep) flags.push_back("model.layers." + std::to_string(i) + ".*");
+      if (o->json) {
+        nlohmann::json rows = nlohmann::json::array();
+        for (const auto& l : layers)
+          rows.push_back({{"layer", l.layer}, {"kl_divergence", l.r.kl_mean}, {"kl_p99", l.r.kl_p99},
+                          {"top1_agreement", l.r.top1_agreement}, {"perplexity", l.r.model.ppl}});
+        nlohmann::json j = {{"perplexity", r.model.ppl}, {"reference_perplexity", r.reference.ppl},
+                            {"kl_divergence", r.kl_mean}, {"top1_agreement", r.top1_agreement},
+                            {"quantization", o->model.quantization}, {"layers", rows},
+                            {"suggested_keep_16bit", flags}, {"scored_tokens", r.positions}, {"ctx", ctx},
+                            {"stride", stride}, {"model", dir}, {"reference", ref_dir}};
+        std::printf("%s\n", j.dump().c_str());
+        return;
+      }
+      std::printf("all layers %s: perplexity %.4f (reference %.4f), KL %.6f, top-1 %.4f\n",
+                  o->model.quantization.c_str(), r.model.ppl, r.reference.ppl, r.kl_mean, r.top1_agreement);
+      std::printf("%-6s %-12s %-10s %-10s %s\n", "layer", "KL mean", "KL p99", "top-1", "perplexity");
+      for (const auto& l : layers)
+        std::printf("%-6lld %-12.6f %-10.6f %-10.4f %.4f\n", (long long)l.layer, l.r.kl_mean, l.r.kl_p99,
+                    l.r.top1_agreement, l.r.model.ppl);
+      std::string line;
+      for (const auto& f : flags) line += " --keep-16bit '" + f + "'";
+      std::printf("suggested:%s\n", line.empty() ? " none (no layer stands out)" : line.c_str());
+      return;
+    }
 
     if (o->json) {
       nlohmann::json j = {{"perplexity", r.model.ppl},

@@ -376,6 +376,31 @@ TEST(Cli, EvalFp8AgainstStored) {
     EXPECT_NE(table.out.find(s), std::string::npos) << s << "\n" << table.out;
 }
 
+// --sensitivity: one row per layer, each layer alone quantized adds some KL and less than all
+// layers together; the suggested set is layers of the model; without --quantization fp8 it
+// has nothing to measure (one error line).
+TEST(Cli, EvalSensitivityRanksLayers) {
+  const fs::path text = eval_text();
+  const std::string windows = " --file " + text.string() + " --ctx 64 --stride 32";
+  json j = run_json("eval -m " + bundled("default") + " --quantization fp8 --reference-quantization none --sensitivity" +
+                    windows + " --json");
+  Result none = gale("eval -m " + bundled("default") + " --reference-quantization none --sensitivity" + windows);
+  fs::remove(text);
+  ASSERT_TRUE(j.contains("layers")) << j.dump();
+  ASSERT_EQ(j["layers"].size(), 8u);  // models/default's layers
+  double sum = 0;
+  for (const auto& l : j["layers"]) {
+    EXPECT_GT(l["kl_divergence"].get<double>(), 0.0);
+    EXPECT_LT(l["kl_divergence"].get<double>(), j["kl_divergence"].get<double>());
+    sum += l["kl_divergence"].get<double>();
+  }
+  EXPECT_GT(sum, 0.3 * j["kl_divergence"].get<double>());  // the layers' errors roughly add up
+  for (const auto& f : j["suggested_keep_16bit"]) EXPECT_EQ(f.get<std::string>().rfind("model.layers.", 0), 0u);
+  EXPECT_LE(j["suggested_keep_16bit"].size(), 2u);  // at most a quarter of 8
+  EXPECT_EQ(none.code, 1);
+  EXPECT_NE(none.err.find("--sensitivity"), std::string::npos) << none.err;
+}
+
 TEST(Cli, EvalBadInputIsOneClearError) {
   const fs::path text = eval_text();
   const std::string m = "eval -m " + bundled("default");
