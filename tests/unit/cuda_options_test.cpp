@@ -13,9 +13,9 @@ using namespace gale;
 
 namespace {
 
-const char* const kVars[] = {"GALE_CUDA_GRAPHS", "GALE_CUDA_GEMV",   "GALE_CUDA_PDL",   "GALE_CUDA_CLUSTERS",
-                             "GALE_CUDA_MOE",    "GALE_GEMV_ROTATE", "GALE_GEMV_UNROLL", "GALE_CUDA_FUSE",
-                             "GALE_PROFILE"};
+const char* const kVars[] = {"GALE_CUDA_GRAPHS", "GALE_CUDA_GEMV",   "GALE_CUDA_PDL", "GALE_CUDA_CLUSTERS",
+                             "GALE_CUDA_MOE",    "GALE_GEMV_ROTATE", "GALE_CUDA_FP8", "GALE_CUDA_W8A8",
+                             "GALE_GEMV_UNROLL", "GALE_CUDA_FUSE",   "GALE_PROFILE"};
 
 // Each test starts from an environment without the switches and leaves none behind.
 class CudaOptionsEnv : public ::testing::Test {
@@ -38,15 +38,16 @@ class CudaOptionsEnv : public ::testing::Test {
 
 TEST_F(CudaOptionsEnv, DefaultsAllOn) {
   const CudaOptions o = cuda_options_from_env();
-  EXPECT_TRUE(o.graphs && o.gemv && o.pdl && o.clusters && o.moe && o.gemv_rotate);
+  EXPECT_TRUE(o.graphs && o.gemv && o.pdl && o.clusters && o.moe && o.gemv_rotate && o.fp8 && o.fp8_w8a8);
   EXPECT_TRUE(o.fuse_rope && o.fuse_norm && o.fuse_silu && o.fuse_qkv);
   EXPECT_EQ(o.gemv_unroll, 0);
   EXPECT_FALSE(o.profile);
 }
 
 TEST_F(CudaOptionsEnv, EachSwitchOff) {
-  bool CudaOptions::*fields[] = {&CudaOptions::graphs, &CudaOptions::gemv, &CudaOptions::pdl,
-                                 &CudaOptions::clusters, &CudaOptions::moe, &CudaOptions::gemv_rotate};
+  bool CudaOptions::*fields[] = {&CudaOptions::graphs,   &CudaOptions::gemv, &CudaOptions::pdl,
+                                 &CudaOptions::clusters, &CudaOptions::moe,  &CudaOptions::gemv_rotate,
+                                 &CudaOptions::fp8,      &CudaOptions::fp8_w8a8};
   for (size_t i = 0; i < std::size(fields); ++i) {
     clear();
     setenv(kVars[i], "0", 1);
