@@ -38,7 +38,8 @@ class CudaOptionsEnv : public ::testing::Test {
 
 TEST_F(CudaOptionsEnv, DefaultsAllOn) {
   const CudaOptions o = cuda_options_from_env();
-  EXPECT_TRUE(o.graphs && o.gemv && o.pdl && o.clusters && o.moe && o.gemv_rotate && o.fp8 && o.fp8_w8a8);
+  EXPECT_TRUE(o.graphs && o.gemv && o.pdl && o.clusters && o.moe && o.gemv_rotate && o.fp8_w8a8);
+  EXPECT_FALSE(o.fp8);  // opt-in (GALE_CUDA_FP8=1) until the FP8 kernels have run on a GPU
   EXPECT_TRUE(o.fuse_rope && o.fuse_norm && o.fuse_silu && o.fuse_qkv);
   EXPECT_EQ(o.gemv_unroll, 0);
   EXPECT_FALSE(o.profile);
@@ -46,8 +47,7 @@ TEST_F(CudaOptionsEnv, DefaultsAllOn) {
 
 TEST_F(CudaOptionsEnv, EachSwitchOff) {
   bool CudaOptions::*fields[] = {&CudaOptions::graphs,   &CudaOptions::gemv, &CudaOptions::pdl,
-                                 &CudaOptions::clusters, &CudaOptions::moe,  &CudaOptions::gemv_rotate,
-                                 &CudaOptions::fp8,      &CudaOptions::fp8_w8a8};
+                                 &CudaOptions::clusters, &CudaOptions::moe,  &CudaOptions::gemv_rotate};
   for (size_t i = 0; i < std::size(fields); ++i) {
     clear();
     setenv(kVars[i], "0", 1);
@@ -58,6 +58,20 @@ TEST_F(CudaOptionsEnv, EachSwitchOff) {
     setenv(kVars[i], "", 1);  // empty: as if unset
     EXPECT_TRUE(cuda_options_from_env().*fields[i]) << kVars[i];
   }
+}
+
+// GALE_CUDA_FP8 is off unless set to 1; GALE_CUDA_W8A8 on unless set to 0.
+TEST_F(CudaOptionsEnv, Fp8Switches) {
+  setenv("GALE_CUDA_FP8", "1", 1);
+  EXPECT_TRUE(cuda_options_from_env().fp8);
+  setenv("GALE_CUDA_FP8", "0", 1);
+  EXPECT_FALSE(cuda_options_from_env().fp8);
+  setenv("GALE_CUDA_FP8", "", 1);
+  EXPECT_FALSE(cuda_options_from_env().fp8);
+  setenv("GALE_CUDA_W8A8", "0", 1);
+  EXPECT_FALSE(cuda_options_from_env().fp8_w8a8);
+  setenv("GALE_CUDA_FP8", "yes", 1);
+  EXPECT_NE(error().find("GALE_CUDA_FP8='yes'"), std::string::npos) << error();
 }
 
 TEST_F(CudaOptionsEnv, MalformedSwitchNamesTheVariable) {

@@ -10,10 +10,10 @@ namespace gale {
 
 namespace {
 
-// An on/off switch: unset or empty keeps the default (on), "0" turns it off, "1" on.
-bool env_switch(const char* name) {
+// An on/off switch: unset or empty keeps the default (on unless said), "0" turns it off, "1" on.
+bool env_switch(const char* name, bool fallback = true) {
   const char* v = std::getenv(name);
-  if (!v || !*v) return true;
+  if (!v || !*v) return fallback;
   const std::string s = v;
   if (s == "0") return false;
   if (s == "1") return true;
@@ -49,7 +49,7 @@ CudaOptions cuda_options_from_env() {
   o.clusters = env_switch("GALE_CUDA_CLUSTERS");
   o.moe = env_switch("GALE_CUDA_MOE");
   o.gemv_rotate = env_switch("GALE_GEMV_ROTATE");
-  o.fp8 = env_switch("GALE_CUDA_FP8");
+  o.fp8 = env_switch("GALE_CUDA_FP8", false);
   o.fp8_w8a8 = env_switch("GALE_CUDA_W8A8");
   if (const char* v = std::getenv("GALE_GEMV_UNROLL"); v && *v) {
     const std::string s = v;
