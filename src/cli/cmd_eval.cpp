@@ -91,6 +91,10 @@ CommandRegistrar reg{26, [](CLI::App& root) {
     ModelOptions ref_options = o->model;
     ref_options.model = ref_dir;
     ref_options.quantization = o->reference_quantization.empty() ? "none" : o->reference_quantization;
+    // The reference is the checkpoint as stated: none of the model's other lossy choices (the
+    // layers --keep-16bit spares, an FP8 KV cache) apply to it.
+    ref_options.keep_16bit.clear();
+    ref_options.kv_cache_dtype = "auto";
     LoadedModel lm = load_model(dir, backend_options(o->model), load_options(o->model));
     if (lm.synthetic) throw Error("eval needs a model folder with a tokenizer");
     LoadedModel ref = load_model(ref_dir, backend_options(ref_options), load_options(ref_options));

@@ -401,6 +401,20 @@ TEST(Cli, EvalSensitivityRanksLayers) {
   EXPECT_NE(none.err.find("--sensitivity"), std::string::npos) << none.err;
 }
 
+// The reference is the checkpoint as stored: --keep-16bit and --kv-cache-dtype fp8 change the
+// model only (its reference perplexity is plain `gale perplexity`'s).
+TEST(Cli, EvalReferenceIgnoresTheModelsOtherChoices) {
+  const fs::path text = eval_text();
+  const std::string windows = " --file " + text.string() + " --ctx 64 --stride 32";
+  json j = run_json("eval -m " + bundled("default") + " --quantization fp8 --keep-16bit 'model.layers.0.*'" +
+                    " --kv-cache-dtype fp8 --reference-quantization none" + windows + " --json");
+  json p = run_json("perplexity -m " + bundled("default") + windows + " --json");
+  fs::remove(text);
+  ASSERT_TRUE(j.contains("reference_perplexity")) << j.dump();
+  EXPECT_EQ(j["reference_perplexity"].get<double>(), p["perplexity"].get<double>());
+  EXPECT_GT(j["kl_divergence"].get<double>(), 0.0);
+}
+
 TEST(Cli, EvalBadInputIsOneClearError) {
   const fs::path text = eval_text();
   const std::string m = "eval -m " + bundled("default");
