@@ -133,86 +133,65 @@ __attribute__((always_inline)) inline __m512 dp(__m512 acc, __m512i w, const uns
 // this far ahead.
 constexpr int64_t kAhead = 1024;
 
-// R rows n.. of W against MX rows of x (split: xs[m][part][K]); NA accumulators per (row, x
-// row, part) (two for a single x row, so that enough independent sums are in flight).
-template <int MX, int R, int NA>
-void rows(const MatmulProblem& p, int64_t n, const unsigned short* xs, const Consts& c) {
+// Row n of W against MX rows of x (split: xs[m][part][K]); NA accumulators per (x row, part)
+// (two for a single x row, so that enough independent sums are in flight).
+template <int MX, int NA>
+void row(const MatmulProblem& p, int64_t n, const unsigned short* xs, const Consts& c) {
   const int64_t K = p.K;
   const bool scaled = p.scale.s != nullptr;
   const int64_t seg = scaled && p.scale.cols < K ? p.scale.cols : K;
-  __m512 total[R][MX];
-  __m512 acc[R][MX][3][NA];
+  const float* srow = scaled ? p.scale.s + (n / p.scale.rows) * p.scale.ld : nullptr;
+  __m512 total[MX];
+  __m512 acc[MX][3][NA];
   GALE_UNROLL_ALL
-  for (int r = 0; r < R; ++r)
-    GALE_UNROLL_ALL
-    for (int m = 0; m < MX; ++m) total[r][m] = _mm512_setzero_ps();
-  const unsigned char* w0 = static_cast<const unsigned char*>(p.w) + n * K;
+  for (int m = 0; m < MX; ++m) total[m] = _mm512_setzero_ps();
+  const unsigned char* w = static_cast<const unsigned char*>(p.w) + n * K;
   for (int64_t kb = 0, si = 0; kb < K; kb += seg, ++si) {
     GALE_UNROLL_ALL
-    for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MX; ++m)
+      GALE_UNROLL_ALL
+      for (int q = 0; q < 3; ++q)
+        GALE_UNROLL_ALL
+        for (int a = 0; a < NA; ++a) acc[m][q][a] = _mm512_setzero_ps();
+    for (int64_t k = kb; k < kb + seg; k += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k) + kAhead, _MM_HINT_T0);
+      __m512i wa, wb;
+      widen64(c, w + k, wa, wb);
       GALE_UNROLL_ALL
       for (int m = 0; m < MX; ++m)
         GALE_UNROLL_ALL
-        for (int q = 0; q < 3; ++q)
-          GALE_UNROLL_ALL
-          for (int a = 0; a < NA; ++a) acc[r][m][q][a] = _mm512_setzero_ps();
-    for (int64_t k = kb; k < kb + seg; k += 64) {
-      GALE_UNROLL_ALL
-      for (int r = 0; r < R; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(w0 + r * K + k) + kAhead, _MM_HINT_T0);
-        __m512i wa, wb;
-        widen64(c, w0 + r * K + k, wa, wb);
-        GALE_UNROLL_ALL
-        for (int m = 0; m < MX; ++m)
-          GALE_UNROLL_ALL
-          for (int q = 0; q < 3; ++q) {
-            const unsigned short* x = xs + (m * 3 + q) * K + k;
-            acc[r][m][q][0] = dp(acc[r][m][q][0], wa, x);
-            acc[r][m][q][NA - 1] = dp(acc[r][m][q][NA - 1], wb, x + 32);
-          }
-      }
+        for (int q = 0; q < 3; ++q) {
+          const unsigned short* x = xs + (m * 3 + q) * K + k;
+          acc[m][q][0] = dp(acc[m][q][0], wa, x);
+          acc[m][q][NA - 1] = dp(acc[m][q][NA - 1], wb, x + 32);
+        }
     }
     // The segment's sums, scaled when the scale changes along the row.
     GALE_UNROLL_ALL
-    for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MX; ++m) {
+      __m512 s = acc[m][0][0];
       GALE_UNROLL_ALL
-      for (int m = 0; m < MX; ++m) {
-        __m512 s = acc[r][m][0][0];
+      for (int a = 1; a < NA; ++a) s = _mm512_add_ps(s, acc[m][0][a]);
+      GALE_UNROLL_ALL
+      for (int q = 1; q < 3; ++q)
         GALE_UNROLL_ALL
-        for (int a = 1; a < NA; ++a) s = _mm512_add_ps(s, acc[r][m][0][a]);
-        GALE_UNROLL_ALL
-        for (int q = 1; q < 3; ++q)
-          GALE_UNROLL_ALL
-          for (int a = 0; a < NA; ++a) s = _mm512_add_ps(s, acc[r][m][q][a]);
-        if (seg < K) {
-          const float sc = p.scale.s[((n + r) / p.scale.rows) * p.scale.ld + si];
-          total[r][m] = _mm512_fmadd_ps(s, _mm512_set1_ps(sc), total[r][m]);
-        } else {
-          total[r][m] = _mm512_add_ps(total[r][m], s);
-        }
-      }
+        for (int a = 0; a < NA; ++a) s = _mm512_add_ps(s, acc[m][q][a]);
+      total[m] = seg < K ? _mm512_fmadd_ps(s, _mm512_set1_ps(srow[si]), total[m]) : _mm512_add_ps(total[m], s);
+    }
   }
   GALE_UNROLL_ALL
   for (int m = 0; m < MX; ++m) {
+    float v = _mm512_reduce_add_ps(total[m]);
+    if (scaled && seg == K) v *= srow[0];
+    if (p.bias) v += p.bias[n];
     float* out = p.y + m * p.ldy + n;
-    GALE_UNROLL_ALL
-    for (int r = 0; r < R; ++r) {
-      float v = _mm512_reduce_add_ps(total[r][m]);
-      if (scaled && seg == K) v *= p.scale.s[((n + r) / p.scale.rows) * p.scale.ld];
-      if (p.bias) v += p.bias[n + r];
-      out[r] = p.accumulate ? out[r] + v : v;
-    }
+    *out = p.accumulate ? *out + v : v;
   }
 }
 
 template <int MX>
 void range(const MatmulProblem& p, int64_t n0, int64_t n1, const unsigned short* xs, const Consts& c) {
-  int64_t n = n0;
-  if constexpr (MX == 1) {
-    for (; n < n1; ++n) rows<1, 1, 2>(p, n, xs, c);
-  } else {
-    for (; n < n1; ++n) rows<MX, 1, 1>(p, n, xs, c);
-  }
+  for (int64_t n = n0; n < n1; ++n) row<MX, MX == 1 ? 2 : 1>(p, n, xs, c);
 }
 
 // Whether this kernel takes p: E4M3 in whole 64-weight blocks, scale segments of whole blocks.
