@@ -41,8 +41,10 @@ uint16_t f32_to_f16(float f);
 // OCP FP8 formats as torch.float8_e4m3fn (no infinities, 0x7f/0xff NaN) and torch.float8_e5m2.
 float f8e4m3_to_f32(uint8_t v);
 float f8e5m2_to_f32(uint8_t v);
-// Round to nearest even, saturating at ±448 (quantizers clamp to the format's range); NaN to
-// 0x7f with its sign.
+// The largest finite E4M3 value: an FP8 scale is amax / kF8E4M3Max.
+inline constexpr float kF8E4M3Max = 448.0f;
+// Round to nearest even, saturating at ±kF8E4M3Max (quantizers clamp to the format's range);
+// NaN to 0x7f with its sign.
 uint8_t f32_to_f8e4m3(float f);
 
 // Reads element i of a typed buffer as float (reference / slow paths only).

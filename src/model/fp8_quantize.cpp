@@ -19,7 +19,7 @@ void widen_row(const void* src, DType dt, int64_t ld, int64_t r, int64_t cols, f
   for (int64_t c = 0; c < cols; ++c) out[c] = load_as_f32(row, dt, size_t(c));
 }
 
-float scale_of(float amax) { return amax > 0 && std::isfinite(amax) ? amax / 448.0f : 1.0f; }
+float scale_of(float amax) { return amax > 0 && std::isfinite(amax) ? amax / kF8E4M3Max : 1.0f; }
 
 // std::max keeps the running value against NaN: a NaN weight does not poison its scale.
 float amax_of(const float* x, int64_t n) {

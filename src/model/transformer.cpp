@@ -80,7 +80,7 @@ void Transformer::calibrate_kv_scales(std::vector<float>& k_scale, std::vector<f
       backend_->download(bytes.data(), kv_i ? kv.v(l) : kv.k(l), bytes.size());
       const float amax = amax_of(bytes, dt);
       // An all-zero (or non-finite) layer keeps scale 1.
-      if (amax > 0.0f && std::isfinite(amax)) (kv_i ? v_scale : k_scale)[size_t(l)] = amax * kKvHeadroom / 448.0f;
+      if (amax > 0.0f && std::isfinite(amax)) (kv_i ? v_scale : k_scale)[size_t(l)] = amax * kKvHeadroom / kF8E4M3Max;
     }
 }
 

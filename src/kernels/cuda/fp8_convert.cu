@@ -24,8 +24,8 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_fp8_kernel(QuantizeRow
   float a = 0.0f;
 #pragma unroll
   for (int w = 0; w < kThreads / 32; ++w) a = fmaxf(a, part[w]);
-  // A zero row gets a tiny scale (its values stay 0); 448 = the largest finite E4M3.
-  const float scale = fmaxf(a, 1e-12f) / 448.0f;
+  // A zero row gets a tiny scale (its values stay 0).
+  const float scale = fmaxf(a, 1e-12f) / kF8E4M3Max;
   const float inv = 1.0f / scale;
   if (threadIdx.x == 0) p.scale[m] = scale;
   for (int64_t k = threadIdx.x; k < p.K; k += kThreads)
