@@ -4,6 +4,7 @@
 // outer-vector scales; the reference quantizes x on the host by the same rule) and the
 // dequantize-then-bf16 fallback.
 #include <cmath>
+#include <functional>
 
 #include "gpu_test_util.h"
 #include "kernels/cuda/fp8_convert.cuh"
@@ -69,6 +70,40 @@ std::vector<float> rows_of(const std::vector<float>& y, int64_t M, int64_t N, in
 
 struct Case { int64_t M, N, K, pad, srows, scols; DType yt; bool acc; };
 
+// x quantized per token as quantize_rows_fp8 does: scale = max(amax, 1e-12) / 448, values
+// x * (1 / scale) rounded to E4M3; returns the dequantized rows (what W8A8 multiplies).
+std::vector<float> quantize_rows_host(const std::vector<float>& x, int64_t M, int64_t K, int64_t ldx) {
+  std::vector<float> q(size_t(M * ldx), 0.0f);
+  for (int64_t i = 0; i < M; ++i) {
+    float amax = 0;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(i * ldx + k)]));
+    const float scale = std::max(amax, 1e-12f) / kF8E4M3Max, inv = 1.0f / scale;
+    for (int64_t k = 0; k < K; ++k)
+      q[size_t(i * ldx + k)] = f8e4m3_to_f32(f32_to_f8e4m3(x[size_t(i * ldx + k)] * inv)) * scale;
+  }
+  return q;
+}
+
+// One product case: random E4M3 W with c's scale tiles, bf16 x, y preset when accumulating;
+// `launch` runs the product once; y against the reference over x, or over x quantized per token
+// as the W8A8 path multiplies it (quantized_x), within tol.
+void check_fp8_product(std::mt19937& g, const Case& c, bool quantized_x, double tol,
+                       const std::function<void(const cuda::GemmParams&)>& launch) {
+  SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " tile " << c.srows << "x" << c.scols);
+  const Fp8W w = random_fp8(g, c.N, c.K, c.pad, c.srows, c.scols);
+  const int64_t ldx = c.K + c.pad, ldy = c.N + c.pad;
+  const std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g));
+  std::vector<float> y0 = randn(size_t(c.M * ldy), g);
+  if (c.yt == DType::BF16) y0 = round_bf16(y0);
+  DevBuf dx = to_device(to_bf16(x)), dw = to_device(w.w), ds = to_device(w.s), dy(size_t(c.M * ldy) * dtype_size(c.yt));
+  if (c.acc) upload_as(dy, y0, c.yt);
+  launch(fp8_params(dx, ldx, dw, w, ds, dy, ldy, c.yt, c.M, c.acc));
+  if (testing::Test::HasFatalFailure()) return;
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto ref = reference(quantized_x ? quantize_rows_host(x, c.M, c.K, ldx) : x, ldx, c.M, w, y0, ldy, c.acc);
+  EXPECT_LT(rel_err(rows_of(download_f32(dy, c.yt, size_t(c.M * ldy)), c.M, c.N, ldy), rows_of(ref, c.M, c.N, ldy)), tol);
+}
+
 TEST(CudaGemvFp8, MatchesReferenceMatmulScaled) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();
@@ -80,21 +115,10 @@ TEST(CudaGemvFp8, MatchesReferenceMatmulScaled) {
                        Case{2, 777, 1040, 16, 777, 1040, DType::BF16, false}, Case{3, 640, 4096, 0, 128, 128, DType::F32, false},
                        Case{4, 6144, 4096, 0, 1, 128, DType::BF16, false}, Case{8, 513, 2064, 16, 1, 2064, DType::F32, true},
                        Case{5, 100, 16, 0, 1, 16, DType::BF16, true}, Case{1, 300, 1024, 32, 128, 128, DType::F32, true}}) {
-    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " tile " << c.srows << "x" << c.scols);
-    const Fp8W w = random_fp8(g, c.N, c.K, c.pad, c.srows, c.scols);
-    const int64_t ldx = c.K + c.pad, ldy = c.N + c.pad;
-    const std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g));
-    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
-    if (c.yt == DType::BF16) y0 = round_bf16(y0);
-    DevBuf dx = to_device(to_bf16(x)), dw = to_device(w.w), ds = to_device(w.s), dy(size_t(c.M * ldy) * dtype_size(c.yt));
-    if (c.acc) upload_as(dy, y0, c.yt);
-    const cuda::GemmParams p = fp8_params(dx, ldx, dw, w, ds, dy, ldy, c.yt, c.M, c.acc);
-    ASSERT_TRUE(cuda::gemv_bf16_supported(p));
-    CUDA_OK(cuda::gemv_bf16(p, nullptr));
-    CUDA_OK(cudaDeviceSynchronize());
-    const auto ref = reference(x, ldx, c.M, w, y0, ldy, c.acc);
-    EXPECT_LT(rel_err(rows_of(download_f32(dy, c.yt, size_t(c.M * ldy)), c.M, c.N, ldy), rows_of(ref, c.M, c.N, ldy)),
-              tol_for(c.yt));
+    check_fp8_product(g, c, false, tol_for(c.yt), [](const cuda::GemmParams& p) {
+      ASSERT_TRUE(cuda::gemv_bf16_supported(p));
+      CUDA_OK(cuda::gemv_bf16(p, nullptr));
+    });
   }
   // What the GEMV refuses: K not whole 16-weight loads, scale groups splitting a load, no scales.
   DevBuf any(256);
@@ -153,20 +177,6 @@ TEST(CudaGemvFp8, FusionsMatchUnfused) {
   }
 }
 
-// x quantized per token as quantize_rows_fp8 does: scale = max(amax, 1e-12) / 448, values
-// x * (1 / scale) rounded to E4M3; returns the dequantized rows (what W8A8 multiplies).
-std::vector<float> quantize_rows_host(const std::vector<float>& x, int64_t M, int64_t K, int64_t ldx) {
-  std::vector<float> q(size_t(M * ldx), 0.0f);
-  for (int64_t i = 0; i < M; ++i) {
-    float amax = 0;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(i * ldx + k)]));
-    const float scale = std::max(amax, 1e-12f) / 448.0f, inv = 1.0f / scale;
-    for (int64_t k = 0; k < K; ++k)
-      q[size_t(i * ldx + k)] = f8e4m3_to_f32(f32_to_f8e4m3(x[size_t(i * ldx + k)] * inv)) * scale;
-  }
-  return q;
-}
-
 TEST(CudaGemmFp8, W8A8MatchesReferenceOnQuantizedRows) {
   GALE_REQUIRE_GPU();
   const uint32_t seed = fresh_seed();
@@ -176,22 +186,11 @@ TEST(CudaGemmFp8, W8A8MatchesReferenceOnQuantizedRows) {
   CUDA_OK(cuda::gemm_context_create(&ctx));
   for (const Case c : {Case{64, 1024, 4096, 0, 1, 4096, DType::BF16, false}, Case{333, 768, 1024, 0, 1, 1024, DType::F32, true},
                        Case{17, 4096, 512, 16, 1, 512, DType::F32, false}}) {
-    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K);
-    const Fp8W w = random_fp8(g, c.N, c.K, c.pad, c.srows, c.scols);
-    const int64_t ldx = c.K + c.pad, ldy = c.N + c.pad;
-    const std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g));
-    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
-    if (c.yt == DType::BF16) y0 = round_bf16(y0);
-    DevBuf dx = to_device(to_bf16(x)), dw = to_device(w.w), ds = to_device(w.s), dy(size_t(c.M * ldy) * dtype_size(c.yt));
-    if (c.acc) upload_as(dy, y0, c.yt);
-    ASSERT_EQ(cuda::gemm_fp8(ctx, fp8_params(dx, ldx, dw, w, ds, dy, ldy, c.yt, c.M, c.acc), nullptr, true), cudaSuccess)
-        << cuda::gemm_last_error(ctx);
-    CUDA_OK(cudaDeviceSynchronize());
-    const auto ref = reference(quantize_rows_host(x, c.M, c.K, ldx), ldx, c.M, w, y0, ldy, c.acc);
     // The tensor cores sum E4M3 products in their own order and precision (2^-22 relative at
     // worst per partial sum on Hopper, far below the bf16 output's rounding).
-    EXPECT_LT(rel_err(rows_of(download_f32(dy, c.yt, size_t(c.M * ldy)), c.M, c.N, ldy), rows_of(ref, c.M, c.N, ldy)),
-              c.yt == DType::F32 ? 1e-3 : 6e-3);
+    check_fp8_product(g, c, true, c.yt == DType::F32 ? 1e-3 : 6e-3, [&](const cuda::GemmParams& p) {
+      ASSERT_EQ(cuda::gemm_fp8(ctx, p, nullptr, true), cudaSuccess) << cuda::gemm_last_error(ctx);
+    });
   }
   cuda::gemm_context_destroy(ctx);
 }
@@ -206,21 +205,10 @@ TEST(CudaGemmFp8, DequantizedFallbackMatchesReference) {
   // Block scales always take the fallback; per-row scales do with w8a8 off. N past one 64 MiB piece.
   for (const Case c : {Case{40, 1000, 1024, 0, 128, 128, DType::BF16, false}, Case{129, 8448, 4096, 16, 128, 128, DType::F32, true},
                        Case{300, 512, 2048, 0, 1, 2048, DType::BF16, false}}) {
-    SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " tile " << c.srows << "x" << c.scols);
-    const Fp8W w = random_fp8(g, c.N, c.K, c.pad, c.srows, c.scols);
-    const int64_t ldx = c.K + c.pad, ldy = c.N + c.pad;
-    const std::vector<float> x = round_bf16(randn(size_t(c.M * ldx), g));
-    std::vector<float> y0 = randn(size_t(c.M * ldy), g);
-    if (c.yt == DType::BF16) y0 = round_bf16(y0);
-    DevBuf dx = to_device(to_bf16(x)), dw = to_device(w.w), ds = to_device(w.s), dy(size_t(c.M * ldy) * dtype_size(c.yt));
-    if (c.acc) upload_as(dy, y0, c.yt);
-    ASSERT_EQ(cuda::gemm_fp8(ctx, fp8_params(dx, ldx, dw, w, ds, dy, ldy, c.yt, c.M, c.acc), nullptr, false), cudaSuccess)
-        << cuda::gemm_last_error(ctx);
-    CUDA_OK(cudaDeviceSynchronize());
-    // The weights are rounded to bf16 after scaling, as the fallback multiplies them.
-    const auto ref = reference(x, ldx, c.M, w, y0, ldy, c.acc);
-    EXPECT_LT(rel_err(rows_of(download_f32(dy, c.yt, size_t(c.M * ldy)), c.M, c.N, ldy), rows_of(ref, c.M, c.N, ldy)),
-              6e-3);
+    // The fallback rounds each scaled weight to bf16: within the bf16 tolerance of the f32 reference.
+    check_fp8_product(g, c, false, 6e-3, [&](const cuda::GemmParams& p) {
+      ASSERT_EQ(cuda::gemm_fp8(ctx, p, nullptr, false), cudaSuccess) << cuda::gemm_last_error(ctx);
+    });
   }
   cuda::gemm_context_destroy(ctx);
 }

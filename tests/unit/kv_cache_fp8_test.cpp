@@ -325,7 +325,9 @@ TEST(KvCacheFp8, PrefixCacheAndPreemptionChangeNoToken) {
     ec.kv_cache_bytes = 16 << 20;
     EngineStats st;
     EXPECT_EQ(together(m, reqs, ec, &st), want) << "prefix cache " << prefix;
-    if (prefix) EXPECT_GT(st.prefix_cache_hit_tokens, 100);
+    if (prefix) {
+      EXPECT_GT(st.prefix_cache_hit_tokens, 100);
+    }
     // Room for the longest request and one more block: running all at once must preempt.
     ec.block_size = 4;
     ec.max_num_batched_tokens = 16;
