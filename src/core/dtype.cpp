@@ -15,6 +15,7 @@ size_t dtype_size(DType t) {
     case DType::I32: return 4;
     case DType::I64: return 8;
     case DType::U8: return 1;
+    case DType::I8: return 1;
   }
   return 0;
 }
@@ -29,6 +30,7 @@ std::string_view dtype_name(DType t) {
     case DType::I32: return "I32";
     case DType::I64: return "I64";
     case DType::U8: return "U8";
+    case DType::I8: return "I8";
   }
   return "?";
 }
@@ -37,7 +39,7 @@ bool dtype_from_name(std::string_view n, DType* out) {
   static const struct { std::string_view name; DType t; } table[] = {
       {"F32", DType::F32},         {"F16", DType::F16},         {"BF16", DType::BF16},
       {"F8_E4M3", DType::F8_E4M3}, {"F8_E5M2", DType::F8_E5M2}, {"I32", DType::I32},
-      {"I64", DType::I64},         {"U8", DType::U8}};
+      {"I64", DType::I64},         {"U8", DType::U8},           {"I8", DType::I8}};
   for (const auto& e : table)
     if (e.name == n) { *out = e.t; return true; }
   return false;
@@ -148,6 +150,7 @@ float load_as_f32(const void* data, DType t, size_t i) {
     case DType::I32: return float(element<int32_t>(data, i));
     case DType::I64: return float(element<int64_t>(data, i));
     case DType::U8: return float(element<uint8_t>(data, i));
+    case DType::I8: return float(element<int8_t>(data, i));
   }
   return 0.0f;
 }

@@ -7,7 +7,7 @@
 
 namespace gale {
 
-enum class DType : uint8_t { F32, F16, BF16, F8_E4M3, F8_E5M2, I32, I64, U8 };
+enum class DType : uint8_t { F32, F16, BF16, F8_E4M3, F8_E5M2, I32, I64, U8, I8 };
 
 inline bool is_fp8(DType t) { return t == DType::F8_E4M3 || t == DType::F8_E5M2; }
 // The element types weights may be stored in (16/32-bit floats and FP8).

@@ -91,6 +91,8 @@ Linear Linear::rows_view(int64_t r0, int64_t n) const {
 Linear Linear::cols_view(int64_t c0, int64_t n) const {
   GALE_ASSERT(c0 >= 0 && n > 0 && c0 + n <= in);
   if (scheme.packing == WeightScheme::Packing::U4) GALE_ASSERT(c0 % 2 == 0 && row_stride() % 2 == 0);
+  if (scheme.in_perm && (c0 != 0 || n != in))
+    throw Error("'" + name + "': act-order (g_idx) weights cannot be split by input columns");
   Linear v = *this;
   if (w) v.w = static_cast<const uint8_t*>(w) + value_offset(*this, 0, c0);
   v.in = n;
@@ -121,6 +123,15 @@ bool Linear::scaled_fp8() const {
          scheme.packing == WeightScheme::Packing::None && packed_rows();
 }
 
+bool Linear::integer_weights() const {
+  const WeightScheme& s = scheme;
+  const bool i8 = dtype == DType::I8 && s.packing == WeightScheme::Packing::None && !s.zero;
+  const bool u4 = dtype == DType::U8 && s.packing == WeightScheme::Packing::U4 && in % 2 == 0 && row_stride() % 2 == 0;
+  const bool scaled = (s.scales == Scales::PerChannel || (s.scales == Scales::PerGroup && s.group > 0 && s.group % 32 == 0)) &&
+                      s.scale && s.scale_dtype == DType::F32 && (!s.zero || s.zero_dtype == DType::U8);
+  return (i8 || u4) && scaled;
+}
+
 std::string describe_storage(const Linear& l) {
   const WeightScheme& s = l.scheme;
   std::string r(dtype_name(l.dtype));
@@ -133,6 +144,7 @@ std::string describe_storage(const Linear& l) {
     case Scales::PerBlock: r += ", scales per " + std::to_string(s.group) + "x" + std::to_string(s.group) + " block"; break;
   }
   if (s.zero) r += ", zero points";
+  if (s.in_perm) r += ", act-order";
   if (!l.packed_rows()) r += ", row stride " + std::to_string(l.row_stride());
   return r;
 }

@@ -33,6 +33,17 @@ struct WeightScheme {
     None,  // one element of the dtype per value
     U4,    // two 4-bit values per byte of U8, the lower nibble first (AWQ / GPTQ style)
   };
+  // Integer weights (INT8 / INT4: AWQ, GPTQ, compressed-tensors pack- and int-quantized,
+  // --quantization int8|int4) in the one layout every loader repacks them to and every backend
+  // reads: weight (n, k) = (q − z) · s, that product rounded to f32, with
+  //   dtype I8, packing None: q the stored int8, z = 0 (symmetric; `zero` null);
+  //   dtype U8, packing U4:   q in 0..15, two per byte, column 2j in the lower nibble of byte j
+  //                           of its row ([out, in / 2] bytes; `ld` still counts values); z from
+  //                           `zero` (one U8 in 0..15 per scale, in the scales' layout) or 8 when
+  //                           `zero` is null (symmetric);
+  //   s: f32 scales PerChannel or PerGroup (a group a multiple of 32 columns).
+  // GPTQ's act-order (desc_act) checkpoints sort the input columns by group at load: stored
+  // column j then holds input feature in_perm[j], so y = x[:, in_perm] · Wᵀ (backends gather x).
   Scales scales = Scales::None;
   const void* scale = nullptr;  // in the layout the kind says
   DType scale_dtype = DType::F32;
@@ -41,7 +52,10 @@ struct WeightScheme {
   const void* zero = nullptr;   // zero points in the scales' layout (asymmetric formats), or null
   DType zero_dtype = DType::U8;
   Packing packing = Packing::None;
-  bool plain() const { return scales == Scales::None && packing == Packing::None && zero == nullptr; }
+  const int32_t* in_perm = nullptr;  // [in] (act-order integer weights), or null: the identity
+  bool plain() const {
+    return scales == Scales::None && packing == Packing::None && zero == nullptr && in_perm == nullptr;
+  }
 };
 
 // A projection y = x · Wᵀ (+ bias): a view of `out` rows of `in` values, row r starting `ld`
@@ -78,6 +92,9 @@ struct Linear {
   // FP8 values with their scales in a layout a kernel can walk: packed rows, no zero points,
   // no packing (what the backends' supports() build on).
   bool scaled_fp8() const;
+  // Integer weights in the layout WeightScheme describes (I8, or U8 packed 4-bit; f32 scales per
+  // channel or per group of a multiple of 32; U8 zero points or none).
+  bool integer_weights() const;
 };
 
 // "BF16", "F8_E4M3, per-channel scales", "U8 packed 4-bit, groups of 128, zero points".
