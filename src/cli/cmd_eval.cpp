@@ -92,8 +92,9 @@ CommandRegistrar reg{26, [](CLI::App& root) {
     ref_options.model = ref_dir;
     ref_options.quantization = o->reference_quantization.empty() ? "none" : o->reference_quantization;
     // The reference is the checkpoint as stated: none of the model's other lossy choices (the
-    // layers --keep-16bit spares, an FP8 KV cache) apply to it.
+    // layers --keep-16bit spares, a quantized LM head, an FP8 KV cache) apply to it.
     ref_options.keep_16bit.clear();
+    ref_options.quantize_lm_head = false;
     ref_options.kv_cache_dtype = "auto";
     LoadedModel lm = load_model(dir, backend_options(o->model), load_options(o->model));
     if (lm.synthetic) throw Error("eval needs a model folder with a tokenizer");
@@ -117,6 +118,7 @@ CommandRegistrar reg{26, [](CLI::App& root) {
       for (int64_t i = 0; i < L; ++i) {
         ModelOptions one = o->model;
         one.keep_16bit = keep_all_but(L, i, o->model.keep_16bit);
+        one.quantize_lm_head = false;  // layer i's own cost, not the head's
         LoadedModel m = load_model(dir, backend_options(one), load_options(one));
         if (!o->json) std::fprintf(stderr, "layer %lld/%lld\n", (long long)(i + 1), (long long)L);
         layers.push_back({i, eval_compare(*m.model, *ref.model, ids, ctx, stride, {})});

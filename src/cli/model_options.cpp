@@ -22,6 +22,9 @@ void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
                   "the LM head and MoE routers stay as stored)")
       ->check(CLI::IsMember({"none", "fp8"}));
   add_keep_16bit_option(sub, o.keep_16bit);
+  sub->add_flag("--quantize-lm-head", o.quantize_lm_head,
+                "Quantize the LM head too (with --quantization; a tied head gets a quantized copy): fewer bytes per "
+                "decoded token, at some quality cost that `gale eval` measures");
   sub->add_option("--kv-cache-dtype", o.kv_cache_dtype,
                   "KV cache storage: auto (f32 on the CPU with f32 activations, else bf16; fp8 for a checkpoint "
                   "with KV cache scales), bf16, or fp8 (E4M3 with per-layer K and V scales: the checkpoint's, "
@@ -69,6 +72,7 @@ LoadOptions load_options(const ModelOptions& o) {
   LoadOptions l;
   l.quantization = o.quantization;
   l.keep_16bit = o.keep_16bit;
+  l.quantize_lm_head = o.quantize_lm_head;
   l.kv_cache_dtype = o.kv_cache_dtype;
   return l;
 }

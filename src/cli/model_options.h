@@ -19,6 +19,7 @@ struct ModelOptions {
   double gpu_memory_utilization = 0.9;
   std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
   std::vector<std::string> keep_16bit;  // --keep-16bit PATTERN (repeatable): projections fp8 leaves as stored
+  bool quantize_lm_head = false;        // --quantize-lm-head
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, bf16 or fp8
 };
 

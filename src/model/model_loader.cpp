@@ -42,8 +42,11 @@ std::vector<WeightTransform> transforms_for(const LoadOptions& o) {
   const bool none = o.quantization == "none" || o.quantization.empty();
   if (none && !o.keep_16bit.empty())
     throw Error("--keep-16bit applies to --quantization fp8 (the weights are loaded as stored without it)");
+  if (none && o.quantize_lm_head)
+    throw Error("--quantize-lm-head applies to --quantization fp8 (the weights are loaded as stored without it)");
   if (none) return {identity_transform()};
-  if (o.quantization == "fp8") return {quantize_fp8_per_channel(NamePatterns(o.keep_16bit, "--keep-16bit"))};
+  if (o.quantization == "fp8")
+    return {quantize_fp8_per_channel(NamePatterns(o.keep_16bit, "--keep-16bit"), o.quantize_lm_head)};
   throw Error("--quantization must be none or fp8 (got '" + o.quantization + "')");
 }
 

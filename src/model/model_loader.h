@@ -26,6 +26,8 @@ struct LoadOptions {
   // --keep-16bit: projections whose checkpoint name matches one of these patterns stay as
   // stored under --quantization fp8 (loader/name_patterns.h: globs, or "re:" regexes).
   std::vector<std::string> keep_16bit;
+  // --quantize-lm-head: the LM head is quantized too (a tied one gets codes of its own).
+  bool quantize_lm_head = false;
   // --kv-cache-dtype: "auto" (the backend's own: f32 on the CPU with f32 activations, else
   // bf16; fp8 for a checkpoint with a kv_cache_scheme), "bf16" or "fp8" (E4M3, per-layer K and
   // V scales: the checkpoint's k_scale / v_scale, else calibrated at load).

@@ -33,10 +33,10 @@ WeightTransform pack_rows() {
           }};
 }
 
-WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit) {
-  return {"quantize-fp8", [keep_16bit](ModelConfig&, ModelWeights& w) {
+WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit, bool lm_head) {
+  return {"quantize-fp8", [keep_16bit, lm_head](ModelConfig&, ModelWeights& w) {
             std::vector<bool> used(keep_16bit.patterns().size(), false);
-            for_each_projection(w, [&](Linear& l) {
+            auto quantize = [&](Linear& l) {
               if (!l.w || is_fp8(l.dtype)) return;
               if (const int k = keep_16bit.match_index(l.name); k >= 0) {
                 used[size_t(k)] = true;
@@ -58,11 +58,23 @@ WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit) {
               w.total_bytes += l.bytes() + size_t(l.out) * sizeof(float);
               w.owned.push_back(std::move(codes));
               w.owned.push_back(std::move(scales));
-            });
+            };
+            for_each_projection(w, quantize);
+            // A tied head gets codes of its own (the embedding table is gathered as stored), so
+            // the bytes of its codes and scales are added, not swapped for the table's.
+            // A tied head answers to --keep-16bit as "lm_head" too (its tensor is the table's).
+            const int keep_head = keep_16bit.match_index("lm_head.weight");
+            if (keep_head >= 0) used[size_t(keep_head)] = true;
+            if (lm_head && keep_head < 0) {
+              const Linear head = w.lm_head;
+              quantize(w.lm_head);
+              if (head.w == w.embed && w.lm_head.w != head.w) w.total_bytes += head.bytes();
+            }
             for (size_t k = 0; k < used.size(); ++k)
               if (!used[k])
                 throw Error("--keep-16bit '" + keep_16bit.patterns()[k] +
-                            "' matches no layer projection (the LM head and MoE routers are never quantized)");
+                            "' matches no layer projection (MoE routers are never quantized, the LM head only with "
+                            "--quantize-lm-head)");
             if (std::find(w.dtypes.begin(), w.dtypes.end(), "F8_E4M3") == w.dtypes.end()) w.dtypes.push_back("F8_E4M3");
           }};
 }

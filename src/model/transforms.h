@@ -36,10 +36,12 @@ WeightTransform pack_rows();
 // --quantization fp8: every projection of the layers (attention, dense MLP, experts) to E4M3
 // with one f32 scale per output channel (model/fp8_quantize.h: amax / 448, values rounded to
 // nearest even), in buffers the weights own; ModelWeights::total_bytes follows. The MoE router
-// and the LM head stay as stored, as published FP8 checkpoints keep them; a matrix already FP8
-// is left alone, and so is one whose checkpoint name `keep_16bit` matches (--keep-16bit;
-// a pattern matching no projection is an error, most likely a typo).
-WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit = {});
+// stays as stored, and so does the LM head unless `lm_head` (--quantize-lm-head: published FP8
+// checkpoints keep it 16-bit for quality, but at batch 1 it is a tenth of an 8B model's bytes
+// per token); a matrix already FP8 is left alone, and so is one whose checkpoint name
+// `keep_16bit` matches (--keep-16bit; a pattern matching no matrix is an error, most likely a
+// typo).
+WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit = {}, bool lm_head = false);
 
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);

@@ -587,6 +587,17 @@ TEST(Cli, Keep16BitAtLoad) {
   expect_error(m + " --quantization fp8 --keep-16bit 'nothing.*'", "matches no layer");
 }
 
+// --quantize-lm-head changes the FP8 model's logits; --keep-16bit lm_head takes it back; it
+// needs --quantization.
+TEST(Cli, QuantizeLmHead) {
+  const std::string m = "logits -m " + fixture("llama-bf16") + " --ids 1,5,9,200,17,33,90,4 --json --quantization fp8";
+  Result fp8 = gale(m), head = gale(m + " --quantize-lm-head"), kept = gale(m + " --quantize-lm-head --keep-16bit lm_head");
+  for (const Result* r : {&fp8, &head, &kept}) ASSERT_EQ(r->code, 0) << r->err;
+  EXPECT_NE(json::parse(head.out), json::parse(fp8.out));
+  EXPECT_EQ(json::parse(kept.out), json::parse(fp8.out));
+  expect_error("logits -m " + fixture("llama-bf16") + " --ids 1,5 --quantize-lm-head", "--quantize-lm-head applies to");
+}
+
 TEST(Cli, HelpListsTheSubcommands) {
   Result r = gale("--help");
   EXPECT_EQ(r.code, 0);

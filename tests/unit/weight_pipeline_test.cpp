@@ -12,6 +12,7 @@
 #include "loader/safetensors.h"
 #include "model/arch/arch.h"
 #include "model/cpu_backend.h"
+#include "model/fp8_quantize.h"
 #include "model/kv_cache.h"
 #include "model/transformer.h"
 #include "model/transforms.h"
@@ -190,6 +191,48 @@ TEST(Transforms, ErrorNamesTheTransform) {
     EXPECT_NE(std::string(e.what()).find("transform 'pack-rows': 'model.layers.0.self_attn.q_proj.weight'"),
               std::string::npos)
         << e.what();
+  }
+}
+
+// --quantize-lm-head: the head becomes per-channel E4M3 (exactly quantize_fp8's codes and
+// scales of the stored head), a tied embedding table stays as stored and is still gathered,
+// and total_bytes counts the head's codes and scales beside the table.
+TEST(Transforms, Fp8LmHeadIsQuantizedAndATiedTableKept) {
+  for (const char* name : {"llama-f32", "qwen2-f32"}) {
+    SCOPED_TRACE(name);
+    const Fixture f = open_fixture(name);
+    ModelWeights w = f.weights();
+    const Linear head = w.lm_head;
+    const bool tied = head.w == w.embed;
+    const size_t before = w.total_bytes;
+    const void* table = w.embed;
+    ModelConfig cfg = f.cfg;
+    const WeightTransform ts[] = {quantize_fp8_per_channel({}, /*lm_head=*/true)};
+    apply_transforms(ts, cfg, w);
+    ASSERT_EQ(w.lm_head.dtype, DType::F8_E4M3);
+    ASSERT_EQ(w.lm_head.scheme.scales, Scales::PerChannel);
+    EXPECT_EQ(w.embed, table);  // the table itself is untouched
+    std::vector<uint8_t> codes(size_t(head.out * head.in));
+    std::vector<float> scales(size_t(head.out));
+    quantize_fp8(head.w, head.dtype, head.out, head.in, head.row_stride(), Fp8Granularity::Channel, 0, codes.data(),
+                 scales.data());
+    EXPECT_EQ(std::memcmp(w.lm_head.w, codes.data(), codes.size()), 0);
+    EXPECT_EQ(std::memcmp(w.lm_head.scheme.scale, scales.data(), scales.size() * 4), 0);
+    size_t layers_before = 0, layers_after = 0;
+    for (const LayerWeights& L : f.weights().layers)
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) layers_before += l->bytes();
+    for (const LayerWeights& L : w.layers)
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+        layers_after += l->bytes() + size_t(l->out) * 4;
+    const size_t head_after = codes.size() + scales.size() * 4;
+    EXPECT_EQ(w.total_bytes, before - layers_before + layers_after - (tied ? 0 : head.bytes()) + head_after);
+    // The model runs, and its logits move (the head is lossy) but stay close.
+    Transformer m(cfg, std::move(w));
+    Transformer plain(f.cfg, f.weights());
+    const auto ids = prompt_of(name);
+    const std::vector<float> got = test::all_logits(m, ids), want = test::all_logits(plain, ids);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_NE(got, want);
   }
 }
 
