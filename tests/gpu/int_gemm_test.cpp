@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "gpu_test_util.h"
 #include "kernels/cuda/gemm_int.cuh"
@@ -376,6 +377,21 @@ TEST(CudaIntGemm, KernelMatchesReference) {
       ASSERT_TRUE(cuda::gemm_int_supported(p));
       CUDA_OK(cuda::gemm_int(ctx, p, nullptr, 64));
     });
+  // Every tiling the GEMM takes (whichever the shape rule or a later tuning picks), M = 1 included.
+  for (const cuda::IntGemmTile t : {cuda::IntGemmTile{2, 2, 1}, cuda::IntGemmTile{4, 2, 1}, cuda::IntGemmTile{4, 2, 2},
+                                    cuda::IntGemmTile{4, 4, 1}}) {
+    SCOPED_TRACE(testing::Message() << "tile nt=" << t.nt << " rt=" << t.rt << " wt=" << t.wt);
+    for (const Case c : {Case{1, 777, 1040, 16, 4, 32, false, DType::F32, true}, Case{33, 1000, 2080, 8, 4, 128, true, DType::BF16, false},
+                         Case{64, 4096, 4096, 0, 4, 128, true, DType::F32, false}, Case{20, 40, 96, 0, 8, 0, true, DType::F32, true},
+                         Case{100, 777, 1040, 16, 8, 64, true, DType::BF16, true}})
+      check_product(g, c, tol(c.yt), [&](const cuda::IntGemmParams& p) {
+        CUDA_OK(cuda::gemm_int(ctx, p, nullptr, 1 << 20, t));
+      });
+  }
+  DevBuf any(4096);
+  const cuda::IntGemmParams bad{any.p, 64, cuda::IntMatrix{any.p, any.as<float>(), nullptr, 4, 16, 64, 0, 1}, any.p, 64,
+                                DType::F32, 20, false};
+  EXPECT_EQ(cuda::gemm_int(ctx, bad, nullptr, 64, cuda::IntGemmTile{8, 1, 1}), cudaErrorInvalidValue);
   cuda::gemm_context_destroy(ctx);
 }
 
@@ -580,6 +596,15 @@ TEST(CudaIntGemm, DISABLED_BenchLlama3Shapes) {
       const double t4 = time_us([&] { cuda::gemm_int(ctx, p4, nullptr, 128); });
       const double t8 = time_us([&] { cuda::gemm_int(ctx, p8, nullptr, 128); });
       const double t4f = M > 8 ? time_us([&] { cuda::gemm_int(ctx, p4, nullptr, 0); }) : 0;
+      std::string tiles;  // INT4 under each tiling of the GEMM (nt.rt.wt: microseconds)
+      if (M > 8)
+        for (const cuda::IntGemmTile t : {cuda::IntGemmTile{2, 2, 1}, cuda::IntGemmTile{4, 2, 1},
+                                          cuda::IntGemmTile{4, 2, 2}, cuda::IntGemmTile{4, 4, 1}}) {
+          char b[48];
+          std::snprintf(b, sizeof b, " %d.%d.%d:%.1f", t.nt, t.rt, t.wt,
+                        time_us([&] { cuda::gemm_int(ctx, p4, nullptr, 1 << 20, t); }));
+          tiles += b;
+        }
       CUDA_OK(cudaDeviceSynchronize());
       const double b16 = double(N * K) * 2, b4 = double(N * K) / 2 + double(N * K / 128) * 4, b8 = double(N * K) + N * 4;
       std::printf(
@@ -587,7 +612,7 @@ TEST(CudaIntGemm, DISABLED_BenchLlama3Shapes) {
           "GB/s (%.2fx)%s",
           (long long)N, (long long)K, (long long)M, tb, b16 / tb / 1e3, t4, b4 / t4 / 1e3, tb / t4, t8, b8 / t8 / 1e3,
           tb / t8, M > 8 ? "" : "\n");
-      if (M > 8) std::printf(" | int4 fallback %8.1f us\n", t4f);
+      if (M > 8) std::printf(" | int4 fallback %8.1f us | tiles%s\n", t4f, tiles.c_str());
     }
   }
   cuda::gemm_context_destroy(ctx);

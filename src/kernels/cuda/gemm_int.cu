@@ -509,17 +509,29 @@ size_t gemm_int_scratch_bytes(const IntMatrix& w) {
   return size_t(fallback_rows(w.N, ldd) * ldd) * 2;
 }
 
-cudaError_t gemm_int(GemmContext* ctx, const IntGemmParams& p, cudaStream_t stream, int64_t kernel_max_m) {
+cudaError_t gemm_int(GemmContext* ctx, const IntGemmParams& p, cudaStream_t stream, int64_t kernel_max_m,
+                     IntGemmTile tile) {
   if (p.M <= 0) return cudaSuccess;
   if (!valid_matrix(p.w) || (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.w.K ||
       p.ldy < p.w.N)
     return cudaErrorInvalidValue;
   if (gemm_int_supported(p) && (p.M <= 8 || p.M <= kernel_max_m)) {
-    if (p.M <= 8) return gemv_int(p, stream);
-    // More tokens per weight tile read (NT) for larger M; 2 row tiles per block halve the
-    // reads of x against 1.
-    if (p.M <= 16) return launch_int<2, 2, 1, 0, kStore>(p, {}, stream);
-    return launch_int<4, 2, 1, 0, kStore>(p, {}, stream);
+    if (p.M <= 8 && tile.nt == 0) return gemv_int(p, stream);
+    // Each block reads x once per token tile (from L2, then L1 for its other warps) and each
+    // weight tile once: more tokens per block (nt) and more rows per block (rt·wt) cut those
+    // reads, fewer blocks leave SMs idle. By shape until the bench (int_gemm_test's
+    // DISABLED_BenchLlama3Shapes) has measured them: 16 tokens for M <= 16, else 32 tokens with
+    // 64 rows a block where that still gives a block per SM, else 32 rows.
+    if (tile.nt == 0) {
+      const int64_t blocks64 = (int_row_tiles(p.w.N) + 3) / 4 * ((p.M + 31) / 32);
+      tile = p.M <= 16 ? IntGemmTile{2, 2, 1} : blocks64 >= device_sm_count() ? IntGemmTile{4, 2, 2} : IntGemmTile{4, 2, 1};
+    }
+    const auto is = [&](int nt, int rt, int wt) { return tile.nt == nt && tile.rt == rt && tile.wt == wt; };
+    if (is(2, 2, 1)) return launch_int<2, 2, 1, 0, kStore>(p, {}, stream);
+    if (is(4, 2, 1)) return launch_int<4, 2, 1, 0, kStore>(p, {}, stream);
+    if (is(4, 2, 2)) return launch_int<4, 2, 2, 0, kStore>(p, {}, stream);
+    if (is(4, 4, 1)) return launch_int<4, 4, 1, 0, kStore>(p, {}, stream);
+    return cudaErrorInvalidValue;
   }
   // W's rows dequantized to bf16 a piece at a time (at most 64 MiB, whole 128-row blocks), each
   // piece one bf16 product into its columns of y (as gemm_fp8's fallback).

@@ -125,7 +125,14 @@ cudaError_t gemv_int(const IntGemmParams& p, cudaStream_t stream, const GemvFusi
 // 16 or 32 tokens that share each read of a weight tile; above that, or where the kernel does
 // not take the shapes, W dequantized to bf16 in pieces in the context's scratch and cuBLASLt
 // (gemm_bf16; grows the scratch: not while a graph is captured).
-cudaError_t gemm_int(GemmContext* ctx, const IntGemmParams& p, cudaStream_t stream, int64_t kernel_max_m = 64);
+// The tensor-core GEMM's tiling above M = 8: nt n8-tiles of tokens per block (2 or 4), rt warp
+// groups of 8 / rt warps splitting K (2 or 4), wt 16-row tiles per warp group (1 or 2; each x load
+// shared by them). Taken: {2,2,1}, {4,2,1}, {4,2,2}, {4,4,1}; {0,0,0} picks by shape.
+struct IntGemmTile {
+  int nt = 0, rt = 0, wt = 0;
+};
+cudaError_t gemm_int(GemmContext* ctx, const IntGemmParams& p, cudaStream_t stream, int64_t kernel_max_m = 64,
+                     IntGemmTile tile = {});
 // The scratch gemm_int's fallback takes for w (what a caller grows before a graph capture).
 size_t gemm_int_scratch_bytes(const IntMatrix& w);
 // Rows [r0, r0 + n) of W dequantized to bf16 rows of ld elements at dst (any K).
