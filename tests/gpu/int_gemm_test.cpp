@@ -25,6 +25,7 @@
 #include "model/int_quantize.h"
 #ifdef GALE_FIXTURES_DIR
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "loader/safetensors.h"
@@ -440,14 +441,35 @@ TEST(CudaIntGemm, GatherColsPermutesX) {
 std::string bundled_model() { return std::string(GALE_FIXTURES_DIR) + "/../../models/default"; }
 
 // Every layer projection of w rewritten as integer weights by quantize_int (buffers in w.owned).
-void quantize_projections(ModelWeights& w, const IntQuantSpec& q) {
+// act_order: as a GPTQ act-order checkpoint stores them, the input columns in a random order
+// (one per input width, so q|k|v and gate|up share theirs), stored column j holding input
+// feature in_perm[j].
+void quantize_projections(ModelWeights& w, const IntQuantSpec& q, bool act_order) {
+  std::mt19937 g(7);
+  std::map<int64_t, std::shared_ptr<int32_t[]>> perms;
   for_each_projection(w, [&](Linear& l) {
     if (!l.w) return;
     const int64_t bpr = int_code_bytes_per_row(q, l.in), spr = int_scales_per_row(q, l.in);
     auto codes = std::shared_ptr<uint8_t[]>(new uint8_t[size_t(l.out * bpr)]);
     auto scales = std::shared_ptr<float[]>(new float[size_t(l.out * spr)]);
     auto zeros = std::shared_ptr<uint8_t[]>(new uint8_t[size_t(l.out * spr)]);
-    quantize_int(l.w, l.dtype, l.out, l.in, l.row_stride(), q, nullptr, codes.get(), scales.get(), zeros.get());
+    if (act_order) {
+      std::shared_ptr<int32_t[]>& perm = perms[l.in];
+      if (!perm) {
+        perm = std::shared_ptr<int32_t[]>(new int32_t[size_t(l.in)]);
+        for (int64_t j = 0; j < l.in; ++j) perm[j] = int32_t(j);
+        std::shuffle(perm.get(), perm.get() + l.in, g);
+        w.owned.push_back(perm);
+      }
+      std::vector<float> stored(size_t(l.out * l.in));
+      for (int64_t r = 0; r < l.out; ++r)
+        for (int64_t j = 0; j < l.in; ++j)
+          stored[size_t(r * l.in + j)] = load_as_f32(l.w, l.dtype, size_t(r * l.row_stride() + perm[j]));
+      quantize_int(stored.data(), DType::F32, l.out, l.in, l.in, q, nullptr, codes.get(), scales.get(), zeros.get());
+      l.scheme.in_perm = perm.get();
+    } else {
+      quantize_int(l.w, l.dtype, l.out, l.in, l.row_stride(), q, nullptr, codes.get(), scales.get(), zeros.get());
+    }
     l.w = codes.get();
     l.dtype = q.bits == 8 ? DType::I8 : DType::U8;
     l.ld = 0;
@@ -465,11 +487,11 @@ void quantize_projections(ModelWeights& w, const IntQuantSpec& q) {
   });
 }
 
-std::unique_ptr<Transformer> int_model(const IntQuantSpec& q, bool on_device) {
+std::unique_ptr<Transformer> int_model(const IntQuantSpec& q, bool act_order, bool on_device) {
   const ModelConfig cfg = load_model_config(bundled_model());
   auto st = std::make_shared<SafeTensors>(SafeTensors::open_dir(bundled_model()));
   ModelWeights w = bind_weights(st, cfg);
-  quantize_projections(w, q);
+  quantize_projections(w, q, act_order);
   BackendOptions bo;
   bo.device = "cuda";
   CudaOptions co;
@@ -503,9 +525,13 @@ TEST(GpuIntModel, DeviceIntegerWeightsMatchDequantizedUpload) {
   std::vector<int32_t> ids = tok->encode(ss.str());
   ASSERT_GE(ids.size(), 200u);
   ids.resize(200);
-  for (const IntQuantSpec q : {IntQuantSpec{4, 128, true}, IntQuantSpec{4, 32, false}, IntQuantSpec{8, 0, true}}) {
-    SCOPED_TRACE(testing::Message() << "INT" << q.bits << " group " << q.group << (q.symmetric ? "" : " zero points"));
-    auto dev = int_model(q, true), ref = int_model(q, false);
+  // The last: act-order weights (x gathered on the device; un-permuted at the bf16 upload).
+  struct V { IntQuantSpec q; bool act_order; };
+  for (const V v : {V{{4, 128, true}, false}, V{{4, 32, false}, false}, V{{8, 0, true}, false}, V{{4, 64, false}, true}}) {
+    const IntQuantSpec q = v.q;
+    SCOPED_TRACE(testing::Message() << "INT" << q.bits << " group " << q.group << (q.symmetric ? "" : " zero points")
+                                    << (v.act_order ? " act-order" : ""));
+    auto dev = int_model(q, v.act_order, true), ref = int_model(q, v.act_order, false);
     if (testing::Test::HasFatalFailure()) return;
     const int64_t V = dev->config().vocab_size;
     // One pass (200 rows: the dequantizing fallback), chunks of 40 (the GEMM kernel), one token at
@@ -531,8 +557,8 @@ TEST(GpuIntModel, DeviceIntegerWeightsMatchDequantizedUpload) {
         mean_kl += kl / double(ids.size());
         same += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
       }
-      std::printf("[ int ] INT%d g%lld%s chunk %lld: mean KL %.2e, max KL %.2e, same argmax %d of %zu\n", q.bits,
-                  (long long)q.group, q.symmetric ? "" : " zp", (long long)chunk, mean_kl, max_kl, same, ids.size());
+      std::printf("[ int ] INT%d g%lld%s%s chunk %lld: mean KL %.2e, max KL %.2e, same argmax %d of %zu\n", q.bits,
+                  (long long)q.group, q.symmetric ? "" : " zp", v.act_order ? " act-order" : "", (long long)chunk, mean_kl, max_kl, same, ids.size());
       // Both multiply the same integer weights; they differ by the bf16 rounding of each
       // dequantized weight on the reference side (and the order of the f32 sums).
       EXPECT_LT(mean_kl, 2e-3);

@@ -41,6 +41,22 @@ float int_value(const Linear& l, const Linear::ScaleLayout& lay, int64_t r, int6
   return float(q - z) * static_cast<const float*>(s.scale)[si];
 }
 
+// An act-order matrix's inverse permutation: [c] = the stored column holding input feature c
+// (empty without in_perm). A gale::Error when in_perm is not a permutation: the gather would
+// read outside x.
+std::vector<int32_t> stored_columns(const Linear& l) {
+  std::vector<int32_t> inv;
+  if (!l.scheme.in_perm) return inv;
+  inv.assign(size_t(l.in), -1);
+  for (int64_t j = 0; j < l.in; ++j) {
+    const int32_t c = l.scheme.in_perm[j];
+    if (c < 0 || c >= l.in || inv[size_t(c)] >= 0)
+      throw Error("'" + l.name + "': its act-order permutation (g_idx) is not a permutation of the input columns");
+    inv[size_t(c)] = int32_t(j);
+  }
+  return inv;
+}
+
 // Columns per scale of an integer Linear on the device: its group, 0 per channel.
 int64_t int_group(const Linear& l) { return l.scheme.scales == WeightScheme::Scales::PerGroup ? l.scheme.group : 0; }
 
@@ -74,6 +90,10 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
   for (auto& e : done) cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
   const size_t out_es = dtype_size(dst_dtype), in_es = dtype_size(src_dtype);
   const Linear::ScaleLayout layout = scaled ? scaled->scale_layout() : Linear::ScaleLayout{};
+  // Act-order integer weights dequantized to bf16: device column c (input feature c) is the
+  // stored column j with in_perm[j] = c, so the bf16 product needs no gather.
+  const std::vector<int32_t> stored_col =
+      scaled && scaled->integer_weights() ? stored_columns(*scaled) : std::vector<int32_t>{};
   const size_t per = kStage / out_es;
   int half = 0;
   for (size_t i0 = 0; i0 < n; i0 += per, half ^= 1) {
@@ -87,7 +107,8 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
         uint16_t* o = reinterpret_cast<uint16_t*>(stage);
         for (int64_t j = b; j < e; ++j) {
           const int64_t g = int64_t(i0) + j;
-          o[j] = f32_to_bf16(int_value(*scaled, layout, g / scaled->in, g % scaled->in));
+          const int64_t c = g % scaled->in;
+          o[j] = f32_to_bf16(int_value(*scaled, layout, g / scaled->in, stored_col.empty() ? c : stored_col[size_t(c)]));
         }
       } else if (scaled) {  // an FP8 weight with scales, dequantized (bf16 out)
         GALE_ASSERT(dst_dtype == DType::BF16);
@@ -219,6 +240,7 @@ CudaBackend::DevMatrix CudaBackend::upload_int(std::span<const Linear* const> ls
   m.im.group = group;
   m.im.ng = cuda::int_scales_per_row(K, group);
   if (a.scheme.in_perm) {
+    stored_columns(a);  // validates it
     m.perm = static_cast<const int32_t*>(put(a.scheme.in_perm, size_t(K) * 4));
     has_perm_ = true;
   }
