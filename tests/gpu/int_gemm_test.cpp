@@ -3,7 +3,8 @@
 // weights made by quantize_int and put in the device layout by int_pack: the decode GEMV (plain,
 // RMSNorm input, SwiGLU output), the tensor-core GEMM for larger M, the dequantize-then-cuBLASLt
 // fallback, the column gather of act-order weights. INT8 and INT4, per channel and groups of
-// 32 / 64 / 128, zero points on and off, odd N and K, padded strides.
+// 32 / 64 / 128, zero points on and off, odd N and K, padded strides. CudaIntLayout runs without a
+// GPU: the kernel's unpacking and the tensor core's fragment layouts emulated on the host.
 // The whole bundled model with every projection quantized by quantize_int: integer weights kept
 // on the device against the same weights dequantized to bf16 at upload (GALE_CUDA_INT=0's
 // path), prefill through the GEMM kernel and its fallback, decode through the fused GEMVs.
@@ -187,6 +188,121 @@ std::vector<Case> formats(int64_t M, DType yt, bool acc) {
         }
   }
   return v;
+}
+
+// ---- the layout on the host (no GPU needed) -------------------------------------------------------
+
+uint16_t bf16_bits(float f) { return f32_to_bf16(f); }
+float bf16_value(uint32_t bits16) { return bf16_to_f32(uint16_t(bits16)); }
+
+// One warp's view of a 32-column half of tile (rt, kt), as gemm_int_kernel unpacks it: the A
+// operands of its two k-steps, a[ss][reg] (bf16 pairs, exact q − z), and the lane's scales.
+void emulate_lane_a(const std::vector<uint8_t>& tiles, const std::vector<float>& scales, const std::vector<uint8_t>& zeros,
+                    int bits, int64_t K, int64_t group, int64_t rt, int64_t kt, int h, int lane, uint32_t (&a)[2][4],
+                    float (&sc)[2]) {
+  const int g = lane / 4;
+  const int64_t KT = cuda::int_k_tiles(bits, K), ng = cuda::int_scales_per_row(K, group), cols = cuda::int_tile_cols(bits);
+  uint32_t w[4];
+  std::memcpy(w, tiles.data() + ((rt * KT + kt) * 32 + lane) * 16, 16);
+  const int64_t c0 = kt * cols + 32 * h, gi = group > 0 ? std::min(c0 / group, ng - 1) : 0;
+  const auto at = [&](int row) { return size_t((rt * ng + gi) * 16 + row); };
+  sc[0] = scales[at(g)];
+  sc[1] = scales[at(g + 8)];
+  const auto pair = [](float lo, float hi) { return uint32_t(bf16_bits(lo)) | uint32_t(bf16_bits(hi)) << 16; };
+  if (bits == 4) {
+    const uint32_t wg = h == 0 ? w[0] : w[2], wg8 = h == 0 ? w[1] : w[3];
+    const float z0 = zeros.empty() ? 8.0f : zeros[at(g)], z1 = zeros.empty() ? 8.0f : zeros[at(g + 8)];
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t lo = ((wg >> (4 * j)) & 0x000F000Fu) | 0x43004300u, hi = ((wg8 >> (4 * j)) & 0x000F000Fu) | 0x43004300u;
+      a[j / 2][(j % 2) * 2] = pair(bf16_value(lo & 0xFFFF) - (128 + z0), bf16_value(lo >> 16) - (128 + z0));
+      a[j / 2][(j % 2) * 2 + 1] = pair(bf16_value(hi & 0xFFFF) - (128 + z1), bf16_value(hi >> 16) - (128 + z1));
+    }
+  } else {
+    const auto q = [](uint32_t word, int b) { return float(int((word >> (8 * b)) & 0xFF) - 128); };
+    for (int ss = 0; ss < 2; ++ss) {
+      a[ss][0] = pair(q(w[ss], 0), q(w[ss], 1));
+      a[ss][1] = pair(q(w[2 + ss], 0), q(w[2 + ss], 1));
+      a[ss][2] = pair(q(w[ss], 2), q(w[ss], 3));
+      a[ss][3] = pair(q(w[2 + ss], 2), q(w[2 + ss], 3));
+    }
+  }
+}
+
+// The kernel's products emulated with mma.m16n8k16's fragment layouts as the PTX ISA defines
+// them (A register r: row g + 8 (r % 2), k 2t + 8 (r / 2) + {0, 1}; B register r: k 2t + 8r +
+// {0, 1}, column g; D element e: row g + 8 (e / 2), column 2t + e % 2), over int_pack's tiles,
+// against int_weight(): the layout and the unpacking tricks, checked without a GPU.
+TEST(CudaIntLayout, HostEmulationOfTheTensorCoreFragmentsMatchesIntWeight) {
+  std::mt19937 g(11);
+  for (const Case& c : formats(5, DType::F32, false)) {
+    if (c.N * c.K > 4'000'000) continue;  // the 4096² shape: slow on the host, nothing new
+    SCOPED_TRACE(describe(c));
+    const IntQuantSpec spec{c.bits, c.group, c.symmetric};
+    const int64_t N = c.N, K = c.K, M = c.M, cols = cuda::int_tile_cols(c.bits);
+    // int_pack as make_int runs it, without the device copies.
+    std::vector<float> src = randn(size_t(N * K), g, 0.02f);
+    const int64_t bpr = int_code_bytes_per_row(spec, K), spr = int_scales_per_row(spec, K);
+    std::vector<uint8_t> codes(size_t(N * bpr)), zeros(size_t(N * spr));
+    std::vector<float> scales(size_t(N * spr));
+    quantize_int(src.data(), DType::F32, N, K, K, spec, nullptr, codes.data(), scales.data(), zeros.data());
+    std::vector<uint8_t> tiles(cuda::int_code_bytes(c.bits, N, K), 0);
+    std::vector<float> ts(cuda::int_scale_count(N, K, c.group), 0.0f);
+    std::vector<uint8_t> tz(c.symmetric ? 0 : ts.size(), 0);
+    cuda::IntHostMatrix h{codes.data(), K, scales.data(), spr, c.symmetric ? nullptr : zeros.data(), c.bits, c.group, N, K};
+    cuda::int_pack(h, N, nullptr, nullptr, tiles.data(), ts.data(), c.symmetric ? nullptr : tz.data());
+    const std::vector<float> x = round_bf16(randn(size_t(M * K), g));
+    std::vector<float> got(size_t(M * N), 0.0f), want(size_t(M * N), 0.0f);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0;
+        for (int64_t k = 0; k < K; ++k)
+          s += double(x[size_t(m * K + k)]) *
+               int_weight(codes.data(), scales.data(), c.symmetric ? nullptr : zeros.data(), spec, K, n, k);
+        want[size_t(m * N + n)] = float(s);
+      }
+    for (int64_t rt = 0; rt < cuda::int_row_tiles(N); ++rt) {
+      float acc[32][4] = {};
+      for (int64_t kt = 0; kt < cuda::int_k_tiles(c.bits, K); ++kt)
+        for (int hh = 0; hh < cols / 32; ++hh) {
+          uint32_t a[32][2][4], b[32][2][2];
+          float sc[32][2];
+          for (int lane = 0; lane < 32; ++lane) {
+            emulate_lane_a(tiles, ts, tz, c.bits, K, c.group, rt, kt, hh, lane, a[lane], sc[lane]);
+            // x chunk [c, c + 8) of token g: words 0, 1 for k-step 0, words 2, 3 for k-step 1.
+            const int64_t col = kt * cols + 32 * hh + 8 * (lane % 4), tok = lane / 4;
+            uint16_t chunk[8] = {};
+            if (tok < M && col < K)
+              for (int e = 0; e < 8; ++e) chunk[e] = f32_to_bf16(x[size_t(tok * K + col + e)]);
+            uint32_t words[4];
+            std::memcpy(words, chunk, 16);
+            for (int ss = 0; ss < 2; ++ss) b[lane][ss][0] = words[2 * ss], b[lane][ss][1] = words[2 * ss + 1];
+          }
+          for (int ss = 0; ss < 2; ++ss) {
+            float A[16][16], B[16][8];
+            for (int lane = 0; lane < 32; ++lane) {
+              const int gg = lane / 4, t = lane % 4;
+              for (int r = 0; r < 4; ++r)
+                for (int e = 0; e < 2; ++e) A[gg + 8 * (r % 2)][2 * t + 8 * (r / 2) + e] = bf16_value(a[lane][ss][r] >> (16 * e));
+              for (int r = 0; r < 2; ++r)
+                for (int e = 0; e < 2; ++e) B[2 * t + 8 * r + e][gg] = bf16_value(b[lane][ss][r] >> (16 * e));
+            }
+            for (int lane = 0; lane < 32; ++lane)
+              for (int e = 0; e < 4; ++e) {
+                const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
+                double d = 0;
+                for (int k = 0; k < 16; ++k) d += double(A[row][k]) * B[k][col];
+                acc[lane][e] += float(d) * sc[lane][e / 2];
+              }
+          }
+        }
+      for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < 4; ++e) {
+          const int64_t row = rt * 16 + lane / 4 + 8 * (e / 2), tok = 2 * (lane % 4) + e % 2;
+          if (row < N && tok < M) got[size_t(tok * N + row)] = acc[lane][e];
+        }
+    }
+    EXPECT_LT(rel_err(got, want), 1e-5);
+  }
 }
 
 TEST(CudaIntGemm, PackedLayoutDequantizesToIntWeight) {
