@@ -517,15 +517,14 @@ cudaError_t gemm_int(GemmContext* ctx, const IntGemmParams& p, cudaStream_t stre
     return cudaErrorInvalidValue;
   if (gemm_int_supported(p) && (p.M <= 8 || p.M <= kernel_max_m)) {
     if (p.M <= 8 && tile.nt == 0) return gemv_int(p, stream);
-    // Each block reads x once per token tile (from L2, then L1 for its other warps) and each
-    // weight tile once: more tokens per block (nt) and more rows per block (rt·wt) cut those
-    // reads, fewer blocks leave SMs idle. By shape until the bench (int_gemm_test's
-    // DISABLED_BenchLlama3Shapes) has measured them: 16 tokens for M <= 16, else 32 tokens with
-    // 64 rows a block where that still gives a block per SM, else 32 rows.
-    if (tile.nt == 0) {
-      const int64_t blocks64 = (int_row_tiles(p.w.N) + 3) / 4 * ((p.M + 31) / 32);
-      tile = p.M <= 16 ? IntGemmTile{2, 2, 1} : blocks64 >= device_sm_count() ? IntGemmTile{4, 2, 2} : IntGemmTile{4, 2, 1};
-    }
+    // Each block reads its tokens' x from L2 once per K slice (its other warp groups find it in
+    // L1) and each weight tile once: more tokens per block (nt) and more rows per block (rt·wt)
+    // cut the x reads (at M = 64, N = K = 4096: 64 MB from L2 with 32 rows a block, 32 MB with
+    // 64, against 8 MB of INT4 codes), fewer blocks leave SMs idle. A guess until the bench
+    // (int_gemm_test's DISABLED_BenchLlama3Shapes) has timed every tiling on the H100: 16 tokens
+    // and 32 rows for M <= 16, else 32 tokens and 64 rows in 4 warp groups (126 registers, two
+    // blocks an SM; wt 2 shares x in registers but takes 232).
+    if (tile.nt == 0) tile = p.M <= 16 ? IntGemmTile{2, 2, 1} : IntGemmTile{4, 4, 1};
     const auto is = [&](int nt, int rt, int wt) { return tile.nt == nt && tile.rt == rt && tile.wt == wt; };
     if (is(2, 2, 1)) return launch_int<2, 2, 1, 0, kStore>(p, {}, stream);
     if (is(4, 2, 1)) return launch_int<4, 2, 1, 0, kStore>(p, {}, stream);
