@@ -3,7 +3,7 @@
 // weights made by quantize_int and put in the device layout by int_pack: the decode GEMV (plain,
 // RMSNorm input, SwiGLU output), the tensor-core GEMM for larger M, the dequantize-then-cuBLASLt
 // fallback, the column gather of act-order weights. INT8 and INT4, per channel and groups of
-// 32 / 64 / 128, zero points on and off, odd N and K, padded strides. CudaIntLayout runs without a
+// 32 / 64 / 96 / 128, zero points on and off, odd N and K, padded strides. CudaIntLayout runs without a
 // GPU: the kernel's unpacking and the tensor core's fragment layouts emulated on the host.
 // The whole bundled model with every projection quantized by quantize_int: integer weights kept
 // on the device against the same weights dequantized to bf16 at upload (GALE_CUDA_INT=0's
@@ -172,15 +172,16 @@ void check_product(std::mt19937& g, const Case& c, double tolerance,
             tolerance);
 }
 
-// Every weight format the layout takes, over shapes with partial row tiles, partial K tiles
-// (K % 64 == 16 or 32), a K not a multiple of the group, padded strides.
+// Every weight format the layout takes (groups of 96: not a power of two), over shapes with
+// partial row tiles, partial K tiles (K % 64 == 16 or 32), a K not a multiple of the group,
+// padded strides.
 std::vector<Case> formats(int64_t M, DType yt, bool acc) {
   std::vector<Case> v;
   const int64_t shapes[][3] = {{4096, 4096, 0}, {777, 1040, 16}, {1000, 2080, 8}, {40, 96, 0}};
   int i = 0;
   for (const auto& s : shapes) {
     for (const int bits : {8, 4})
-      for (const int64_t group : {int64_t(0), int64_t(32), int64_t(64), int64_t(128)})
+      for (const int64_t group : {int64_t(0), int64_t(32), int64_t(64), int64_t(96), int64_t(128)})
         for (const bool sym : {true, false}) {
           if (bits == 8 && !sym) continue;  // INT8 is symmetric only
           if (++i % 3 != 0 && s[0] == 4096) continue;  // the big shape: a third of the formats

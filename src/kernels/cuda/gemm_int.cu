@@ -209,6 +209,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_int_kernel(IntGemmParams p, 
   const bool active = on[0];  // tiles past the last come last
   const int64_t steps = (KT + int64_t(kUnroll) * KS - 1) / (int64_t(kUnroll) * KS);
 
+  // The scale group of a 32-column half starting at column c0: a shift for power-of-two groups
+  // (a 64-bit division per half would cost more than the half's whole dot product), clamped for
+  // halves in K's padding.
+  const unsigned gdiv = W.group > 0 ? unsigned(W.group) : 0u, glast = unsigned(W.ng - 1);
+  const bool gpow2 = gdiv != 0 && (gdiv & (gdiv - 1)) == 0;
+  const int gshift = gpow2 ? __ffs(int(gdiv)) - 1 : 0;
+  const auto group_of = [&](unsigned c0) -> unsigned {
+    if (gdiv == 0) return 0u;
+    return min(gpow2 ? c0 >> gshift : c0 / gdiv, glast);
+  };
+
   uint4 wr[WT][kUnroll];
   float sc[WT][kUnroll][kHalves][2];
   uint32_t zc[WT][kUnroll][kHalves][2];
@@ -223,8 +234,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_int_kernel(IntGemmParams p, 
         wr[w][u] = ok ? __ldcs(wt[w] + kt * 32) : make_uint4(0, 0, 0, 0);
 #pragma unroll
         for (int h = 0; h < kHalves; ++h) {
-          const int64_t c0 = kt * kTileCols + 32 * h;
-          const int64_t gi = W.group > 0 ? min(c0 / W.group, W.ng - 1) : 0;
+          const unsigned gi = group_of(unsigned(kt) * kTileCols + 32 * h);
           sc[w][u][h][0] = ok ? __ldg(srow[w] + gi * 16 + g) : 0.0f;
           sc[w][u][h][1] = ok ? __ldg(srow[w] + gi * 16 + g + 8) : 0.0f;
           if constexpr (BITS == 4) {
@@ -248,7 +258,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_int_kernel(IntGemmParams p, 
   }
   const int64_t M = MR > 0 ? MR : p.M;
   // x chunk [c, c + 8) of token `tok` (zero past M or K).
-  const auto ldx = [&](int64_t tok, int64_t c) -> uint4 {
+  const auto ldx = [&](int64_t tok, int c) -> uint4 {
     if (tok >= M || c >= W.K) return make_uint4(0, 0, 0, 0);
     if constexpr (MR > 0) return *reinterpret_cast<const uint4*>(xs + tok * W.K + c);
     else return __ldg(reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(p.x) + tok * p.ldx + c));
@@ -269,7 +279,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_int_kernel(IntGemmParams p, 
       if (!active || kt >= KT) continue;
 #pragma unroll
       for (int h = 0; h < kHalves; ++h) {
-        const int64_t c = kt * kTileCols + 32 * h + 8 * t;
+        const int c = int(kt) * kTileCols + 32 * h + 8 * t;
         uint4 xb[NT];
 #pragma unroll
         for (int j = 0; j < NT; ++j) xb[j] = ldx(tok0 + 8 * j + g, c);
@@ -394,9 +404,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_int_kernel(IntGemmParams p, 
 
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; }
 
+// K below 2³⁰: the kernel's column arithmetic is 32-bit.
 bool valid_matrix(const IntMatrix& w) {
   return w.w && w.scale && (w.bits == 4 || w.bits == 8) && (w.bits == 4 || !w.zero) && w.N > 0 && w.K > 0 &&
-         w.group >= 0 && w.group % 32 == 0 && w.ng == int_scales_per_row(w.K, w.group) && aligned16(w.w);
+         w.K < (int64_t(1) << 30) && w.group >= 0 && w.group % 32 == 0 && w.group < (int64_t(1) << 30) &&
+         w.ng == int_scales_per_row(w.K, w.group) && aligned16(w.w);
 }
 
 // Launches the kernel for this (NT, RT, WT, MR, EPI) with the weights' template arguments.
