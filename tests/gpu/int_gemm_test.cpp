@@ -58,7 +58,7 @@ struct IntW {
 
 // Random weights (a few rows of outliers, so scales differ a lot) quantized by quantize_int; the
 // row padding of the codes is filled with 0x5A, which must never be read.
-IntW make_int(std::mt19937& g, int64_t N, int64_t K, int64_t pad, const IntQuantSpec& spec) {
+IntW make_int(std::mt19937& g, int64_t N, int64_t K, int64_t pad, const IntQuantSpec& spec, bool with_dense = true) {
   IntW w;
   w.spec = spec;
   w.N = N;
@@ -72,8 +72,8 @@ IntW make_int(std::mt19937& g, int64_t N, int64_t K, int64_t pad, const IntQuant
   if (!spec.symmetric) w.zeros.resize(size_t(N * spr));
   quantize_int(src.data(), DType::F32, N, K, K, spec, nullptr, packed.data(), w.scales.data(),
                spec.symmetric ? nullptr : w.zeros.data());
-  w.dense.resize(size_t(N * K));
-  for (int64_t r = 0; r < N; ++r)
+  if (with_dense) w.dense.resize(size_t(N * K));
+  for (int64_t r = 0; r < N && with_dense; ++r)
     for (int64_t c = 0; c < K; ++c)
       w.dense[size_t(r * K + c)] =
           int_weight(packed.data(), w.scales.data(), spec.symmetric ? nullptr : w.zeros.data(), spec, K, r, c);
@@ -725,8 +725,8 @@ TEST(CudaIntGemm, DISABLED_BenchLlama3Shapes) {
     std::vector<uint16_t> wb(size_t(N * K));
     for (size_t i = 0; i < wb.size(); ++i) wb[i] = f32_to_bf16(float(int(i * 2654435761u % 2001) - 1000) * 1e-5f);
     DevBuf dwb = to_device(wb);
-    const IntW w4 = make_int(g, N, K, 0, IntQuantSpec{4, 128, true});
-    const IntW w8 = make_int(g, N, K, 0, IntQuantSpec{8, 0, true});
+    const IntW w4 = make_int(g, N, K, 0, IntQuantSpec{4, 128, true}, false);
+    const IntW w8 = make_int(g, N, K, 0, IntQuantSpec{8, 0, true}, false);
     for (const int64_t M : {1, 4, 8, 16, 32, 64, 128}) {
       DevBuf dx = to_device(to_bf16(randn(size_t(M * K), g))), dy(size_t(M * N) * 2);
       cuda::GemmParams pb{dx.p, K, dwb.p, K, dy.p, N, DType::BF16, M, N, K, false};
@@ -756,6 +756,19 @@ TEST(CudaIntGemm, DISABLED_BenchLlama3Shapes) {
           (long long)N, (long long)K, (long long)M, tb, b16 / tb / 1e3, t4, b4 / t4 / 1e3, tb / t4, t8, b8 / t8 / 1e3,
           tb / t8, M > 8 ? "" : "\n");
       if (M > 8) std::printf(" | int4 fallback %8.1f us | tiles%s\n", t4f, tiles.c_str());
+      if (M <= 4 && K == 4096) {  // the RMSNorm-staging GEMV (q|k|v, gate|up): what staging costs
+        DevBuf xf = to_device(randn(size_t(M * K), g)), nw = to_device(randn(size_t(K), g));
+        const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, nw.as<float>(), 1e-5f};
+        cuda::GemmParams pbn = pb;
+        pbn.x = xf.p;
+        cuda::IntGemmParams p4n = p4;
+        p4n.x = xf.p;
+        const double tbn = time_us([&] { cuda::gemv_bf16(pbn, nullptr, in); });
+        const double t4n = time_us([&] { cuda::gemv_int(p4n, nullptr, in); });
+        CUDA_OK(cudaDeviceSynchronize());
+        std::printf("                        with RMSNorm staged: bf16 %8.1f us | int4 %8.1f us (%.2fx)\n", tbn, t4n,
+                    tbn / t4n);
+      }
     }
   }
   cuda::gemm_context_destroy(ctx);
