@@ -198,11 +198,12 @@ float bf16_value(uint32_t bits16) { return bf16_to_f32(uint16_t(bits16)); }
 
 // One warp's view of a 32-column half of tile (rt, kt), as gemm_int_kernel unpacks it: the A
 // operands of its two k-steps, a[ss][reg] (bf16 pairs, exact q − z), and the lane's scales.
-void emulate_lane_a(const std::vector<uint8_t>& tiles, const std::vector<float>& scales, const std::vector<uint8_t>& zeros,
-                    int bits, int64_t K, int64_t group, int64_t rt, int64_t kt, int h, int lane, uint32_t (&a)[2][4],
-                    float (&sc)[2]) {
+void emulate_lane_a(const std::vector<uint8_t>& tiles, const std::vector<float>& scales,
+                    const std::vector<uint8_t>& zeros, int bits, int64_t K, int64_t group, int64_t rt, int64_t kt,
+                    int h, int lane, uint32_t (&a)[2][4], float (&sc)[2]) {
   const int g = lane / 4;
-  const int64_t KT = cuda::int_k_tiles(bits, K), ng = cuda::int_scales_per_row(K, group), cols = cuda::int_tile_cols(bits);
+  const int64_t KT = cuda::int_k_tiles(bits, K), ng = cuda::int_scales_per_row(K, group),
+                cols = cuda::int_tile_cols(bits);
   uint32_t w[4];
   std::memcpy(w, tiles.data() + ((rt * KT + kt) * 32 + lane) * 16, 16);
   const int64_t c0 = kt * cols + 32 * h, gi = group > 0 ? std::min(c0 / group, ng - 1) : 0;
@@ -214,7 +215,8 @@ void emulate_lane_a(const std::vector<uint8_t>& tiles, const std::vector<float>&
     const uint32_t wg = h == 0 ? w[0] : w[2], wg8 = h == 0 ? w[1] : w[3];
     const float z0 = zeros.empty() ? 8.0f : zeros[at(g)], z1 = zeros.empty() ? 8.0f : zeros[at(g + 8)];
     for (int j = 0; j < 4; ++j) {
-      const uint32_t lo = ((wg >> (4 * j)) & 0x000F000Fu) | 0x43004300u, hi = ((wg8 >> (4 * j)) & 0x000F000Fu) | 0x43004300u;
+      const uint32_t lo = ((wg >> (4 * j)) & 0x000F000Fu) | 0x43004300u,
+                     hi = ((wg8 >> (4 * j)) & 0x000F000Fu) | 0x43004300u;
       a[j / 2][(j % 2) * 2] = pair(bf16_value(lo & 0xFFFF) - (128 + z0), bf16_value(lo >> 16) - (128 + z0));
       a[j / 2][(j % 2) * 2 + 1] = pair(bf16_value(hi & 0xFFFF) - (128 + z1), bf16_value(hi >> 16) - (128 + z1));
     }
@@ -249,7 +251,8 @@ TEST(CudaIntLayout, HostEmulationOfTheTensorCoreFragmentsMatchesIntWeight) {
     std::vector<uint8_t> tiles(cuda::int_code_bytes(c.bits, N, K), 0);
     std::vector<float> ts(cuda::int_scale_count(N, K, c.group), 0.0f);
     std::vector<uint8_t> tz(c.symmetric ? 0 : ts.size(), 0);
-    cuda::IntHostMatrix h{codes.data(), K, scales.data(), spr, c.symmetric ? nullptr : zeros.data(), c.bits, c.group, N, K};
+    cuda::IntHostMatrix h{
+        codes.data(), K, scales.data(), spr, c.symmetric ? nullptr : zeros.data(), c.bits, c.group, N, K};
     cuda::int_pack(h, N, nullptr, nullptr, tiles.data(), ts.data(), c.symmetric ? nullptr : tz.data());
     const std::vector<float> x = round_bf16(randn(size_t(M * K), g));
     std::vector<float> got(size_t(M * N), 0.0f), want(size_t(M * N), 0.0f);
@@ -283,7 +286,8 @@ TEST(CudaIntLayout, HostEmulationOfTheTensorCoreFragmentsMatchesIntWeight) {
             for (int lane = 0; lane < 32; ++lane) {
               const int gg = lane / 4, t = lane % 4;
               for (int r = 0; r < 4; ++r)
-                for (int e = 0; e < 2; ++e) A[gg + 8 * (r % 2)][2 * t + 8 * (r / 2) + e] = bf16_value(a[lane][ss][r] >> (16 * e));
+                for (int e = 0; e < 2; ++e)
+                  A[gg + 8 * (r % 2)][2 * t + 8 * (r / 2) + e] = bf16_value(a[lane][ss][r] >> (16 * e));
               for (int r = 0; r < 2; ++r)
                 for (int e = 0; e < 2; ++e) B[2 * t + 8 * r + e][gg] = bf16_value(b[lane][ss][r] >> (16 * e));
             }
@@ -499,12 +503,13 @@ TEST(CudaIntGemm, KernelMatchesReference) {
   for (const cuda::IntGemmTile t : {cuda::IntGemmTile{2, 2, 1}, cuda::IntGemmTile{4, 2, 1}, cuda::IntGemmTile{4, 2, 2},
                                     cuda::IntGemmTile{4, 4, 1}}) {
     SCOPED_TRACE(testing::Message() << "tile nt=" << t.nt << " rt=" << t.rt << " wt=" << t.wt);
-    for (const Case c : {Case{1, 777, 1040, 16, 4, 32, false, DType::F32, true}, Case{33, 1000, 2080, 8, 4, 128, true, DType::BF16, false},
-                         Case{64, 4096, 4096, 0, 4, 128, true, DType::F32, false}, Case{20, 40, 96, 0, 8, 0, true, DType::F32, true},
-                         Case{100, 777, 1040, 16, 8, 64, true, DType::BF16, true}})
-      check_product(g, c, tol(c.yt), [&](const cuda::IntGemmParams& p) {
-        CUDA_OK(cuda::gemm_int(ctx, p, nullptr, 1 << 20, t));
-      });
+    for (const Case c :
+         {Case{1, 777, 1040, 16, 4, 32, false, DType::F32, true},
+          Case{33, 1000, 2080, 8, 4, 128, true, DType::BF16, false},
+          Case{64, 4096, 4096, 0, 4, 128, true, DType::F32, false}, Case{20, 40, 96, 0, 8, 0, true, DType::F32, true},
+          Case{100, 777, 1040, 16, 8, 64, true, DType::BF16, true}})
+      check_product(g, c, tol(c.yt),
+                    [&](const cuda::IntGemmParams& p) { CUDA_OK(cuda::gemm_int(ctx, p, nullptr, 1 << 20, t)); });
   }
   DevBuf any(4096);
   const cuda::IntGemmParams bad{any.p, 64, cuda::IntMatrix{any.p, any.as<float>(), nullptr, 4, 16, 64, 0, 1}, any.p, 64,
@@ -643,8 +648,12 @@ TEST(GpuIntModel, DeviceIntegerWeightsMatchDequantizedUpload) {
   ASSERT_GE(ids.size(), 200u);
   ids.resize(200);
   // The last: act-order weights (x gathered on the device; un-permuted at the bf16 upload).
-  struct V { IntQuantSpec q; bool act_order; };
-  for (const V v : {V{{4, 128, true}, false}, V{{4, 32, false}, false}, V{{8, 0, true}, false}, V{{4, 64, false}, true}}) {
+  struct V {
+    IntQuantSpec q;
+    bool act_order;
+  };
+  for (const V v :
+       {V{{4, 128, true}, false}, V{{4, 32, false}, false}, V{{8, 0, true}, false}, V{{4, 64, false}, true}}) {
     const IntQuantSpec q = v.q;
     SCOPED_TRACE(testing::Message() << "INT" << q.bits << " group " << q.group << (q.symmetric ? "" : " zero points")
                                     << (v.act_order ? " act-order" : ""));
@@ -675,7 +684,8 @@ TEST(GpuIntModel, DeviceIntegerWeightsMatchDequantizedUpload) {
         same += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
       }
       std::printf("[ int ] INT%d g%lld%s%s chunk %lld: mean KL %.2e, max KL %.2e, same argmax %d of %zu\n", q.bits,
-                  (long long)q.group, q.symmetric ? "" : " zp", v.act_order ? " act-order" : "", (long long)chunk, mean_kl, max_kl, same, ids.size());
+                  (long long)q.group, q.symmetric ? "" : " zp", v.act_order ? " act-order" : "", (long long)chunk,
+                  mean_kl, max_kl, same, ids.size());
       // Both multiply the same integer weights; they differ by the bf16 rounding of each
       // dequantized weight on the reference side (and the order of the f32 sums).
       EXPECT_LT(mean_kl, 2e-3);
@@ -749,7 +759,8 @@ TEST(CudaIntGemm, DISABLED_BenchLlama3Shapes) {
           tiles += b;
         }
       CUDA_OK(cudaDeviceSynchronize());
-      const double b16 = double(N * K) * 2, b4 = double(N * K) / 2 + double(N * K / 128) * 4, b8 = double(N * K) + N * 4;
+      const double b16 = double(N * K) * 2, b4 = double(N * K) / 2 + double(N * K / 128) * 4,
+                   b8 = double(N * K) + N * 4;
       std::printf(
           "N=%6lld K=%5lld M=%3lld  bf16 %8.1f us %6.0f GB/s | int4 %8.1f us %6.0f GB/s (%.2fx) | int8 %8.1f us %6.0f "
           "GB/s (%.2fx)%s",

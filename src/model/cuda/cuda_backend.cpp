@@ -201,7 +201,8 @@ void CudaBackend::rmsnorm_linear(Act x, const std::vector<float>& norm_w, float 
 void CudaBackend::swiglu_mlp(Act x, const std::vector<float>& norm_w, float eps, Act normed, Act gate_up,
                              const Linear& gate, const Linear& up, const Linear& down, Act out) {
   auto it = fused_.find(gate.w);
-  if (it == fused_.end() || !it->second.interleaved4) return Backend::swiglu_mlp(x, norm_w, eps, normed, gate_up, gate, up, down, out);
+  if (it == fused_.end() || !it->second.interleaved4)
+    return Backend::swiglu_mlp(x, norm_w, eps, normed, gate_up, gate, up, down, out);
   const Fused& f = it->second;
   const int64_t I = gate.out, rows = x.rows;
   GALE_ASSERT(gate_up.cols == 2 * I && f.n == 2 * I && d_act_.bytes >= size_t(rows * I) * 2);

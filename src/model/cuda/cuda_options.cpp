@@ -60,7 +60,8 @@ CudaOptions cuda_options_from_env() {
   if (const char* v = std::getenv("GALE_INT_GEMM_MAX_M"); v && *v) {
     char* end = nullptr;
     const long m = std::strtol(v, &end, 10);
-    if (*end || m < 0 || m > 65536) throw Error(std::string("GALE_INT_GEMM_MAX_M='") + v + "': expected a row count 0..65536");
+    if (*end || m < 0 || m > 65536)
+      throw Error(std::string("GALE_INT_GEMM_MAX_M='") + v + "': expected a row count 0..65536");
     o.int_gemm_max_m = int(m);
   }
   parse_fusions(o);

@@ -108,7 +108,8 @@ void CudaBackend::upload_bytes(void* dst, const void* src, DType src_dtype, size
         for (int64_t j = b; j < e; ++j) {
           const int64_t g = int64_t(i0) + j;
           const int64_t c = g % scaled->in;
-          o[j] = f32_to_bf16(int_value(*scaled, layout, g / scaled->in, stored_col.empty() ? c : stored_col[size_t(c)]));
+          const int64_t sc = stored_col.empty() ? c : stored_col[size_t(c)];
+          o[j] = f32_to_bf16(int_value(*scaled, layout, g / scaled->in, sc));
         }
       } else if (scaled) {  // an FP8 weight with scales, dequantized (bf16 out)
         GALE_ASSERT(dst_dtype == DType::BF16);
