@@ -15,7 +15,8 @@ namespace {
 
 const char* const kVars[] = {"GALE_CUDA_GRAPHS", "GALE_CUDA_GEMV",   "GALE_CUDA_PDL", "GALE_CUDA_CLUSTERS",
                              "GALE_CUDA_MOE",    "GALE_GEMV_ROTATE", "GALE_CUDA_FP8", "GALE_CUDA_W8A8",
-                             "GALE_GEMV_UNROLL", "GALE_CUDA_FUSE",   "GALE_PROFILE"};
+                             "GALE_GEMV_UNROLL", "GALE_CUDA_FUSE",   "GALE_PROFILE",  "GALE_CUDA_INT",
+                             "GALE_INT_GEMM_MAX_M"};
 
 // Each test starts from an environment without the switches and leaves none behind.
 class CudaOptionsEnv : public ::testing::Test {
@@ -72,6 +73,25 @@ TEST_F(CudaOptionsEnv, Fp8Switches) {
   EXPECT_FALSE(cuda_options_from_env().fp8_w8a8);
   setenv("GALE_CUDA_FP8", "yes", 1);
   EXPECT_NE(error().find("GALE_CUDA_FP8='yes'"), std::string::npos) << error();
+}
+
+// Integer weights stay integer on the device unless GALE_CUDA_INT=0; GALE_INT_GEMM_MAX_M takes a
+// row count (default 64).
+TEST_F(CudaOptionsEnv, IntegerWeightSwitches) {
+  CudaOptions o = cuda_options_from_env();
+  EXPECT_TRUE(o.int_weights);
+  EXPECT_EQ(o.int_gemm_max_m, 64);
+  setenv("GALE_CUDA_INT", "0", 1);
+  setenv("GALE_INT_GEMM_MAX_M", "128", 1);
+  o = cuda_options_from_env();
+  EXPECT_FALSE(o.int_weights);
+  EXPECT_EQ(o.int_gemm_max_m, 128);
+  setenv("GALE_INT_GEMM_MAX_M", "0", 1);
+  EXPECT_EQ(cuda_options_from_env().int_gemm_max_m, 0);
+  for (const char* bad : {"-1", "64k", "1e9", "100000"}) {
+    setenv("GALE_INT_GEMM_MAX_M", bad, 1);
+    EXPECT_NE(error().find(std::string("GALE_INT_GEMM_MAX_M='") + bad + "'"), std::string::npos) << error();
+  }
 }
 
 TEST_F(CudaOptionsEnv, MalformedSwitchNamesTheVariable) {

@@ -183,6 +183,12 @@ const Plan* find_plan(GemmContext* ctx, const PlanKey& key, cudaError_t* err) {
 
 }  // namespace
 
+cudaError_t gemm_scratch(GemmContext* ctx, size_t bytes, void** p) {
+  GALE_CUDA_TRY(grow_scratch(ctx, bytes));
+  *p = ctx->scratch;
+  return cudaSuccess;
+}
+
 cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0) return cudaSuccess;
   if (p.K <= 0 || p.w_dtype != DType::BF16 || (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.K ||

@@ -41,6 +41,9 @@ cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream
 // (weight-only numerics). Grows the scratch with cudaMalloc: not while a graph is captured.
 cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8 = true);
 const char* gemm_last_error(const GemmContext* ctx);
+// The context's scratch, grown to at least `bytes` (cudaMalloc: not while a graph is captured);
+// what gemm_fp8 and gemm_int's fallbacks dequantize W into. Valid until the next call that grows it.
+cudaError_t gemm_scratch(GemmContext* ctx, size_t bytes, void** p);
 // Plans held in the cache (for tests).
 size_t gemm_cached_plans(const GemmContext* ctx);
 

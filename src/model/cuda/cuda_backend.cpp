@@ -177,7 +177,15 @@ void CudaBackend::rmsnorm_linear(Act x, const std::vector<float>& norm_w, float 
                                  std::span<const Linear* const> ls, Act out) {
   const Fused* f = fused_for(ls);
   const DevMatrix* m = f ? f : ls.size() == 1 ? &wmap_.at(ls[0]->w) : nullptr;
-  if (fuse_norm_ && m && x.dtype == DType::F32) {
+  if (fuse_norm_ && m && x.dtype == DType::F32 && m->integer()) {
+    const cuda::IntGemmParams p = int_params(*m, x, out, false);
+    const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
+    if (!m->perm && out.cols == m->im.N && cuda::gemv_int_fusable(p, in)) {
+      cuda_check(cuda::gemv_int(p, stream_, in), "RMSNorm + integer GEMV");
+      if (const float* b = f ? f->bias : ls[0]->bias.empty() ? nullptr : vec(ls[0]->bias)) bias(b, out);
+      return;
+    }
+  } else if (fuse_norm_ && m && x.dtype == DType::F32) {
     const int64_t n = f ? f->n : ls[0]->out;
     const cuda::GemmParams p = gemm_params(*m, n, x, out, false);
     const cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
@@ -193,15 +201,19 @@ void CudaBackend::rmsnorm_linear(Act x, const std::vector<float>& norm_w, float 
 void CudaBackend::swiglu_mlp(Act x, const std::vector<float>& norm_w, float eps, Act normed, Act gate_up,
                              const Linear& gate, const Linear& up, const Linear& down, Act out) {
   auto it = fused_.find(gate.w);
-  if (it == fused_.end() || !it->second.interleaved4) return Backend::swiglu_mlp(x, norm_w, eps, normed, gate_up, gate, up, down, out);
+  if (it == fused_.end() || !it->second.interleaved4)
+    return Backend::swiglu_mlp(x, norm_w, eps, normed, gate_up, gate, up, down, out);
   const Fused& f = it->second;
   const int64_t I = gate.out, rows = x.rows;
   GALE_ASSERT(gate_up.cols == 2 * I && f.n == 2 * I && d_act_.bytes >= size_t(rows * I) * 2);
   Act act{d_act_.p, DType::BF16, rows, I, I};
   const cuda::GemmParams p = gemm_params(f, 2 * I, x, act, false);
+  const cuda::IntGemmParams pi = int_params(f, x, act, false);
   cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
   in.swiglu = true;
-  if (x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
+  if (f.integer() && !f.perm && x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_int_fusable(pi, in)) {
+    cuda_check(cuda::gemv_int(pi, stream_, in), "RMSNorm + integer gate|up GEMV + SiLU-mul");
+  } else if (!f.integer() && x.dtype == DType::F32 && fuse_norm_ && cuda::gemv_bf16_fusable(p, in)) {
     cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + gate|up GEMV + SiLU-mul");
   } else {  // the interleaved gate|up product, then SiLU-mul over its groups of four
     const Linear* proj[] = {&gate, &up};
@@ -337,11 +349,17 @@ bool CudaBackend::rmsnorm_qkv_rope_cache(Act x, const std::vector<float>& norm_w
       out.dtype != DType::BF16 || kv.dtype != DType::BF16)
     return false;
   const Fused* f = fused_for(qkv);
-  if (!f || f->bias || f->interleaved4) return false;
+  if (!f || f->bias || f->interleaved4 || f->perm) return false;
   const cuda::GemmParams p = gemm_params(*f, f->n, x, out, false);
   cuda::GemvFusion in{cuda::GemvFusion::kRMSNorm, vec(norm_w), eps};
   in.rope = true;
   in.rk = {d_cos_, d_sin_, qkv[0]->out, qkv[1]->out, kv.head_dim, kv.k, kv.v, d_slots_};
+  if (f->integer()) {
+    const cuda::IntGemmParams pi = int_params(*f, x, out, false);
+    if (out.cols != f->n || qkv[1]->out != kv.n_kv_heads * kv.head_dim || !cuda::gemv_int_fusable(pi, in)) return false;
+    cuda_check(cuda::gemv_int(pi, stream_, in), "RMSNorm + integer q|k|v GEMV + RoPE + K/V write");
+    return true;
+  }
   if (out.cols != f->n || qkv[1]->out != kv.n_kv_heads * kv.head_dim || !cuda::gemv_bf16_fusable(p, in)) return false;
   cuda_check(cuda::gemv_bf16(p, stream_, in), "RMSNorm + q|k|v GEMV + RoPE + K/V write");
   return true;

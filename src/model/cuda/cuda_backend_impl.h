@@ -25,6 +25,7 @@
 #include "kernels/cuda/bias_add.cuh"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/gather_rows.cuh"
+#include "kernels/cuda/gemm_int.cuh"
 #include "kernels/cuda/gemm_lt.cuh"
 #include "kernels/cuda/gemv_bf16.cuh"
 #include "kernels/cuda/kv_cache_write.cuh"
@@ -58,7 +59,9 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda:" + std::to_string(opt_.device); }
   // Scaled FP8 weights too: dense projections stay E4M3 on the device (the decode GEMV and the
-  // W8A8 GEMM), the MoE experts and the router are dequantized to bf16 at upload.
+  // W8A8 GEMM), the MoE experts and the router are dequantized to bf16 at upload. Integer
+  // weights (Linear::integer_weights, act-order included) likewise: dense projections stay
+  // INT8 / packed INT4 (kernels/cuda/gemm_int.cuh), the rest becomes bf16.
   bool supports(const Linear& l) const override;
   std::string device_model() const override;
   bool is_cpu() const override { return false; }
@@ -165,13 +168,40 @@ class CudaBackend final : public Backend {
   }
 
   // A weight matrix on the device: bf16 rows, or E4M3 rows with f32 scales, one per `scols`
-  // columns of each row (scale[r * sld + k / scols]; scols >= in: one per row).
+  // columns of each row (scale[r * sld + k / scols]; scols >= in: one per row), or integer
+  // weights in gemm_int's tiles (im.w set; w unused), with the act-order gather of x's columns.
   struct DevMatrix {
     void* w = nullptr;
     DType dtype = DType::BF16;
     const float* scale = nullptr;
     int64_t scols = 1, sld = 1;
+    cuda::IntMatrix im{};
+    const int32_t* perm = nullptr;  // [in] on the device, or null
+    bool integer() const { return im.w != nullptr; }
   };
+
+  static cuda::IntGemmParams int_params(const DevMatrix& m, Act in, Act out, bool accumulate) {
+    return {in.data, in.ld, m.im, out.data, out.ld, out.dtype, in.rows, accumulate};
+  }
+
+  // Integer weights: x's columns gathered first for act-order matrices (steps with such
+  // matrices are not captured in graphs: the gather buffer may grow), the GEMV for decode rows,
+  // else the tensor-core GEMM or its dequantizing fallback.
+  void gemm_int(const DevMatrix& m, int64_t n, Act in, Act out, bool accumulate) {
+    GALE_ASSERT(n == m.im.N && in.cols == m.im.K);
+    if (m.perm) {
+      grow_device(d_perm_x_, size_t(in.rows * in.cols) * 2);
+      cuda_check(cuda::gather_cols(in.data, in.ld, m.perm, d_perm_x_.p, in.cols, in.rows, in.cols, stream_),
+                 "act-order gather");
+      in = Act{d_perm_x_.p, DType::BF16, in.rows, in.cols, in.cols};
+    }
+    const cuda::IntGemmParams p = int_params(m, in, out, accumulate);
+    const cudaError_t e = opt_.gemv && in.rows <= 8 && cuda::gemm_int_supported(p)
+                              ? cuda::gemv_int(p, stream_)
+                              : cuda::gemm_int(gemm_, p, stream_, opt_.int_gemm_max_m);
+    if (e == cudaErrorNotSupported) throw Error(cuda::gemm_last_error(gemm_));
+    cuda_check(e, "integer-weight GEMM");
+  }
 
   static cuda::GemmParams gemm_params(const DevMatrix& m, int64_t n, Act in, Act out, bool accumulate) {
     cuda::GemmParams p{in.data, in.ld, m.w, in.cols, out.data, out.ld, out.dtype, in.rows, n, in.cols, accumulate};
@@ -184,6 +214,7 @@ class CudaBackend final : public Backend {
   }
 
   void gemm(const DevMatrix& m, int64_t n, Act in, Act out, bool accumulate) {
+    if (m.integer()) return gemm_int(m, n, in, out, accumulate);
     const cuda::GemmParams p = gemm_params(m, n, in, out, accumulate);
     if (opt_.gemv && cuda::gemv_bf16_supported(p)) {  // decode batches: a pass over W
       cuda_check(cuda::gemv_bf16(p, stream_), "GEMV");
@@ -236,6 +267,7 @@ class CudaBackend final : public Backend {
   // Scratch: decode attention's split-K (sized by begin_step), row lists, argmax, scatter-add
   // weights, swiglu_mlp's activations (sized by begin_step).
   Grow d_ws_, d_rows_, d_argmax_ws_, d_wts_, d_act_;
+  Grow d_perm_x_;  // act-order integer weights: x with its columns gathered
 
   // ---- weights (cuda_weights.cpp) ------------------------------------------------------------
 
@@ -289,6 +321,14 @@ class CudaBackend final : public Backend {
   // Device copies of the weights. A group of matrices that are one product (q|k|v, gate|up, or
   // one matrix) stays FP8 on the device when fp8_cols returns its scale grid's column width.
   int64_t fp8_cols(std::span<const Linear* const> ls) const;
+  // Whether a group of matrices (one product) stays integer on the device: all integer weights
+  // of one dtype, scale grouping, width and act-order permutation, the GALE_CUDA_INT switch on.
+  bool int_device(std::span<const Linear* const> ls) const;
+  // Those matrices packed into one device matrix of gemm_int's layout, rows one after the other
+  // or (interleave4, two matrices gate, up) in GemvFusion::swiglu's groups of four.
+  DevMatrix upload_int(std::span<const Linear* const> ls, bool interleave4);
+  bool has_perm_ = false;             // some device matrix gathers x (no decode graphs)
+  size_t int_scratch_ = 0;            // the largest scratch gemm_int's fallback takes
   DevMatrix upload_matrix(const Linear& l, void* dst = nullptr, float* scale_dst = nullptr, int64_t scols = 0);
   // Reorders rows [gate; up] of rows_bytes each into groups of four (GemvFusion::swiglu's layout).
   void interleave4(void* rows, int64_t n, size_t row_bytes);

@@ -56,6 +56,14 @@ CudaOptions cuda_options_from_env() {
     if (s == "4" || s == "8") o.gemv_unroll = s[0] - '0';
     else if (s != "auto") throw Error("GALE_GEMV_UNROLL='" + s + "': expected 4, 8 or auto");
   }
+  o.int_weights = env_switch("GALE_CUDA_INT");
+  if (const char* v = std::getenv("GALE_INT_GEMM_MAX_M"); v && *v) {
+    char* end = nullptr;
+    const long m = std::strtol(v, &end, 10);
+    if (*end || m < 0 || m > 65536)
+      throw Error(std::string("GALE_INT_GEMM_MAX_M='") + v + "': expected a row count 0..65536");
+    o.int_gemm_max_m = int(m);
+  }
   parse_fusions(o);
   o.profile = std::getenv("GALE_PROFILE") != nullptr;
   return o;

@@ -24,6 +24,12 @@ struct CudaOptions {
   // weights are dequantized to bf16 at upload and run by the bf16 kernels.
   bool fp8 = false;
   bool fp8_w8a8 = true;     // GALE_CUDA_W8A8: prefill products with per-channel FP8 weights as W8A8
+  // GALE_CUDA_INT=0: integer weights (INT8 / INT4, model/weights.h) dequantized to bf16 at upload
+  // instead of staying packed on the device for the integer GEMV / GEMM (kernels/cuda/gemm_int.cuh).
+  bool int_weights = true;
+  // GALE_INT_GEMM_MAX_M: the most rows the integer tensor-core GEMM takes; larger products
+  // dequantize W to bf16 in pieces and run cuBLASLt.
+  int int_gemm_max_m = 64;
   // GALE_CUDA_FUSE: a comma list of the fusions to use (default: all; empty: none).
   bool fuse_rope = true;  // "rope": RoPE with the K/V write
   bool fuse_norm = true;  // "norm": RMSNorm inside the decode GEMV (needs gemv)

@@ -51,7 +51,8 @@ void CudaBackend::begin_step(const StepPlan& plan) {
   }
   all_decode_ = plan.all_decode();
   if (all_decode_) n_lead_decode_ = int64_t(plan.seqs.size()) + pad;
-  graphable_ = opt_.graphs && (cfg_.num_experts == 0 || moe_kernels_) && decode_step(plan) &&
+  // Act-order integer weights gather x into a buffer that may grow mid-step: no graphs.
+  graphable_ = opt_.graphs && !has_perm_ && (cfg_.num_experts == 0 || moe_kernels_) && decode_step(plan) &&
                Tp == padded_tokens(plan);
   if (graphable_) {
     // A graph bakes the block-table stride and the attention split in: round the table width
