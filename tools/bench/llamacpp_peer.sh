@@ -81,13 +81,14 @@ LLAMA_COMMIT=$(git -C "$SRC" rev-parse --short=10 HEAD)
 if [[ $CUDA == 1 ]]; then BUILD=$SRC/build-cuda; BACKEND="-DGGML_CUDA=ON"; else BUILD=$SRC/build-cpu; BACKEND="-DGGML_CUDA=OFF"; fi
 if [[ ! -x $BUILD/bin/llama-bench || ! -x $BUILD/bin/llama-quantize ]]; then
   echo "== building llama.cpp $LLAMA_COMMIT in $BUILD (-j$JOBS)"
+  echo "   (compiler output in $BUILD.log)"
   locked cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON $BACKEND \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$BUILD.log" 2>&1
   # In pieces, so that no single lock hold is long on a 2-core machine.
-  locked cmake --build "$BUILD" --target ggml-base -j "$JOBS" >/dev/null
-  locked cmake --build "$BUILD" --target ggml -j "$JOBS" >/dev/null
-  locked cmake --build "$BUILD" --target llama -j "$JOBS" >/dev/null
-  locked cmake --build "$BUILD" --target llama-bench llama-quantize -j "$JOBS" >/dev/null
+  locked cmake --build "$BUILD" --target ggml-base -j "$JOBS" >>"$BUILD.log" 2>&1
+  locked cmake --build "$BUILD" --target ggml -j "$JOBS" >>"$BUILD.log" 2>&1
+  locked cmake --build "$BUILD" --target llama -j "$JOBS" >>"$BUILD.log" 2>&1
+  locked cmake --build "$BUILD" --target llama-bench llama-quantize -j "$JOBS" >>"$BUILD.log" 2>&1
 fi
 BENCH=$BUILD/bin/llama-bench
 QUANT=$BUILD/bin/llama-quantize
