@@ -19,8 +19,12 @@
 # Downloads, the llama.cpp tree, its builds and the GGUF files go under $GALE_PEER_DIR
 # (default /work/.peer), never into the repository.
 #
-# Usage: tools/bench/llamacpp_peer.sh [--cuda] [--model llama3-1b|llama3-8b] [--threads N]
+# Usage: tools/bench/llamacpp_peer.sh [--cuda] [--no-amx] [--model llama3-1b|llama3-8b] [--threads N]
 #          [--rounds R] [--reps N] [--formats bf16,q8_0,q4_0] [--gale PATH] [--jobs N]
+# --no-amx: build the CPU backend for AVX-512 (F, BW, VL, VBMI, VNNI, BF16) without -march=native's
+# AMX. On the 2-vCPU Sapphire Rapids guest of 2026-12-07, node-llama-cpp 3.22.1's llama.cpp died
+# with SIGILL (tilezero in tinygemm_kernel_amx<block_q8_0>) on Q8_0/Q4_0 prompts when built
+# native; ggml's AMX kernels serve only quantized types, so BF16 figures are the same either way.
 # With GALE_CPU_LOCK=/path/to/lock every build step and every timed run holds that flock
 # (one command at a time), as a shared machine requires.
 set -euo pipefail
@@ -33,6 +37,7 @@ FORMATS=bf16,q8_0,q4_0
 GALE=./build/gale
 JOBS=$(nproc)
 CUDA=0
+NOAMX=0
 PEER=${GALE_PEER_DIR:-/work/.peer}
 NLC_VERSION=${NLC_VERSION:-latest}
 PY=${PYTHON:-python3}
@@ -40,6 +45,7 @@ PY=${PYTHON:-python3}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --cuda) CUDA=1 ;;
+    --no-amx) NOAMX=1 ;;
     --model) MODEL=$2; shift ;;
     --threads) THREADS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
@@ -78,11 +84,17 @@ fi
 LLAMA_COMMIT=$(git -C "$SRC" rev-parse --short=10 HEAD)
 
 # ---- build ---------------------------------------------------------------------------------
-if [[ $CUDA == 1 ]]; then BUILD=$SRC/build-cuda; BACKEND="-DGGML_CUDA=ON"; else BUILD=$SRC/build-cpu; BACKEND="-DGGML_CUDA=OFF"; fi
+if [[ $CUDA == 1 ]]; then BUILD=$SRC/build-cuda; BACKEND="-DGGML_CUDA=ON -DGGML_NATIVE=ON"
+elif [[ $NOAMX == 1 ]]; then
+  BUILD=$SRC/build-cpu-noamx
+  BACKEND="-DGGML_CUDA=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+           -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON"
+else BUILD=$SRC/build-cpu; BACKEND="-DGGML_CUDA=OFF -DGGML_NATIVE=ON"; fi
 if [[ ! -x $BUILD/bin/llama-bench || ! -x $BUILD/bin/llama-quantize ]]; then
   echo "== building llama.cpp $LLAMA_COMMIT in $BUILD (-j$JOBS)"
   echo "   (compiler output in $BUILD.log)"
-  locked cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON $BACKEND \
+  # shellcheck disable=SC2086
+  locked cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release $BACKEND \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >"$BUILD.log" 2>&1
   # In pieces, so that no single lock hold is long on a 2-core machine.
   locked cmake --build "$BUILD" --target ggml-base -j "$JOBS" >>"$BUILD.log" 2>&1
@@ -131,13 +143,16 @@ gale_configs() {
 }
 NGL=""; [[ $CUDA == 1 ]] && NGL="-ngl 99"
 RAW=$PEER/results-$(date -u +%Y%m%dT%H%M%S).jsonl
-GALE_COMMIT=$(git -C "$(dirname "$0")" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)
+# The commit of the source tree this script is in (the binary may be another's: pass GALE_COMMIT).
+GALE_COMMIT=${GALE_COMMIT:-$(git -C "$(dirname "$0")" rev-parse --short=10 HEAD 2>/dev/null || echo unknown)}
 
-run_llama() {  # format file -> "pp tg"
+run_llama() {  # format file -> "pp tg", or nothing when llama-bench fails
   locked "$BENCH" -m "$2" -p 512 -n 128 -t "$THREADS" -r "$REPS" $NGL -o json 2>/dev/null |
     "$PY" -c 'import json,sys
-r=json.load(sys.stdin); pp=[x["avg_ts"] for x in r if x["n_prompt"]>0]; tg=[x["avg_ts"] for x in r if x["n_gen"]>0]
-print(pp[0], tg[0])'
+try: r=json.load(sys.stdin)
+except ValueError: sys.exit(0)
+pp=[x["avg_ts"] for x in r if x["n_prompt"]>0]; tg=[x["avg_ts"] for x in r if x["n_gen"]>0]
+print(pp[0], tg[0])' || true
 }
 run_gale() {  # args -> "pp tg"
   # shellcheck disable=SC2086
@@ -151,7 +166,9 @@ IFS=, read -ra FMTS <<<"$FORMATS"
 for ((round = 1; round <= ROUNDS; ++round)); do
   for f in "${FMTS[@]}"; do
     file=$(gguf_for "$f")
-    read -r lpp ltg < <(run_llama "$f" "$file")
+    lpp="" ltg=""
+    read -r lpp ltg < <(run_llama "$f" "$file") || true
+    if [[ -z $lpp ]]; then echo "round $round  llama.cpp $f: llama-bench failed; skipped"; continue; fi
     echo "{\"round\":$round,\"engine\":\"llama.cpp\",\"format\":\"$f\",\"pp512\":$lpp,\"tg128\":$ltg}" >>"$RAW"
     echo "round $round  llama.cpp $f: pp512 $lpp  tg128 $ltg"
     while IFS='|' read -r label args; do
