@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -123,8 +124,12 @@ constexpr double kTolerance = 1e-5;
 
 class MatmulBf16Path : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { cpu::set_matmul_bf16_path(GetParam()); }
-  void TearDown() override { cpu::set_matmul_bf16_path(cpu::matmul_bf16_paths_available().front()); }
+  void SetUp() override {
+    previous_ = cpu::matmul_bf16_path();
+    cpu::set_matmul_bf16_path(GetParam());
+  }
+  void TearDown() override { cpu::set_matmul_bf16_path(previous_); }
+  std::string previous_;
 };
 
 TEST_P(MatmulBf16Path, ReportsChosenPath) { EXPECT_EQ(std::string(cpu::matmul_bf16_path()), GetParam()); }
@@ -235,6 +240,14 @@ TEST(MatmulBf16, UnknownPathIsAnError) {
   const auto paths = cpu::matmul_bf16_paths_available();
   ASSERT_FALSE(paths.empty());
   EXPECT_EQ(paths.back(), "exact");
+}
+
+// AMX when this machine has it, otherwise exact (unless GALE_BF16_GEMM says otherwise).
+TEST(MatmulBf16, DefaultPath) {
+  if (std::getenv("GALE_BF16_GEMM")) GTEST_SKIP() << "GALE_BF16_GEMM is set";
+  const auto paths = cpu::matmul_bf16_paths_available();
+  const bool amx = std::find(paths.begin(), paths.end(), "amx") != paths.end();
+  EXPECT_EQ(std::string(cpu::matmul_bf16_path()), amx ? "amx" : "exact");
 }
 
 // The reference's rounding (from the definition: nearest neighbour, ties to even) against core's

@@ -91,9 +91,12 @@ Path best_path() {
       if (std::strcmp(forced, path_name(p)) == 0 && available(p)) return p;
     std::fprintf(stderr, "gale: GALE_BF16_GEMM=%s is unknown or not supported by this CPU; ignored\n", forced);
   }
-  for (Path p : kPaths)
-    if (available(p)) return p;
-  return Path::Exact;
+  // vdpbf16ps is not the default: on the Sapphire Rapids guest it measured slower than widening
+  // to f32 (2 threads, synthetic:llama3-1b pp512 --dtype bf16: 86 tok/s against the exact
+  // route's 108 and AMX's 254-295), its one-port throughput giving no more products per cycle
+  // than two FMA ports. It stays selectable (GALE_BF16_GEMM, set_matmul_bf16_path) for CPUs
+  // without AMX where it may pay, such as Zen 4 (not measured).
+  return available(Path::Amx) ? Path::Amx : Path::Exact;
 }
 
 std::atomic<int> g_path{-1};

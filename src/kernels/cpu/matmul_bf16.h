@@ -26,11 +26,13 @@ namespace gale::cpu {
 // definition through the exact kernels.
 void matmul_multi_bf16(const float* x, int64_t ldx, int64_t M, int64_t K, std::span<const MatmulTarget> targets);
 
-// The bf16 prefill paths this machine can run, best first: a subset of {"amx", "avx512bf16"},
-// then "exact" (round x, then matmul_multi's f32 kernels), always present.
+// The bf16 prefill paths this machine can run: a subset of {"amx", "avx512bf16"}, then "exact"
+// (round x, then matmul_multi's f32 kernels), always present.
 std::vector<std::string> matmul_bf16_paths_available();
 
-// The path matmul_multi_bf16 takes for bf16 prefill (the best available by default).
+// The path matmul_multi_bf16 takes for bf16 prefill. Default: "amx" where the CPU and the OS
+// allow it, else "exact" (vdpbf16ps measured slower than exact where it was measured; see
+// matmul_bf16.cpp); GALE_BF16_GEMM=amx|avx512bf16|exact overrides.
 const char* matmul_bf16_path();
 
 // Makes matmul_multi_bf16 use `name` from now on (tests, benchmarks). Throws gale::Error for an
