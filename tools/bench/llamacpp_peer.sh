@@ -193,7 +193,11 @@ print("|---|---|---:|---:|---:|---:|---:|---:|")
 fmts = list(dict.fromkeys(r["format"] for r in rows))
 for f in fmts:
     ll = {r["round"]: r for r in rows if r["format"] == f and r["engine"] == "llama.cpp"}
-    for g in dict.fromkeys(r["gale"] for r in rows if r["format"] == f and r["engine"] == "gale"):
+    gales = list(dict.fromkeys(r["gale"] for r in rows if r["format"] == f and r["engine"] == "gale"))
+    if not gales:  # this gale has no counterpart (yet): llama.cpp's figures alone
+        med = lambda t: f"{statistics.median([r[t] for r in ll.values()]):.2f}"
+        print(f"| {f.upper()} | - | {med('pp512')} | - | - | {med('tg128')} | - | - |")
+    for g in gales:
         gg = {r["round"]: r for r in rows if r["format"] == f and r.get("gale") == g}
         rs = sorted(set(ll) & set(gg))
         med = lambda xs: statistics.median(xs)
