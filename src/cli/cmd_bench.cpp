@@ -16,6 +16,7 @@
 #include "core/thread_pool.h"
 #include "kernels/cpu/machine_probe.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_bf16.h"
 #include "model/model_loader.h"
 #include "runtime/sampler.h"
 
@@ -247,6 +248,9 @@ CommandRegistrar reg{40, [](CLI::App& root) {
                         {"prompt_tokens_per_s", pp_tps}, {"prompt_gflops", pp_gflops},
                         {"decode_tokens_per_s", tg_tps}, {"decode_bytes_per_token", step_bytes},
                         {"decode_gb_per_s", tg_gbs}};
+    // `--dtype bf16` products on the CPU take their own path (kernels/cpu/matmul_bf16.h).
+    const bool bf16_cpu = !gpu && dtype == "bf16";
+    if (bf16_cpu) j["bf16_matmul_path"] = cpu::matmul_bf16_path();
     if (!o->no_probe) {
       j["machine_read_bandwidth_gb_per_s"] = bw;
       j["machine_fma_peak_gflops"] = peak;
@@ -269,6 +273,9 @@ CommandRegistrar reg{40, [](CLI::App& root) {
     std::printf("model        %s (%s), %s activations, %s KV cache, load %.2f s\n", lm.source.c_str(),
                 c.architecture.c_str(), dtype.c_str(), kv_cache_dtype_name(m.kv_dtype()), load_s);
     if (gpu) std::printf("device       %s\n", m.backend().name().c_str());
+    else if (bf16_cpu)
+      std::printf("threads      %d, matmul path %s, bf16 products %s\n", threads, cpu::matmul_isa(),
+                  cpu::matmul_bf16_path());
     else std::printf("threads      %d, matmul path %s\n", threads, cpu::matmul_isa());
     if (!o->no_probe)
       std::printf("machine      %s bandwidth %.1f GB/s, %s peak %.1f GFLOP/s\n", gpu ? "copy" : "read", bw,

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_bf16.h"
 #include "kernels/cpu/ops.h"
 
 namespace gale {
@@ -63,16 +64,26 @@ void CpuBackend::head_rmsnorm(Act x, int64_t n_heads, const std::vector<float>& 
   }
 }
 
+// With bf16 activations (`--dtype bf16`) the products are bf16 × bf16, as a bf16 model computes
+// them: cpu::matmul_multi_bf16 rounds x to bf16 and, for bf16 weights in prefill, runs the
+// vdpbf16ps / AMX kernels. With f32 activations they are exact f32 products (cpu::matmul).
 void CpuBackend::linear(const Linear& l, Act in, Act out, bool accumulate) {
   check_f32(in);
   check_f32(out);
   GALE_ASSERT(in.cols == l.in && out.cols == l.out && in.rows == out.rows);
+  if (bf16_) {
+    const cpu::MatmulTarget t{l.w,    l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32(), out.ld,
+                              accumulate, scales_of(l)};
+    cpu::matmul_multi_bf16(in.f32(), in.ld, in.rows, l.in, {&t, 1});
+    return;
+  }
   cpu::matmul(in.f32(), in.ld, in.rows, l.in, l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(),
               out.f32(), out.ld, accumulate, scales_of(l));
 }
 
 // x is packed once for all the projections and the threads split their union of output rows
-// (cpu::matmul_multi); each result is bitwise what linear() gives.
+// (cpu::matmul_multi, or matmul_multi_bf16 with bf16 activations); each result is bitwise what
+// linear() gives.
 void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out) {
   check_f32(in);
   check_f32(out);
@@ -87,7 +98,8 @@ void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out
     c0 += l.out;
   }
   GALE_ASSERT(c0 == out.cols && in.rows == out.rows);
-  cpu::matmul_multi(in.f32(), in.ld, in.rows, in.cols, {targets, ls.size()});
+  if (bf16_) cpu::matmul_multi_bf16(in.f32(), in.ld, in.rows, in.cols, {targets, ls.size()});
+  else cpu::matmul_multi(in.f32(), in.ld, in.rows, in.cols, {targets, ls.size()});
 }
 
 void CpuBackend::fill_zero(Act x) {

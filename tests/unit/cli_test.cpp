@@ -167,6 +167,27 @@ TEST(Cli, InfoAndBench) {
   EXPECT_DOUBLE_EQ(json::parse(r.out)["decode_bytes_per_token"].get<double>(), tied_weights);
 }
 
+// gale bench names the bf16 product path (kernels/cpu/matmul_bf16.h) with --dtype bf16 on the CPU
+// and only then; GALE_BF16_GEMM=exact picks the exact route on any machine.
+TEST(Cli, BenchBf16MatmulPath) {
+  Result r = gale("bench -m synthetic:tiny --device cpu --dtype bf16 --prompt 16 --gen 2 --reps 1 --no-probe "
+                  "--pairs 0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out);
+  ASSERT_TRUE(j.contains("bf16_matmul_path")) << r.out;
+  const std::string path = j["bf16_matmul_path"];
+  EXPECT_TRUE(path == "amx" || path == "avx512bf16" || path == "exact") << path;
+  r = gale("bench -m synthetic:tiny --device cpu --prompt 16 --gen 2 --reps 1 --no-probe --pairs 0 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(json::parse(r.out).contains("bf16_matmul_path"));
+  ::setenv("GALE_BF16_GEMM", "exact", 1);  // the child inherits it
+  r = gale("bench -m synthetic:tiny --device cpu --dtype bf16 --prompt 16 --gen 2 --reps 1 --no-probe --pairs 0 "
+           "--json");
+  ::unsetenv("GALE_BF16_GEMM");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["bf16_matmul_path"], "exact");
+}
+
 // --kv-cache-dtype on the commands that run a model: what info and bench say, the halved bytes
 // per token, and one clear error for a value it does not know.
 TEST(Cli, KvCacheDtype) {

@@ -127,7 +127,8 @@ TEST(CpuOps, SiluMulAndRoundToBf16) {
 
 // Attention of a prompt's tokens over a paged cache with a scrambled block table, GQA,
 // f32, bf16 and E4M3 caches, with and without a sliding window. An E4M3 cache must hold the
-// reference's bytes exactly (the same f32 division and rounding).
+// reference's bytes exactly (the same f32 division and rounding). {40, 9} is a prefill chunk
+// whose window starts past position 0 (the kernel widens a 16-bit or E4M3 cache from there).
 TEST(CpuOps, PagedAttention) {
   std::mt19937 rng(4);
   const int64_t n_heads = 8, n_kv = 2, hd = 64, bs = 16, qd = n_heads * hd, kvd = n_kv * hd;
@@ -136,7 +137,7 @@ TEST(CpuOps, PagedAttention) {
   const float k_scale = 8.0f / 448.0f, v_scale = 0.9f / 448.0f;
   for (DType dt : {DType::F32, DType::BF16, DType::F8_E4M3}) {
     for (int64_t window : {int64_t(0), int64_t(20)}) {
-      for (auto [start, n_tokens] : {std::pair<int64_t, int64_t>{0, 70}, {37, 1}, {10, 33}}) {
+      for (auto [start, n_tokens] : {std::pair<int64_t, int64_t>{0, 70}, {37, 1}, {10, 33}, {40, 9}}) {
         const int64_t ctx = start + n_tokens, num_blocks = (ctx + bs - 1) / bs + 2;
         std::vector<int32_t> table;
         for (int64_t b = 0; b < num_blocks; ++b) table.push_back(int32_t(num_blocks - 1 - b));  // reversed: not the identity

@@ -177,16 +177,24 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
   // heads, each with the same causal triangle of work (token-major ranges gave the last
   // thread the longest rows). Scores for a whole row are kept (two-pass softmax, exact like
   // the reference); keys are converted per row when the cache is bf16 or E4M3.
+  //
+  // A prefill (n_tokens > 1) over a bf16 or E4M3 cache widens its KV head's keys and values
+  // once per thread and head group instead of once per query: converting each key again for
+  // every query cost more than the attention itself (512-token prefill of synthetic:llama3-1b
+  // with --dtype bf16: ~half the time). Same values, same operations: the result is unchanged.
+  const bool widen_once = kv.dtype != DType::F32 && n_tokens > 1;
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, start_pos - window + 1) : 0;  // first position any token reads
   parallel_for(n_tokens * n_heads, [&](int64_t b, int64_t e, int) {
     std::vector<float> scores(static_cast<size_t>(max_ctx));
-    std::vector<float> kbuf, vbuf;
+    std::vector<float> kbuf, vbuf, kall, vall;  // kall/vall: [max_ctx - lo, hd] of head group wide_g
+    int64_t wide_g = -1;
     if (kv.dtype != DType::F32) { kbuf.resize(size_t(hd)); vbuf.resize(size_t(hd)); }
     for (int64_t item = b; item < e; ++item) {
       const int64_t h = item / n_tokens, t = item % n_tokens, g = h / group;
       const int64_t pos = start_pos + t;
       const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
       const float* qh = q + t * ldq + h * hd;
-      auto key_row = [&](int64_t p, const void* cache, float* buf) -> const float* {
+      auto convert_row = [&](int64_t p, const void* cache, float* buf) -> const float* {
         int64_t slot = int64_t(block_table[size_t(p / kv.block_size)]) * kv.block_size + p % kv.block_size;
         if (kv.dtype == DType::F32) return static_cast<const float*>(cache) + slot * row + g * hd;
         if (fp8) {
@@ -197,6 +205,19 @@ void paged_attention(const float* q, int64_t ldq, int64_t n_tokens, int64_t n_he
         const uint16_t* src = static_cast<const uint16_t*>(cache) + slot * row + g * hd;
         for (int64_t i = 0; i < hd; ++i) buf[i] = bf16_to_f32(src[i]);
         return buf;
+      };
+      if (widen_once && g != wide_g) {
+        kall.resize(size_t((max_ctx - lo) * hd));
+        vall.resize(kall.size());
+        for (int64_t p = lo; p < max_ctx; ++p) {
+          convert_row(p, kv.k, kall.data() + (p - lo) * hd);
+          convert_row(p, kv.v, vall.data() + (p - lo) * hd);
+        }
+        wide_g = g;
+      }
+      auto key_row = [&](int64_t p, const void* cache, float* buf) -> const float* {
+        if (widen_once) return (cache == kv.k ? kall : vall).data() + (p - lo) * hd;
+        return convert_row(p, cache, buf);
       };
       float m = -INFINITY;
       for (int64_t p = first; p <= pos; ++p) {

@@ -1,5 +1,9 @@
 #include "kernels/ref/matmul_ref.h"
 
+#include <cmath>
+#include <cstring>
+#include <vector>
+
 namespace gale::ref {
 
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
@@ -31,6 +35,37 @@ void matmul_scaled(const float* x, int64_t ldx, int64_t M, int64_t K, const void
       y[m * ldy + n] = float(acc);
     }
   }
+}
+
+// Written from the definition rather than with core's bit trick: the two bf16 neighbours of x
+// (its bits truncated to the top 16, and the next value away from zero), the nearer one, on a
+// tie the one with an even last significand bit. Past the largest finite bf16 the next value
+// is 2^128, which is where IEEE rounding puts the threshold to infinity.
+float round_bf16(float x) {
+  if (std::isnan(x) || std::isinf(x)) return x;
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const uint32_t lo_bits = u & 0xffff0000u;
+  const uint32_t hi_bits = lo_bits + 0x10000u;  // next magnitude up (same sign)
+  auto value = [](uint32_t b) {
+    if ((b & 0x7fffffffu) == 0x7f800000u) return std::copysign(std::ldexp(1.0, 128), double(b >> 31 ? -1 : 1));
+    float f;
+    std::memcpy(&f, &b, 4);
+    return double(f);
+  };
+  const double dlo = std::fabs(double(x) - value(lo_bits)), dhi = std::fabs(double(x) - value(hi_bits));
+  uint32_t r = dlo < dhi ? lo_bits : dhi < dlo ? hi_bits : ((lo_bits >> 16) & 1u) ? hi_bits : lo_bits;
+  float f;
+  std::memcpy(&f, &r, 4);
+  return f;
+}
+
+void matmul_bf16x(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
+                  const float* bias, float* y, int64_t ldy, bool accumulate) {
+  std::vector<float> xr(size_t(M) * size_t(K));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xr[size_t(m * K + k)] = round_bf16(x[m * ldx + k]);
+  matmul(xr.data(), K, M, K, W, wdt, N, bias, y, ldy, accumulate);
 }
 
 }  // namespace gale::ref

@@ -21,4 +21,13 @@ void matmul_scaled(const float* x, int64_t ldx, int64_t M, int64_t K, const void
                    const float* s, int64_t srows, int64_t scols, int64_t sld, const float* bias, float* y,
                    int64_t ldy, bool accumulate = false);
 
+// The bf16-activation product (cpu::matmul_multi_bf16, `--dtype bf16`): each x element first
+// rounded to the nearest bf16 (ties to the even significand; NaN stays NaN, overflow gives ±inf),
+// then as matmul above (exact products, sums in double, one rounding to f32).
+void matmul_bf16x(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
+                  const float* bias, float* y, int64_t ldy, bool accumulate = false);
+
+// x rounded to the nearest bf16 as matmul_bf16x rounds it, returned as f32.
+float round_bf16(float x);
+
 }  // namespace gale::ref
