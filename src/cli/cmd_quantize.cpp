@@ -1,4 +1,5 @@
-// gale quantize: a 16/32-bit checkpoint folder written as an FP8 one (model/quantize_checkpoint.h).
+// gale quantize: a 16/32-bit checkpoint folder written as an FP8, INT8 or INT4 one
+// (model/quantize_checkpoint.h).
 #include <csignal>
 #include <cstdio>
 #include <unistd.h>
@@ -35,13 +36,23 @@ struct QuantizeCli {
 
 CommandRegistrar reg{75, [](CLI::App& root) {
   auto o = std::make_shared<QuantizeCli>();
-  CLI::App* sub = root.add_subcommand("quantize", "Write a 16/32-bit checkpoint folder as an FP8 checkpoint");
+  CLI::App* sub = root.add_subcommand("quantize", "Write a 16/32-bit checkpoint folder as an FP8, INT8 or INT4 checkpoint");
   sub->add_option("-m,--model", o->model, "Source model folder (config.json, 16/32-bit *.safetensors)");
   sub->add_option("--out", o->q.out, "Folder to write (must not exist or be empty, unless --force)")->required();
-  sub->add_option("--format", o->q.format, "Quantized format: fp8");
+  sub->add_option("--format", o->q.format,
+                  "Quantized format: fp8 (default), int8 (per-channel, symmetric) or int4 (groups, zero points); "
+                  "integer weights round to nearest");
   sub->add_option("--scheme", o->q.scheme,
-                  "channel (compressed-tensors, per-channel scales; default), tensor (compressed-tensors, one "
+                  "fp8: channel (compressed-tensors, per-channel scales; default), tensor (compressed-tensors, one "
                   "scale per matrix) or block128 (transformers' fp8, 128x128 block scales)");
+  sub->add_option("--group", o->q.group,
+                  "int8/int4: input columns per scale, a multiple of 32, or 0 for one per output channel "
+                  "(default: int4 128, int8 per channel)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("--symmetric", o->q.symmetric, "int4: symmetric, no zero points");
+  sub->add_option("--layout", o->q.layout,
+                  "int8/int4: compressed-tensors (pack-quantized; default), int-quantized (INT8) or awq "
+                  "(AutoAWQ gemm; INT4 with zero points)");
   add_keep_16bit_option(sub, o->q.keep_16bit);
   sub->add_flag("--force", o->q.force, "Replace --out if it exists and is not empty");
   sub->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);

@@ -16,6 +16,7 @@
 #include "loader/safetensors_writer.h"
 #include "model/arch/arch.h"
 #include "model/fp8_quantize.h"
+#include "model/int_checkpoint_writer.h"
 #include "model/weights.h"
 
 namespace gale {
@@ -29,11 +30,23 @@ struct Scheme {
   Fp8Granularity granularity;
   int64_t block;
   bool transformers_fp8;  // quant_method "fp8" (weight_scale_inv) rather than compressed-tensors
+  bool integer = false;   // --format int8 | int4: written as `layout` says
+  IntWriteLayout layout;
   const char* scale_suffix() const { return transformers_fp8 ? "weight_scale_inv" : "weight_scale"; }
 };
 
-Scheme parse_scheme(const std::string& format, const std::string& scheme) {
-  if (format != "fp8") throw Error("--format must be fp8 (got '" + format + "')");
+Scheme parse_scheme(const QuantizeOptions& o) {
+  if (o.format == "int8" || o.format == "int4") {
+    if (!o.scheme.empty()) throw Error("--scheme applies to --format fp8 (integer formats take --group and --layout)");
+    Scheme s{Fp8Granularity::Channel, 0, false};
+    s.integer = true;
+    s.layout = parse_int_layout(o.format, o.group, o.symmetric, o.layout);
+    return s;
+  }
+  if (o.format != "fp8") throw Error("--format must be fp8, int8 or int4 (got '" + o.format + "')");
+  if (o.group >= 0 || o.symmetric || !o.layout.empty())
+    throw Error("--group, --symmetric and --layout apply to --format int8 and int4");
+  const std::string& scheme = o.scheme.empty() ? "channel" : o.scheme;
   if (scheme == "channel") return {Fp8Granularity::Channel, 0, false};
   if (scheme == "tensor") return {Fp8Granularity::Tensor, 0, false};
   if (scheme == "block128") return {Fp8Granularity::Block, 128, true};
@@ -114,9 +127,10 @@ void write_json_file(const fs::path& p, const json& j) {
   if (!out) throw Error("cannot write " + p.string());
 }
 
-// One output tensor: copied from the source, or a quantized matrix's codes or scales.
+// One output tensor: copied from the source, a quantized matrix's FP8 codes or scales, or one
+// tensor of an integer layout (model/int_checkpoint_writer.h).
 struct Item {
-  enum class Kind { Copy, Codes, Scales } kind;
+  enum class Kind { Copy, Codes, Scales, IntPart } kind;
   const TensorInfo* src;
 };
 
@@ -163,6 +177,7 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
   // The plan: source order (by name), a quantized matrix's scales right after its codes.
   std::vector<SafetensorsEntry> entries;
   std::map<std::string, Item> items;
+  std::map<std::string, int> int_parts_left;  // integer layouts: tensors of each matrix still to write
   for (const auto& [name, t] : st->tensors()) {
     sum.bytes_in += t.nbytes;
     if (!quantize.count(name)) {
@@ -173,6 +188,15 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     }
     GALE_ASSERT(t.shape.size() == 2);
     const int64_t rows = t.shape[0], cols = t.shape[1], b = sc.block;
+    if (sc.integer) {
+      for (SafetensorsEntry& e : int_layout_entries(sc.layout, module_name_of(name), rows, cols)) {
+        items.emplace(e.name, Item{Item::Kind::IntPart, &t});
+        entries.push_back(std::move(e));
+        ++int_parts_left[name];
+      }
+      ++sum.quantized;
+      continue;
+    }
     std::vector<int64_t> sshape = sc.granularity == Fp8Granularity::Channel ? std::vector<int64_t>{rows, 1}
                                   : sc.granularity == Fp8Granularity::Tensor
                                       ? std::vector<int64_t>{1}
@@ -202,6 +226,23 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     return scales.emplace(t.name, std::move(s)).first->second;
   };
 
+  // Integer matrices quantized when their first tensor is written; the scales and zero points
+  // kept until the matrix's last tensor is, the codes only while the tensor that holds them is
+  // written (file order puts a matrix's tensors apart: I64, then I32, F32, F16, I8).
+  std::map<std::string, IntQuantized> ints;
+  auto int_of = [&](const TensorInfo& t, bool need_codes) -> IntQuantized& {
+    IntQuantized& q = ints[t.name];
+    if (!q.scales.empty() && (!need_codes || !q.codes.empty())) return q;
+    const IntQuantSpec& spec = sc.layout.spec;
+    const int64_t rows = t.shape[0], cols = t.shape[1], spr = int_scales_per_row(spec, cols);
+    q.codes.assign(size_t(rows * int_code_bytes_per_row(spec, cols)), 0);
+    q.scales.assign(size_t(rows * spr), 0.0f);
+    q.zeros.assign(spec.symmetric ? 0 : size_t(rows * spr), 0);
+    quantize_int(t.data, t.dtype, rows, cols, cols, spec, nullptr, q.codes.data(), q.scales.data(),
+                 spec.symmetric ? nullptr : q.zeros.data());
+    return q;
+  };
+
   const auto shards = plan_safetensors_shards(entries, o.max_shard_bytes);
   json weight_map = json::object();
   for (size_t k = 0; k < shards.size(); ++k) {
@@ -216,6 +257,14 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
         case Item::Kind::Scales: {
           const std::vector<float>& s = scales_of(t);
           out.write({reinterpret_cast<const uint8_t*>(s.data()), s.size() * sizeof(float)});
+          break;
+        }
+        case Item::Kind::IntPart: {
+          const bool codes = int_layout_needs_codes(sc.layout, e.name);
+          IntQuantized& q = int_of(t, codes);
+          out.write(int_layout_bytes(sc.layout, e, q, t.shape[0], t.shape[1]));
+          if (codes) std::vector<uint8_t>().swap(q.codes);  // the one converted copy held
+          if (--int_parts_left[t.name] == 0) ints.erase(t.name);
           break;
         }
         case Item::Kind::Codes: {
@@ -237,8 +286,9 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
                     {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
 
   json config = read_json_file(fs::path(o.source) / "config.json");
-  config["quantization_config"] =
-      sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore) : compressed_tensors_config(sc, sum.ignore);
+  config["quantization_config"] = sc.integer            ? int_layout_config(sc.layout, sum.ignore)
+                                  : sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore)
+                                                        : compressed_tensors_config(sc, sum.ignore);
   write_json_file(dir / "config.json", config);
   for (const char* f : kSideFiles) {
     const fs::path p = fs::path(o.source) / f;
@@ -261,7 +311,7 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
 }  // namespace
 
 QuantizeSummary quantize_checkpoint(const QuantizeOptions& o) {
-  const Scheme sc = parse_scheme(o.format, o.scheme);
+  const Scheme sc = parse_scheme(o);
   NamePatterns(o.keep_16bit, "--keep-16bit");  // a bad pattern fails before anything is read
   if (o.source.rfind("synthetic:", 0) == 0) throw Error("gale quantize reads a checkpoint folder, not " + o.source);
   if (!fs::is_directory(o.source)) throw Error("model folder " + o.source + " not found");
