@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -20,6 +21,7 @@
 #include "core/error.h"
 #include "model/arch/arch.h"
 #include "loader/safetensors.h"
+#include "model/transformer.h"
 #include "model/weights.h"
 #include "int_test_util.h"
 #include "model_test_util.h"
@@ -456,6 +458,50 @@ TEST(IntQuantConfig, DescribesTheFormat) {
             "compressed-tensors pack-quantized INT4, groups of 32, zero points");
   EXPECT_EQ(describe(quant_config({Kind::CtInt, 8, 0, true, false, ""})),
             "compressed-tensors int-quantized INT8, per-channel scales, symmetric");
+}
+
+// The integer fixtures tools/fixtures/gen_int_fixtures.py writes (tests/fixtures/models/*-awq,
+// *-gptq*, *-ct{pack4,int8}): their weights, loaded and dequantized by the contract's definition,
+// must give transformers' logits of the dequantized model. This checks the loader against an
+// independent packer and transformers without the integer kernels; the model fixture test
+// (model_fixture_test.cpp, ModelFixture.*) runs the same fixtures through the backends' kernels.
+TEST(IntFixtures, DequantizedWeightsGiveTheReferenceLogits) {
+  int found = 0;
+  for (const std::string& name : test::model_fixture_names()) {
+    const std::string dir = test::fixtures_dir() + "/models/" + name;
+    const ModelConfig cfg = load_model_config(dir);
+    if (!cfg.quant.integer()) continue;
+    ++found;
+    SCOPED_TRACE(name + ": " + cfg.quant.describe());
+    ModelWeights w = bind_weights(std::make_shared<SafeTensors>(SafeTensors::open_dir(dir)), cfg);
+    bool any_perm = false;
+    for_each_projection(w, [&](const Linear& l) { any_perm = any_perm || l.scheme.in_perm; });
+    EXPECT_EQ(any_perm, cfg.quant.act_order);
+    test::dequantize_int_projections(w);
+    Transformer m(cfg, std::move(w));
+    const json ref = test::read_json(dir + "/reference.json");
+    const auto ids = ref["prompt_ids"].get<std::vector<int32_t>>();
+    const std::vector<float> logits = test::all_logits(m, ids);
+    const size_t V = size_t(cfg.vocab_size);
+    ASSERT_EQ(logits.size(), ids.size() * V);
+    const auto last = ref["last_logits"].get<std::vector<float>>();
+    double max_diff = 0, max_ref = 0;
+    for (size_t i = 0; i < V; ++i) {
+      max_diff = std::max(max_diff, std::fabs(double(logits[(ids.size() - 1) * V + i]) - last[i]));
+      max_ref = std::max(max_ref, std::fabs(double(last[i])));
+    }
+    EXPECT_LE(max_diff / max_ref, 1e-5) << "max|diff| " << max_diff << " max|ref| " << max_ref;
+    const auto am = ref["argmax"].get<std::vector<int32_t>>();
+    const auto margin = ref["argmax_margin"].get<std::vector<double>>();
+    int wrong = 0;
+    for (size_t p = 0; p < ids.size(); ++p) {
+      if (margin[p] < 1e-4 * max_ref) continue;
+      const float* row = logits.data() + p * V;
+      wrong += int32_t(std::max_element(row, row + V) - row) != am[p];
+    }
+    EXPECT_EQ(wrong, 0);
+  }
+  if (found == 0) GTEST_SKIP() << "no integer fixtures yet (tools/fixtures/gen_int_fixtures.py makes them)";
 }
 
 }  // namespace
