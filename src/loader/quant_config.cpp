@@ -257,7 +257,7 @@ QuantConfig parse_quant_config(const ConfigReader& r) {
   if (method == "awq") return parse_awq(qr);
   if (method == "gptq") return parse_gptq(qr);
   r.fail("quantization_config", "asks for quantization method " + (method.empty() ? "unnamed" : "'" + method + "'") +
-                                    ", which is not supported (supported: 'fp8', 'compressed-tensors' FP8; and "
+                                    ", which is not supported (supported: 'fp8', 'awq', 'gptq', 'compressed-tensors' FP8 / INT4 / INT8; and "
                                     "unquantized F32, F16, BF16, F8_E4M3, F8_E5M2 weights)");
 }
 
