@@ -2,12 +2,15 @@
 // (model/quantize_checkpoint.h).
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <unistd.h>
 
 #include "cli/command.h"
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "model/quantize_checkpoint.h"
+#include "tokenizer/tokenizer.h"
 
 namespace gale::cli {
 namespace {
@@ -30,6 +33,7 @@ void draw_progress(uint64_t done, uint64_t total) {
 
 struct QuantizeCli {
   std::string model;
+  std::string calib;
   int threads = 0;
   QuantizeOptions q;
 };
@@ -54,6 +58,11 @@ CommandRegistrar reg{75, [](CLI::App& root) {
                   "int8/int4: compressed-tensors (pack-quantized; default), int-quantized (INT8) or awq "
                   "(AutoAWQ gemm; INT4 with zero points)");
   add_keep_16bit_option(sub, o->q.keep_16bit);
+  sub->add_flag("--awq", o->q.awq,
+                "int4: activation-aware scales (AWQ) searched on --calib text on the CPU, folded into the norms "
+                "and preceding matrices; writes an ordinary INT4 checkpoint");
+  sub->add_option("--calib", o->calib,
+                  "--awq's calibration text file (its first 512 tokens; e.g. models/data/validation-head.txt)");
   sub->add_flag("--force", o->q.force, "Replace --out if it exists and is not empty");
   sub->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->callback([o] {
@@ -61,6 +70,14 @@ CommandRegistrar reg{75, [](CLI::App& root) {
     m.model = o->model;
     m.threads = o->threads;
     o->q.source = resolve_model(m);
+    if (!o->calib.empty() && !o->q.awq) throw Error("--calib applies to --awq");
+    if (o->q.awq) {
+      if (o->calib.empty()) throw Error("--awq needs --calib FILE (calibration text, e.g. models/data/validation-head.txt)");
+      std::ifstream in(o->calib, std::ios::binary);
+      if (!in) throw Error("cannot read --calib " + o->calib);
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      o->q.calib_tokens = Tokenizer::load(o->q.source)->encode(text);
+    }
     const bool tty = ::isatty(2);
     // An interrupt stops at the next tensor, so the partial folder is removed on the way out.
     std::signal(SIGINT, on_interrupt);
@@ -70,8 +87,10 @@ CommandRegistrar reg{75, [](CLI::App& root) {
       if (tty) draw_progress(done, total);
     };
     const QuantizeSummary s = quantize_checkpoint(o->q);
-    std::printf("%s: %s; %lld matrices quantized, %lld kept 16-bit, %lld tensors copied; %.3f GB -> %.3f GB in %zu file%s\n",
-                s.out.c_str(), s.quantization.c_str(), (long long)s.quantized, (long long)s.kept_16bit,
+    std::printf("%s: %s%s; %lld matrices quantized, %lld kept 16-bit, %lld tensors copied; %.3f GB -> %.3f GB in %zu file%s\n",
+                s.out.c_str(), s.quantization.c_str(),
+                o->q.awq ? (", AWQ scales on " + std::to_string(s.awq_groups) + " groups").c_str() : "",
+                (long long)s.quantized, (long long)s.kept_16bit,
                 (long long)s.copied, double(s.bytes_in) / 1e9, double(s.bytes_out) / 1e9, s.files,
                 s.files == 1 ? "" : "s");
   });

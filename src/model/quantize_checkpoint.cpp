@@ -1,6 +1,7 @@
 #include "model/quantize_checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -15,6 +16,7 @@
 #include "loader/safetensors.h"
 #include "loader/safetensors_writer.h"
 #include "model/arch/arch.h"
+#include "model/awq_search.h"
 #include "model/fp8_quantize.h"
 #include "model/int_checkpoint_writer.h"
 #include "model/weights.h"
@@ -41,8 +43,10 @@ Scheme parse_scheme(const QuantizeOptions& o) {
     Scheme s{Fp8Granularity::Channel, 0, false};
     s.integer = true;
     s.layout = parse_int_layout(o.format, o.group, o.symmetric, o.layout);
+    if (o.awq && s.layout.spec.bits != 4) throw Error("--awq applies to --format int4");
     return s;
   }
+  if (o.awq) throw Error("--awq applies to --format int4");
   if (o.format != "fp8") throw Error("--format must be fp8, int8 or int4 (got '" + o.format + "')");
   if (o.group >= 0 || o.symmetric || !o.layout.empty())
     throw Error("--group, --symmetric and --layout apply to --format int8 and int4");
@@ -208,6 +212,50 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     items.emplace(sname, Item{Item::Kind::Scales, &t});
     ++sum.quantized;
   }
+  // --awq: per-input-channel scales multiplied into the quantized matrices (col_scale) and
+  // divided out where their input comes from (model/awq_search.h): RMSNorm weights and biases
+  // (vec_div), the rows of up and v (row_div). A group is scaled only when every matrix it
+  // touches is quantized (a --keep-16bit one would need the scaling in 16 bits).
+  std::map<std::string, std::vector<float>> col_scale, row_div, vec_div;
+  if (o.awq) {
+    const std::vector<AwqLayerScales> awq = awq_search(cfg, bind_weights(st, cfg), o.calib_tokens, sc.layout.spec);
+    auto all_quantized = [&](std::initializer_list<const Linear*> ls) {
+      for (const Linear* l : ls)
+        if (!quantize.count(l->name)) return false;
+      return true;
+    };
+    auto divide = [&](const std::string& tensor, const std::vector<float>& s) {
+      if (!st->find(tensor)) throw Error("--awq: the checkpoint has no '" + tensor + "' to fold the scales into");
+      vec_div[tensor] = s;
+    };
+    auto bias_of = [&](const Linear& l) { return module_name_of(l.name) + ".bias"; };
+    for (size_t i = 0; i < awq.size(); ++i) {
+      const LayerWeights& L = w.layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      if (all_quantized({&L.q, &L.k, &L.v})) {
+        for (const Linear* l : {&L.q, &L.k, &L.v}) col_scale[l->name] = awq[i].qkv;
+        divide(p + "input_layernorm.weight", awq[i].qkv);
+        ++sum.awq_groups;
+      }
+      if (all_quantized({&L.gate, &L.up})) {
+        col_scale[L.gate.name] = col_scale[L.up.name] = awq[i].gate_up;
+        divide(p + "post_attention_layernorm.weight", awq[i].gate_up);
+        ++sum.awq_groups;
+      }
+      if (all_quantized({&L.up, &L.down})) {
+        col_scale[L.down.name] = awq[i].down;
+        row_div[L.up.name] = awq[i].down;
+        if (!L.up.bias.empty()) divide(bias_of(L.up), awq[i].down);
+        ++sum.awq_groups;
+      }
+      if (!awq[i].o.empty() && all_quantized({&L.v, &L.o})) {
+        col_scale[L.o.name] = awq[i].o;
+        row_div[L.v.name] = awq[i].o;
+        if (!L.v.bias.empty()) divide(bias_of(L.v), awq[i].o);
+        ++sum.awq_groups;
+      }
+    }
+  }
   sum.kept_16bit = int64_t(kept.size());
   sum.copied -= sum.kept_16bit;
   uint64_t total = 0, done = 0;
@@ -238,8 +286,20 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     q.codes.assign(size_t(rows * int_code_bytes_per_row(spec, cols)), 0);
     q.scales.assign(size_t(rows * spr), 0.0f);
     q.zeros.assign(spec.symmetric ? 0 : size_t(rows * spr), 0);
-    quantize_int(t.data, t.dtype, rows, cols, cols, spec, nullptr, q.codes.data(), q.scales.data(),
-                 spec.symmetric ? nullptr : q.zeros.data());
+    const auto cs = col_scale.find(t.name);
+    const auto rd = row_div.find(t.name);
+    if (rd == row_div.end()) {
+      quantize_int(t.data, t.dtype, rows, cols, cols, spec, cs == col_scale.end() ? nullptr : cs->second.data(),
+                   q.codes.data(), q.scales.data(), spec.symmetric ? nullptr : q.zeros.data());
+      return q;
+    }
+    // AWQ folded into this matrix's rows: a scaled f32 copy, quantized with its own column scales.
+    std::vector<float> m(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        m[size_t(r * cols + c)] = load_as_f32(t.data, t.dtype, size_t(r * cols + c)) / rd->second[size_t(r)];
+    quantize_int(m.data(), DType::F32, rows, cols, cols, spec, cs == col_scale.end() ? nullptr : cs->second.data(),
+                 q.codes.data(), q.scales.data(), spec.symmetric ? nullptr : q.zeros.data());
     return q;
   };
 
@@ -253,7 +313,26 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
       const Item& it = items.at(e.name);
       const TensorInfo& t = *it.src;
       switch (it.kind) {
-        case Item::Kind::Copy: out.write({t.data, t.nbytes}); break;
+        case Item::Kind::Copy: {
+          const auto d = vec_div.find(t.name);
+          if (d == vec_div.end()) {
+            out.write({t.data, t.nbytes});
+            break;
+          }
+          // An AWQ-scaled vector (norm weight or bias): w / s in its own dtype.
+          std::vector<uint8_t> b(t.nbytes);
+          for (size_t k = 0; k < d->second.size(); ++k) {
+            const float v = load_as_f32(t.data, t.dtype, k) / d->second[k];
+            if (t.dtype == DType::F32) {
+              std::memcpy(b.data() + 4 * k, &v, 4);
+            } else {
+              const uint16_t h = t.dtype == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+              std::memcpy(b.data() + 2 * k, &h, 2);
+            }
+          }
+          out.write(b);
+          break;
+        }
         case Item::Kind::Scales: {
           const std::vector<float>& s = scales_of(t);
           out.write({reinterpret_cast<const uint8_t*>(s.data()), s.size() * sizeof(float)});

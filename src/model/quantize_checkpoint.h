@@ -3,7 +3,9 @@
 // --format int8 | int4 rounds to nearest with model/int_quantize.h (the quantizer
 // --quantization int8|int4 uses at load) and writes a layout of model/int_checkpoint_writer.h:
 // INT8 per channel, symmetric; INT4 in groups of 128 with zero points (--group, --symmetric);
-// compressed-tensors pack-quantized by default, --layout int-quantized (INT8) or awq (INT4).
+// compressed-tensors pack-quantized by default, --layout int-quantized (INT8) or awq (INT4);
+// --awq searches activation-aware scales first (model/awq_search.h) and writes an ordinary INT4
+// checkpoint with the scales folded into the norms and preceding matrices.
 // --format fp8:
 //   --scheme channel   compressed-tensors float-quantized, one f32 `weight_scale` [out, 1] per
 //                      output channel, dynamic per-token activations (llm-compressor's
@@ -38,6 +40,8 @@ struct QuantizeOptions {
   int64_t group = -1;                 // --group (int8 / int4): columns per scale, 0 per channel; -1 the default
   bool symmetric = false;             // --symmetric (int4): no zero points
   std::string layout;                 // --layout (int8 / int4): compressed-tensors (default), int-quantized, awq
+  bool awq = false;                   // --awq (int4): activation-aware scales (model/awq_search.h)
+  std::vector<int32_t> calib_tokens;  // --awq's calibration tokens (the CLI tokenizes --calib)
   std::vector<std::string> keep_16bit;  // --keep-16bit patterns (loader/name_patterns.h)
   bool force = false;                 // --force: replace a non-empty --out
   uint64_t max_shard_bytes = 4'000'000'000;  // tensor bytes per safetensors file before the next
@@ -51,6 +55,7 @@ struct QuantizeSummary {
   std::string quantization;         // QuantConfig::describe() of the result, as Gale reads it back
   int64_t quantized = 0;            // matrices written quantized
   int64_t kept_16bit = 0;           // projections --keep-16bit left as stored
+  int64_t awq_groups = 0;           // --awq: groups of projections scaled (q|k|v, gate|up, down, o)
   int64_t copied = 0;               // other tensors, copied as stored
   uint64_t bytes_in = 0, bytes_out = 0;  // tensor data
   size_t files = 0;                 // safetensors files written

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <unistd.h>
@@ -170,6 +171,89 @@ TEST(IntQuantize, DequantizedModelsStayNearTheSource) {
     fs::remove_all(out);
   }
   EXPECT_LT(err[0], err[1]) << "INT8 max |logit error| " << err[0] << ", INT4 " << err[1];
+}
+
+// The mean squared logit error of the dequantized checkpoint in `dir` against the source model's
+// logits `want` over `ids`.
+double logit_mse(const std::string& dir, const std::vector<int32_t>& ids, const std::vector<float>& want) {
+  ModelConfig cfg;
+  ModelWeights w = load(dir, cfg);
+  test::dequantize_int_projections(w);
+  Transformer m(cfg, std::move(w));
+  const std::vector<float> got = test::all_logits(m, ids);
+  EXPECT_EQ(got.size(), want.size());
+  double e = 0;
+  for (size_t i = 0; i < got.size(); ++i) e += double(got[i] - want[i]) * double(got[i] - want[i]);
+  return e / double(got.size());
+}
+
+// --awq on prompts the calibration did not see: the scales fold into the norms (the written
+// norms differ from the source's), the checkpoint is an ordinary INT4 one, and its logits are
+// nearer the source model's than plain rounding's at the same group size.
+TEST(IntQuantize, AwqFoldsItsScalesAndBeatsRounding) {
+  for (const char* name : {"llama-f32", "qwen2-f32"}) {
+    SCOPED_TRACE(name);
+    const std::string src = fixture(name);
+    const auto ids = test::read_json(src + "/reference.json")["prompt_ids"].get<std::vector<int32_t>>();
+    ASSERT_GE(ids.size(), 256u);
+    ModelConfig scfg;
+    const ModelWeights sw = load(src, scfg);
+    Transformer ref(scfg, load(src, scfg));
+    const std::vector<int32_t> eval(ids.begin() + 128, ids.end());
+    const std::vector<float> want = test::all_logits(ref, eval);
+    double mse[2];
+    for (int awq = 0; awq < 2; ++awq) {
+      const fs::path out = temp_out(awq ? "awq" : "rtn");
+      QuantizeOptions o;
+      o.source = src;
+      o.out = out.string();
+      o.format = "int4";
+      o.group = 32;
+      o.awq = awq;
+      o.calib_tokens.assign(ids.begin(), ids.begin() + 128);  // calibrate on the first 128 only
+      const QuantizeSummary sum = quantize_checkpoint(o);
+      ModelConfig qcfg;
+      const ModelWeights qw = load(out.string(), qcfg);
+      EXPECT_EQ(qcfg.quant.describe(), "compressed-tensors pack-quantized INT4, groups of 32, zero points");
+      if (awq) {
+        // q|k|v, gate|up and down per layer; o only where num_heads == num_kv_heads.
+        EXPECT_EQ(sum.awq_groups, scfg.num_layers * (scfg.num_heads == scfg.num_kv_heads ? 4 : 3));
+        EXPECT_NE(qw.layers[0].attn_norm, sw.layers[0].attn_norm);
+        EXPECT_NE(qw.layers[0].ffn_norm, sw.layers[0].ffn_norm);
+      } else {
+        EXPECT_EQ(qw.layers[0].attn_norm, sw.layers[0].attn_norm);
+      }
+      mse[awq] = logit_mse(out.string(), eval, want);
+      fs::remove_all(out);
+    }
+    std::printf("%s: mean squared logit error, round to nearest %.4g, AWQ %.4g\n", name, mse[0], mse[1]);
+    EXPECT_LT(mse[1], mse[0]) << "AWQ mean squared logit error " << mse[1] << ", round to nearest " << mse[0];
+  }
+}
+
+TEST(IntQuantize, AwqIsRefusedWhereItCannotApply) {
+  QuantizeOptions o;
+  o.out = temp_out("awq-errors").string();
+  o.format = "int4";
+  o.awq = true;
+  o.calib_tokens.assign(64, 5);
+  auto error = [&](const std::string& src, const std::string& format) {
+    QuantizeOptions c = o;
+    c.source = fixture(src);
+    c.format = format;
+    try {
+      quantize_checkpoint(c);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("llama-f32", "int8").find("--awq applies to --format int4"), std::string::npos);
+  EXPECT_NE(error("mixtral-f32", "int4").find("--awq supports dense models"), std::string::npos);
+  EXPECT_NE(error("phi3-f32", "int4").find("--awq does not support fused projections"), std::string::npos);
+  o.calib_tokens.resize(8);
+  EXPECT_NE(error("llama-f32", "int4").find("at least 16 calibration tokens"), std::string::npos);
+  EXPECT_FALSE(fs::exists(o.out));
 }
 
 TEST(IntQuantize, KeptModulesAreListedAndLoadPlain) {
