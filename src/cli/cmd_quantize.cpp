@@ -2,6 +2,7 @@
 // (model/quantize_checkpoint.h).
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <unistd.h>
@@ -62,7 +63,8 @@ CommandRegistrar reg{75, [](CLI::App& root) {
                 "int4: activation-aware scales (AWQ) searched on --calib text on the CPU, folded into the norms "
                 "and preceding matrices; writes an ordinary INT4 checkpoint");
   sub->add_option("--calib", o->calib,
-                  "--awq's calibration text file (its first 512 tokens; e.g. models/data/validation-head.txt)");
+                  "--awq's calibration text file (its first 512 tokens; default: the bundled "
+                  "models/data/validation-head.txt)");
   sub->add_flag("--force", o->q.force, "Replace --out if it exists and is not empty");
   sub->add_option("--threads", o->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->callback([o] {
@@ -72,7 +74,15 @@ CommandRegistrar reg{75, [](CLI::App& root) {
     o->q.source = resolve_model(m);
     if (!o->calib.empty() && !o->q.awq) throw Error("--calib applies to --awq");
     if (o->q.awq) {
-      if (o->calib.empty()) throw Error("--awq needs --calib FILE (calibration text, e.g. models/data/validation-head.txt)");
+      // Default: the bundled corpus's head (models/data, beside the bundled default model).
+      if (o->calib.empty())
+        for (const std::string p : {std::string(GALE_DEFAULT_MODEL_DIR) + "/../data/validation-head.txt",
+                                    std::string("models/data/validation-head.txt")})
+          if (std::filesystem::is_regular_file(p)) {
+            o->calib = p;
+            break;
+          }
+      if (o->calib.empty()) throw Error("--awq needs --calib FILE (calibration text); the bundled corpus was not found");
       std::ifstream in(o->calib, std::ios::binary);
       if (!in) throw Error("cannot read --calib " + o->calib);
       const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -583,6 +583,16 @@ TEST(Cli, QuantizeWritesACheckpointAndRefusesInOneLine) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("compressed-tensors pack-quantized INT8, per-channel scales, symmetric; 7 matrices quantized, 7 kept"),
             std::string::npos) << r.out;
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --group 32 --awq --calib " +
+           std::string(GALE_SOURCE_DIR) + "/models/data/validation-head.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("groups of 32, zero points, AWQ scales on 6 groups"), std::string::npos) << r.out;
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --awq");  // the bundled corpus
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("AWQ scales on 6 groups"), std::string::npos) << r.out;
+  one_line_error("quantize -m " + src + o2 + " --format int4 --calib x.txt", "--calib applies to --awq");
+  one_line_error("quantize -m " + src + o2 + " --format int8 --awq", "--awq applies to --format int4");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --awq --calib /nonexistent.txt", "cannot read --calib");
   r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --symmetric --group 64");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("pack-quantized INT4, groups of 64, symmetric"), std::string::npos) << r.out;
