@@ -33,7 +33,7 @@ struct Scheme {
   int64_t block;
   bool transformers_fp8;  // quant_method "fp8" (weight_scale_inv) rather than compressed-tensors
   bool integer = false;   // --format int8 | int4: written as `layout` says
-  IntWriteLayout layout;
+  IntWriteLayout layout{};
   const char* scale_suffix() const { return transformers_fp8 ? "weight_scale_inv" : "weight_scale"; }
 };
 

@@ -101,7 +101,9 @@ TEST_P(IntQuantizeRoundTrip, LoadsBackTheQuantizersCodes) {
       bad += got[k] != want;
     }
     EXPECT_EQ(bad, 0) << l.name << " scales";
-    if (!spec.symmetric) EXPECT_EQ(std::memcmp(l.scheme.zero, zeros.data(), zeros.size()), 0) << l.name;
+    if (!spec.symmetric) {
+      EXPECT_EQ(std::memcmp(l.scheme.zero, zeros.data(), zeros.size()), 0) << l.name;
+    }
   }
   // Everything else as stored: the embedding (and the tied LM head), norms.
   EXPECT_EQ(std::memcmp(q.embed, src.embed, size_t(scfg.vocab_size * scfg.hidden_size) * dtype_size(src.embed_dtype)), 0);
@@ -167,7 +169,9 @@ TEST(IntQuantize, DequantizedModelsStayNearTheSource) {
     ASSERT_GT(clear, 20);
     // INT4 of this tiny random-initialized model moves many argmaxes (68 % agree with g32), so
     // only INT8 is held to the clear ones.
-    if (f == 0) EXPECT_GE(double(agree) / clear, 0.9) << o.format << ": " << agree << " of " << clear;
+    if (f == 0) {
+      EXPECT_GE(double(agree) / clear, 0.9) << o.format << ": " << agree << " of " << clear;
+    }
     fs::remove_all(out);
   }
   EXPECT_LT(err[0], err[1]) << "INT8 max |logit error| " << err[0] << ", INT4 " << err[1];
