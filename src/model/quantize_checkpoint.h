@@ -17,7 +17,8 @@
 //                      `weight_scale_inv` per 128 x 128 block: [ceil(out/128), ceil(in/128)].
 // What is quantized is what the architecture binds as a layer projection (model/arch/,
 // for_each_projection): never guessed from names. Everything else (embeddings, norms, biases,
-// the LM head, MoE routers, matrices --keep-16bit names) is copied byte for byte, and the kept
+// the LM head, MoE routers, matrices --keep-16bit names) is copied byte for byte (except, with
+// --awq, the RMSNorm weights and up / v biases its scales are divided into), and the kept
 // matrices are listed in `ignore` / `modules_to_not_convert`.
 //
 // The output is streamed: the source stays mapped, each safetensors file's header is written
