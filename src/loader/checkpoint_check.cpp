@@ -64,11 +64,11 @@ void check_config_against_checkpoint(const ModelConfig& cfg, const SafeTensors& 
 bool is_quantization_tensor_name(const std::string& name) {
   // The last dotted component, as the formats name them: GPTQ / AWQ (qweight, qzeros, scales,
   // g_idx), FP8 and compressed-tensors (weight_scale, weight_scale_inv, input_scale,
-  // weight_zero_point, weight_packed, weight_shape, weight_global_scale), KV-cache scales
+  // weight_zero_point, weight_packed, weight_shape, weight_g_idx, weight_global_scale), KV-cache scales
   // (k_scale, v_scale, kv_scale, q_scale), bitsandbytes (SCB, absmax, quant_map, quant_state).
   static const std::set<std::string_view> kLeaves = {
       "qweight", "qzeros", "scales", "g_idx", "zeros", "weight_scale", "weight_scale_inv", "scale_inv",
-      "input_scale", "output_scale", "weight_zero_point", "input_zero_point", "weight_packed", "weight_shape",
+      "input_scale", "output_scale", "weight_zero_point", "input_zero_point", "weight_packed", "weight_shape", "weight_g_idx",
       "weight_global_scale", "input_global_scale", "k_scale", "v_scale", "q_scale", "kv_scale", "SCB",
       "absmax", "quant_map", "nested_absmax", "nested_quant_map"};
   std::string_view n(name);

@@ -1,6 +1,7 @@
 #include "model/quantize_checkpoint.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -15,7 +16,9 @@
 #include "loader/safetensors.h"
 #include "loader/safetensors_writer.h"
 #include "model/arch/arch.h"
+#include "model/awq_search.h"
 #include "model/fp8_quantize.h"
+#include "model/int_checkpoint_writer.h"
 #include "model/weights.h"
 
 namespace gale {
@@ -29,11 +32,25 @@ struct Scheme {
   Fp8Granularity granularity;
   int64_t block;
   bool transformers_fp8;  // quant_method "fp8" (weight_scale_inv) rather than compressed-tensors
+  bool integer = false;   // --format int8 | int4: written as `layout` says
+  IntWriteLayout layout{};
   const char* scale_suffix() const { return transformers_fp8 ? "weight_scale_inv" : "weight_scale"; }
 };
 
-Scheme parse_scheme(const std::string& format, const std::string& scheme) {
-  if (format != "fp8") throw Error("--format must be fp8 (got '" + format + "')");
+Scheme parse_scheme(const QuantizeOptions& o) {
+  if (o.format == "int8" || o.format == "int4") {
+    if (!o.scheme.empty()) throw Error("--scheme applies to --format fp8 (integer formats take --group and --layout)");
+    Scheme s{Fp8Granularity::Channel, 0, false};
+    s.integer = true;
+    s.layout = parse_int_layout(o.format, o.group, o.symmetric, o.layout);
+    if (o.awq && s.layout.spec.bits != 4) throw Error("--awq applies to --format int4");
+    return s;
+  }
+  if (o.awq) throw Error("--awq applies to --format int4");
+  if (o.format != "fp8") throw Error("--format must be fp8, int8 or int4 (got '" + o.format + "')");
+  if (o.group >= 0 || o.symmetric || !o.layout.empty())
+    throw Error("--group, --symmetric and --layout apply to --format int8 and int4");
+  const std::string& scheme = o.scheme.empty() ? "channel" : o.scheme;
   if (scheme == "channel") return {Fp8Granularity::Channel, 0, false};
   if (scheme == "tensor") return {Fp8Granularity::Tensor, 0, false};
   if (scheme == "block128") return {Fp8Granularity::Block, 128, true};
@@ -114,9 +131,10 @@ void write_json_file(const fs::path& p, const json& j) {
   if (!out) throw Error("cannot write " + p.string());
 }
 
-// One output tensor: copied from the source, or a quantized matrix's codes or scales.
+// One output tensor: copied from the source, a quantized matrix's FP8 codes or scales, or one
+// tensor of an integer layout (model/int_checkpoint_writer.h).
 struct Item {
-  enum class Kind { Copy, Codes, Scales } kind;
+  enum class Kind { Copy, Codes, Scales, IntPart } kind;
   const TensorInfo* src;
 };
 
@@ -163,6 +181,7 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
   // The plan: source order (by name), a quantized matrix's scales right after its codes.
   std::vector<SafetensorsEntry> entries;
   std::map<std::string, Item> items;
+  std::map<std::string, int> int_parts_left;  // integer layouts: tensors of each matrix still to write
   for (const auto& [name, t] : st->tensors()) {
     sum.bytes_in += t.nbytes;
     if (!quantize.count(name)) {
@@ -173,6 +192,15 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     }
     GALE_ASSERT(t.shape.size() == 2);
     const int64_t rows = t.shape[0], cols = t.shape[1], b = sc.block;
+    if (sc.integer) {
+      for (SafetensorsEntry& e : int_layout_entries(sc.layout, module_name_of(name), rows, cols)) {
+        items.emplace(e.name, Item{Item::Kind::IntPart, &t});
+        entries.push_back(std::move(e));
+        ++int_parts_left[name];
+      }
+      ++sum.quantized;
+      continue;
+    }
     std::vector<int64_t> sshape = sc.granularity == Fp8Granularity::Channel ? std::vector<int64_t>{rows, 1}
                                   : sc.granularity == Fp8Granularity::Tensor
                                       ? std::vector<int64_t>{1}
@@ -183,6 +211,50 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     items.emplace(name, Item{Item::Kind::Codes, &t});
     items.emplace(sname, Item{Item::Kind::Scales, &t});
     ++sum.quantized;
+  }
+  // --awq: per-input-channel scales multiplied into the quantized matrices (col_scale) and
+  // divided out where their input comes from (model/awq_search.h): RMSNorm weights and biases
+  // (vec_div), the rows of up and v (row_div). A group is scaled only when every matrix it
+  // touches is quantized (a --keep-16bit one would need the scaling in 16 bits).
+  std::map<std::string, std::vector<float>> col_scale, row_div, vec_div;
+  if (o.awq) {
+    const std::vector<AwqLayerScales> awq = awq_search(cfg, bind_weights(st, cfg), o.calib_tokens, sc.layout.spec);
+    auto all_quantized = [&](std::initializer_list<const Linear*> ls) {
+      for (const Linear* l : ls)
+        if (!quantize.count(l->name)) return false;
+      return true;
+    };
+    auto divide = [&](const std::string& tensor, const std::vector<float>& s) {
+      if (!st->find(tensor)) throw Error("--awq: the checkpoint has no '" + tensor + "' to fold the scales into");
+      vec_div[tensor] = s;
+    };
+    auto bias_of = [&](const Linear& l) { return module_name_of(l.name) + ".bias"; };
+    for (size_t i = 0; i < awq.size(); ++i) {
+      const LayerWeights& L = w.layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      if (all_quantized({&L.q, &L.k, &L.v})) {
+        for (const Linear* l : {&L.q, &L.k, &L.v}) col_scale[l->name] = awq[i].qkv;
+        divide(p + "input_layernorm.weight", awq[i].qkv);
+        ++sum.awq_groups;
+      }
+      if (all_quantized({&L.gate, &L.up})) {
+        col_scale[L.gate.name] = col_scale[L.up.name] = awq[i].gate_up;
+        divide(p + "post_attention_layernorm.weight", awq[i].gate_up);
+        ++sum.awq_groups;
+      }
+      if (all_quantized({&L.up, &L.down})) {
+        col_scale[L.down.name] = awq[i].down;
+        row_div[L.up.name] = awq[i].down;
+        if (!L.up.bias.empty()) divide(bias_of(L.up), awq[i].down);
+        ++sum.awq_groups;
+      }
+      if (!awq[i].o.empty() && all_quantized({&L.v, &L.o})) {
+        col_scale[L.o.name] = awq[i].o;
+        row_div[L.v.name] = awq[i].o;
+        if (!L.v.bias.empty()) divide(bias_of(L.v), awq[i].o);
+        ++sum.awq_groups;
+      }
+    }
   }
   sum.kept_16bit = int64_t(kept.size());
   sum.copied -= sum.kept_16bit;
@@ -202,6 +274,35 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
     return scales.emplace(t.name, std::move(s)).first->second;
   };
 
+  // Integer matrices quantized when their first tensor is written; the scales and zero points
+  // kept until the matrix's last tensor is, the codes only while the tensor that holds them is
+  // written (file order puts a matrix's tensors apart: I64, then I32, F32, F16, I8).
+  std::map<std::string, IntQuantized> ints;
+  auto int_of = [&](const TensorInfo& t, bool need_codes) -> IntQuantized& {
+    IntQuantized& q = ints[t.name];
+    if (!q.scales.empty() && (!need_codes || !q.codes.empty())) return q;
+    const IntQuantSpec& spec = sc.layout.spec;
+    const int64_t rows = t.shape[0], cols = t.shape[1], spr = int_scales_per_row(spec, cols);
+    q.codes.assign(size_t(rows * int_code_bytes_per_row(spec, cols)), 0);
+    q.scales.assign(size_t(rows * spr), 0.0f);
+    q.zeros.assign(spec.symmetric ? 0 : size_t(rows * spr), 0);
+    const auto cs = col_scale.find(t.name);
+    const auto rd = row_div.find(t.name);
+    if (rd == row_div.end()) {
+      quantize_int(t.data, t.dtype, rows, cols, cols, spec, cs == col_scale.end() ? nullptr : cs->second.data(),
+                   q.codes.data(), q.scales.data(), spec.symmetric ? nullptr : q.zeros.data());
+      return q;
+    }
+    // AWQ folded into this matrix's rows: a scaled f32 copy, quantized with its own column scales.
+    std::vector<float> m(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        m[size_t(r * cols + c)] = load_as_f32(t.data, t.dtype, size_t(r * cols + c)) / rd->second[size_t(r)];
+    quantize_int(m.data(), DType::F32, rows, cols, cols, spec, cs == col_scale.end() ? nullptr : cs->second.data(),
+                 q.codes.data(), q.scales.data(), spec.symmetric ? nullptr : q.zeros.data());
+    return q;
+  };
+
   const auto shards = plan_safetensors_shards(entries, o.max_shard_bytes);
   json weight_map = json::object();
   for (size_t k = 0; k < shards.size(); ++k) {
@@ -212,10 +313,37 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
       const Item& it = items.at(e.name);
       const TensorInfo& t = *it.src;
       switch (it.kind) {
-        case Item::Kind::Copy: out.write({t.data, t.nbytes}); break;
+        case Item::Kind::Copy: {
+          const auto d = vec_div.find(t.name);
+          if (d == vec_div.end()) {
+            out.write({t.data, t.nbytes});
+            break;
+          }
+          // An AWQ-scaled vector (norm weight or bias): w / s in its own dtype.
+          std::vector<uint8_t> b(t.nbytes);
+          for (size_t k = 0; k < d->second.size(); ++k) {
+            const float v = load_as_f32(t.data, t.dtype, k) / d->second[k];
+            if (t.dtype == DType::F32) {
+              std::memcpy(b.data() + 4 * k, &v, 4);
+            } else {
+              const uint16_t h = t.dtype == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+              std::memcpy(b.data() + 2 * k, &h, 2);
+            }
+          }
+          out.write(b);
+          break;
+        }
         case Item::Kind::Scales: {
           const std::vector<float>& s = scales_of(t);
           out.write({reinterpret_cast<const uint8_t*>(s.data()), s.size() * sizeof(float)});
+          break;
+        }
+        case Item::Kind::IntPart: {
+          const bool codes = int_layout_needs_codes(sc.layout, e.name);
+          IntQuantized& q = int_of(t, codes);
+          out.write(int_layout_bytes(sc.layout, e, q, t.shape[0], t.shape[1]));
+          if (codes) std::vector<uint8_t>().swap(q.codes);  // the one converted copy held
+          if (--int_parts_left[t.name] == 0) ints.erase(t.name);
           break;
         }
         case Item::Kind::Codes: {
@@ -237,8 +365,9 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
                     {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}});
 
   json config = read_json_file(fs::path(o.source) / "config.json");
-  config["quantization_config"] =
-      sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore) : compressed_tensors_config(sc, sum.ignore);
+  config["quantization_config"] = sc.integer            ? int_layout_config(sc.layout, sum.ignore)
+                                  : sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore)
+                                                        : compressed_tensors_config(sc, sum.ignore);
   write_json_file(dir / "config.json", config);
   for (const char* f : kSideFiles) {
     const fs::path p = fs::path(o.source) / f;
@@ -261,7 +390,7 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
 }  // namespace
 
 QuantizeSummary quantize_checkpoint(const QuantizeOptions& o) {
-  const Scheme sc = parse_scheme(o.format, o.scheme);
+  const Scheme sc = parse_scheme(o);
   NamePatterns(o.keep_16bit, "--keep-16bit");  // a bad pattern fails before anything is read
   if (o.source.rfind("synthetic:", 0) == 0) throw Error("gale quantize reads a checkpoint folder, not " + o.source);
   if (!fs::is_directory(o.source)) throw Error("model folder " + o.source + " not found");

@@ -1,6 +1,7 @@
 #include "model/weight_binder.h"
 
 #include "core/error.h"
+#include "model/int_checkpoint.h"
 
 namespace gale {
 
@@ -43,16 +44,46 @@ std::vector<float> TensorBinder::vec(const std::string& name, int64_t n) {
 }
 
 Linear TensorBinder::linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
-  const TensorInfo& t = tensor(prefix + ".weight", {out, in});
   Linear l;
-  l.w = t.data;
-  l.dtype = t.dtype;
   l.out = out;
   l.in = in;
-  l.name = t.name;
+  if (!(quant_ && quant_->integer() && st_ && bind_integer(prefix, l))) {
+    const TensorInfo& t = tensor(prefix + ".weight", {out, in});
+    l.w = t.data;
+    l.dtype = t.dtype;
+    l.name = t.name;
+    if (quant_ && quant_->integer() && st_ && is_fp8(t.dtype))
+      throw Error("tensor '" + t.name + "' is " + std::string(dtype_name(t.dtype)) + " in a checkpoint of " +
+                  quant_->describe() + ", which has no FP8 scales");
+    if (quant_ && quant_->quantized() && !quant_->integer() && st_) bind_scales(prefix, l);
+  }
   if (bias) l.bias = vec(prefix + ".bias", out);
-  if (quant_ && quant_->quantized() && st_) bind_scales(prefix, l);
   return l;
+}
+
+bool TensorBinder::bind_integer(const std::string& prefix, Linear& l) {
+  const IntTensorNames n = int_tensor_names(*quant_, prefix);
+  const TensorInfo* w = st_->find(n.weight);
+  // No integer values: a module the config leaves in 16 bits (ignore / modules_to_not_convert),
+  // bound as a plain weight; a stray scale or zero point beside it is refused as unbound
+  // (loader/checkpoint_check.h).
+  if (!w) return false;
+  if (w->name == prefix + ".weight" && is_float_dtype(w->dtype)) return false;  // int-quantized's kept modules
+  IntSource src;
+  src.weight = w;
+  auto opt = [&](const std::string& name) { return name.empty() ? nullptr : st_->find(name); };
+  src.zeros = opt(n.zeros);
+  src.scales = opt(n.scales);
+  src.g_idx = opt(n.g_idx);
+  src.shape = opt(n.shape);
+  const IntMatrix m = repack_int_weights(*quant_, prefix, l.out, l.in, src);
+  for (const TensorInfo* t : {src.weight, src.zeros, src.scales, src.g_idx, src.shape})
+    if (t) mark_bound(*t);
+  m.apply(l);
+  m.keep(owned_);
+  l.name = w->name;
+  dtypes_.insert(std::string(dtype_name(w->dtype)));
+  return true;
 }
 
 const TensorInfo& TensorBinder::take(const std::string& name) {

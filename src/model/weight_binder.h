@@ -32,7 +32,8 @@ class TensorBinder {
   std::vector<float> vec(const std::string& name, int64_t n);
   // "<prefix>.weight" [out, in] (+ "<prefix>.bias" [out]); in a quantized checkpoint an FP8
   // weight with its scales ("<prefix>.weight_scale" or "weight_scale_inv", converted to f32)
-  // and its input scale marked as used.
+  // and its input scale marked as used; an integer format's module (AWQ / GPTQ qweight,
+  // compressed-tensors weight_packed or I8 weight) repacked into the layout of WeightScheme.
   Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias);
   // A one-element f32 tensor when the checkpoint has it (KV cache scales), else 0.
   float optional_scalar(const std::string& name);
@@ -46,6 +47,9 @@ class TensorBinder {
   const std::vector<std::pair<std::string, std::vector<int64_t>>>& requested() const { return requested_; }
 
  private:
+  // An integer format's tensors of module `prefix` repacked into l (model/int_checkpoint.h);
+  // false when the checkpoint stores the module as a plain weight.
+  bool bind_integer(const std::string& prefix, Linear& l);
   // Binds the scales of FP8 weight l ("<prefix>.weight") as quant_ says.
   void bind_scales(const std::string& prefix, Linear& l);
   // Marks a tensor used without the exact-shape check of tensor() (scales of several spellings).

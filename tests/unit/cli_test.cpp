@@ -581,7 +581,13 @@ TEST(Cli, QuantizeWritesACheckpointAndRefusesInOneLine) {
   };
   const std::string o2 = " --out " + out.string() + "-2";
   one_line_error("quantize -m " + src + " --out " + out.string(), "exists and is not empty (--force replaces it)");
-  one_line_error("quantize -m " + src + o2 + " --format int4", "--format must be fp8 (got 'int4')");
+  one_line_error("quantize -m " + src + o2 + " --format int3", "--format must be fp8, int8 or int4 (got 'int3')");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --scheme tensor", "--scheme applies to --format fp8");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --group 48", "--group must be a multiple of 32");
+  one_line_error("quantize -m " + src + o2 + " --group 32", "apply to --format int8 and int4");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --symmetric --layout awq", "--layout awq stores INT4 with zero points");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --layout int-quantized", "--layout int-quantized stores INT8");
+  one_line_error("quantize -m " + src + o2 + " --format int8 --layout gguf", "--layout must be compressed-tensors");
   one_line_error("quantize -m " + src + o2 + " --scheme block64", "--scheme must be channel, tensor or block128");
   one_line_error("quantize -m " + fixture("llama-ctchannel") + o2, "quantized already");
   one_line_error("quantize -m " + src + o2 + " --keep-16bit 'model.layer.0.*'", "matches no layer projection");
@@ -590,6 +596,27 @@ TEST(Cli, QuantizeWritesACheckpointAndRefusesInOneLine) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("128x128 block weight scales"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("7 kept 16-bit"), std::string::npos) << r.out;
+  // Integer formats: the summary names the layout Gale reads back; `gale info` describes it.
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --group 32 --layout awq");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("AWQ (gemm) INT4, groups of 32, zero points; 14 matrices quantized"), std::string::npos) << r.out;
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int8 --keep-16bit 'model.layers.1.*'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("compressed-tensors pack-quantized INT8, per-channel scales, symmetric; 7 matrices quantized, 7 kept"),
+            std::string::npos) << r.out;
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --group 32 --awq --calib " +
+           std::string(GALE_SOURCE_DIR) + "/models/data/validation-head.txt");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("groups of 32, zero points, AWQ scales on 6 groups"), std::string::npos) << r.out;
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --awq");  // the bundled corpus
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("AWQ scales on 6 groups"), std::string::npos) << r.out;
+  one_line_error("quantize -m " + src + o2 + " --format int4 --calib x.txt", "--calib applies to --awq");
+  one_line_error("quantize -m " + src + o2 + " --format int8 --awq", "--awq applies to --format int4");
+  one_line_error("quantize -m " + src + o2 + " --format int4 --awq --calib /nonexistent.txt", "cannot read --calib");
+  r = gale("quantize -m " + src + " --out " + out.string() + " --force --format int4 --symmetric --group 64");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("pack-quantized INT4, groups of 64, symmetric"), std::string::npos) << r.out;
   fs::remove_all(out);
 }
 

@@ -199,15 +199,18 @@ TEST(Config, AbsurdSizesAreClearErrors) {
 // does not load is refused by name (issue 17 added the FP8 ones: fp8_checkpoint_test.cpp).
 TEST(Config, QuantizationConfigIsRefusedByName) {
   json j = test::read_json(test::fixtures_dir() + "/configs/llama-3.1-8b.json");
-  j["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  j["quantization_config"] = {{"quant_method", "hqq"}, {"bits", 4}};
   try {
     parse_model_config(j);
     FAIL() << "no error";
   } catch (const Error& e) {
     std::string m = e.what();
-    EXPECT_NE(m.find("quantization method 'awq'"), std::string::npos) << m;
-    EXPECT_NE(m.find("not supported (supported: 'fp8', 'compressed-tensors' FP8"), std::string::npos) << m;
+    EXPECT_NE(m.find("quantization method 'hqq'"), std::string::npos) << m;
+    EXPECT_NE(m.find("not supported (supported: 'fp8', 'awq', 'gptq', 'compressed-tensors' FP8 / INT4 / INT8"),
+              std::string::npos) << m;
   }
+  j["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}, {"group_size", 128}};
+  EXPECT_EQ(parse_model_config(j).quant.format, QuantConfig::Format::Awq);
   j["quantization_config"] = {{"bits", 4}};
   EXPECT_THROW(parse_model_config(j), Error);
   j["quantization_config"] = nullptr;  // transformers writes null for "none"

@@ -222,18 +222,21 @@ TEST(Fp8CheckpointErrors, UnsupportedConfigsAreRefusedByName) {
     }
     return std::string();
   };
-  EXPECT_NE(error({{"quant_method", "gptq"}, {"bits", 4}}).find("quantization method 'gptq', which is not supported"),
+  EXPECT_NE(error({{"quant_method", "bitsandbytes"}, {"bits", 4}}).find("quantization method 'bitsandbytes', which is not supported"),
             std::string::npos);
   EXPECT_NE(error({{"quant_method", "fp8"}, {"weight_block_size", {128, 64}}}).find("only square blocks"),
             std::string::npos);
   EXPECT_NE(error({{"quant_method", "fp8"}, {"weight_block_size", {100, 100}}}).find("multiple of 16"),
             std::string::npos);
-  EXPECT_NE(error({{"quant_method", "compressed-tensors"}, {"format", "pack-quantized"}}).find("'pack-quantized'"),
-            std::string::npos);
+  json nvfp4 = {{"quant_method", "compressed-tensors"}, {"format", "nvfp4-pack-quantized"}};
+  nvfp4["config_groups"]["group_0"] = {{"targets", {"Linear"}},
+                                       {"weights", {{"num_bits", 4}, {"type", "float"}, {"strategy", "tensor_group"}}}};
+  EXPECT_NE(error(nvfp4).find("'nvfp4-pack-quantized'"), std::string::npos) << error(nvfp4);
   json int8 = {{"quant_method", "compressed-tensors"}, {"format", "float-quantized"}};
   int8["config_groups"]["group_0"] = {{"targets", {"Linear"}},
                                       {"weights", {{"num_bits", 8}, {"type", "int"}, {"strategy", "channel"}}}};
-  EXPECT_NE(error(int8).find("must be 8-bit \"float\""), std::string::npos) << error(int8);
+  EXPECT_NE(error(int8).find("integer weights are loaded from 'pack-quantized' and 'int-quantized'"), std::string::npos)
+      << error(int8);
   EXPECT_EQ(error(nullptr), "");  // transformers writes null for "none"
   const ModelConfig c = [&] {
     json cc = j;

@@ -208,8 +208,7 @@ TEST_F(BrokenModel, QuantizedCheckpointsAreRefused) {
   EXPECT_NE(load_error().find("quantization method 'bitsandbytes', which is not supported"), std::string::npos)
       << load_error();
   edit_config([](json& j) { j["quantization_config"] = {{"quant_method", "compressed-tensors"}}; });
-  EXPECT_NE(load_error().find("of compressed-tensors Gale loads 'float-quantized' (FP8) checkpoints"), std::string::npos)
-      << load_error();
+  EXPECT_NE(load_error().find("'config_groups' must hold exactly one group"), std::string::npos) << load_error();
   edit_config([](json& j) { j.erase("quantization_config"); });
   // A rotary inv_freq buffer (older checkpoints carry one) is ignored, as transformers does.
   add_tensor("model.layers.0.self_attn.rotary_emb.inv_freq", 8);

@@ -309,7 +309,8 @@ TEST(Quantize, ErrorsAreOneLineAndLeaveNothingBehind) {
     edit(c);
     return quantize_error(c);
   };
-  EXPECT_NE(with([](auto& c) { c.format = "int4"; }).find("--format must be fp8 (got 'int4')"), std::string::npos);
+  EXPECT_NE(with([](auto& c) { c.format = "int3"; }).find("--format must be fp8, int8 or int4 (got 'int3')"),
+            std::string::npos);
   EXPECT_NE(with([](auto& c) { c.scheme = "block64"; }).find("--scheme must be channel, tensor or block128"),
             std::string::npos);
   EXPECT_NE(with([](auto& c) { c.source = fixture("llama-ctchannel"); }).find("quantized already"), std::string::npos);
