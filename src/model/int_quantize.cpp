@@ -74,7 +74,7 @@ void quantize_int(const void* src, DType dt, int64_t rows, int64_t cols, int64_t
   parallel_for(
       rows,
       [&](int64_t r0, int64_t r1, int) {
-        std::vector<float> w(size_t(cols));
+        std::vector<float> w(static_cast<size_t>(cols));
         for (int64_t r = r0; r < r1; ++r) {
           const auto* row = static_cast<const uint8_t*>(src) + size_t(r) * size_t(ld) * dtype_size(dt);
           for (int64_t c = 0; c < cols; ++c) {
