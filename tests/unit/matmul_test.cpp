@@ -357,6 +357,51 @@ TEST_P(MatmulIsa, IntegerWeightsInMulti) {
       EXPECT_LE(run_int_case(ic, M, 1280, 19, rng, true), 1e-6) << "bits=" << ic.bits << " M=" << M;
 }
 
+// The W8A8 / W4A8 decode option (cpu::set_matmul_int_a8; the avx512bf16 path has it, the
+// others stay exact): x is rounded to int8 steps of at most max|x row| / 127, so each product
+// moves by at most |w| · max|x| / 254; the rest of the error is the f32 sums'. Shapes it does
+// not take (K = 98, groups of 32) fall back to the exact kernel.
+TEST_P(MatmulIsa, IntegerWeightsA8) {
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> sd(0.001f, 0.05f);
+  cpu::set_matmul_int_a8(true);
+  for (const IntCase& ic : kIntCases)
+    for (int64_t M : {1, 2, 4})
+      for (int64_t K : {98, 256, 320, 2048}) {
+        if (ic.group >= K) continue;
+        const int64_t N = 45, spr = ic.group > 0 ? (K + ic.group - 1) / ic.group : 1;
+        std::vector<uint8_t> codes(size_t(ic.bits == 8 ? N * K : N * K / 2)), zero(size_t(N * spr));
+        for (auto& b : codes) b = uint8_t(rng());
+        for (auto& z : zero) z = uint8_t(rng() % 16);
+        std::vector<float> s(size_t(N * spr));
+        for (float& v : s) v = sd(rng);
+        std::vector<float> x = random_floats(size_t(M * K), rng), y(size_t(M * N)), yref(size_t(M * N));
+        x[size_t(K / 3)] = 8.0f;  // an outlier: its block's step is 16x the others'
+        const uint8_t* zp = ic.zeros ? zero.data() : nullptr;
+        const cpu::WeightScales ws{s.data(), 1, ic.group > 0 ? ic.group : K, spr, zp, ic.bits == 4};
+        cpu::matmul(x.data(), K, M, K, codes.data(), ic.bits == 8 ? DType::I8 : DType::U8, N, nullptr, y.data(), N,
+                    false, ws);
+        ref::matmul_int(x.data(), K, M, K, codes.data(), ic.bits, N, s.data(), zp, ic.group, nullptr, nullptr,
+                        yref.data(), N);
+        for (int64_t m = 0; m < M; ++m) {
+          float amax = 0;
+          for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(m * K + k)]));
+          for (int64_t n = 0; n < N; ++n) {
+            double wsum = 0, mag = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double w = ref::int_weight_ref(codes.data(), ic.bits, K, s.data(), zp, ic.group, n, k);
+              wsum += std::fabs(w);
+              mag += std::fabs(w * x[size_t(m * K + k)]);
+            }
+            const double bound = wsum * amax / 254.0 * 1.001 + 1e-5 * mag;
+            ASSERT_LE(std::fabs(double(y[size_t(m * N + n)]) - yref[size_t(m * N + n)]), bound)
+                << "bits=" << ic.bits << " group=" << ic.group << " zeros=" << ic.zeros << " M=" << M << " K=" << K;
+          }
+        }
+      }
+  cpu::set_matmul_int_a8(false);
+}
+
 // The reference's weights are the contract's: ref::int_weight_ref equals model/int_quantize.h's
 // int_weight bitwise on what quantize_int writes, for every scheme.
 TEST(MatmulIntRef, WeightsAreIntWeight) {

@@ -59,7 +59,8 @@ bool cpu_has(const char* isa) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (std::strcmp(isa, "avx512bf16") == 0)
-    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi") &&
+           __builtin_cpu_supports("avx512vnni");
   if (std::strcmp(isa, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c();
@@ -92,6 +93,13 @@ const MatmulKernels* best_kernels() {
 }
 
 std::atomic<const MatmulKernels*> g_kernels{nullptr};
+
+// GALE_CPU_INT_A8=1: integer weights' decode with x quantized to int8 (matmul_isa.h).
+bool int_a8_from_env() {
+  const char* v = std::getenv("GALE_CPU_INT_A8");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+std::atomic<bool> g_int_a8{int_a8_from_env()};
 
 const MatmulKernels& kernels() {
   const MatmulKernels* k = g_kernels.load(std::memory_order_acquire);
@@ -353,7 +361,8 @@ void check_int(WKind wk, const detail::WScale& sc, int64_t K) {
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
             const float* bias, float* y, int64_t ldy, bool accumulate, const WeightScales& scales) {
   if (M <= 0 || N <= 0) return;
-  const MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt, scales), N, bias, y, ldy, accumulate, scale_of(scales, N, K)};
+  const MatmulProblem p{x,  ldx, M, K, W, weight_kind(wdt, scales), N, bias, y, ldy, accumulate, scale_of(scales, N, K),
+                        g_int_a8.load(std::memory_order_relaxed)};
   check_int(p.wk, p.scale, K);
   run_problems({&p, 1});
 }
@@ -372,7 +381,7 @@ void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
   for (const MatmulTarget& t : targets)
     if (t.n > 0) {
       ps[count] = {x,   ldx,   M,     K,     t.w, weight_kind(t.dtype, t.scales), t.n, t.bias, t.y, t.ldy, t.accumulate,
-                   scale_of(t.scales, t.n, K)};
+                   scale_of(t.scales, t.n, K), g_int_a8.load(std::memory_order_relaxed)};
       check_int(ps[count].wk, ps[count].scale, K);
       ++count;
     }
@@ -387,6 +396,9 @@ std::vector<std::string> matmul_isas_available() {
     if (kernels_by_name(name) && cpu_has(name)) out.push_back(name);
   return out;
 }
+
+void set_matmul_int_a8(bool on) { g_int_a8.store(on, std::memory_order_relaxed); }
+bool matmul_int_a8() { return g_int_a8.load(std::memory_order_relaxed); }
 
 void set_matmul_isa(std::string_view name) {
   const MatmulKernels* k = kernels_by_name(name);

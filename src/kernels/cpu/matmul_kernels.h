@@ -42,6 +42,9 @@ struct MatmulProblem {
   int64_t ldy;
   bool accumulate;
   WScale scale;
+  // Integer weights may run with x quantized to int8 (matmul_a8_avx512bf16.cpp; where the
+  // kernel set has that path): cpu::set_matmul_int_a8 / GALE_CPU_INT_A8.
+  bool int_a8;
 };
 
 // Decode kernel, M ≤ kMatvecMaxRows: writes y[:, n0:n1] in one pass over W[n0:n1, :].
@@ -97,6 +100,12 @@ extern const MatmulKernels kScalarKernels;
 extern const MatmulKernels kAvx2Kernels;
 extern const MatmulKernels kAvx512Kernels;
 extern const MatmulKernels kAvx512Bf16Kernels;  // kAvx512Kernels with an E4M3 decode kernel (AVX512-BF16, VBMI)
+
+// The W8A8 / W4A8 decode kernel (matmul_a8_avx512bf16.cpp): whether it takes p (integer
+// weights, K and the scale segments multiples of 64), and the product (false: out of memory
+// for its buffers, nothing written).
+bool int_a8_takes(const MatmulProblem& p);
+bool int_a8_matvec(const MatmulProblem& p, int64_t n0, int64_t n1);
 
 // Bytes of `elems` consecutive weights of kind wk starting at an even element (U4: half a byte
 // each).
