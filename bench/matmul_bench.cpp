@@ -3,8 +3,13 @@
 // in GFLOP/s vs measured FMA peak.
 //
 //   matmul_bench [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill|layers] [--quick]
+//                [--weights bf16|int8|int4]
+// --weights int8 / int4: decode over integer weights (INT8 per channel; INT4 groups of 128 with
+// zero points), GB/s of codes + scales + zero points streamed; "hot" repeats one matrix that
+// stays in L2, the kernel's own rate without the memory.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,9 +58,62 @@ double cpu_seconds() {  // of the whole process, all threads
 
 double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+std::string g_weights = "bf16";
+
+// An integer matrix of random codes: I8 per channel, or U4 in groups of 128 with zero points.
+struct IntMatrix {
+  std::vector<uint8_t> codes, zeros;
+  std::vector<float> scales;
+  gale::cpu::WeightScales ws;
+  gale::DType dt;
+  size_t bytes;
+};
+IntMatrix random_int(const Shape& s, bool u4) {
+  IntMatrix m;
+  const int64_t spr = u4 ? s.K / 128 : 1;
+  m.codes.resize(size_t(u4 ? s.N * s.K / 2 : s.N * s.K));
+  for (auto& b : m.codes) b = uint8_t(next_float() * 127.0f);
+  m.scales.resize(size_t(s.N * spr));
+  for (auto& v : m.scales) v = 0.001f + 0.01f * std::abs(next_float());
+  if (u4) m.zeros.assign(size_t(s.N * spr), 8);
+  m.ws = {m.scales.data(), 1, u4 ? 128 : s.K, spr, u4 ? m.zeros.data() : nullptr, u4};
+  m.dt = u4 ? gale::DType::U8 : gale::DType::I8;
+  m.bytes = m.codes.size() + m.scales.size() * 4 + m.zeros.size();
+  return m;
+}
+
+void bench_decode_int(const Shape& s, bool quick) {
+  const bool u4 = g_weights == "int4";
+  const size_t bytes = random_int({s.name, 1, s.K}, u4).bytes * size_t(s.N);
+  const size_t footprint = quick ? (size_t(128) << 20) : (size_t(512) << 20);
+  const size_t copies = std::max<size_t>(1, (footprint + bytes - 1) / bytes);
+  std::vector<IntMatrix> ws;
+  for (size_t c = 0; c < copies; ++c) ws.push_back(random_int(s, u4));
+  std::vector<float> x(size_t(s.K)), y(size_t(s.N));
+  for (auto& v : x) v = next_float();
+  auto run = [&](const IntMatrix& m) {
+    gale::cpu::matmul(x.data(), s.K, 1, s.K, m.codes.data(), m.dt, s.N, nullptr, y.data(), s.N, false, m.ws);
+  };
+  for (const IntMatrix& m : ws) run(m);
+  const double budget = quick ? 0.15 : 0.5;
+  for (bool hot : {false, true}) {
+    size_t calls = 0;
+    auto t0 = Clock::now();
+    do {
+      run(ws[hot ? 0 : calls % copies]);
+      ++calls;
+    } while (calls < copies || seconds(t0) < budget);
+    const double t = seconds(t0) / double(calls);
+    std::printf("  M=1    %-14s N=%-6lld K=%-5lld %s %s %9.1f us %8.1f GB/s %8.1f G weights/s\n", s.name,
+                (long long)s.N, (long long)s.K, g_weights.c_str(), hot ? "hot " : "cold", t * 1e6,
+                double(bytes) / t / 1e9, double(s.N * s.K) / t / 1e9);
+  }
+}
+
 // Decode: cycles through enough copies of W that they cannot stay in the last-level cache,
 // as the layers of a real model don't.
 void bench_decode(const Shape& s, bool quick) {
+  if (g_weights != "bf16") return bench_decode_int(s, quick);
   const size_t n = size_t(s.N * s.K), bytes = n * 2;
   const size_t footprint = quick ? (size_t(128) << 20) : (size_t(512) << 20);
   const size_t copies = std::max<size_t>(1, (footprint + bytes - 1) / bytes);
@@ -149,6 +207,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) gale::set_num_threads(std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--weights") && i + 1 < argc) g_weights = argv[++i];
     else {
       std::fprintf(stderr, "usage: %s [--isa avx512|avx2|scalar|all] [--threads N] [--only decode|prefill|layers] [--quick]\n", argv[0]);
       return 2;

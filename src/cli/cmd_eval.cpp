@@ -65,19 +65,19 @@ CommandRegistrar reg{26, [](CLI::App& root) {
                   "Reference model folder (same tokenizer; default: the model's own folder), loaded with the "
                   "same --device / --dtype");
   sub->add_option("--reference-quantization", o->reference_quantization,
-                  "How the reference's weights are loaded: none (as stored, the default) or fp8")
-      ->check(CLI::IsMember({"none", "fp8"}));
+                  "How the reference's weights are loaded: none (as stored, the default), fp8, int8 or int4")
+      ->check(CLI::IsMember({"none", "fp8", "int8", "int4"}));
   sub->add_option("--file", o->file, "Text file")->required();
   sub->add_option("--ctx", o->ctx, "Window length in tokens (default 512)");
   sub->add_option("--stride", o->stride, "Window step in tokens (default ctx/2)");
   sub->add_flag("--json", o->json, "JSON output");
   sub->add_flag("--sensitivity", o->sensitivity,
-                "With --quantization fp8: quantize one layer at a time (the others kept as stored), rank the layers "
+                "With --quantization fp8, int8 or int4: quantize one layer at a time (the others kept as stored), rank the layers "
                 "by the KL each adds, and suggest the --keep-16bit set (layers over twice the median KL, at most a "
                 "quarter of them)");
   sub->callback([o] {
     if (o->sensitivity && o->model.quantization == "none")
-      throw Error("--sensitivity measures what --quantization does to each layer: add --quantization fp8");
+      throw Error("--sensitivity measures what --quantization does to each layer: add --quantization fp8, int8 or int4");
     if (o->reference.empty() && o->reference_quantization.empty())
       throw Error("eval needs a reference: --reference DIR, or --reference-quantization none for the model's "
                   "own folder as stored");
@@ -94,6 +94,7 @@ CommandRegistrar reg{26, [](CLI::App& root) {
     // The reference is the checkpoint as stated: none of the model's other lossy choices (the
     // layers --keep-16bit spares, a quantized LM head, an FP8 KV cache) apply to it.
     ref_options.keep_16bit.clear();
+    ref_options.quantization_group = 0;  // the model's integer options are the model's
     ref_options.quantize_lm_head = false;
     ref_options.kv_cache_dtype = "auto";
     LoadedModel lm = load_model(dir, backend_options(o->model), load_options(o->model));

@@ -18,13 +18,19 @@ void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
         ->check(CLI::Range(0.01, 1.0));
   }
   sub->add_option("--quantization", o.quantization,
-                  "Weights as loaded: none (as stored) or fp8 (E4M3 with per-channel scales, quantized at load; "
-                  "the LM head and MoE routers stay as stored)")
-      ->check(CLI::IsMember({"none", "fp8"}));
-  add_keep_16bit_option(sub, o.keep_16bit);
+                  "Weights as loaded: none (as stored), fp8 (E4M3 with per-channel scales), int8 (INT8 with "
+                  "per-channel scales, symmetric) or int4 (4-bit, groups of 128 with zero points), quantized at "
+                  "load; the LM head and MoE routers stay as stored")
+      ->check(CLI::IsMember({"none", "fp8", "int8", "int4"}));
+  sub->add_option("--quantization-group", o.quantization_group,
+                  "int8 / int4: input columns per scale, a multiple of 32 (default: per channel for int8, 128 for "
+                  "int4)")
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--quantize-lm-head", o.quantize_lm_head,
-                "Quantize the LM head too (with --quantization; a tied head gets a quantized copy): fewer bytes per "
-                "decoded token, at some quality cost that `gale eval` measures");
+                "With --quantization fp8, int8 or int4: quantize the LM head too, the same way (a copy of its own "
+                "when tied to the embedding table): fewer bytes per decoded token, at a quality cost `gale eval` "
+                "measures");
+  add_keep_16bit_option(sub, o.keep_16bit);
   sub->add_option("--kv-cache-dtype", o.kv_cache_dtype,
                   "KV cache storage: auto (f32 on the CPU with f32 activations, else bf16; fp8 for a checkpoint "
                   "with KV cache scales), bf16, or fp8 (E4M3 with per-layer K and V scales: the checkpoint's, "
@@ -71,8 +77,9 @@ BackendOptions backend_options(const ModelOptions& o) {
 LoadOptions load_options(const ModelOptions& o) {
   LoadOptions l;
   l.quantization = o.quantization;
-  l.keep_16bit = o.keep_16bit;
+  l.quantization_group = o.quantization_group;
   l.quantize_lm_head = o.quantize_lm_head;
+  l.keep_16bit = o.keep_16bit;
   l.kv_cache_dtype = o.kv_cache_dtype;
   return l;
 }

@@ -17,9 +17,10 @@ struct ModelOptions {
   int threads = 0;          // 0 = all cores
   std::string device;       // --device: "" = cuda when a GPU is present, else cpu
   double gpu_memory_utilization = 0.9;
-  std::string quantization = "none";  // --quantization: none or fp8 (quantize the weights at load)
+  std::string quantization = "none";  // --quantization: none, fp8, int8 or int4 (quantize the weights at load)
+  int64_t quantization_group = 0;     // --quantization-group: columns per int8 / int4 scale (0: the scheme's)
+  bool quantize_lm_head = false;      // --quantize-lm-head: fp8 / int8 / int4 take the LM head too
   std::vector<std::string> keep_16bit;  // --keep-16bit PATTERN (repeatable): projections fp8 leaves as stored
-  bool quantize_lm_head = false;        // --quantize-lm-head
   std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: auto, bf16 or fp8
 };
 

@@ -20,7 +20,8 @@ void check_f32(const Act& a) { GALE_ASSERT(a.dtype == DType::F32); }
 cpu::WeightScales scales_of(const Linear& l) {
   if (l.scheme.scales == WeightScheme::Scales::None) return {};
   const Linear::ScaleLayout s = l.scale_layout();
-  return {static_cast<const float*>(l.scheme.scale), s.rows, s.cols, s.ld};
+  return {static_cast<const float*>(l.scheme.scale), s.rows, s.cols, s.ld,
+          static_cast<const uint8_t*>(l.scheme.zero), l.scheme.packing == WeightScheme::Packing::U4};
 }
 
 }  // namespace
@@ -28,8 +29,13 @@ cpu::WeightScales scales_of(const Linear& l) {
 // FP8 weights may carry f32 scales per tensor, channel, group or block (the matmul applies
 // them to each widened weight); groups and blocks of a multiple of 16 columns. Everything
 // else as the default.
+//
+// Integer weights (Linear::integer_weights: INT8, packed INT4 with or without zero points,
+// per channel or per group, act-order in_perm) in packed rows: cpu::matmul's exact W8A16 /
+// W4A16 products; linear() gathers x's columns for an in_perm.
 bool CpuBackend::supports(const Linear& l) const {
   const WeightScheme& s = l.scheme;
+  if (l.integer_weights()) return l.packed_rows();
   if (s.scales == WeightScheme::Scales::None) return Backend::supports(l);
   const bool grouped = s.scales == WeightScheme::Scales::PerGroup || s.scales == WeightScheme::Scales::PerBlock;
   return l.scaled_fp8() && s.scale_dtype == DType::F32 && (!grouped || (s.group > 0 && s.group % 16 == 0));
@@ -71,23 +77,46 @@ void CpuBackend::linear(const Linear& l, Act in, Act out, bool accumulate) {
   check_f32(in);
   check_f32(out);
   GALE_ASSERT(in.cols == l.in && out.cols == l.out && in.rows == out.rows);
+  const float* x = in.f32();
+  int64_t ldx = in.ld;
+  if (const int32_t* perm = l.scheme.in_perm) {
+    // Act-order: stored column k holds input feature perm[k], so the product reads x[:, perm].
+    gathered_.resize(size_t(in.rows * l.in));
+    for (int64_t r = 0; r < in.rows; ++r) {
+      const float* src = in.f32() + r * in.ld;
+      float* dst = gathered_.data() + r * l.in;
+      for (int64_t k = 0; k < l.in; ++k) dst[k] = src[perm[k]];
+    }
+    x = gathered_.data();
+    ldx = l.in;
+  }
   if (bf16_) {
     const cpu::MatmulTarget t{l.w,    l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32(), out.ld,
                               accumulate, scales_of(l)};
-    cpu::matmul_multi_bf16(in.f32(), in.ld, in.rows, l.in, {&t, 1});
+    cpu::matmul_multi_bf16(x, ldx, in.rows, l.in, {&t, 1});
     return;
   }
-  cpu::matmul(in.f32(), in.ld, in.rows, l.in, l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(),
-              out.f32(), out.ld, accumulate, scales_of(l));
+  cpu::matmul(x, ldx, in.rows, l.in, l.w, l.dtype, l.out, l.bias.empty() ? nullptr : l.bias.data(), out.f32(),
+              out.ld, accumulate, scales_of(l));
 }
 
 // x is packed once for all the projections and the threads split their union of output rows
 // (cpu::matmul_multi, or matmul_multi_bf16 with bf16 activations); each result is bitwise what
-// linear() gives.
+// linear() gives. Act-order matrices each read x in their own column order, so they go one by
+// one through linear().
 void CpuBackend::linear_fused(std::span<const Linear* const> ls, Act in, Act out) {
   check_f32(in);
   check_f32(out);
   GALE_ASSERT(ls.size() <= 4);
+  for (const Linear* l : ls)
+    if (l->scheme.in_perm) {
+      int64_t c0 = 0;
+      for (const Linear* li : ls) {
+        linear(*li, in, out.cols_range(c0, li->out), false);
+        c0 += li->out;
+      }
+      return;
+    }
   cpu::MatmulTarget targets[4];
   int64_t c0 = 0;
   for (size_t i = 0; i < ls.size(); ++i) {

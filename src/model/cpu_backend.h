@@ -1,6 +1,8 @@
 // The CPU backend: activations in f32 host memory (rounded to bf16 between ops with
 // `--dtype bf16`), the kernels of kernels/cpu, weights read in place from the mapped checkpoint.
 #pragma once
+#include <vector>
+
 #include "model/backend.h"
 
 namespace gale {
@@ -46,6 +48,7 @@ class CpuBackend : public Backend {
  private:
   bool bf16_;
   const StepPlan* plan_ = nullptr;
+  std::vector<float> gathered_;  // [rows, in]: x's columns in an act-order matrix's in_perm order
 };
 
 }  // namespace gale

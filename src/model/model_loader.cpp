@@ -40,14 +40,27 @@ namespace {
 // The transforms the load options ask for, in order (identity when none).
 std::vector<WeightTransform> transforms_for(const LoadOptions& o) {
   const bool none = o.quantization == "none" || o.quantization.empty();
+  const bool integer = o.quantization == "int8" || o.quantization == "int4";
   if (none && !o.keep_16bit.empty())
-    throw Error("--keep-16bit applies to --quantization fp8 (the weights are loaded as stored without it)");
+    throw Error("--keep-16bit applies to --quantization fp8, int8 or int4 (the weights are loaded as stored without it)");
+  if (!integer && o.quantization_group != 0)
+    throw Error("--quantization-group applies to --quantization int8 or int4");
   if (none && o.quantize_lm_head)
-    throw Error("--quantize-lm-head applies to --quantization fp8 (the weights are loaded as stored without it)");
+    throw Error("--quantize-lm-head applies to --quantization fp8, int8 or int4 (the weights are loaded as stored without it)");
   if (none) return {identity_transform()};
-  if (o.quantization == "fp8")
-    return {quantize_fp8_per_channel(NamePatterns(o.keep_16bit, "--keep-16bit"), o.quantize_lm_head)};
-  throw Error("--quantization must be none or fp8 (got '" + o.quantization + "')");
+  const NamePatterns keep(o.keep_16bit, "--keep-16bit");
+  if (o.quantization == "fp8") return {quantize_fp8_per_channel(keep, o.quantize_lm_head)};
+  if (integer) {
+    if (o.quantization_group < 0 || o.quantization_group % 32 != 0)
+      throw Error("--quantization-group must be a positive multiple of 32 (got " +
+                  std::to_string(o.quantization_group) + ")");
+    IntQuantSpec spec;
+    spec.bits = o.quantization == "int8" ? 8 : 4;
+    spec.symmetric = spec.bits == 8;
+    spec.group = o.quantization_group ? o.quantization_group : spec.bits == 8 ? 0 : 128;
+    return {quantize_int_weights(spec, keep, o.quantize_lm_head)};
+  }
+  throw Error("--quantization must be none, fp8, int8 or int4 (got '" + o.quantization + "')");
 }
 
 void check_kv_cache_dtype(const std::string& s) {

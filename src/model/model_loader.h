@@ -20,14 +20,20 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path_or_synthetic, ActDType act = ActDType::F32);
 // What loading does to the weights on their way to the backend (model/transforms.h).
 struct LoadOptions {
-  // --quantization: "none" (as stored) or "fp8" (per-channel FP8 weights, quantized at load;
-  // the checkpoint's own FP8 matrices are kept).
+  // --quantization: "none" (as stored), "fp8" (per-channel FP8 weights, quantized at load;
+  // the checkpoint's own FP8 matrices are kept), "int8" (INT8 codes, one scale per channel,
+  // symmetric) or "int4" (packed 4-bit codes, groups of 128 with zero points), both by
+  // model/int_quantize.h (model/transforms.h quantize_int_weights).
   std::string quantization = "none";
-  // --keep-16bit: projections whose checkpoint name matches one of these patterns stay as
-  // stored under --quantization fp8 (loader/name_patterns.h: globs, or "re:" regexes).
-  std::vector<std::string> keep_16bit;
-  // --quantize-lm-head: the LM head is quantized too (a tied one gets codes of its own).
+  // --quantization-group: columns per scale for int8 / int4 (a multiple of 32); 0: the
+  // scheme's own (int8 per channel, int4 128).
+  int64_t quantization_group = 0;
+  // --quantize-lm-head: fp8 / int8 / int4 quantize the LM head too (kept as stored otherwise; a
+  // tied one gets codes of its own).
   bool quantize_lm_head = false;
+  // --keep-16bit: projections whose checkpoint name matches one of these patterns stay as
+  // stored under --quantization fp8, int8 or int4 (loader/name_patterns.h: globs, or "re:" regexes).
+  std::vector<std::string> keep_16bit;
   // --kv-cache-dtype: "auto" (the backend's own: f32 on the CPU with f32 activations, else
   // bf16; fp8 for a checkpoint with a kv_cache_scheme), "bf16" or "fp8" (E4M3, per-layer K and
   // V scales: the checkpoint's k_scale / v_scale, else calibrated at load).

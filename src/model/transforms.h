@@ -7,7 +7,8 @@
 //   - shard-for-TP: narrows cfg to the rank's heads and replaces matrices with rows_view /
 //     cols_view views of the mapped checkpoint (pack_rows where the backend needs packed rows);
 //   - prune: zeroes or drops weights in copies it owns.
-// The loader applies the identity, and quantize_fp8_per_channel for --quantization fp8.
+// The loader applies the identity, quantize_fp8_per_channel for --quantization fp8 and
+// quantize_int_weights for --quantization int8|int4.
 #pragma once
 #include <functional>
 #include <span>
@@ -16,6 +17,7 @@
 
 #include "loader/model_config.h"
 #include "loader/name_patterns.h"
+#include "model/int_quantize.h"
 #include "model/weights.h"
 
 namespace gale {
@@ -42,6 +44,17 @@ WeightTransform pack_rows();
 // `keep_16bit` matches (--keep-16bit; a pattern matching no matrix is an error, most likely a
 // typo).
 WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit = {}, bool lm_head = false);
+
+// --quantization int8|int4: every 16/32-bit projection of the layers to integer codes by
+// model/int_quantize.h's quantize_int (spec: 8 bits per channel symmetric for int8; 4 bits,
+// groups of 128, zero points for int4), in model/weights.h's integer layout, in buffers the
+// weights own; ModelWeights::total_bytes follows (codes, scales and zero points). As for fp8:
+// the MoE routers stay as stored, matrices already quantized (FP8, integer) are left alone,
+// and so is one whose checkpoint name `keep_16bit` matches. The LM head stays as stored unless
+// `lm_head` (--quantize-lm-head): then it is quantized the same way, into a copy of its own
+// when it is tied to the embedding table (which the embedding lookup keeps reading).
+WeightTransform quantize_int_weights(const IntQuantSpec& spec, const NamePatterns& keep_16bit = {},
+                                     bool lm_head = false);
 
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);

@@ -130,9 +130,58 @@ TEST(Cli, QuantizationFp8AtLoad) {
   r = gale("info -m " + fixture("qwen2-cttensor") + " --json");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["quantization"], "compressed-tensors FP8, per-tensor weight scales, static activation scales");
-  r = gale("generate -m " + fixture("llama-f32") + " -p hi -n 2 --quantization int4");
+  r = gale("generate -m " + fixture("llama-f32") + " -p hi -n 2 --quantization int3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("--quantization"), std::string::npos) << r.err;
+}
+
+// --quantization int8 | int4 (issue 18): the layers quantized to integers at load follow the
+// f32 model's tokens wherever it is decisive; info, bench and generate run them; the integer
+// options are refused where they mean nothing.
+TEST(Cli, QuantizationIntAtLoad) {
+  auto ref = gale::test::read_json(fixture("llama-f32") + "/reference.json");
+  std::string list;
+  for (int id : ref["prompt_ids"]) list += (list.empty() ? "" : ",") + std::to_string(id);
+  for (const char* q : {"int8", "int4 --quantization-group 32", "int4 --quantize-lm-head --quantization-group 64"}) {
+    Result r = gale("logits -m " + fixture("llama-f32") + " --ids " + list + " --all-positions --json --quantization " + q);
+    ASSERT_EQ(r.code, 0) << q << "\n" << r.err;
+    json j = json::parse(r.out);
+    ASSERT_EQ(j["argmax"].size(), ref["argmax"].size());
+    size_t clear = 0, clear_agree = 0;
+    for (size_t p = 0; p < j["argmax"].size(); ++p)
+      if (ref["argmax_margin"][p].get<double>() > 1.0) ++clear, clear_agree += j["argmax"][p] == ref["argmax"][p];
+    EXPECT_GT(clear, 10u);
+    // INT8 keeps every decisive token; 4 bits on this 64-wide random model keep 30 (groups of
+    // 32) and 25 (groups of 64, LM head too) of 35 (measured); a misplaced scale keeps none.
+    if (std::string(q) == "int8") EXPECT_EQ(clear_agree, clear);
+    else EXPECT_GE(double(clear_agree), 0.6 * double(clear)) << q;
+  }
+  Result plain = gale("info -m " + fixture("llama-bf16") + " --json");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  int64_t last = json::parse(plain.out)["weight_bytes"].get<int64_t>();
+  for (const char* q : {"int8", "int4"}) {  // each smaller than the one before
+    Result r = gale(std::string("info -m ") + fixture("llama-bf16") + " --quantization " + q + " --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json j = json::parse(r.out);
+    EXPECT_LT(j["weight_bytes"].get<int64_t>(), last) << q;
+    last = j["weight_bytes"].get<int64_t>();
+    const std::vector<std::string> dtypes = j["dtypes"];
+    EXPECT_NE(std::find(dtypes.begin(), dtypes.end(), q == std::string("int8") ? "I8" : "U8"), dtypes.end());
+    r = gale(std::string("bench -m synthetic:tiny --prompt 16 --gen 4 --reps 1 --no-probe --json --quantization ") + q);
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_GT(json::parse(r.out)["decode_tokens_per_s"].get<double>(), 0);
+    r = gale(std::string("generate -m synthetic:tiny --ids 1,2,3 -n 4 --json --quantization ") + q);
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  for (const auto& [args, needle] :
+       {std::pair<std::string, std::string>{"--quantization int4 --quantization-group 48", "multiple of 32"},
+        {"--quantization fp8 --quantization-group 64", "--quantization-group"},
+        {"--quantize-lm-head", "--quantize-lm-head"},
+        {"--quantization int8 --keep-16bit '*.nothing'", "matches no layer projection"}}) {
+    Result r = gale("generate -m " + fixture("llama-f32") + " -p hi -n 2 " + args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
+  }
 }
 
 TEST(Cli, InfoAndBench) {

@@ -17,6 +17,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_isa.h"
 #include "kernels/ref/matmul_ref.h"
+#include "model/int_quantize.h"
 
 namespace gale {
 namespace {
@@ -281,6 +282,166 @@ TEST_P(MatmulIsa, MultiEqualsSeparateBitwise) {
     }
   }
   set_num_threads(saved);
+}
+
+// Integer weights (INT8 per channel / per group, INT4 per channel / per group with and without
+// zero points) against ref::matmul_int, on the decode kernels (M <= 4) and the GEMM: random
+// codes over the whole range, K with and without a tail past the SIMD blocks, groups of 32,
+// 64 and 128 whose last one may be short. Each weight is its exact dequantized value, so the
+// bound is the float paths'.
+struct IntCase {
+  int bits;
+  int64_t group;  // 0: per channel
+  bool zeros;
+};
+
+double run_int_case(const IntCase& ic, int64_t M, int64_t K, int64_t N, std::mt19937& rng, bool multi = false) {
+  std::uniform_real_distribution<float> sd(0.001f, 0.05f);
+  const int64_t spr = ic.group > 0 ? (K + ic.group - 1) / ic.group : 1;
+  const int64_t row_bytes = ic.bits == 8 ? K : K / 2;
+  std::vector<uint8_t> codes(size_t(N * row_bytes)), zero(size_t(N * spr));
+  for (auto& b : codes) b = uint8_t(rng());
+  for (auto& z : zero) z = uint8_t(rng() % 16);
+  std::vector<float> s(size_t(N * spr));
+  for (float& v : s) v = sd(rng);
+  std::vector<float> x = random_floats(size_t(M * K), rng), bias = random_floats(size_t(N), rng);
+  std::vector<float> y0 = random_floats(size_t(M * N), rng), y = y0, yref = y0;
+  const uint8_t* zp = ic.zeros ? zero.data() : nullptr;
+  cpu::WeightScales ws{s.data(), 1, ic.group > 0 ? ic.group : K, spr, zp, ic.bits == 4};
+  const DType dt = ic.bits == 8 ? DType::I8 : DType::U8;
+  if (multi) {  // one target among others: the union split must not change it
+    std::vector<uint16_t> wb(size_t(5 * K), 0x3f80);
+    std::vector<float> yb(size_t(M * 5));
+    const cpu::MatmulTarget t[] = {{wb.data(), DType::BF16, 5, nullptr, yb.data(), 5, false, {}},
+                                   {codes.data(), dt, N, bias.data(), y.data(), N, true, ws}};
+    cpu::matmul_multi(x.data(), K, M, K, t);
+  } else {
+    cpu::matmul(x.data(), K, M, K, codes.data(), dt, N, bias.data(), y.data(), N, true, ws);
+  }
+  ref::matmul_int(x.data(), K, M, K, codes.data(), ic.bits, N, s.data(), zp, ic.group, nullptr, bias.data(),
+                  yref.data(), N, true);
+  double worst = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const size_t i = size_t(m * N + n);
+      double mag = std::fabs(bias[size_t(n)]) + std::fabs(y0[i]);
+      for (int64_t k = 0; k < K; ++k)
+        mag += std::fabs(double(x[size_t(m * K + k)]) *
+                         ref::int_weight_ref(codes.data(), ic.bits, K, s.data(), zp, ic.group, n, k));
+      const double err = std::fabs(double(y[i]) - double(yref[i])) / mag;
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+    }
+  return worst;
+}
+
+const IntCase kIntCases[] = {{8, 0, false},  {8, 32, false}, {8, 128, false}, {4, 0, false}, {4, 0, true},
+                             {4, 32, true},  {4, 64, false}, {4, 128, true},  {4, 128, false}};
+
+TEST_P(MatmulIsa, IntegerWeights) {
+  std::mt19937 rng(18);
+  for (const IntCase& ic : kIntCases)
+    for (int64_t M : {1, 2, 3, 4, 5, 70})
+      for (int64_t K : {2, 32, 98, 100, 256, 320, 4098}) {
+        if (K >= 4096 && M > 4) continue;  // the long-K cases are about the decode paths
+        if (ic.group > 0 && ic.group >= K) continue;  // that is per channel
+        const double err = run_int_case(ic, M, K, 37, rng);
+        EXPECT_LE(err, 1e-6) << "bits=" << ic.bits << " group=" << ic.group << " zeros=" << ic.zeros << " M=" << M
+                             << " K=" << K;
+      }
+}
+
+TEST_P(MatmulIsa, IntegerWeightsInMulti) {
+  std::mt19937 rng(5);
+  for (const IntCase& ic : {IntCase{8, 64, false}, IntCase{4, 128, true}})
+    for (int64_t M : {1, 3, 33})
+      EXPECT_LE(run_int_case(ic, M, 1280, 19, rng, true), 1e-6) << "bits=" << ic.bits << " M=" << M;
+}
+
+// The W8A8 / W4A8 decode option (cpu::set_matmul_int_a8; the avx512bf16 path has it, the
+// others stay exact): x is rounded to int8 steps of at most max|x row| / 127, so each product
+// moves by at most |w| · max|x| / 254; the rest of the error is the f32 sums'. Shapes it does
+// not take (K = 98, groups of 32) fall back to the exact kernel.
+TEST_P(MatmulIsa, IntegerWeightsA8) {
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> sd(0.001f, 0.05f);
+  cpu::set_matmul_int_a8(true);
+  for (const IntCase& ic : kIntCases)
+    for (int64_t M : {1, 2, 4})
+      for (int64_t K : {98, 256, 320, 2048}) {
+        if (ic.group >= K) continue;
+        const int64_t N = 45, spr = ic.group > 0 ? (K + ic.group - 1) / ic.group : 1;
+        std::vector<uint8_t> codes(size_t(ic.bits == 8 ? N * K : N * K / 2)), zero(size_t(N * spr));
+        for (auto& b : codes) b = uint8_t(rng());
+        for (auto& z : zero) z = uint8_t(rng() % 16);
+        std::vector<float> s(size_t(N * spr));
+        for (float& v : s) v = sd(rng);
+        std::vector<float> x = random_floats(size_t(M * K), rng), y(size_t(M * N)), yref(size_t(M * N));
+        x[size_t(K / 3)] = 8.0f;  // an outlier: its block's step is 16x the others'
+        const uint8_t* zp = ic.zeros ? zero.data() : nullptr;
+        const cpu::WeightScales ws{s.data(), 1, ic.group > 0 ? ic.group : K, spr, zp, ic.bits == 4};
+        cpu::matmul(x.data(), K, M, K, codes.data(), ic.bits == 8 ? DType::I8 : DType::U8, N, nullptr, y.data(), N,
+                    false, ws);
+        ref::matmul_int(x.data(), K, M, K, codes.data(), ic.bits, N, s.data(), zp, ic.group, nullptr, nullptr,
+                        yref.data(), N);
+        for (int64_t m = 0; m < M; ++m) {
+          float amax = 0;
+          for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(m * K + k)]));
+          for (int64_t n = 0; n < N; ++n) {
+            double wsum = 0, mag = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              const double w = ref::int_weight_ref(codes.data(), ic.bits, K, s.data(), zp, ic.group, n, k);
+              wsum += std::fabs(w);
+              mag += std::fabs(w * x[size_t(m * K + k)]);
+            }
+            const double bound = wsum * amax / 254.0 * 1.001 + 1e-5 * mag;
+            ASSERT_LE(std::fabs(double(y[size_t(m * N + n)]) - yref[size_t(m * N + n)]), bound)
+                << "bits=" << ic.bits << " group=" << ic.group << " zeros=" << ic.zeros << " M=" << M << " K=" << K;
+          }
+        }
+      }
+  cpu::set_matmul_int_a8(false);
+}
+
+// The reference's weights are the contract's: ref::int_weight_ref equals model/int_quantize.h's
+// int_weight bitwise on what quantize_int writes, for every scheme.
+TEST(MatmulIntRef, WeightsAreIntWeight) {
+  std::mt19937 rng(3);
+  const int64_t rows = 5, cols = 200;
+  std::vector<float> w = random_floats(size_t(rows * cols), rng);
+  for (const IntCase& ic : kIntCases) {
+    IntQuantSpec q{ic.bits, ic.group, !ic.zeros};
+    if (ic.bits == 8 && ic.zeros) continue;
+    std::vector<uint8_t> codes(size_t(rows * int_code_bytes_per_row(q, cols)));
+    std::vector<float> s(size_t(rows * int_scales_per_row(q, cols)));
+    std::vector<uint8_t> z(s.size());
+    quantize_int(w.data(), DType::F32, rows, cols, cols, q, nullptr, codes.data(), s.data(), z.data());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float a = int_weight(codes.data(), s.data(), z.data(), q, cols, r, c);
+        const float b = ref::int_weight_ref(codes.data(), ic.bits, cols, s.data(), ic.zeros ? z.data() : nullptr,
+                                            ic.group, r, c);
+        ASSERT_EQ(a, b) << "bits=" << ic.bits << " group=" << ic.group << " r=" << r << " c=" << c;
+      }
+  }
+}
+
+// A scale or zero point on the wrong columns is caught with exact sums: codes all 9 (INT4) or
+// 1 (INT8), x all 1, two groups of 32 with scales 1 and 2, zero points 8 and 7.
+TEST_P(MatmulIsa, IntegerGroupsLandOnTheirColumns) {
+  for (int64_t M : {1, 9}) {
+    const int64_t K = 64, N = 3;
+    std::vector<float> x(size_t(M * K), 1.0f), y(size_t(M * N));
+    const float s[] = {1.0f, 2.0f, 1.0f, 2.0f, 1.0f, 2.0f};
+    const uint8_t z[] = {8, 7, 8, 7, 8, 7};
+    std::vector<uint8_t> u4(size_t(N * K / 2), 0x99);
+    cpu::matmul(x.data(), K, M, K, u4.data(), DType::U8, N, nullptr, y.data(), N, false,
+                cpu::WeightScales{s, 1, 32, 2, z, true});
+    for (float v : y) EXPECT_EQ(v, 32.0f * 1 + 32.0f * 2 * 2);
+    std::vector<uint8_t> i8(size_t(N * K), 1);
+    cpu::matmul(x.data(), K, M, K, i8.data(), DType::I8, N, nullptr, y.data(), N, false,
+                cpu::WeightScales{s, 1, 32, 2});
+    for (float v : y) EXPECT_EQ(v, 32.0f + 64.0f);
+  }
 }
 
 TEST(MatmulMulti, EmptyTargetsAndZeroK) {

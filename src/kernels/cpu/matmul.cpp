@@ -59,7 +59,8 @@ bool cpu_has(const char* isa) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (std::strcmp(isa, "avx512bf16") == 0)
-    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+    return cpu_has("avx512") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi") &&
+           __builtin_cpu_supports("avx512vnni");
   if (std::strcmp(isa, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c();
@@ -93,6 +94,13 @@ const MatmulKernels* best_kernels() {
 
 std::atomic<const MatmulKernels*> g_kernels{nullptr};
 
+// GALE_CPU_INT_A8=1: integer weights' decode with x quantized to int8 (matmul_isa.h).
+bool int_a8_from_env() {
+  const char* v = std::getenv("GALE_CPU_INT_A8");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+std::atomic<bool> g_int_a8{int_a8_from_env()};
+
 const MatmulKernels& kernels() {
   const MatmulKernels* k = g_kernels.load(std::memory_order_acquire);
   if (!k) {
@@ -102,7 +110,11 @@ const MatmulKernels& kernels() {
   return *k;
 }
 
-WKind weight_kind(DType t) {
+WKind weight_kind(DType t, const WeightScales& sc) {
+  if (t == DType::I8 || (t == DType::U8 && sc.u4)) {
+    if (!sc.s) throw Error("matmul: integer weights need their scales");
+    return t == DType::I8 ? WKind::I8 : WKind::U4;
+  }
   switch (t) {
     case DType::F32: return WKind::F32;
     case DType::F16: return WKind::F16;
@@ -112,10 +124,6 @@ WKind weight_kind(DType t) {
     default: break;
   }
   throw Error("matmul: unsupported weight dtype " + std::string(dtype_name(t)));
-}
-
-int64_t wk_size(WKind wk) {
-  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
 }
 
 // A grow-only, 64-byte aligned float buffer (full cache lines for the SIMD loads).
@@ -238,7 +246,7 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
       return (g - tile_begin[pi]) * nr;
     };
     auto w_rows = [&](const MatmulProblem& p, int64_t n, int64_t k0) {
-      return static_cast<const char*>(p.w) + (n * K + k0) * wk_size(p.wk);
+      return static_cast<const char*>(p.w) + detail::wk_bytes(p.wk, n * K + k0);
     };
     for (int64_t k0 = 0; k0 < K; k0 += detail::kKc) {
       const int64_t kc = std::min(detail::kKc, K - k0);
@@ -263,7 +271,7 @@ void gemm_block(const MatmulKernels& kn, std::span<const MatmulProblem> ps,
             const MatmulProblem& q = ps[pin];
             const int64_t kcn = std::min(detail::kKc, K - k0n);
             for (int64_t j = 0, rn = std::min<int64_t>(nr, q.N - nn); j < rn; ++j)
-              add_lines(w_rows(q, nn + j, k0n), kcn * wk_size(q.wk), w_lines);
+              add_lines(w_rows(q, nn + j, k0n), detail::wk_bytes(q.wk, kcn), w_lines);
           }
         }
 
@@ -334,10 +342,18 @@ void run_problems(std::span<const MatmulProblem> ps) {
 }
 
 detail::WScale scale_of(const WeightScales& s, int64_t N, int64_t K) {
-  if (!s.s) return {nullptr, 1, 1, 1};
+  if (!s.s) return {nullptr, 1, 1, 1, nullptr};
   GALE_ASSERT(s.rows > 0 && s.cols > 0 && s.ld > 0);
   GALE_ASSERT(s.cols >= K || s.cols % 16 == 0);  // segments start on whole vectors
-  return {s.s, std::min(s.rows, std::max<int64_t>(N, 1)), std::min(s.cols, K), s.ld};
+  return {s.s, std::min(s.rows, std::max<int64_t>(N, 1)), std::min(s.cols, K), s.ld, s.zero};
+}
+
+// Integer weights' extra rules (matmul.h): U4 rows of whole bytes, groups of whole 32-column
+// blocks (the SIMD kernels' unit).
+void check_int(WKind wk, const detail::WScale& sc, int64_t K) {
+  if (wk != WKind::I8 && wk != WKind::U4) return;
+  if (wk == WKind::U4 && K % 2 != 0) throw Error("matmul: 4-bit weights need an even K");
+  if (sc.cols < K && sc.cols % 32 != 0) throw Error("matmul: integer weight groups must be a multiple of 32");
 }
 
 }  // namespace
@@ -345,7 +361,9 @@ detail::WScale scale_of(const WeightScales& s, int64_t N, int64_t K) {
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,
             const float* bias, float* y, int64_t ldy, bool accumulate, const WeightScales& scales) {
   if (M <= 0 || N <= 0) return;
-  const MatmulProblem p{x, ldx, M, K, W, weight_kind(wdt), N, bias, y, ldy, accumulate, scale_of(scales, N, K)};
+  const MatmulProblem p{x,  ldx, M, K, W, weight_kind(wdt, scales), N, bias, y, ldy, accumulate, scale_of(scales, N, K),
+                        g_int_a8.load(std::memory_order_relaxed)};
+  check_int(p.wk, p.scale, K);
   run_problems({&p, 1});
 }
 
@@ -361,9 +379,12 @@ void matmul_multi(const float* x, int64_t ldx, int64_t M, int64_t K,
   }
   size_t count = 0;
   for (const MatmulTarget& t : targets)
-    if (t.n > 0)
-      ps[count++] = {x,   ldx,   M,     K,     t.w, weight_kind(t.dtype), t.n, t.bias, t.y, t.ldy, t.accumulate,
-                     scale_of(t.scales, t.n, K)};
+    if (t.n > 0) {
+      ps[count] = {x,   ldx,   M,     K,     t.w, weight_kind(t.dtype, t.scales), t.n, t.bias, t.y, t.ldy, t.accumulate,
+                   scale_of(t.scales, t.n, K), g_int_a8.load(std::memory_order_relaxed)};
+      check_int(ps[count].wk, ps[count].scale, K);
+      ++count;
+    }
   if (count > 0) run_problems({ps, count});
 }
 
@@ -375,6 +396,9 @@ std::vector<std::string> matmul_isas_available() {
     if (kernels_by_name(name) && cpu_has(name)) out.push_back(name);
   return out;
 }
+
+void set_matmul_int_a8(bool on) { g_int_a8.store(on, std::memory_order_relaxed); }
+bool matmul_int_a8() { return g_int_a8.load(std::memory_order_relaxed); }
 
 void set_matmul_isa(std::string_view name) {
   const MatmulKernels* k = kernels_by_name(name);

@@ -18,9 +18,18 @@ namespace gale::cpu {
 // dequantization gives). Per tensor: rows ≥ N, cols ≥ K; per channel: rows 1, cols ≥ K; per
 // group of g columns: rows 1, cols g; per g × g block: rows = cols = g, ld = ceil(K / g).
 // A cols < K must be a multiple of 16. s == nullptr: the stored values are the weights.
+//
+// Integer weights (model/weights.h WeightScheme): wdt I8 (int8 codes), or U8 with u4 set (two
+// 4-bit codes per byte, the even column in the lower nibble, rows of K / 2 bytes, K even);
+// scales required, per channel or per group of a multiple of 32 columns; element (n, k)
+// counts as f32((q − z) · s) with z = zero[the scale's index] (U4 with zero points), 8 (U4
+// without) or 0 (I8): kernels/ref/matmul_ref.h matmul_int. The products are exact f32
+// products of x and those weights (W8A16 / W4A16).
 struct WeightScales {
   const float* s = nullptr;
   int64_t rows = 1, cols = 1, ld = 1;
+  const uint8_t* zero = nullptr;  // U4 zero points, laid out as s
+  bool u4 = false;                // U8 weights are packed 4-bit codes
 };
 
 void matmul(const float* x, int64_t ldx, int64_t M, int64_t K, const void* W, DType wdt, int64_t N,

@@ -79,6 +79,34 @@ struct Avx2 {
     _mm256_store_ps(buf, v);
     std::memcpy(p, buf, size_t(n) * 4);
   }
+
+  // Integer weights (matmul_int_simd.h). AVX2's vpermps indexes 8 entries, not the 16 codes of
+  // a nibble, so codes are converted and dequantized arithmetically: (f32(q) − z) · s, exact
+  // in the subtraction, one rounding in the product: bitwise f32((q − z) · s).
+  static vec loadi8(const void* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(static_cast<const __m128i*>(p))));
+  }
+  static vec loadi8_tail(const void* p, int64_t n) {
+    alignas(16) unsigned char buf[16] = {};
+    std::memcpy(buf, p, size_t(n));
+    return loadi8(buf);
+  }
+  struct U4Table {
+    __m256 z, s;
+  };
+  static U4Table u4_table(int z, float s) { return {_mm256_set1_ps(float(z)), _mm256_set1_ps(s)}; }
+  static void u4_pair(const void* bytes, const U4Table& t, vec& even, vec& odd) {
+    const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(static_cast<const __m128i*>(bytes)));
+    const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(d, _mm256_set1_epi32(0xf)));
+    const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(d, 4));
+    even = _mm256_mul_ps(_mm256_sub_ps(lo, t.z), t.s);
+    odd = _mm256_mul_ps(_mm256_sub_ps(hi, t.z), t.s);
+  }
+  static void interleave_store(float* out, vec even, vec odd) {
+    const __m256 a = _mm256_unpacklo_ps(even, odd), b = _mm256_unpackhi_ps(even, odd);
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(a, b, 0x20));
+    _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(a, b, 0x31));
+  }
 };
 
 // ---- prefill: the register-blocked tile --------------------------------------------------

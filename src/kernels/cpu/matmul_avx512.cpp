@@ -67,6 +67,36 @@ struct Avx512 {
   static float hsum(vec v) { return _mm512_reduce_add_ps(v); }
   static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
   static void store_tail(float* p, vec v, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+
+  // Integer weights (matmul_int_simd.h).
+  static vec loadi8(const void* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(p))));
+  }
+  static vec loadi8_tail(const void* p, int64_t n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask(n), p)));
+  }
+  // The 16 weights a scale's codes stand for, f32((q − z) · s) for q = 0..15: vpermps looks
+  // each code up with the low 4 bits of its dword, so a byte widened to a dword indexes its
+  // lower nibble as it is and its upper nibble after one shift (no mask, no conversion, and the
+  // values are bitwise the dequantized weights).
+  struct U4Table {
+    __m512 t;
+  };
+  static U4Table u4_table(int z, float s) {
+    const __m512 q = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return {_mm512_mul_ps(_mm512_sub_ps(q, _mm512_set1_ps(float(z))), _mm512_set1_ps(s))};
+  }
+  static void u4_pair(const void* bytes, const U4Table& t, vec& even, vec& odd) {
+    const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(bytes)));
+    even = _mm512_permutexvar_ps(d, t.t);
+    odd = _mm512_permutexvar_ps(_mm512_srli_epi32(d, 4), t.t);
+  }
+  static void interleave_store(float* out, vec even, vec odd) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(out, _mm512_permutex2var_ps(even, lo, odd));
+    _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(even, hi, odd));
+  }
 };
 
 // ---- prefill: the register-blocked tile --------------------------------------------------

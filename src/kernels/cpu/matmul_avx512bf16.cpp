@@ -201,6 +201,7 @@ bool takes(const MatmulProblem& p) {
 }
 
 void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
+  if (p.int_a8 && int_a8_takes(p) && int_a8_matvec(p, n0, n1)) return;
   if (!takes(p)) return kAvx512Kernels.matvec(p, n0, n1);
   unsigned short* xs = t_split.get(p.M * 3 * p.K);
   if (!xs) return kAvx512Kernels.matvec(p, n0, n1);
@@ -233,7 +234,8 @@ void tile(const float* xp, int mr, const float* wc, int64_t kc, float* ct, const
 
 }  // namespace
 
-// The AVX-512 kernels with this decode kernel in front (prefill, and every other dtype, theirs).
+// The AVX-512 kernels with this decode kernel in front (prefill, and every other dtype, theirs),
+// and for integer weights with GALE_CPU_INT_A8 the VNNI one (matmul_a8_avx512bf16.cpp).
 const MatmulKernels kAvx512Bf16Kernels = {"avx512bf16", 32, 12, matvec, convert_rows, tile, true};
 
 }  // namespace gale::cpu::detail

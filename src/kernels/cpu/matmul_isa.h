@@ -14,4 +14,11 @@ std::vector<std::string> matmul_isas_available();
 // while a matmul is running.
 void set_matmul_isa(std::string_view name);
 
+// Integer weights' decode (M <= 4) with x quantized to int8 per block of 64 columns and VNNI
+// dot products (W8A8 / W4A8): faster, and not the reference's numerics, so off unless asked
+// for (GALE_CPU_INT_A8=1 at start-up, or this). Only the avx512bf16 path has it; others, and
+// shapes it does not take (K or a group not a multiple of 64), stay exact.
+void set_matmul_int_a8(bool on);
+bool matmul_int_a8();
+
 }  // namespace gale::cpu

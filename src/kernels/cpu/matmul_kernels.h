@@ -11,17 +11,23 @@
 
 namespace gale::cpu::detail {
 
-// Weight element formats (mirrors the float rows of gale::DType).
-enum class WKind : int { F32, F16, BF16, E4M3, E5M2 };
+// Weight element formats (mirrors the float rows of gale::DType), and the integer codes of
+// model/weights.h's WeightScheme: I8 (int8, one byte per weight) and U4 (two 4-bit codes per
+// byte, the even column in the lower nibble; rows of K / 2 bytes).
+enum class WKind : int { F32, F16, BF16, E4M3, E5M2, I8, U4 };
 
 // Scales of a quantized W (s == nullptr: none): element (n, k) counts as
 // W[n, k] · s[(n / rows) · ld + k / cols], that product rounded to f32 (the dequantized weight
 // an fp32 reference computes). Per tensor: rows = N, cols = K; per channel: rows = 1, cols = K;
 // per group of g: rows = 1, cols = g; per g × g block: rows = cols = g. A cols < K is a
 // multiple of 16 (segments start on whole vectors).
+// Integer weights (I8, U4) always have scales (per channel, or per group of a multiple of 32)
+// and count as f32((q − z) · s): z = zero[same index as s] (U4 with zero points), 8 (U4
+// without), 0 (I8); kernels/ref/matmul_ref.h matmul_int is their definition.
 struct WScale {
   const float* s;
   int64_t rows, cols, ld;
+  const unsigned char* zero;  // U4 zero points in the scales' layout, or nullptr
 };
 
 // One y = x·Wᵀ (+ bias) problem; see matmul.h for the meaning of each field.
@@ -36,6 +42,9 @@ struct MatmulProblem {
   int64_t ldy;
   bool accumulate;
   WScale scale;
+  // Integer weights may run with x quantized to int8 (matmul_a8_avx512bf16.cpp; where the
+  // kernel set has that path): cpu::set_matmul_int_a8 / GALE_CPU_INT_A8.
+  bool int_a8;
 };
 
 // Decode kernel, M ≤ kMatvecMaxRows: writes y[:, n0:n1] in one pass over W[n0:n1, :].
@@ -91,5 +100,19 @@ extern const MatmulKernels kScalarKernels;
 extern const MatmulKernels kAvx2Kernels;
 extern const MatmulKernels kAvx512Kernels;
 extern const MatmulKernels kAvx512Bf16Kernels;  // kAvx512Kernels with an E4M3 decode kernel (AVX512-BF16, VBMI)
+
+// The W8A8 / W4A8 decode kernel (matmul_a8_avx512bf16.cpp): whether it takes p (integer
+// weights, K and the scale segments multiples of 64), and the product (false: out of memory
+// for its buffers, nothing written).
+bool int_a8_takes(const MatmulProblem& p);
+bool int_a8_matvec(const MatmulProblem& p, int64_t n0, int64_t n1);
+
+// Bytes of `elems` consecutive weights of kind wk starting at an even element (U4: half a byte
+// each).
+constexpr int64_t wk_bytes(WKind wk, int64_t elems) {
+  return wk == WKind::F32 ? 4 * elems
+         : (wk == WKind::F16 || wk == WKind::BF16) ? 2 * elems
+         : wk == WKind::U4 ? elems / 2 : elems;
+}
 
 }  // namespace gale::cpu::detail

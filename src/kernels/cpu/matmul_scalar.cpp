@@ -39,19 +39,38 @@ float load_one(const void* w, WKind wk, int64_t i) {
       return f * 256.0f;
     }
     case WKind::E5M2: return half_to_f32(uint16_t(static_cast<const uint8_t*>(w)[i]) << 8);
+    case WKind::I8:
+    case WKind::U4: break;  // int_weight: they need their scales
   }
   return 0.0f;
 }
 
-size_t wk_size(WKind wk) {
-  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
+// Weight (r, c) of an integer matrix with rows of ldw values: f32((q − z) · s), the
+// definition of kernels/ref/matmul_ref.h matmul_int.
+float int_weight(const void* w, WKind wk, int64_t ldw, const WScale& sc, int64_t r, int64_t c) {
+  const int64_t i = (r / sc.rows) * sc.ld + c / sc.cols;
+  if (wk == WKind::I8) return float(static_cast<const int8_t*>(w)[r * ldw + c]) * sc.s[i];
+  const uint8_t b = static_cast<const uint8_t*>(w)[(r * ldw + c) / 2];
+  const int q = c % 2 == 0 ? b & 0xf : b >> 4;
+  return float(q - (sc.zero ? int(sc.zero[i]) : 8)) * sc.s[i];
 }
 
 void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0, int64_t kc,
                   float* wc, const WScale* sc, int64_t n0) {
   const char* base = static_cast<const char*>(w);
+  if (wk == WKind::I8 || wk == WKind::U4) {
+    // w is row n0; int_weight counts rows from there, the scales from row 0 of the matrix.
+    for (int64_t j = 0; j < rows; ++j) {
+      WScale s = *sc;
+      s.s += ((n0 + j) / sc->rows) * sc->ld;
+      if (s.zero) s.zero += ((n0 + j) / sc->rows) * sc->ld;
+      s.rows = int64_t(1) << 62;  // row j's scales are s[0 .. ld)
+      for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = int_weight(w, wk, ldw, s, j, k0 + k);
+    }
+    return;
+  }
   for (int64_t j = 0; j < rows; ++j) {
-    const void* row = base + (j * ldw + k0) * int64_t(wk_size(wk));
+    const void* row = base + wk_bytes(wk, j * ldw + k0);
     if (sc && sc->s) {
       const float* srow = sc->s + ((n0 + j) / sc->rows) * sc->ld;
       for (int64_t k = 0; k < kc; ++k) wc[j * kWcStride + k] = load_one(row, wk, k) * srow[(k0 + k) / sc->cols];
@@ -79,8 +98,8 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
     float acc[kMatvecMaxRows] = {};
     for (int64_t k0 = 0; k0 < p.K; k0 += kBlock) {
       int64_t kc = p.K - k0 < kBlock ? p.K - k0 : kBlock;
-      convert_rows(static_cast<const char*>(p.w) + n * p.K * int64_t(wk_size(p.wk)), p.wk, p.K, 1,
-                   k0, kc, wrow, &p.scale, n);
+      convert_rows(static_cast<const char*>(p.w) + wk_bytes(p.wk, n * p.K), p.wk, p.K, 1, k0, kc, wrow,
+                   &p.scale, n);
       for (int64_t m = 0; m < p.M; ++m) acc[m] += dot(p.x + m * p.ldx + k0, wrow, kc);
     }
     for (int64_t m = 0; m < p.M; ++m) {

@@ -40,11 +40,13 @@
 #define GALE_UNROLL GALE_PRAGMA(GCC unroll 32)
 #endif
 
+#include "kernels/cpu/matmul_int_simd.h"
+
 namespace gale::cpu::detail {
 namespace {
 
 constexpr int64_t elem_size(WKind wk) {
-  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;
+  return wk == WKind::F32 ? 4 : (wk == WKind::F16 || wk == WKind::BF16) ? 2 : 1;  // not U4's
 }
 
 // ---- decode: y[m, n] for MX ≤ 4 rows of x, one W row at a time ---------------------------
@@ -225,6 +227,8 @@ void matvec(const MatmulProblem& p, int64_t n0, int64_t n1) {
       return scaled ? matvec_wk<Isa, WKind::E4M3, true>(p, n0, n1) : matvec_wk<Isa, WKind::E4M3, false>(p, n0, n1);
     case WKind::E5M2:
       return scaled ? matvec_wk<Isa, WKind::E5M2, true>(p, n0, n1) : matvec_wk<Isa, WKind::E5M2, false>(p, n0, n1);
+    case WKind::I8:
+    case WKind::U4: return int_matvec<Isa>(p, n0, n1);  // matmul_int_simd.h
   }
 }
 
@@ -267,6 +271,8 @@ void convert_rows(const void* w, WKind wk, int64_t ldw, int64_t rows, int64_t k0
     case WKind::BF16: return convert_rows_wk<Isa, WKind::BF16>(w, ldw, rows, k0, kc, wc, sc, n0);
     case WKind::E4M3: return convert_rows_wk<Isa, WKind::E4M3>(w, ldw, rows, k0, kc, wc, sc, n0);
     case WKind::E5M2: return convert_rows_wk<Isa, WKind::E5M2>(w, ldw, rows, k0, kc, wc, sc, n0);
+    case WKind::I8:
+    case WKind::U4: return int_convert_rows<Isa>(w, wk, ldw, rows, k0, kc, wc, sc, n0);
   }
 }
 

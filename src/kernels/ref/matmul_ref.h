@@ -30,4 +30,19 @@ void matmul_bf16x(const float* x, int64_t ldx, int64_t M, int64_t K, const void*
 // x rounded to the nearest bf16 as matmul_bf16x rounds it, returned as f32.
 float round_bf16(float x);
 
+// Integer weights (model/weights.h WeightScheme, the layout model/int_quantize.h writes):
+// weight (n, k) = f32((q − z) · s) with
+//   bits 8: q = int8 codes[n · K + k], z = 0;
+//   bits 4: q = nibble k % 2 (lower first) of codes[n · K / 2 + k / 2], z = zero[i] or 8 when
+//           zero is null (symmetric);
+//   s = scale[i], i = n · ceil(K / group) + k / group (group 0: one scale per row, i = n).
+// in_perm ([K] or null): stored column k holds input feature in_perm[k], so
+// y = x[:, in_perm] · Wᵀ + bias (+ y). Products and sums in double, as above.
+void matmul_int(const float* x, int64_t ldx, int64_t M, int64_t K, const uint8_t* codes, int bits, int64_t N,
+                const float* scale, const uint8_t* zero, int64_t group, const int32_t* in_perm, const float* bias,
+                float* y, int64_t ldy, bool accumulate = false);
+// The weight (n, k) of such a matrix, as defined above.
+float int_weight_ref(const uint8_t* codes, int bits, int64_t K, const float* scale, const uint8_t* zero,
+                     int64_t group, int64_t n, int64_t k);
+
 }  // namespace gale::ref
