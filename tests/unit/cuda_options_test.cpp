@@ -79,12 +79,12 @@ TEST_F(CudaOptionsEnv, Fp8Switches) {
 // row count (default 64).
 TEST_F(CudaOptionsEnv, IntegerWeightSwitches) {
   CudaOptions o = cuda_options_from_env();
-  EXPECT_TRUE(o.int_weights);
+  EXPECT_FALSE(o.int_weights);  // opt-in (GALE_CUDA_INT=1) until the integer kernels have run on a GPU
   EXPECT_EQ(o.int_gemm_max_m, 64);
-  setenv("GALE_CUDA_INT", "0", 1);
+  setenv("GALE_CUDA_INT", "1", 1);
   setenv("GALE_INT_GEMM_MAX_M", "128", 1);
   o = cuda_options_from_env();
-  EXPECT_FALSE(o.int_weights);
+  EXPECT_TRUE(o.int_weights);
   EXPECT_EQ(o.int_gemm_max_m, 128);
   setenv("GALE_INT_GEMM_MAX_M", "0", 1);
   EXPECT_EQ(cuda_options_from_env().int_gemm_max_m, 0);

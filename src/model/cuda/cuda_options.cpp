@@ -56,7 +56,7 @@ CudaOptions cuda_options_from_env() {
     if (s == "4" || s == "8") o.gemv_unroll = s[0] - '0';
     else if (s != "auto") throw Error("GALE_GEMV_UNROLL='" + s + "': expected 4, 8 or auto");
   }
-  o.int_weights = env_switch("GALE_CUDA_INT");
+  o.int_weights = env_switch("GALE_CUDA_INT", false);
   if (const char* v = std::getenv("GALE_INT_GEMM_MAX_M"); v && *v) {
     char* end = nullptr;
     const long m = std::strtol(v, &end, 10);

@@ -24,9 +24,11 @@ struct CudaOptions {
   // weights are dequantized to bf16 at upload and run by the bf16 kernels.
   bool fp8 = false;
   bool fp8_w8a8 = true;     // GALE_CUDA_W8A8: prefill products with per-channel FP8 weights as W8A8
-  // GALE_CUDA_INT=0: integer weights (INT8 / INT4, model/weights.h) dequantized to bf16 at upload
-  // instead of staying packed on the device for the integer GEMV / GEMM (kernels/cuda/gemm_int.cuh).
-  bool int_weights = true;
+  // GALE_CUDA_INT=1: integer weights (INT8 / INT4, model/weights.h) stay packed on the device for
+  // the integer GEMV / GEMM (kernels/cuda/gemm_int.cuh). Opt-in, as fp8 is, until those kernels
+  // have run on a GPU (they were written and compiled without one); by default integer weights
+  // are dequantized to bf16 at upload and run by the bf16 kernels.
+  bool int_weights = false;
   // GALE_INT_GEMM_MAX_M: the most rows the integer tensor-core GEMM takes; larger products
   // dequantize W to bf16 in pieces and run cuBLASLt.
   int int_gemm_max_m = 64;
