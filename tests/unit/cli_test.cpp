@@ -100,8 +100,11 @@ TEST(Cli, LogitsJsonContract) {
   json j = json::parse(r.out);
   EXPECT_EQ(j["last"].size(), 384u);
   ASSERT_EQ(j["argmax"].size(), 60u);
-  for (size_t p = 0; p < 60; ++p)
-    if (ref["argmax_margin"][p].get<double>() > 1e-3) EXPECT_EQ(j["argmax"][p], ref["argmax"][p]) << p;
+  for (size_t p = 0; p < 60; ++p) {
+    if (ref["argmax_margin"][p].get<double>() > 1e-3) {
+      EXPECT_EQ(j["argmax"][p], ref["argmax"][p]) << p;
+    }
+  }
   r = gale("logits -m " + fixture("mistral-bf16") + " --ids 1,2,3 --json");
   ASSERT_EQ(r.code, 0);
   EXPECT_FALSE(json::parse(r.out).contains("argmax"));
