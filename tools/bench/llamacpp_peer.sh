@@ -131,14 +131,20 @@ gguf_for() {  # format -> file, quantizing on first use
 # ---- the runs ---------------------------------------------------------------------------------
 GALE_HELP=$("$GALE" bench --help 2>&1 || true)
 gale_has() { grep -q -- "$1" <<<"$GALE_HELP"; }
-# gale configurations facing each llama.cpp format: "label|gale args"
+# gale configurations facing each llama.cpp format: "label|environment|gale args" (environment:
+# VAR=value words for `env`, or -). The -a8 rows are gale's counterpart of llama.cpp's own
+# numerics: x quantized to 8 bits for integer dot products (as ggml's Q8_0 / Q4_0 dot products do)
+# and the LM head quantized too (llama-quantize stores output.weight as Q8_0 / Q6_K).
 gale_configs() {
   local dev=""; [[ $CUDA == 1 ]] && dev="--device cuda"
   case $1 in
     bf16)
-      if [[ $CUDA == 1 ]]; then echo "bf16|$dev"; else echo "f32|--dtype f32"; echo "bf16|--dtype bf16"; fi ;;
-    q8_0) gale_has int8 && echo "int8|$dev --quantization int8" || echo "int8|SKIP" ;;
-    q4_0) gale_has int4 && echo "int4|$dev --quantization int4" || echo "int4|SKIP" ;;
+      if [[ $CUDA == 1 ]]; then echo "bf16|-|$dev"; else echo "f32|-|--dtype f32"; echo "bf16|-|--dtype bf16"; fi ;;
+    q8_0|q4_0)
+      local q=int8; [[ $1 == q4_0 ]] && q=int4
+      if ! gale_has $q; then echo "$q|-|SKIP"; return; fi
+      echo "$q|-|$dev --quantization $q"
+      [[ $CUDA == 1 ]] || echo "$q-a8|GALE_CPU_INT_A8=1|--quantization $q --quantize-lm-head" ;;
   esac
 }
 NGL=""; [[ $CUDA == 1 ]] && NGL="-ngl 99"
@@ -154,9 +160,10 @@ except ValueError: sys.exit(0)
 pp=[x["avg_ts"] for x in r if x["n_prompt"]>0]; tg=[x["avg_ts"] for x in r if x["n_gen"]>0]
 print(pp[0], tg[0])' || true
 }
-run_gale() {  # args -> "pp tg"
+run_gale() {  # args environment -> "pp tg"
+  local envs=(); [[ ${2:--} != - ]] && read -ra envs <<<"$2"
   # shellcheck disable=SC2086
-  locked "$GALE" bench -m "synthetic:$MODEL" $1 --prompt 512 --gen 128 --threads "$THREADS" --reps "$REPS" \
+  locked env "${envs[@]}" "$GALE" bench -m "synthetic:$MODEL" $1 --prompt 512 --gen 128 --threads "$THREADS" --reps "$REPS" \
     --no-probe --pairs 0 --json 2>/dev/null |
     "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(r["prompt_tokens_per_s"], r["decode_tokens_per_s"])'
 }
@@ -171,9 +178,9 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     if [[ -z $lpp ]]; then echo "round $round  llama.cpp $f: llama-bench failed; skipped"; continue; fi
     echo "{\"round\":$round,\"engine\":\"llama.cpp\",\"format\":\"$f\",\"pp512\":$lpp,\"tg128\":$ltg}" >>"$RAW"
     echo "round $round  llama.cpp $f: pp512 $lpp  tg128 $ltg"
-    while IFS='|' read -r label args; do
+    while IFS='|' read -r label envs args; do
       [[ $args == SKIP ]] && continue
-      read -r gpp gtg < <(run_gale "$args")
+      read -r gpp gtg < <(run_gale "$args" "$envs")
       echo "{\"round\":$round,\"engine\":\"gale\",\"format\":\"$f\",\"gale\":\"$label\",\"pp512\":$gpp,\"tg128\":$gtg}" >>"$RAW"
       echo "round $round  gale $label:     pp512 $gpp  tg128 $gtg"
     done < <(gale_configs "$f")

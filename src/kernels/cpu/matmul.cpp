@@ -100,6 +100,13 @@ bool int_a8_from_env() {
   return v && *v && std::strcmp(v, "0") != 0;
 }
 std::atomic<bool> g_int_a8{int_a8_from_env()};
+// GALE_CPU_INT_A8=all: every integer matmul, prefill included, runs the A8 decode kernels (four
+// rows at a time). Slow for prompts; it exists so that `gale eval`, which scores prefill windows,
+// can measure the A8 numerics' quality.
+std::atomic<bool> g_int_a8_all{[] {
+  const char* v = std::getenv("GALE_CPU_INT_A8");
+  return v && std::strcmp(v, "all") == 0;
+}()};
 
 const MatmulKernels& kernels() {
   const MatmulKernels* k = g_kernels.load(std::memory_order_acquire);
@@ -337,7 +344,9 @@ void run_problems(std::span<const MatmulProblem> ps) {
     return;
   }
   const MatmulKernels& kn = kernels();
-  if (p0.M <= detail::kMatvecMaxRows) matvec(kn, ps);
+  const bool a8_all = p0.int_a8 && (p0.wk == WKind::I8 || p0.wk == WKind::U4) &&
+                      g_int_a8_all.load(std::memory_order_relaxed);
+  if (p0.M <= detail::kMatvecMaxRows || a8_all) matvec(kn, ps);
   else gemm(kn, ps);
 }
 
