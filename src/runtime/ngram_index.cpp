@@ -1,6 +1,7 @@
 #include "runtime/ngram_index.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -88,6 +89,11 @@ int64_t NgramIndex::segment_end(int64_t pos) const {
   return s + 1 < segments_.size() ? segments_[s + 1] : end();
 }
 
+std::pair<int64_t, int64_t> NgramIndex::segment_bounds(int64_t pos) const {
+  const size_t s = segment_of(pos);
+  return {segments_[s], s + 1 < segments_.size() ? segments_[s + 1] : end()};
+}
+
 void NgramIndex::index_end(int64_t e) {
   const int64_t seg_begin = segments_.back();
   for (size_t w = 0; w < lengths_.size(); ++w) {
@@ -152,10 +158,19 @@ void NgramIndex::truncate(int64_t new_end) {
 void NgramIndex::sync(std::span<const int32_t> context) {
   GALE_ASSERT(segments_.size() <= 1);
   std::span<const int32_t> have = tokens();
-  const size_t common = size_t(
-      std::mismatch(have.begin(), have.begin() + std::ptrdiff_t(std::min(have.size(), context.size())), context.begin())
-          .first -
-      have.begin());
+  // The common prefix, compared a chunk at a time with memcmp (vectorized; an element loop cost
+  // ~20 us per call on 32k tokens), then token by token inside the first chunk that differs.
+  const size_t n = std::min(have.size(), context.size());
+  constexpr size_t kChunk = 1024;
+  size_t common = 0;
+  while (common < n) {
+    const size_t len = std::min(kChunk, n - common);
+    if (std::memcmp(have.data() + common, context.data() + common, len * sizeof(int32_t)) != 0) {
+      while (have[common] == context[common]) ++common;
+      break;
+    }
+    common += len;
+  }
   if (common < have.size()) truncate(begin() + int64_t(common));
   append(context.subspan(common));
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace gale {
@@ -59,6 +60,7 @@ class NgramIndex {
   // The segment holding position pos: its first position and one past its last.
   int64_t segment_begin(int64_t pos) const;
   int64_t segment_end(int64_t pos) const;
+  std::pair<int64_t, int64_t> segment_bounds(int64_t pos) const;  // {segment_begin, segment_end}
 
  private:
   // Open addressing keyed by the n-gram's tokens (compared in the stream, so no false match),

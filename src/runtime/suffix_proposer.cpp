@@ -59,7 +59,9 @@ struct Match {
   std::vector<Occurrence> occurrences;  // most recent first
 };
 
-Match longest_match(const NgramIndex& index, std::span<const int32_t> context, int64_t max_match) {
+// Only a match longer than `must_beat` is of use to the caller: an anchor whose longer neighbour
+// missed bounds the match from above, so a source that cannot beat it is not walked.
+Match longest_match(const NgramIndex& index, std::span<const int32_t> context, int64_t max_match, int64_t must_beat) {
   Match m;
   const int64_t len = int64_t(context.size());
   std::span<const int64_t> lengths = index.lengths();
@@ -68,16 +70,18 @@ Match longest_match(const NgramIndex& index, std::span<const int32_t> context, i
     if (a > len) continue;
     int64_t e = index.latest(w, context.subspan(size_t(len - a)));
     if (e < 0) continue;
+    const int64_t at_most = std::min(len, w == 0 ? max_match : lengths[w - 1] - 1);
+    if (at_most <= must_beat) return m;
     for (int64_t walked = 0; e >= 0 && walked < kMaxOccurrences; ++walked, e = index.previous(w, e)) {
-      const int64_t seg_begin = index.segment_begin(e);
-      const int64_t limit = std::min({max_match, len, e - seg_begin});
+      const auto [seg_begin, seg_end] = index.segment_bounds(e);
+      const int64_t limit = std::min(at_most, e - seg_begin);
       int64_t ell = a;  // the anchor matched already
       while (ell < limit && index.at(e - 1 - ell) == context[size_t(len - 1 - ell)]) ++ell;
       if (ell > m.length) {
         m.length = ell;
         m.occurrences.clear();
       }
-      if (ell == m.length) m.occurrences.push_back({e, index.segment_end(e)});
+      if (ell == m.length) m.occurrences.push_back({e, seg_end});
     }
     return m;  // shorter anchors only find what this one's chain held
   }
@@ -133,8 +137,8 @@ class SuffixProposer final : public TokenProposer {
     if (it == requests_.end()) it = requests_.emplace(id, NgramIndex(anchors_)).first;
     it->second.sync(context);
     if (k <= 0 || context.empty()) return;
-    Match own = longest_match(it->second, context, cfg_.max_match);
-    Match cached = longest_match(cache_, context, cfg_.max_match);
+    Match own = longest_match(it->second, context, cfg_.max_match, 0);
+    Match cached = longest_match(cache_, context, cfg_.max_match, own.length);
     const bool use_own = own.length >= cached.length;
     Match& best = use_own ? own : cached;
     if (best.length == 0) return;
