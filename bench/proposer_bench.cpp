@@ -18,6 +18,16 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+// Resident memory of this process in MB (Linux), to show what an index costs.
+double resident_mb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return double(resident) * 4096.0 / 1e6;
+}
+
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
@@ -86,8 +96,10 @@ int main(int argc, char** argv) {
   std::mt19937 rng(19);
   const std::vector<int32_t> text = make_text(context + calls * 4, rng);
 
+  double mb = resident_mb();
   auto ngram = gale::make_ngram_proposer({});
   Run n = run(*ngram, text, context, calls);
+  std::printf("ngram index of one request: %.1f MB resident\n", resident_mb() - mb);
   std::printf("ngram  (min 2, max 4)  context %lld: first call (indexes the prompt) %.0f us, then %.2f us/call, %.0f%% calls with a proposal\n",
               (long long)context, n.first_call_us, n.per_call_us, 100 * n.hit_rate);
 
@@ -101,8 +113,10 @@ int main(int argc, char** argv) {
   }
   std::printf("naive scan per call (same contexts): %.2f us/call\n", seconds_since(t0) / double(naive_calls) * 1e6);
 
+  mb = resident_mb();
   auto suffix_alone = gale::make_suffix_proposer({});
   Run a = run(*suffix_alone, text, context, calls);
+  std::printf("suffix index of one request: %.1f MB resident\n", resident_mb() - mb);
   std::printf("suffix (max_match 32)  context %lld, empty cache: first call %.0f us, then %.2f us/call, %.0f%% calls with a proposal\n",
               (long long)context, a.first_call_us, a.per_call_us, 100 * a.hit_rate);
 
@@ -111,11 +125,12 @@ int main(int argc, char** argv) {
   const int64_t cached = 1 << 20;
   std::mt19937 rng2(23);
   const std::vector<int32_t> history = make_text(cached, rng2);
+  mb = resident_mb();
   t0 = clock_type::now();
   for (int64_t i = 0; i < cached; i += 4096)
     suffix->finish(uint64_t(1000 + i), std::span<const int32_t>(history).subspan(size_t(i), 4096));
-  std::printf("suffix cache: %lld tokens of finished requests indexed in %.0f ms\n", (long long)cached,
-              seconds_since(t0) * 1e3);
+  std::printf("suffix cache: %lld tokens of finished requests indexed in %.0f ms, %.0f MB resident\n", (long long)cached,
+              seconds_since(t0) * 1e3, resident_mb() - mb);
   Run s = run(*suffix, text, context, calls);
   std::printf("suffix (max_match 32)  context %lld: first call %.0f us, then %.2f us/call, %.0f%% calls with a proposal\n",
               (long long)context, s.first_call_us, s.per_call_us, 100 * s.hit_rate);

@@ -20,7 +20,7 @@ NgramIndex::NgramIndex(std::vector<int64_t> lengths) : lengths_(std::move(length
 
 // Read from the last token backwards (any order would do; one fixed order is what matters).
 // Token ids are opaque: negative ones hash through their bit pattern like any other.
-uint64_t NgramIndex::hash_back(std::span<const int32_t> gram) {
+uint32_t NgramIndex::hash_back(std::span<const int32_t> gram) {
   uint64_t h = 0x243F6A8885A308D3ull ^ gram.size();
   for (size_t i = gram.size(); i-- > 0;) {
     h ^= uint64_t(uint32_t(gram[i]));
@@ -30,16 +30,15 @@ uint64_t NgramIndex::hash_back(std::span<const int32_t> gram) {
   h ^= h >> 33;
   h *= 0xFF51AFD7ED558CCDull;
   h ^= h >> 33;
-  return h;
+  return uint32_t(h);
 }
 
-bool NgramIndex::same_gram(int64_t end, std::span<const int32_t> gram) const {
-  const int64_t n = int64_t(gram.size());
-  const int32_t* stored = tokens_.data() + (end - n - base_);
+bool NgramIndex::same_gram(int32_t end, std::span<const int32_t> gram) const {
+  const int32_t* stored = tokens_.data() + (size_t(end) - gram.size());
   return std::equal(gram.begin(), gram.end(), stored);
 }
 
-size_t NgramIndex::find_slot(const Table& t, uint64_t hash, std::span<const int32_t> gram) const {
+size_t NgramIndex::find_slot(const Table& t, uint32_t hash, std::span<const int32_t> gram) const {
   const size_t mask = t.slots.size() - 1;
   for (size_t i = size_t(hash) & mask;; i = (i + 1) & mask) {
     const Slot& s = t.slots[i];
@@ -98,10 +97,10 @@ void NgramIndex::index_end(int64_t e) {
   const int64_t seg_begin = segments_.back();
   for (size_t w = 0; w < lengths_.size(); ++w) {
     const int64_t n = lengths_[w];
-    int64_t prev = -1;
+    int32_t prev = -1;
     if (e - n >= seg_begin) {
       std::span<const int32_t> gram(tokens_.data() + (e - n - base_), size_t(n));
-      const uint64_t h = hash_back(gram);
+      const uint32_t h = hash_back(gram);
       Table& t = tables_[w];
       if (size_t(t.used + 1) * 2 > t.slots.size()) grow(t);
       const size_t i = find_slot(t, h, gram);
@@ -111,7 +110,7 @@ void NgramIndex::index_end(int64_t e) {
       } else {
         prev = t.slots[i].end;
       }
-      t.slots[i].end = e;
+      t.slots[i].end = int32_t(e - base_);
     }
     prev_[w].push_back(prev);
   }
@@ -127,9 +126,9 @@ void NgramIndex::unindex_end(int64_t e, int64_t live_from) {
     const size_t i = find_slot(t, hash_back(gram), gram);
     GALE_ASSERT(t.slots[i].end >= 0);
     // A later occurrence stays the latest (dropping the first segment); only the latest is undone.
-    if (t.slots[i].end != e) continue;
-    const int64_t prev = prev_[w][size_t(e - base_)];
-    if (prev >= live_from) t.slots[i].end = prev;
+    if (t.slots[i].end != int32_t(e - base_)) continue;
+    const int32_t prev = prev_[w][size_t(e - base_)];
+    if (prev >= 0 && base_ + prev >= live_from) t.slots[i].end = prev;
     else erase_slot(t, i);
   }
 }
@@ -142,6 +141,7 @@ void NgramIndex::start_segment() {
 void NgramIndex::append(int32_t token) {
   if (segments_.empty()) segments_.push_back(end());
   const int64_t e = end();
+  GALE_ASSERT(tokens_.size() < size_t(INT32_MAX));
   tokens_.push_back(token);
   index_end(e);
 }
@@ -152,7 +152,7 @@ void NgramIndex::truncate(int64_t new_end) {
   for (int64_t e = end() - 1; e >= new_end; --e) unindex_end(e, begin());
   const size_t keep = size_t(new_end - base_);
   tokens_.resize(keep);
-  for (std::vector<int64_t>& p : prev_) p.resize(keep);
+  for (std::vector<int32_t>& p : prev_) p.resize(keep);
 }
 
 void NgramIndex::sync(std::span<const int32_t> context) {
@@ -191,8 +191,16 @@ void NgramIndex::drop_first_segment() {
 // O(1) per token, and the store never holds more than twice the live tokens.
 void NgramIndex::compact() {
   if (front_ == 0 || front_ * 2 < tokens_.size()) return;
-  tokens_.erase(tokens_.begin(), tokens_.begin() + std::ptrdiff_t(front_));
-  for (std::vector<int64_t>& p : prev_) p.erase(p.begin(), p.begin() + std::ptrdiff_t(front_));
+  const int32_t shift = int32_t(front_);
+  tokens_.erase(tokens_.begin(), tokens_.begin() + shift);
+  for (std::vector<int32_t>& p : prev_) {
+    p.erase(p.begin(), p.begin() + shift);
+    for (int32_t& v : p) v = v >= shift ? v - shift : -1;
+  }
+  // Every slot points at or after front_: a latest end in a dropped segment left its table then.
+  for (Table& t : tables_)
+    for (Slot& s : t.slots)
+      if (s.end >= 0) s.end -= shift;
   base_ += int64_t(front_);
   front_ = 0;
 }
@@ -200,12 +208,13 @@ void NgramIndex::compact() {
 int64_t NgramIndex::latest(size_t which, std::span<const int32_t> gram) const {
   GALE_ASSERT(which < lengths_.size() && int64_t(gram.size()) == lengths_[which]);
   const Table& t = tables_[which];
-  return t.slots[find_slot(t, hash_back(gram), gram)].end;
+  const int32_t e = t.slots[find_slot(t, hash_back(gram), gram)].end;
+  return e < 0 ? -1 : base_ + e;
 }
 
 int64_t NgramIndex::previous(size_t which, int64_t e) const {
-  const int64_t p = prev_[which][size_t(e - base_)];
-  return p >= begin() ? p : -1;
+  const int32_t p = prev_[which][size_t(e - base_)];
+  return p >= 0 && base_ + p >= begin() ? base_ + p : -1;
 }
 
 }  // namespace gale

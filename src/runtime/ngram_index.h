@@ -23,7 +23,8 @@ namespace gale {
 
 class NgramIndex {
  public:
-  // lengths: the n-gram lengths indexed, each >= 1, any order.
+  // lengths: the n-gram lengths indexed, each >= 1, any order. The store holds fewer than 2^31
+  // tokens, dropped ones included until compacted (at most twice the live ones).
   explicit NgramIndex(std::vector<int64_t> lengths);
 
   int64_t begin() const { return base_ + int64_t(front_); }  // first live position
@@ -65,18 +66,21 @@ class NgramIndex {
  private:
   // Open addressing keyed by the n-gram's tokens (compared in the stream, so no false match),
   // value the latest end; backward-shift deletion keeps probes short without tombstones.
+  // Ends here and in prev_ are offsets into tokens_ (int32: 8 bytes a slot, 4 a chain link, half
+  // of what global positions cost; a full suffix cache of 1M tokens measured 235 MB before),
+  // shifted when compact() moves the store.
   struct Slot {
-    uint64_t hash = 0;
-    int64_t end = -1;  // -1: empty
+    uint32_t hash = 0;
+    int32_t end = -1;  // offset into tokens_; -1: empty
   };
   struct Table {
     std::vector<Slot> slots;
     int64_t used = 0;
   };
-  static uint64_t hash_back(std::span<const int32_t> gram);
-  bool same_gram(int64_t end, std::span<const int32_t> gram) const;
+  static uint32_t hash_back(std::span<const int32_t> gram);
+  bool same_gram(int32_t end, std::span<const int32_t> gram) const;
   // The slot of gram in t, or the empty slot where it would go.
-  size_t find_slot(const Table& t, uint64_t hash, std::span<const int32_t> gram) const;
+  size_t find_slot(const Table& t, uint32_t hash, std::span<const int32_t> gram) const;
   void grow(Table& t);
   void erase_slot(Table& t, size_t i);
   void index_end(int64_t e);    // adds the n-grams ending at e (the token at e just arrived)
@@ -89,7 +93,7 @@ class NgramIndex {
   std::vector<int64_t> lengths_;
   int64_t max_length_ = 0;
   std::vector<Table> tables_;                // per length
-  std::vector<std::vector<int64_t>> prev_;   // per length, per stored position: previous end, -1 none
+  std::vector<std::vector<int32_t>> prev_;   // per length, per offset: offset of the previous end, -1 none
   std::vector<int32_t> tokens_;              // positions [base_, base_ + size)
   size_t front_ = 0;                         // tokens_[0, front_) were dropped, not yet compacted
   int64_t base_ = 0;

@@ -169,8 +169,10 @@ std::unique_ptr<TokenProposer> make_suffix_proposer(SuffixProposerConfig cfg) {
   if (cfg.max_match < 1 || cfg.max_match > kMaxMatchLimit)
     throw Error("suffix proposer: max_match must be in [1, " + std::to_string(kMaxMatchLimit) + "] (got " +
                 std::to_string(cfg.max_match) + ")");
-  if (cfg.max_cached_tokens < 0)
-    throw Error("suffix proposer: max_cached_tokens must be >= 0 (got " + std::to_string(cfg.max_cached_tokens) + ")");
+  // The cache's store keeps int32 offsets and holds up to twice its live tokens between compactions.
+  if (cfg.max_cached_tokens < 0 || cfg.max_cached_tokens > (int64_t(1) << 30))
+    throw Error("suffix proposer: max_cached_tokens must be in [0, 2^30] (got " +
+                std::to_string(cfg.max_cached_tokens) + ")");
   if (!(cfg.min_probability >= 0.0f && cfg.min_probability <= 1.0f))
     throw Error("suffix proposer: min_probability must be in [0, 1]");
   return std::make_unique<SuffixProposer>(cfg);
