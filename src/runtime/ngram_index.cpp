@@ -81,13 +81,6 @@ size_t NgramIndex::segment_of(int64_t pos) const {
   return size_t(std::upper_bound(segments_.begin(), segments_.end(), pos) - segments_.begin()) - 1;
 }
 
-int64_t NgramIndex::segment_begin(int64_t pos) const { return segments_[segment_of(pos)]; }
-
-int64_t NgramIndex::segment_end(int64_t pos) const {
-  const size_t s = segment_of(pos);
-  return s + 1 < segments_.size() ? segments_[s + 1] : end();
-}
-
 std::pair<int64_t, int64_t> NgramIndex::segment_bounds(int64_t pos) const {
   const size_t s = segment_of(pos);
   return {segments_[s], s + 1 < segments_.size() ? segments_[s + 1] : end()};
@@ -117,7 +110,7 @@ void NgramIndex::index_end(int64_t e) {
 }
 
 void NgramIndex::unindex_end(int64_t e, int64_t live_from) {
-  const int64_t seg_begin = segment_begin(e);
+  const int64_t seg_begin = segment_bounds(e).first;
   for (size_t w = 0; w < lengths_.size(); ++w) {
     const int64_t n = lengths_[w];
     if (e - n < seg_begin) continue;
@@ -178,7 +171,7 @@ void NgramIndex::sync(std::span<const int32_t> context) {
 void NgramIndex::drop_first_segment() {
   if (segments_.empty()) return;
   const int64_t first = segments_.front();
-  const int64_t last = segment_end(first);
+  const int64_t last = segment_bounds(first).second;
   // Unindex while the tokens are still there; positions before `last` go dead right after, so an
   // n-gram whose latest occurrence is in this segment leaves the table.
   for (int64_t e = first; e < last; ++e) unindex_end(e, last);

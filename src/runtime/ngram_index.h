@@ -47,21 +47,16 @@ class NgramIndex {
   // keeping the common prefix, truncating the rest and appending the new tail. Every token is
   // compared: the caller may have grown, shrunk, or shrunk and regrown the context since.
   void sync(std::span<const int32_t> context);
-  // Drops the first segment and its tokens (the last one may not be dropped while others remain;
-  // dropping the only segment empties the index).
+  // Drops the first (oldest) segment and its tokens; dropping the only one empties the index.
   void drop_first_segment();
-  int64_t num_segments() const { return int64_t(segments_.size()); }
-  int64_t first_segment_size() const { return segments_.empty() ? 0 : segment_end(0) - segments_[0]; }
 
   // The latest end of an earlier occurrence of `gram` (length lengths()[which]) that a token
   // follows; -1 when there is none.
   int64_t latest(size_t which, std::span<const int32_t> gram) const;
   // The occurrence before the one ending at `e` (same n-gram, same length); -1 when none is left.
   int64_t previous(size_t which, int64_t e) const;
-  // The segment holding position pos: its first position and one past its last.
-  int64_t segment_begin(int64_t pos) const;
-  int64_t segment_end(int64_t pos) const;
-  std::pair<int64_t, int64_t> segment_bounds(int64_t pos) const;  // {segment_begin, segment_end}
+  // The segment holding position pos: {its first position, one past its last}.
+  std::pair<int64_t, int64_t> segment_bounds(int64_t pos) const;
 
  private:
   // Open addressing keyed by the n-gram's tokens (compared in the stream, so no false match),
