@@ -1,0 +1,74 @@
+// Speculative decoding's device-free half (issue 19): the acceptance of proposed tokens against
+// the target's logits, and the choice of how many tokens to propose (k) per step.
+//
+// A verify step runs the target once over a request's last accepted token and its k proposals
+// (a chunk of 1 + k tokens), giving logits at each of the 1 + k positions. verify_token() is then
+// called position by position: at position i < k it accepts proposal i or replaces it (and the
+// chunk ends there); at position k (all accepted) it samples the bonus token. The rule is the
+// standard speculative-sampling one (Leviathan et al. 2023; Chen et al. 2023), so the tokens
+// returned are distributed exactly as the target's sampler would draw them one at a time:
+//   greedy (temperature 0): the target's token is the argmax of its penalized logits; the
+//     proposal is accepted iff it equals it (so the output is token for token the plain run's);
+//   sampling: with p the target's distribution (penalties, temperature, top-k/top-p/min-p, as
+//     Sampler::sample) and q the proposer's, accept x with probability min(1, p(x) / q(x)); on
+//     rejection draw from normalize(max(0, p - q)). A model-free proposer's q is a point mass at
+//     x: accept with probability p(x), on rejection draw from p with x removed.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "runtime/sampler.h"
+
+namespace gale {
+
+// One position of a verify chunk. logits: the target's row [vocab] there (modified in place).
+// proposal: the proposed token, or -1 at the bonus position (plain Sampler::sample). q: the
+// proposer's distribution [vocab] at this position (the one the proposal was drawn from); empty
+// for a point mass at the proposal. The sampler's penalty lists must hold the chunk's earlier
+// accepted tokens (they do: each returned token is accept()ed here). Returns the token; *accepted
+// tells whether it is the proposal. Draws one uniform (two on a rejection) from the sampler's
+// generator when sampling, none when greedy.
+int32_t verify_token(Sampler& s, std::span<float> logits, int32_t proposal, std::span<const float> q, bool* accepted);
+
+// How many tokens to propose per step, from what the engine measured: the acceptance rate of
+// the proposals verified so far, the wall time of steps by the tokens they ran, and the
+// proposer's time per round. "Never a loss": k is the one that maximizes the expected tokens per
+// second at the step's batch size, and 0 (speculation off) unless that beats plain decoding by
+// a margin. While off it probes now and then (k = 1), so a change in acceptance is noticed.
+struct SpecControllerConfig {
+  int64_t k_max = 4;          // proposals per request and step at most
+  bool adaptive = true;       // false: always k_max (--num-speculative-tokens K)
+  double min_gain = 1.03;     // expected speed-up below which speculation stays off
+  int64_t probe_every = 64;   // steps off between two probes
+};
+
+class SpecController {
+ public:
+  explicit SpecController(SpecControllerConfig cfg);
+  // k for a step in which `batch` requests decode (each would verify 1 + k tokens).
+  int64_t choose_k(int64_t batch);
+  // A request's verify: `proposed` tokens were proposed, the first `accepted` were taken.
+  void observe_verify(int64_t proposed, int64_t accepted);
+  // A step of `tokens` batched tokens took `seconds` of target forward (plus bookkeeping), and
+  // `rounds` proposer rounds took `proposer_seconds` in all.
+  void observe_step(int64_t tokens, double seconds, int64_t rounds, double proposer_seconds);
+  // Estimated acceptance rate per proposed token (the moving average).
+  double acceptance() const { return alpha_; }
+  // Expected seconds of a target step of `tokens` tokens (the fitted line).
+  double step_seconds(double tokens) const;
+  // Expected tokens per second per request with k proposals at this batch size (k = 0: plain).
+  double rate(int64_t batch, int64_t k) const;
+  const SpecControllerConfig& config() const { return cfg_; }
+
+ private:
+  SpecControllerConfig cfg_;
+  double alpha_ = 0.6;  // prior before the first verify: the bundled pair's order of magnitude
+  // Exponentially weighted least squares of step time on tokens: sums of w, w*T, w*T^2, w*y, w*T*y.
+  double sw_ = 0, st_ = 0, stt_ = 0, sy_ = 0, sty_ = 0;
+  double round_seconds_ = 0;  // proposer time per round (moving average)
+  bool have_round_ = false;
+  int64_t off_steps_ = 0;
+};
+
+}  // namespace gale
