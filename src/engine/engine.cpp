@@ -191,7 +191,7 @@ struct Engine::Impl {
   int64_t spec_verifies = 0, spec_proposed = 0, spec_accepted = 0, spec_k = 0;
   double spec_seconds = 0;                  // proposing, in all
   double step_proposer_seconds = 0;         // proposing, in the step being run
-  int64_t step_rounds = 0;
+  int64_t step_rounds = 0, step_batch = 0;  // proposer rounds in the step being run, for how many requests
   std::vector<int32_t> spec_buf, spec_idx;
   std::vector<double> spec_dist;
   std::vector<float> spec_logits;
@@ -297,7 +297,7 @@ struct Engine::Impl {
     Flight f;
     f.serial = ++flight_serial;
     step_proposer_seconds = 0;
-    step_rounds = 0;
+    step_rounds = step_batch = 0;
     if (spec) propose();
     f.so = sched->schedule();
     const auto t1 = clk::now();
@@ -456,9 +456,10 @@ struct Engine::Impl {
       produced.push_back(std::move(d));
     }
     apply_rollbacks(f);
-    if (spec)
-      spec->observe_step(f.so.num_batched_tokens, f.launch_seconds + std::chrono::duration<double>(t1 - t0).count(),
-                         step_rounds, step_proposer_seconds);
+    if (spec) {
+      spec->observe_step(f.so.num_batched_tokens, f.launch_seconds + std::chrono::duration<double>(t1 - t0).count());
+      spec->observe_proposer(step_batch, step_rounds, step_proposer_seconds);
+    }
     if (profile) {
       prof_steps += 1;
       prof_tokens += f.so.num_batched_tokens;
@@ -635,7 +636,7 @@ struct Engine::Impl {
       } else {
         spec_buf.assign(size_t(kk), ctx.back());  // placeholders
       }
-      if (!spec_buf.empty()) sched->propose(r->id, spec_buf);
+      if (!spec_buf.empty()) sched->propose(r->id, spec_buf), ++step_batch;
     }
     const double secs = since(t0);
     step_proposer_seconds += secs;

@@ -72,36 +72,53 @@ SpecController::SpecController(SpecControllerConfig cfg) : cfg_(cfg) {
   if (cfg_.k_max < 0) throw Error("the number of speculative tokens must be >= 0");
 }
 
-double SpecController::step_seconds(double tokens) const {
-  // Too few or too alike observations for a slope: assume a step costs as much again per 16
-  // extra tokens (memory-bound decoding on either device), so speculation can start and measure.
-  if (sw_ <= 0) return 0;
-  const double mt = st_ / sw_, my = sy_ / sw_;
-  const double var = stt_ / sw_ - mt * mt;
-  double b = var > 0.25 ? (sty_ / sw_ - mt * my) / var : my / (mt + 16.0);
-  b = std::max(b, 0.0);
-  const double a = std::max(my - b * mt, 1e-7);
-  return a + b * tokens;
+namespace {
+
+// A table of moving averages by key: the exact entry, else interpolated between the nearest
+// keys, else (above them all) in proportion to the largest, else (below them all) the smallest.
+double lookup(const std::map<int64_t, double>& t, int64_t key) {
+  if (t.empty()) return 0;
+  auto hi = t.lower_bound(key);
+  if (hi != t.end() && hi->first == key) return hi->second;
+  if (hi == t.begin()) return hi->second;
+  auto lo = std::prev(hi);
+  if (hi == t.end()) return lo->second * double(key) / double(lo->first);
+  const double f = double(key - lo->first) / double(hi->first - lo->first);
+  return lo->second + f * (hi->second - lo->second);
 }
 
+void update(std::map<int64_t, double>& t, int64_t key, double v) {
+  auto [it, fresh] = t.emplace(key, v);
+  if (!fresh) it->second = 0.8 * it->second + 0.2 * v;  // ~5 observations of memory: follows the load
+}
+
+}  // namespace
+
+double SpecController::step_seconds(int64_t tokens) const { return lookup(step_, tokens); }
+
+double SpecController::round_seconds(int64_t batch) const { return lookup(round_, batch); }
+
 double SpecController::rate(int64_t batch, int64_t k) const {
-  const double B = double(std::max<int64_t>(batch, 1));
-  if (k == 0) return 1.0 / std::max(step_seconds(B), 1e-9);
+  const int64_t B = std::max<int64_t>(batch, 1);
+  if (k == 0) return double(B) / std::max(step_seconds(B), 1e-9);
   const double a = std::clamp(alpha_, 0.0, 0.999);
-  const double expected = (1.0 - std::pow(a, double(k + 1))) / (1.0 - a);  // accepted + the bonus
-  const double t = step_seconds(B * double(1 + k)) + double(k) * (have_round_ ? round_seconds_ : 0.0);
-  return expected / std::max(t, 1e-9);
+  const double expected = (1.0 - std::pow(a, double(k + 1))) / (1.0 - a);  // accepted + the target's token
+  const double t = step_seconds(B * (1 + k)) + double(k) * round_seconds(B);
+  return double(B) * expected / std::max(t, 1e-9);
 }
 
 int64_t SpecController::choose_k(int64_t batch) {
   if (cfg_.k_max == 0) return 0;
   if (!cfg_.adaptive) return cfg_.k_max;
-  if (sw_ <= 0) return cfg_.k_max;  // nothing measured yet: try
-  const double base = rate(batch, 0);
+  const int64_t B = std::max<int64_t>(batch, 1);
+  if (!step_.count(B)) return 0;  // measure plain decoding at this batch first
+  for (int64_t k = 1; k <= cfg_.k_max; ++k)  // each verify size once, so it is measured, not guessed
+    if (!step_.count(B * (1 + k)) && tried_.insert(B * (1 + k)).second) return k;
+  const double base = rate(B, 0);
   int64_t best = 0;
   double best_rate = base * cfg_.min_gain;
   for (int64_t k = 1; k <= cfg_.k_max; ++k)
-    if (double r = rate(batch, k); r > best_rate) best = k, best_rate = r;
+    if (double r = rate(B, k); r > best_rate) best = k, best_rate = r;
   if (best > 0) {
     off_steps_ = 0;
     return best;
@@ -115,22 +132,22 @@ int64_t SpecController::choose_k(int64_t batch) {
 
 void SpecController::observe_verify(int64_t proposed, int64_t accepted) {
   if (proposed <= 0) return;
-  // Per proposed token, weighted by how many were proposed; ~50 proposals of memory.
-  const double w = std::min(1.0, double(proposed) / 50.0);
-  alpha_ = (1 - w) * alpha_ + w * double(accepted) / double(proposed);
+  // Each judged position is one trial of a geometric run: the accepted ones, and the rejected
+  // one that ended the verify early. ~50 trials of memory.
+  const int64_t trials = accepted + (accepted < proposed ? 1 : 0);
+  if (trials == 0) return;
+  const double w = std::min(1.0, double(trials) / 50.0);
+  alpha_ = (1 - w) * alpha_ + w * double(accepted) / double(trials);
 }
 
-void SpecController::observe_step(int64_t tokens, double seconds, int64_t rounds, double proposer_seconds) {
+void SpecController::observe_step(int64_t tokens, double seconds) {
   if (tokens <= 0 || !(seconds >= 0)) return;
-  const double decay = 0.98;  // ~50 steps of memory: follows a change of load
-  sw_ *= decay, st_ *= decay, stt_ *= decay, sy_ *= decay, sty_ *= decay;
-  const double T = double(tokens);
-  sw_ += 1, st_ += T, stt_ += T * T, sy_ += seconds, sty_ += T * seconds;
-  if (rounds > 0) {
-    const double per = proposer_seconds / double(rounds);
-    round_seconds_ = have_round_ ? 0.9 * round_seconds_ + 0.1 * per : per;
-    have_round_ = true;
-  }
+  update(step_, tokens, seconds);
+}
+
+void SpecController::observe_proposer(int64_t batch, int64_t rounds, double seconds) {
+  if (batch <= 0 || rounds <= 0 || !(seconds >= 0)) return;
+  update(round_, batch, seconds / double(rounds));
 }
 
 }  // namespace gale

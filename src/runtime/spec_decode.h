@@ -15,6 +15,8 @@
 //     x: accept with probability p(x), on rejection draw from p with x removed.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <set>
 #include <span>
 #include <vector>
 
@@ -32,10 +34,14 @@ namespace gale {
 int32_t verify_token(Sampler& s, std::span<float> logits, int32_t proposal, std::span<const float> q, bool* accepted);
 
 // How many tokens to propose per step, from what the engine measured: the acceptance rate of
-// the proposals verified so far, the wall time of steps by the tokens they ran, and the
-// proposer's time per round. "Never a loss": k is the one that maximizes the expected tokens per
-// second at the step's batch size, and 0 (speculation off) unless that beats plain decoding by
-// a margin. While off it probes now and then (k = 1), so a change in acceptance is noticed.
+// the proposals verified so far, the wall time of target steps by the tokens they ran, and the
+// proposer's time per round by the requests it served. "Never a loss": k is the one that
+// maximizes the expected tokens per second at the step's batch size, and 0 (speculation off)
+// unless that beats plain decoding by a margin. Step times are kept per token count (a table of
+// moving averages, not a fitted line: on the CPU a step of 5 tokens costs twice one of 1, then
+// grows slowly, a shape no line follows); a count never measured is interpolated between the
+// nearest measured ones, or extrapolated in proportion (pessimistically) above them. Each
+// verify size is tried once before it is judged, and while off it probes now and then (k = 1).
 struct SpecControllerConfig {
   int64_t k_max = 4;          // proposals per request and step at most
   bool adaptive = true;       // false: always k_max (--num-speculative-tokens K)
@@ -50,24 +56,26 @@ class SpecController {
   int64_t choose_k(int64_t batch);
   // A request's verify: `proposed` tokens were proposed, the first `accepted` were taken.
   void observe_verify(int64_t proposed, int64_t accepted);
-  // A step of `tokens` batched tokens took `seconds` of target forward (plus bookkeeping), and
-  // `rounds` proposer rounds took `proposer_seconds` in all.
-  void observe_step(int64_t tokens, double seconds, int64_t rounds, double proposer_seconds);
-  // Estimated acceptance rate per proposed token (the moving average).
+  // A target step of `tokens` batched tokens took `seconds` (launch to ids).
+  void observe_step(int64_t tokens, double seconds);
+  // The proposer served `batch` requests with `rounds` rounds in `seconds`.
+  void observe_proposer(int64_t batch, int64_t rounds, double seconds);
+  // Estimated probability that a proposal is accepted given the ones before it were.
   double acceptance() const { return alpha_; }
-  // Expected seconds of a target step of `tokens` tokens (the fitted line).
-  double step_seconds(double tokens) const;
-  // Expected tokens per second per request with k proposals at this batch size (k = 0: plain).
+  // Expected seconds of a target step of `tokens` tokens (0 before any was measured).
+  double step_seconds(int64_t tokens) const;
+  // Expected output tokens per second of the step with k proposals per request (k = 0: plain).
   double rate(int64_t batch, int64_t k) const;
   const SpecControllerConfig& config() const { return cfg_; }
 
  private:
+  double round_seconds(int64_t batch) const;
+
   SpecControllerConfig cfg_;
-  double alpha_ = 0.6;  // prior before the first verify: the bundled pair's order of magnitude
-  // Exponentially weighted least squares of step time on tokens: sums of w, w*T, w*T^2, w*y, w*T*y.
-  double sw_ = 0, st_ = 0, stt_ = 0, sy_ = 0, sty_ = 0;
-  double round_seconds_ = 0;  // proposer time per round (moving average)
-  bool have_round_ = false;
+  double alpha_ = 0.6;  // prior before the first verify
+  std::map<int64_t, double> step_;   // moving average of a step's seconds by its token count
+  std::map<int64_t, double> round_;  // moving average of one proposer round's seconds by its batch
+  std::set<int64_t> tried_;          // verify sizes (tokens) already given their one try
   int64_t off_steps_ = 0;
 };
 

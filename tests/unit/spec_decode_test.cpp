@@ -456,34 +456,37 @@ TEST(SpecEngine, BadConfigurationsAreOneClearError) {
 }
 
 // The controller: a proposer that is always right at negligible cost earns k_max at batch 1;
-// one that is never right turns speculation off (but for its rare probes).
+// one that is never right turns speculation off (but for its rare probes); compute-bound steps
+// (cost in proportion to tokens) never pay, whatever the acceptance.
 TEST(SpecController, ChoosesKFromAcceptanceAndStepCost) {
   SpecControllerConfig cfg;
   cfg.k_max = 4;
-  SpecController good(cfg), bad(cfg);
-  for (int i = 0; i < 200; ++i) {
-    // Steps cost 10 ms + 0.1 ms per token: verifying a few more tokens is almost free.
+  SpecController good(cfg), bad(cfg), heavy(cfg);
+  EXPECT_EQ(good.choose_k(1), 0);  // nothing measured: plain decoding first
+  for (int i = 0; i < 300; ++i) {
     for (SpecController* c : {&good, &bad}) {
-      c->observe_step(1, 0.0101, 0, 0);
-      c->observe_step(5, 0.0105, 4, 0.0004);
+      for (int64_t t = 1; t <= 5; ++t) c->observe_step(t, 0.010 + 0.0001 * double(t));  // 10 ms + 0.1 ms a token
+      c->observe_proposer(1, 4, 0.0004);
     }
+    for (int64_t b : {32, 64, 96, 128, 160}) heavy.observe_step(b, 0.001 * double(b));
+    heavy.observe_proposer(32, 4, 0.004);
     good.observe_verify(4, 4);
     bad.observe_verify(4, 0);
+    heavy.observe_verify(4, 2);
   }
+  EXPECT_GT(good.acceptance(), 0.95);
+  EXPECT_LT(bad.acceptance(), 0.05);
   EXPECT_EQ(good.choose_k(1), 4);
   int on = 0;
   for (int i = 0; i < 640; ++i) on += bad.choose_k(1) > 0;
   EXPECT_LE(on, 10);  // probes only
-  // Compute-bound steps (cost proportional to tokens): a verify of 1 + k tokens costs 1 + k
-  // decodes, which even perfect acceptance only just repays: off under the 3 % margin... at best
-  // k tokens for (1 + k) times the cost with a proposer time on top.
-  SpecController heavy(cfg);
-  for (int i = 0; i < 200; ++i) {
-    heavy.observe_step(32, 0.032, 0, 0);
-    heavy.observe_step(160, 0.160, 4, 0.004);
-    heavy.observe_verify(4, 2);
-  }
   EXPECT_EQ(heavy.choose_k(32), 0);
+  // Unmeasured verify sizes are tried once each before being judged.
+  SpecController fresh(cfg);
+  fresh.observe_step(2, 0.01);
+  std::vector<int64_t> tried;
+  for (int i = 0; i < 4; ++i) tried.push_back(fresh.choose_k(2));
+  EXPECT_EQ(tried, (std::vector<int64_t>{1, 2, 3, 4}));
 }
 
 }  // namespace
