@@ -134,6 +134,9 @@ struct Engine::Impl {
     // the generator the draft draws them with (its own, so the target's draws are undisturbed).
     std::vector<float> spec_q;
     std::unique_ptr<Rng> draft_rng;
+    // With speculation on, the draft's KV is right for this request's positions [0, draft_pos)
+    // (-1: not known yet, set at its next schedule; cached prefix blocks count as right).
+    int64_t draft_pos = -1;
   };
 
   // A scheduled step whose ids have not been collected yet.
@@ -308,7 +311,7 @@ struct Engine::Impl {
       r.cached_now = sched->num_cached_tokens(id);
     };
     for (const ScheduledSeq& s : f.so.seqs) note(s.id);
-    for (uint64_t id : f.so.preempted) note(id);
+    for (uint64_t id : f.so.preempted) note(id), reqs.at(id)->draft_pos = -1;
     // From here on the step is scheduled: whatever throws fails its sequences (collect() sees
     // f.error), never the engine.
     try {
@@ -345,12 +348,26 @@ struct Engine::Impl {
                        int64_t(toks.size())});
       any_spec = any_spec || s.num_spec > 0;
       if (!draft) continue;
+      if (!spec) {
+        draft_steps.push_back(steps.back());
+        continue;
+      }
+      // Speculation on: the draft's KV only has to be right where it proposes from, so it runs
+      // over prefill chunks (catching up from where it stopped) and a verify's last proposal,
+      // and skips plain decodes (a step where speculation does not pay must not pay for the
+      // draft either); draft_propose() catches up over the skipped tokens before proposing.
+      Request& r = *reqs.at(s.id);
+      if (r.draft_pos < 0) r.draft_pos = s.start_pos;  // first schedule or recompute: a cached prefix is the draft's too
       if (s.num_spec > 0) {
         // The draft wrote its KV at the chunk's positions but the last while proposing.
         const int64_t last = s.start_pos + s.num_spec;
         draft_steps.push_back({toks.subspan(size_t(last), 1), last, s.block_table, SeqStep::Logits::None, 0});
-      } else {
-        draft_steps.push_back(steps.back());
+        r.draft_pos = last + 1;
+      } else if (!(s.num_tokens == 1 && s.sample)) {
+        const int64_t from = std::min(r.draft_pos, s.start_pos), end = s.start_pos + s.num_tokens;
+        draft_steps.push_back({toks.subspan(size_t(from), size_t(end - from)), from, s.block_table,
+                               SeqStep::Logits::None, int64_t(toks.size())});
+        r.draft_pos = end;
       }
     }
     // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
@@ -383,7 +400,7 @@ struct Engine::Impl {
       }
       // The draft fills its cache over the same tokens and blocks. Once the target's launch has
       // returned, a failure here must still let collect() wait for it: it fails the step there.
-      if (draft) {
+      if (draft && !draft_steps.empty()) {
         try {
           draft->forward(draft_steps, *draft_kv, f.draft_logits);
         } catch (...) {
@@ -428,7 +445,7 @@ struct Engine::Impl {
         }
         continue;
       }
-      if (draft && dat != SIZE_MAX) {
+      if (draft && !spec && dat != SIZE_MAX) {
         const size_t V = size_t(model.config().vocab_size);
         r.draft_logits.assign(f.draft_logits.begin() + ptrdiff_t(dat * V), f.draft_logits.begin() + ptrdiff_t((dat + 1) * V));
       } else if (draft) {
@@ -492,6 +509,8 @@ struct Engine::Impl {
     r.sampler->rollback(gone);
     r.out_ids.resize(r.out_ids.size() - size_t(n));
     r.draft_logits.clear();
+    const int64_t left = int64_t(sched->tokens(r.id).size()) - (n + 1);
+    if (r.draft_pos > left) r.draft_pos = left;
     sched->rollback(r.id, n + 1);
     sched->append_token(r.id, r.out_ids.empty() ? r.p.prompt.back() : r.out_ids.back());
   }
@@ -597,6 +616,7 @@ struct Engine::Impl {
     if (!reason) {
       sched->rollback(r.id, k - accepted);
       sched->append_token(r.id, last);
+      r.draft_pos = std::min(r.draft_pos, s.start_pos + 1 + accepted);  // the rejected positions' KV is stale
     }
     return reason;
   }
@@ -671,7 +691,10 @@ struct Engine::Impl {
       for (const ScheduledSeq* s : vs) {
         if (s->num_spec <= j) continue;
         std::span<const int32_t> toks = sched->tokens(s->id);
-        steps.push_back({toks.subspan(size_t(s->start_pos + j), 1), s->start_pos + j, s->block_table,
+        // Round 0 also catches up over the decodes the draft skipped (draft_pos..start_pos).
+        const Request& r = *reqs.at(s->id);
+        const int64_t from = j == 0 ? std::clamp<int64_t>(r.draft_pos, 0, s->start_pos) : s->start_pos + j;
+        steps.push_back({toks.subspan(size_t(from), size_t(s->start_pos + j + 1 - from)), from, s->block_table,
                          SeqStep::Logits::Last, 0});
         in.push_back(s);
       }

@@ -111,9 +111,13 @@ int64_t SpecController::choose_k(int64_t batch) {
   if (cfg_.k_max == 0) return 0;
   if (!cfg_.adaptive) return cfg_.k_max;
   const int64_t B = std::max<int64_t>(batch, 1);
-  if (!step_.count(B)) return 0;  // measure plain decoding at this batch first
-  for (int64_t k = 1; k <= cfg_.k_max; ++k)  // each verify size once, so it is measured, not guessed
-    if (!step_.count(B * (1 + k)) && tried_.insert(B * (1 + k)).second) return k;
+  // Sizes between two measured ones are interpolated; outside them they would be guessed.
+  auto known = [&](int64_t t) { return !step_.empty() && t <= step_.rbegin()->first; };
+  // A plain step of this batch (or a smaller one) must have been measured: a table of prefill
+  // steps alone says nothing of what a decode costs.
+  if (step_.empty() || step_.begin()->first > B || !known(B)) return 0;
+  for (int64_t k = 1; k <= cfg_.k_max; ++k)  // an unknown verify size is tried once, so it is measured
+    if (!known(B * (1 + k)) && tried_.insert(B * (1 + k)).second) return k;
   const double base = rate(B, 0);
   int64_t best = 0;
   double best_rate = base * cfg_.min_gain;

@@ -40,8 +40,9 @@ int32_t verify_token(Sampler& s, std::span<float> logits, int32_t proposal, std:
 // unless that beats plain decoding by a margin. Step times are kept per token count (a table of
 // moving averages, not a fitted line: on the CPU a step of 5 tokens costs twice one of 1, then
 // grows slowly, a shape no line follows); a count never measured is interpolated between the
-// nearest measured ones, or extrapolated in proportion (pessimistically) above them. Each
-// verify size is tried once before it is judged, and while off it probes now and then (k = 1).
+// nearest measured ones, or extrapolated in proportion (pessimistically) above them. A verify
+// size above every measured one is tried once before it is judged (batch sizes that come and go
+// as requests finish are interpolated, not explored), and while off it probes now and then (k = 1).
 struct SpecControllerConfig {
   int64_t k_max = 4;          // proposals per request and step at most
   bool adaptive = true;       // false: always k_max (--num-speculative-tokens K)

@@ -481,12 +481,13 @@ TEST(SpecController, ChoosesKFromAcceptanceAndStepCost) {
   for (int i = 0; i < 640; ++i) on += bad.choose_k(1) > 0;
   EXPECT_LE(on, 10);  // probes only
   EXPECT_EQ(heavy.choose_k(32), 0);
-  // Unmeasured verify sizes are tried once each before being judged.
+  // Verify sizes above every measured step are tried once each before being judged.
   SpecController fresh(cfg);
   fresh.observe_step(2, 0.01);
   std::vector<int64_t> tried;
   for (int i = 0; i < 4; ++i) tried.push_back(fresh.choose_k(2));
   EXPECT_EQ(tried, (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(fresh.choose_k(3), 0);  // a batch above every measured step: plain decoding first
 }
 
 }  // namespace
