@@ -359,10 +359,10 @@ struct Engine::Impl {
       Request& r = *reqs.at(s.id);
       if (r.draft_pos < 0) r.draft_pos = s.start_pos;  // first schedule or recompute: a cached prefix is the draft's too
       if (s.num_spec > 0) {
-        // The draft wrote its KV at the chunk's positions but the last while proposing.
-        const int64_t last = s.start_pos + s.num_spec;
-        draft_steps.push_back({toks.subspan(size_t(last), 1), last, s.block_table, SeqStep::Logits::None, 0});
-        r.draft_pos = last + 1;
+        // The draft wrote its KV at the chunk's positions but the last while proposing; the
+        // last one (when accepted) is caught up with the next round 0, in the same chunk as
+        // the token after it, cheaper than a pass of its own.
+        r.draft_pos = s.start_pos + s.num_spec;
       } else if (!(s.num_tokens == 1 && s.sample)) {
         const int64_t from = std::min(r.draft_pos, s.start_pos), end = s.start_pos + s.num_tokens;
         draft_steps.push_back({toks.subspan(size_t(from), size_t(end - from)), from, s.block_table,
