@@ -134,9 +134,10 @@ struct Engine::Impl {
     // the generator the draft draws them with (its own, so the target's draws are undisturbed).
     std::vector<float> spec_q;
     std::unique_ptr<Rng> draft_rng;
-    // With speculation on, the draft's KV is right for this request's positions [0, draft_pos)
-    // (-1: not known yet, set at its next schedule; cached prefix blocks count as right).
-    int64_t draft_pos = -1;
+    // With speculation on, the draft's KV is right for this request's positions [0, draft_pos).
+    // It starts at 0 even after a prefix-cache hit (another request's blocks may never have had
+    // the draft run over them), so the first verify's catch-up covers the whole context.
+    int64_t draft_pos = 0;
   };
 
   // A scheduled step whose ids have not been collected yet.
@@ -311,7 +312,7 @@ struct Engine::Impl {
       r.cached_now = sched->num_cached_tokens(id);
     };
     for (const ScheduledSeq& s : f.so.seqs) note(s.id);
-    for (uint64_t id : f.so.preempted) note(id), reqs.at(id)->draft_pos = -1;
+    for (uint64_t id : f.so.preempted) note(id), reqs.at(id)->draft_pos = 0;
     // From here on the step is scheduled: whatever throws fails its sequences (collect() sees
     // f.error), never the engine.
     try {
@@ -347,28 +348,10 @@ struct Engine::Impl {
                        s.num_spec > 0 ? SeqStep::Logits::All : s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None,
                        int64_t(toks.size())});
       any_spec = any_spec || s.num_spec > 0;
-      if (!draft) continue;
-      if (!spec) {
-        draft_steps.push_back(steps.back());
-        continue;
-      }
       // Speculation on: the draft's KV only has to be right where it proposes from, so it runs
-      // over prefill chunks (catching up from where it stopped) and a verify's last proposal,
-      // and skips plain decodes (a step where speculation does not pay must not pay for the
-      // draft either); draft_propose() catches up over the skipped tokens before proposing.
-      Request& r = *reqs.at(s.id);
-      if (r.draft_pos < 0) r.draft_pos = s.start_pos;  // first schedule or recompute: a cached prefix is the draft's too
-      if (s.num_spec > 0) {
-        // The draft wrote its KV at the chunk's positions but the last while proposing; the
-        // last one (when accepted) is caught up with the next round 0, in the same chunk as
-        // the token after it, cheaper than a pass of its own.
-        r.draft_pos = s.start_pos + s.num_spec;
-      } else if (!(s.num_tokens == 1 && s.sample)) {
-        const int64_t from = std::min(r.draft_pos, s.start_pos), end = s.start_pos + s.num_tokens;
-        draft_steps.push_back({toks.subspan(size_t(from), size_t(end - from)), from, s.block_table,
-                               SeqStep::Logits::None, int64_t(toks.size())});
-        r.draft_pos = end;
-      }
+      // only in draft_propose(), whose first round catches up from where it stopped; a step (or
+      // a request) that does not speculate does not pay for the draft.
+      if (draft && !spec) draft_steps.push_back(steps.back());
     }
     // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
     // of each row is needed: the backend computes it where the logits are (on a GPU they never
@@ -694,6 +677,7 @@ struct Engine::Impl {
         // Round 0 also catches up over the decodes the draft skipped (draft_pos..start_pos).
         const Request& r = *reqs.at(s->id);
         const int64_t from = j == 0 ? std::clamp<int64_t>(r.draft_pos, 0, s->start_pos) : s->start_pos + j;
+        // (rope_len 0: speculation refuses "dynamic" RoPE, the only user of it.)
         steps.push_back({toks.subspan(size_t(from), size_t(s->start_pos + j + 1 - from)), from, s->block_table,
                          SeqStep::Logits::Last, 0});
         in.push_back(s);
@@ -725,6 +709,9 @@ struct Engine::Impl {
         sched->set_token(in[i]->id, in[i]->start_pos + 1 + j, t);
       }
     }
+    // Its KV now holds every position but the last proposal's, which the next round 0 catches
+    // up (when accepted) in one chunk with the token after it, cheaper than a pass of its own.
+    for (const ScheduledSeq* s : vs) reqs.at(s->id)->draft_pos = s->start_pos + s->num_spec;
     const double secs = since(t0);
     step_proposer_seconds += secs;
     spec_seconds += secs;

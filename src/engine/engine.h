@@ -117,8 +117,9 @@ class Engine {
   // shared, copied, rolled back or freed is so in both caches, and the KV budget covers a block
   // of each. For that to be sound the draft runs over every token the target runs over: each
   // step's forward is run by the draft too (after the target's launch, synchronously), and
-  // draft_logits() keeps its logits where the target sampled (without speculation; with it the
-  // draft skips plain decodes and catches up before proposing). When it proposes, it runs k
+  // draft_logits() keeps its logits where the target sampled. With speculation on, the draft
+  // instead runs only when it proposes, first catching up over what it has not seen (so a step
+  // that does not speculate does not pay for it), and draft_logits() is empty. It runs k
   // single-token steps per verify before the target's forward, writing its KV at the chunk's
   // positions (the scheduler has allocated their blocks by then); the rejected positions are
   // rolled back with the target's, and rewritten when the sequence gets there again.
