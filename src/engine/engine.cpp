@@ -195,6 +195,7 @@ struct Engine::Impl {
   int64_t spec_verifies = 0, spec_proposed = 0, spec_accepted = 0, spec_k = 0;
   double spec_seconds = 0;                  // proposing, in all
   double step_proposer_seconds = 0;         // proposing, in the step being run
+  uint64_t probe_turn = 0;
   int64_t step_rounds = 0, step_batch = 0;  // proposer rounds in the step being run, for how many requests
   std::vector<int32_t> spec_buf, spec_idx;
   std::vector<double> spec_dist;
@@ -619,6 +620,12 @@ struct Engine::Impl {
     if (k == 0) return;
     const auto t0 = std::chrono::steady_clock::now();
     const int32_t V = int32_t(model.config().vocab_size);
+    // A probe (speculation off, acceptance to refresh) needs one request, not the batch; each
+    // probe takes the next one, so a request with proposals to spare is not always passed over.
+    if (spec->probing()) {
+      Request* one = cands[size_t(probe_turn++ % cands.size())];
+      cands.assign(1, one);
+    }
     for (Request* r : cands) {
       // A verify returns up to k + 1 tokens: no proposal past max_tokens.
       const int64_t kk = std::min(k, r->p.max_tokens - int64_t(r->out_ids.size()) - 1);

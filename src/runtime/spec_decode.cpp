@@ -108,6 +108,7 @@ double SpecController::rate(int64_t batch, int64_t k) const {
 }
 
 int64_t SpecController::choose_k(int64_t batch) {
+  probing_ = false;
   if (cfg_.k_max == 0) return 0;
   if (!cfg_.adaptive) return cfg_.k_max;
   const int64_t B = std::max<int64_t>(batch, 1);
@@ -129,6 +130,7 @@ int64_t SpecController::choose_k(int64_t batch) {
   }
   if (++off_steps_ >= cfg_.probe_every) {  // probe: the acceptance may have changed
     off_steps_ = 0;
+    probing_ = true;
     return 1;
   }
   return 0;

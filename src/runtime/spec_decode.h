@@ -55,6 +55,9 @@ class SpecController {
   explicit SpecController(SpecControllerConfig cfg);
   // k for a step in which `batch` requests decode (each would verify 1 + k tokens).
   int64_t choose_k(int64_t batch);
+  // The last choose_k() was a probe of the acceptance while off: one request verifying is enough
+  // (a probe of the whole batch would cost a verify step, and the draft's catch-up, for all).
+  bool probing() const { return probing_; }
   // A request's verify: `proposed` tokens were proposed, the first `accepted` were taken.
   void observe_verify(int64_t proposed, int64_t accepted);
   // A target step of `tokens` batched tokens took `seconds` (launch to ids).
@@ -78,6 +81,7 @@ class SpecController {
   std::map<int64_t, double> round_;  // moving average of one proposer round's seconds by its batch
   std::set<int64_t> tried_;          // verify sizes (tokens) already given their one try
   int64_t off_steps_ = 0;
+  bool probing_ = false;
 };
 
 }  // namespace gale
