@@ -126,6 +126,10 @@ int64_t SpecController::choose_k(int64_t batch) {
     if (double r = rate(B, k); r > best_rate) best = k, best_rate = r;
   if (best > 0) {
     off_steps_ = 0;
+    if (++on_steps_ >= cfg_.refresh_every) {  // a plain step: t(batch) is measured again
+      on_steps_ = 0;
+      return 0;
+    }
     return best;
   }
   if (++off_steps_ >= cfg_.probe_every) {  // probe: the acceptance may have changed

@@ -42,12 +42,14 @@ int32_t verify_token(Sampler& s, std::span<float> logits, int32_t proposal, std:
 // grows slowly, a shape no line follows); a count never measured is interpolated between the
 // nearest measured ones, or extrapolated in proportion (pessimistically) above them. A verify
 // size above every measured one is tried once before it is judged (batch sizes that come and go
-// as requests finish are interpolated, not explored), and while off it probes now and then (k = 1).
+// as requests finish are interpolated, not explored), while off it probes now and then (k = 1),
+// and while on it decodes plainly now and then, so the baseline it compares with stays measured.
 struct SpecControllerConfig {
   int64_t k_max = 4;          // proposals per request and step at most
   bool adaptive = true;       // false: always k_max (--num-speculative-tokens K)
   double min_gain = 1.03;     // expected speed-up below which speculation stays off
   int64_t probe_every = 64;   // steps off between two probes
+  int64_t refresh_every = 16; // steps on between two plain steps (the baseline is re-measured)
 };
 
 class SpecController {
@@ -80,7 +82,7 @@ class SpecController {
   std::map<int64_t, double> step_;   // moving average of a step's seconds by its token count
   std::map<int64_t, double> round_;  // moving average of one proposer round's seconds by its batch
   std::set<int64_t> tried_;          // verify sizes (tokens) already given their one try
-  int64_t off_steps_ = 0;
+  int64_t off_steps_ = 0, on_steps_ = 0;
   bool probing_ = false;
 };
 
