@@ -195,6 +195,7 @@ struct Engine::Impl {
   int64_t spec_verifies = 0, spec_proposed = 0, spec_accepted = 0, spec_k = 0;
   double spec_seconds = 0;                  // proposing, in all
   double step_proposer_seconds = 0;         // proposing, in the step being run
+  double step_round_seconds = 0;            // of which its rounds without a catch-up (the k model's cost)
   uint64_t probe_turn = 0;
   int64_t step_rounds = 0, step_batch = 0;  // proposer rounds in the step being run, for how many requests
   std::vector<int32_t> spec_buf, spec_idx;
@@ -303,6 +304,7 @@ struct Engine::Impl {
     f.serial = ++flight_serial;
     step_proposer_seconds = 0;
     step_rounds = step_batch = 0;
+    step_round_seconds = 0;
     if (spec) propose();
     f.so = sched->schedule();
     const auto t1 = clk::now();
@@ -459,7 +461,7 @@ struct Engine::Impl {
     apply_rollbacks(f);
     if (spec) {
       spec->observe_step(f.so.num_batched_tokens, f.launch_seconds + std::chrono::duration<double>(t1 - t0).count());
-      spec->observe_proposer(step_batch, step_rounds, step_proposer_seconds);
+      spec->observe_proposer(step_batch, step_rounds, step_round_seconds);
     }
     if (profile) {
       prof_steps += 1;
@@ -651,7 +653,7 @@ struct Engine::Impl {
     const double secs = since(t0);
     step_proposer_seconds += secs;
     spec_seconds += secs;
-    if (proposer) step_rounds += k;
+    if (proposer) step_rounds += k, step_round_seconds += secs;
   }
 
   // After schedule(): the draft model proposes for the scheduled verifies, k single-token
@@ -678,12 +680,15 @@ struct Engine::Impl {
     for (int64_t j = 0; j < kmax; ++j) {
       steps.clear();
       in.clear();
+      const auto tr = std::chrono::steady_clock::now();
+      bool catchup = false;  // a round 0 over more than the usual two tokens
       for (const ScheduledSeq* s : vs) {
         if (s->num_spec <= j) continue;
         std::span<const int32_t> toks = sched->tokens(s->id);
         // Round 0 also catches up over the decodes the draft skipped (draft_pos..start_pos).
         const Request& r = *reqs.at(s->id);
         const int64_t from = j == 0 ? std::clamp<int64_t>(r.draft_pos, 0, s->start_pos) : s->start_pos + j;
+        catchup = catchup || from < s->start_pos - 1;
         // (rope_len 0: speculation refuses "dynamic" RoPE, the only user of it.)
         steps.push_back({toks.subspan(size_t(from), size_t(s->start_pos + j + 1 - from)), from, s->block_table,
                          SeqStep::Logits::Last, 0});
@@ -715,6 +720,9 @@ struct Engine::Impl {
         }
         sched->set_token(in[i]->id, in[i]->start_pos + 1 + j, t);
       }
+      // The controller's cost of a round leaves catch-ups out: they are paid once per stretch
+      // the draft skipped, not per proposal (counted in, they turned speculation off for good).
+      if (!catchup) step_round_seconds += since(tr), ++step_rounds;
     }
     // Its KV now holds every position but the last proposal's, which the next round 0 catches
     // up (when accepted) in one chunk with the token after it, cheaper than a pass of its own.
@@ -722,7 +730,6 @@ struct Engine::Impl {
     const double secs = since(t0);
     step_proposer_seconds += secs;
     spec_seconds += secs;
-    step_rounds += kmax;
   }
 
   static void set_error(RequestOutput& o, const std::string& what) {
