@@ -28,8 +28,9 @@ struct RunResult {
   EngineStats stats;
 };
 
-RunResult run_all(Transformer& m, const std::vector<RequestParams>& reqs, EngineConfig ec) {
-  Engine e(m, nullptr, ec);
+RunResult run_all(Transformer& m, const std::vector<RequestParams>& reqs, EngineConfig ec,
+                  Transformer* draft = nullptr) {
+  Engine e(m, nullptr, ec, draft);
   auto t0 = clock_type::now();
   for (const RequestParams& p : reqs) e.add_request(p);
   RunResult r;
@@ -48,7 +49,12 @@ nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, c
   std::vector<RequestParams> reqs;
   for (int64_t i = 0; i < o.requests; ++i) {
     RequestParams p;
-    p.prompt = random_ids(rng, o.prompt, V);
+    if (o.prompt_source.empty()) {
+      p.prompt = random_ids(rng, o.prompt, V);
+    } else {
+      const size_t n = o.prompt_source.size();
+      for (int64_t t = 0; t < o.prompt; ++t) p.prompt.push_back(o.prompt_source[size_t(i * o.prompt + t) % n]);
+    }
     p.max_tokens = o.gen;
     p.ignore_eos = true;
     reqs.push_back(std::move(p));
@@ -59,23 +65,69 @@ nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, c
                 model_name.c_str(), num_threads(), (long long)o.requests, (long long)o.prompt, (long long)o.gen,
                 "concurrency", "output tok/s", "total tok/s", "seconds");
   double base = 0;
+  const bool spec = o.engine.num_speculative_tokens > 0;
+  if (spec && !o.json)
+    std::printf("speculative %s (%lld tokens%s) against off, best of %d alternating runs each\n%12s %14s %14s %10s "
+                "%10s %10s\n",
+                o.speculative.c_str(), (long long)o.engine.num_speculative_tokens,
+                o.engine.speculative_adaptive ? " at most, auto" : "", o.reps, "", "off tok/s", "", "speedup",
+                "accept", "mean len");
   for (int64_t c : o.concurrency) {
     EngineConfig ec = o.engine;
     ec.max_num_seqs = c;
     ec.prefix_cache = false;  // random prompts share nothing; measure batching alone
-    RunResult r = run_all(m, reqs, ec);
+    RunResult r, off;
+    if (!spec) {
+      r = run_all(m, reqs, ec);
+    } else {
+      // Off and on alternate, so a machine shared with other work slows both alike.
+      EngineConfig ec_off = ec;
+      ec_off.num_speculative_tokens = 0;
+      ec_off.proposer = nullptr;
+      for (int rep = 0; rep < std::max(o.reps, 1); ++rep) {
+        RunResult a = run_all(m, reqs, ec_off);
+        RunResult b = run_all(m, reqs, ec, o.draft);
+        if (rep == 0 || a.seconds < off.seconds) off = a;
+        if (rep == 0 || b.seconds < r.seconds) r = b;
+      }
+    }
     const double out_tps = double(r.generated) / r.seconds;
     const double tot_tps = double(r.generated + o.requests * o.prompt) / r.seconds;
     if (base == 0) base = out_tps;
-    rows.push_back({{"concurrency", c}, {"output_tokens_per_s", out_tps}, {"total_tokens_per_s", tot_tps},
-                    {"seconds", r.seconds}, {"speedup_vs_first", out_tps / base}});
-    if (!o.json)
+    nlohmann::json row = {{"concurrency", c}, {"output_tokens_per_s", out_tps}, {"total_tokens_per_s", tot_tps},
+                          {"seconds", r.seconds}, {"speedup_vs_first", out_tps / base}};
+    if (spec) {
+      const double off_tps = double(off.generated) / off.seconds;
+      row["off_output_tokens_per_s"] = off_tps;
+      row["speedup_vs_off"] = out_tps / off_tps;
+      row["acceptance_rate"] = r.stats.acceptance_rate();
+      row["mean_accepted_length"] = r.stats.mean_accepted_length();
+      row["spec_verifies"] = r.stats.spec_verifies;
+      row["proposer_seconds"] = r.stats.spec_proposer_seconds;
+      if (!o.json)
+        std::printf("%12lld %14.1f %14.1f %10.2f %9.3fx %10.3f %10.2f  (off %.1f tok/s)\n", (long long)c, out_tps,
+                    tot_tps, r.seconds, out_tps / off_tps, r.stats.acceptance_rate(), r.stats.mean_accepted_length(),
+                    off_tps),
+            std::fflush(stdout);
+    } else if (!o.json) {
       std::printf("%12lld %14.1f %14.1f %10.2f\n", (long long)c, out_tps, tot_tps, r.seconds), std::fflush(stdout);
+    }
+    rows.push_back(row);
   }
   nlohmann::json j = {{"mode", "throughput"}, {"model", model_name}, {"threads", num_threads()},
                       {"kv_cache_dtype", kv_cache_dtype_name(m.kv_dtype())},
                       {"requests", o.requests}, {"prompt_tokens", o.prompt}, {"gen_tokens", o.gen},
                       {"max_num_batched_tokens", o.engine.max_num_batched_tokens}, {"results", rows}};
+  if (spec) {
+    // The first concurrency's figures at the top level (issue 19's keys); every row has its own.
+    j["speculative"] = o.speculative;
+    j["num_speculative_tokens"] = o.engine.speculative_adaptive ? nlohmann::json("auto")
+                                                                : nlohmann::json(o.engine.num_speculative_tokens);
+    j["acceptance_rate"] = rows[0]["acceptance_rate"];
+    j["mean_accepted_length"] = rows[0]["mean_accepted_length"];
+    j["speedup_vs_off"] = rows[0]["speedup_vs_off"];
+  }
+  if (!o.prompt_source.empty()) j["prompts"] = "file";
   if (o.json) std::printf("%s\n", j.dump(2).c_str());
   return j;
 }

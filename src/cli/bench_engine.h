@@ -15,6 +15,15 @@ struct EngineBenchOptions {
   std::vector<int64_t> concurrency = {1, 2, 4, 8, 16};
   int64_t prefix = 1000, suffix = 16;       // shared-prefix workload
   bool json = false;
+  // Throughput: prompts cut from this token stream (a tokenized text, --prompts-file) instead of
+  // random ids; request i takes the `prompt` tokens from i * prompt on (wrapping around).
+  std::vector<int32_t> prompt_source;
+  // Speculative decoding (engine's num_speculative_tokens > 0): the draft model when it proposes.
+  // Each concurrency then also runs with speculation off (no draft), alternating `reps` times
+  // (best of each kept), for speedup_vs_off.
+  Transformer* draft = nullptr;
+  std::string speculative = "off";
+  int reps = 1;
 };
 
 // Each returns the JSON object that --json prints (for --record).

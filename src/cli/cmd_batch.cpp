@@ -273,6 +273,7 @@ class BatchJob {
   const BatchOptions& o_;
   std::string model_dir_;
   LoadedModel lm_;
+  LoadedModel draft_;  // speculative decoding's draft model, when one proposes
   std::unique_ptr<Tokenizer> tok_;
   std::optional<ChatTemplate> chat_;
   serve::ModelInfo info_;
@@ -400,7 +401,10 @@ int BatchJob::run() {
   dflt.top_k = gd_.do_sample ? gd_.top_k : 0;
   dflt.min_p = gd_.do_sample ? gd_.min_p : 0.0f;
   dflt.repetition_penalty = gd_.repetition_penalty;
-  Engine engine(*lm_.model, tok_.get(), engine_config(o_.engine));
+  EngineConfig ec = engine_config(o_.engine);
+  if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
+    draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
+  Engine engine(*lm_.model, tok_.get(), ec, draft_.model.get());
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -450,6 +454,10 @@ int BatchJob::run() {
   std::fprintf(stderr, "gale batch: %lld results written to %s; prefix cache %lld/%lld prompt tokens, %lld preemptions\n",
                (long long)written_, o_.output.c_str(), (long long)st.prefix_cache_hit_tokens,
                (long long)st.prefix_cache_queried_tokens, (long long)st.preemptions);
+  if (ec.num_speculative_tokens > 0)
+    std::fprintf(stderr, "gale batch: speculative %s: %lld verifies, acceptance rate %.3f, mean accepted length %.2f, "
+                 "proposer %.2f s\n", info_.speculative.c_str(), (long long)st.spec_verifies, st.acceptance_rate(),
+                 st.mean_accepted_length(), st.spec_proposer_seconds);
   if (g_signal != 0) {
     std::fprintf(stderr, "gale batch: interrupted by signal %d with %lld requests unfinished; rerun the same command "
                  "to resume\n", int(g_signal), (long long)(queue.size() + running.size()));

@@ -2,7 +2,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -19,6 +22,7 @@
 #include "kernels/cpu/matmul_bf16.h"
 #include "model/model_loader.h"
 #include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
 
 namespace gale::cli {
 namespace {
@@ -37,6 +41,7 @@ struct BenchOptions {
   std::string concurrency = "1,2,4,8,16";
   int64_t prefix = 1000, suffix = 16;
   std::string record;  // --record: "" = kDefaultBenchRecord
+  std::string prompts_file;  // throughput: prompts cut from this text (tokenized) instead of random ids
 };
 
 // The activations' dtype as the flags leave it: a GPU runs bf16 whatever --dtype says.
@@ -129,6 +134,10 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   add_engine_options(sub, o->engine);
   sub->add_option("--requests", o->requests, "Engine modes: requests (default 32 throughput, 64 shared-prefix)");
   sub->add_option("--concurrency", o->concurrency, "throughput: max-num-seqs values to try (default 1,2,4,8,16)");
+  sub->add_option("--prompts-file", o->prompts_file,
+                  "throughput: cut the prompts from this text file (tokenized with the model's tokenizer) instead of "
+                  "random ids; speculative decoding needs real text to guess")
+      ->check(CLI::ExistingFile);
   sub->add_option("--prefix", o->prefix, "shared-prefix: shared tokens (default 1000)")->check(CLI::PositiveNumber);
   sub->add_option("--suffix", o->suffix, "shared-prefix: distinct tokens per request (default 16)")->check(CLI::PositiveNumber);
   sub->add_option("--record", o->record,
@@ -152,6 +161,24 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       EngineBenchOptions b;
       b.engine = engine_config(o->engine);
       b.json = o->json;
+      LoadedModel draft;
+      // Speculation only when --speculative is given: a plain bench run stays comparable with
+      // the records of earlier commits (and does not pay for the off run it would add).
+      if (o->mode == "throughput" && !o->engine.speculative.empty()) {
+        if (std::string dd = apply_speculation(o->engine, path, b.engine, &b.speculative); !dd.empty())
+          draft = load_model(dd, backend_options(o->model), load_options(o->model));
+        b.draft = draft.model.get();
+        b.reps = o->reps;
+      }
+      if (!o->prompts_file.empty()) {
+        if (lm.synthetic || !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json"))
+          throw gale::Error("--prompts-file needs the model's tokenizer.json");
+        std::ifstream in(o->prompts_file, std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        b.prompt_source = Tokenizer::load(path)->encode(ss.str(), /*add_special_tokens=*/false);
+        if (b.prompt_source.empty()) throw gale::Error("--prompts-file " + o->prompts_file + " holds no tokens");
+      }
       if (o->mode == "throughput") {
         b.requests = o->requests > 0 ? o->requests : 32;
         b.prompt = o->prompt;

@@ -74,15 +74,21 @@ void run_generate(const GenerateOptions& o) {
   // One request through the Engine (the same path as batch mode and the server).
   EngineConfig ec = engine_config(o.engine);
   ec.max_num_seqs = 1;
+  LoadedModel draft;  // speculative decoding's draft model, when one proposes
+  if (std::string dd = apply_speculation(o.engine, dir, ec); !dd.empty())
+    draft = load_model(dd, backend_options(o.model), load_options(o.model));
   if (o.engine.kv_cache_memory.empty()) {
     // Just what this request needs, and never more than the context: past it add_request
-    // refuses the request by name, so a huge -n must not first size (or wrap) the cache.
+    // refuses the request by name, so a huge -n must not first size (or wrap) the cache. A
+    // verify may write up to 16 positions past the last token (its proposals); a draft's block
+    // is paid for beside the target's.
     int64_t tokens = add_sat(int64_t(req.prompt.size()), o.n);
     if (int64_t ctx = context_limit(cfg); ctx > 0) tokens = std::min(tokens, ctx);
-    ec.kv_cache_bytes = mul_sat(add_sat(tokens, ec.block_size),
-                                int64_t(KVCache::bytes_per_token(cfg, lm.model->kv_dtype())));
+    int64_t per_token = int64_t(KVCache::bytes_per_token(cfg, lm.model->kv_dtype()));
+    if (draft.model) per_token += int64_t(KVCache::bytes_per_token(draft.model->config(), draft.model->kv_dtype()));
+    ec.kv_cache_bytes = mul_sat(add_sat(tokens, ec.block_size + kMaxSpeculativeTokens), per_token);
   }
-  Engine engine(*lm.model, tok.get(), ec);
+  Engine engine(*lm.model, tok.get(), ec, draft.model.get());
   struct {
     std::vector<int32_t> ids;
     std::string text, finish_reason;
@@ -125,6 +131,13 @@ void run_generate(const GenerateOptions& o) {
                     {"prefill_tokens_per_s", r.prefill_ms > 0 ? 1000.0 * double(r.prompt_tokens) / r.prefill_ms : 0.0},
                     {"decode_tokens_per_s",
                      r.decode_ms > 0 && n_gen > 1 ? 1000.0 * double(n_gen - 1) / r.decode_ms : 0.0}};
+    if (ec.num_speculative_tokens > 0) {
+      const EngineStats st = engine.stats();
+      j["speculative"] = {{"acceptance_rate", st.acceptance_rate()},
+                          {"mean_accepted_length", st.mean_accepted_length()},
+                          {"verifies", st.spec_verifies},
+                          {"proposer_seconds", st.spec_proposer_seconds}};
+    }
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     if (!tok) {  // no tokenizer: print ids
@@ -135,6 +148,11 @@ void run_generate(const GenerateOptions& o) {
                  (long long)r.prompt_tokens, (long long)n_gen, r.finish_reason.c_str(),
                  r.prefill_ms > 0 ? 1000.0 * double(r.prompt_tokens) / r.prefill_ms : 0.0,
                  r.decode_ms > 0 && n_gen > 1 ? 1000.0 * double(n_gen - 1) / r.decode_ms : 0.0);
+    if (ec.num_speculative_tokens > 0) {
+      const EngineStats st = engine.stats();
+      std::fprintf(stderr, "[speculative: %lld verifies, acceptance %.2f, mean accepted length %.2f]\n",
+                   (long long)st.spec_verifies, st.acceptance_rate(), st.mean_accepted_length());
+    }
   }
 }
 

@@ -104,7 +104,11 @@ void run_serve(ServeOptions& o) {
   info.defaults.min_p = gd.do_sample ? gd.min_p : 0.0f;
   info.defaults.repetition_penalty = gd.repetition_penalty;
 
-  Engine engine(*lm.model, tok.get(), engine_config(o.engine));
+  EngineConfig ec = engine_config(o.engine);
+  LoadedModel draft;  // speculative decoding's draft model, when one proposes
+  if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
+    draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  Engine engine(*lm.model, tok.get(), ec, draft.model.get());
   EngineAdapter adapter(engine);
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
   server.start();

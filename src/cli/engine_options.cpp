@@ -1,10 +1,14 @@
 #include "cli/engine_options.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
 
+#include <filesystem>
+
 #include "core/error.h"
+#include "runtime/token_proposer.h"
 
 namespace gale::cli {
 
@@ -19,6 +23,72 @@ void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs) {
                   "sequences need, at most 40% of available memory");
   sub->add_flag("--no-prefix-cache", o.no_prefix_cache, "Do not share KV blocks of common prompt prefixes");
   sub->add_option("--block-size", o.block_size, "Tokens per KV block (default 16)")->check(CLI::PositiveNumber);
+  sub->add_option("--speculative", o.speculative,
+                  "Speculative decoding: off, draft:DIR (a small model with the same tokenizer), ngram or suffix "
+                  "(default: the bundled draft model when the bundled model runs, else off)")
+      ->type_name("off|draft:DIR|ngram|suffix");
+  sub->add_option("--num-speculative-tokens", o.num_speculative_tokens,
+                  "Tokens proposed per request and step: K (1-" + std::to_string(kMaxSpeculativeTokens) +
+                      "), or auto (default): up to 4, chosen per step from the measured acceptance and step "
+                      "times, off when it would not pay")
+      ->type_name("K|auto");
+}
+
+namespace {
+
+// The same folder (the bundled model may be named by another path than the default's).
+bool same_dir(const std::string& a, const std::string& b) {
+  std::error_code ea, eb;
+  const auto ca = std::filesystem::weakly_canonical(a, ea), cb = std::filesystem::weakly_canonical(b, eb);
+  return !ea && !eb && ca == cb;
+}
+
+// The model-free proposers live on their own branch until merged; the build defines these
+// where their sources are in the tree (CMakeLists.txt).
+std::shared_ptr<TokenProposer> model_free_proposer(const std::string& name) {
+#ifdef GALE_HAVE_NGRAM_PROPOSER
+  if (name == "ngram") return make_ngram_proposer();
+#endif
+#ifdef GALE_HAVE_SUFFIX_PROPOSER
+  if (name == "suffix") return make_suffix_proposer();
+#endif
+  throw Error("--speculative " + name + ": this build has no " + name + " proposer");
+}
+
+}  // namespace
+
+std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
+                              std::string* name) {
+  const std::string& v = o.speculative;
+  int64_t k = 4;
+  const bool adaptive = o.num_speculative_tokens == "auto";
+  if (!adaptive) {
+    const std::string& t = o.num_speculative_tokens;
+    const bool digits = !t.empty() && t.size() <= 3 && std::all_of(t.begin(), t.end(), [](char c) { return std::isdigit(uint8_t(c)); });
+    k = digits ? std::stoll(t) : -1;
+    if (k < 1 || k > kMaxSpeculativeTokens)
+      throw Error("--num-speculative-tokens must be auto or in [1, " + std::to_string(kMaxSpeculativeTokens) +
+                  "] (got '" + t + "')");
+  }
+  std::string draft;
+  if (v.empty()) {  // the bundled pair: on; anything else: off
+    const std::filesystem::path bundled = std::filesystem::path(model_dir).parent_path() / "draft";
+    if (same_dir(model_dir, GALE_DEFAULT_MODEL_DIR) && std::filesystem::exists(bundled / "config.json"))
+      draft = bundled.string();
+  } else if (v.rfind("draft:", 0) == 0) {
+    draft = v.substr(6);
+    if (draft.empty() || !std::filesystem::exists(std::filesystem::path(draft) / "config.json"))
+      throw Error("--speculative " + v + ": no model (config.json) in '" + draft + "'");
+  } else if (v == "ngram" || v == "suffix") {
+    ec.proposer = model_free_proposer(v);
+  } else if (v != "off") {
+    throw Error("--speculative must be off, draft:DIR, ngram or suffix (got '" + v + "')");
+  }
+  const bool on = !draft.empty() || ec.proposer;
+  ec.num_speculative_tokens = on ? k : 0;
+  ec.speculative_adaptive = adaptive;
+  if (name) *name = !draft.empty() ? "draft:" + draft : on ? v : "off";
+  return draft;
 }
 
 int64_t parse_bytes(const std::string& s) {

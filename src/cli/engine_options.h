@@ -14,7 +14,19 @@ struct EngineOptions {
   std::string kv_cache_memory;   // bytes, or with a unit: 512MiB, 2GiB, 1.5GB ("" = default)
   bool no_prefix_cache = false;
   int64_t block_size = 16;
+  // Speculative decoding: off, draft:DIR, ngram or suffix ("" = the bundled draft when the
+  // bundled model runs, else off); K in [1, 16] or auto.
+  std::string speculative;
+  std::string num_speculative_tokens = "auto";
 };
+
+// What --speculative and --num-speculative-tokens ask for with the target in model_dir: sets ec's
+// speculation fields (and its model-free proposer) and returns the draft model's folder to load
+// and hand to the Engine ("" = none). `name` gets the proposer's name ("off", "draft:DIR",
+// "ngram", "suffix"), what a request's "speculative" field may repeat. Throws gale::Error for an
+// unknown value or K out of range.
+std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
+                              std::string* name = nullptr);
 
 // many_seqs: also --max-num-seqs (commands that run several requests at once).
 void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs = true);

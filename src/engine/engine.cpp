@@ -37,6 +37,8 @@
 #include "core/checked_math.h"
 #include "core/error.h"
 #include "runtime/scheduler.h"
+#include "runtime/spec_decode.h"
+#include "runtime/token_proposer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace gale {
@@ -127,6 +129,15 @@ struct Engine::Impl {
     int64_t cached_before = 0, cached_now = 0;
     int64_t rollback_pending = 0;    // tokens to roll back once the step in flight is collected
     std::vector<float> draft_logits;  // the draft's logits where its last returned token was sampled
+    // Speculative decoding: the draft's distributions q [num_spec, vocab] of the proposals in the
+    // step being run (sampled requests; greedy ones propose the draft's argmax, a point mass), and
+    // the generator the draft draws them with (its own, so the target's draws are undisturbed).
+    std::vector<float> spec_q;
+    std::unique_ptr<Rng> draft_rng;
+    // With speculation on, the draft's KV is right for this request's positions [0, draft_pos).
+    // It starts at 0 even after a prefix-cache hit (another request's blocks may never have had
+    // the draft run over them), so the first verify's catch-up covers the whole context.
+    int64_t draft_pos = 0;
   };
 
   // A scheduled step whose ids have not been collected yet.
@@ -139,14 +150,16 @@ struct Engine::Impl {
     std::vector<uint64_t> rollbacks;  // rollback()ed meanwhile: applied after the commit
     std::vector<float> draft_logits;  // the draft's logit rows of the step [sampled rows, vocab]
     std::string error;              // the forward pass threw: every scheduled sequence fails
+    double launch_seconds = 0;      // the launch (CPU: the whole forward), for the k model
   };
 
-  // One sampled token's output, built in two halves around the next launch.
+  // One sampled token's output (several with speculation), built in two halves around the next launch.
   struct Produced {
     Request* r = nullptr;
     RequestOutput o;
-    int32_t id = 0;
-    bool push = false;   // its text is still to be decoded (requests without stop strings)
+    std::vector<int32_t> ids;
+    std::vector<int32_t> push_ids;  // those whose text is still to be decoded (requests without stop strings)
+    bool push = false;
     bool flush = false;  // finished: release held-back text afterwards
   };
 
@@ -176,6 +189,18 @@ struct Engine::Impl {
   int64_t prof_steps = 0, prof_tokens = 0;
   double prof_schedule = 0, prof_launch = 0, prof_wait = 0, prof_book = 0, prof_text = 0;
   std::vector<int32_t> top_idx;
+  // Speculative decoding (null / 0 when off).
+  std::unique_ptr<SpecController> spec;
+  std::shared_ptr<TokenProposer> proposer;  // model-free; else the draft proposes
+  int64_t spec_verifies = 0, spec_proposed = 0, spec_accepted = 0, spec_k = 0;
+  double spec_seconds = 0;                  // proposing, in all
+  double step_proposer_seconds = 0;         // proposing, in the step being run
+  double step_round_seconds = 0;            // of which its rounds without a catch-up (the k model's cost)
+  uint64_t probe_turn = 0;
+  int64_t step_rounds = 0, step_batch = 0;  // proposer rounds in the step being run, for how many requests
+  std::vector<int32_t> spec_buf, spec_idx;
+  std::vector<double> spec_dist;
+  std::vector<float> spec_logits;
 
   Impl(Transformer& m, const Tokenizer* t, EngineConfig c, Transformer* d) : model(m), tok(t), cfg(c), draft(d) {
     static const bool env_overlap = [] {
@@ -257,6 +282,15 @@ struct Engine::Impl {
   void erase_request(std::unordered_map<uint64_t, std::unique_ptr<Request>>::iterator it,
                      std::unique_ptr<Request>* keep) {
     if (it->second->host_logits) --n_host_logits;
+    if (proposer) {
+      const Request& r = *it->second;
+      std::vector<int32_t> ctx(r.p.prompt);
+      ctx.insert(ctx.end(), r.out_ids.begin(), r.out_ids.end());
+      try {
+        proposer->finish(r.id, ctx);
+      } catch (...) {  // a proposer's failure only costs its proposals
+      }
+    }
     if (keep) *keep = std::move(it->second);
     reqs.erase(it);
   }
@@ -268,6 +302,10 @@ struct Engine::Impl {
     const auto t0 = clk::now();
     Flight f;
     f.serial = ++flight_serial;
+    step_proposer_seconds = 0;
+    step_rounds = step_batch = 0;
+    step_round_seconds = 0;
+    if (spec) propose();
     f.so = sched->schedule();
     const auto t1 = clk::now();
     auto note = [&](uint64_t id) {
@@ -277,11 +315,14 @@ struct Engine::Impl {
       r.cached_now = sched->num_cached_tokens(id);
     };
     for (const ScheduledSeq& s : f.so.seqs) note(s.id);
-    for (uint64_t id : f.so.preempted) note(id);
+    for (uint64_t id : f.so.preempted) note(id), reqs.at(id)->draft_pos = 0;
     // From here on the step is scheduled: whatever throws fails its sequences (collect() sees
     // f.error), never the engine.
     try {
+      if (spec && !proposer) draft_propose(f.so);
+      const auto tl = clk::now();
       launch(f);
+      f.launch_seconds = since(tl);
     } catch (...) {
       f.launched = false;
       f.error = current_error();
@@ -299,13 +340,21 @@ struct Engine::Impl {
       kv->copy_block(c.src, c.dst);
       if (draft_kv) draft_kv->copy_block(c.src, c.dst);
     }
-    std::vector<SeqStep> steps;
+    std::vector<SeqStep> steps, draft_steps;
     steps.reserve(f.so.seqs.size());
+    bool any_spec = false;
     for (const ScheduledSeq& s : f.so.seqs) {
       std::span<const int32_t> toks = sched->tokens(s.id);
       // rope_len: every known token, so the chunks of one prompt rotate alike ("dynamic" RoPE).
+      // A verify chunk wants logits at each position: the last accepted token's and each proposal's.
       steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
-                       s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None, int64_t(toks.size())});
+                       s.num_spec > 0 ? SeqStep::Logits::All : s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None,
+                       int64_t(toks.size())});
+      any_spec = any_spec || s.num_spec > 0;
+      // Speculation on: the draft's KV only has to be right where it proposes from, so it runs
+      // only in draft_propose(), whose first round catches up from where it stopped; a step (or
+      // a request) that does not speculate does not pay for the draft.
+      if (draft && !spec) draft_steps.push_back(steps.back());
     }
     // When every sequence sampled in this step is plain greedy without logprobs, only the argmax
     // of each row is needed: the backend computes it where the logits are (on a GPU they never
@@ -318,6 +367,9 @@ struct Engine::Impl {
       greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
       on_device = on_device && r.p.top_logprobs < 0;
     }
+    // A verify needs each position's full distribution (speculative sampling) unless greedy:
+    // the device's one draw per row is not enough.
+    if (any_spec) on_device = false;
     f.path = greedy ? Flight::Path::Greedy : on_device ? Flight::Path::Device : Flight::Path::Host;
     if (!steps.empty()) {
       if (f.path == Flight::Path::Greedy) {
@@ -334,9 +386,9 @@ struct Engine::Impl {
       }
       // The draft fills its cache over the same tokens and blocks. Once the target's launch has
       // returned, a failure here must still let collect() wait for it: it fails the step there.
-      if (draft) {
+      if (draft && !draft_steps.empty()) {
         try {
-          draft->forward(steps, *draft_kv, f.draft_logits);
+          draft->forward(draft_steps, *draft_kv, f.draft_logits);
         } catch (...) {
           f.error = current_error();
         }
@@ -360,15 +412,18 @@ struct Engine::Impl {
     if (!f.error.empty()) return fail_step(f);
     sched->commit(f.so);
     for (uint64_t id : f.aborted) sched->finish(id);
-    size_t row = 0;
+    size_t row = 0, drow = 0;
     for (const ScheduledSeq& s : f.so.seqs) {
       if (!s.sample) continue;
-      const size_t at = row++;
+      const size_t at = row;
+      row += size_t(1 + s.num_spec);  // a verify has a row per position
+      const size_t dat = s.num_spec > 0 ? SIZE_MAX : drow++;
       auto it = reqs.find(s.id);
       if (it == reqs.end()) continue;  // aborted while in flight: its token is dropped
       Request& r = *it->second;
       if (r.rollback_pending > 0) {  // rolled back while in flight: its token is dropped too
         try {
+          if (s.num_spec > 0) sched->rollback(r.id, s.num_spec);  // unverified proposals go first
           const int32_t dropped = token_of(r, f.path, at);
           apply_rollback(r, &dropped);
         } catch (...) {
@@ -376,18 +431,21 @@ struct Engine::Impl {
         }
         continue;
       }
-      if (draft) {
+      if (draft && !spec && dat != SIZE_MAX) {
         const size_t V = size_t(model.config().vocab_size);
-        r.draft_logits.assign(f.draft_logits.begin() + ptrdiff_t(at * V), f.draft_logits.begin() + ptrdiff_t((at + 1) * V));
+        r.draft_logits.assign(f.draft_logits.begin() + ptrdiff_t(dat * V), f.draft_logits.begin() + ptrdiff_t((dat + 1) * V));
+      } else if (draft) {
+        r.draft_logits.clear();
       }
       Produced d;
       d.r = &r;
       const char* reason = nullptr;
       try {
-        reason = advance(r, f.path, at, d);
+        reason = s.num_spec > 0 ? verify(r, f.path, at, s, d) : advance(r, f.path, at, d);
       } catch (...) {  // this request's own work failed: it alone ends
         d.o = output_of(r);
         d.push = d.flush = false;
+        d.push_ids.clear();
         set_error(d.o, current_error());
         reason = "error";
       }
@@ -401,6 +459,10 @@ struct Engine::Impl {
       produced.push_back(std::move(d));
     }
     apply_rollbacks(f);
+    if (spec) {
+      spec->observe_step(f.so.num_batched_tokens, f.launch_seconds + std::chrono::duration<double>(t1 - t0).count());
+      spec->observe_proposer(step_batch, step_rounds, step_round_seconds);
+    }
     if (profile) {
       prof_steps += 1;
       prof_tokens += f.so.num_batched_tokens;
@@ -433,6 +495,8 @@ struct Engine::Impl {
     r.sampler->rollback(gone);
     r.out_ids.resize(r.out_ids.size() - size_t(n));
     r.draft_logits.clear();
+    const int64_t left = int64_t(sched->tokens(r.id).size()) - (n + 1);
+    if (r.draft_pos > left) r.draft_pos = left;
     sched->rollback(r.id, n + 1);
     sched->append_token(r.id, r.out_ids.empty() ? r.p.prompt.back() : r.out_ids.back());
   }
@@ -467,10 +531,19 @@ struct Engine::Impl {
   // max_tokens; returns the finish reason, or null when it runs on (its token appended).
   const char* advance(Request& r, Flight::Path path, size_t at, Produced& d) {
     const int32_t id = token_of(r, path, at);
+    d.o = output_of(r);
+    const char* reason = take_token(r, id, d);
+    d.o.completion_tokens = int64_t(r.out_ids.size());
+    if (!reason) sched->append_token(r.id, id);
+    return reason;
+  }
+
+  // Records a token the request produced (the logits it came from in `raw` when it wants
+  // logprobs) and applies eos, stop strings and max_tokens; returns the finish reason, or null.
+  const char* take_token(Request& r, int32_t id, Produced& d) {
     r.out_ids.push_back(id);
     ++generation_tokens_total;
-    d.id = id;
-    d.o = output_of(r);
+    d.ids.push_back(id);
     d.o.new_ids.push_back(id);
     if (r.p.top_logprobs >= 0) d.o.logprobs.push_back(logprob_of(raw, id, r.p.top_logprobs));
     const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
@@ -480,12 +553,183 @@ struct Engine::Impl {
     }
     if (r.max_stop > 0 && push_text(r, id, d.o)) return "stop";  // a stop string (text cut before it)
     d.push = r.max_stop == 0;
+    if (d.push) d.push_ids.push_back(id);
     if (int64_t(r.out_ids.size()) >= r.p.max_tokens) {
       d.flush = true;
       return "length";
     }
-    sched->append_token(r.id, id);
     return nullptr;
+  }
+
+  // A verify (speculative decoding): rows at..at+k hold the target's logits (or, on the greedy
+  // path, argmaxes) after the last accepted token and after each of the k proposals. Takes the
+  // accepted proposals and the target's token after them (runtime/spec_decode.h), one at a time
+  // so eos, stop strings and max_tokens cut where plain decoding would; then rolls the rejected
+  // proposals back in the scheduler (their KV is overwritten when the sequence gets there) and
+  // appends the target's token, as a decode step would have.
+  const char* verify(Request& r, Flight::Path path, size_t at, const ScheduledSeq& s, Produced& d) {
+    const int64_t k = s.num_spec;
+    const size_t V = size_t(model.config().vocab_size);
+    std::span<const int32_t> toks = sched->tokens(r.id);
+    const std::vector<int32_t> props(toks.begin() + s.start_pos + 1, toks.begin() + s.start_pos + 1 + k);
+    d.o = output_of(r);
+    const char* reason = nullptr;
+    int64_t accepted = 0;
+    int32_t last = 0;
+    for (int64_t i = 0; i <= k; ++i) {
+      const int32_t prop = i < k ? props[size_t(i)] : -1;
+      bool ok = false;
+      if (path != Flight::Path::Host) {  // plain greedy: the device's argmax is the target's token
+        last = device_ids[at + size_t(i)];
+        ok = prop >= 0 && last == prop;
+        r.sampler->accept(last);
+      } else {
+        std::span<float> lg(logits.data() + (at + size_t(i)) * V, V);
+        if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
+        std::span<const float> q;
+        if (prop >= 0 && !r.spec_q.empty()) q = std::span<const float>(r.spec_q).subspan(size_t(i) * V, V);
+        last = verify_token(*r.sampler, lg, prop, q, &ok);
+      }
+      if (ok) ++accepted;
+      reason = take_token(r, last, d);
+      if (reason || !ok) break;
+    }
+    d.o.completion_tokens = int64_t(r.out_ids.size());
+    ++spec_verifies;
+    spec_proposed += k;
+    spec_accepted += accepted;
+    spec->observe_verify(k, accepted);
+    if (!reason) {
+      sched->rollback(r.id, k - accepted);
+      sched->append_token(r.id, last);
+      r.draft_pos = std::min(r.draft_pos, s.start_pos + 1 + accepted);  // the rejected positions' KV is stale
+    }
+    return reason;
+  }
+
+  // Before schedule(): proposals for the requests that decode next (k from the controller).
+  // The draft's tokens are placeholders until draft_propose() runs after the schedule.
+  void propose() {
+    std::vector<Request*> cands;
+    for (auto& [id, r] : reqs)
+      if (r->p.speculative && r->rollback_pending == 0 && sched->can_propose(id)) cands.push_back(r.get());
+    if (cands.empty()) return;
+    // Deterministic order (the map's is not): the draft's batch, hence its numerics, and the
+    // proposer's calls do not depend on hashing.
+    std::sort(cands.begin(), cands.end(), [](const Request* a, const Request* b) { return a->id < b->id; });
+    const int64_t k = spec->choose_k(int64_t(cands.size()));
+    spec_k = k;
+    if (k == 0) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int32_t V = int32_t(model.config().vocab_size);
+    // A probe (speculation off, acceptance to refresh) needs one request, not the batch; each
+    // probe takes the next one, so a request with proposals to spare is not always passed over.
+    if (spec->probing()) {
+      Request* one = cands[size_t(probe_turn++ % cands.size())];
+      cands.assign(1, one);
+    }
+    for (Request* r : cands) {
+      // A verify returns up to k + 1 tokens: no proposal past max_tokens.
+      const int64_t kk = std::min(k, r->p.max_tokens - int64_t(r->out_ids.size()) - 1);
+      if (kk <= 0) continue;
+      spec_buf.clear();
+      std::span<const int32_t> ctx = sched->tokens(r->id);
+      if (proposer) {
+        try {
+          proposer->propose(r->id, ctx, kk, spec_buf);
+        } catch (...) {  // a proposer's failure only costs its proposals
+          spec_buf.clear();
+        }
+        if (int64_t(spec_buf.size()) > kk) spec_buf.resize(size_t(kk));
+        // A proposer's bad id must not reach the model: drop the proposal from there on.
+        auto bad = std::find_if(spec_buf.begin(), spec_buf.end(), [&](int32_t t) { return t < 0 || t >= V; });
+        spec_buf.erase(bad, spec_buf.end());
+        r->spec_q.clear();
+      } else {
+        spec_buf.assign(size_t(kk), ctx.back());  // placeholders
+      }
+      if (!spec_buf.empty()) sched->propose(r->id, spec_buf), ++step_batch;
+    }
+    const double secs = since(t0);
+    step_proposer_seconds += secs;
+    spec_seconds += secs;
+    if (proposer) step_rounds += k, step_round_seconds += secs;
+  }
+
+  // After schedule(): the draft model proposes for the scheduled verifies, k single-token
+  // rounds batched over the requests (its KV at the chunk's positions, in the blocks the
+  // schedule gave them), drawing each proposal from its distribution q, kept for verify().
+  void draft_propose(const SchedulerOutput& so) {
+    std::vector<const ScheduledSeq*> vs;
+    int64_t kmax = 0;
+    for (const ScheduledSeq& s : so.seqs)
+      if (s.num_spec > 0) vs.push_back(&s), kmax = std::max(kmax, s.num_spec);
+    if (vs.empty()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const size_t V = size_t(model.config().vocab_size);
+    std::vector<SeqStep> steps;
+    std::vector<const ScheduledSeq*> in;
+    for (const ScheduledSeq* s : vs) {
+      Request& r = *reqs.at(s->id);
+      r.spec_q.clear();
+      if (r.sampler->params().temperature > 0) {
+        r.spec_q.resize(size_t(s->num_spec) * V);
+        if (!r.draft_rng) r.draft_rng = std::make_unique<Rng>(r.p.sampling.seed ^ 0xD1B54A32D192ED03ull);
+      }
+    }
+    for (int64_t j = 0; j < kmax; ++j) {
+      steps.clear();
+      in.clear();
+      const auto tr = std::chrono::steady_clock::now();
+      bool catchup = false;  // a round 0 over more than the usual two tokens
+      for (const ScheduledSeq* s : vs) {
+        if (s->num_spec <= j) continue;
+        std::span<const int32_t> toks = sched->tokens(s->id);
+        // Round 0 also catches up over the decodes the draft skipped (draft_pos..start_pos).
+        const Request& r = *reqs.at(s->id);
+        const int64_t from = j == 0 ? std::clamp<int64_t>(r.draft_pos, 0, s->start_pos) : s->start_pos + j;
+        catchup = catchup || from < s->start_pos - 1;
+        // (rope_len 0: speculation refuses "dynamic" RoPE, the only user of it.)
+        steps.push_back({toks.subspan(size_t(from), size_t(s->start_pos + j + 1 - from)), from, s->block_table,
+                         SeqStep::Logits::Last, 0});
+        in.push_back(s);
+      }
+      draft->forward(steps, *draft_kv, spec_logits);
+      for (size_t i = 0; i < in.size(); ++i) {
+        Request& r = *reqs.at(in[i]->id);
+        std::span<float> row(spec_logits.data() + i * V, V);
+        int32_t t;
+        if (r.spec_q.empty()) {
+          t = argmax(row);
+        } else {
+          // q: the target's sampling transform without its penalties (any q keeps the output
+          // exact; the closer to p, the more is accepted).
+          SamplingParams qp = r.sampler->params();
+          qp.repetition_penalty = 1.0f;
+          qp.presence_penalty = qp.frequency_penalty = 0.0f;
+          token_distribution(qp, {}, {}, {}, row, spec_idx, spec_dist);
+          double u = r.draft_rng->uniform() , acc = 0;
+          t = -1;
+          float* q = r.spec_q.data() + size_t(j) * V;
+          for (size_t v = 0; v < V; ++v) {
+            q[v] = float(spec_dist[v]);
+            acc += spec_dist[v];
+            if (t < 0 && spec_dist[v] > 0 && u < acc) t = int32_t(v);
+          }
+          if (t < 0) t = argmax(std::span<const float>(q, V));
+        }
+        sched->set_token(in[i]->id, in[i]->start_pos + 1 + j, t);
+      }
+      // The controller's cost of a round leaves catch-ups out: they are paid once per stretch
+      // the draft skipped, not per proposal (counted in, they turned speculation off for good).
+      if (!catchup) step_round_seconds += since(tr), ++step_rounds;
+    }
+    // Its KV now holds every position but the last proposal's, which the next round 0 catches
+    // up (when accepted) in one chunk with the token after it, cheaper than a pass of its own.
+    for (const ScheduledSeq* s : vs) reqs.at(s->id)->draft_pos = s->start_pos + s->num_spec;
+    const double secs = since(t0);
+    step_proposer_seconds += secs;
+    spec_seconds += secs;
   }
 
   static void set_error(RequestOutput& o, const std::string& what) {
@@ -534,7 +778,8 @@ struct Engine::Impl {
     for (Produced& d : produced) {
       Request& r = *d.r;
       try {
-        if (d.push) push_text(r, d.id, d.o);
+        if (d.push)
+          for (int32_t id : d.push_ids) push_text(r, id, d.o);
         if (d.flush && r.stream) {  // release held-back and incomplete trailing text
           r.text += r.stream->flush();
           emit_upto(r, r.text.size(), d.o);
@@ -619,6 +864,23 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Trans
   sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic &&
                     !(draft && draft->config().rope.type == RopeType::Dynamic);
   impl_->sched = std::make_unique<Scheduler>(sc);
+  if (cfg.num_speculative_tokens < 0 || cfg.num_speculative_tokens > kMaxSpeculativeTokens)
+    throw Error("--num-speculative-tokens must be in [0, " + std::to_string(kMaxSpeculativeTokens) + "] (got " +
+                std::to_string(cfg.num_speculative_tokens) + ")");
+  if (cfg.num_speculative_tokens > 0) {
+    if (!draft && !cfg.proposer)
+      throw Error("speculative decoding needs a proposer: a draft model or a model-free one (ngram, suffix)");
+    if (draft && cfg.proposer)
+      throw Error("speculative decoding takes one proposer: a draft model or a model-free one, not both");
+    // Verify chunks would rotate by another length than the plain decode steps.
+    if (mc.rope.type == RopeType::Dynamic)
+      throw Error("speculative decoding does not support \"dynamic\" RoPE scaling (the model's rope_scaling)");
+    SpecControllerConfig scc;
+    scc.k_max = cfg.num_speculative_tokens;
+    scc.adaptive = cfg.speculative_adaptive;
+    impl_->spec = std::make_unique<SpecController>(scc);
+    impl_->proposer = cfg.proposer;
+  }
 }
 
 Engine::~Engine() {
@@ -747,6 +1009,11 @@ EngineStats Engine::stats() const {
   e.prompt_tokens_total = impl_->prompt_tokens_total;
   e.generation_tokens_total = impl_->generation_tokens_total;
   e.steps_launched_ahead = impl_->steps_ahead;
+  e.spec_verifies = impl_->spec_verifies;
+  e.spec_proposed_tokens = impl_->spec_proposed;
+  e.spec_accepted_tokens = impl_->spec_accepted;
+  e.spec_proposer_seconds = impl_->spec_seconds;
+  e.spec_k = impl_->spec_k;
   return e;
 }
 

@@ -17,6 +17,10 @@
 namespace gale {
 
 class Tokenizer;
+class TokenProposer;
+
+// Proposals per request and step at most (--num-speculative-tokens).
+constexpr int64_t kMaxSpeculativeTokens = 16;
 
 // Limits on EngineConfig: KV block ids are int32, and a block of more tokens than this is no
 // use to any context (vLLM's largest is 256).
@@ -37,6 +41,16 @@ struct EngineConfig {
   // the device's (engine.cpp says how). GALE_OVERLAP=0 in the environment turns it off for
   // every engine (A/B runs); outputs are the same either way.
   bool overlap = true;
+  // Speculative decoding (ARCHITECTURE.md, "Speculative decoding"): up to this many proposed
+  // tokens per request and step, verified in one target forward; 0 = off. The proposer is
+  // `proposer` when set (model-free: ngram, suffix), else the draft model given to the
+  // constructor (one of the two is required when this is > 0, and not both).
+  int64_t num_speculative_tokens = 0;
+  // true (--num-speculative-tokens auto): k in [0, num_speculative_tokens] chosen per step from
+  // the measured acceptance rate, step times and batch size, 0 when it would not pay; false:
+  // always num_speculative_tokens (as far as max_tokens leaves room).
+  bool speculative_adaptive = true;
+  std::shared_ptr<TokenProposer> proposer;
 };
 
 struct RequestParams {
@@ -48,6 +62,7 @@ struct RequestParams {
   std::vector<std::string> stop;    // stop strings: never emitted, honoured across tokens
   int priority = 0;                 // lower runs first (FCFS within a priority)
   int top_logprobs = -1;            // -1: no logprobs; k >= 0: the chosen token's + top k
+  bool speculative = true;          // false: never speculates ("speculative": "off" per request)
 };
 
 struct TokenLogprob {
@@ -80,18 +95,34 @@ struct EngineStats {
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   int64_t computed_tokens = 0;          // tokens run through the model (prefill, decode, recompute)
   int64_t steps_launched_ahead = 0;     // steps launched before the previous one's outputs (overlap)
+  // Speculative decoding: a verify is one request's chunk of proposals in one step.
+  int64_t spec_verifies = 0;
+  int64_t spec_proposed_tokens = 0, spec_accepted_tokens = 0;
+  double spec_proposer_seconds = 0;     // wall time proposing (draft forwards or model-free lookups)
+  int64_t spec_k = 0;                   // k chosen for the last step that could speculate
+  double acceptance_rate() const {      // accepted / proposed (0 before the first verify)
+    return spec_proposed_tokens > 0 ? double(spec_accepted_tokens) / double(spec_proposed_tokens) : 0.0;
+  }
+  double mean_accepted_length() const {  // tokens returned per verify: accepted proposals + the target's token
+    return spec_verifies > 0 ? 1.0 + double(spec_accepted_tokens) / double(spec_verifies) : 0.0;
+  }
 };
 
 class Engine {
  public:
-  // draft: a second model beside the target (speculative decoding's seam; nothing proposes with
-  // it yet). It must share the target's vocabulary (tokenizer) and context. It gets a KV cache
+  // draft: a second model beside the target, the proposer of speculative decoding when
+  // cfg.num_speculative_tokens > 0 and no model-free proposer is set. It must share the target's vocabulary (tokenizer) and context. It gets a KV cache
   // of its own with the same number of blocks of the same size, indexed by the same block
   // tables: one scheduler, one block pool and one prefix cache serve both, so a block allocated,
   // shared, copied, rolled back or freed is so in both caches, and the KV budget covers a block
   // of each. For that to be sound the draft runs over every token the target runs over: each
   // step's forward is run by the draft too (after the target's launch, synchronously), and
-  // draft_logits() keeps its logits where the target sampled.
+  // draft_logits() keeps its logits where the target sampled. With speculation on, the draft
+  // instead runs only when it proposes, first catching up over what it has not seen (so a step
+  // that does not speculate does not pay for it), and draft_logits() is empty. It runs k
+  // single-token steps per verify before the target's forward, writing its KV at the chunk's
+  // positions (the scheduler has allocated their blocks by then); the rejected positions are
+  // rolled back with the target's, and rewritten when the sequence gets there again.
   Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg = {}, Transformer* draft = nullptr);
   ~Engine();
   Engine(const Engine&) = delete;
@@ -113,6 +144,9 @@ class Engine {
   // down accordingly. Throws gale::Error for an unknown or finished id, n out of range, a request
   // whose text is streamed (an engine with a tokenizer: returned text cannot be taken back), and
   // n equal to every generated token of a one-token prompt (the scheduler keeps one token).
+  // With speculative decoding a sampled request's generator is not rewound to the plain run's
+  // draws (verification draws one or two uniforms per position): the continuation is a valid
+  // draw from the same distribution, not the uninterrupted run's tokens.
   void rollback(uint64_t id, int64_t n);
   // Returns what one scheduler step produced. With overlap, it also launches the next step
   // before returning, so a request added now joins the step after that one.

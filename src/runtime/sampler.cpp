@@ -71,10 +71,17 @@ void Sampler::accept(int32_t id) {
   out_counts_[at] += 1;
 }
 
-int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
-                     std::span<const int32_t> out_counts, double u, std::span<float> logits,
-                     std::vector<int32_t>& idx) {
+namespace {
+
+// Penalties, then (when sampling) temperature, top-k, top-p and min-p: what sample_token and
+// token_distribution share. Greedy: returns the argmax of the penalized logits and n = 0.
+// Sampling: idx[0, n) are the kept candidates, best first, and prob[0, n) their weights
+// (normalized before the top-p / min-p cuts, so they sum to at most 1); returns -1.
+int32_t filter_logits(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                      std::span<const int32_t> out_counts, std::span<float> logits, std::vector<int32_t>& idx,
+                      std::vector<double>& prob, size_t& n) {
   const int32_t V = int32_t(logits.size());
+  n = 0;
   // Penalties first, on raw logits (transformers' and vLLM's order).
   if (p.repetition_penalty != 1.0f) {
     for (int32_t id : seen) {
@@ -98,7 +105,7 @@ int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std
   auto by_logit = [&](int32_t a, int32_t b) {
     return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
   };
-  size_t n = size_t(V);
+  n = size_t(V);
   if (p.top_k > 0 && size_t(p.top_k) < n) {
     std::partial_sort(idx.begin(), idx.begin() + p.top_k, idx.end(), by_logit);
     n = size_t(p.top_k);
@@ -106,10 +113,10 @@ int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std
     std::sort(idx.begin(), idx.end(), by_logit);
   }
   const float m = logits[size_t(idx[0])];
-  std::vector<double> prob(n);
+  prob.resize(n);
   double sum = 0;
   for (size_t i = 0; i < n; ++i) sum += (prob[i] = std::exp(double(logits[size_t(idx[i])] - m)));
-  for (auto& q : prob) q /= sum;
+  for (size_t i = 0; i < n; ++i) prob[i] /= sum;
   if (p.top_p < 1.0f) {  // smallest prefix whose mass reaches top_p
     double cum = 0;
     size_t keep = n;
@@ -125,6 +132,17 @@ int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std
     while (keep < n && prob[keep] >= cut) ++keep;
     n = keep;
   }
+  return -1;
+}
+
+}  // namespace
+
+int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                     std::span<const int32_t> out_counts, double u, std::span<float> logits,
+                     std::vector<int32_t>& idx) {
+  std::vector<double> prob;
+  size_t n = 0;
+  if (int32_t g = filter_logits(p, seen, out_ids, out_counts, logits, idx, prob, n); g >= 0) return g;
   double total = 0;
   for (size_t i = 0; i < n; ++i) total += prob[i];
   double r = u * total;
@@ -134,6 +152,22 @@ int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std
     if (r < 0) { chosen = idx[i]; break; }
   }
   return chosen;
+}
+
+void token_distribution(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                        std::span<const int32_t> out_counts, std::span<float> logits, std::vector<int32_t>& idx,
+                        std::vector<double>& dist) {
+  std::vector<double> prob;
+  size_t n = 0;
+  const int32_t g = filter_logits(p, seen, out_ids, out_counts, logits, idx, prob, n);
+  dist.assign(logits.size(), 0.0);
+  if (g >= 0) {
+    dist[size_t(g)] = 1.0;
+    return;
+  }
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += prob[i];
+  for (size_t i = 0; i < n; ++i) dist[size_t(idx[i])] = prob[i] / total;
 }
 
 int32_t Sampler::sample(std::span<float> logits) {

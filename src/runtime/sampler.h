@@ -81,6 +81,14 @@ int32_t sample_token(const SamplingParams& p, std::span<const int32_t> seen, std
                      std::span<const int32_t> out_counts, double u, std::span<float> logits,
                      std::vector<int32_t>& idx);
 
+// The distribution sample_token draws from, dense over the vocabulary: dist[id] = probability
+// of id after penalties, temperature, top-k, top-p and min-p (renormalized); greedy: 1 at the
+// argmax of the penalized logits. logits are modified in place as by sample_token. Speculative
+// decoding's acceptance (runtime/spec_decode.h) compares it with the proposer's.
+void token_distribution(const SamplingParams& p, std::span<const int32_t> seen, std::span<const int32_t> out_ids,
+                        std::span<const int32_t> out_counts, std::span<float> logits, std::vector<int32_t>& idx,
+                        std::vector<double>& dist);
+
 // Index of the largest value; the first one on ties (as torch.argmax).
 int32_t argmax(std::span<const float> v);
 

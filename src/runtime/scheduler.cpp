@@ -70,6 +70,7 @@ void Scheduler::preempt(Seq& s, SchedulerOutput& out) {
     pending_copy_src_.erase(std::find(pending_copy_src_.begin(), pending_copy_src_.end(), out.copies[i].src));
     out.copies.erase(out.copies.begin() + std::ptrdiff_t(i));
   }
+  drop_proposals(s);
   release_blocks(s);  // its full blocks stay in the prefix cache: the recompute may find them
   running_.erase(rank(s));
   waiting_.insert(rank(s));
@@ -132,6 +133,7 @@ SchedulerOutput Scheduler::schedule() {
     ss.num_tokens = n;
     ss.block_table = s.blocks;
     ss.sample = s.num_computed + n == int64_t(s.tokens.size());
+    ss.num_spec = s.num_spec;
     out.seqs.push_back(std::move(ss));
     s.in_step = true;
     scheduled.insert(s.id);
@@ -168,8 +170,13 @@ SchedulerOutput Scheduler::schedule() {
   for (uint64_t id : order) {
     if (budget <= 0) break;
     Seq& s = seqs_.at(id);
-    if (!s.running || int64_t(s.tokens.size()) - s.num_computed != 1) continue;
-    if (grow(s, 1)) emit(s, 1, true);
+    if (!s.running || int64_t(s.tokens.size()) - s.num_computed - s.num_spec != 1) continue;
+    if (1 + s.num_spec > budget) {  // the budget takes only part of the proposals
+      const int64_t cut = 1 + s.num_spec - budget;
+      s.tokens.resize(s.tokens.size() - size_t(cut));
+      s.num_spec -= cut;
+    }
+    if (grow(s, 1 + s.num_spec)) emit(s, 1 + s.num_spec, true);
   }
   // 2. Prefill chunks of running sequences.
   for (uint64_t id : order) {
@@ -214,12 +221,20 @@ SchedulerOutput Scheduler::schedule() {
     s.running = true;
     emit(s, n, false);
   }
+  for (uint64_t id : order)  // proposals of sequences this step left out are void
+    if (auto it = seqs_.find(id); it != seqs_.end() && !scheduled.count(id)) drop_proposals(it->second);
   stats_.computed_tokens += out.num_batched_tokens;
   return out;
 }
 
-void Scheduler::insert_full_blocks(Seq& s) {
-  const int64_t full = s.num_computed / cfg_.block_size;
+void Scheduler::drop_proposals(Seq& s) {
+  GALE_ASSERT(!s.in_step);
+  s.tokens.resize(s.tokens.size() - size_t(s.num_spec));
+  s.num_spec = 0;
+}
+
+void Scheduler::insert_full_blocks(Seq& s, int64_t upto) {
+  const int64_t full = upto / cfg_.block_size;
   if (!cache_ || full <= s.num_inserted) return;
   const int64_t bs = cfg_.block_size;
   std::span<const int32_t> toks =
@@ -237,13 +252,35 @@ void Scheduler::commit(const SchedulerOutput& out) {
     GALE_ASSERT(s.running && s.in_step && s.num_computed == ss.start_pos);
     s.in_step = false;
     s.num_computed += ss.num_tokens;
-    insert_full_blocks(s);
+    // Proposals are computed now but may be rolled back: their blocks wait for a later commit.
+    insert_full_blocks(s, s.num_computed - s.num_spec);
+    s.num_spec = 0;
   }
   for (int32_t b : pending_copy_src_) pool_.release(b);
   pending_copy_src_.clear();
 }
 
 void Scheduler::append_token(uint64_t id, int32_t token) { seqs_.at(id).tokens.push_back(token); }
+
+bool Scheduler::can_propose(uint64_t id) const {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return false;
+  const Seq& s = it->second;
+  return s.running && !s.in_step && s.num_spec == 0 && int64_t(s.tokens.size()) - s.num_computed == 1;
+}
+
+void Scheduler::propose(uint64_t id, std::span<const int32_t> tokens) {
+  GALE_ASSERT(can_propose(id));
+  Seq& s = seqs_.at(id);
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  s.num_spec = int64_t(tokens.size());
+}
+
+void Scheduler::set_token(uint64_t id, int64_t pos, int32_t token) {
+  Seq& s = seqs_.at(id);
+  GALE_ASSERT(pos >= s.num_computed && pos < int64_t(s.tokens.size()));
+  s.tokens[size_t(pos)] = token;
+}
 
 void Scheduler::rollback(uint64_t id, int64_t n) {
   auto it = seqs_.find(id);

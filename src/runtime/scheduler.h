@@ -17,6 +17,14 @@
 // The caller runs the step (copies, then one forward over `seqs`), then commit(), then
 // append_token()/finish() for the sequences whose `sample` was set.
 //
+// Proposals (speculative decoding): propose(id, tokens) appends guessed tokens to a decoding
+// sequence; its next decode is then a chunk of 1 + k tokens (ScheduledSeq::num_spec), trimmed to
+// the token budget, or dropped when the sequence is not scheduled in that step or is preempted
+// (so proposals never outlive the step they were made for, and a recompute never sees them).
+// Blocks holding proposals enter the prefix cache only at a later commit, after the caller has
+// rolled the rejected ones back (rollback(id, rejected) then append_token()), so a rejection
+// never lands inside a cached block (which would cost a recompute of its leading tokens).
+//
 // Rollback (speculative decoding's seam): rollback(id, n) removes a sequence's last n tokens as
 // if they had never been appended. It may be called for any sequence that is not in a step
 // scheduled and not yet committed: between commit() and the next schedule() for running ones,
@@ -51,6 +59,9 @@ struct ScheduledSeq {
   int64_t num_tokens = 0;            // computed this step: tokens[start_pos, start_pos + num_tokens)
   std::vector<int32_t> block_table;  // covers start_pos + num_tokens positions
   bool sample = false;               // the chunk ends at the last known token: sample from its logits
+  // Speculative decoding: the chunk's last num_spec tokens are proposals (the chunk is the last
+  // accepted token and them): the caller needs logits at each of its 1 + num_spec positions.
+  int64_t num_spec = 0;
 };
 
 struct BlockCopy {
@@ -87,6 +98,14 @@ class Scheduler {
   void commit(const SchedulerOutput& out);
   // A token was sampled for the sequence: it is computed in a later step.
   void append_token(uint64_t id, int32_t token);
+  // True when the sequence runs, is in no step, holds no proposals and has exactly one token to
+  // compute (a decode): propose() may be called.
+  bool can_propose(uint64_t id) const;
+  // Appends proposals (can_propose(id) must hold) for the next schedule() (see the top).
+  void propose(uint64_t id, std::span<const int32_t> tokens);
+  // Replaces the not yet computed token at position pos (a placeholder proposal, filled once the
+  // step's blocks are known: the draft model writes its KV there while proposing).
+  void set_token(uint64_t id, int64_t pos, int32_t token);
   // Finished or aborted (running or waiting): releases its blocks (cached ones stay cached).
   void finish(uint64_t id);
   // Removes the last n tokens (0 <= n < its length: at least one token stays; the scheduler
@@ -131,6 +150,7 @@ class Scheduler {
     int64_t num_preemptions = 0;
     bool running = false;
     bool in_step = false;  // scheduled, not yet committed
+    int64_t num_spec = 0;  // trailing tokens that are proposals (see propose())
   };
   using Rank = std::tuple<int, uint64_t, uint64_t>;  // (priority, arrival, id)
   static Rank rank(const Seq& s) { return {s.priority, s.arrival, s.id}; }
@@ -142,7 +162,10 @@ class Scheduler {
   // Extends s's computed prefix from the prefix cache (s.num_computed block-aligned, all its
   // blocks inserted). Returns false, changing nothing, when the partial copy's block is not free.
   void match_prefix(Seq& s, SchedulerOutput& out, int64_t& matched);
-  void insert_full_blocks(Seq& s);
+  // Inserts s's full blocks up to `upto` computed tokens into the prefix cache.
+  void insert_full_blocks(Seq& s, int64_t upto);
+  // Drops s's proposals (not computed: no block holds them yet).
+  void drop_proposals(Seq& s);
   // Blocks s needs for n more tokens.
   int64_t blocks_needed(const Seq& s, int64_t n) const;
 

@@ -83,6 +83,17 @@ std::string Metrics::render(const EngineStats& s, int64_t in_flight, int64_t ope
   gauge("gale_num_preemptions_total", "Sequences preempted for lack of KV blocks.", double(s.preemptions), "counter");
   gauge("gale_prompt_tokens_total", "Prompt tokens processed.", double(s.prompt_tokens_total), "counter");
   gauge("gale_generation_tokens_total", "Tokens generated.", double(s.generation_tokens_total), "counter");
+  gauge("gale_spec_verifies_total", "Speculative decoding: verifies (a request's proposals checked in one step).",
+        double(s.spec_verifies), "counter");
+  gauge("gale_spec_proposed_tokens_total", "Speculative decoding: tokens proposed.", double(s.spec_proposed_tokens), "counter");
+  gauge("gale_spec_accepted_tokens_total", "Speculative decoding: proposed tokens accepted.", double(s.spec_accepted_tokens),
+        "counter");
+  gauge("gale_spec_acceptance_rate", "Speculative decoding: accepted / proposed tokens since start (0-1).", s.acceptance_rate());
+  gauge("gale_spec_mean_accepted_length", "Speculative decoding: tokens returned per verify (accepted + 1) since start.",
+        s.mean_accepted_length());
+  gauge("gale_spec_proposer_seconds_total", "Speculative decoding: wall time spent proposing.", s.spec_proposer_seconds,
+        "counter");
+  gauge("gale_spec_num_tokens", "Speculative decoding: k chosen for the last step that could speculate.", double(s.spec_k));
   ttft.render(o, "gale_time_to_first_token_seconds", "Time from arrival to the first generated token.");
   tpot.render(o, "gale_time_per_output_token_seconds", "Mean time between output tokens after the first, per request.");
   e2e.render(o, "gale_e2e_request_latency_seconds", "Time from arrival to the last token.");

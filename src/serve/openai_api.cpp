@@ -180,6 +180,20 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
         throw ApiError(400, "'stop' sequences must be at most " + std::to_string(kMaxStopBytes) + " bytes", "stop");
     }
   }
+  if (const json* v = field(body, "speculative")) {
+    if (!v->is_string())
+      throw ApiError(400, "'speculative' must be a string: off, draft:DIR, ngram or suffix", "speculative");
+    const std::string s = v->get<std::string>();
+    const std::string& served = info.speculative;
+    const bool known = s == "off" || s == "ngram" || s == "suffix" || s == "draft" || s.rfind("draft:", 0) == 0;
+    if (!known)
+      throw ApiError(400, "'speculative' must be off, draft:DIR, ngram or suffix (got '" + s + "')", "speculative");
+    const bool same = s == served || (s == "draft" && served.rfind("draft:", 0) == 0);
+    if (s != "off" && !same)
+      throw ApiError(400, "'speculative' " + s + " is not available here: this server runs " + served +
+                              " (a request may ask for \"off\" or for that)", "speculative");
+    r.speculative = s != "off";
+  }
   if (auto v = opt_string(body, "user")) (void)v;
   r.stream = opt_bool(body, "stream").value_or(false);
   if (const json* so = field(body, "stream_options")) {
@@ -230,6 +244,7 @@ std::vector<RequestParams> ApiRequest::engine_requests() const {
       p.ignore_eos = ignore_eos;
       p.stop = stop;
       p.top_logprobs = logprobs;
+      p.speculative = speculative;
       out.push_back(std::move(p));
     }
   return out;

@@ -52,6 +52,10 @@ struct ModelInfo {
   // gale batch: a batch body names the model it was written for, whatever runs it; the server
   // answers 404 for a name it does not serve.
   bool check_model_name = true;
+  // Speculative decoding as the server runs it: "off", "draft:DIR", "ngram" or "suffix". A
+  // request's "speculative" may say "off" or repeat this (or "draft" for any draft); another
+  // proposer is a 400 (one engine holds one proposer).
+  std::string speculative = "off";
 };
 
 enum class Endpoint { Completions, Chat };
@@ -70,6 +74,7 @@ struct ApiRequest {
   bool echo = false;
   bool stream = false;
   bool include_usage = false;
+  bool speculative = true;                    // false: "speculative": "off"
   // The engine requests: prompt i, sample j at index i * n + j (OpenAI's choice order).
   std::vector<RequestParams> engine_requests() const;
 };

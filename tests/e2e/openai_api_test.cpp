@@ -124,6 +124,26 @@ TEST_F(OpenAiApi, WrongTypesInsideObjectsAre400s) {
   EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"response_format":{"type":"text"}})"), "");
 }
 
+// "speculative" per request: "off" always works; the server's own proposer may be named; any other
+// proposer, an unknown value or a non-string is one 400 naming the field.
+TEST_F(OpenAiApi, SpeculativePerRequest) {
+  info_.speculative = "draft:models/draft";
+  auto spec_of = [&](const std::string& body) {
+    return parse_completion_request(parse_json_body(body), info_, tok_).engine_requests().front().speculative;
+  };
+  EXPECT_TRUE(spec_of(R"({"model":"m","prompt":"a"})"));
+  EXPECT_FALSE(spec_of(R"({"model":"m","prompt":"a","speculative":"off"})"));
+  EXPECT_TRUE(spec_of(R"({"model":"m","prompt":"a","speculative":"draft"})"));
+  EXPECT_TRUE(spec_of(R"({"model":"m","prompt":"a","speculative":"draft:models/draft"})"));
+  EXPECT_NE(completion_error(R"({"model":"m","prompt":"a","speculative":"ngram"})").find("not available"), std::string::npos);
+  EXPECT_NE(completion_error(R"({"model":"m","prompt":"a","speculative":"eagle"})").find("speculative"), std::string::npos);
+  EXPECT_NE(completion_error(R"({"model":"m","prompt":"a","speculative":4})").find("speculative"), std::string::npos);
+  info_.speculative = "off";
+  EXPECT_FALSE(spec_of(R"({"model":"m","prompt":"a","speculative":"off"})"));
+  EXPECT_NE(completion_error(R"({"model":"m","prompt":"a","speculative":"draft"})"), "");
+  EXPECT_NE(chat_error(R"({"model":"m","messages":[{"role":"user","content":"hi"}],"speculative":"suffix"})"), "");
+}
+
 TEST_F(OpenAiApi, BatchLinesUseTheServersRules) {
   info_.check_model_name = false;
   auto error_of = [&](const std::string& text) -> std::string {
