@@ -43,16 +43,11 @@ bool same_dir(const std::string& a, const std::string& b) {
   return !ea && !eb && ca == cb;
 }
 
-// The model-free proposers live on their own branch until merged; the build defines these
-// where their sources are in the tree (CMakeLists.txt).
+// The model-free proposers (runtime/token_proposer.h), by their --speculative name.
 std::shared_ptr<TokenProposer> model_free_proposer(const std::string& name) {
-#ifdef GALE_HAVE_NGRAM_PROPOSER
   if (name == "ngram") return make_ngram_proposer();
-#endif
-#ifdef GALE_HAVE_SUFFIX_PROPOSER
   if (name == "suffix") return make_suffix_proposer();
-#endif
-  throw Error("--speculative " + name + ": this build has no " + name + " proposer");
+  throw Error("--speculative " + name + ": no such proposer (off, draft:DIR, ngram or suffix)");
 }
 
 }  // namespace
