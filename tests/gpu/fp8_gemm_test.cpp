@@ -3,6 +3,7 @@
 // SwiGLU output), and gemm_fp8 both ways: W8A8 (x quantized per token, cuBLASLt FP8 with
 // outer-vector scales; the reference quantizes x on the host by the same rule) and the
 // dequantize-then-bf16 fallback.
+#include <cstdio>
 #include <cmath>
 #include <functional>
 
@@ -190,6 +191,12 @@ TEST(CudaGemmFp8, W8A8MatchesReferenceOnQuantizedRows) {
     // worst per partial sum on Hopper, far below the bf16 output's rounding).
     check_fp8_product(g, c, true, c.yt == DType::F32 ? 1e-3 : 6e-3, [&](const cuda::GemmParams& p) {
       ASSERT_EQ(cuda::gemm_fp8(ctx, p, nullptr, true), cudaSuccess) << cuda::gemm_last_error(ctx);
+      // A product that fell back to dequantized W would miss the test's quantized-x reference
+      // by E4M3's rounding of x (~2.6 %): say which path ran, and require a W8A8 one.
+      std::printf("W8A8 M=%lld N=%lld K=%lld: %s%s%s\n", (long long)p.M, (long long)p.N, (long long)p.K,
+                  cuda::gemm_fp8_last_path(ctx), *cuda::gemm_last_error(ctx) ? "; last cuBLASLt error: " : "",
+                  cuda::gemm_last_error(ctx));
+      EXPECT_STRNE(cuda::gemm_fp8_last_path(ctx), "dequantize") << cuda::gemm_last_error(ctx);
     });
   }
   cuda::gemm_context_destroy(ctx);

@@ -45,7 +45,37 @@ __global__ void __launch_bounds__(kThreads) dequantize_fp8_kernel(DequantizeFp8P
   }
 }
 
+// One block per output row m; threads stride over n.
+__global__ void __launch_bounds__(kThreads) scale_outer_kernel(ScaleOuterParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const int64_t m = blockIdx.x;
+  const float* d = p.d + m * p.ldd;
+  const float sx = p.sx[m];
+  if (p.y_dtype == DType::F32) {
+    float* y = static_cast<float*>(p.y) + m * p.ldy;
+    for (int64_t n = threadIdx.x; n < p.N; n += kThreads) {
+      const float v = d[n] * p.sw[n * p.ws_ld] * sx;
+      y[n] = p.accumulate ? y[n] + v : v;
+    }
+  } else {
+    __nv_bfloat16* y = static_cast<__nv_bfloat16*>(p.y) + m * p.ldy;
+    for (int64_t n = threadIdx.x; n < p.N; n += kThreads) {
+      const float v = d[n] * p.sw[n * p.ws_ld] * sx;
+      y[n] = __float2bfloat16_rn(p.accumulate ? __bfloat162float(y[n]) + v : v);
+    }
+  }
+}
+
 }  // namespace
+
+cudaError_t scale_outer(const ScaleOuterParams& p, cudaStream_t stream) {
+  if (p.M <= 0 || p.N <= 0) return cudaSuccess;
+  if (!p.d || !p.sw || !p.sx || !p.y || p.ldd < p.N || p.ldy < p.N ||
+      (p.y_dtype != DType::F32 && p.y_dtype != DType::BF16))
+    return cudaErrorInvalidValue;
+  return launch(scale_outer_kernel, unsigned(p.M), kThreads, 0, stream, p);
+}
 
 cudaError_t quantize_rows_fp8(const QuantizeRowsFp8Params& p, cudaStream_t stream) {
   if (p.M <= 0 || p.K <= 0) return cudaSuccess;

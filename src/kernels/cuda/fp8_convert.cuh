@@ -31,4 +31,21 @@ struct DequantizeFp8Params {
 };
 cudaError_t dequantize_fp8(const DequantizeFp8Params& p, cudaStream_t stream);
 
+// The W8A8 product's outer scales applied after an unscaled FP8 product (where cuBLASLt has no
+// outer-vector scale mode for the shape): y[m, n] = d[m, n] · sw[n · ws_ld] · sx[m] (+ y[m, n]
+// when accumulating), y bf16 or f32.
+struct ScaleOuterParams {
+  const float* d;   // [M, N] f32, row stride ldd
+  int64_t ldd;
+  const float* sw;  // W's row scales, stride ws_ld
+  int64_t ws_ld;
+  const float* sx;  // x's row scales [M]
+  void* y;
+  int64_t ldy;
+  DType y_dtype;
+  int64_t M, N;
+  bool accumulate;
+};
+cudaError_t scale_outer(const ScaleOuterParams& p, cudaStream_t stream);
+
 }  // namespace gale::cuda

@@ -16,7 +16,8 @@ namespace {
 struct PlanKey {
   int64_t M, N, K, ldx, ldw, ldy;
   int ydt, acc, align;  // align: log2 of the common pointer alignment (capped at 256 B)
-  int fp8 = 0;          // 1: E4M3 W and x with outer-vector scales (gemm_fp8's W8A8 plan)
+  int fp8 = 0;          // 1: E4M3 W and x with outer-vector scales (gemm_fp8's W8A8 plan);
+                        // 2: the same product unscaled into f32 (scales applied after it)
   bool operator==(const PlanKey&) const = default;
 };
 struct PlanKeyHash {
@@ -33,6 +34,7 @@ struct Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
   bool ok = true;  // false: cuBLASLt has no kernel for it (an FP8 plan; gemm_fp8 falls back)
+  bool fp8_outer = false;  // an FP8 plan with outer-vector scales (PlanKey::fp8 == 1)
 };
 
 int align_log2(uintptr_t v) {
@@ -49,6 +51,7 @@ struct GemmContext {
   size_t workspace_bytes = 0;
   std::unordered_map<PlanKey, Plan, PlanKeyHash> plans;
   std::string last_error;
+  const char* fp8_path = "";  // gemm_fp8_last_path
   // gemm_fp8's scratch: the quantized activations and their scales, or a piece of dequantized W.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
@@ -102,6 +105,7 @@ void gemm_context_destroy(GemmContext* ctx) {
 }
 
 const char* gemm_last_error(const GemmContext* ctx) { return ctx->last_error.c_str(); }
+const char* gemm_fp8_last_path(const GemmContext* ctx) { return ctx->fp8_path; }
 size_t gemm_cached_plans(const GemmContext* ctx) { return ctx->plans.size(); }
 
 #define GALE_LT_TRY(call)                                                                      \
@@ -124,7 +128,7 @@ static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  if (k.fp8) {
+  if (k.fp8 == 1) {
     const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
     GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
     GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
@@ -154,6 +158,7 @@ static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
     return cudaErrorNotSupported;
   }
   pl->algo = res.algo;
+  pl->fp8_outer = k.fp8 == 1;
   return cudaSuccess;
 }
 
@@ -209,29 +214,51 @@ cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream
 
 namespace {
 
-// W8A8: x to E4M3 per token in the scratch, then the FP8 plan. cudaErrorNotSupported when
-// cuBLASLt has no FP8 kernel for the shape (the caller falls back).
+// W8A8: x to E4M3 per token in the scratch, then the FP8 plan with outer-vector scales; where
+// cuBLASLt refuses that mode for the shape, the unscaled FP8 product into f32 scratch and
+// scale_outer. cudaErrorNotSupported when neither plan exists (the caller falls back).
 cudaError_t gemm_w8a8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream) {
   const int64_t ldq = (p.K + 15) / 16 * 16;  // 16-byte rows
   const size_t qbytes = (size_t(p.M * ldq) + 255) / 256 * 256;
+  const size_t sbytes = (size_t(p.M) * 4 + 255) / 256 * 256;
   const size_t ysz = p.y_dtype == DType::F32 ? 4 : 2;
   const uintptr_t bits = uintptr_t(p.w) | uintptr_t(p.y) | uintptr_t(ldq) | uintptr_t(p.ldw) | uintptr_t(p.ldy * ysz);
   PlanKey key{p.M, p.N, p.K, ldq, p.ldw, p.ldy, int(p.y_dtype), p.accumulate ? 1 : 0, align_log2(bits)};
   key.fp8 = 1;
   cudaError_t err = cudaSuccess;
   const Plan* pl = find_plan(ctx, key, &err);
-  if (!pl) return err;
-  GALE_CUDA_TRY(grow_scratch(ctx, qbytes + size_t(p.M) * 4));
+  // The scalar plan: f32 D of N-wide rows in the scratch after q and the x scales (256-byte
+  // aligned), no accumulation (scale_outer accumulates).
+  const int64_t ldd = (p.N + 63) / 64 * 64;
+  if (!pl) {
+    PlanKey k2{p.M, p.N, p.K, ldq, p.ldw, ldd, int(DType::F32), 0,
+               align_log2(uintptr_t(p.w) | uintptr_t(ldq) | uintptr_t(p.ldw) | uintptr_t(ldd * 4) | 256)};
+    k2.fp8 = 2;
+    pl = find_plan(ctx, k2, &err);
+    if (!pl) return err;
+  }
+  const bool outer = pl->fp8_outer;
+  GALE_CUDA_TRY(grow_scratch(ctx, qbytes + sbytes + (outer ? 0 : size_t(p.M * ldd) * 4)));
   uint8_t* q = static_cast<uint8_t*>(ctx->scratch);
   float* xs = reinterpret_cast<float*>(q + qbytes);
   GALE_CUDA_TRY(quantize_rows_fp8({p.x, p.ldx, q, ldq, xs, p.M, p.K}, stream));
-  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale,
-                                             sizeof p.w_scale));
-  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs));
-  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, q, pl->b, &beta, p.y, pl->c, p.y, pl->c,
-                             &pl->algo, ctx->workspace, ctx->workspace_bytes, stream));
-  return cudaGetLastError();
+  if (outer) {
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p.w_scale,
+                                               sizeof p.w_scale));
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs));
+    const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+    GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, q, pl->b, &beta, p.y, pl->c, p.y, pl->c,
+                               &pl->algo, ctx->workspace, ctx->workspace_bytes, stream));
+    ctx->fp8_path = "w8a8-outer";
+    return cudaGetLastError();
+  }
+  float* d = reinterpret_cast<float*>(q + qbytes + sbytes);
+  const float alpha = 1.0f, beta = 0.0f;
+  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, q, pl->b, &beta, d, pl->c, d, pl->c, &pl->algo,
+                             ctx->workspace, ctx->workspace_bytes, stream));
+  GALE_CUDA_TRY(scale_outer({d, ldd, p.w_scale, p.ws_ld, xs, p.y, p.ldy, p.y_dtype, p.M, p.N, p.accumulate}, stream));
+  ctx->fp8_path = "w8a8-scalar";
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -246,6 +273,7 @@ cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream,
     const cudaError_t e = gemm_w8a8(ctx, p, stream);
     if (e != cudaErrorNotSupported) return e;
   }
+  ctx->fp8_path = "dequantize";
   // W's rows dequantized to bf16 a piece at a time (at most 64 MiB, whole 128-row blocks), each
   // piece one bf16 product into its columns of y.
   const int64_t ldd = (p.K + 7) / 8 * 8;

@@ -39,7 +39,12 @@ cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream
 // (W8A8, Hopper's FP8 tensor cores); otherwise, or where cuBLASLt has no such kernel, W's rows
 // are dequantized to bf16 in pieces in the context's scratch and multiplied by gemm_bf16
 // (weight-only numerics). Grows the scratch with cudaMalloc: not while a graph is captured.
+// Where cuBLASLt has no outer-vector scale mode for the shape, W8A8 runs the unscaled FP8
+// product into f32 scratch and applies both scales after it (scale_outer).
 cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8 = true);
+// Which path the last gemm_fp8 call took: "w8a8-outer", "w8a8-scalar" or "dequantize" (tests,
+// benchmarks: a W8A8 product that silently fell back would still pass a loose check).
+const char* gemm_fp8_last_path(const GemmContext* ctx);
 const char* gemm_last_error(const GemmContext* ctx);
 // The context's scratch, grown to at least `bytes` (cudaMalloc: not while a graph is captured);
 // what gemm_fp8 and gemm_int's fallbacks dequantize W into. Valid until the next call that grows it.
