@@ -35,6 +35,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_options.h"
+#include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -58,6 +59,7 @@ extern "C" void on_signal(int sig) { g_signal = sig; }
 struct BatchOptions {
   ModelOptions model;
   EngineOptions engine;
+  ParallelOptions parallel;
   std::string input, output, errors;
 };
 
@@ -316,7 +318,14 @@ void BatchJob::load_chat_template(bool needed) {
 }
 
 int BatchJob::run() {
+  ParallelRun par(o_.parallel);  // --tp: this process's rank; outlives the engine
   model_dir_ = resolve_model(o_.model);
+  if (par.follower()) {  // ranks 1..N-1 never touch the files: rank 0's steps, then exit 0
+    if (!par.proceed(false)) return 0;
+    lm_ = load_model(model_dir_, par.with_group(backend_options(o_.model)), load_options(o_.model));
+    par.follow(*lm_.model);
+    return 0;
+  }
   // Files first: a bad input or output path fails before the model loads.
   InputFile in(o_.input);
   out_ = std::make_unique<ResultFile>(o_.output);
@@ -376,12 +385,12 @@ int BatchJob::run() {
   if (resumed > 0)
     std::fprintf(stderr, "gale batch: resuming: %lld of %lld requests already in %s\n", (long long)resumed,
                  (long long)total, o_.output.c_str());
-  if (queue.empty()) {
+  if (!par.proceed(!queue.empty())) {
     std::fprintf(stderr, "gale batch: nothing to do (%lld requests, all done)\n", (long long)total);
     return 0;
   }
 
-  lm_ = load_model(model_dir_, backend_options(o_.model), load_options(o_.model));
+  lm_ = load_model(model_dir_, par.with_group(backend_options(o_.model)), load_options(o_.model));
   const ModelConfig& cfg = lm_.model->config();
   info_.name = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
   if (info_.name.empty()) info_.name = std::filesystem::path(model_dir_).parent_path().filename().string();
@@ -400,7 +409,9 @@ int BatchJob::run() {
   dflt.top_k = gd_.do_sample ? gd_.top_k : 0;
   dflt.min_p = gd_.do_sample ? gd_.min_p : 0.0f;
   dflt.repetition_penalty = gd_.repetition_penalty;
-  Engine engine(*lm_.model, tok_.get(), engine_config(o_.engine));
+  EngineConfig ec = engine_config(o_.engine);
+  ec.followers = par.followers();
+  Engine engine(*lm_.model, tok_.get(), ec);
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -464,6 +475,7 @@ CommandRegistrar reg{15, [](CLI::App& root) {
       "batch", "Run a file of OpenAI batch requests (JSONL) and append one result line per request; rerun to resume");
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
+  add_parallel_options(sub, o->parallel);
   sub->add_option("--input", o->input, "Requests: one {custom_id, method, url, body} per line")->required();
   sub->add_option("--output", o->output,
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")

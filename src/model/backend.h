@@ -224,6 +224,12 @@ class Backend {
   virtual bool partial_residuals() const { return false; }
   virtual void fill_zero(Act x);
   virtual void reduce_add(Act partial, Act x);
+  // The vocabulary-parallel LM head's seam: part ([rows, n_r] f32) holds this rank's columns
+  // shard_range(full.cols, rank, ranks) (comm/comm.h) of the logits; afterwards full ([rows,
+  // full.cols] f32) holds every rank's, on every rank. The transformer calls it where the LM
+  // head has fewer rows than the vocabulary (model/transforms.h shard_tensor_parallel). Default
+  // throws (one device never shards).
+  virtual void all_gather_columns(Act part, Act full);
   // gate = silu(gate) * up (in place).
   virtual void silu_mul(Act gate, Act up) = 0;
   // Rounds f32 activations to bf16 in place (`--dtype bf16` on the CPU); no-op where the

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "model/cpu_backend.h"
+#include "model/cpu_tp_backend.h"
 #ifdef GALE_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
 #endif
@@ -9,6 +10,12 @@
 namespace gale {
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
+  if (o.tp && o.tp->size() > 1) {
+    if (o.device != "cpu")
+      throw Error("--tp on " + o.device + ": tensor parallelism runs on the CPU for now (the NCCL communicator of "
+                  "the GPU backend is not written yet); use --device cpu");
+    return std::make_unique<CpuTpBackend>(o.bf16_activations, *o.tp);
+  }
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.bf16_activations);
   if (o.device.rfind("cuda", 0) == 0) {
     [[maybe_unused]] int index = 0;

@@ -112,7 +112,7 @@ void Transformer::set_kv_dtype(DType dtype) {
 
 Transformer::~Transformer() {
   for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_ws_, &bpartial_, &blogit_x_,
-                    &blogit_n_, &blogits_})
+                    &blogit_n_, &blogits_, &blogits_part_})
     if (b->p) backend_->release(b->p, b->bytes);
 }
 
@@ -247,6 +247,7 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   if (be.partial_residuals()) buffer(bpartial_, Tp, H, DType::F32);
   Act rows = buffer(blogit_x_, Rp, H, DType::F32);
   Act normed = buffer(blogit_n_, Rp, H, be.act_dtype());
+  if (w_.lm_head.out != V) buffer(blogits_part_, Rp, w_.lm_head.out, DType::F32);
   Act out;
   if (be.is_cpu() && host) {  // logits straight into the caller's vector
     host->resize(size_t(Rp * V));
@@ -275,7 +276,13 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
       be.gather_logit_rows(x_, rows);
       be.rmsnorm(rows, w_.final_norm, eps, normed);
       be.round_act(normed);
-      be.linear(w_.lm_head, normed, out, false);
+      if (w_.lm_head.out == V) {
+        be.linear(w_.lm_head, normed, out, false);
+      } else {  // a vocabulary-parallel shard of the head: this rank's columns, then every rank's
+        Act part = buffer(blogits_part_, Rp, w_.lm_head.out, DType::F32);
+        be.linear(w_.lm_head, normed, part, false);
+        be.all_gather_columns(part, out);
+      }
     }
     be.end_step_ops();
   }

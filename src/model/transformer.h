@@ -106,7 +106,8 @@ class Transformer {
   std::unique_ptr<Backend> backend_;
   StepPlan plan_;
   Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
-  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, bpartial_, blogit_x_, blogit_n_, blogits_;
+  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, bpartial_, blogit_x_, blogit_n_, blogits_,
+      blogits_part_;  // this rank's logit columns (a vocabulary-parallel LM head)
   int64_t launched_rows_ = -1;  // ids a launch owes wait_ids(); -1: nothing launched
   std::vector<int64_t> pos_;
 };
