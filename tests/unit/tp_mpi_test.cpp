@@ -1,0 +1,267 @@
+// Tensor parallelism across processes, as users launch it: mpirun -np 2 gale ... --tp 2 against
+// the same command on one rank (greedy ids token for token on the fixtures and the bundled
+// model; gale batch's results line for line), kill -9 of one rank ending the job within seconds,
+// and the errors of a wrong launch. Skipped, saying why, where the build has no MPI.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <spawn.h>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "test_util.h"
+
+extern char** environ;
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+#ifdef GALE_MPIEXEC
+constexpr const char* kMpiexec = GALE_MPIEXEC;
+#else
+constexpr const char* kMpiexec = nullptr;
+#endif
+
+#define SKIP_WITHOUT_MPI() \
+  if (!kMpiexec) GTEST_SKIP() << "this build has no MPI (CMake found none): tensor-parallel runs are not tested"
+
+// What every rank needs on this machine: OpenMPI refuses root without both variables, and the
+// ranks share 2 cores (one thread each; --oversubscribe lets 2 ranks run on fewer slots).
+void set_env() {
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+  ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+  ::setenv("GALE_THREADS", "1", 1);
+  // ASan builds: OpenMPI's own allocations at exit are not ours to fix (tests/lsan-openmpi.supp).
+  const std::string supp = std::string(GALE_SOURCE_DIR) + "/tests/lsan-openmpi.supp";
+  ::setenv("LSAN_OPTIONS", ("suppressions=" + supp + ":print_suppressions=0").c_str(), 0);
+}
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+// A shell command line, stdout and stderr captured; killed after 300 s (exit code 124).
+Result sh(const std::string& cmd) {
+  set_env();
+  const fs::path err_file = fs::temp_directory_path() / ("gale-tp-err-" + std::to_string(::getpid()));
+  FILE* p = ::popen(("timeout 300 " + cmd + " 2>" + err_file.string() + " </dev/null").c_str(), "r");
+  Result r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+  std::ifstream e(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  fs::remove(err_file);
+  return r;
+}
+
+std::string gale() { return GALE_BINARY; }
+std::string mpirun(int np) { return std::string(kMpiexec) + " --oversubscribe -np " + std::to_string(np) + " " + gale(); }
+std::string fixture(const std::string& name) { return gale::test::fixtures_dir() + "/models/" + name; }
+
+std::vector<int> generated_ids(const Result& r) {
+  EXPECT_EQ(r.code, 0) << r.err;
+  json j = json::parse(r.out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << r.out << r.err;
+  if (j.is_discarded() || !j.contains("ids")) return {};
+  return j["ids"].get<std::vector<int>>();
+}
+
+class TpGenerate : public ::testing::TestWithParam<std::string> {};
+
+// The greedy continuation of the fixture's prompt with the model split over 2 ranks is the one
+// rank's, token for token: the all-reduced partial sums differ from one product's sum only in
+// rounding, which must not move an argmax on these models (a failure here names the fixture).
+TEST_P(TpGenerate, GreedyIdsMatchOneRank) {
+  SKIP_WITHOUT_MPI();
+  const std::string name = GetParam();
+  const json ref = gale::test::read_json(fixture(name) + "/reference.json");
+  std::string ids;
+  for (int id : ref["greedy_prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string args = " generate -m " + fixture(name) + " --ids " + ids + " -n 24 --ignore-eos --json";
+  const std::vector<int> one = generated_ids(sh(gale() + args));
+  ASSERT_EQ(one.size(), 24u);
+  const Result two = sh(mpirun(2) + args + " --tp 2");
+  EXPECT_EQ(generated_ids(two), one) << two.err;
+}
+
+// Dense fixtures of every attention layout: KV heads split (llama, mistral, phi3 with its fused
+// q|k|v and gate|up), one KV head replicated on both ranks (qwen2, with q/k/v biases), q/k norm
+// (qwen3), sliding windows (mistral, phi3_swa), bf16 weights, llama3 RoPE scaling.
+INSTANTIATE_TEST_SUITE_P(Fixtures, TpGenerate,
+                         ::testing::Values("llama-f32", "llama-bf16", "qwen2-f32", "qwen3-f32", "mistral-f32",
+                                           "phi3-f32", "phi3_swa-f32", "long_llama3-f32"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+// The bundled model from a text prompt: rank 0 tokenizes and detokenizes; 6 heads and 2 KV
+// heads become 3 and 1 per rank.
+TEST(TpMpi, BundledModelGreedyTextMatchesOneRank) {
+  SKIP_WITHOUT_MPI();
+  const std::string args = " generate -p 'Once upon a time' -n 32 --ignore-eos --json";
+  const Result a = sh(gale() + args), b = sh(mpirun(2) + args + " --tp 2");
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  const json ja = json::parse(a.out), jb = json::parse(b.out);
+  EXPECT_EQ(jb["ids"], ja["ids"]);
+  EXPECT_EQ(jb["text"], ja["text"]);
+}
+
+// gale batch over 2 ranks: the same result per custom_id as on one rank, greedy and seeded
+// sampling (the Sampler runs on rank 0 over the gathered logits), several sequences per step.
+TEST(TpMpi, BatchResultsMatchOneRank) {
+  SKIP_WITHOUT_MPI();
+  const fs::path dir = fs::temp_directory_path() / ("gale-tp-batch-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  {
+    std::ofstream in(dir / "in.jsonl");
+    const char* prompts[] = {"Once upon a time", "The little dog", "She opened the door and", "Tom and Lily"};
+    for (int i = 0; i < 6; ++i) {
+      json body = {{"prompt", prompts[i % 4]}, {"max_tokens", 16 + 4 * i}, {"ignore_eos", true}};
+      if (i % 2 == 1) body["temperature"] = 0.8;  // the seed comes from the custom_id
+      in << json({{"custom_id", "r" + std::to_string(i)}, {"method", "POST"}, {"url", "/v1/completions"},
+                  {"body", body}}).dump()
+         << "\n";
+    }
+  }
+  auto run = [&](const std::string& prefix, const std::string& out, const std::string& extra) {
+    const Result r = sh(prefix + " batch --input " + (dir / "in.jsonl").string() + " --output " + (dir / out).string() +
+                        " --max-num-seqs 4" + extra);
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::map<std::string, json> res;
+    std::ifstream f(dir / out);
+    std::string line;
+    while (std::getline(f, line)) {
+      json j = json::parse(line);
+      json c = j["response"]["body"]["choices"][0];
+      res[j["custom_id"]] = {c["text"], c["finish_reason"], j["response"]["body"]["usage"]["completion_tokens"]};
+    }
+    return res;
+  };
+  const auto one = run(gale(), "one.jsonl", ""), two = run(mpirun(2), "two.jsonl", " --tp 2");
+  EXPECT_EQ(one.size(), 6u);
+  EXPECT_EQ(two, one);
+  // A rerun over a finished output has nothing to do: the followers are told before loading.
+  const Result again = sh(mpirun(2) + " batch --input " + (dir / "in.jsonl").string() + " --output " +
+                          (dir / "two.jsonl").string() + " --tp 2");
+  EXPECT_EQ(again.code, 0) << again.err;
+  EXPECT_NE(again.err.find("nothing to do"), std::string::npos) << again.err;
+  fs::remove_all(dir);
+}
+
+// The pids of mpirun's children by their rank (OMPI_COMM_WORLD_RANK in their environment).
+std::map<int, pid_t> ranks_of(pid_t mpirun_pid) {
+  std::map<int, pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string comm, state;
+    long p = 0, ppid = 0;
+    if (!(stat >> p >> comm >> state >> ppid) || ppid != mpirun_pid) continue;
+    std::ifstream env(e.path() / "environ", std::ios::binary);
+    std::string all((std::istreambuf_iterator<char>(env)), {});
+    const std::string key = std::string("OMPI_COMM_WORLD_RANK=");
+    const size_t at = all.find(key);
+    if (at != std::string::npos) out[std::atoi(all.c_str() + at + key.size())] = pid_t(p);
+  }
+  return out;
+}
+
+// kill -9 of rank 1 in the middle of a generation (rank 0 waiting in its all-reduce) ends the
+// whole job within seconds with a non-zero exit and mpirun's message naming the rank: no hang.
+TEST(TpMpi, KillNineOfOneRankEndsTheJob) {
+  SKIP_WITHOUT_MPI();
+  set_env();
+  const fs::path log = fs::temp_directory_path() / ("gale-tp-kill-" + std::to_string(::getpid()) + ".log");
+  // The bundled model decodes slowly enough over 2 ranks for the kill to land mid-run.
+  std::vector<std::string> args = {kMpiexec, "--oversubscribe", "-np", "2", gale(), "generate", "-p", "Once upon a time",
+                                   "-n", "900", "--ignore-eos", "--tp", "2"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, kMpiexec, &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  using clock = std::chrono::steady_clock;
+  // Both ranks up, then a little decoding.
+  std::map<int, pid_t> ranks;
+  for (auto t0 = clock::now(); clock::now() - t0 < std::chrono::seconds(60);) {
+    ranks = ranks_of(pid);
+    if (ranks.size() == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(ranks.size(), 2u) << "mpirun did not start 2 ranks";
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, WNOHANG), 0) << "the job ended before the kill";
+  const auto killed = clock::now();
+  ASSERT_EQ(::kill(ranks.at(1), SIGKILL), 0);
+  bool ended = false;
+  while (clock::now() - killed < std::chrono::seconds(30)) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      ended = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double secs = std::chrono::duration<double>(clock::now() - killed).count();
+  if (!ended) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  std::ifstream f(log);
+  const std::string err((std::istreambuf_iterator<char>(f)), {});
+  fs::remove(log);
+  ASSERT_TRUE(ended) << "the job still ran 30 s after rank 1 was killed\n" << err;
+  std::printf("job ended %.2f s after kill -9 of rank 1\n", secs);
+  EXPECT_LT(secs, 15.0) << err;
+  EXPECT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0)) << err;
+  EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+}
+
+// A wrong launch is one clear line on every rank, never a hang.
+TEST(TpMpi, LaunchErrorsAreClear) {
+  const std::string args = " generate -m " + fixture("llama-f32") + " --ids 1,2,3 -n 2";
+  const Result pp = sh(gale() + args + " --pp 2");
+  EXPECT_EQ(pp.code, 1);
+  EXPECT_NE(pp.err.find("pipeline parallelism is not implemented"), std::string::npos) << pp.err;
+  const Result alone = sh(gale() + args + " --tp 2");  // no mpirun: one rank (or no MPI at all)
+  EXPECT_EQ(alone.code, 1);
+  if (kMpiexec) {
+    EXPECT_NE(alone.err.find("mpirun started 1 rank(s): launch with mpirun -np 2"), std::string::npos) << alone.err;
+    const Result moe = sh(mpirun(2) + " generate -m " + fixture("mixtral-f32") + " --ids 1,2,3 -n 2 --tp 2");
+    EXPECT_NE(moe.code, 0);
+    EXPECT_NE(moe.err.find("tensor parallelism of MoE models"), std::string::npos) << moe.err;
+  } else {
+    EXPECT_NE(alone.err.find("built without MPI"), std::string::npos) << alone.err;
+  }
+}
+
+}  // namespace
