@@ -196,7 +196,8 @@ TEST(TpMpi, KillNineOfOneRankEndsTheJob) {
   set_env();
   const fs::path log = fs::temp_directory_path() / ("gale-tp-kill-" + std::to_string(::getpid()) + ".log");
   // The bundled model decodes slowly enough over 2 ranks for the kill to land mid-run.
-  std::vector<std::string> args = {kMpiexec, "--oversubscribe", "-np", "2", gale(), "generate", "-p", "Once upon a time",
+  const std::string mpiexec = kMpiexec ? kMpiexec : "";
+  std::vector<std::string> args = {mpiexec, "--oversubscribe", "-np", "2", gale(), "generate", "-p", "Once upon a time",
                                    "-n", "900", "--ignore-eos", "--tp", "2"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -207,7 +208,7 @@ TEST(TpMpi, KillNineOfOneRankEndsTheJob) {
   posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   pid_t pid = -1;
-  ASSERT_EQ(posix_spawn(&pid, kMpiexec, &fa, nullptr, argv.data(), environ), 0);
+  ASSERT_EQ(posix_spawn(&pid, mpiexec.c_str(), &fa, nullptr, argv.data(), environ), 0);
   posix_spawn_file_actions_destroy(&fa);
   using clock = std::chrono::steady_clock;
   // Both ranks up, then a little decoding.
@@ -244,6 +245,80 @@ TEST(TpMpi, KillNineOfOneRankEndsTheJob) {
   EXPECT_LT(secs, 15.0) << err;
   EXPECT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) != 0)) << err;
   EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+}
+
+pid_t spawn_logged(const std::vector<std::string>& args, const fs::path& log) {
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  EXPECT_EQ(posix_spawn(&pid, copy[0].c_str(), &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return pid;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// gale serve over 2 ranks: rank 0 answers HTTP with the one rank's greedy text, and SIGTERM to
+// rank 0 (mpirun's own SIGTERM ends the whole job at once) drains it, tells the other rank to
+// exit, and the job ends with 0.
+TEST(TpMpi, ServeAnswersAndStopsCleanly) {
+  SKIP_WITHOUT_MPI();
+  set_env();
+  const Result ref = sh(gale() + " generate -p 'Once upon a time' -n 20 --ignore-eos --json");
+  ASSERT_EQ(ref.code, 0) << ref.err;
+  const fs::path log = fs::temp_directory_path() / ("gale-tp-serve-" + std::to_string(::getpid()) + ".log");
+  const pid_t pid = spawn_logged({kMpiexec, "--oversubscribe", "-np", "2", gale(), "serve", "--port", "0", "--tp", "2"}, log);
+  using clock = std::chrono::steady_clock;
+  std::string port;
+  for (auto t0 = clock::now(); port.empty() && clock::now() - t0 < std::chrono::seconds(60);) {
+    const std::string err = slurp(log);
+    const std::string key = "listening on http://127.0.0.1:";
+    if (size_t at = err.find(key); at != std::string::npos) {
+      const size_t end = err.find_first_not_of("0123456789", at + key.size());
+      if (end != std::string::npos) port = err.substr(at + key.size(), end - at - key.size());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::map<int, pid_t> ranks = ranks_of(pid);
+  if (port.empty() || ranks.size() != 2) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    FAIL() << "the server did not come up on 2 ranks\n" << slurp(log);
+  }
+  const Result r = sh("curl -s http://127.0.0.1:" + port +
+                      "/v1/completions -H 'content-type: application/json' -d '{\"prompt\": \"Once upon a time\", "
+                      "\"max_tokens\": 20, \"temperature\": 0, \"ignore_eos\": true}'");
+  const json body = json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(body.is_discarded()) << r.out;
+  EXPECT_EQ(body["choices"][0]["text"], json::parse(ref.out)["text"]) << r.out;
+  ASSERT_EQ(::kill(ranks.at(0), SIGTERM), 0);
+  int status = 0;
+  bool ended = false;
+  for (auto t0 = clock::now(); clock::now() - t0 < std::chrono::seconds(30);) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      ended = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!ended) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+  }
+  const std::string err = slurp(log);
+  fs::remove(log);
+  ASSERT_TRUE(ended) << err;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << err;
 }
 
 // A wrong launch is one clear line on every rank, never a hang.
