@@ -51,7 +51,7 @@ void ParallelRun::follow(Transformer& model) {
 }
 
 bool ParallelRun::proceed(bool go) {
-  if (!comm_) return true;
+  if (!comm_) return go;
   uint8_t flag = go ? 1 : 0;
   comm_->broadcast(&flag, 1, 0);
   if (!flag) stopped_ = true;

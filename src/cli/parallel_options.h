@@ -43,7 +43,7 @@ class ParallelRun {
   void follow(Transformer& model);
   // Whether the ranks go on to load the model: rank 0's `go`, broadcast (a command with nothing
   // to do tells the others before any of them loads; loading may run collectives, as the FP8 KV
-  // calibration's forward does). true without a group.
+  // calibration's forward does). `go` itself without a group.
   bool proceed(bool go);
   // Rank 0 of a group: what EngineConfig::followers takes; null otherwise.
   StepFollowers* followers() { return leader_.get(); }
