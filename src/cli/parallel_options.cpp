@@ -13,21 +13,28 @@ void add_parallel_options(CLI::App* sub, ParallelOptions& o) {
                   "Tensor-parallel ranks: launch as mpirun -np N gale ... --tp N (rank 0 runs the command, "
                   "the others hold their shard of every layer; CPU only for now)")
       ->check(CLI::PositiveNumber);
-  sub->add_option("--pp", o.pp, "Pipeline-parallel stages (not implemented yet: only 1)")->check(CLI::PositiveNumber);
+  sub->add_option("--pp", o.pp,
+                  "Pipeline stages: launch as mpirun -np N gale ... --pp N (each rank holds a range of layers; "
+                  "rank 0 runs the command; CPU only, not with --tp yet)")
+      ->check(CLI::PositiveNumber);
 }
 
 ParallelRun::ParallelRun(const ParallelOptions& o) {
-  if (o.pp != 1)
-    throw Error("--pp " + std::to_string(o.pp) + ": pipeline parallelism is not implemented yet (use --tp)");
-  if (o.tp == 1) return;
+  if (o.tp > 1 && o.pp > 1)
+    throw Error("--tp " + std::to_string(o.tp) + " with --pp " + std::to_string(o.pp) +
+                ": combining tensor and pipeline parallelism is not implemented yet (use one of them)");
+  if (o.tp == 1 && o.pp == 1) return;
+  const std::string flag = o.tp > 1 ? "--tp " + std::to_string(o.tp) : "--pp " + std::to_string(o.pp);
+  const int n = o.tp * o.pp;
   if (!mpi_built())
-    throw Error("--tp " + std::to_string(o.tp) + " needs MPI, and this gale was built without it: install OpenMPI "
+    throw Error(flag + " needs MPI, and this gale was built without it: install OpenMPI "
                 "(tools/setup.sh: libopenmpi-dev openmpi-bin), configure again, and launch with mpirun -np " +
-                std::to_string(o.tp));
+                std::to_string(n));
   comm_ = make_mpi_communicator();
-  if (comm_->size() != o.tp) {
-    const std::string msg = "--tp " + std::to_string(o.tp) + " but mpirun started " + std::to_string(comm_->size()) +
-                            " rank(s): launch with mpirun -np " + std::to_string(o.tp);
+  pipeline_ = o.pp > 1;
+  if (comm_->size() != n) {
+    const std::string msg = flag + " but mpirun started " + std::to_string(comm_->size()) +
+                            " rank(s): launch with mpirun -np " + std::to_string(n);
     // Every rank sees the same mismatch and throws; none waits in a collective.
     throw Error(msg);
   }

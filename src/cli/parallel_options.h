@@ -19,7 +19,7 @@ namespace gale::cli {
 
 struct ParallelOptions {
   int tp = 1;  // --tp: tensor-parallel ranks (mpirun -np must match)
-  int pp = 1;  // --pp: pipeline stages (refused above 1 for now)
+  int pp = 1;  // --pp: pipeline stages (mpirun -np must match; not with --tp > 1 yet)
 };
 
 void add_parallel_options(CLI::App* sub, ParallelOptions& o);
@@ -49,13 +49,14 @@ class ParallelRun {
   StepFollowers* followers() { return leader_.get(); }
   // The backend options of `b` with this run's group.
   BackendOptions with_group(BackendOptions b) const {
-    b.tp = comm_.get();
+    (pipeline_ ? b.pp : b.tp) = comm_.get();
     return b;
   }
 
  private:
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<CommStepFollowers> leader_;
+  bool pipeline_ = false;  // the group is --pp's stages, not --tp's ranks
   bool stopped_ = false;  // proceed(false) ended the followers already
 };
 

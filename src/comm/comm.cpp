@@ -14,6 +14,9 @@ void Communicator::broadcast_bytes(std::vector<uint8_t>& data, int root) {
   if (n > 0) broadcast(data.data(), size_t(n), root);
 }
 
+void Communicator::send(const void*, size_t, int) { throw Error(name() + " communicator: no point-to-point send"); }
+void Communicator::recv(void*, size_t, int) { throw Error(name() + " communicator: no point-to-point recv"); }
+
 ShardRange shard_range(int64_t n, int rank, int size) {
   GALE_ASSERT(size > 0 && rank >= 0 && rank < size && n >= 0);
   const int64_t base = n / size, extra = n % size;

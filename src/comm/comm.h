@@ -35,6 +35,10 @@ class Communicator {
   // root's `bytes` bytes of data copied into data on every rank.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
+  // Point to point (pipeline parallelism's activations): `bytes` bytes to rank `to`, or from
+  // rank `from` (the sizes agree). Default: gale::Error (a communicator without them).
+  virtual void send(const void* data, size_t bytes, int to);
+  virtual void recv(void* data, size_t bytes, int from);
   // Ends the job at once with `code` on every rank (a rank that cannot go on while the others
   // wait in a collective). Single rank: std::exit.
   [[noreturn]] virtual void abort(int code) = 0;

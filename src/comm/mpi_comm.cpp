@@ -86,6 +86,17 @@ class MpiCommunicator final : public Communicator {
       mpi_check(MPI_Bcast(p + i, int(std::min(bytes - i, kPiece)), MPI_BYTE, root, MPI_COMM_WORLD), "MPI_Bcast");
   }
   void barrier() override { mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void send(const void* data, size_t bytes, int to) override {
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < bytes; i += kPiece)
+      mpi_check(MPI_Send(p + i, int(std::min(bytes - i, kPiece)), MPI_BYTE, to, 0, MPI_COMM_WORLD), "MPI_Send");
+  }
+  void recv(void* data, size_t bytes, int from) override {
+    auto* p = static_cast<uint8_t*>(data);
+    for (size_t i = 0; i < bytes; i += kPiece)
+      mpi_check(MPI_Recv(p + i, int(std::min(bytes - i, kPiece)), MPI_BYTE, from, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+                "MPI_Recv");
+  }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);  // MPI_Abort does not return; if it did, still never go on

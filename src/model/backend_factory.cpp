@@ -10,6 +10,12 @@
 namespace gale {
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
+  if (o.pp && o.pp->size() > 1) {
+    if (o.tp && o.tp->size() > 1) throw Error("--tp with --pp is not implemented yet: use one of them");
+    if (o.device != "cpu")
+      throw Error("--pp on " + o.device + ": pipeline parallelism runs on the CPU for now; use --device cpu");
+    return std::make_unique<CpuPipelineBackend>(o.bf16_activations, *o.pp);
+  }
   if (o.tp && o.tp->size() > 1) {
     if (o.device != "cpu")
       throw Error("--tp on " + o.device + ": tensor parallelism runs on the CPU for now (the NCCL communicator of "

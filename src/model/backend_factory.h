@@ -23,6 +23,9 @@ struct BackendOptions {
   // rank, make_backend makes this rank's CpuTpBackend and load_model shards the weights; the
   // communicator must outlive the model.
   Communicator* tp = nullptr;
+  // The pipeline (--pp): its rank is the stage; with more than one, make_backend makes a
+  // CpuPipelineBackend and load_model keeps the stage's layers. Not with tp (yet).
+  Communicator* pp = nullptr;
 };
 
 // Throws gale::Error when the device is unknown, absent, or this build has no CUDA backend, or a

@@ -41,3 +41,22 @@ void CpuTpBackend::all_gather_columns(Act part, Act full) {
 }
 
 }  // namespace gale
+
+namespace gale {
+
+std::string CpuPipelineBackend::name() const {
+  return "cpu (pipeline stage " + std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()) + ")";
+}
+
+// x is the transformer's own contiguous f32 buffer (the residual stream or the logits).
+void CpuPipelineBackend::send_to_stage(Act x, int stage) {
+  GALE_ASSERT(x.dtype == DType::F32 && x.ld == x.cols);
+  comm_.send(x.data, size_t(x.rows * x.cols) * sizeof(float), stage);
+}
+
+void CpuPipelineBackend::recv_from_stage(Act x, int stage) {
+  GALE_ASSERT(x.dtype == DType::F32 && x.ld == x.cols);
+  comm_.recv(x.data, size_t(x.rows * x.cols) * sizeof(float), stage);
+}
+
+}  // namespace gale

@@ -26,4 +26,20 @@ class CpuTpBackend final : public CpuBackend {
   std::vector<float> packed_, gathered_cols_;
 };
 
+// One stage of a pipeline (--pp): CpuBackend over the stage's layers, the residual stream sent
+// to the next stage and the logits back to stage 0 through the communicator's send / recv (the
+// stage is the rank).
+class CpuPipelineBackend final : public CpuBackend {
+ public:
+  CpuPipelineBackend(bool bf16_activations, Communicator& comm) : CpuBackend(bf16_activations), comm_(comm) {}
+  std::string name() const override;
+  int pipeline_stage() const override { return comm_.rank(); }
+  int pipeline_stages() const override { return comm_.size(); }
+  void send_to_stage(Act x, int stage) override;
+  void recv_from_stage(Act x, int stage) override;
+
+ private:
+  Communicator& comm_;
+};
+
 }  // namespace gale

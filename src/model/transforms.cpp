@@ -197,6 +197,27 @@ WeightTransform shard_tensor_parallel(int rank, int size) {
           }};
 }
 
+WeightTransform split_pipeline_layers(int stage, int stages) {
+  return {"split-pp", [stage, stages](ModelConfig& c, ModelWeights& w) {
+            GALE_ASSERT(stages >= 1 && stage >= 0 && stage < stages);
+            if (c.num_layers < stages)
+              throw Error(std::to_string(c.num_layers) + " layers do not split over --pp " + std::to_string(stages));
+            const ShardRange r = shard_range(c.num_layers, stage, stages);
+            size_t dropped = 0;
+            for (int64_t l = 0; l < c.num_layers; ++l)
+              if (l < r.begin || l >= r.begin + r.count)
+                for (const Linear* m : {&w.layers[size_t(l)].q, &w.layers[size_t(l)].k, &w.layers[size_t(l)].v,
+                                        &w.layers[size_t(l)].o, &w.layers[size_t(l)].gate, &w.layers[size_t(l)].up,
+                                        &w.layers[size_t(l)].down})
+                  dropped += m->bytes();
+            w.layers = std::vector<LayerWeights>(w.layers.begin() + r.begin, w.layers.begin() + r.begin + r.count);
+            c.layer_window = std::vector<int64_t>(c.layer_window.begin() + r.begin,
+                                                  c.layer_window.begin() + r.begin + r.count);
+            c.num_layers = r.count;
+            w.total_bytes -= std::min(w.total_bytes, dropped);
+          }};
+}
+
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w) {
   for (const WeightTransform& t : ts) {
     try {

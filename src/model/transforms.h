@@ -70,6 +70,12 @@ WeightTransform quantize_int_weights(const IntQuantSpec& spec, const NamePattern
 // row-parallel views are strided: pack_rows() after it makes them packed rows for the CPU.
 WeightTransform shard_tensor_parallel(int rank, int size);
 
+// Pipeline parallelism (--pp N, stage `stage` of `stages`): keeps the layers shard_range(
+// num_layers, stage, stages) (comm/comm.h), their windows with them; cfg.num_layers becomes the
+// stage's count. The embedding stays for stage 0, the final norm and LM head for the last (views:
+// the others never read them). Every stage needs at least one layer.
+WeightTransform split_pipeline_layers(int stage, int stages);
+
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);
 

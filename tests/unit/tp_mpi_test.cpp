@@ -84,48 +84,70 @@ std::vector<int> generated_ids(const Result& r) {
   return j["ids"].get<std::vector<int>>();
 }
 
-class TpGenerate : public ::testing::TestWithParam<std::string> {};
+struct Launch {
+  std::string fixture, flag;  // --tp 2 or --pp 2
+};
+
+void PrintTo(const Launch& l, std::ostream* os) { *os << l.fixture << " " << l.flag; }
+
+class TpGenerate : public ::testing::TestWithParam<Launch> {};
 
 // The greedy continuation of the fixture's prompt with the model split over 2 ranks is the one
-// rank's, token for token: the all-reduced partial sums differ from one product's sum only in
-// rounding, which must not move an argmax on these models (a failure here names the fixture).
+// rank's, token for token. --tp: the all-reduced partial sums differ from one product's sum only
+// in rounding, which must not move an argmax on these models; --pp: each stage runs the same ops
+// on the same numbers, so the logits are the same bits. A failure names the fixture.
 TEST_P(TpGenerate, GreedyIdsMatchOneRank) {
   SKIP_WITHOUT_MPI();
-  const std::string name = GetParam();
-  const json ref = gale::test::read_json(fixture(name) + "/reference.json");
+  const Launch l = GetParam();
+  const json ref = gale::test::read_json(fixture(l.fixture) + "/reference.json");
   std::string ids;
   for (int id : ref["greedy_prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
-  const std::string args = " generate -m " + fixture(name) + " --ids " + ids + " -n 24 --ignore-eos --json";
+  const std::string args = " generate -m " + fixture(l.fixture) + " --ids " + ids + " -n 24 --ignore-eos --json";
   const std::vector<int> one = generated_ids(sh(gale() + args));
   ASSERT_EQ(one.size(), 24u);
-  const Result two = sh(mpirun(2) + args + " --tp 2");
+  const Result two = sh(mpirun(2) + args + " " + l.flag);
   EXPECT_EQ(generated_ids(two), one) << two.err;
+}
+
+std::string launch_name(const ::testing::TestParamInfo<Launch>& info) {
+  std::string s = info.param.fixture + "_" + info.param.flag.substr(2, 2);
+  for (char& c : s)
+    if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
 }
 
 // Dense fixtures of every attention layout: KV heads split (llama, mistral, phi3 with its fused
 // q|k|v and gate|up), one KV head replicated on both ranks (qwen2, with q/k/v biases), q/k norm
 // (qwen3), sliding windows (mistral, phi3_swa), bf16 weights, llama3 RoPE scaling.
-INSTANTIATE_TEST_SUITE_P(Fixtures, TpGenerate,
-                         ::testing::Values("llama-f32", "llama-bf16", "qwen2-f32", "qwen3-f32", "mistral-f32",
-                                           "phi3-f32", "phi3_swa-f32", "long_llama3-f32"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(TensorParallel, TpGenerate,
+                         ::testing::Values(Launch{"llama-f32", "--tp 2"}, Launch{"llama-bf16", "--tp 2"},
+                                           Launch{"qwen2-f32", "--tp 2"}, Launch{"qwen3-f32", "--tp 2"},
+                                           Launch{"mistral-f32", "--tp 2"}, Launch{"phi3-f32", "--tp 2"},
+                                           Launch{"phi3_swa-f32", "--tp 2"}, Launch{"long_llama3-f32", "--tp 2"}),
+                         launch_name);
+// Layers split over 2 stages: the dense layouts, an MoE model and a quantized checkpoint too
+// (a stage keeps whole layers, whatever is inside them).
+INSTANTIATE_TEST_SUITE_P(Pipeline, TpGenerate,
+                         ::testing::Values(Launch{"llama-f32", "--pp 2"}, Launch{"qwen2-f32", "--pp 2"},
+                                           Launch{"qwen3-f32", "--pp 2"}, Launch{"phi3_swa-f32", "--pp 2"},
+                                           Launch{"mixtral-f32", "--pp 2"}, Launch{"qwen2-cttensor", "--pp 2"}),
+                         launch_name);
 
 // The bundled model from a text prompt: rank 0 tokenizes and detokenizes; 6 heads and 2 KV
 // heads become 3 and 1 per rank.
 TEST(TpMpi, BundledModelGreedyTextMatchesOneRank) {
   SKIP_WITHOUT_MPI();
   const std::string args = " generate -p 'Once upon a time' -n 32 --ignore-eos --json";
-  const Result a = sh(gale() + args), b = sh(mpirun(2) + args + " --tp 2");
+  const Result a = sh(gale() + args);
   ASSERT_EQ(a.code, 0) << a.err;
-  ASSERT_EQ(b.code, 0) << b.err;
-  const json ja = json::parse(a.out), jb = json::parse(b.out);
-  EXPECT_EQ(jb["ids"], ja["ids"]);
-  EXPECT_EQ(jb["text"], ja["text"]);
+  const json ja = json::parse(a.out);
+  for (const char* flag : {" --tp 2", " --pp 2"}) {
+    const Result b = sh(mpirun(2) + args + flag);
+    ASSERT_EQ(b.code, 0) << flag << ": " << b.err;
+    const json jb = json::parse(b.out);
+    EXPECT_EQ(jb["ids"], ja["ids"]) << flag;
+    EXPECT_EQ(jb["text"], ja["text"]) << flag;
+  }
 }
 
 // gale batch over 2 ranks: the same result per custom_id as on one rank, greedy and seeded
@@ -162,6 +184,7 @@ TEST(TpMpi, BatchResultsMatchOneRank) {
   const auto one = run(gale(), "one.jsonl", ""), two = run(mpirun(2), "two.jsonl", " --tp 2");
   EXPECT_EQ(one.size(), 6u);
   EXPECT_EQ(two, one);
+  EXPECT_EQ(run(mpirun(2), "pp.jsonl", " --pp 2"), one);
   // A rerun over a finished output has nothing to do: the followers are told before loading.
   const Result again = sh(mpirun(2) + " batch --input " + (dir / "in.jsonl").string() + " --output " +
                           (dir / "two.jsonl").string() + " --tp 2");
@@ -324,9 +347,10 @@ TEST(TpMpi, ServeAnswersAndStopsCleanly) {
 // A wrong launch is one clear line on every rank, never a hang.
 TEST(TpMpi, LaunchErrorsAreClear) {
   const std::string args = " generate -m " + fixture("llama-f32") + " --ids 1,2,3 -n 2";
-  const Result pp = sh(gale() + args + " --pp 2");
-  EXPECT_EQ(pp.code, 1);
-  EXPECT_NE(pp.err.find("pipeline parallelism is not implemented"), std::string::npos) << pp.err;
+  const Result both = sh(gale() + args + " --tp 2 --pp 2");
+  EXPECT_EQ(both.code, 1);
+  EXPECT_NE(both.err.find("combining tensor and pipeline parallelism is not implemented"), std::string::npos)
+      << both.err;
   const Result alone = sh(gale() + args + " --tp 2");  // no mpirun: one rank (or no MPI at all)
   EXPECT_EQ(alone.code, 1);
   if (kMpiexec) {
