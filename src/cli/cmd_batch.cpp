@@ -337,7 +337,13 @@ int BatchJob::run() {
   // Input: every line parsed now (line numbers for the errors file); bodies checked at admission.
   std::ofstream errs;
   int64_t num_bad = 0;
+  // --dp: every replica reads the whole input; the first alone writes the errors file.
+  const int replica = par.replica(), replicas = par.replicas();
   auto bad_line = [&](int64_t line, const std::string& msg, const std::string& custom_id = "") {
+    if (replica != 0) {
+      ++num_bad;
+      return;
+    }
     if (!errs.is_open()) {
       errs.open(err_path, std::ios::binary | std::ios::trunc);
       if (!errs) throw Error("cannot open " + err_path);
@@ -367,13 +373,32 @@ int BatchJob::run() {
     }
     requests.push_back(std::move(p));
   }
-  if (!errs.is_open()) std::filesystem::remove(err_path);  // no stale errors from an earlier run
+  if (!errs.is_open() && replica == 0) std::filesystem::remove(err_path);  // no stale errors from an earlier run
   if (num_bad > 0)
     std::fprintf(stderr, "gale batch: %lld malformed input line(s), listed in %s\n", (long long)num_bad,
                  err_path.c_str());
 
-  const std::unordered_set<std::string> done = out_->scan_and_repair(seen);
-  const int64_t total = int64_t(requests.size()), resumed = int64_t(done.size());
+  // --dp: the replicas append to one output file. The first cuts a torn last line before the
+  // others read it, and nobody appends before every replica has read it (a line being written
+  // could look torn to a reader and be cut).
+  std::unordered_set<std::string> done;
+  if (replicas > 1) {
+    if (replica == 0) done = out_->scan_and_repair(seen);
+    par.barrier();
+    if (replica != 0) done = out_->scan_and_repair(seen);
+    par.barrier();
+    // Request k of the input's valid lines belongs to replica k % replicas: the same split on
+    // every rerun of the same input, so a resumed job runs each missing request exactly once.
+    std::vector<Pending> mine;
+    for (size_t k = 0; k < requests.size(); ++k)
+      if (int(k % size_t(replicas)) == replica) mine.push_back(std::move(requests[k]));
+    requests = std::move(mine);
+  } else {
+    done = out_->scan_and_repair(seen);
+  }
+  int64_t resumed = 0;
+  for (const Pending& p : requests) resumed += done.count(p.req.custom_id) ? 1 : 0;
+  const int64_t total = int64_t(requests.size());
   std::deque<Pending> queue;
   bool any_chat = false;
   for (Pending& p : requests) {
@@ -476,6 +501,7 @@ CommandRegistrar reg{15, [](CLI::App& root) {
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
   add_parallel_options(sub, o->parallel);
+  add_data_parallel_option(sub, o->parallel);
   sub->add_option("--input", o->input, "Requests: one {custom_id, method, url, body} per line")->required();
   sub->add_option("--output", o->output,
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")

@@ -19,26 +19,36 @@ void add_parallel_options(CLI::App* sub, ParallelOptions& o) {
       ->check(CLI::PositiveNumber);
 }
 
+void add_data_parallel_option(CLI::App* sub, ParallelOptions& o) {
+  sub->add_option("--dp", o.dp,
+                  "Replicas of the whole model: launch as mpirun -np N gale batch ... --dp N; each runs every N-th "
+                  "request of the input and appends to the one output file (rerun to resume, as with one)")
+      ->check(CLI::PositiveNumber);
+}
+
 ParallelRun::ParallelRun(const ParallelOptions& o) {
-  if (o.tp > 1 && o.pp > 1)
-    throw Error("--tp " + std::to_string(o.tp) + " with --pp " + std::to_string(o.pp) +
-                ": combining tensor and pipeline parallelism is not implemented yet (use one of them)");
-  if (o.tp == 1 && o.pp == 1) return;
-  const std::string flag = o.tp > 1 ? "--tp " + std::to_string(o.tp) : "--pp " + std::to_string(o.pp);
-  const int n = o.tp * o.pp;
+  if (int(o.tp > 1) + int(o.pp > 1) + int(o.dp > 1) > 1)
+    throw Error("--tp " + std::to_string(o.tp) + ", --pp " + std::to_string(o.pp) + ", --dp " + std::to_string(o.dp) +
+                ": combining tensor, pipeline and data parallelism is not implemented yet (use one of them)");
+  if (o.tp == 1 && o.pp == 1 && o.dp == 1) return;
+  const std::string flag = o.tp > 1   ? "--tp " + std::to_string(o.tp)
+                           : o.pp > 1 ? "--pp " + std::to_string(o.pp)
+                                      : "--dp " + std::to_string(o.dp);
+  const int n = o.tp * o.pp * o.dp;
   if (!mpi_built())
     throw Error(flag + " needs MPI, and this gale was built without it: install OpenMPI "
                 "(tools/setup.sh: libopenmpi-dev openmpi-bin), configure again, and launch with mpirun -np " +
                 std::to_string(n));
   comm_ = make_mpi_communicator();
   pipeline_ = o.pp > 1;
+  data_parallel_ = o.dp > 1;
   if (comm_->size() != n) {
     const std::string msg = flag + " but mpirun started " + std::to_string(comm_->size()) +
                             " rank(s): launch with mpirun -np " + std::to_string(n);
     // Every rank sees the same mismatch and throws; none waits in a collective.
     throw Error(msg);
   }
-  if (comm_->rank() == 0) leader_ = std::make_unique<CommStepFollowers>(*comm_);
+  if (comm_->rank() == 0 && !data_parallel_) leader_ = std::make_unique<CommStepFollowers>(*comm_);
 }
 
 ParallelRun::~ParallelRun() {
@@ -58,7 +68,7 @@ void ParallelRun::follow(Transformer& model) {
 }
 
 bool ParallelRun::proceed(bool go) {
-  if (!comm_) return go;
+  if (!comm_ || data_parallel_) return go;  // replicas load their own models
   uint8_t flag = go ? 1 : 0;
   comm_->broadcast(&flag, 1, 0);
   if (!flag) stopped_ = true;

@@ -20,9 +20,12 @@ namespace gale::cli {
 struct ParallelOptions {
   int tp = 1;  // --tp: tensor-parallel ranks (mpirun -np must match)
   int pp = 1;  // --pp: pipeline stages (mpirun -np must match; not with --tp > 1 yet)
+  int dp = 1;  // --dp: whole-model replicas splitting a batch job (gale batch only)
 };
 
 void add_parallel_options(CLI::App* sub, ParallelOptions& o);
+// gale batch's --dp (replicas of the whole model, each running its share of the input).
+void add_data_parallel_option(CLI::App* sub, ParallelOptions& o);
 
 class ParallelRun {
  public:
@@ -37,7 +40,7 @@ class ParallelRun {
 
   // The group for BackendOptions::tp; null for --tp 1.
   Communicator* group() const { return comm_.get(); }
-  bool follower() const { return comm_ && comm_->rank() != 0; }
+  bool follower() const { return comm_ && !data_parallel_ && comm_->rank() != 0; }
   // Ranks 1..N-1: follows rank 0's steps until its shutdown (SIGINT and SIGTERM ignored: mpirun
   // forwards them to every rank, and rank 0 decides when the job ends, after draining).
   void follow(Transformer& model);
@@ -47,16 +50,21 @@ class ParallelRun {
   bool proceed(bool go);
   // Rank 0 of a group: what EngineConfig::followers takes; null otherwise.
   StepFollowers* followers() { return leader_.get(); }
+  // --dp: this process's replica and their number (0 and 1 otherwise); barrier() waits for all.
+  int replica() const { return data_parallel_ ? comm_->rank() : 0; }
+  int replicas() const { return data_parallel_ ? comm_->size() : 1; }
+  void barrier() { if (comm_) comm_->barrier(); }
   // The backend options of `b` with this run's group.
   BackendOptions with_group(BackendOptions b) const {
-    (pipeline_ ? b.pp : b.tp) = comm_.get();
+    if (!data_parallel_) (pipeline_ ? b.pp : b.tp) = comm_.get();
     return b;
   }
 
  private:
   std::unique_ptr<Communicator> comm_;
   std::unique_ptr<CommStepFollowers> leader_;
-  bool pipeline_ = false;  // the group is --pp's stages, not --tp's ranks
+  bool pipeline_ = false;       // the group is --pp's stages, not --tp's ranks
+  bool data_parallel_ = false;  // the group is --dp's replicas: each runs the whole command
   bool stopped_ = false;  // proceed(false) ended the followers already
 };
 
