@@ -1,5 +1,6 @@
-// --tp / --pp of the commands that serve requests (generate, batch, serve), and the process's
-// part in a job launched by mpirun: rank 0 runs the command, the other ranks follow its steps.
+// --tp / --pp of the commands that serve requests (generate, batch, serve), --dp of gale batch,
+// and the process's part in a job launched by mpirun: with --tp / --pp rank 0 runs the command
+// and the other ranks follow its steps; with --dp every rank runs the command on its share.
 //
 //   ParallelRun par(o.parallel);                       // before the model: MPI, the group
 //   LoadedModel lm = load_model(dir, backend_options(o.model, par), ...);

@@ -1,7 +1,8 @@
-// Tensor parallelism across processes (mpirun -np N gale generate|batch|serve ... --tp N): rank 0
-// runs the whole engine (tokenizer, scheduler, sampling, front end) and broadcasts each step's
-// plan; ranks 1..N-1 only run the model's forward over their shards, as rank 0's plan says, so
-// that their collectives (Backend::reduce_add, all_gather_columns) meet rank 0's.
+// Tensor and pipeline parallelism across processes (mpirun -np N gale generate|batch|serve ...
+// --tp N or --pp N): rank 0 runs the whole engine (tokenizer, scheduler, sampling, front end)
+// and broadcasts each step's plan; ranks 1..N-1 only run the model's forward over their shards
+// or stages, as rank 0's plan says, so that their collectives (Backend::reduce_add,
+// all_gather_columns) and transfers (send_to_stage / recv_from_stage) meet rank 0's.
 //
 // The protocol is one broadcast of a byte string per message, from rank 0, in this order:
 //   start (KV blocks, tokens per block)  step*  end     -- one per Engine
