@@ -35,6 +35,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_options.h"
+#include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -58,6 +59,7 @@ extern "C" void on_signal(int sig) { g_signal = sig; }
 struct BatchOptions {
   ModelOptions model;
   EngineOptions engine;
+  ParallelOptions parallel;
   std::string input, output, errors;
 };
 
@@ -317,7 +319,14 @@ void BatchJob::load_chat_template(bool needed) {
 }
 
 int BatchJob::run() {
+  ParallelRun par(o_.parallel);  // --tp: this process's rank; outlives the engine
   model_dir_ = resolve_model(o_.model);
+  if (par.follower()) {  // ranks 1..N-1 never touch the files: rank 0's steps, then exit 0
+    if (!par.proceed(false)) return 0;
+    lm_ = load_model(model_dir_, par.with_group(backend_options(o_.model)), load_options(o_.model));
+    par.follow(*lm_.model);
+    return 0;
+  }
   // Files first: a bad input or output path fails before the model loads.
   InputFile in(o_.input);
   out_ = std::make_unique<ResultFile>(o_.output);
@@ -329,7 +338,13 @@ int BatchJob::run() {
   // Input: every line parsed now (line numbers for the errors file); bodies checked at admission.
   std::ofstream errs;
   int64_t num_bad = 0;
+  // --dp: every replica reads the whole input; the first alone writes the errors file.
+  const int replica = par.replica(), replicas = par.replicas();
   auto bad_line = [&](int64_t line, const std::string& msg, const std::string& custom_id = "") {
+    if (replica != 0) {
+      ++num_bad;
+      return;
+    }
     if (!errs.is_open()) {
       errs.open(err_path, std::ios::binary | std::ios::trunc);
       if (!errs) throw Error("cannot open " + err_path);
@@ -359,13 +374,32 @@ int BatchJob::run() {
     }
     requests.push_back(std::move(p));
   }
-  if (!errs.is_open()) std::filesystem::remove(err_path);  // no stale errors from an earlier run
+  if (!errs.is_open() && replica == 0) std::filesystem::remove(err_path);  // no stale errors from an earlier run
   if (num_bad > 0)
     std::fprintf(stderr, "gale batch: %lld malformed input line(s), listed in %s\n", (long long)num_bad,
                  err_path.c_str());
 
-  const std::unordered_set<std::string> done = out_->scan_and_repair(seen);
-  const int64_t total = int64_t(requests.size()), resumed = int64_t(done.size());
+  // --dp: the replicas append to one output file. The first cuts a torn last line before the
+  // others read it, and nobody appends before every replica has read it (a line being written
+  // could look torn to a reader and be cut).
+  std::unordered_set<std::string> done;
+  if (replicas > 1) {
+    if (replica == 0) done = out_->scan_and_repair(seen);
+    par.barrier();
+    if (replica != 0) done = out_->scan_and_repair(seen);
+    par.barrier();
+    // Request k of the input's valid lines belongs to replica k % replicas: the same split on
+    // every rerun of the same input, so a resumed job runs each missing request exactly once.
+    std::vector<Pending> mine;
+    for (size_t k = 0; k < requests.size(); ++k)
+      if (int(k % size_t(replicas)) == replica) mine.push_back(std::move(requests[k]));
+    requests = std::move(mine);
+  } else {
+    done = out_->scan_and_repair(seen);
+  }
+  int64_t resumed = 0;
+  for (const Pending& p : requests) resumed += done.count(p.req.custom_id) ? 1 : 0;
+  const int64_t total = int64_t(requests.size());
   std::deque<Pending> queue;
   bool any_chat = false;
   for (Pending& p : requests) {
@@ -377,12 +411,12 @@ int BatchJob::run() {
   if (resumed > 0)
     std::fprintf(stderr, "gale batch: resuming: %lld of %lld requests already in %s\n", (long long)resumed,
                  (long long)total, o_.output.c_str());
-  if (queue.empty()) {
+  if (!par.proceed(!queue.empty())) {
     std::fprintf(stderr, "gale batch: nothing to do (%lld requests, all done)\n", (long long)total);
     return 0;
   }
 
-  lm_ = load_model(model_dir_, backend_options(o_.model), load_options(o_.model));
+  lm_ = load_model(model_dir_, par.with_group(backend_options(o_.model)), load_options(o_.model));
   const ModelConfig& cfg = lm_.model->config();
   info_.name = lm_.synthetic ? lm_.source : std::filesystem::path(model_dir_).lexically_normal().filename().string();
   if (info_.name.empty()) info_.name = std::filesystem::path(model_dir_).parent_path().filename().string();
@@ -402,8 +436,13 @@ int BatchJob::run() {
   dflt.min_p = gd_.do_sample ? gd_.min_p : 0.0f;
   dflt.repetition_penalty = gd_.repetition_penalty;
   EngineConfig ec = engine_config(o_.engine);
-  if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
-    draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
+  ec.followers = par.followers();
+  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
+  if (ec.followers && !o_.engine.speculative.empty() && o_.engine.speculative != "off")
+    throw Error("--speculative with --tp / --pp is not supported yet");
+  if (!ec.followers)
+    if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
+      draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
   Engine engine(*lm_.model, tok_.get(), ec, draft_.model.get());
 
   struct sigaction sa {};
@@ -472,6 +511,8 @@ CommandRegistrar reg{15, [](CLI::App& root) {
       "batch", "Run a file of OpenAI batch requests (JSONL) and append one result line per request; rerun to resume");
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
+  add_parallel_options(sub, o->parallel);
+  add_data_parallel_option(sub, o->parallel);
   sub->add_option("--input", o->input, "Requests: one {custom_id, method, url, body} per line")->required();
   sub->add_option("--output", o->output,
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")

@@ -9,6 +9,7 @@
 #include "cli/command.h"
 #include "cli/model_options.h"
 #include "cli/engine_options.h"
+#include "cli/parallel_options.h"
 #include "core/checked_math.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -22,6 +23,7 @@ namespace {
 struct GenerateOptions {
   ModelOptions model;
   EngineOptions engine;
+  ParallelOptions parallel;
   std::string prompt;
   std::string ids;
   int64_t n = 128;
@@ -37,9 +39,11 @@ struct GenerateOptions {
 
 void run_generate(const GenerateOptions& o) {
   using clock = std::chrono::steady_clock;
+  ParallelRun par(o.parallel);  // --tp: this process's rank; outlives the model and the engine
   const std::string dir = resolve_model(o.model);
   auto t0 = clock::now();
-  LoadedModel lm = load_model(dir, backend_options(o.model), load_options(o.model));
+  LoadedModel lm = load_model(dir, par.with_group(backend_options(o.model)), load_options(o.model));
+  if (par.follower()) return par.follow(*lm.model);  // ranks 1..N-1: rank 0's steps, then exit 0
   const ModelConfig& cfg = lm.model->config();
   std::unique_ptr<Tokenizer> tok;
   if (!lm.synthetic && std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json"))
@@ -74,9 +78,14 @@ void run_generate(const GenerateOptions& o) {
   // One request through the Engine (the same path as batch mode and the server).
   EngineConfig ec = engine_config(o.engine);
   ec.max_num_seqs = 1;
+  ec.followers = par.followers();
+  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
+  if (ec.followers && !o.engine.speculative.empty() && o.engine.speculative != "off")
+    throw Error("--speculative with --tp / --pp is not supported yet");
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
-  if (std::string dd = apply_speculation(o.engine, dir, ec); !dd.empty())
-    draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  if (!ec.followers)
+    if (std::string dd = apply_speculation(o.engine, dir, ec); !dd.empty())
+      draft = load_model(dd, backend_options(o.model), load_options(o.model));
   if (o.engine.kv_cache_memory.empty()) {
     // Just what this request needs, and never more than the context: past it add_request
     // refuses the request by name, so a huge -n must not first size (or wrap) the cache. A
@@ -161,6 +170,7 @@ CommandRegistrar reg{10, [](CLI::App& root) {
   CLI::App* sub = root.add_subcommand("generate", "Generate text from a prompt (streams to stdout)");
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine, /*many_seqs=*/false);
+  add_parallel_options(sub, o->parallel);
   auto* p = sub->add_option("-p,--prompt", o->prompt, "Prompt text");
   auto* ids = sub->add_option("--ids", o->ids, "Prompt as comma-separated token ids");
   p->excludes(ids);

@@ -9,6 +9,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_options.h"
+#include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -26,6 +27,7 @@ namespace fs = std::filesystem;
 struct ServeOptions {
   ModelOptions model;
   EngineOptions engine;
+  ParallelOptions parallel;
   serve::ServerConfig server;
   std::string served_name;
   std::string chat_template;
@@ -71,9 +73,11 @@ nlohmann::ordered_json special_tokens(const std::string& dir) {
 }
 
 void run_serve(ServeOptions& o) {
+  ParallelRun par(o.parallel);  // --tp: this process's rank; outlives the model and the engine
   const std::string dir = resolve_model(o.model);
   if (const char* k = std::getenv("GALE_API_KEY"); k && o.server.api_key.empty()) o.server.api_key = k;
-  LoadedModel lm = load_model(dir, backend_options(o.model), load_options(o.model));
+  LoadedModel lm = load_model(dir, par.with_group(backend_options(o.model)), load_options(o.model));
+  if (par.follower()) return par.follow(*lm.model);  // ranks 1..N-1: rank 0 serves HTTP
   const ModelConfig& cfg = lm.model->config();
   std::unique_ptr<Tokenizer> tok;
   if (!lm.synthetic && fs::exists(fs::path(dir) / "tokenizer.json")) tok = Tokenizer::load(dir);
@@ -105,9 +109,14 @@ void run_serve(ServeOptions& o) {
   info.defaults.repetition_penalty = gd.repetition_penalty;
 
   EngineConfig ec = engine_config(o.engine);
+  ec.followers = par.followers();
+  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
+  if (ec.followers && !o.engine.speculative.empty() && o.engine.speculative != "off")
+    throw Error("--speculative with --tp / --pp is not supported yet");
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
-  if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
-    draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  if (!ec.followers)
+    if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
+      draft = load_model(dd, backend_options(o.model), load_options(o.model));
   Engine engine(*lm.model, tok.get(), ec, draft.model.get());
   EngineAdapter adapter(engine);
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
@@ -125,6 +134,7 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   CLI::App* sub = root.add_subcommand("serve", "OpenAI-compatible HTTP server (completions, chat, metrics)");
   add_model_options(sub, o->model);
   add_engine_options(sub, o->engine);
+  add_parallel_options(sub, o->parallel);
   auto& s = o->server;
   sub->add_option("--host", s.host, "Address to bind (default 127.0.0.1: this machine only)");
   sub->add_option("--port", s.port, "TCP port (default 8000; 0 = any free port)")->check(CLI::Range(0, 65535));

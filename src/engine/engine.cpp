@@ -166,6 +166,7 @@ struct Engine::Impl {
   Transformer& model;
   const Tokenizer* tok;
   EngineConfig cfg;
+  std::vector<std::pair<int32_t, int32_t>> follower_copies;  // tell_followers' scratch
   Transformer* draft = nullptr;
   std::unique_ptr<KVCache> kv;
   std::unique_ptr<KVCache> draft_kv;  // same blocks and block tables as kv (see Engine's constructor)
@@ -336,6 +337,7 @@ struct Engine::Impl {
 
   // The block copies and the forward of a scheduled step: launched, or run to the logits.
   void launch(Flight& f) {
+    if (cfg.followers && (!f.so.copies.empty() || !f.so.seqs.empty())) tell_followers(f);
     for (const BlockCopy& c : f.so.copies) {
       kv->copy_block(c.src, c.dst);
       if (draft_kv) draft_kv->copy_block(c.src, c.dst);
@@ -394,6 +396,21 @@ struct Engine::Impl {
         }
       }
     }
+  }
+
+  // The step's plan for the other ranks of a tensor-parallel group: the same copies and the same
+  // SeqSteps launch() builds below, so they run the same forward.
+  void tell_followers(const Flight& f) {
+    follower_copies.clear();
+    for (const BlockCopy& c : f.so.copies) follower_copies.emplace_back(c.src, c.dst);
+    std::vector<SeqStep> steps;
+    steps.reserve(f.so.seqs.size());
+    for (const ScheduledSeq& s : f.so.seqs) {
+      std::span<const int32_t> toks = sched->tokens(s.id);
+      steps.push_back({toks.subspan(size_t(s.start_pos), size_t(s.num_tokens)), s.start_pos, s.block_table,
+                       s.sample ? SeqStep::Logits::Last : SeqStep::Logits::None, int64_t(toks.size())});
+    }
+    cfg.followers->step(follower_copies, steps);
   }
 
   // Waits for the step in flight and does what the next schedule depends on; the rest of each
@@ -881,6 +898,12 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Trans
     impl_->spec = std::make_unique<SpecController>(scc);
     impl_->proposer = cfg.proposer;
   }
+  if (cfg.followers) {
+    if (draft) throw Error("a draft model with tensor parallelism is not supported yet");
+    if (cfg.num_speculative_tokens > 0)
+      throw Error("speculative decoding with tensor or pipeline parallelism is not supported yet");
+    cfg.followers->start(num_blocks, cfg.block_size);
+  }
 }
 
 Engine::~Engine() {
@@ -890,6 +913,13 @@ Engine::~Engine() {
     try {
       m.model.wait_ids(ids);
     } catch (const std::exception&) {
+    }
+  }
+  if (m.cfg.followers) {
+    try {
+      m.cfg.followers->end();
+    } catch (const std::exception& e) {  // a lost rank ends the job anyway (comm/comm.h)
+      std::fprintf(stderr, "gale: the tensor-parallel ranks were not told the engine ended: %s\n", e.what());
     }
   }
   if (m.profile && m.prof_steps > 0) {

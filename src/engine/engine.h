@@ -31,6 +31,22 @@ constexpr int64_t kMaxBlockSize = 65536;
 // past it) and configs without one (0 = no limit).
 int64_t context_limit(const ModelConfig& c);
 
+// Tensor parallelism's seam in the engine: rank 0's engine tells the other ranks of its group
+// what every step runs, just before it runs it, so that they run the same forward over their
+// shards of the model and their own KV caches (engine/step_followers.h sends it over the
+// communicator; the other ranks follow with follow_steps). The scheduler, the sampler and the
+// tokenizer stay on rank 0: the plan is only block ids, token ids and positions.
+class StepFollowers {
+ public:
+  virtual ~StepFollowers() = default;
+  // Once, before the first step: the KV cache every rank makes (blocks, tokens per block).
+  virtual void start(int64_t num_blocks, int64_t block_size) = 0;
+  // Before each forward: the block copies (src, dst) to make first, then the forward's steps.
+  virtual void step(std::span<const std::pair<int32_t, int32_t>> copies, std::span<const SeqStep> steps) = 0;
+  // The engine is going away (its KV cache with it).
+  virtual void end() = 0;
+};
+
 struct EngineConfig {
   int64_t block_size = 16;               // tokens per KV block
   int64_t kv_cache_bytes = 0;            // KV budget (--kv-cache-memory); 0 = default from free memory
@@ -51,6 +67,9 @@ struct EngineConfig {
   // always num_speculative_tokens (as far as max_tokens leaves room).
   bool speculative_adaptive = true;
   std::shared_ptr<TokenProposer> proposer;
+  // Rank 0 of a tensor-parallel group: the other ranks to tell of every step (null: one rank).
+  // Not with a draft model.
+  StepFollowers* followers = nullptr;
 };
 
 struct RequestParams {

@@ -19,6 +19,11 @@ void Backend::download(void* host, const void* src, size_t bytes) {
 
 void Backend::fill_zero(Act) { throw Error(name() + ": fill_zero is not implemented (partial residuals)"); }
 void Backend::reduce_add(Act, Act) { throw Error(name() + ": reduce_add is not implemented (partial residuals)"); }
+void Backend::send_to_stage(Act, int) { throw Error(name() + ": send_to_stage is not implemented (pipeline)"); }
+void Backend::recv_from_stage(Act, int) { throw Error(name() + ": recv_from_stage is not implemented (pipeline)"); }
+void Backend::all_gather_columns(Act, Act) {
+  throw Error(name() + ": all_gather_columns is not implemented (vocabulary-parallel LM head)");
+}
 
 void Backend::sample_rows(Act, std::span<const RowSampling>, int32_t*) {
   throw Error("sampling on the device is not available on " + name());

@@ -224,6 +224,22 @@ class Backend {
   virtual bool partial_residuals() const { return false; }
   virtual void fill_zero(Act x);
   virtual void reduce_add(Act partial, Act x);
+  // The vocabulary-parallel LM head's seam: part ([rows, n_r] f32) holds this rank's columns
+  // shard_range(full.cols, rank, ranks) (comm/comm.h) of the logits; afterwards full ([rows,
+  // full.cols] f32) holds every rank's, on every rank. The transformer calls it where the LM
+  // head has fewer rows than the vocabulary (model/transforms.h shard_tensor_parallel). Default
+  // throws (one device never shards).
+  virtual void all_gather_columns(Act part, Act full);
+  // Pipeline parallelism's seam: this backend runs stage pipeline_stage() of
+  // pipeline_stages() (its layers only: model/transforms.h split_pipeline_layers). The first
+  // stage embeds the tokens, the others receive the residual stream x ([T, hidden] f32) from
+  // the stage before (recv_from_stage); every stage but the last sends its x on; the last
+  // computes the logits and sends them to stage 0, which returns them. Defaults: one stage,
+  // and the transfers throw.
+  virtual int pipeline_stage() const { return 0; }
+  virtual int pipeline_stages() const { return 1; }
+  virtual void send_to_stage(Act x, int stage);
+  virtual void recv_from_stage(Act x, int stage);
   // gate = silu(gate) * up (in place).
   virtual void silu_mul(Act gate, Act up) = 0;
   // Rounds f32 activations to bf16 in place (`--dtype bf16` on the CPU); no-op where the

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "model/cpu_backend.h"
+#include "model/cpu_tp_backend.h"
 #ifdef GALE_HAVE_CUDA
 #include "model/cuda/cuda_backend.h"
 #endif
@@ -9,6 +10,18 @@
 namespace gale {
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& o) {
+  if (o.pp && o.pp->size() > 1) {
+    if (o.tp && o.tp->size() > 1) throw Error("--tp with --pp is not implemented yet: use one of them");
+    if (o.device != "cpu")
+      throw Error("--pp on " + o.device + ": pipeline parallelism runs on the CPU for now; use --device cpu");
+    return std::make_unique<CpuPipelineBackend>(o.bf16_activations, *o.pp);
+  }
+  if (o.tp && o.tp->size() > 1) {
+    if (o.device != "cpu")
+      throw Error("--tp on " + o.device + ": tensor parallelism runs on the CPU for now (the NCCL communicator of "
+                  "the GPU backend is not written yet); use --device cpu");
+    return std::make_unique<CpuTpBackend>(o.bf16_activations, *o.tp);
+  }
   if (o.device == "cpu") return std::make_unique<CpuBackend>(o.bf16_activations);
   if (o.device.rfind("cuda", 0) == 0) {
     [[maybe_unused]] int index = 0;

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "comm/comm.h"
 #include "model/backend.h"
 #include "model/cuda/cuda_options.h"
 
@@ -18,6 +19,13 @@ struct BackendOptions {
   // make_backend reads them from the environment (cuda_options_from_env) when it makes a CUDA
   // backend, so a CPU run never parses them.
   std::optional<CudaOptions> cuda;
+  // The tensor-parallel group (--tp, launched by mpirun), or null: one rank. With more than one
+  // rank, make_backend makes this rank's CpuTpBackend and load_model shards the weights; the
+  // communicator must outlive the model.
+  Communicator* tp = nullptr;
+  // The pipeline (--pp): its rank is the stage; with more than one, make_backend makes a
+  // CpuPipelineBackend and load_model keeps the stage's layers. Not with tp (yet).
+  Communicator* pp = nullptr;
 };
 
 // Throws gale::Error when the device is unknown, absent, or this build has no CUDA backend, or a

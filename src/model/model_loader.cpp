@@ -83,7 +83,14 @@ DType resolve_kv_cache_dtype(const std::string& s, const ModelConfig& cfg, const
 }
 
 LoadedModel load_model(const std::string& path, const BackendOptions& bo, const LoadOptions& lo) {
-  const std::vector<WeightTransform> transforms = transforms_for(lo);  // a bad option fails before loading
+  std::vector<WeightTransform> transforms = transforms_for(lo);  // a bad option fails before loading
+  if (bo.tp && bo.tp->size() > 1) {
+    // This rank's shard first (views of the mapping), its strided row-parallel views packed
+    // (copies of the shard only), then any quantization over the shard.
+    transforms.insert(transforms.begin(), {shard_tensor_parallel(bo.tp->rank(), bo.tp->size()), pack_rows()});
+  }
+  if (bo.pp && bo.pp->size() > 1)
+    transforms.insert(transforms.begin(), split_pipeline_layers(bo.pp->rank(), bo.pp->size()));
   check_kv_cache_dtype(lo.kv_cache_dtype);
   const ActDType act = bo.bf16_activations || bo.device != "cpu" ? ActDType::BF16 : ActDType::F32;
   std::unique_ptr<Backend> backend = make_backend(bo);  // a bad --device fails before any loading

@@ -112,7 +112,7 @@ void Transformer::set_kv_dtype(DType dtype) {
 
 Transformer::~Transformer() {
   for (Buffer* b : {&bx_, &bxn_, &bqkv_, &battn_, &bgu_, &brouter_, &bmoe_ws_, &bpartial_, &blogit_x_,
-                    &blogit_n_, &blogits_})
+                    &blogit_n_, &blogits_, &blogits_part_})
     if (b->p) backend_->release(b->p, b->bytes);
 }
 
@@ -247,6 +247,7 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   if (be.partial_residuals()) buffer(bpartial_, Tp, H, DType::F32);
   Act rows = buffer(blogit_x_, Rp, H, DType::F32);
   Act normed = buffer(blogit_n_, Rp, H, be.act_dtype());
+  if (w_.lm_head.out != V) buffer(blogits_part_, Rp, w_.lm_head.out, DType::F32);
   Act out;
   if (be.is_cpu() && host) {  // logits straight into the caller's vector
     host->resize(size_t(Rp * V));
@@ -254,34 +255,72 @@ Act Transformer::run(std::span<const SeqStep> seqs, KVCache& kv, std::vector<flo
   } else if (Rp > 0) {
     out = buffer(blogits_, Rp, V, DType::F32);
   }
+  const int stage = be.pipeline_stage(), stages = be.pipeline_stages();
+  if (stages > 1) {  // a pipeline stage: its layers between the stages' transfers
+    GALE_ASSERT(!be.replay_step());
+    if (stage == 0) {
+      be.embedding(w_, x_);
+      be.round_act(x_);
+    } else {
+      be.recv_from_stage(x_, stage - 1);
+    }
+    layers(Tp, kv);
+    if (stage + 1 < stages) be.send_to_stage(x_, stage + 1);
+    if (Rp > 0) {
+      if (stage + 1 == stages) {
+        logits_from(rows, normed, out);
+        be.send_to_stage(out, 0);
+      } else if (stage == 0) {
+        be.recv_from_stage(out, stages - 1);
+      }
+    }
+    if (R == 0) return {};
+    out.rows = R;
+    return out;
+  }
   if (!be.replay_step()) {  // else a captured graph of this step shape ran everything below
     be.embedding(w_, x_);
     be.round_act(x_);
-    const float eps = float(c.rms_norm_eps);
-    for (int64_t l = 0; l < c.num_layers; ++l) {
-      const LayerWeights& L = w_.layers[size_t(l)];
-      attention_block(l, kv, Tp);
-      if (c.num_experts > 0) {
-        be.rmsnorm(x_, L.ffn_norm, eps, xn_);  // the router and the experts' gathers read xn_
-        be.round_act(xn_);
-        moe_block(L, Tp);
-      } else {
-        mlp_block(L);
-      }
-      be.round_act(x_);
-    }
+    layers(Tp, kv);
     // Final norm and LM head only for the rows whose logits were asked for.
-    if (Rp > 0) {
-      be.gather_logit_rows(x_, rows);
-      be.rmsnorm(rows, w_.final_norm, eps, normed);
-      be.round_act(normed);
-      be.linear(w_.lm_head, normed, out, false);
-    }
+    if (Rp > 0) logits_from(rows, normed, out);
     be.end_step_ops();
   }
   if (R == 0) return {};
   out.rows = R;  // the real rows (padding rows follow them)
   return out;
+}
+
+void Transformer::layers(int64_t T, KVCache& kv) {
+  const ModelConfig& c = cfg_;
+  Backend& be = *backend_;
+  const float eps = float(c.rms_norm_eps);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w_.layers[size_t(l)];
+    attention_block(l, kv, T);
+    if (c.num_experts > 0) {
+      be.rmsnorm(x_, L.ffn_norm, eps, xn_);  // the router and the experts' gathers read xn_
+      be.round_act(xn_);
+      moe_block(L, T);
+    } else {
+      mlp_block(L);
+    }
+    be.round_act(x_);
+  }
+}
+
+void Transformer::logits_from(Act rows, Act normed, Act out) {
+  Backend& be = *backend_;
+  be.gather_logit_rows(x_, rows);
+  be.rmsnorm(rows, w_.final_norm, float(cfg_.rms_norm_eps), normed);
+  be.round_act(normed);
+  if (w_.lm_head.out == cfg_.vocab_size) {
+    be.linear(w_.lm_head, normed, out, false);
+  } else {  // a vocabulary-parallel shard of the head: this rank's columns, then every rank's
+    Act part = buffer(blogits_part_, rows.rows, w_.lm_head.out, DType::F32);
+    be.linear(w_.lm_head, normed, part, false);
+    be.all_gather_columns(part, out);
+  }
 }
 
 void Transformer::attention_block(int64_t l, KVCache& kv, int64_t T) {

@@ -90,6 +90,10 @@ class Transformer {
   void build_plan(std::span<const SeqStep> seqs, int64_t T, int64_t block_size);
   // Per-layer K and V scales for an E4M3 cache, measured on a calibration forward.
   void calibrate_kv_scales(std::vector<float>& k_scale, std::vector<float>& v_scale);
+  // Every layer of the model (of this pipeline stage) over x_'s T rows.
+  void layers(int64_t T, KVCache& kv);
+  // Final norm and LM head of the gathered logit rows (rows, normed: scratch) into out.
+  void logits_from(Act rows, Act normed, Act out);
   void attention_block(int64_t layer, KVCache& kv, int64_t T);
   void mlp_block(const LayerWeights& L);
   void moe_block(const LayerWeights& L, int64_t T);
@@ -106,7 +110,8 @@ class Transformer {
   std::unique_ptr<Backend> backend_;
   StepPlan plan_;
   Act x_, xn_;  // the residual stream (f32) and its normed copy, [T, hidden]
-  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, bpartial_, blogit_x_, blogit_n_, blogits_;
+  Buffer bx_, bxn_, bqkv_, battn_, bgu_, brouter_, bmoe_ws_, bpartial_, blogit_x_, blogit_n_, blogits_,
+      blogits_part_;  // this rank's logit columns (a vocabulary-parallel LM head)
   int64_t launched_rows_ = -1;  // ids a launch owes wait_ids(); -1: nothing launched
   std::vector<int64_t> pos_;
 };

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/error.h"
+#include "comm/comm.h"
 #include "model/fp8_quantize.h"
 
 namespace gale {
@@ -140,6 +141,80 @@ WeightTransform quantize_int_weights(const IntQuantSpec& spec, const NamePattern
             if (lm_head && w.lm_head.out > 0 && quantizable(w.lm_head)) quantize_int_linear(w.lm_head, spec, w);
             const char* dt = spec.bits == 8 ? "I8" : "U8";
             if (std::find(w.dtypes.begin(), w.dtypes.end(), dt) == w.dtypes.end()) w.dtypes.push_back(dt);
+          }};
+}
+
+WeightTransform shard_tensor_parallel(int rank, int size) {
+  return {"shard-tp", [rank, size](ModelConfig& c, ModelWeights& w) {
+            GALE_ASSERT(size >= 1 && rank >= 0 && rank < size);
+            const std::string n = std::to_string(size);
+            if (c.num_experts > 0)
+              throw Error("tensor parallelism of MoE models (" + std::to_string(c.num_experts) +
+                          " experts) is not implemented yet; run it with --tp 1");
+            if (c.num_heads % size != 0)
+              throw Error(std::to_string(c.num_heads) + " attention heads do not split over --tp " + n);
+            if (c.intermediate_size % size != 0)
+              throw Error("the MLP's " + std::to_string(c.intermediate_size) + " columns do not split over --tp " + n);
+            if (c.num_kv_heads % size != 0 && size % c.num_kv_heads != 0)
+              throw Error(std::to_string(c.num_kv_heads) + " KV heads neither split over --tp " + n +
+                          " nor replicate evenly (--tp a multiple of them)");
+            const int64_t hd = c.head_dim, qr = c.num_heads / size, ir = c.intermediate_size / size;
+            // Fewer KV heads than ranks: the size / num_kv_heads ranks whose q heads share KV head
+            // j each keep a copy of it (Megatron's and vLLM's replication).
+            const bool split_kv = c.num_kv_heads % size == 0;
+            const int64_t kvr = split_kv ? c.num_kv_heads / size : 1;
+            const int64_t kv0 = split_kv ? rank * kvr : rank / (size / c.num_kv_heads);
+            size_t dropped = 0;
+            auto keep = [&](Linear& l, Linear shard) {
+              dropped += l.bytes() - shard.bytes();
+              l = std::move(shard);
+            };
+            // Row-parallel: this rank's columns; the bias (added once) stays with rank 0.
+            auto row_parallel = [&](Linear& l, int64_t c0, int64_t cols) {
+              std::vector<float> bias = l.bias;
+              keep(l, l.cols_view(c0, cols));
+              if (rank == 0) l.bias = std::move(bias);
+            };
+            for (LayerWeights& L : w.layers) {
+              keep(L.q, L.q.rows_view(rank * qr * hd, qr * hd));
+              keep(L.k, L.k.rows_view(kv0 * hd, kvr * hd));
+              keep(L.v, L.v.rows_view(kv0 * hd, kvr * hd));
+              row_parallel(L.o, rank * qr * hd, qr * hd);
+              keep(L.gate, L.gate.rows_view(rank * ir, ir));
+              keep(L.up, L.up.rows_view(rank * ir, ir));
+              row_parallel(L.down, rank * ir, ir);
+            }
+            const ShardRange v = shard_range(w.lm_head.out, rank, size);
+            if (v.count == 0) throw Error("a vocabulary of " + std::to_string(w.lm_head.out) + " does not split over --tp " + n);
+            const bool tied = w.lm_head.w == w.embed;
+            const size_t head_bytes = w.lm_head.bytes();
+            w.lm_head = w.lm_head.rows_view(v.begin, v.count);
+            if (!tied) dropped += head_bytes - w.lm_head.bytes();  // the table itself stays whole
+            w.total_bytes -= std::min(w.total_bytes, dropped);
+            c.num_heads = qr;
+            c.num_kv_heads = kvr;
+            c.intermediate_size = ir;
+          }};
+}
+
+WeightTransform split_pipeline_layers(int stage, int stages) {
+  return {"split-pp", [stage, stages](ModelConfig& c, ModelWeights& w) {
+            GALE_ASSERT(stages >= 1 && stage >= 0 && stage < stages);
+            if (c.num_layers < stages)
+              throw Error(std::to_string(c.num_layers) + " layers do not split over --pp " + std::to_string(stages));
+            const ShardRange r = shard_range(c.num_layers, stage, stages);
+            size_t dropped = 0;
+            for (int64_t l = 0; l < c.num_layers; ++l)
+              if (l < r.begin || l >= r.begin + r.count)
+                for (const Linear* m : {&w.layers[size_t(l)].q, &w.layers[size_t(l)].k, &w.layers[size_t(l)].v,
+                                        &w.layers[size_t(l)].o, &w.layers[size_t(l)].gate, &w.layers[size_t(l)].up,
+                                        &w.layers[size_t(l)].down})
+                  dropped += m->bytes();
+            w.layers = std::vector<LayerWeights>(w.layers.begin() + r.begin, w.layers.begin() + r.begin + r.count);
+            c.layer_window = std::vector<int64_t>(c.layer_window.begin() + r.begin,
+                                                  c.layer_window.begin() + r.begin + r.count);
+            c.num_layers = r.count;
+            w.total_bytes -= std::min(w.total_bytes, dropped);
           }};
 }
 

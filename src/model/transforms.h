@@ -56,6 +56,26 @@ WeightTransform quantize_fp8_per_channel(const NamePatterns& keep_16bit = {}, bo
 WeightTransform quantize_int_weights(const IntQuantSpec& spec, const NamePatterns& keep_16bit = {},
                                      bool lm_head = false);
 
+// Tensor parallelism (--tp N, rank `rank` of `size`): keeps this rank's shard of every layer as
+// views of the mapped checkpoint, gpt-fast's tp.py as a transform. Column-parallel (rows of W):
+// q, k, v by heads (a rank's q heads, and the KV heads they read: split when num_kv_heads is a
+// multiple of size, else one KV head per rank, replicated, when size is a multiple of
+// num_kv_heads), gate and up by intermediate columns; row-parallel (columns of W, partial sums
+// the backend all-reduces through Backend::reduce_add): o and down, their biases kept on rank 0
+// only, so they are added once. The LM head is vocabulary-parallel (rows shard_range(vocab) of
+// comm/comm.h; the backend all-gathers the logits, Backend::all_gather_columns); the embedding
+// table and the norms stay whole on every rank. cfg's num_heads, num_kv_heads and
+// intermediate_size become the rank's own; vocab_size stays the whole vocabulary. Refused, by
+// name: MoE models, head or intermediate counts that do not divide, act-order weights. The
+// row-parallel views are strided: pack_rows() after it makes them packed rows for the CPU.
+WeightTransform shard_tensor_parallel(int rank, int size);
+
+// Pipeline parallelism (--pp N, stage `stage` of `stages`): keeps the layers shard_range(
+// num_layers, stage, stages) (comm/comm.h), their windows with them; cfg.num_layers becomes the
+// stage's count. The embedding stays for stage 0, the final norm and LM head for the last (views:
+// the others never read them). Every stage needs at least one layer.
+WeightTransform split_pipeline_layers(int stage, int stages);
+
 // Applies ts in order; an error is rethrown prefixed with the transform's name.
 void apply_transforms(std::span<const WeightTransform> ts, ModelConfig& cfg, ModelWeights& w);
 
