@@ -179,8 +179,11 @@ TEST(TpMpi, BatchResultsMatchOneRank) {
     }
   }
   auto run = [&](const std::string& prefix, const std::string& out, const std::string& extra) {
+    // Speculation off everywhere: a sampled request's draws depend on how many tokens each
+    // verify accepts, so one rank with the bundled draft (the default) and the ranks without
+    // it would draw differently, though from the same distribution.
     const Result r = sh(prefix + " batch --input " + (dir / "in.jsonl").string() + " --output " + (dir / out).string() +
-                        " --max-num-seqs 4" + extra);
+                        " --max-num-seqs 4 --speculative off" + extra);
     EXPECT_EQ(r.code, 0) << r.err;
     std::map<std::string, json> res;
     std::ifstream f(dir / out);
@@ -253,7 +256,9 @@ TEST(TpMpi, KillNineOfOneRankEndsTheJob) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_EQ(ranks.size(), 2u) << "mpirun did not start 2 ranks";
-  std::this_thread::sleep_for(std::chrono::seconds(3));
+  // Half a second: the model loads in a fraction of that, and 900 tokens over 2 one-thread ranks
+  // take 2 s or more even on an idle machine (3 s let an idle machine finish the job first).
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, WNOHANG), 0) << "the job ended before the kill";
   const auto killed = clock::now();
@@ -390,14 +395,15 @@ TEST(TpMpi, DataParallelBatchSurvivesKillNineAndResumes) {
     return res;
   };
   const std::string in = (dir / "in.jsonl").string();
-  const Result one = sh(gale() + " batch --input " + in + " --output " + (dir / "one.jsonl").string());
+  // Speculation off (see BatchResultsMatchOneRank): the replicas batch requests differently.
+  const Result one = sh(gale() + " batch --input " + in + " --output " + (dir / "one.jsonl").string() + " --speculative off");
   ASSERT_EQ(one.code, 0) << one.err;
   const auto want = results(dir / "one.jsonl");
   ASSERT_EQ(want.size(), size_t(n));
 
   const fs::path out = dir / "dp.jsonl", log = dir / "dp.log";
   const pid_t pid = spawn_logged(
-      {kMpiexec, "--oversubscribe", "-np", "2", gale(), "batch", "--input", in, "--output", out.string(), "--dp", "2"},
+      {kMpiexec, "--oversubscribe", "-np", "2", gale(), "batch", "--input", in, "--output", out.string(), "--dp", "2", "--speculative", "off"},
       log);
   using clock = std::chrono::steady_clock;
   std::map<int, pid_t> ranks;
@@ -419,7 +425,7 @@ TEST(TpMpi, DataParallelBatchSurvivesKillNineAndResumes) {
   const size_t partial = results(out).size();
   EXPECT_LT(partial, size_t(n)) << "every request finished before the kill";
 
-  const Result again = sh(mpirun(2) + " batch --input " + in + " --output " + out.string() + " --dp 2");
+  const Result again = sh(mpirun(2) + " batch --input " + in + " --output " + out.string() + " --dp 2 --speculative off");
   ASSERT_EQ(again.code, 0) << again.err;
   const auto got = results(out);
   ASSERT_EQ(got.size(), size_t(n));
