@@ -437,12 +437,8 @@ int BatchJob::run() {
   dflt.repetition_penalty = gd_.repetition_penalty;
   EngineConfig ec = engine_config(o_.engine);
   ec.followers = par.followers();
-  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
-  if (ec.followers && !o_.engine.speculative.empty() && o_.engine.speculative != "off")
-    throw Error("--speculative with --tp / --pp is not supported yet");
-  if (!ec.followers)
-    if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
-      draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
+  if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
+    draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
   Engine engine(*lm_.model, tok_.get(), ec, draft_.model.get());
 
   struct sigaction sa {};

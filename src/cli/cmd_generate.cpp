@@ -79,13 +79,9 @@ void run_generate(const GenerateOptions& o) {
   EngineConfig ec = engine_config(o.engine);
   ec.max_num_seqs = 1;
   ec.followers = par.followers();
-  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
-  if (ec.followers && !o.engine.speculative.empty() && o.engine.speculative != "off")
-    throw Error("--speculative with --tp / --pp is not supported yet");
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
-  if (!ec.followers)
-    if (std::string dd = apply_speculation(o.engine, dir, ec); !dd.empty())
-      draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  if (std::string dd = apply_speculation(o.engine, dir, ec); !dd.empty())
+    draft = load_model(dd, backend_options(o.model), load_options(o.model));
   if (o.engine.kv_cache_memory.empty()) {
     // Just what this request needs, and never more than the context: past it add_request
     // refuses the request by name, so a huge -n must not first size (or wrap) the cache. A

@@ -110,13 +110,9 @@ void run_serve(ServeOptions& o) {
 
   EngineConfig ec = engine_config(o.engine);
   ec.followers = par.followers();
-  // Speculation under --tp / --pp is not supported yet: off unless asked for (then an error).
-  if (ec.followers && !o.engine.speculative.empty() && o.engine.speculative != "off")
-    throw Error("--speculative with --tp / --pp is not supported yet");
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
-  if (!ec.followers)
-    if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
-      draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
+    draft = load_model(dd, backend_options(o.model), load_options(o.model));
   Engine engine(*lm.model, tok.get(), ec, draft.model.get());
   EngineAdapter adapter(engine);
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);

@@ -55,6 +55,10 @@ std::shared_ptr<TokenProposer> model_free_proposer(const std::string& name) {
 std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
                               std::string* name) {
   const std::string& v = o.speculative;
+  if (ec.followers) {
+    if (!v.empty() && v != "off") throw Error("--speculative with --tp / --pp is not supported yet");
+    return "";
+  }
   int64_t k = 4;
   const bool adaptive = o.num_speculative_tokens == "auto";
   if (!adaptive) {

@@ -24,7 +24,8 @@ struct EngineOptions {
 // speculation fields (and its model-free proposer) and returns the draft model's folder to load
 // and hand to the Engine ("" = none). `name` gets the proposer's name ("off", "draft:DIR",
 // "ngram", "suffix"), what a request's "speculative" field may repeat. Throws gale::Error for an
-// unknown value or K out of range.
+// unknown value or K out of range. Under --tp / --pp (ec.followers set) speculation is not
+// supported yet: off unless asked for, and asked for it is an error.
 std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
                               std::string* name = nullptr);
 
