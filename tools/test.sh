@@ -38,7 +38,7 @@ echo "== AddressSanitizer + UBSan build and tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGALE_SANITIZE=ON >/dev/null
 ninja -C build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  run_ctest build-asan --timeout 1800 -LE "slow|gpu"
+  run_ctest build-asan --timeout 1800 -LE "slow|gpu|python"
 
 echo "== server end-to-end tests under AddressSanitizer + UBSan"
 # The whole e2e set (about 40 s here, against 11 s in release); a sanitizer report aborts the

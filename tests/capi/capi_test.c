@@ -262,6 +262,43 @@ int main(int argc, char** argv) {
     free(res[i].text);
     free(res[i].ids);
   }
+  /* Seeded sampling with every setter, without speculation (its draws depend on the verified
+   * lengths): the driver compares the ids with the CLI's flags. */
+  {
+    gale_options* o = NULL;
+    gale_model* plain = NULL;
+    gale_params* ps = NULL;
+    gale_output* out = NULL;
+    gale_options_create(&o);
+    gale_options_set(o, "speculative", "off");
+    gale_options_set(o, "max_num_seqs", "4");
+    CHECK(gale_model_load(dir, o, &plain) == GALE_OK, "load: %s", gale_last_error());
+    gale_params_create(&ps);
+    gale_params_set_max_tokens(ps, max_tokens);
+    gale_params_set_temperature(ps, 0.9f);
+    gale_params_set_top_k(ps, 50);
+    gale_params_set_top_p(ps, 0.9f);
+    gale_params_set_min_p(ps, 0.05f);
+    gale_params_set_seed(ps, 1234);
+    gale_params_set_presence_penalty(ps, 1.5f);
+    gale_params_set_frequency_penalty(ps, 0.5f);
+    gale_params_set_repetition_penalty(ps, 1.1f);
+    if (plain) {
+      gale_tokenize(plain, argv[3], strlen(argv[3]), 1, &ids, &n);
+      CHECK(gale_generate(plain, ids, n, ps, NULL, NULL, &out) == GALE_OK, "generate: %s", gale_last_error());
+      size_t k = 0;
+      const int32_t* d = gale_output_ids(out, &k);
+      printf("SAMPLED ");
+      for (size_t i = 0; i < k; ++i) printf("%s%d", i ? "," : "", d[i]);
+      printf("\n");
+      gale_ids_free(ids);
+    }
+    gale_output_free(out);
+    gale_params_free(ps);
+    gale_model_free(plain);
+    gale_options_free(o);
+  }
+
   /* A request left in flight is freed with the model. */
   uint64_t dangling = 0;
   CHECK(gale_request_submit_text(m, argv[3], p, &dangling) == GALE_OK, "submit: %s", gale_last_error());

@@ -45,6 +45,16 @@ def main():
         if not got["ids"]:
             print(f"prompt {i}: no tokens generated")
             bad += 1
+    sampled = [line.split(" ")[1] for line in run.stdout.splitlines() if line.startswith("SAMPLED ")]
+    want = subprocess.run([gale, "generate", "-m", model, "-p", PROMPTS[0], "-n", str(MAX_TOKENS), "--json",
+                           "--temperature", "0.9", "--top-k", "50", "--top-p", "0.9", "--min-p", "0.05", "--seed",
+                           "1234", "--presence-penalty", "1.5", "--frequency-penalty", "0.5",
+                           "--repetition-penalty", "1.1", "--speculative", "off"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    want_ids = ",".join(map(str, json.loads(want.stdout)["ids"]))
+    if sampled != [want_ids]:
+        print(f"seeded sampling differs:\n  C API: {sampled}\n  CLI:   {want_ids}")
+        bad += 1
     if bad:
         sys.exit(f"{bad} differences between the C API and gale generate")
     print(f"{len(PROMPTS)} prompts: the C API's batched greedy output equals gale generate --json")

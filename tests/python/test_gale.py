@@ -52,22 +52,31 @@ def test_greedy_equals_cli(llm):
         assert len(got.token_ids) > 0
 
 
+SAMPLING_CASES = [  # (SamplingParams field, value, the CLI's flag)
+    ("presence_penalty", 1.5, "--presence-penalty"), ("frequency_penalty", 1.5, "--frequency-penalty"),
+    ("repetition_penalty", 1.3, "--repetition-penalty"), ("top_k", 5, "--top-k"), ("top_p", 0.5, "--top-p"),
+    ("min_p", 0.2, "--min-p")]
+
+
 def test_sampling_params_equal_cli():
-    """Seeded sampling with every filter and penalty: the same draws as the CLI's flags. Without
-    speculation on either side: with it the draws depend on how many tokens each step verified."""
+    """Seeded sampling: each parameter alone gives the CLI's tokens for its flag, and changes the
+    output (so it reached the sampler, under its own name). Without speculation on either side:
+    with it the draws depend on how many tokens each step verified."""
     llm = gale.LLM(model=MODEL, speculative="off")
-    params = gale.SamplingParams(max_tokens=32, temperature=0.9, top_p=0.9, top_k=40, min_p=0.02, seed=1234,
-                                 presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=1.1)
-    out = llm.generate("def parse(line):", params)[0].outputs[0]
-    want = cli_generate("-p", "def parse(line):", "-n", "32", "--temperature", "0.9", "--top-p", "0.9", "--top-k",
-                        "40", "--min-p", "0.02", "--seed", "1234", "--presence-penalty", "0.5",
-                        "--frequency-penalty", "0.25", "--repetition-penalty", "1.1", "--speculative", "off")
-    assert out.token_ids == want["ids"]
-    assert out.text == want["text"]
-    # A different seed draws differently (the seed reaches the sampler).
-    other = llm.generate("def parse(line):", gale.SamplingParams(max_tokens=32, temperature=0.9, seed=99))[0]
-    again = llm.generate("def parse(line):", gale.SamplingParams(max_tokens=32, temperature=0.9, seed=99))[0]
-    assert other.outputs[0].token_ids == again.outputs[0].token_ids
+    prompt, base = "def parse(line):", dict(max_tokens=48, temperature=0.9, seed=1234)
+    flags = ["-p", prompt, "-n", "48", "--temperature", "0.9", "--seed", "1234", "--speculative", "off"]
+    plain = llm.generate(prompt, gale.SamplingParams(**base))[0].outputs[0].token_ids
+    assert plain == cli_generate(*flags)["ids"]
+    for name, value, flag in SAMPLING_CASES:
+        got = llm.generate(prompt, gale.SamplingParams(**base, **{name: value}))[0].outputs[0]
+        want = cli_generate(*flags, flag, str(value))
+        assert got.token_ids == want["ids"], name
+        assert got.text == want["text"], name
+        assert got.token_ids != plain, name
+    # The same seed draws the same tokens; another seed others.
+    again = llm.generate(prompt, gale.SamplingParams(**base))[0].outputs[0].token_ids
+    other = llm.generate(prompt, gale.SamplingParams(**{**base, "seed": 99}))[0].outputs[0].token_ids
+    assert again == plain and other != plain
 
 
 def test_batch_equals_each_alone(llm):
