@@ -15,12 +15,16 @@
  * concurrently in one continuous batch: each gale_request_next call runs engine steps until its
  * request has new output, advancing all the others too.
  *
- *   gale_model* m;  gale_params* p;  uint64_t id;  gale_output* o;
+ *   gale_model* m;  gale_params* p;  uint64_t id;  gale_output* o;  size_t n;  int done = 0;
  *   if (gale_model_load("models/default", NULL, &m) != GALE_OK) puts(gale_last_error());
  *   gale_params_create(&p);  gale_params_set_max_tokens(p, 32);  gale_params_set_temperature(p, 0);
  *   gale_request_submit_text(m, "def f(x):", p, &id);
- *   do { gale_request_next(m, id, &o);  fwrite(gale_output_text(o, &n), 1, n, stdout); ... }
- *   while (!gale_output_finished(o) ...);
+ *   while (!done && gale_request_next(m, id, &o) == GALE_OK) {
+ *     const char* text = gale_output_text(o, &n);
+ *     fwrite(text, 1, n, stdout);
+ *     done = gale_output_finished(o);
+ *     gale_output_free(o);
+ *   }
  *
  * examples/c/generate.c is a complete program.
  */
