@@ -242,7 +242,11 @@ LLM::~LLM() = default;
 
 std::vector<int32_t> LLM::encode(std::string_view text, bool add_special_tokens) const {
   impl_->require_tokenizer();
-  return impl_->tok->encode(text, add_special_tokens);
+  try {
+    return impl_->tok->encode(text, add_special_tokens);
+  } catch (const Error& e) {  // the text itself (the tokenizer checks nothing else)
+    throw InvalidArgument(e.what());
+  }
 }
 
 std::string LLM::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
