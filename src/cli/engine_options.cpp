@@ -14,9 +14,10 @@ namespace gale::cli {
 
 void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs) {
   if (many_seqs)
-    sub->add_option("--max-num-seqs", o.max_num_seqs, "Sequences running at once (default 64)")->check(CLI::PositiveNumber);
+    sub->add_option("--max-num-seqs", o.max_num_seqs, "Sequences running at once (default 64 on the CPU, 256 on a GPU)")->check(CLI::PositiveNumber);
   sub->add_option("--max-num-batched-tokens", o.max_num_batched_tokens,
-                  "Tokens per forward pass: decodes first, prefill chunks fill the rest (default 512)")
+                  "Tokens per forward pass: decodes first, prefill chunks fill the rest (default 512 on the CPU, "
+                  "8192 on a GPU)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--kv-cache-memory", o.kv_cache_memory,
                   "KV cache size in bytes or with a unit (2GiB, 512MiB); default: what --max-num-seqs full-context "
@@ -114,11 +115,13 @@ int64_t parse_bytes(const std::string& s) {
   return int64_t(std::llround(bytes));
 }
 
-EngineConfig engine_config(const EngineOptions& o) {
+EngineConfig engine_config(const EngineOptions& o, bool gpu) {
   EngineConfig c;
   c.block_size = o.block_size;
-  c.max_num_seqs = o.max_num_seqs;
-  c.max_num_batched_tokens = o.max_num_batched_tokens;
+  c.max_num_seqs = o.max_num_seqs > 0 ? o.max_num_seqs : gpu ? kGpuMaxNumSeqs : kCpuMaxNumSeqs;
+  c.max_num_batched_tokens = o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
+                             : gpu                        ? kGpuMaxNumBatchedTokens
+                                                          : kCpuMaxNumBatchedTokens;
   c.kv_cache_bytes = o.kv_cache_memory.empty() ? 0 : parse_bytes(o.kv_cache_memory);
   c.prefix_cache = !o.no_prefix_cache;
   return c;
