@@ -131,11 +131,13 @@ int64_t parse_bytes(const std::string& s) {
   return int64_t(std::llround(bytes));
 }
 
-EngineConfig engine_config(const EngineOptions& o) {
+EngineConfig engine_config(const EngineOptions& o, bool gpu) {
   EngineConfig c;
   c.block_size = o.block_size;
-  c.max_num_seqs = o.max_num_seqs;
-  c.max_num_batched_tokens = o.max_num_batched_tokens;
+  c.max_num_seqs = o.max_num_seqs > 0 ? o.max_num_seqs : gpu ? kGpuMaxNumSeqs : kCpuMaxNumSeqs;
+  c.max_num_batched_tokens = o.max_num_batched_tokens > 0 ? o.max_num_batched_tokens
+                             : gpu                        ? kGpuMaxNumBatchedTokens
+                                                          : kCpuMaxNumBatchedTokens;
   c.kv_cache_bytes = o.kv_cache_memory.empty() ? 0 : parse_bytes(o.kv_cache_memory);
   c.prefix_cache = !o.no_prefix_cache;
   return c;

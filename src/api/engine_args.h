@@ -28,8 +28,11 @@ struct ModelOptions {
 };
 
 struct EngineOptions {
-  int64_t max_num_seqs = 64;
-  int64_t max_num_batched_tokens = 512;
+  // 0 = the device's default (engine_config): a GPU needs far more rows per step than a CPU to
+  // keep its tensor cores busy (on the H100, 1,000 x 128 -> 128 runs 2x faster at 256 sequences
+  // than at 64; bench/RESULTS.md).
+  int64_t max_num_seqs = 0;
+  int64_t max_num_batched_tokens = 0;
   std::string kv_cache_memory;   // bytes, or with a unit: 512MiB, 2GiB, 1.5GB ("" = default)
   bool no_prefix_cache = false;
   int64_t block_size = 16;
@@ -58,7 +61,11 @@ LoadOptions load_options(const ModelOptions& o);
 // supported yet: off unless asked for, and asked for it is an error.
 std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
                               std::string* name = nullptr);
-EngineConfig engine_config(const EngineOptions& o);
+// gpu: the model runs on a GPU (the defaults of --max-num-seqs and --max-num-batched-tokens
+// differ: 64 and 512 on the CPU, 256 and 8,192 on a GPU).
+EngineConfig engine_config(const EngineOptions& o, bool gpu);
+inline constexpr int64_t kCpuMaxNumSeqs = 64, kGpuMaxNumSeqs = 256;
+inline constexpr int64_t kCpuMaxNumBatchedTokens = 512, kGpuMaxNumBatchedTokens = 8192;
 // "2GiB", "512MiB", "1.5GB", "1000000" -> bytes; throws gale::Error on anything else.
 int64_t parse_bytes(const std::string& s);
 

@@ -232,7 +232,7 @@ LLM::LLM(const LLMOptions& o) : impl_(std::make_unique<Impl>()) {
     } catch (const Error&) {  // no template: chat() says so
     }
   }
-  EngineConfig ec = engine_config(o.engine);
+  EngineConfig ec = engine_config(o.engine, !m.lm.model->backend().is_cpu());
   if (std::string dd = apply_speculation(o.engine, m.dir, ec); !dd.empty())
     m.draft = load_model(dd, backend_options(o.model), load_options(o.model));
   m.engine = std::make_unique<Engine>(*m.lm.model, m.tok.get(), ec, m.draft.model.get());

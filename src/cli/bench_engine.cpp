@@ -95,7 +95,8 @@ nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, c
     const double tot_tps = double(r.generated + o.requests * o.prompt) / r.seconds;
     if (base == 0) base = out_tps;
     nlohmann::json row = {{"concurrency", c}, {"output_tokens_per_s", out_tps}, {"total_tokens_per_s", tot_tps},
-                          {"seconds", r.seconds}, {"speedup_vs_first", out_tps / base}};
+                          {"seconds", r.seconds}, {"speedup_vs_first", out_tps / base},
+                          {"kv_capacity_tokens", r.stats.kv_capacity_tokens}, {"preemptions", r.stats.preemptions}};
     if (spec) {
       const double off_tps = double(off.generated) / off.seconds;
       row["off_output_tokens_per_s"] = off_tps;

@@ -435,7 +435,7 @@ int BatchJob::run() {
   dflt.top_k = gd_.do_sample ? gd_.top_k : 0;
   dflt.min_p = gd_.do_sample ? gd_.min_p : 0.0f;
   dflt.repetition_penalty = gd_.repetition_penalty;
-  EngineConfig ec = engine_config(o_.engine);
+  EngineConfig ec = engine_config(o_.engine, !lm_.model->backend().is_cpu());
   ec.followers = par.followers();
   if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
     draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
@@ -451,7 +451,7 @@ int BatchJob::run() {
   Progress progress(total, resumed);
   int64_t done_now = 0, gen_tokens = 0;
   // Keep the scheduler's queue a little deeper than what can run, tokenizing lazily.
-  const size_t depth = size_t(o_.engine.max_num_seqs) * 2;
+  const size_t depth = size_t(ec.max_num_seqs) * 2;
   while (g_signal == 0 && (!queue.empty() || engine.has_unfinished())) {
     while (!queue.empty() && running.size() < depth) {
       Pending p = std::move(queue.front());

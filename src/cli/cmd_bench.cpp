@@ -159,7 +159,7 @@ CommandRegistrar reg{40, [](CLI::App& root) {
       const std::string path = resolve_model(o->model);
       LoadedModel lm = load_model(path, backend_options(o->model), load_options(o->model));
       EngineBenchOptions b;
-      b.engine = engine_config(o->engine);
+      b.engine = engine_config(o->engine, !lm.model->backend().is_cpu());
       b.json = o->json;
       LoadedModel draft;
       // Speculation only when --speculative is given: a plain bench run stays comparable with

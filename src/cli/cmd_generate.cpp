@@ -76,7 +76,7 @@ void run_generate(const GenerateOptions& o) {
   req.stop = o.stop;
 
   // One request through the Engine (the same path as batch mode and the server).
-  EngineConfig ec = engine_config(o.engine);
+  EngineConfig ec = engine_config(o.engine, !lm.model->backend().is_cpu());
   ec.max_num_seqs = 1;
   ec.followers = par.followers();
   LoadedModel draft;  // speculative decoding's draft model, when one proposes

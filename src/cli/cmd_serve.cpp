@@ -108,7 +108,7 @@ void run_serve(ServeOptions& o) {
   info.defaults.min_p = gd.do_sample ? gd.min_p : 0.0f;
   info.defaults.repetition_penalty = gd.repetition_penalty;
 
-  EngineConfig ec = engine_config(o.engine);
+  EngineConfig ec = engine_config(o.engine, !lm.model->backend().is_cpu());
   ec.followers = par.followers();
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
   if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())

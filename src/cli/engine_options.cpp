@@ -4,9 +4,10 @@ namespace gale::cli {
 
 void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs) {
   if (many_seqs)
-    sub->add_option("--max-num-seqs", o.max_num_seqs, "Sequences running at once (default 64)")->check(CLI::PositiveNumber);
+    sub->add_option("--max-num-seqs", o.max_num_seqs, "Sequences running at once (default 64 on the CPU, 256 on a GPU)")->check(CLI::PositiveNumber);
   sub->add_option("--max-num-batched-tokens", o.max_num_batched_tokens,
-                  "Tokens per forward pass: decodes first, prefill chunks fill the rest (default 512)")
+                  "Tokens per forward pass: decodes first, prefill chunks fill the rest (default 512 on the CPU, "
+                  "8192 on a GPU)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--kv-cache-memory", o.kv_cache_memory,
                   "KV cache size in bytes or with a unit (2GiB, 512MiB); default: what --max-num-seqs full-context "

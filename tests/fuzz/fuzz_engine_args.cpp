@@ -26,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   o.model.model = "models/default";  // apply_speculation reads only this path's name
   o.model.device = "cpu";
   try {
-    gale::engine_config(o.engine);
+    gale::engine_config(o.engine, /*gpu=*/false);
+    gale::engine_config(o.engine, /*gpu=*/true);
     gale::load_options(o.model);
     gale::backend_options(o.model);
     gale::EngineConfig ec;

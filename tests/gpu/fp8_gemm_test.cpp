@@ -71,24 +71,29 @@ std::vector<float> rows_of(const std::vector<float>& y, int64_t M, int64_t N, in
 
 struct Case { int64_t M, N, K, pad, srows, scols; DType yt; bool acc; };
 
-// x quantized per token as quantize_rows_fp8 does: scale = max(amax, 1e-12) / 448, values
-// x * (1 / scale) rounded to E4M3; returns the dequantized rows (what W8A8 multiplies).
-std::vector<float> quantize_rows_host(const std::vector<float>& x, int64_t M, int64_t K, int64_t ldx) {
+// x quantized per token (group 0) or per token and `group` columns as quantize_rows_fp8 does:
+// scale = max(amax, 1e-12) / 448, values x * (1 / scale) rounded to E4M3; returns the
+// dequantized rows (what W8A8 multiplies).
+std::vector<float> quantize_rows_host(const std::vector<float>& x, int64_t M, int64_t K, int64_t ldx, int64_t group) {
   std::vector<float> q(size_t(M * ldx), 0.0f);
-  for (int64_t i = 0; i < M; ++i) {
-    float amax = 0;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[size_t(i * ldx + k)]));
-    const float scale = std::max(amax, 1e-12f) / kF8E4M3Max, inv = 1.0f / scale;
-    for (int64_t k = 0; k < K; ++k)
-      q[size_t(i * ldx + k)] = f8e4m3_to_f32(f32_to_f8e4m3(x[size_t(i * ldx + k)] * inv)) * scale;
-  }
+  const int64_t G = group > 0 ? group : K;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t k0 = 0; k0 < K; k0 += G) {
+      const int64_t k1 = std::min(K, k0 + G);
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[size_t(i * ldx + k)]));
+      const float scale = std::max(amax, 1e-12f) / kF8E4M3Max, inv = 1.0f / scale;
+      for (int64_t k = k0; k < k1; ++k)
+        q[size_t(i * ldx + k)] = f8e4m3_to_f32(f32_to_f8e4m3(x[size_t(i * ldx + k)] * inv)) * scale;
+    }
   return q;
 }
 
 // One product case: random E4M3 W with c's scale tiles, bf16 x, y preset when accumulating;
-// `launch` runs the product once; y against the reference over x, or over x quantized per token
-// as the W8A8 path multiplies it (quantized_x), within tol.
-void check_fp8_product(std::mt19937& g, const Case& c, bool quantized_x, double tol,
+// `launch` runs the product once; y against the reference over x, or (x_group set) over x
+// quantized as the W8A8 path multiplies it: per token when *x_group is 0, per token and *x_group
+// columns otherwise (read after the launch, which may set it from the path it took), within tol.
+void check_fp8_product(std::mt19937& g, const Case& c, const int64_t* x_group, double tol,
                        const std::function<void(const cuda::GemmParams&)>& launch) {
   SCOPED_TRACE(testing::Message() << "M=" << c.M << " N=" << c.N << " K=" << c.K << " tile " << c.srows << "x" << c.scols);
   const Fp8W w = random_fp8(g, c.N, c.K, c.pad, c.srows, c.scols);
@@ -101,7 +106,7 @@ void check_fp8_product(std::mt19937& g, const Case& c, bool quantized_x, double 
   launch(fp8_params(dx, ldx, dw, w, ds, dy, ldy, c.yt, c.M, c.acc));
   if (testing::Test::HasFatalFailure()) return;
   CUDA_OK(cudaDeviceSynchronize());
-  const auto ref = reference(quantized_x ? quantize_rows_host(x, c.M, c.K, ldx) : x, ldx, c.M, w, y0, ldy, c.acc);
+  const auto ref = reference(x_group ? quantize_rows_host(x, c.M, c.K, ldx, *x_group) : x, ldx, c.M, w, y0, ldy, c.acc);
   EXPECT_LT(rel_err(rows_of(download_f32(dy, c.yt, size_t(c.M * ldy)), c.M, c.N, ldy), rows_of(ref, c.M, c.N, ldy)), tol);
 }
 
@@ -116,7 +121,7 @@ TEST(CudaGemvFp8, MatchesReferenceMatmulScaled) {
                        Case{2, 777, 1040, 16, 777, 1040, DType::BF16, false}, Case{3, 640, 4096, 0, 128, 128, DType::F32, false},
                        Case{4, 6144, 4096, 0, 1, 128, DType::BF16, false}, Case{8, 513, 2064, 16, 1, 2064, DType::F32, true},
                        Case{5, 100, 16, 0, 1, 16, DType::BF16, true}, Case{1, 300, 1024, 32, 128, 128, DType::F32, true}}) {
-    check_fp8_product(g, c, false, tol_for(c.yt), [](const cuda::GemmParams& p) {
+    check_fp8_product(g, c, nullptr, tol_for(c.yt), [](const cuda::GemmParams& p) {
       ASSERT_TRUE(cuda::gemv_bf16_supported(p));
       CUDA_OK(cuda::gemv_bf16(p, nullptr));
     });
@@ -185,12 +190,25 @@ TEST(CudaGemmFp8, W8A8MatchesReferenceOnQuantizedRows) {
   std::mt19937 g(seed);
   cuda::GemmContext* ctx = nullptr;
   CUDA_OK(cuda::gemm_context_create(&ctx));
-  for (const Case c : {Case{64, 1024, 4096, 0, 1, 4096, DType::BF16, false}, Case{333, 768, 1024, 0, 1, 1024, DType::F32, true},
-                       Case{17, 4096, 512, 16, 1, 512, DType::F32, false}}) {
+  // Per-row scales through every W8A8 path (the 1 x 128 group one, then with it off the per-token
+  // ones), 128 x 128 blocks through the group path; a K of partial groups (1040) per token only.
+  struct W8A8Case { Case c; bool groups; };
+  for (const auto& [c, groups] :
+       {W8A8Case{{64, 1024, 4096, 0, 1, 4096, DType::BF16, false}, true},
+        W8A8Case{{333, 768, 1024, 0, 1, 1024, DType::F32, true}, true},
+        W8A8Case{{17, 4096, 512, 16, 1, 512, DType::F32, false}, true},
+        W8A8Case{{200, 1000, 2048, 0, 128, 128, DType::BF16, true}, true},
+        W8A8Case{{96, 512, 1040, 0, 1, 1040, DType::BF16, false}, true},
+        W8A8Case{{64, 1024, 4096, 0, 1, 4096, DType::BF16, false}, false},
+        W8A8Case{{333, 768, 1024, 0, 1, 1024, DType::F32, true}, false}}) {
+    cuda::gemm_set_fp8_group_scales(ctx, groups);
+    int64_t x_group = 0;
     // The tensor cores sum E4M3 products in their own order and precision (2^-22 relative at
     // worst per partial sum on Hopper, far below the bf16 output's rounding).
-    check_fp8_product(g, c, true, c.yt == DType::F32 ? 1e-3 : 6e-3, [&](const cuda::GemmParams& p) {
+    check_fp8_product(g, c, &x_group, c.yt == DType::F32 ? 1e-3 : 6e-3, [&](const cuda::GemmParams& p) {
       ASSERT_EQ(cuda::gemm_fp8(ctx, p, nullptr, true), cudaSuccess) << cuda::gemm_last_error(ctx);
+      const std::string path = cuda::gemm_fp8_last_path(ctx);
+      x_group = path == "w8a8-vec128" || path == "w8a8-blk128" ? 128 : 0;
       // A product that fell back to dequantized W would miss the test's quantized-x reference
       // by E4M3's rounding of x (~2.6 %): say which path ran, and require a W8A8 one.
       std::printf("W8A8 M=%lld N=%lld K=%lld: %s%s%s\n", (long long)p.M, (long long)p.N, (long long)p.K,
@@ -213,7 +231,7 @@ TEST(CudaGemmFp8, DequantizedFallbackMatchesReference) {
   for (const Case c : {Case{40, 1000, 1024, 0, 128, 128, DType::BF16, false}, Case{129, 8448, 4096, 16, 128, 128, DType::F32, true},
                        Case{300, 512, 2048, 0, 1, 2048, DType::BF16, false}}) {
     // The fallback rounds each scaled weight to bf16: within the bf16 tolerance of the f32 reference.
-    check_fp8_product(g, c, false, 6e-3, [&](const cuda::GemmParams& p) {
+    check_fp8_product(g, c, nullptr, 6e-3, [&](const cuda::GemmParams& p) {
       ASSERT_EQ(cuda::gemm_fp8(ctx, p, nullptr, false), cudaSuccess) << cuda::gemm_last_error(ctx);
     });
   }

@@ -32,6 +32,33 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_fp8_kernel(QuantizeRow
     q[k] = __nv_cvt_float_to_fp8(__bfloat162float(x[k]) * inv, __NV_SATFINITE, __NV_E4M3);
 }
 
+// One block per row, one warp per group of columns at a time.
+__global__ void __launch_bounds__(kThreads) quantize_groups_fp8_kernel(QuantizeRowsFp8Params p) {
+  pdl_launch_dependents();
+  pdl_wait();
+  const int64_t m = blockIdx.x, groups = (p.K + p.group - 1) / p.group;
+  const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(p.x) + m * p.ldx;
+  __nv_fp8_storage_t* q = static_cast<__nv_fp8_storage_t*>(p.q) + m * p.ldq;
+  const int lane = threadIdx.x % 32;
+  for (int64_t g = threadIdx.x / 32; g < groups; g += kThreads / 32) {
+    const int64_t k0 = g * p.group, k1 = min(p.K, k0 + p.group);
+    float amax = 0.0f;
+    for (int64_t k = k0 + lane; k < k1; k += 32) amax = fmaxf(amax, fabsf(__bfloat162float(x[k])));
+    amax = warp_max(amax);
+    const float scale = fmaxf(amax, 1e-12f) / kF8E4M3Max;
+    const float inv = 1.0f / scale;
+    if (lane == 0) p.scale[m * groups + g] = scale;
+    for (int64_t k = k0 + lane; k < k1; k += 32)
+      q[k] = __nv_cvt_float_to_fp8(__bfloat162float(x[k]) * inv, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) expand_row_scales_kernel(const float* sw, int64_t ws_ld, int64_t N,
+                                                                      int64_t groups, float* out) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < N * groups) out[i] = sw[i / groups * ws_ld];
+}
+
 __global__ void __launch_bounds__(kThreads) dequantize_fp8_kernel(DequantizeFp8Params p) {
   pdl_launch_dependents();
   pdl_wait();
@@ -79,8 +106,18 @@ cudaError_t scale_outer(const ScaleOuterParams& p, cudaStream_t stream) {
 
 cudaError_t quantize_rows_fp8(const QuantizeRowsFp8Params& p, cudaStream_t stream) {
   if (p.M <= 0 || p.K <= 0) return cudaSuccess;
-  if (p.ldx < p.K || p.ldq < p.K || !p.scale) return cudaErrorInvalidValue;
+  if (p.ldx < p.K || p.ldq < p.K || !p.scale || p.group < 0) return cudaErrorInvalidValue;
+  if (p.group > 0) return launch(quantize_groups_fp8_kernel, unsigned(p.M), kThreads, 0, stream, p);
   return launch(quantize_rows_fp8_kernel, unsigned(p.M), kThreads, 0, stream, p);
+}
+
+cudaError_t expand_row_scales(const float* sw, int64_t ws_ld, int64_t N, int64_t groups, float* out,
+                              cudaStream_t stream) {
+  if (N <= 0 || groups <= 0) return cudaSuccess;
+  if (!sw || !out || ws_ld < 0) return cudaErrorInvalidValue;
+  const int64_t n = N * groups;
+  expand_row_scales_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(sw, ws_ld, N, groups, out);
+  return cudaGetLastError();
 }
 
 cudaError_t dequantize_fp8(const DequantizeFp8Params& p, cudaStream_t stream) {

@@ -7,16 +7,24 @@
 namespace gale::cuda {
 
 // q[m, k] = e4m3(x[m, k] / scale[m]) with scale[m] = max(amax(x[m, :]), tiny) / 448 (round to
-// nearest even, saturating): the per-token rule of vLLM's and TensorRT-LLM's dynamic FP8.
+// nearest even, saturating): the per-token rule of vLLM's and TensorRT-LLM's dynamic FP8. With
+// group G > 0, one scale per G columns of a row instead (DeepSeek-V3's 1 x 128 activation
+// groups, what cuBLASLt's VEC128 scale mode multiplies): scale[m * ceil(K / G) + k / G].
 struct QuantizeRowsFp8Params {
   const void* x;   // [M, K] bf16, row stride ldx
   int64_t ldx;
   void* q;         // [M, K] E4M3, row stride ldq
   int64_t ldq;
-  float* scale;    // [M]
+  float* scale;    // [M], or [M, ceil(K / group)] with a group
   int64_t M, K;
+  int64_t group = 0;  // 0: one scale per row
 };
 cudaError_t quantize_rows_fp8(const QuantizeRowsFp8Params& p, cudaStream_t stream);
+
+// out[n * groups + g] = sw[n * ws_ld] for n < N, g < groups: a per-row weight scale repeated over
+// the row's 1 x 128 groups, the layout cuBLASLt's VEC128 scale mode reads for A.
+cudaError_t expand_row_scales(const float* sw, int64_t ws_ld, int64_t N, int64_t groups, float* out,
+                              cudaStream_t stream);
 
 // y[r, k] = bf16(W[r0 + r, k] · scale(r0 + r, k)) for r < n, the scale grid as in GemmParams
 // (w_scale[(row / ws_rows) * ws_ld + k / ws_cols]).

@@ -17,7 +17,9 @@ struct PlanKey {
   int64_t M, N, K, ldx, ldw, ldy;
   int ydt, acc, align;  // align: log2 of the common pointer alignment (capped at 256 B)
   int fp8 = 0;          // 1: E4M3 W and x with outer-vector scales (gemm_fp8's W8A8 plan);
-                        // 2: the same product unscaled into f32 (scales applied after it)
+                        // 2: the same product unscaled into f32 (scales applied after it);
+                        // 3: 1 x 128 group scales on both (VEC128 x VEC128);
+                        // 4: 128 x 128 block scales on W, 1 x 128 groups on x
   bool operator==(const PlanKey&) const = default;
 };
 struct PlanKeyHash {
@@ -55,6 +57,10 @@ struct GemmContext {
   // gemm_fp8's scratch: the quantized activations and their scales, or a piece of dequantized W.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
+  bool fp8_groups = true;  // gemm_set_fp8_group_scales
+  // Per-row FP8 weight scales repeated over each row's 1 x 128 groups (VEC128 for W), made on a
+  // weight's first W8A8 product and kept for the context's life: N * K / 128 floats a weight.
+  std::unordered_map<const float*, float*> group_scales;
 };
 
 namespace {
@@ -98,6 +104,7 @@ void gemm_context_destroy(GemmContext* ctx) {
     cublasLtMatrixLayoutDestroy(pl.c);
     cublasLtMatmulDescDestroy(pl.desc);
   }
+  for (auto& [w, s] : ctx->group_scales) cudaFree(s);
   cudaFree(ctx->workspace);
   cudaFree(ctx->scratch);
   cublasLtDestroy(ctx->handle);
@@ -106,6 +113,7 @@ void gemm_context_destroy(GemmContext* ctx) {
 
 const char* gemm_last_error(const GemmContext* ctx) { return ctx->last_error.c_str(); }
 const char* gemm_fp8_last_path(const GemmContext* ctx) { return ctx->fp8_path; }
+void gemm_set_fp8_group_scales(GemmContext* ctx, bool on) { ctx->fp8_groups = on; }
 size_t gemm_cached_plans(const GemmContext* ctx) { return ctx->plans.size(); }
 
 #define GALE_LT_TRY(call)                                                                      \
@@ -128,10 +136,20 @@ static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-  if (k.fp8 == 1) {
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
-    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
+  if (k.fp8 == 1 || k.fp8 == 3 || k.fp8 == 4) {
+    // A = W, B = x (the mapping above): the scale grid of each in cuBLASLt's terms.
+    const int32_t a_mode = k.fp8 == 1   ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F
+                           : k.fp8 == 3 ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
+                                        : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+    const int32_t b_mode = k.fp8 == 1 ? CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F : CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof a_mode));
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof b_mode));
+    // A vector scale mode with no scale pointer is an invalid value to the heuristic (the first
+    // device runs: every such plan refused, CUBLAS_STATUS_INVALID_VALUE): stand-ins in device
+    // memory for the query; each product sets its own before it runs.
+    const void* stand_in = ctx->workspace;
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &stand_in, sizeof stand_in));
+    GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &stand_in, sizeof stand_in));
   }
   GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->a, in_t, uint64_t(k.K), uint64_t(k.N), k.ldw));
   GALE_LT_TRY(cublasLtMatrixLayoutCreate(&pl->b, in_t, uint64_t(k.K), uint64_t(k.M), k.ldx));
@@ -158,7 +176,7 @@ static cudaError_t make_plan(GemmContext* ctx, const PlanKey& k, Plan* pl) {
     return cudaErrorNotSupported;
   }
   pl->algo = res.algo;
-  pl->fp8_outer = k.fp8 == 1;
+  pl->fp8_outer = k.fp8 == 1 || k.fp8 == 3 || k.fp8 == 4;
   return cudaSuccess;
 }
 
@@ -261,6 +279,56 @@ cudaError_t gemm_w8a8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream
   return cudaSuccess;
 }
 
+// W8A8 with 1 x 128 group scales, scaled inside cuBLASLt's product (Hopper's VEC128 and
+// BLK128x128 modes): x to E4M3 per token and 128-column group, W's scales as VEC128 (a per-row
+// scale repeated over the row's groups) or as the 128 x 128 blocks they are. One pass over x,
+// one product straight into y: no f32 product and no separate scale pass. cudaErrorNotSupported
+// where the shape or the scale grid does not fit, or cuBLASLt has no kernel (the caller goes on).
+cudaError_t gemm_w8a8_groups(GemmContext* ctx, const GemmParams& p, cudaStream_t stream) {
+  constexpr int64_t G = 128;
+  const bool per_row = p.ws_rows == 1 && p.ws_cols >= p.K;
+  const int64_t groups = p.K / G;
+  const bool blocks = p.ws_rows == G && p.ws_cols == G && p.ws_ld == groups;
+  if (p.K % G != 0 || !(per_row || blocks)) return cudaErrorNotSupported;
+  const int64_t ldq = p.K;  // a multiple of 128: 16-byte rows
+  const size_t qbytes = (size_t(p.M * ldq) + 255) / 256 * 256;
+  const size_t sbytes = (size_t(p.M * groups) * 4 + 255) / 256 * 256;
+  const size_t ysz = p.y_dtype == DType::F32 ? 4 : 2;
+  const uintptr_t bits = uintptr_t(p.w) | uintptr_t(p.y) | uintptr_t(ldq) | uintptr_t(p.ldw) | uintptr_t(p.ldy * ysz);
+  PlanKey key{p.M, p.N, p.K, ldq, p.ldw, p.ldy, int(p.y_dtype), p.accumulate ? 1 : 0, align_log2(bits)};
+  key.fp8 = per_row ? 3 : 4;
+  cudaError_t err = cudaSuccess;
+  const Plan* pl = find_plan(ctx, key, &err);
+  if (!pl) return err;
+  const float* ws = p.w_scale;
+  if (per_row) {
+    auto it = ctx->group_scales.find(p.w_scale);
+    if (it == ctx->group_scales.end()) {
+      float* s = nullptr;
+      GALE_CUDA_TRY(cudaMalloc(&s, size_t(p.N * groups) * 4));
+      if (cudaError_t e = expand_row_scales(p.w_scale, p.ws_ld, p.N, groups, s, stream); e != cudaSuccess) {
+        cudaFree(s);
+        return e;
+      }
+      it = ctx->group_scales.emplace(p.w_scale, s).first;
+    }
+    ws = it->second;
+  }
+  GALE_CUDA_TRY(grow_scratch(ctx, qbytes + sbytes));
+  uint8_t* q = static_cast<uint8_t*>(ctx->scratch);
+  float* xs = reinterpret_cast<float*>(q + qbytes);
+  QuantizeRowsFp8Params qp{p.x, p.ldx, q, ldq, xs, p.M, p.K};
+  qp.group = G;
+  GALE_CUDA_TRY(quantize_rows_fp8(qp, stream));
+  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws));
+  GALE_LT_TRY(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof xs));
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  GALE_LT_TRY(cublasLtMatmul(ctx->handle, pl->desc, &alpha, p.w, pl->a, q, pl->b, &beta, p.y, pl->c, p.y, pl->c,
+                             &pl->algo, ctx->workspace, ctx->workspace_bytes, stream));
+  ctx->fp8_path = per_row ? "w8a8-vec128" : "w8a8-blk128";
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8) {
@@ -268,8 +336,12 @@ cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream,
   if (p.K <= 0 || p.w_dtype != DType::F8_E4M3 || !p.w_scale || p.ws_rows < 1 || p.ws_cols < 1 ||
       (p.y_dtype != DType::BF16 && p.y_dtype != DType::F32) || p.ldx < p.K || p.ldw < p.K || p.ldy < p.N)
     return cudaErrorInvalidValue;
-  if (w8a8 && p.ws_rows == 1 && p.ws_cols >= p.K && p.K % 16 == 0 && p.ldw % 16 == 0 &&
-      (reinterpret_cast<uintptr_t>(p.w) & 15) == 0) {
+  const bool aligned = p.K % 16 == 0 && p.ldw % 16 == 0 && (reinterpret_cast<uintptr_t>(p.w) & 15) == 0;
+  if (w8a8 && ctx->fp8_groups && aligned) {
+    const cudaError_t e = gemm_w8a8_groups(ctx, p, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  if (w8a8 && p.ws_rows == 1 && p.ws_cols >= p.K && aligned) {
     const cudaError_t e = gemm_w8a8(ctx, p, stream);
     if (e != cudaErrorNotSupported) return e;
   }

@@ -41,9 +41,15 @@ cudaError_t gemm_bf16(GemmContext* ctx, const GemmParams& p, cudaStream_t stream
 // (weight-only numerics). Grows the scratch with cudaMalloc: not while a graph is captured.
 // Where cuBLASLt has no outer-vector scale mode for the shape, W8A8 runs the unscaled FP8
 // product into f32 scratch and applies both scales after it (scale_outer).
+// First choice with w8a8, where K is whole 128-column groups and W's scales are per row or
+// 128 x 128 blocks: x quantized per token and 128-column group, and cuBLASLt scales inside the
+// product (VEC128 / BLK128x128 scale modes, Hopper and CUDA 12.9 on): one product straight into
+// y. gemm_set_fp8_group_scales(ctx, false) skips it (GALE_CUDA_FP8_GROUPS=0: to compare).
 cudaError_t gemm_fp8(GemmContext* ctx, const GemmParams& p, cudaStream_t stream, bool w8a8 = true);
-// Which path the last gemm_fp8 call took: "w8a8-outer", "w8a8-scalar" or "dequantize" (tests,
-// benchmarks: a W8A8 product that silently fell back would still pass a loose check).
+void gemm_set_fp8_group_scales(GemmContext* ctx, bool on);
+// Which path the last gemm_fp8 call took: "w8a8-vec128", "w8a8-blk128", "w8a8-outer",
+// "w8a8-scalar" or "dequantize" (tests, benchmarks: a W8A8 product that silently fell back
+// would still pass a loose check).
 const char* gemm_fp8_last_path(const GemmContext* ctx);
 const char* gemm_last_error(const GemmContext* ctx);
 // The context's scratch, grown to at least `bytes` (cudaMalloc: not while a graph is captured);

@@ -50,6 +50,7 @@ CudaBackend::CudaBackend(const CudaOptions& options) : opt_(options), fuse_norm_
   cuda_check(cudaEventCreateWithFlags(&plan_sent_, cudaEventDisableTiming), "cudaEventCreate");
   cuda_check(cudaEventCreateWithFlags(&ids_ready_, cudaEventDisableTiming), "cudaEventCreate");
   cuda_check(cuda::gemm_context_create(&gemm_), "cuBLASLt initialisation");
+  cuda::gemm_set_fp8_group_scales(gemm_, opt_.fp8_groups);
   if (opt_.profile) {
     cuda_check(cudaEventCreate(&prof_begin_), "cudaEventCreate");
     cuda_check(cudaEventCreate(&prof_end_), "cudaEventCreate");

@@ -51,6 +51,7 @@ CudaOptions cuda_options_from_env() {
   o.gemv_rotate = env_switch("GALE_GEMV_ROTATE");
   o.fp8 = env_switch("GALE_CUDA_FP8", false);
   o.fp8_w8a8 = env_switch("GALE_CUDA_W8A8");
+  o.fp8_groups = env_switch("GALE_CUDA_FP8_GROUPS");
   if (const char* v = std::getenv("GALE_GEMV_UNROLL"); v && *v) {
     const std::string s = v;
     if (s == "4" || s == "8") o.gemv_unroll = s[0] - '0';

@@ -24,6 +24,9 @@ struct CudaOptions {
   // weights are dequantized to bf16 at upload and run by the bf16 kernels.
   bool fp8 = false;
   bool fp8_w8a8 = true;     // GALE_CUDA_W8A8: prefill products with per-channel FP8 weights as W8A8
+  // GALE_CUDA_FP8_GROUPS: W8A8 with x in 1 x 128 groups, scaled inside cuBLASLt's product
+  // (kernels/cuda/gemm_lt.cuh); off: the per-token outer-scale / scalar-product paths.
+  bool fp8_groups = true;
   // GALE_CUDA_INT=1: integer weights (INT8 / INT4, model/weights.h) stay packed on the device for
   // the integer GEMV / GEMM (kernels/cuda/gemm_int.cuh). Opt-in, as fp8 is, until those kernels
   // have run on a GPU (they were written and compiled without one); by default integer weights
