@@ -1,10 +1,5 @@
 #include "cli/model_options.h"
 
-#include <filesystem>
-
-#include "core/error.h"
-#include "core/thread_pool.h"
-
 namespace gale::cli {
 
 void add_model_options(CLI::App* sub, ModelOptions& o, bool dtype) {
@@ -47,41 +42,6 @@ void add_keep_16bit_option(CLI::App* sub, std::vector<std::string>& patterns) {
       ->type_name("PATTERN")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-}
-
-std::string resolve_model(const ModelOptions& o) {
-  if (o.threads > 0) set_num_threads(o.threads);
-  if (!o.model.empty()) return o.model;
-  // The bundled default model: models/default next to the binary's source tree or installed.
-  for (const char* p : {GALE_DEFAULT_MODEL_DIR, "models/default"})
-    if (std::filesystem::exists(std::filesystem::path(p) / "config.json")) return p;
-  throw Error("no model given (-m DIR) and the bundled default model was not found");
-}
-
-ActDType parse_act_dtype(const std::string& s) {
-  if (s == "f32" || s.empty()) return ActDType::F32;
-  if (s == "bf16") return ActDType::BF16;
-  throw Error("--dtype must be f32 or bf16");
-}
-
-BackendOptions backend_options(const ModelOptions& o) {
-  BackendOptions b;
-  b.device = o.device.empty() ? default_device() : o.device;
-  b.gpu_memory_utilization = o.gpu_memory_utilization;
-  b.bf16_activations = parse_act_dtype(o.dtype) == ActDType::BF16;
-  if (b.device != "cpu" && o.dtype == "f32")
-    throw Error("--dtype f32: the CUDA backend runs bf16 activations (use --device cpu for f32)");
-  return b;
-}
-
-LoadOptions load_options(const ModelOptions& o) {
-  LoadOptions l;
-  l.quantization = o.quantization;
-  l.quantization_group = o.quantization_group;
-  l.quantize_lm_head = o.quantize_lm_head;
-  l.keep_16bit = o.keep_16bit;
-  l.kv_cache_dtype = o.kv_cache_dtype;
-  return l;
 }
 
 }  // namespace gale::cli
