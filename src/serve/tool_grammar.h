@@ -1,0 +1,32 @@
+// tool_choice "required" / a named function as a grammar: the GBNF (llama.cpp's syntax) of the
+// calls the model may write, in its own format, for the grammar engine to enforce.
+//
+//   hermes       root ::= one or more "<tool_call>\n{"name": "F", "arguments": ARGS}\n</tool_call>"
+//   llama3_json  root ::= {"name": "F", "parameters": ARGS} ("; " another)*
+//   mistral      root ::= "[TOOL_CALLS][" {"name": "F", "arguments": ARGS} (", " another)* "]"
+//
+// ARGS is the function's `parameters` schema turned into rules by `schema_to_gbnf` (the grammar
+// engine's json_schema_to_gbnf); without one, or for a tool without parameters, any JSON object.
+// A named tool_choice allows exactly one call of that function.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <string>
+
+#include "serve/tool_call_parser.h"
+
+namespace gale::serve {
+
+// Rules for `schema` whose root rule is named `rule_name`; every other rule it defines must start
+// with rule_name + "-" (so several schemas share one grammar).
+using SchemaToGbnf = std::function<std::string(const nlohmann::ordered_json& schema, const std::string& rule_name)>;
+
+// tools: the request's validated `tools`; only_name: "" for any of them (required), else the one.
+std::string tool_call_grammar(ToolCallFormat format, const nlohmann::ordered_json& tools, const std::string& only_name,
+                              const SchemaToGbnf& schema_to_gbnf = {});
+
+// A GBNF string literal for `s` ("..." with \", \\, \n, \r, \t and \xHH escaped).
+std::string gbnf_literal(const std::string& s);
+
+}  // namespace gale::serve
