@@ -67,8 +67,10 @@ void parse_tool_choice(const ojson& body, const ojson& tools, ToolCallFormat mod
     } else if (tc.is_object()) {
       auto type = tc.find("type");
       auto f = tc.find("function");
-      auto name = f != tc.end() && f->is_object() ? f->find("name") : tc.end();
-      if (type == tc.end() || *type != "function" || name == tc.end() || !name->is_string())
+      const ojson* name = nullptr;
+      if (f != tc.end() && f->is_object())
+        if (auto n = f->find("name"); n != f->end()) name = &*n;
+      if (type == tc.end() || *type != "function" || !name || !name->is_string())
         throw ApiError(400, "'tool_choice' as an object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
                        "tool_choice");
       p.tool_choice = "function";
@@ -114,9 +116,25 @@ void prepare_tool_messages(ojson& messages) {
       auto args = f->find("arguments");
       if (args == f->end() || !args->is_string()) continue;
       // OpenAI sends arguments as JSON text; the templates want the object (as vLLM hands them).
-      ojson parsed = ojson::parse(args->get<std::string>(), nullptr, /*allow_exceptions=*/false);
-      if (parsed.is_object()) *args = std::move(parsed);
+      // Nesting bounded as the body's (the template walks the object recursively); deeper or
+      // invalid text stays a string.
+      ojson::parser_callback_t bound = [](int depth, ojson::parse_event_t event, ojson&) {
+        if ((event == ojson::parse_event_t::object_start || event == ojson::parse_event_t::array_start) &&
+            depth >= kMaxJsonDepth - 8)
+          throw ApiError(400, "too deep");
+        return true;
+      };
+      try {
+        ojson parsed = ojson::parse(args->get<std::string>(), bound);
+        if (parsed.is_object()) *args = std::move(parsed);
+      } catch (const ApiError&) {
+      } catch (const ojson::exception&) {
+      }
     }
+    // OpenAI clients send "content": null beside tool calls; Qwen3's template tests `in content`,
+    // which fails on None: the text form is "" (as vLLM renders it). Last: it may add a key,
+    // which moves the message's members (`tc` above).
+    if (auto c = m.find("content"); c == m.end() || c->is_null()) m["content"] = "";
   }
 }
 
