@@ -29,6 +29,48 @@ std::string gbnf_literal(const std::string& s) {
   return out + "\"";
 }
 
+std::string gbnf_rename_rules(const std::string& g, const std::string& name) {
+  auto word = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+  };
+  std::string out;
+  size_t i = 0;
+  auto copy_until = [&](char close) {  // a literal, class or count: up to its unescaped close
+    out += g[i++];
+    while (i < g.size() && g[i] != close) {
+      if (g[i] == '\\' && i + 1 < g.size()) out += g[i++];
+      out += g[i++];
+    }
+    if (i < g.size()) out += g[i++];
+  };
+  while (i < g.size()) {
+    const char c = g[i];
+    if (c == '#') {
+      while (i < g.size() && g[i] != '\n') out += g[i++];
+    } else if (c == '"') {
+      copy_until('"');
+    } else if (c == '[') {
+      copy_until(']');
+    } else if (c == '{') {
+      copy_until('}');
+    } else if (word(c)) {
+      size_t b = i;
+      while (i < g.size() && word(g[i])) ++i;
+      const std::string id = g.substr(b, i - b);
+      out += id == "root" ? name : name + "-" + id;
+    } else {
+      out += g[i++];
+    }
+  }
+  return out;
+}
+
+SchemaToGbnf schema_converter(std::function<std::string(const ojson& schema)> whole_grammar) {
+  return [f = std::move(whole_grammar)](const ojson& schema, const std::string& rule) {
+    return gbnf_rename_rules(f(schema), rule);
+  };
+}
+
 namespace {
 
 // Any JSON object (RFC 8259), for arguments without a schema converter or schema.

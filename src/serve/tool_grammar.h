@@ -26,6 +26,14 @@ using SchemaToGbnf = std::function<std::string(const nlohmann::ordered_json& sch
 std::string tool_call_grammar(ToolCallFormat format, const nlohmann::ordered_json& tools, const std::string& only_name,
                               const SchemaToGbnf& schema_to_gbnf = {});
 
+// A whole GBNF grammar (rooted at `root`) with every rule renamed for embedding in another:
+// root -> `name`, any other rule r -> `name`-r (definitions and references; literals, classes,
+// comments and {m,n} counts untouched).
+std::string gbnf_rename_rules(const std::string& gbnf, const std::string& name);
+// A SchemaToGbnf over a converter that returns a whole grammar rooted at `root` (the grammar
+// engine's json_schema_to_gbnf), its rules renamed by gbnf_rename_rules.
+SchemaToGbnf schema_converter(std::function<std::string(const nlohmann::ordered_json& schema)> whole_grammar);
+
 // A GBNF string literal for `s` ("..." with \", \\, \n, \r, \t and \xHH escaped).
 std::string gbnf_literal(const std::string& s);
 

@@ -375,6 +375,23 @@ TEST(ToolGrammar, UsesTheSchemaConverter) {
   EXPECT_TRUE(g.matches("<tool_call>\n{\"name\": \"add\", \"arguments\": {\"town\": \"Paris\"}}\n</tool_call>"));
 }
 
+// The grammar engine's json_schema_to_gbnf returns a whole grammar rooted at `root`: its rules are
+// renamed into the tool grammar's namespace, literals / classes / comments / counts untouched.
+TEST(ToolGrammar, WholeGrammarConverterIsRenamed) {
+  const std::string whole =
+      "# root: an object with a city\n"
+      "root ::= \"{\" ws \"\\\"city\\\"\" ws \":\" ws str ws \"}\"\n"
+      "str ::= \"\\\"\" [a-zA-Z_-]+ \"\\\"\"\n"
+      "ws ::= [ ]*\n";
+  EXPECT_EQ(gbnf_rename_rules("root ::= a-b \"root\" [root]{2,3} # root\na-b ::= \"x\"", "tc-args-0"),
+            "tc-args-0 ::= tc-args-0-a-b \"root\" [root]{2,3} # root\ntc-args-0-a-b ::= \"x\"");
+  test::Gbnf alone(whole);
+  EXPECT_TRUE(alone.matches("{\"city\": \"Paris\"}"));
+  test::Gbnf g(tool_call_grammar(H, tools_json(), "get_weather", schema_converter([&](const ojson&) { return whole; })));
+  EXPECT_TRUE(g.matches("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"));
+  EXPECT_FALSE(g.matches("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": 5}}\n</tool_call>"));
+}
+
 TEST(ToolGrammar, Literal) {
   EXPECT_EQ(gbnf_literal("a\"b\\c\nd\x01"), "\"a\\\"b\\\\c\\nd\\x01\"");
   test::Gbnf g("root ::= " + gbnf_literal("x\"\\\n\t\x01y"));
