@@ -53,8 +53,11 @@ ojson parse_tools(const ojson& body) {
 void parse_tool_choice(const ojson& body, const ojson& tools, ToolCallFormat model_format, ChatParsing& p) {
   p.tool_choice = tools.is_null() ? "none" : "auto";
   p.tool_name.clear();
-  if (auto ptc = body.find("parallel_tool_calls"); ptc != body.end() && !ptc->is_null() && !ptc->is_boolean())
-    throw ApiError(400, "'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
+  p.parallel = true;
+  if (auto ptc = body.find("parallel_tool_calls"); ptc != body.end() && !ptc->is_null()) {
+    if (!ptc->is_boolean()) throw ApiError(400, "'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
+    p.parallel = ptc->get<bool>();
+  }
   auto it = body.find("tool_choice");
   if (it != body.end() && !it->is_null()) {
     const ojson& tc = *it;
@@ -91,7 +94,7 @@ void parse_tool_choice(const ojson& body, const ojson& tools, ToolCallFormat mod
     throw ApiError(400, "'tool_choice' '" + p.tool_choice + "' needs the model's tool-call format, which its chat "
                         "template does not show: start the server with --tool-call-parser", "tool_choice");
   if (p.tool_choice == "required" || p.tool_choice == "function")
-    p.tool_grammar = tool_call_grammar(p.tool_format, tools, p.tool_name);
+    p.tool_grammar = tool_call_grammar(p.tool_format, tools, p.tool_name, {}, /*single=*/!p.parallel);
 }
 
 void prepare_tool_messages(ojson& messages) {
@@ -138,7 +141,7 @@ void prepare_tool_messages(ojson& messages) {
   }
 }
 
-ChatOutputParser::ChatOutputParser(const ChatParsing& p) {
+ChatOutputParser::ChatOutputParser(const ChatParsing& p) : parallel_(p.parallel) {
   if (p.reasoning != ReasoningFormat::None)
     reasoning_ = std::make_unique<ReasoningParser>(p.reasoning, p.reasoning_starts_inside);
   if (p.tool_format != ToolCallFormat::None) tools_ = std::make_unique<ToolCallParser>(p.tool_format);
@@ -158,6 +161,7 @@ ChatOutputParser::Piece ChatOutputParser::feed(std::string_view text) {
     ToolParseOutput t = tools_->feed(content);
     out.content = std::move(t.content);
     out.calls = std::move(t.calls);
+    keep_first_call(out.calls);
   } else {
     out.content = std::move(content);
   }
@@ -178,15 +182,27 @@ ChatOutputParser::Piece ChatOutputParser::finish() {
     out.content = a.content + b.content;
     out.calls = std::move(a.calls);
     for (auto& d : b.calls) out.calls.push_back(std::move(d));
+    keep_first_call(out.calls);
   } else {
     out.content = std::move(content);
   }
   return out;
 }
 
+// parallel_tool_calls false: OpenAI makes at most one call; later ones the model wrote are dropped.
+void ChatOutputParser::keep_first_call(std::vector<ToolCallDelta>& deltas) const {
+  if (parallel_) return;
+  std::erase_if(deltas, [](const ToolCallDelta& d) { return d.index > 0; });
+}
+
 const std::vector<ToolCall>& ChatOutputParser::calls() const {
   static const std::vector<ToolCall> none;
-  return tools_ ? tools_->calls() : none;
+  if (!tools_) return none;
+  if (!parallel_ && tools_->calls().size() > 1) {
+    first_only_.assign(tools_->calls().begin(), tools_->calls().begin() + 1);
+    return first_only_;
+  }
+  return tools_->calls();
 }
 
 ParsedChatMessage parse_chat_output(const ChatParsing& p, std::string_view text) {

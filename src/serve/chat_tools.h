@@ -22,6 +22,7 @@ struct ChatParsing {
   ToolCallFormat tool_format = ToolCallFormat::None;  // None: no tool parsing for this request
   std::string tool_choice = "none";                   // "none", "auto", "required" or "function"
   std::string tool_name;                              // tool_choice "function": the one allowed
+  bool parallel = true;                               // parallel_tool_calls: false keeps the first call only
   ReasoningFormat reasoning = ReasoningFormat::None;
   bool reasoning_starts_inside = false;               // the prompt opened <think>
   // tool_choice "required" / a named function: the GBNF grammar of the allowed calls in the
@@ -68,6 +69,9 @@ class ChatOutputParser {
   const std::vector<ToolCall>& calls() const;
 
  private:
+  void keep_first_call(std::vector<ToolCallDelta>& deltas) const;
+  bool parallel_ = true;
+  mutable std::vector<ToolCall> first_only_;
   std::unique_ptr<ReasoningParser> reasoning_;
   std::unique_ptr<ToolCallParser> tools_;
 };

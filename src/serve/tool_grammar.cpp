@@ -86,7 +86,7 @@ const char* kJsonRules =
 }  // namespace
 
 std::string tool_call_grammar(ToolCallFormat format, const ojson& tools, const std::string& only_name,
-                              const SchemaToGbnf& schema_to_gbnf) {
+                              const SchemaToGbnf& schema_to_gbnf, bool single) {
   const char* args_key = format == ToolCallFormat::Llama3Json ? "parameters" : "arguments";
   std::string rules, alts;
   bool generic = false;
@@ -113,7 +113,7 @@ std::string tool_call_grammar(ToolCallFormat format, const ojson& tools, const s
   }
   if (n == 0) return "";
   std::string root;
-  const bool one = !only_name.empty();
+  const bool one = single || !only_name.empty();
   switch (format) {
     case ToolCallFormat::Hermes: root = one ? "tc-call" : "tc-call ( \"\\n\" tc-call )*"; break;
     case ToolCallFormat::Llama3Json: root = one ? "tc-call" : "tc-call ( \"; \" tc-call )*"; break;

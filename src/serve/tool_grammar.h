@@ -22,9 +22,10 @@ namespace gale::serve {
 // with rule_name + "-" (so several schemas share one grammar).
 using SchemaToGbnf = std::function<std::string(const nlohmann::ordered_json& schema, const std::string& rule_name)>;
 
-// tools: the request's validated `tools`; only_name: "" for any of them (required), else the one.
+// tools: the request's validated `tools`; only_name: "" for any of them (required), else the one;
+// single: exactly one call (a named tool_choice, or parallel_tool_calls false).
 std::string tool_call_grammar(ToolCallFormat format, const nlohmann::ordered_json& tools, const std::string& only_name,
-                              const SchemaToGbnf& schema_to_gbnf = {});
+                              const SchemaToGbnf& schema_to_gbnf = {}, bool single = false);
 
 // A whole GBNF grammar (rooted at `root`) with every rule renamed for embedding in another:
 // root -> `name`, any other rule r -> `name`-r (definitions and references; literals, classes,

@@ -19,6 +19,10 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
+ojson tools_json_for_parallel() {
+  return ojson::parse(R"([{"type": "function", "function": {"name": "a"}}])");
+}
+
 ToolCallParser::IdMaker counter_ids() {
   auto n = std::make_shared<int>(0);
   return [n] { return "id" + std::to_string((*n)++); };
@@ -315,6 +319,29 @@ TEST(ChatOutputParser, ReasoningThenTools) {
   EXPECT_EQ(chat_finish_reason("stop", true), "tool_calls");
   EXPECT_EQ(chat_finish_reason("length", true), "length");
   EXPECT_EQ(chat_finish_reason("stop", false), "stop");
+}
+
+// parallel_tool_calls false: only the first call is reported, streamed or not.
+TEST(ChatOutputParser, ParallelFalseKeepsTheFirstCall) {
+  ChatParsing p;
+  p.tool_format = H;
+  p.parallel = false;
+  const std::string text = "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>";
+  ParsedChatMessage m = parse_chat_output(p, text);
+  ASSERT_EQ(m.calls.size(), 1u);
+  EXPECT_EQ(m.calls[0].name, "a");
+  ChatOutputParser s(p);
+  int deltas_b = 0;
+  for (char ch : text)
+    for (auto& d : s.feed(std::string_view(&ch, 1)).calls) deltas_b += d.index > 0;
+  EXPECT_EQ(deltas_b, 0);
+  EXPECT_EQ(s.calls().size(), 1u);
+  p.parallel = true;
+  EXPECT_EQ(parse_chat_output(p, text).calls.size(), 2u);
+  // The grammar then allows one call.
+  test::Gbnf g(tool_call_grammar(H, tools_json_for_parallel(), "", {}, /*single=*/true));
+  EXPECT_TRUE(g.matches("<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>"));
+  EXPECT_FALSE(g.matches("<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>"));
 }
 
 // ---- grammar for tool_choice required / named
