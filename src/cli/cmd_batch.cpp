@@ -313,6 +313,9 @@ void BatchJob::load_chat_template(bool needed) {
   if (lm_.synthetic) return;
   try {
     chat_ = ChatTemplate::load(model_dir_);
+    // Tool calls and reasoning are parsed as the server does with its defaults (auto).
+    info_.tool_format = serve::detect_tool_call_format(chat_->source());
+    info_.reasoning_format = serve::detect_reasoning_format(chat_->source());
   } catch (const Error& e) {
     if (needed) std::fprintf(stderr, "gale batch: no chat template (%s); chat requests will fail\n", e.what());
   }

@@ -32,6 +32,8 @@ struct ServeOptions {
   std::string served_name;
   std::string chat_template;
   int64_t max_model_len = 0;
+  std::string tool_call_parser = "auto";
+  std::string reasoning_parser = "auto";
 };
 
 // The real Engine behind the server's engine thread.
@@ -92,6 +94,10 @@ void run_serve(ServeOptions& o) {
   }
 
   serve::ModelInfo info;
+  // Tool calls and reasoning: the flags, else what the chat template shows (chat_tools.h).
+  const std::string tmpl_src = tmpl ? tmpl->source() : "";
+  info.tool_format = serve::tool_call_format_from_name(o.tool_call_parser).value_or(serve::detect_tool_call_format(tmpl_src));
+  info.reasoning_format = serve::reasoning_format_from_name(o.reasoning_parser).value_or(serve::detect_reasoning_format(tmpl_src));
   info.name = !o.served_name.empty() ? o.served_name
               : lm.synthetic         ? dir
                                      : fs::path(dir).lexically_normal().filename().string();
@@ -137,6 +143,13 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   sub->add_option("--api-key", s.api_key, "Require 'Authorization: Bearer KEY' (else $GALE_API_KEY); /health stays open");
   sub->add_option("--served-model-name", o->served_name, "Model name clients use (default: the model folder's name)");
   sub->add_option("--chat-template", o->chat_template, "Jinja chat template file (default: the model's own)");
+  sub->add_option("--tool-call-parser", o->tool_call_parser,
+                  "Tool-call format parsed from chat output when a request has tools: auto (from the chat template), "
+                  "hermes, llama3_json, mistral or none")
+      ->check(CLI::IsMember({"auto", "hermes", "llama3_json", "mistral", "none"}));
+  sub->add_option("--reasoning-parser", o->reasoning_parser,
+                  "Split <think>...</think> into reasoning_content: auto (from the chat template), qwen3, deepseek_r1 or none")
+      ->check(CLI::IsMember({"auto", "qwen3", "deepseek_r1", "none"}));
   sub->add_option("--max-model-len", o->max_model_len, "Context length to serve (default: the model's)")->check(CLI::PositiveNumber);
   sub->add_option("--max-pending", s.max_in_flight, "Sequences accepted and unfinished before answering 429 (default 1024)")
       ->check(CLI::PositiveNumber);

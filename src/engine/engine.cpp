@@ -958,7 +958,7 @@ uint64_t Engine::add_request(RequestParams p) {
   auto r = std::make_unique<Impl::Request>();
   r->id = m.next_id++;
   r->sampler = std::make_unique<Sampler>(p.sampling, p.prompt);
-  if (m.tok) r->stream = std::make_unique<StreamDecoder>(*m.tok, /*skip_special_tokens=*/true);
+  if (m.tok) r->stream = std::make_unique<StreamDecoder>(*m.tok, p.skip_special_tokens);
   for (const std::string& s : p.stop) r->max_stop = std::max(r->max_stop, s.size());
   r->host_logits = p.top_logprobs >= 0 || (!r->sampler->plain_greedy() && !m.model.backend().has_sample_rows());
   r->p = std::move(p);

@@ -82,6 +82,7 @@ struct RequestParams {
   int priority = 0;                 // lower runs first (FCFS within a priority)
   int top_logprobs = -1;            // -1: no logprobs; k >= 0: the chosen token's + top k
   bool speculative = true;          // false: never speculates ("speculative": "off" per request)
+  bool skip_special_tokens = true;  // false: special tokens stay in the text (Mistral's [TOOL_CALLS])
 };
 
 struct TokenLogprob {

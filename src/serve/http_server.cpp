@@ -300,7 +300,10 @@ class Session : public std::enable_shared_from_this<Session> {
     c.completion_tokens = o.completion_tokens;
     c.cached_tokens = o.cached_prompt_tokens;
     if (api_->stream && (!o.new_text.empty() || !o.logprobs.empty())) {
-      queue_chunk(sse_event(rb_->chunk(idx, o.new_text, o.logprobs, o.new_ids, "", offsets_[size_t(idx)])));
+      if (rb_->parses_output())  // tools / reasoning: the parsers decide what goes out now
+        for (auto& j : rb_->parsed_chunks(idx, o.new_text, o.logprobs, "")) queue_chunk(sse_event(j));
+      else
+        queue_chunk(sse_event(rb_->chunk(idx, o.new_text, o.logprobs, o.new_ids, "", offsets_[size_t(idx)])));
       offsets_[size_t(idx)] += int64_t(o.new_text.size());
     }
     c.text += o.new_text;
@@ -310,7 +313,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (o.finish_reason == "error") return on_failed_output(o);
     c.finished = true;
     c.finish_reason = o.finish_reason;
-    if (api_->stream) queue_chunk(sse_event(rb_->chunk(idx, "", {}, {}, o.finish_reason, 0)));
+    if (api_->stream && rb_->parses_output())
+      for (auto& j : rb_->parsed_chunks(idx, "", {}, o.finish_reason)) queue_chunk(sse_event(j));
+    else if (api_->stream)
+      queue_chunk(sse_event(rb_->chunk(idx, "", {}, {}, o.finish_reason, 0)));
     if (--unfinished_ > 0) return;
     in_generation_ = false;
     timeout_.cancel();

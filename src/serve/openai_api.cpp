@@ -245,6 +245,7 @@ std::vector<RequestParams> ApiRequest::engine_requests() const {
       p.stop = stop;
       p.top_logprobs = logprobs;
       p.speculative = speculative;
+      p.skip_special_tokens = !parsing.keep_special_tokens();
       out.push_back(std::move(p));
     }
   return out;
@@ -325,16 +326,24 @@ ojson chat_messages(const json& body) {
   return out;
 }
 
+// Tools and reasoning: what this request parses out of its output (chat_tools.h).
+void chat_parsing(const json& body, const ModelInfo& info, const std::string& prompt, ChatParsing& p) {
+  parse_tool_choice(body, parse_tools(body), info.tool_format, p);
+  p.reasoning = info.reasoning_format;
+  if (const json* k = field(body, "chat_template_kwargs"); k && k->is_object()) {
+    auto et = k->find("enable_thinking");
+    if (et != k->end() && et->is_boolean() && !et->get<bool>()) p.reasoning = ReasoningFormat::None;
+  }
+  p.reasoning_starts_inside = p.reasoning != ReasoningFormat::None && prompt_opens_reasoning(prompt);
+}
+
 std::string render_chat(const json& body, const ChatTemplate* tmpl) {
   if (!tmpl)
     throw ApiError(400, "this model has no chat template: add chat_template.jinja to its folder "
                         "(gale serve also takes --chat-template FILE)", "messages");
   ojson msgs = chat_messages(body);
-  ojson tools = nullptr;
-  if (const json* t = field(body, "tools")) {
-    if (!t->is_array()) throw ApiError(400, "'tools' must be a list", "tools");
-    tools = *t;
-  }
+  prepare_tool_messages(msgs);
+  ojson tools = parse_tools(body);
   ojson kwargs = ojson::object();
   if (const json* k = field(body, "chat_template_kwargs")) {
     if (!k->is_object()) throw ApiError(400, "'chat_template_kwargs' must be an object", "chat_template_kwargs");
@@ -362,6 +371,7 @@ ApiRequest parse_chat_request(const json& body, const ModelInfo& info, const Tok
   r.prompt_texts.push_back(text);
   if (r.prompts.back().empty()) throw ApiError(400, "the rendered conversation is empty", "messages");
   parse_common(body, info, r);
+  chat_parsing(body, info, text, r.parsing);
   bool lp = opt_bool(body, "logprobs").value_or(false);
   auto top = opt_int(body, "top_logprobs", 0, 20);
   if (top && !lp) throw ApiError(400, "'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
@@ -440,7 +450,15 @@ ojson ResponseBuilder::full_response(const std::vector<ChoiceState>& choices) co
     const ChoiceState& c = choices[i];
     ojson lp = nullptr;
     if (req_.logprobs >= 0) lp = chat ? chat_logprobs(c.logprobs) : completion_logprobs(c.ids, c.logprobs, 0);
-    if (chat) {
+    if (chat && req_.parsing.active()) {
+      ParsedChatMessage m = parse_chat_output(req_.parsing, c.text);
+      ojson msg = {{"role", "assistant"}, {"content", m.content}};
+      if (!m.calls.empty() && m.content.empty()) msg["content"] = nullptr;
+      if (m.reasoning_active) msg["reasoning_content"] = m.reasoning.empty() ? ojson(nullptr) : ojson(m.reasoning);
+      if (!m.calls.empty()) msg["tool_calls"] = tool_calls_json(m.calls);
+      cs.push_back({{"index", i}, {"message", msg}, {"logprobs", lp},
+                    {"finish_reason", chat_finish_reason(c.finish_reason, !m.calls.empty())}});
+    } else if (chat) {
       cs.push_back({{"index", i}, {"message", {{"role", "assistant"}, {"content", c.text}}}, {"logprobs", lp},
                     {"finish_reason", c.finish_reason}});
     } else {
@@ -470,6 +488,40 @@ ojson ResponseBuilder::chunk(int index, const std::string& text, const std::vect
              {"model", info_.name}, {"choices", ojson::array({choice})}};
   if (req_.include_usage) j["usage"] = nullptr;
   return j;
+}
+
+ojson ResponseBuilder::delta_chunk(int index, ojson delta, std::vector<TokenLogprob>& lps,
+                                   const std::string& finish_reason) const {
+  ojson lp = nullptr;
+  if (req_.logprobs >= 0 && !lps.empty()) lp = chat_logprobs(lps);
+  lps.clear();
+  ojson choice = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", lp},
+                  {"finish_reason", finish_reason.empty() ? ojson(nullptr) : ojson(finish_reason)}};
+  ojson j = {{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", info_.name},
+             {"choices", ojson::array({choice})}};
+  if (req_.include_usage) j["usage"] = nullptr;
+  return j;
+}
+
+std::vector<ojson> ResponseBuilder::parsed_chunks(int index, const std::string& text,
+                                                  const std::vector<TokenLogprob>& lps, const std::string& finish_reason) {
+  if (parse_.size() <= size_t(index)) parse_.resize(size_t(index) + 1);
+  StreamParse& s = parse_[size_t(index)];
+  if (!s.parser) s.parser = std::make_unique<ChatOutputParser>(req_.parsing);
+  s.pending_lps.insert(s.pending_lps.end(), lps.begin(), lps.end());
+  std::vector<ojson> out;
+  auto emit = [&](const ChatOutputParser::Piece& p) {
+    if (!p.reasoning.empty()) out.push_back(delta_chunk(index, {{"reasoning_content", p.reasoning}}, s.pending_lps, ""));
+    if (!p.content.empty()) out.push_back(delta_chunk(index, {{"content", p.content}}, s.pending_lps, ""));
+    if (!p.calls.empty())
+      out.push_back(delta_chunk(index, {{"tool_calls", tool_call_deltas_json(p.calls)}}, s.pending_lps, ""));
+  };
+  if (!text.empty()) emit(s.parser->feed(text));
+  if (!finish_reason.empty()) {
+    emit(s.parser->finish());
+    out.push_back(delta_chunk(index, ojson::object(), s.pending_lps, chat_finish_reason(finish_reason, s.parser->has_calls())));
+  }
+  return out;
 }
 
 ojson ResponseBuilder::chat_role_chunk(int index) const {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "serve/chat_tools.h"
 
 namespace gale {
 class Tokenizer;
@@ -56,6 +58,10 @@ struct ModelInfo {
   // request's "speculative" may say "off" or repeat this (or "draft" for any draft); another
   // proposer is a 400 (one engine holds one proposer).
   std::string speculative = "off";
+  // Chat output parsing (--tool-call-parser / --reasoning-parser, else detected from the chat
+  // template): the format tool calls are parsed in when a request has tools, and reasoning's.
+  ToolCallFormat tool_format = ToolCallFormat::None;
+  ReasoningFormat reasoning_format = ReasoningFormat::None;
 };
 
 enum class Endpoint { Completions, Chat };
@@ -75,6 +81,7 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   bool speculative = true;                    // false: "speculative": "off"
+  ChatParsing parsing;                        // chat: tool calls / reasoning parsed from the output
   // The engine requests: prompt i, sample j at index i * n + j (OpenAI's choice order).
   std::vector<RequestParams> engine_requests() const;
 };
@@ -110,6 +117,15 @@ class ResponseBuilder {
   nlohmann::ordered_json usage_chunk(const std::vector<ChoiceState>& choices) const;
   nlohmann::ordered_json usage(const std::vector<ChoiceState>& choices) const;
 
+  // Chat requests whose output is parsed (tools, reasoning: req.parsing.active()) stream through
+  // this instead of chunk(): the new text of choice `index` through its parsers, as zero or more
+  // chunks (content, reasoning_content and tool_calls deltas); with finish_reason, what was held
+  // back and the final chunk ("tool_calls" when calls were made). Logprobs ride on the next chunk.
+  bool parses_output() const { return req_.endpoint == Endpoint::Chat && req_.parsing.active(); }
+  std::vector<nlohmann::ordered_json> parsed_chunks(int index, const std::string& text,
+                                                    const std::vector<TokenLogprob>& lps,
+                                                    const std::string& finish_reason);
+
  private:
   nlohmann::ordered_json completion_logprobs(const std::vector<int32_t>& ids, const std::vector<TokenLogprob>& lps,
                                              int64_t text_offset) const;
@@ -121,6 +137,13 @@ class ResponseBuilder {
   const Tokenizer* tok_;
   std::string id_;
   int64_t created_;
+  struct StreamParse {  // one per choice, made on its first piece
+    std::unique_ptr<ChatOutputParser> parser;
+    std::vector<TokenLogprob> pending_lps;
+  };
+  std::vector<StreamParse> parse_;
+  nlohmann::ordered_json delta_chunk(int index, nlohmann::ordered_json delta, std::vector<TokenLogprob>& lps,
+                                     const std::string& finish_reason) const;
 };
 
 // "data: <json>\n\n"

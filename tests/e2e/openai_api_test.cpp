@@ -2,6 +2,7 @@
 // it (serve/openai_batch.h): the same rules for `gale serve` and `gale batch`.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -228,6 +229,135 @@ TEST_F(OpenAiApi, EngineFailureIsARecordedError) {
   EXPECT_EQ(line["error"]["code"], "server_error");
   EXPECT_EQ(line["error"]["message"], "the step failed: out of memory");
   EXPECT_EQ(recorded_custom_id(json_text(line)), "f");
+}
+
+// ---- tools and reasoning (serve/chat_tools.h)
+
+// OpenAI clients send a call's arguments as a JSON string; the server hands the templates the
+// object, as vLLM does. Rendered through parse_chat_request, every committed transformers
+// rendering (tests/fixtures/chat_templates/cases.json, apply_chat_template with the arguments as
+// dicts) of the tool-using models must come out byte for byte.
+TEST_F(OpenAiApi, ToolConversationsRenderAsTransformers) {
+  const std::string dir = std::string(GALE_SOURCE_DIR) + "/tests/fixtures/chat_templates";
+  std::ifstream f(dir + "/cases.json");
+  ojson all = ojson::parse(f);
+  info_.max_model_len = 1 << 20;
+  int checked = 0;
+  for (auto& c : all["cases"]) {
+    const std::string model = c["model"];
+    if (model != "qwen2.5" && model != "qwen3" && model != "llama3.2" && model != "mistral-v0.3") continue;
+    if (!c.contains("expected")) continue;
+    const ojson& conv = all["conversations"][c["conversation"].get<std::string>()];
+    if (!conv.contains("tools")) continue;
+    bool dict_args = false, plain = true;
+    ojson msgs = conv["messages"];
+    for (auto& m : msgs) {
+      if (!m["content"].is_string() && !m["content"].is_null()) plain = false;
+      if (!m.contains("tool_calls")) continue;
+      for (auto& tc : m["tool_calls"]) {
+        auto& a = tc["function"]["arguments"];
+        if (!a.is_object()) plain = false;  // the reference rendered a string: not the OpenAI form
+        dict_args = true;
+        a = a.dump();                       // what an OpenAI client sends
+      }
+    }
+    bool other_kwargs = false;
+    for (auto it = c["kwargs"].begin(); it != c["kwargs"].end(); ++it) other_kwargs |= it.key() != "date_string";
+    if (!dict_args || !plain || other_kwargs) continue;
+    ChatTemplate tmpl = ChatTemplate::load(dir + "/" + model);
+    ojson body = {{"messages", msgs}, {"tools", conv["tools"]}, {"add_generation_prompt", c["add_generation_prompt"]},
+                  {"chat_template_kwargs", c["kwargs"]}};
+    ApiRequest r = parse_chat_request(body, info_, tok_, &tmpl);
+    EXPECT_EQ(r.prompt_texts[0], c["expected"].get<std::string>()) << model << " " << c["conversation"];
+    ++checked;
+  }
+  EXPECT_GE(checked, 12);  // 4 models x (tools, tools_no_system, parallel_tool_calls, ...) x add_generation_prompt
+}
+
+TEST_F(OpenAiApi, ToolsAndToolChoiceAreValidated) {
+  info_.tool_format = ToolCallFormat::Hermes;
+  const std::string m = R"("messages":[{"role":"user","content":"hi"}])";
+  const std::string t = R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}])";
+  auto param_of = [&](const std::string& body) -> std::string {
+    try {
+      parse_chat_request(parse_json_body(body), info_, tok_, tmpl_);
+      return "";
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400) << body;
+      return e.param;
+    }
+  };
+  EXPECT_EQ(param_of("{" + m + "," + t + "}"), "");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":"required","parallel_tool_calls":false})"), "");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":{"type":"function","function":{"name":"get_weather"}}})"), "");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":{}})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":[]})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":[{"type":"function"}]})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":[{"type":"code","function":{"name":"f"}}]})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":[{"type":"function","function":{"name":"has space"}}]})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tools":[{"type":"function","function":{"name":"f","parameters":"x"}}]})"), "tools");
+  EXPECT_EQ(param_of("{" + m + R"(,"tool_choice":"required"})"), "tool_choice");
+  EXPECT_EQ(param_of("{" + m + R"(,"tool_choice":"none"})"), "");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":"any"})"), "tool_choice");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":{"type":"function","function":{"name":"other"}}})"), "tool_choice");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":{"type":"function"}})"), "tool_choice");
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"parallel_tool_calls":"yes"})"), "parallel_tool_calls");
+  EXPECT_EQ(param_of(R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","tool_calls":{}}]})"), "messages");
+  EXPECT_EQ(param_of(R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","tool_calls":[{"function":{}}]}]})"), "messages");
+  EXPECT_EQ(param_of(R"({"messages":[{"role":"user","content":"x"},{"role":"tool","tool_call_id":5,"content":"r"}]})"), "messages");
+  // required / named need a known format.
+  info_.tool_format = ToolCallFormat::None;
+  EXPECT_EQ(param_of("{" + m + "," + t + R"(,"tool_choice":"required"})"), "tool_choice");
+  EXPECT_EQ(param_of("{" + m + "," + t + "}"), "");
+}
+
+TEST_F(OpenAiApi, ParsingFollowsToolChoiceAndThinking) {
+  info_.tool_format = ToolCallFormat::Mistral;
+  info_.reasoning_format = ReasoningFormat::Qwen3;
+  const std::string m = R"("messages":[{"role":"user","content":"hi"}])";
+  const std::string t = R"("tools":[{"type":"function","function":{"name":"f"}}])";
+  auto parsing = [&](const std::string& body) { return parse_chat_request(parse_json_body(body), info_, tok_, tmpl_); };
+  ApiRequest a = parsing("{" + m + "," + t + "}");
+  EXPECT_EQ(a.parsing.tool_format, ToolCallFormat::Mistral);
+  EXPECT_EQ(a.parsing.reasoning, ReasoningFormat::Qwen3);
+  EXPECT_FALSE(a.engine_requests()[0].skip_special_tokens);  // [TOOL_CALLS] is a special token
+  EXPECT_TRUE(a.parsing.tool_grammar.empty());
+  ApiRequest none = parsing("{" + m + "," + t + R"(,"tool_choice":"none","chat_template_kwargs":{"enable_thinking":false}})");
+  EXPECT_EQ(none.parsing.tool_format, ToolCallFormat::None);
+  EXPECT_EQ(none.parsing.reasoning, ReasoningFormat::None);
+  EXPECT_TRUE(none.engine_requests()[0].skip_special_tokens);
+  ApiRequest req = parsing("{" + m + "," + t + R"(,"tool_choice":"required"})");
+  EXPECT_NE(req.parsing.tool_grammar.find("[TOOL_CALLS]"), std::string::npos);
+  ApiRequest plain = parsing("{" + m + "}");
+  EXPECT_EQ(plain.parsing.tool_format, ToolCallFormat::None);
+}
+
+TEST_F(OpenAiApi, FullResponseSplitsToolCallsAndReasoning) {
+  info_.tool_format = ToolCallFormat::Hermes;
+  info_.reasoning_format = ReasoningFormat::Qwen3;
+  ApiRequest r = parse_chat_request(
+      parse_json_body(R"({"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]})"),
+      info_, tok_, tmpl_);
+  ResponseBuilder rb(r, info_, tok_, "chatcmpl-x");
+  ChoiceState c;
+  c.text = "<think>\nplan\n</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, \"b\"]}}\n</tool_call>";
+  c.finish_reason = "stop";
+  ojson msg = rb.full_response({c})["choices"][0];
+  EXPECT_EQ(msg["finish_reason"], "tool_calls");
+  EXPECT_TRUE(msg["message"]["content"].is_null());
+  EXPECT_EQ(msg["message"]["reasoning_content"], "\nplan\n");
+  ASSERT_EQ(msg["message"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["message"]["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(msg["message"]["tool_calls"][0]["function"]["name"], "f");
+  EXPECT_EQ(ojson::parse(msg["message"]["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+            ojson::parse(R"({"a": [1, "b"]})"));
+  // No calls: content as written, reasoning null when there was none.
+  c.text = "Just text.";
+  msg = rb.full_response({c})["choices"][0];
+  EXPECT_EQ(msg["finish_reason"], "stop");
+  EXPECT_EQ(msg["message"]["content"], "Just text.");
+  EXPECT_TRUE(msg["message"]["reasoning_content"].is_null());
+  EXPECT_FALSE(msg["message"].contains("tool_calls"));
 }
 
 }  // namespace

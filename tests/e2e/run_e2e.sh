@@ -20,8 +20,10 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 url="http://127.0.0.1:$port"
 log=$(mktemp)
 pid=""
+fspid=""
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  if [ -n "$fspid" ] && kill -0 "$fspid" 2>/dev/null; then kill -KILL "$fspid" 2>/dev/null || true; fi
   rm -f "$log" /tmp/gale-e2e-$$.*
 }
 trap cleanup EXIT
@@ -76,6 +78,17 @@ echo "e2e: curl checks passed"
 
 # ---- the openai npm client
 GALE_URL=$url GALE_API_KEY=$key GALE_BIN=$gale node client_test.mjs || fail "client tests"
+# ---- tool calls and reasoning through the openai npm client: the real HTTP server over the
+# scripted fake engine with the real Qwen3 template (fake_serve.cpp)
+"$build/tests/e2e/fake_serve" >/tmp/gale-e2e-$$.fsport 2>/tmp/gale-e2e-$$.fslog &
+fspid=$!
+for _ in $(seq 1 100); do [ -s /tmp/gale-e2e-$$.fsport ] && break; sleep 0.1; done
+fsport=$(head -n 1 /tmp/gale-e2e-$$.fsport)
+[ -n "$fsport" ] || fail "fake_serve did not start: $(cat /tmp/gale-e2e-$$.fslog)"
+GALE_URL=http://127.0.0.1:$fsport node tools_client_test.mjs || fail "tools client tests"
+kill -TERM "$fspid"
+wait "$fspid" || fail "fake_serve exit status after SIGTERM"
+fspid=""
 # ---- load
 GALE_URL=$url GALE_API_KEY=$key node load_test.mjs "${GALE_E2E_STREAMS:-200}" "${GALE_E2E_MALFORMED:-300}" || fail "load test"
 

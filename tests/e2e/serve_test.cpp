@@ -125,14 +125,28 @@ std::vector<std::string> sse_events(const std::string& body) {
 class ServeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { tok_ = Tokenizer::load(std::string(GALE_SOURCE_DIR) + "/models/default").release(); }
-  void start(ServerConfig cfg = {}) {
+  // tools: the server runs the real Qwen3 template (hermes tool calls, <think> reasoning) as
+  // detected from it, and the fake engine writes canned text chosen by a keyword in the prompt.
+  void start(ServerConfig cfg = {}, bool tools = false) {
     cfg.port = 0;
     engine_ = std::make_unique<FakeEngine>(tok_);
-    tmpl_ = std::make_unique<ChatTemplate>(ChatTemplate::from_string(
-        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"));
+    tmpl_ = std::make_unique<ChatTemplate>(
+        tools ? ChatTemplate::load(std::string(GALE_SOURCE_DIR) + "/tests/fixtures/chat_templates/qwen3")
+              : ChatTemplate::from_string(
+                    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"));
     ModelInfo info;
     info.name = "fake";
-    info.max_model_len = 64;
+    info.max_model_len = tools ? 1 << 16 : 64;
+    if (tools) {
+      info.tool_format = detect_tool_call_format(tmpl_->source());
+      info.reasoning_format = detect_reasoning_format(tmpl_->source());
+      engine_->script = [this](const std::vector<int32_t>& prompt) {
+        std::string p = tok_->decode(prompt);
+        for (auto& [k, v] : canned_)
+          if (p.find(k) != std::string::npos) return v;
+        return std::string("plain answer");
+      };
+    }
     info.vocab_size = int64_t(tok_->vocab_size());
     info.defaults.temperature = 1.0f;
     server_ = std::make_unique<Server>(*engine_, tok_, tmpl_.get(), info, cfg);
@@ -162,6 +176,7 @@ class ServeTest : public ::testing::Test {
     }
   }
   static Tokenizer* tok_;
+  std::vector<std::pair<std::string, std::string>> canned_;  // prompt keyword -> scripted output
   std::unique_ptr<FakeEngine> engine_;
   std::unique_ptr<ChatTemplate> tmpl_;
   std::unique_ptr<Server> server_;
@@ -608,6 +623,126 @@ TEST_F(ServeTest, ConnectionsPastTheCapGet503) {
   EXPECT_EQ(status, 200);
   EXPECT_TRUE(health_on(b));
   ::close(b);
+}
+
+// ---- tool calls and reasoning over HTTP (serve/chat_tools.h)
+
+const char* kWeatherTools =
+    R"("tools":[{"type":"function","function":{"name":"get_weather","description":"Weather in a city",)"
+    R"("parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}])";
+
+// The chunks of a chat stream, [DONE] checked and dropped.
+std::vector<json> chat_chunks(const Response& r) {
+  auto ev = sse_events(r.body);
+  EXPECT_FALSE(ev.empty());
+  if (ev.empty()) return {};
+  EXPECT_EQ(ev.back(), "[DONE]");
+  std::vector<json> out;
+  for (size_t i = 0; i + 1 < ev.size(); ++i) out.push_back(json::parse(ev[i]));
+  return out;
+}
+
+TEST_F(ServeTest, ToolCallsFullAndStreamed) {
+  canned_ = {{"KW_TWO", "Checking both.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n"
+                        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"}};
+  start({}, /*tools=*/true);
+  const std::string body = std::string(R"({"messages":[{"role":"user","content":"KW_TWO weather?"}],)") + kWeatherTools;
+  Response f = http(port_, "POST", "/v1/chat/completions", body + "}");
+  ASSERT_EQ(f.status, 200) << f.body;
+  json c = f.j()["choices"][0];
+  EXPECT_EQ(c["finish_reason"], "tool_calls");
+  EXPECT_EQ(c["message"]["content"], "Checking both.");
+  ASSERT_EQ(c["message"]["tool_calls"].size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    json tc = c["message"]["tool_calls"][i];
+    EXPECT_EQ(tc["type"], "function");
+    EXPECT_EQ(tc["id"].get<std::string>().rfind("call_", 0), 0u);
+    EXPECT_EQ(tc["function"]["name"], "get_weather");
+    EXPECT_EQ(json::parse(tc["function"]["arguments"].get<std::string>())["city"], i == 0 ? "Oslo" : "Rome");
+  }
+  EXPECT_NE(c["message"]["tool_calls"][0]["id"], c["message"]["tool_calls"][1]["id"]);
+
+  // Streamed, 3 bytes a step: the deltas rebuild the same message.
+  Response s = http(port_, "POST", "/v1/chat/completions", body + R"(,"stream":true})");
+  ASSERT_EQ(s.status, 200) << s.body;
+  std::string content;
+  std::vector<json> calls;
+  std::string finish;
+  int arg_pieces = 0;
+  for (auto& ch : chat_chunks(s)) {
+    json d = ch["choices"][0]["delta"];
+    if (d.contains("content")) content += d["content"].get<std::string>();
+    EXPECT_FALSE(d.contains("reasoning_content"));
+    if (d.contains("tool_calls"))
+      for (auto& tc : d["tool_calls"]) {
+        size_t idx = tc["index"];
+        if (idx == calls.size()) {  // a call's first delta: id, type, name
+          EXPECT_TRUE(tc.contains("id") && tc["type"] == "function" && tc["function"].contains("name")) << tc.dump();
+          calls.push_back(tc);
+        } else {
+          ASSERT_EQ(idx + 1, calls.size());
+          EXPECT_FALSE(tc.contains("id"));
+          calls[idx]["function"]["arguments"] = calls[idx]["function"]["arguments"].get<std::string>() +
+                                                tc["function"]["arguments"].get<std::string>();
+          ++arg_pieces;
+        }
+      }
+    if (!ch["choices"][0]["finish_reason"].is_null()) finish = ch["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(finish, "tool_calls");
+  EXPECT_EQ(content, "Checking both.");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_GT(arg_pieces, 2);  // arguments come in pieces, not at the end
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(calls[i]["function"]["arguments"], c["message"]["tool_calls"][i]["function"]["arguments"]);
+  // The held-back marker never leaks into content.
+  EXPECT_EQ(content.find('<'), std::string::npos);
+}
+
+TEST_F(ServeTest, ReasoningFullAndStreamed) {
+  canned_ = {{"KW_THINK", "<think>\nThe user wants 2+2.\n</think>\n\n2 + 2 = 4."}};
+  start({}, /*tools=*/true);
+  const std::string body = R"({"messages":[{"role":"user","content":"KW_THINK 2+2?"}])";
+  json m = http(port_, "POST", "/v1/chat/completions", body + "}").j()["choices"][0];
+  EXPECT_EQ(m["finish_reason"], "stop");
+  EXPECT_EQ(m["message"]["reasoning_content"], "\nThe user wants 2+2.\n");
+  EXPECT_EQ(m["message"]["content"], "2 + 2 = 4.");
+  std::string reasoning, content;
+  for (auto& ch : chat_chunks(http(port_, "POST", "/v1/chat/completions", body + R"(,"stream":true})"))) {
+    json d = ch["choices"][0]["delta"];
+    if (d.contains("reasoning_content")) reasoning += d["reasoning_content"].get<std::string>();
+    if (d.contains("content")) content += d["content"].get<std::string>();
+  }
+  EXPECT_EQ(reasoning, "\nThe user wants 2+2.\n");
+  EXPECT_EQ(content, "2 + 2 = 4.");
+  // enable_thinking false: no reasoning parser for the request, the text is the content.
+  json off = http(port_, "POST", "/v1/chat/completions",
+                  body + R"(,"chat_template_kwargs":{"enable_thinking":false}})").j()["choices"][0]["message"];
+  EXPECT_EQ(off["content"], "<think>\nThe user wants 2+2.\n</think>\n\n2 + 2 = 4.");
+  EXPECT_FALSE(off.contains("reasoning_content"));
+}
+
+TEST_F(ServeTest, ToolChoiceNoneAndErrors) {
+  canned_ = {{"KW_CALL", "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"}};
+  start({}, /*tools=*/true);
+  const std::string m = R"({"messages":[{"role":"user","content":"KW_CALL"}],)";
+  json none = http(port_, "POST", "/v1/chat/completions", m + kWeatherTools + R"(,"tool_choice":"none"})").j()["choices"][0];
+  EXPECT_EQ(none["message"]["content"], canned_[0].second);  // not parsed
+  EXPECT_EQ(none["finish_reason"], "stop");
+  EXPECT_FALSE(none["message"].contains("tool_calls"));
+  json named = http(port_, "POST", "/v1/chat/completions",
+                    m + kWeatherTools + R"(,"tool_choice":{"type":"function","function":{"name":"get_weather"}}})").j();
+  EXPECT_EQ(named["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
+  expect_error(http(port_, "POST", "/v1/chat/completions", m + R"("tool_choice":"required"})"), 400, "tool_choice");
+  expect_error(http(port_, "POST", "/v1/chat/completions", m + R"("tools":[{"type":"function","function":{"name":"a b"}}]})"), 400, "tools");
+  expect_error(http(port_, "POST", "/v1/chat/completions",
+                    m + kWeatherTools + R"(,"tool_choice":{"type":"function","function":{"name":"nope"}}})"), 400, "tool_choice");
+  // A multi-turn conversation with the OpenAI client's shapes (string arguments, tool results).
+  Response turn = http(port_, "POST", "/v1/chat/completions", std::string(R"({"messages":[{"role":"user","content":"weather?"},)") +
+      R"({"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},)" +
+      R"({"role":"tool","tool_call_id":"call_1","content":"cold"}],)" + kWeatherTools + "}");
+  EXPECT_EQ(turn.status, 200) << turn.body;
+  EXPECT_EQ(turn.j()["choices"][0]["message"]["content"], "plain answer");
 }
 
 }  // namespace

@@ -27,6 +27,9 @@ inline Target make_target(bool check_model_name) {
   t.info.max_model_len = 256;
   t.info.vocab_size = int64_t(t.tok->vocab_size());
   t.info.check_model_name = check_model_name;
+  // tools / tool_choice / reasoning validated as for a Qwen-style model.
+  t.info.tool_format = gale::serve::ToolCallFormat::Hermes;
+  t.info.reasoning_format = gale::serve::ReasoningFormat::Qwen3;
   return t;
 }
 
