@@ -1,0 +1,68 @@
+#include "model/calibration.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "core/error.h"
+#include "model/cpu_backend.h"
+#include "model/kv_cache.h"
+#include "model/transformer.h"
+
+namespace gale {
+
+namespace {
+
+// The CPU backend, keeping every projection's input rows (f32) by the projection's tensor name
+// and, when asked, every RMSNorm's input over the hidden size. The fused defaults of Backend
+// (rmsnorm_linear, swiglu_linear, swiglu_mlp) all end in rmsnorm / linear / linear_fused, which
+// the CPU backend does not fuse further, so every input passes here.
+class RecordingBackend : public CpuBackend {
+ public:
+  RecordingBackend(CalibrationRecord& rec, int64_t hidden, bool norms)
+      : CpuBackend(false), rec_(rec), hidden_(hidden), norms_(norms) {}
+
+  void linear(const Linear& l, Act in, Act out, bool accumulate) override {
+    record(rec_.inputs[l.name], in);
+    CpuBackend::linear(l, in, out, accumulate);
+  }
+  void linear_fused(std::span<const Linear* const> ls, Act in, Act out) override {
+    for (const Linear* l : ls) record(rec_.inputs[l->name], in);
+    CpuBackend::linear_fused(ls, in, out);
+  }
+  void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) override {
+    if (norms_ && in.cols == hidden_) record(rec_.norm_inputs.emplace_back(), in);
+    CpuBackend::rmsnorm(in, w, eps, out);
+  }
+
+ private:
+  static void record(std::vector<float>& v, Act in) {
+    GALE_ASSERT(in.dtype == DType::F32);
+    const auto* p = static_cast<const float*>(in.data);
+    for (int64_t r = 0; r < in.rows; ++r) v.insert(v.end(), p + r * in.ld, p + r * in.ld + in.cols);
+  }
+  CalibrationRecord& rec_;
+  int64_t hidden_;
+  bool norms_;
+};
+
+}  // namespace
+
+CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
+                                     int64_t max_tokens, bool norms) {
+  CalibrationRecord rec;
+  const int64_t n = std::min<int64_t>(int64_t(tokens.size()), std::min<int64_t>(max_tokens, cfg.max_position_embeddings));
+  if (n < 1) throw Error("calibration needs at least one token");
+  rec.rows = n;
+  Transformer m(cfg, std::move(w), ActDType::F32, std::make_unique<RecordingBackend>(rec, cfg.hidden_size, norms));
+  const int64_t bs = 16, nb = (n + bs - 1) / bs;
+  std::vector<int32_t> table(static_cast<size_t>(nb));
+  for (int64_t b = 0; b < nb; ++b) table[size_t(b)] = int32_t(b);
+  KVCache kv(cfg, nb, bs, m.kv_format(), &m.backend());
+  // All logits when the norms are wanted: the final norm runs only over rows whose logits are.
+  SeqStep step{tokens.subspan(0, size_t(n)), 0, table, norms ? SeqStep::Logits::All : SeqStep::Logits::None};
+  std::vector<float> logits;
+  m.forward({&step, 1}, kv, logits);
+  return rec;
+}
+
+}  // namespace gale
