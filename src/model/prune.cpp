@@ -476,13 +476,13 @@ PruneSummary prune_checkpoint(const PruneOptions& o) {
   const PruneMethod m = parse_prune_method(o.method);
   PruneOptions opt = o;
   if (m == PruneMethod::Semi24) {
-    if (o.sparsity >= 0 && o.sparsity != 0.5) throw Error("--method 2:4 zeroes half the weights; --sparsity must be 0.5 or left out");
+    if (!std::isnan(o.sparsity) && o.sparsity != 0.5) throw Error("--method 2:4 zeroes half the weights; --sparsity must be 0.5 or left out");
     opt.sparsity = 0.5;
     if (!o.score.empty() && o.score != "magnitude" && o.score != "wanda")
       throw Error("--score must be magnitude or wanda (got '" + o.score + "')");
   } else {
     if (!o.score.empty()) throw Error("--score applies to --method 2:4 (wanda and magnitude are methods of their own)");
-    if (o.sparsity < 0) throw Error("--sparsity is required for --method " + o.method);
+    if (std::isnan(o.sparsity)) throw Error("--sparsity is required for --method " + o.method);
   }
   if (!(opt.sparsity >= 0 && opt.sparsity < 1)) throw Error("--sparsity must be in [0, 1) (got " + std::to_string(o.sparsity) + ")");
   if (prune_needs_calibration(m, opt.score) && opt.calib_tokens.size() < 16)

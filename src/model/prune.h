@@ -25,6 +25,7 @@
 // embeddings, norms or the LM head. Written as gale quantize writes (model/checkpoint_folder.h):
 // into a partial folder, loaded back, renamed over --out.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -44,7 +45,7 @@ struct PruneOptions {
   std::string source;                 // -m: a folder with config.json and 16/32-bit *.safetensors
   std::string out;                    // --out
   std::string method;                 // --method
-  double sparsity = -1;               // --sparsity in [0, 1); -1: unset (2:4 takes 0.5)
+  double sparsity = NAN;              // --sparsity in [0, 1); NaN: unset (2:4 takes 0.5)
   std::string score;                  // --score for 2:4: "magnitude" (default) or "wanda"
   std::vector<int32_t> calib_tokens;  // calibration tokens (the CLI tokenizes --calib)
   int64_t calib_max_tokens = 512;     // at most this many are run
