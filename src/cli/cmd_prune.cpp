@@ -124,8 +124,11 @@ CommandRegistrar reg{76, [](CLI::App& root) {
   sub->add_option("--calib", o->calib,
                   "Calibration text (its first --calib-tokens tokens run on the CPU): required by wanda, "
                   "ffn-channels, heads, layers and 2:4 --score wanda");
-  sub->add_option("--calib-tokens", o->p.calib_max_tokens, "Calibration tokens run (default 512)")
+  sub->add_option("--calib-tokens", o->p.calib_max_tokens, "Calibration tokens run, in windows of 512 (default 4096)")
       ->check(CLI::PositiveNumber);
+  sub->add_flag("--no-refit", [o](int64_t) { o->p.refit = false; },
+                "ffn-channels: keep down's remaining columns as they were (default: refit by least squares to the "
+                "full MLP's outputs on the calibration text)");
   sub->add_option("--eval", o->eval,
                   "After writing, report on this text: size, perplexity, KL and top-1 against the source (as gale "
                   "eval), and decode speed of both; also written to OUT/prune_report.json");

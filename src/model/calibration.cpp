@@ -30,9 +30,14 @@ class RecordingBackend : public CpuBackend {
     CpuBackend::linear_fused(ls, in, out);
   }
   void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) override {
-    if (norms_ && in.cols == hidden_) record(rec_.norm_inputs.emplace_back(), in);
+    if (norms_ && in.cols == hidden_) {
+      if (norm_call_ == rec_.norm_inputs.size()) rec_.norm_inputs.emplace_back();
+      record(rec_.norm_inputs[norm_call_++], in);
+    }
     CpuBackend::rmsnorm(in, w, eps, out);
   }
+
+ void new_forward() { norm_call_ = 0; }
 
  private:
   static void record(std::vector<float>& v, Act in) {
@@ -40,6 +45,7 @@ class RecordingBackend : public CpuBackend {
     const auto* p = static_cast<const float*>(in.data);
     for (int64_t r = 0; r < in.rows; ++r) v.insert(v.end(), p + r * in.ld, p + r * in.ld + in.cols);
   }
+  size_t norm_call_ = 0;  // RMSNorm calls of this forward so far
   CalibrationRecord& rec_;
   int64_t hidden_;
   bool norms_;
@@ -50,18 +56,25 @@ class RecordingBackend : public CpuBackend {
 CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
                                      int64_t max_tokens, bool norms) {
   CalibrationRecord rec;
-  const int64_t n = std::min<int64_t>(int64_t(tokens.size()), std::min<int64_t>(max_tokens, cfg.max_position_embeddings));
+  const int64_t n = std::min<int64_t>(int64_t(tokens.size()), max_tokens);
   if (n < 1) throw Error("calibration needs at least one token");
   rec.rows = n;
-  Transformer m(cfg, std::move(w), ActDType::F32, std::make_unique<RecordingBackend>(rec, cfg.hidden_size, norms));
-  const int64_t bs = 16, nb = (n + bs - 1) / bs;
+  auto backend = std::make_unique<RecordingBackend>(rec, cfg.hidden_size, norms);
+  RecordingBackend* be = backend.get();
+  Transformer m(cfg, std::move(w), ActDType::F32, std::move(backend));
+  // Windows of at most 512 tokens (and the context), each a prompt of its own.
+  const int64_t window = std::min<int64_t>(512, cfg.max_position_embeddings), bs = 16, nb = (window + bs - 1) / bs;
   std::vector<int32_t> table(static_cast<size_t>(nb));
   for (int64_t b = 0; b < nb; ++b) table[size_t(b)] = int32_t(b);
   KVCache kv(cfg, nb, bs, m.kv_format(), &m.backend());
-  // All logits when the norms are wanted: the final norm runs only over rows whose logits are.
-  SeqStep step{tokens.subspan(0, size_t(n)), 0, table, norms ? SeqStep::Logits::All : SeqStep::Logits::None};
   std::vector<float> logits;
-  m.forward({&step, 1}, kv, logits);
+  for (int64_t start = 0; start < n; start += window) {
+    be->new_forward();
+    // All logits when the norms are wanted: the final norm runs only over rows whose logits are.
+    SeqStep step{tokens.subspan(size_t(start), size_t(std::min(window, n - start))), 0, table,
+                 norms ? SeqStep::Logits::All : SeqStep::Logits::None};
+    m.forward({&step, 1}, kv, logits);
+  }
   return rec;
 }
 

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "loader/name_patterns.h"
 #include "loader/safetensors.h"
 #include "loader/safetensors_writer.h"
@@ -99,6 +100,83 @@ std::vector<int64_t> keep_most_important(std::span<const double> importance, int
   return idx;
 }
 
+// A matrix W [out, in] narrowed to the input columns `keep`, refit by least squares to give the
+// full matrix's outputs on the recorded inputs X [n, in]:
+//   W' = argmin Σ_t ‖W x_t − W' x_t,K‖² + λ ‖W' − W[:, K]‖²
+//      = (W C[:, K] + λ W[:, K]) (C[K, K] + λI)⁻¹,   C = Σ_t x_t x_tᵀ,
+// λ = 1 % of C[K, K]'s mean diagonal (SparseGPT's dampening), pulling toward the kept columns as
+// they were (so columns whose removal loses nothing come back unchanged); solved by Cholesky in
+// double, written in W's dtype.
+std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, int64_t in, std::span<const float> x,
+                                       std::span<const int64_t> keep) {
+  const int64_t k = int64_t(keep.size()), n = int64_t(x.size()) / in;
+  GALE_ASSERT(int64_t(w.size()) == out * in && n * in == int64_t(x.size()));
+  std::vector<double> C(size_t(in * in), 0.0);  // upper triangle, then mirrored
+  parallel_for(in, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) {
+      double* ci = C.data() + i * in;
+      for (int64_t r = 0; r < n; ++r) {
+        const float* xr = x.data() + r * in;
+        const double a = xr[i];
+        if (a == 0) continue;
+        for (int64_t j = i; j < in; ++j) ci[j] += a * double(xr[j]);
+      }
+    }
+  });
+  for (int64_t i = 0; i < in; ++i)
+    for (int64_t j = 0; j < i; ++j) C[size_t(i * in + j)] = C[size_t(j * in + i)];
+  std::vector<double> B(size_t(out * k), 0.0);  // W C[:, K]
+  parallel_for(out, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        const double wc = w[size_t(r * in + c)];
+        for (int64_t j = 0; j < k; ++j) B[size_t(r * k + j)] += wc * C[size_t(c * in + keep[size_t(j)])];
+      }
+  });
+  std::vector<double> G(size_t(k * k));
+  double mean_diag = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) G[size_t(i * k + j)] = C[size_t(keep[size_t(i)] * in + keep[size_t(j)])];
+    mean_diag += G[size_t(i * k + i)];
+  }
+  const double lambda = 0.01 * std::max(mean_diag / double(k), 1e-12);
+  for (int64_t i = 0; i < k; ++i) G[size_t(i * k + i)] += lambda;
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t j = 0; j < k; ++j) B[size_t(r * k + j)] += lambda * w[size_t(r * in + keep[size_t(j)])];
+  // Cholesky G = L Lᵀ (in place, lower triangle).
+  for (int64_t j = 0; j < k; ++j) {
+    double d = G[size_t(j * k + j)];
+    for (int64_t p = 0; p < j; ++p) d -= G[size_t(j * k + p)] * G[size_t(j * k + p)];
+    if (!(d > 0)) throw Error("least-squares refit: the calibration activations are degenerate");
+    d = std::sqrt(d);
+    G[size_t(j * k + j)] = d;
+    for (int64_t i = j + 1; i < k; ++i) {
+      double v = G[size_t(i * k + j)];
+      for (int64_t p = 0; p < j; ++p) v -= G[size_t(i * k + p)] * G[size_t(j * k + p)];
+      G[size_t(i * k + j)] = v / d;
+    }
+  }
+  std::vector<float> res(size_t(out * k));
+  parallel_for(out, [&](int64_t r0, int64_t r1, int) {
+    std::vector<double> y(static_cast<size_t>(k));
+    for (int64_t r = r0; r < r1; ++r) {
+      const double* b = B.data() + r * k;
+      for (int64_t i = 0; i < k; ++i) {  // L y = b
+        double v = b[i];
+        for (int64_t p = 0; p < i; ++p) v -= G[size_t(i * k + p)] * y[size_t(p)];
+        y[size_t(i)] = v / G[size_t(i * k + i)];
+      }
+      for (int64_t i = k - 1; i >= 0; --i) {  // Lᵀ z = y
+        double v = y[size_t(i)];
+        for (int64_t p = i + 1; p < k; ++p) v -= G[size_t(p * k + i)] * y[size_t(p)];
+        y[size_t(i)] = v / G[size_t(i * k + i)];
+      }
+      for (int64_t j = 0; j < k; ++j) res[size_t(r * k + j)] = float(y[size_t(j)]);
+    }
+  });
+  return res;
+}
+
 namespace {
 
 std::vector<float> tensor_f32(const TensorInfo& t) {
@@ -123,6 +201,20 @@ std::vector<uint8_t> select(const TensorInfo& t, const std::vector<int64_t>& row
       p += es;
     }
   return out;
+}
+
+// f32 values in a 16/32-bit dtype's bytes (rounded to nearest even).
+std::vector<uint8_t> encode_as(const std::vector<float>& v, DType dt) {
+  std::vector<uint8_t> b(v.size() * dtype_size(dt));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(b.data() + 4 * i, &v[i], 4);
+    } else {
+      const uint16_t h = dt == DType::F16 ? f32_to_f16(v[i]) : f32_to_bf16(v[i]);
+      std::memcpy(b.data() + 2 * i, &h, 2);
+    }
+  }
+  return b;
 }
 
 // Per input column over the recorded rows: ‖x_j‖₂ (l2) or mean |x_j|.
@@ -271,7 +363,7 @@ void plan_ffn_channels(const PruneOptions& o, const ModelConfig& cfg, const Mode
   const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens);
   for (const LayerWeights& L : w.layers) {
     const TensorInfo& down = tensor_of(*st, L.down.name);
-    const std::vector<double> act = column_stat(rec, L.down.name, I, /*l2=*/false), wn = column_norms(down);
+    const std::vector<double> act = column_stat(rec, L.down.name, I, /*l2=*/true), wn = column_norms(down);
     std::vector<double> imp(static_cast<size_t>(I));
     for (int64_t j = 0; j < I; ++j) imp[size_t(j)] = act[size_t(j)] * wn[size_t(j)];
     const std::vector<int64_t> k = keep_most_important(imp, keep);
@@ -288,7 +380,14 @@ void plan_ffn_channels(const PruneOptions& o, const ModelConfig& cfg, const Mode
     }
     OutTensor& ot = p.out.at(L.down.name);
     ot.shape = {ot.src->shape[0], keep};
-    ot.make = [t = ot.src, k] { return select(*t, {}, k); };
+    if (o.refit && keep < I) {
+      const std::vector<float> wr =
+          prune_refit_columns(tensor_f32(*ot.src), ot.src->shape[0], I, rec.inputs.at(L.down.name), k);
+      auto bytes = std::make_shared<std::vector<uint8_t>>(encode_as(wr, ot.src->dtype));
+      ot.make = [bytes] { return *bytes; };
+    } else {
+      ot.make = [t = ot.src, k] { return select(*t, {}, k); };
+    }
     p.sum.matrices += 3;
   }
   p.config["intermediate_size"] = keep;

@@ -9,8 +9,10 @@
 //                 of least score are zeroed (score |W|, or Wanda's with score "wanda"); S = 0.5;
 //   ffn-channels  structured: round(S · intermediate) channels of every layer's MLP removed
 //                 (rows of gate and up, columns of down), the same count in every layer (a Llama
-//                 config has one intermediate_size), those of least mean|h_j| · ‖down[:, j]‖₂,
-//                 h the down projection's input over the calibration text;
+//                 config has one intermediate_size), those of least ‖h_j‖₂ · ‖down[:, j]‖₂,
+//                 h the down projection's input over the calibration text; then down's kept
+//                 columns are refit by least squares to give the full MLP's outputs on those
+//                 inputs (prune_refit_columns; refit = false keeps them as they were);
 //   heads         structured: round(S · num_key_value_heads) KV groups of every layer removed
 //                 with their query heads (rows of q, k, v; columns of o), those whose o-columns
 //                 carry least: Σ over the group's columns c of mean|a_c| · ‖o[:, c]‖₂, a the o
@@ -48,7 +50,8 @@ struct PruneOptions {
   double sparsity = NAN;              // --sparsity in [0, 1); NaN: unset (2:4 takes 0.5)
   std::string score;                  // --score for 2:4: "magnitude" (default) or "wanda"
   std::vector<int32_t> calib_tokens;  // calibration tokens (the CLI tokenizes --calib)
-  int64_t calib_max_tokens = 512;     // at most this many are run
+  int64_t calib_max_tokens = 4096;    // at most this many are run (windows of 512)
+  bool refit = true;                  // ffn-channels: down's kept columns refit by least squares
   bool force = false;                 // --force: replace a non-empty --out
   uint64_t max_shard_bytes = 4'000'000'000;
   std::function<void(uint64_t done_bytes, uint64_t total_bytes)> progress;  // may throw to abandon
@@ -79,6 +82,10 @@ std::vector<uint8_t> prune_mask_per_row(std::span<const float> scores, int64_t r
 std::vector<uint8_t> prune_mask_24(std::span<const float> scores, int64_t rows, int64_t cols);
 // The score of each weight: |W| (in_norm empty) or |W_ij| · in_norm[j] (Wanda).
 std::vector<float> prune_scores(std::span<const float> w, int64_t rows, int64_t cols, std::span<const float> in_norm);
+// W [out, in] narrowed to the input columns `keep` and refit by least squares on the inputs
+// x [n, in] (ffn-channels' down projection; the rule beside its code): [out, keep.size()].
+std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, int64_t in, std::span<const float> x,
+                                       std::span<const int64_t> keep);
 // The indices of the `keep` largest importances, ascending (ties: the lower index is kept).
 std::vector<int64_t> keep_most_important(std::span<const double> importance, int64_t keep);
 

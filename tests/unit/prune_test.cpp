@@ -128,6 +128,57 @@ TEST(PruneMask, ScoresAndKeep) {
   EXPECT_EQ(keep_most_important(imp, 0), (std::vector<int64_t>{}));
 }
 
+// The refit solves its normal equations: with C = Σ x xᵀ and λ = 1 % of C[K, K]'s mean
+// diagonal (computed here), (W' C[K, K] − W C[:, K]) + λ (W' − W[:, K]) = 0.
+TEST(PruneMask, RefitSolvesTheLeastSquaresProblem) {
+  std::mt19937 g(11);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const int64_t out = 5, in = 12, n = 40;
+  std::vector<float> w(size_t(out * in)), x(size_t(n * in));
+  for (float& v : w) v = d(g);
+  for (float& v : x) v = d(g);
+  for (int64_t t = 0; t < n; ++t) x[size_t(t * in + 7)] = 0.5f * x[size_t(t * in + 2)];  // a correlated column
+  const std::vector<int64_t> keep = {0, 2, 3, 5, 8, 9, 11};
+  const int64_t k = int64_t(keep.size());
+  const std::vector<float> wr = prune_refit_columns(w, out, in, x, keep);
+  ASSERT_EQ(int64_t(wr.size()), out * k);
+  auto C = [&](int64_t a, int64_t b) {
+    double s = 0;
+    for (int64_t t = 0; t < n; ++t) s += double(x[size_t(t * in + a)]) * x[size_t(t * in + b)];
+    return s;
+  };
+  double diag = 0;
+  for (int64_t j : keep) diag += C(j, j);
+  const double lambda = 0.01 * diag / double(k);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t j = 0; j < k; ++j) {
+      double grad = lambda * (wr[size_t(r * k + j)] - w[size_t(r * in + keep[size_t(j)])]), scale = 0;
+      for (int64_t i = 0; i < k; ++i) grad += wr[size_t(r * k + i)] * C(keep[size_t(i)], keep[size_t(j)]);
+      for (int64_t c = 0; c < in; ++c) {
+        grad -= w[size_t(r * in + c)] * C(c, keep[size_t(j)]);
+        scale += std::fabs(w[size_t(r * in + c)] * C(c, keep[size_t(j)]));
+      }
+      EXPECT_LT(std::fabs(grad), 1e-5 * scale) << r << "," << j;
+    }
+  // Refit beats the plain narrowing on the data (column 7's share moves to column 2).
+  double err_refit = 0, err_plain = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < out; ++r) {
+      double full = 0, a = 0, b = 0;
+      for (int64_t c = 0; c < in; ++c) full += double(w[size_t(r * in + c)]) * x[size_t(t * in + c)];
+      for (int64_t j = 0; j < k; ++j) {
+        a += double(wr[size_t(r * k + j)]) * x[size_t(t * in + keep[size_t(j)])];
+        b += double(w[size_t(r * in + keep[size_t(j)])]) * x[size_t(t * in + keep[size_t(j)])];
+      }
+      err_refit += (full - a) * (full - a), err_plain += (full - b) * (full - b);
+    }
+  double pen = 0;
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t j = 0; j < k; ++j) pen += std::pow(wr[size_t(r * k + j)] - w[size_t(r * in + keep[size_t(j)])], 2);
+  EXPECT_LE(err_refit + lambda * pen, err_plain * (1 + 1e-9));  // the plain narrowing is one candidate
+  EXPECT_LT(err_refit, 0.8 * err_plain);
+}
+
 // Every tensor of `out` against `src`: the projections' zeros follow `pruned(name, w)` (each
 // row's elements to zero, computed by the caller from the original), the rest byte for byte.
 void check_unstructured(const std::string& src, const fs::path& out,
