@@ -18,15 +18,16 @@ namespace {
 // the CPU backend does not fuse further, so every input passes here.
 class RecordingBackend : public CpuBackend {
  public:
-  RecordingBackend(CalibrationRecord& rec, int64_t hidden, bool norms)
-      : CpuBackend(false), rec_(rec), hidden_(hidden), norms_(norms) {}
+  RecordingBackend(CalibrationRecord& rec, int64_t hidden, bool norms, const std::set<std::string>& only)
+      : CpuBackend(false), rec_(rec), hidden_(hidden), norms_(norms), only_(only) {}
 
   void linear(const Linear& l, Act in, Act out, bool accumulate) override {
-    record(rec_.inputs[l.name], in);
+    if (wanted(l)) record(rec_.inputs[l.name], in);
     CpuBackend::linear(l, in, out, accumulate);
   }
   void linear_fused(std::span<const Linear* const> ls, Act in, Act out) override {
-    for (const Linear* l : ls) record(rec_.inputs[l->name], in);
+    for (const Linear* l : ls)
+      if (wanted(*l)) record(rec_.inputs[l->name], in);
     CpuBackend::linear_fused(ls, in, out);
   }
   void rmsnorm(Act in, const std::vector<float>& w, float eps, Act out) override {
@@ -40,6 +41,7 @@ class RecordingBackend : public CpuBackend {
  void new_forward() { norm_call_ = 0; }
 
  private:
+  bool wanted(const Linear& l) const { return only_.empty() || only_.count(l.name); }
   static void record(std::vector<float>& v, Act in) {
     GALE_ASSERT(in.dtype == DType::F32);
     const auto* p = static_cast<const float*>(in.data);
@@ -49,17 +51,18 @@ class RecordingBackend : public CpuBackend {
   CalibrationRecord& rec_;
   int64_t hidden_;
   bool norms_;
+  const std::set<std::string>& only_;
 };
 
 }  // namespace
 
 CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
-                                     int64_t max_tokens, bool norms) {
+                                     int64_t max_tokens, bool norms, const std::set<std::string>& only) {
   CalibrationRecord rec;
   const int64_t n = std::min<int64_t>(int64_t(tokens.size()), max_tokens);
   if (n < 1) throw Error("calibration needs at least one token");
   rec.rows = n;
-  auto backend = std::make_unique<RecordingBackend>(rec, cfg.hidden_size, norms);
+  auto backend = std::make_unique<RecordingBackend>(rec, cfg.hidden_size, norms, only);
   RecordingBackend* be = backend.get();
   Transformer m(cfg, std::move(w), ActDType::F32, std::move(backend));
   // Windows of at most 512 tokens (and the context), each a prompt of its own.

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,8 +28,10 @@ struct CalibrationRecord {
 
 // Runs at most max_tokens of `tokens` through the model on the CPU in f32, in windows of 512
 // tokens (or the context, if shorter), each a prompt of its own; the rows of all windows are
-// kept in order. w: a dense or MoE model of 16/32-bit weights as bound.
+// kept in order. w: a dense or MoE model of 16/32-bit weights as bound. `only`: the projections
+// whose inputs are kept (empty: all of them).
 CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
-                                     int64_t max_tokens = 512, bool norms = false);
+                                     int64_t max_tokens = 512, bool norms = false,
+                                     const std::set<std::string>& only = {});
 
 }  // namespace gale

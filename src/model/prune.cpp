@@ -303,7 +303,8 @@ void plan_unstructured(const PruneOptions& o, PruneMethod m, const ModelConfig& 
   });
   std::shared_ptr<std::map<std::string, std::vector<float>>> norms = std::make_shared<std::map<std::string, std::vector<float>>>();
   if (wanda) {
-    const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens);
+    const CalibrationRecord rec =
+        record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, targets);
     for (const std::string& name : targets) {
       const std::vector<double> s = column_stat(rec, name, st->find(name)->shape[1], /*l2=*/true);
       (*norms)[name].assign(s.begin(), s.end());
@@ -360,7 +361,9 @@ void plan_ffn_channels(const PruneOptions& o, const ModelConfig& cfg, const Mode
                        const std::shared_ptr<SafeTensors>& st, Plan& p) {
   check_dense(cfg, w, PruneMethod::FfnChannels, true, false);
   const int64_t I = cfg.intermediate_size, keep = I - removed_count(p.sum.sparsity, I, "channels");
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens);
+  std::set<std::string> downs;
+  for (const LayerWeights& L : w.layers) downs.insert(L.down.name);
+  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, downs);
   for (const LayerWeights& L : w.layers) {
     const TensorInfo& down = tensor_of(*st, L.down.name);
     const std::vector<double> act = column_stat(rec, L.down.name, I, /*l2=*/true), wn = column_norms(down);
@@ -399,7 +402,9 @@ void plan_heads(const PruneOptions& o, const ModelConfig& cfg, const ModelWeight
   check_dense(cfg, w, PruneMethod::Heads, false, true);
   const int64_t G = cfg.num_kv_heads, per = cfg.num_heads / cfg.num_kv_heads, D = cfg.head_dim;
   const int64_t keep = G - removed_count(p.sum.sparsity, G, "KV head groups");
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens);
+  std::set<std::string> os;
+  for (const LayerWeights& L : w.layers) os.insert(L.o.name);
+  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, os);
   std::string removed;
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const LayerWeights& L = w.layers[li];
@@ -445,7 +450,8 @@ void plan_heads(const PruneOptions& o, const ModelConfig& cfg, const ModelWeight
 
 void plan_layers(const PruneOptions& o, const ModelConfig& cfg, const std::shared_ptr<SafeTensors>& st, Plan& p) {
   const int64_t Lc = cfg.num_layers, keep = Lc - removed_count(p.sum.sparsity, Lc, "layers");
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, true);
+  const std::set<std::string> none = {""};  // no projection's inputs: only the hidden states
+  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, true, none);
   if (int64_t(rec.norm_inputs.size()) != 2 * Lc + 1)
     throw Error("--method layers: this architecture's hidden states could not be measured layer by layer");
   const int64_t H = cfg.hidden_size, n = rec.rows;
