@@ -3,15 +3,16 @@
 # --eval` (size, perplexity, KL, top-1 against the original, decode speed of both alternating),
 # as a Markdown table on stdout; the JSON reports stay under $OUT.
 # Calibration: models/data/validation-head.txt (the first 24 KB of the validation text); the
-# evaluation text: the last 60 KB of models/data/validation.txt, which the calibration never saw.
+# evaluation text: the last EVAL_BYTES (default 60,000) bytes of models/data/validation.txt, which
+# the calibration never saw.
 # Usage: tools/bench/prune_sweep.sh [GALE_BINARY] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GALE=${1:-build/gale}
 OUT=${2:-/tmp/gale-prune-sweep}
 mkdir -p "$OUT"
-EVAL="$OUT/eval-tail60k.txt"
-tail -c 60000 models/data/validation.txt > "$EVAL"
+EVAL="$OUT/eval-tail.txt"
+tail -c "${EVAL_BYTES:-60000}" models/data/validation.txt > "$EVAL"
 CALIB=models/data/validation-head.txt
 REPS=${REPS:-7}
 run() {  # name, then gale prune flags
