@@ -407,6 +407,47 @@ TEST(Prune, LayerThatChangesNothingIsTheOneRemoved) {
   fs::remove_all(out);
 }
 
+// Biases (Qwen2's q|k|v), q/k norms (Qwen3), experts (Mixtral) and fused tensors (Phi-3): what
+// each method takes loads back and runs; what it cannot take is refused by name.
+TEST(Prune, OtherArchitectures) {
+  auto finite = [](const std::vector<float>& v) {
+    return !v.empty() && std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+  };
+  const fs::path out = temp_dir("arch");
+  {
+    const std::string src = fixture("qwen2-f32");
+    const std::vector<int32_t> ids = prompt(src);
+    prune(src, out, "heads", 0.0, prompt(src, 100));
+    EXPECT_EQ(logits_of(out.string(), ids), logits_of(src, ids));
+    fs::remove_all(out);
+    prune(src, out, "ffn-channels", 0.25, prompt(src, 100));
+    EXPECT_TRUE(finite(logits_of(out.string(), ids)));
+    fs::remove_all(out);
+  }
+  {
+    const std::string src = fixture("qwen3-f32");
+    prune(src, out, "heads", 0.5, prompt(src, 100));
+    const json c = test::read_json((out / "config.json").string());
+    EXPECT_EQ(c["num_attention_heads"], 2);
+    EXPECT_EQ(c["num_key_value_heads"], 1);
+    EXPECT_EQ(c["head_dim"], 32);
+    EXPECT_TRUE(finite(logits_of(out.string(), prompt(src))));
+    fs::remove_all(out);
+  }
+  for (const char* name : {"mixtral-f32", "phi3-f32"}) {
+    const std::string src = fixture(name);
+    for (const char* m : {"magnitude", "wanda", "layers"}) {
+      prune(src, out, m, 0.5, std::string(m) == "magnitude" ? std::vector<int32_t>{} : prompt(src, 100));
+      EXPECT_TRUE(finite(logits_of(out.string(), prompt(src)))) << name << " " << m;
+      fs::remove_all(out);
+    }
+  }
+  EXPECT_THROW(prune(fixture("mixtral-f32"), out, "ffn-channels", 0.25, prompt(fixture("mixtral-f32"), 100)), Error);
+  EXPECT_THROW(prune(fixture("phi3-f32"), out, "heads", 0.5, prompt(fixture("phi3-f32"), 100)), Error);
+  EXPECT_THROW(prune(fixture("phi3-f32"), out, "ffn-channels", 0.25, prompt(fixture("phi3-f32"), 100)), Error);
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(Prune, Errors) {
   const std::string src = fixture("llama-f32");
   const fs::path out = temp_dir("err");
