@@ -57,7 +57,8 @@ class RecordingBackend : public CpuBackend {
 }  // namespace
 
 CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
-                                     int64_t max_tokens, bool norms, const std::set<std::string>& only) {
+                                     int64_t max_tokens, bool norms, const std::set<std::string>& only,
+                                     const std::function<void(const CalibrationRecord&)>& on_window) {
   CalibrationRecord rec;
   const int64_t n = std::min<int64_t>(int64_t(tokens.size()), max_tokens);
   if (n < 1) throw Error("calibration needs at least one token");
@@ -77,7 +78,14 @@ CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std
     SeqStep step{tokens.subspan(size_t(start), size_t(std::min(window, n - start))), 0, table,
                  norms ? SeqStep::Logits::All : SeqStep::Logits::None};
     m.forward({&step, 1}, kv, logits);
+    if (on_window) {
+      rec.rows = int64_t(step.tokens.size());
+      on_window(rec);
+      rec.inputs.clear();
+      rec.norm_inputs.clear();
+    }
   }
+  rec.rows = n;
   return rec;
 }
 

@@ -3,6 +3,7 @@
 // statistics of AWQ's scale search (model/awq_search.h) and of pruning (model/prune.h).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <set>
 #include <span>
@@ -29,9 +30,12 @@ struct CalibrationRecord {
 // Runs at most max_tokens of `tokens` through the model on the CPU in f32, in windows of 512
 // tokens (or the context, if shorter), each a prompt of its own; the rows of all windows are
 // kept in order. w: a dense or MoE model of 16/32-bit weights as bound. `only`: the projections
-// whose inputs are kept (empty: all of them).
+// whose inputs are kept (empty: all of them). With `on_window`, each window's record (its rows
+// only) is handed over after the window's forward and then cleared, so memory holds one window's
+// activations, and the record returned is empty (its `rows` the total).
 CalibrationRecord record_calibration(const ModelConfig& cfg, ModelWeights w, std::span<const int32_t> tokens,
                                      int64_t max_tokens = 512, bool norms = false,
-                                     const std::set<std::string>& only = {});
+                                     const std::set<std::string>& only = {},
+                                     const std::function<void(const CalibrationRecord&)>& on_window = {});
 
 }  // namespace gale

@@ -107,11 +107,11 @@ std::vector<int64_t> keep_most_important(std::span<const double> importance, int
 // λ = 1 % of C[K, K]'s mean diagonal (SparseGPT's dampening), pulling toward the kept columns as
 // they were (so columns whose removal loses nothing come back unchanged); solved by Cholesky in
 // double, written in W's dtype.
-std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, int64_t in, std::span<const float> x,
-                                       std::span<const int64_t> keep) {
-  const int64_t k = int64_t(keep.size()), n = int64_t(x.size()) / in;
-  GALE_ASSERT(int64_t(w.size()) == out * in && n * in == int64_t(x.size()));
-  std::vector<double> C(size_t(in * in), 0.0);  // upper triangle, then mirrored
+namespace {
+
+// C += Σ_r x_r x_rᵀ over the rows of x [n, in], upper triangle only.
+void gram_add(std::vector<double>& C, std::span<const float> x, int64_t in) {
+  const int64_t n = int64_t(x.size()) / in;
   parallel_for(in, [&](int64_t i0, int64_t i1, int) {
     for (int64_t i = i0; i < i1; ++i) {
       double* ci = C.data() + i * in;
@@ -123,6 +123,12 @@ std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, in
       }
     }
   });
+}
+
+// The refit from C's upper triangle (prune_refit_columns' rule).
+std::vector<float> refit_from_gram(std::span<const float> w, int64_t out, int64_t in, std::vector<double>& C,
+                                   std::span<const int64_t> keep) {
+  const int64_t k = int64_t(keep.size());
   for (int64_t i = 0; i < in; ++i)
     for (int64_t j = 0; j < i; ++j) C[size_t(i * in + j)] = C[size_t(j * in + i)];
   std::vector<double> B(size_t(out * k), 0.0);  // W C[:, K]
@@ -177,6 +183,16 @@ std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, in
   return res;
 }
 
+}  // namespace
+
+std::vector<float> prune_refit_columns(std::span<const float> w, int64_t out, int64_t in, std::span<const float> x,
+                                       std::span<const int64_t> keep) {
+  GALE_ASSERT(int64_t(w.size()) == out * in && int64_t(x.size()) % in == 0);
+  std::vector<double> C(size_t(in * in), 0.0);
+  gram_add(C, x, in);
+  return refit_from_gram(w, out, in, C, keep);
+}
+
 namespace {
 
 std::vector<float> tensor_f32(const TensorInfo& t) {
@@ -217,21 +233,52 @@ std::vector<uint8_t> encode_as(const std::vector<float>& v, DType dt) {
   return b;
 }
 
-// Per input column over the recorded rows: ‖x_j‖₂ (l2) or mean |x_j|.
-std::vector<double> column_stat(const CalibrationRecord& rec, const std::string& name, int64_t in, bool l2) {
-  const auto it = rec.inputs.find(name);
-  if (it == rec.inputs.end() || it->second.empty() || it->second.size() % size_t(in) != 0)
-    throw Error("no calibration activations were recorded for '" + name + "'");
-  const std::vector<float>& x = it->second;
-  const int64_t n = int64_t(x.size()) / in;
-  std::vector<double> s(size_t(in), 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < in; ++c) {
-      const double v = x[size_t(i * in + c)];
-      s[size_t(c)] += l2 ? v * v : std::fabs(v);
-    }
-  for (double& v : s) v = l2 ? std::sqrt(v) : v / double(n);
-  return s;
+// Per input column of each recorded projection, over every calibration window: Σ x² and Σ |x|.
+struct ColumnStats {
+  std::vector<double> sumsq, sumabs;
+  int64_t rows = 0;
+  std::vector<double> l2() const {
+    std::vector<double> v(sumsq.size());
+    for (size_t i = 0; i < v.size(); ++i) v[i] = std::sqrt(sumsq[i]);
+    return v;
+  }
+  std::vector<double> mean_abs() const {
+    std::vector<double> v(sumabs.size());
+    for (size_t i = 0; i < v.size(); ++i) v[i] = sumabs[i] / double(std::max<int64_t>(rows, 1));
+    return v;
+  }
+};
+
+// Runs the calibration (model/calibration.h) window by window, accumulating the column
+// statistics of the projections `only` (their input width from the checkpoint) and handing each
+// window's record to `each` as well.
+std::map<std::string, ColumnStats> calibrate(const PruneOptions& o, const ModelConfig& cfg,
+                                             const std::shared_ptr<SafeTensors>& st, const std::set<std::string>& only,
+                                             bool norms = false,
+                                             const std::function<void(const CalibrationRecord&)>& each = {}) {
+  std::map<std::string, ColumnStats> stats;
+  record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, norms, only,
+                     [&](const CalibrationRecord& r) {
+                       for (const auto& [name, x] : r.inputs) {
+                         if (name.empty() || !only.count(name)) continue;  // a made-up matrix has no name
+                         const int64_t in = st->find(name)->shape[1], n = int64_t(x.size()) / in;
+                         ColumnStats& c = stats[name];
+                         c.sumsq.resize(size_t(in), 0.0);
+                         c.sumabs.resize(size_t(in), 0.0);
+                         c.rows += n;
+                         for (int64_t i = 0; i < n; ++i)
+                           for (int64_t j = 0; j < in; ++j) {
+                             const double v = x[size_t(i * in + j)];
+                             c.sumsq[size_t(j)] += v * v;
+                             c.sumabs[size_t(j)] += std::fabs(v);
+                           }
+                       }
+                       if (each) each(r);
+                     });
+  for (const std::string& name : only)
+    if (!name.empty() && !stats.count(name))
+      throw Error("no calibration activations were recorded for '" + name + "'");
+  return stats;
 }
 
 // ‖W[:, c]‖₂ of every column of a [out, in] tensor.
@@ -303,10 +350,9 @@ void plan_unstructured(const PruneOptions& o, PruneMethod m, const ModelConfig& 
   });
   std::shared_ptr<std::map<std::string, std::vector<float>>> norms = std::make_shared<std::map<std::string, std::vector<float>>>();
   if (wanda) {
-    const CalibrationRecord rec =
-        record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, targets);
+    const std::map<std::string, ColumnStats> stats = calibrate(o, cfg, st, targets);
     for (const std::string& name : targets) {
-      const std::vector<double> s = column_stat(rec, name, st->find(name)->shape[1], /*l2=*/true);
+      const std::vector<double> s = stats.at(name).l2();
       (*norms)[name].assign(s.begin(), s.end());
     }
   }
@@ -363,10 +409,20 @@ void plan_ffn_channels(const PruneOptions& o, const ModelConfig& cfg, const Mode
   const int64_t I = cfg.intermediate_size, keep = I - removed_count(p.sum.sparsity, I, "channels");
   std::set<std::string> downs;
   for (const LayerWeights& L : w.layers) downs.insert(L.down.name);
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, downs);
+  // The refit's Gram matrices Σ h hᵀ, one [I, I] per layer, accumulated window by window.
+  std::map<std::string, std::vector<double>> gram;
+  const std::map<std::string, ColumnStats> stats =
+      calibrate(o, cfg, st, downs, false, [&](const CalibrationRecord& r) {
+        if (!o.refit || keep == I) return;
+        for (const std::string& d : downs) {
+          std::vector<double>& C = gram[d];
+          C.resize(size_t(I * I), 0.0);
+          gram_add(C, r.inputs.at(d), I);
+        }
+      });
   for (const LayerWeights& L : w.layers) {
     const TensorInfo& down = tensor_of(*st, L.down.name);
-    const std::vector<double> act = column_stat(rec, L.down.name, I, /*l2=*/true), wn = column_norms(down);
+    const std::vector<double> act = stats.at(L.down.name).l2(), wn = column_norms(down);
     std::vector<double> imp(static_cast<size_t>(I));
     for (int64_t j = 0; j < I; ++j) imp[size_t(j)] = act[size_t(j)] * wn[size_t(j)];
     const std::vector<int64_t> k = keep_most_important(imp, keep);
@@ -384,8 +440,8 @@ void plan_ffn_channels(const PruneOptions& o, const ModelConfig& cfg, const Mode
     OutTensor& ot = p.out.at(L.down.name);
     ot.shape = {ot.src->shape[0], keep};
     if (o.refit && keep < I) {
-      const std::vector<float> wr =
-          prune_refit_columns(tensor_f32(*ot.src), ot.src->shape[0], I, rec.inputs.at(L.down.name), k);
+      const std::vector<float> wr = refit_from_gram(tensor_f32(*ot.src), ot.src->shape[0], I, gram.at(L.down.name), k);
+      gram.erase(L.down.name);
       auto bytes = std::make_shared<std::vector<uint8_t>>(encode_as(wr, ot.src->dtype));
       ot.make = [bytes] { return *bytes; };
     } else {
@@ -404,13 +460,13 @@ void plan_heads(const PruneOptions& o, const ModelConfig& cfg, const ModelWeight
   const int64_t keep = G - removed_count(p.sum.sparsity, G, "KV head groups");
   std::set<std::string> os;
   for (const LayerWeights& L : w.layers) os.insert(L.o.name);
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, false, os);
+  const std::map<std::string, ColumnStats> stats = calibrate(o, cfg, st, os);
   std::string removed;
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const LayerWeights& L = w.layers[li];
     const TensorInfo& ot = tensor_of(*st, L.o.name);
     const int64_t in = ot.shape[1];
-    const std::vector<double> act = column_stat(rec, L.o.name, in, /*l2=*/false), wn = column_norms(ot);
+    const std::vector<double> act = stats.at(L.o.name).mean_abs(), wn = column_norms(ot);
     std::vector<double> imp(size_t(G), 0.0);
     for (int64_t c = 0; c < in; ++c) imp[size_t(c / D / per)] += act[size_t(c)] * wn[size_t(c)];
     const std::vector<int64_t> kg = keep_most_important(imp, keep);
@@ -451,24 +507,27 @@ void plan_heads(const PruneOptions& o, const ModelConfig& cfg, const ModelWeight
 void plan_layers(const PruneOptions& o, const ModelConfig& cfg, const std::shared_ptr<SafeTensors>& st, Plan& p) {
   const int64_t Lc = cfg.num_layers, keep = Lc - removed_count(p.sum.sparsity, Lc, "layers");
   const std::set<std::string> none = {""};  // no projection's inputs: only the hidden states
-  const CalibrationRecord rec = record_calibration(cfg, bind_weights(st, cfg), o.calib_tokens, o.calib_max_tokens, true, none);
-  if (int64_t(rec.norm_inputs.size()) != 2 * Lc + 1)
-    throw Error("--method layers: this architecture's hidden states could not be measured layer by layer");
-  const int64_t H = cfg.hidden_size, n = rec.rows;
-  std::vector<double> imp(static_cast<size_t>(Lc));  // 1 − mean cos(input, output): how much the layer changes its input
-  for (int64_t l = 0; l < Lc; ++l) {
-    const std::vector<float>&a = rec.norm_inputs[size_t(2 * l)], &b = rec.norm_inputs[size_t(2 * l + 2)];
-    double cs = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      double ab = 0, aa = 0, bb = 0;
-      for (int64_t c = 0; c < H; ++c) {
-        const double x = a[size_t(t * H + c)], y = b[size_t(t * H + c)];
-        ab += x * y, aa += x * x, bb += y * y;
+  const int64_t H = cfg.hidden_size;
+  std::vector<double> cos_sum(static_cast<size_t>(Lc), 0.0);
+  int64_t rows = 0;
+  calibrate(o, cfg, st, none, true, [&](const CalibrationRecord& r) {
+    if (int64_t(r.norm_inputs.size()) != 2 * Lc + 1)
+      throw Error("--method layers: this architecture's hidden states could not be measured layer by layer");
+    rows += r.rows;
+    for (int64_t l = 0; l < Lc; ++l) {
+      const std::vector<float>&a = r.norm_inputs[size_t(2 * l)], &b = r.norm_inputs[size_t(2 * l + 2)];
+      for (int64_t t = 0; t < r.rows; ++t) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int64_t c = 0; c < H; ++c) {
+          const double x = a[size_t(t * H + c)], y = b[size_t(t * H + c)];
+          ab += x * y, aa += x * x, bb += y * y;
+        }
+        cos_sum[size_t(l)] += ab / std::max(std::sqrt(aa * bb), 1e-30);
       }
-      cs += ab / std::max(std::sqrt(aa * bb), 1e-30);
     }
-    imp[size_t(l)] = 1.0 - cs / double(n);
-  }
+  });
+  std::vector<double> imp(static_cast<size_t>(Lc));  // 1 − mean cos(input, output): how much the layer changes its input
+  for (int64_t l = 0; l < Lc; ++l) imp[size_t(l)] = 1.0 - cos_sum[size_t(l)] / double(rows);
   const std::vector<int64_t> kept = keep_most_important(imp, keep);
   std::map<int64_t, int64_t> renumber;
   for (size_t i = 0; i < kept.size(); ++i) renumber[kept[i]] = int64_t(i);
