@@ -99,6 +99,20 @@ void parse_compressed_int(const ConfigReader& g, const ConfigReader& w, const st
 // integer weights.
 QuantConfig parse_compressed_tensors(const ConfigReader& q) {
   QuantConfig c;
+  // Sparsity (compressed-tensors' sparsity_config, `gale prune`): the "dense" format stores the
+  // pruned weights as ordinary tensors with their zeros, which load as they are; a compressed
+  // sparse layout (sparse-24-bitmask, sparse-bitmask) would need decompressing and is refused.
+  bool sparse = false;
+  if (q.has("sparsity_config") && !q.j["sparsity_config"].is_null()) {
+    ConfigReader sp{q.j["sparsity_config"], q.what + ".sparsity_config"};
+    if (!sp.j.is_object()) sp.fail("sparsity_config", "must be an object");
+    const std::string f = sp.has("format") && sp.j["format"].is_string() ? sp.j["format"].get<std::string>() : "";
+    if (f != "dense") sp.fail("format", "is '" + f + "'; of sparse checkpoints Gale loads the 'dense' format (zeros stored)");
+    sparse = true;
+  }
+  const bool no_groups = !q.has("config_groups") || q.j["config_groups"].is_null() ||
+                         (q.j["config_groups"].is_object() && q.j["config_groups"].empty());
+  if (sparse && no_groups) return {};  // sparsity only: plain weights
   c.format = QuantConfig::Format::CompressedTensorsFp8;
   if (!q.has("config_groups") || !q.j["config_groups"].is_object() || q.j["config_groups"].size() != 1)
     q.fail("config_groups", "must hold exactly one group (mixed schemes are not supported)");

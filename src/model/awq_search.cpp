@@ -9,39 +9,11 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "model/cpu_backend.h"
-#include "model/kv_cache.h"
-#include "model/transformer.h"
+#include "model/calibration.h"
 
 namespace gale {
 
 namespace {
-
-// The CPU backend, keeping every projection's input rows (f32) by the projection's tensor name.
-// The fused defaults of Backend (rmsnorm_linear, swiglu_linear, swiglu_mlp) all end in linear /
-// linear_fused, which the CPU backend does not fuse further, so every input passes here.
-class RecordingBackend : public CpuBackend {
- public:
-  RecordingBackend() : CpuBackend(false) {}
-  std::map<std::string, std::vector<float>> inputs;  // [rows, in] per projection
-
-  void linear(const Linear& l, Act in, Act out, bool accumulate) override {
-    record(l, in);
-    CpuBackend::linear(l, in, out, accumulate);
-  }
-  void linear_fused(std::span<const Linear* const> ls, Act in, Act out) override {
-    for (const Linear* l : ls) record(*l, in);
-    CpuBackend::linear_fused(ls, in, out);
-  }
-
- private:
-  void record(const Linear& l, Act in) {
-    GALE_ASSERT(in.dtype == DType::F32);
-    std::vector<float>& v = inputs[l.name];
-    const auto* p = static_cast<const float*>(in.data);
-    for (int64_t r = 0; r < in.rows; ++r) v.insert(v.end(), p + r * in.ld, p + r * in.ld + in.cols);
-  }
-};
 
 std::vector<float> to_f32(const Linear& l) {
   std::vector<float> w(static_cast<size_t>(l.out * l.in));
@@ -120,23 +92,13 @@ std::vector<AwqLayerScales> awq_search(const ModelConfig& cfg, ModelWeights w, s
     if (L.q.name == L.k.name || L.gate.name == L.up.name)
       throw Error("--awq does not support fused projections ('" + L.q.name + "', '" + L.gate.name + "')");
   if (tokens.size() < 16) throw Error("--awq needs at least 16 calibration tokens (got " + std::to_string(tokens.size()) + ")");
-  const int64_t n = std::min<int64_t>(int64_t(tokens.size()), std::min<int64_t>(512, cfg.max_position_embeddings));
-  auto rec = std::make_unique<RecordingBackend>();
-  RecordingBackend* r = rec.get();
-  Transformer m(cfg, std::move(w), ActDType::F32, std::move(rec));
-  const int64_t bs = 16, nb = (n + bs - 1) / bs;
-  std::vector<int32_t> table(static_cast<size_t>(nb));
-  for (int64_t b = 0; b < nb; ++b) table[size_t(b)] = int32_t(b);
-  KVCache kv(cfg, nb, bs, m.kv_format(), &m.backend());
-  SeqStep step{tokens.subspan(0, size_t(n)), 0, table, SeqStep::Logits::None};
-  std::vector<float> logits;
-  m.forward({&step, 1}, kv, logits);
-
-  const ModelWeights& mw = m.weights();
+  const ModelWeights mw = w;  // views of the same storage (w.storage is shared)
+  const CalibrationRecord rec = record_calibration(cfg, std::move(w), tokens);
+  const int64_t n = rec.rows;
   std::vector<AwqLayerScales> out(mw.layers.size());
   auto rows = [&](const Linear& l) -> const std::vector<float>& {
-    auto it = r->inputs.find(l.name);
-    GALE_ASSERT(it != r->inputs.end() && int64_t(it->second.size()) == n * l.in);
+    auto it = rec.inputs.find(l.name);
+    GALE_ASSERT(it != rec.inputs.end() && int64_t(it->second.size()) == n * l.in);
     return it->second;
   };
   for (size_t i = 0; i < mw.layers.size(); ++i) {

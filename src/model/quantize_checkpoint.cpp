@@ -17,6 +17,7 @@
 #include "loader/safetensors_writer.h"
 #include "model/arch/arch.h"
 #include "model/awq_search.h"
+#include "model/checkpoint_folder.h"
 #include "model/fp8_quantize.h"
 #include "model/int_checkpoint_writer.h"
 #include "model/weights.h"
@@ -57,33 +58,6 @@ Scheme parse_scheme(const QuantizeOptions& o) {
   throw Error("--scheme must be channel, tensor or block128 (got '" + scheme + "')");
 }
 
-// Files beside the weights that a checkpoint folder carries on unchanged.
-constexpr const char* kSideFiles[] = {
-    "tokenizer.json",        "tokenizer_config.json", "tokenizer.model",     "special_tokens_map.json",
-    "added_tokens.json",     "vocab.json",            "merges.txt",          "generation_config.json",
-    "chat_template.jinja",   "chat_template.json",    "preprocessor_config.json",
-};
-
-// Whether `inner` is `outer` or lies under it (both made absolute and normal).
-bool path_within(const fs::path& inner, const fs::path& outer) {
-  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
-  auto ai = a.begin();
-  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
-    if (bi->empty()) continue;  // a trailing separator
-    if (ai == a.end() || *ai != *bi) return false;
-  }
-  return true;
-}
-
-void check_out(const QuantizeOptions& o, const fs::path& out) {
-  if (o.out.empty()) throw Error("--out is required");
-  if (path_within(o.source, out))
-    throw Error("--out " + o.out + " is or holds the source folder " + o.source + "; write somewhere else");
-  if (!fs::exists(out)) return;
-  if (!fs::is_directory(out)) throw Error("--out " + o.out + " exists and is not a folder");
-  if (!fs::is_empty(out) && !o.force) throw Error("--out " + o.out + " exists and is not empty (--force replaces it)");
-}
-
 json compressed_tensors_config(const Scheme& s, const std::vector<std::string>& ignore) {
   const char* strategy = s.granularity == Fp8Granularity::Channel ? "channel" : "tensor";
   json weights = {{"num_bits", 8},       {"type", "float"},       {"symmetric", true},
@@ -112,23 +86,6 @@ json transformers_fp8_config(const Scheme& s, const std::vector<std::string>& ig
           {"modules_to_convert", nullptr},
           {"dequantize", false},
           {"scale_fmt", "float"}};
-}
-
-json read_json_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw Error("cannot read " + p.string());
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw Error(p.string() + ": invalid JSON: " + e.what());
-  }
-}
-
-void write_json_file(const fs::path& p, const json& j) {
-  std::ofstream out(p, std::ios::binary);
-  out << j.dump(2) << "\n";
-  out.close();
-  if (!out) throw Error("cannot write " + p.string());
 }
 
 // One output tensor: copied from the source, a quantized matrix's FP8 codes or scales, or one
@@ -369,10 +326,7 @@ QuantizeSummary write_quantized(const QuantizeOptions& o, const Scheme& sc, cons
                                   : sc.transformers_fp8 ? transformers_fp8_config(sc, sum.ignore)
                                                         : compressed_tensors_config(sc, sum.ignore);
   write_json_file(dir / "config.json", config);
-  for (const char* f : kSideFiles) {
-    const fs::path p = fs::path(o.source) / f;
-    if (fs::is_regular_file(p)) fs::copy_file(p, dir / f);
-  }
+  copy_side_files(o.source, dir);
   // What was written loads: the config parses and every tensor binds with its scales.
   // (Block scales also need every fused tensor's split on a block boundary: Phi-3's q|k|v
   // rows at multiples of 128, true of the released models but not of tiny test ones.)
@@ -394,28 +348,11 @@ QuantizeSummary quantize_checkpoint(const QuantizeOptions& o) {
   NamePatterns(o.keep_16bit, "--keep-16bit");  // a bad pattern fails before anything is read
   if (o.source.rfind("synthetic:", 0) == 0) throw Error("gale quantize reads a checkpoint folder, not " + o.source);
   if (!fs::is_directory(o.source)) throw Error("model folder " + o.source + " not found");
-  fs::path out = fs::absolute(fs::path(o.out)).lexically_normal();
-  if (out.has_parent_path() && !out.has_filename()) out = out.parent_path();  // "dir/"
-  check_out(o, out);
-  const fs::path partial = out.parent_path() / (out.filename().string() + ".partial-" + std::to_string(::getpid()));
   QuantizeSummary sum;
-  try {
-    fs::create_directories(out.parent_path());
-    fs::remove_all(partial);  // a leftover of an earlier run with this pid
-    fs::create_directory(partial);
-    sum = write_quantized(o, sc, partial);
-    if (fs::exists(out)) fs::remove_all(out);  // empty, or --force
-    fs::rename(partial, out);
-  } catch (const fs::filesystem_error& e) {
-    std::error_code ec;
-    fs::remove_all(partial, ec);
-    throw Error("writing " + out.string() + ": " + e.code().message() + " (" + e.path1().string() + ")");
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(partial, ec);
-    throw;
-  }
-  sum.out = out.string();
+  const std::string out = write_checkpoint_folder(o.source, o.out, o.force, [&](const fs::path& dir) {
+    sum = write_quantized(o, sc, dir);
+  });
+  sum.out = out;
   return sum;
 }
 
