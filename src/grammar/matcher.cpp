@@ -1,0 +1,385 @@
+// The pushdown matcher, the per-position mask cache and the token mask.
+//
+// A stack is a chain of nodes (pos, parent) in an arena: pos is the next element to match in
+// some alternative, parent the node to go on with once that alternative ends (-1: the bottom).
+// Stacks share their lower parts, and a rule reference that ends its alternative passes its
+// parent on instead of pushing (so right recursion, the IR's repetition, does not grow stacks).
+// The matcher's state is the set of stack tops, each expanded until its element is a byte set
+// (kAccept stands for an empty stack: the grammar may end there). Advancing by a byte keeps the
+// tops whose set holds it, each moved one element on and expanded again.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "grammar/grammar.h"
+#include "grammar/grammar_ir.h"
+#include "tokenizer/tokenizer.h"
+
+namespace gale {
+
+namespace {
+
+constexpr int32_t kAccept = -1;
+// More live stacks than this means a grammar ambiguous beyond use; the matcher refuses the byte.
+constexpr size_t kMaxStacks = 20000;
+
+struct Node {
+  int32_t pos;
+  int32_t parent;
+};
+
+class Stacks {
+ public:
+  explicit Stacks(const Grammar& g) : g_(g) {}
+  std::vector<Node> nodes;
+
+  int32_t add(int32_t pos, int32_t parent) {
+    nodes.push_back(Node{pos, parent});
+    return int32_t(nodes.size() - 1);
+  }
+  void expand_at(int32_t pos, int32_t parent, std::vector<int32_t>& out) {
+    const GElem& e = g_.elems[size_t(pos)];
+    if (e.kind == GElem::Bytes) {
+      out.push_back(add(pos, parent));
+    } else if (e.kind == GElem::Rule) {
+      expand_rule(pos, parent, out);
+    } else if (parent < 0) {
+      out.push_back(kAccept);
+    } else {
+      expand_node(parent, out);
+    }
+  }
+  void expand_node(int32_t id, std::vector<int32_t>& out) {
+    Node n = nodes[size_t(id)];
+    if (g_.elems[size_t(n.pos)].kind == GElem::Bytes) {
+      out.push_back(id);
+    } else {
+      expand_rule(n.pos, n.parent, out);
+    }
+  }
+  void expand_rule(int32_t pos, int32_t parent, std::vector<int32_t>& out) {
+    const GElem& e = g_.elems[size_t(pos)];
+    int32_t next = pos + 1;
+    int32_t cont = g_.elems[size_t(next)].kind == GElem::End ? parent : add(next, parent);
+    for (int32_t s : g_.alts[e.arg]) expand_at(s, cont, out);
+  }
+  // out = the tops after byte b from tops in (deduplicated); in's kAccept is dropped.
+  void advance(const std::vector<int32_t>& in, uint8_t b, std::vector<int32_t>& out) {
+    out.clear();
+    for (int32_t id : in) {
+      if (id == kAccept) continue;
+      Node n = nodes[size_t(id)];
+      if (!g_.sets[g_.elems[size_t(n.pos)].arg][b]) continue;
+      expand_at(n.pos + 1, n.parent, out);
+    }
+    if (out.size() > 1) dedup(out);
+    if (out.size() > kMaxStacks) out.clear();
+  }
+  void dedup(std::vector<int32_t>& v) {
+    auto key = [&](int32_t id) -> uint64_t {
+      if (id == kAccept) return ~uint64_t(0);
+      const Node& n = nodes[size_t(id)];
+      return (uint64_t(uint32_t(n.pos)) << 32) | uint32_t(n.parent);
+    };
+    std::sort(v.begin(), v.end(), [&](int32_t a, int32_t b) { return key(a) < key(b); });
+    v.erase(std::unique(v.begin(), v.end(), [&](int32_t a, int32_t b) { return key(a) == key(b); }), v.end());
+  }
+
+ private:
+  const Grammar& g_;
+};
+
+bool has_accept(const std::vector<int32_t>& v) { return std::find(v.begin(), v.end(), kAccept) != v.end(); }
+
+}  // namespace
+
+const char* constraint_kind_name(ConstraintSpec::Kind k) {
+  switch (k) {
+    case ConstraintSpec::Kind::None: return "none";
+    case ConstraintSpec::Kind::JsonSchema: return "json_schema";
+    case ConstraintSpec::Kind::JsonObject: return "json_object";
+    case ConstraintSpec::Kind::Regex: return "regex";
+    case ConstraintSpec::Kind::Choice: return "choice";
+    case ConstraintSpec::Kind::Grammar: return "grammar";
+  }
+  return "?";
+}
+
+// ---- vocabulary ----
+
+TokenTable::TokenTable(const Tokenizer& tok, int64_t n, std::vector<int32_t> eos_ids) : vocab(n), eos(std::move(eos_ids)) {
+  bytes.resize(size_t(n));
+  int64_t tv = std::min<int64_t>(n, int64_t(tok.vocab_size()));
+  for (int64_t id = 0; id < tv; ++id) {
+    if (tok.is_special(int32_t(id))) continue;
+    bytes[size_t(id)] = tok.token_bytes(int32_t(id));
+  }
+  for (int32_t e : eos)
+    if (e >= 0 && e < n) bytes[size_t(e)].clear();
+  finish();
+}
+
+TokenTable::TokenTable(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids)
+    : vocab(int64_t(token_bytes.size())), bytes(std::move(token_bytes)), eos(std::move(eos_ids)) {
+  for (int32_t e : eos)
+    if (e >= 0 && e < vocab) bytes[size_t(e)].clear();
+  finish();
+}
+
+void TokenTable::finish() {
+  sorted.clear();
+  for (size_t id = 0; id < bytes.size(); ++id)
+    if (!bytes[id].empty()) sorted.push_back(int32_t(id));
+  std::sort(sorted.begin(), sorted.end(), [&](int32_t a, int32_t b) { return bytes[size_t(a)] < bytes[size_t(b)]; });
+}
+
+// ---- per-position masks ----
+
+struct CompiledGrammar::Cache {
+  std::vector<std::unique_ptr<PositionMasks>> masks;  // [elems]
+  std::unique_ptr<std::once_flag[]> once;
+};
+
+CompiledGrammar::CompiledGrammar(std::shared_ptr<const Grammar> g, std::shared_ptr<const TokenTable> tokens)
+    : g_(std::move(g)), tokens_(std::move(tokens)), cache_(std::make_unique<Cache>()) {
+  cache_->masks.resize(g_->elems.size());
+  cache_->once = std::make_unique<std::once_flag[]>(g_->elems.size());
+}
+
+CompiledGrammar::~CompiledGrammar() = default;
+
+namespace {
+
+// Walks the vocabulary in byte order from a stack [pos] alone, sharing each common prefix with
+// the previous token: a token is accepted when some path consumes all its bytes (the rule below
+// is never needed), rejected when every path dies inside the rule, and uncertain when a path
+// ended the rule before the token's end (what follows depends on the stack below).
+CompiledGrammar::PositionMasks compute_masks(const Grammar& g, const TokenTable& t, int32_t pos) {
+  CompiledGrammar::PositionMasks pm;
+  Stacks st(g);
+  size_t max_len = 0;
+  for (const std::string& b : t.bytes) max_len = std::max(max_len, b.size());
+  std::vector<std::vector<int32_t>> level(max_len + 1);
+  std::vector<size_t> arena(max_len + 1);
+  std::vector<char> done(max_len + 1, 0);  // an ended rule on the path to this depth
+  level[0] = {st.add(pos, -1)};
+  arena[0] = st.nodes.size();
+  size_t valid = 0;     // levels [0, valid] hold the prefix of prev
+  size_t dead = 0;      // > 0: level[dead] is empty, so is every token with prev's first dead bytes
+  std::string_view prev;
+  std::vector<int32_t> accepted;
+  for (int32_t id : t.sorted) {
+    std::string_view b = t.bytes[size_t(id)];
+    size_t l = 0, m = std::min(prev.size(), b.size());
+    while (l < m && prev[l] == b[l]) ++l;
+    if (dead > 0 && l >= dead) {
+      if (done[dead]) pm.uncertain.push_back(id);
+      continue;
+    }
+    dead = 0;
+    size_t d = std::min(l, valid);
+    st.nodes.resize(arena[d]);
+    size_t k = d;
+    for (; k < b.size(); ++k) {
+      st.advance(level[k], uint8_t(b[k]), level[k + 1]);
+      arena[k + 1] = st.nodes.size();
+      done[k + 1] = char(done[k] || has_accept(level[k + 1]));
+      valid = k + 1;
+      if (level[k + 1].empty()) {
+        dead = k + 1;
+        break;
+      }
+    }
+    if (dead == 0) {
+      accepted.push_back(id);
+    } else if (done[dead]) {
+      pm.uncertain.push_back(id);
+    }
+    prev = b;
+  }
+  std::sort(accepted.begin(), accepted.end());
+  std::sort(pm.uncertain.begin(), pm.uncertain.end());
+  if (int64_t(accepted.size()) * 32 > t.vocab) {
+    pm.accepted_bits.assign(mask_words(t.vocab), 0);
+    for (int32_t id : accepted) pm.accepted_bits[size_t(id) / 32] |= 1u << (id % 32);
+  } else {
+    pm.accepted = std::move(accepted);
+  }
+  return pm;
+}
+
+}  // namespace
+
+const CompiledGrammar::PositionMasks& CompiledGrammar::masks_at(int32_t pos) const {
+  std::call_once(cache_->once[size_t(pos)], [&] {
+    cache_->masks[size_t(pos)] = std::make_unique<PositionMasks>(compute_masks(*g_, *tokens_, pos));
+  });
+  return *cache_->masks[size_t(pos)];
+}
+
+void CompiledGrammar::precompute() const {
+  for (size_t p = 0; p < g_->elems.size(); ++p)
+    if (g_->elems[p].kind == GElem::Bytes) masks_at(int32_t(p));
+}
+
+// ---- compiler ----
+
+GrammarCompiler::GrammarCompiler(std::shared_ptr<const TokenTable> tokens) : tokens_(std::move(tokens)) {}
+
+std::shared_ptr<const CompiledGrammar> GrammarCompiler::compile(const ConstraintSpec& spec) {
+  if (!spec.active()) throw Error("grammar: no constraint to compile");
+  std::string key = std::string(constraint_kind_name(spec.kind)) + '\n' + spec.text;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+  }
+  auto g = std::make_shared<const CompiledGrammar>(parse_gbnf(constraint_to_gbnf(spec)), tokens_);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.size() >= 256) cache_.clear();  // a bound, not an LRU: schemas repeat in practice
+  return cache_.emplace(key, g).first->second;
+}
+
+std::shared_ptr<const CompiledGrammar> GrammarCompiler::compile_gbnf(const std::string& gbnf) {
+  return compile(ConstraintSpec{ConstraintSpec::Kind::Grammar, gbnf});
+}
+
+// ---- matcher ----
+
+struct GrammarMatcher::State {
+  std::shared_ptr<const CompiledGrammar> cg;
+  Stacks st;
+  std::vector<int32_t> tops, next, scratch_a, scratch_b;
+  struct Saved {
+    size_t arena;
+    std::vector<int32_t> tops;
+    bool terminated;
+  };
+  std::vector<Saved> history;  // before each accepted token
+  bool terminated = false;
+  explicit State(std::shared_ptr<const CompiledGrammar> g) : cg(std::move(g)), st(cg->grammar()) {}
+
+  bool is_eos(int32_t id) const {
+    const auto& e = cg->tokens().eos;
+    return std::find(e.begin(), e.end(), id) != e.end();
+  }
+  // Advances tops by bytes into tops (true), or leaves everything as it was (false).
+  bool advance_bytes(std::string_view bytes) {
+    size_t mark = st.nodes.size();
+    scratch_a = tops;
+    for (char c : bytes) {
+      st.advance(scratch_a, uint8_t(c), scratch_b);
+      if (scratch_b.empty()) {
+        st.nodes.resize(mark);
+        return false;
+      }
+      std::swap(scratch_a, scratch_b);
+    }
+    tops = scratch_a;
+    return true;
+  }
+  // Whether bytes continue the stack whose top is id (the arena is left as it was).
+  bool check_from(int32_t id, std::string_view bytes) {
+    size_t mark = st.nodes.size();
+    scratch_a.assign(1, id);
+    bool ok = true;
+    for (char c : bytes) {
+      st.advance(scratch_a, uint8_t(c), scratch_b);
+      if (scratch_b.empty()) {
+        ok = false;
+        break;
+      }
+      std::swap(scratch_a, scratch_b);
+    }
+    st.nodes.resize(mark);
+    return ok;
+  }
+};
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const CompiledGrammar> g) : s_(std::make_unique<State>(std::move(g))) {
+  const Grammar& gr = s_->cg->grammar();
+  for (int32_t a : gr.alts[size_t(gr.root)]) s_->st.expand_at(a, -1, s_->tops);
+  if (s_->tops.size() > 1) s_->st.dedup(s_->tops);
+}
+
+GrammarMatcher::~GrammarMatcher() = default;
+GrammarMatcher::GrammarMatcher(GrammarMatcher&&) noexcept = default;
+
+void GrammarMatcher::fill_mask(std::span<uint32_t> mask) {
+  std::fill(mask.begin(), mask.end(), 0u);
+  const TokenTable& t = s_->cg->tokens();
+  auto set = [&](int32_t id) {
+    if (size_t(id) / 32 < mask.size()) mask[size_t(id) / 32] |= 1u << (id % 32);
+  };
+  if (s_->terminated) {
+    for (int32_t e : t.eos) set(e);
+    return;
+  }
+  std::vector<int32_t> tops = s_->tops;  // check_from reuses the scratch vectors, not tops
+  for (int32_t top : tops) {
+    if (top == kAccept) {
+      for (int32_t e : t.eos) set(e);
+      continue;
+    }
+    int32_t pos = s_->st.nodes[size_t(top)].pos;
+    const CompiledGrammar::PositionMasks& pm = s_->cg->masks_at(pos);
+    if (!pm.accepted_bits.empty()) {
+      size_t n = std::min(mask.size(), pm.accepted_bits.size());
+      for (size_t w = 0; w < n; ++w) mask[w] |= pm.accepted_bits[w];
+    } else {
+      for (int32_t id : pm.accepted) set(id);
+    }
+    if (pm.uncertain.empty()) continue;
+    for (int32_t id : pm.uncertain) {
+      if (size_t(id) / 32 < mask.size() && (mask[size_t(id) / 32] >> (id % 32) & 1u)) continue;
+      if (s_->check_from(top, t.bytes[size_t(id)])) set(id);
+    }
+  }
+}
+
+bool GrammarMatcher::accept_token(int32_t id) {
+  if (s_->terminated) return false;
+  const TokenTable& t = s_->cg->tokens();
+  State::Saved saved{s_->st.nodes.size(), s_->tops, false};
+  if (s_->is_eos(id)) {
+    if (!can_terminate()) return false;
+    s_->history.push_back(std::move(saved));
+    s_->terminated = true;
+    return true;
+  }
+  if (id < 0 || id >= t.vocab || t.bytes[size_t(id)].empty()) return false;
+  if (!s_->advance_bytes(t.bytes[size_t(id)])) return false;
+  s_->history.push_back(std::move(saved));
+  return true;
+}
+
+bool GrammarMatcher::accept_bytes(std::string_view bytes) {
+  if (s_->terminated) return false;
+  return s_->advance_bytes(bytes);
+}
+
+bool GrammarMatcher::can_terminate() const { return !s_->terminated && has_accept(s_->tops); }
+bool GrammarMatcher::is_terminated() const { return s_->terminated; }
+int64_t GrammarMatcher::num_accepted() const { return int64_t(s_->history.size()); }
+
+void GrammarMatcher::rollback(int n) {
+  if (n < 0 || size_t(n) > s_->history.size())
+    throw Error("grammar: cannot roll back " + std::to_string(n) + " tokens of " + std::to_string(s_->history.size()));
+  if (n == 0) return;
+  State::Saved& sv = s_->history[s_->history.size() - size_t(n)];
+  s_->st.nodes.resize(sv.arena);
+  s_->tops = std::move(sv.tops);
+  s_->terminated = sv.terminated;
+  s_->history.resize(s_->history.size() - size_t(n));
+}
+
+void apply_token_mask(std::span<float> logits, std::span<const uint32_t> mask) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < logits.size(); ++i) {
+    size_t w = i / 32;
+    if (w >= mask.size() || !(mask[w] >> (i % 32) & 1u)) logits[i] = ninf;
+  }
+}
+
+}  // namespace gale
