@@ -75,6 +75,7 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   bool speculative = true;                    // false: "speculative": "off"
+  ConstraintSpec constraint;                  // response_format json_object/json_schema, guided_*
   // The engine requests: prompt i, sample j at index i * n + j (OpenAI's choice order).
   std::vector<RequestParams> engine_requests() const;
 };

@@ -120,8 +120,57 @@ TEST_F(OpenAiApi, WrongTypesInsideObjectsAre400s) {
             "only text content parts are supported");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]})"), "");
   EXPECT_EQ(completion_error(R"({"prompt":"x","response_format":{"type":1}})"),
-            "only the 'text' response_format is supported");
+            "'response_format' must be an object with a 'type'");
   EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"response_format":{"type":"text"}})"), "");
+}
+
+// Structured output: response_format json_object / json_schema and the guided_* fields become
+// the engine requests' constraint; a bad schema, regex or grammar, a wrong type or two at once is
+// one 400 naming the field.
+TEST_F(OpenAiApi, StructuredOutputFields) {
+  auto constraint = [&](const std::string& body) {
+    ApiRequest r = parse_chat_request(parse_json_body(body), info_, tok_, tmpl_);
+    auto reqs = r.engine_requests();
+    EXPECT_EQ(reqs.size(), size_t(r.n));
+    for (auto& p : reqs) EXPECT_EQ(p.constraint.text, r.constraint.text);
+    return reqs.front().constraint;
+  };
+  const std::string msg = R"("messages":[{"role":"user","content":"hi"}],"max_tokens":4)";
+  ConstraintSpec c = constraint("{" + msg + R"(,"response_format":{"type":"json_object"}})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonObject);
+  c = constraint("{" + msg + R"(,"n":2,"response_format":{"type":"json_schema","json_schema":{"name":"p","strict":true,
+      "schema":{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}}}})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonSchema);
+  EXPECT_EQ(nlohmann::json::parse(c.text)["properties"]["a"]["type"], "integer");
+  c = constraint("{" + msg + R"(,"guided_json":"{\"type\":\"string\"}"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonSchema);
+  EXPECT_EQ(c.text, R"({"type":"string"})");
+  c = constraint("{" + msg + R"(,"guided_regex":"[a-z]+@[a-z]+\\.com"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Regex);
+  EXPECT_EQ(c.text, "[a-z]+@[a-z]+\\.com");
+  c = constraint("{" + msg + R"(,"guided_choice":["yes","no"]})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Choice);
+  c = constraint("{" + msg + R"(,"guided_grammar":"root ::= \"a\" [0-9]+"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Grammar);
+  c = constraint("{" + msg + R"(,"response_format":{"type":"text"}})");
+  EXPECT_FALSE(c.active());
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"guided_choice":["a"]})"), "");
+
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"xml"}})"),
+            "'response_format' type must be text, json_object or json_schema");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"json_schema"}})"),
+            "'response_format' json_schema needs 'json_schema': {'name': ..., 'schema': {...}}");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_regex":"a(b"})"), "'guided_regex': regex: missing ')' at offset 3");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":{"type":"object","not":{}}})"),
+            "'guided_json': json schema: keyword 'not' is not supported");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":"{bad"})").rfind("'guided_json': json schema: invalid JSON", 0), 0u);
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_grammar":"root ::= missing"})"),
+            "'guided_grammar': grammar: rule 'missing' is used but not defined");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_choice":[]})"), "'guided_choice' must be a non-empty list of strings");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_choice":["a",1]})"), "'guided_choice' must be a non-empty list of strings");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":7})"), "'guided_json' must be a JSON schema (an object or its text)");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"json_object"},"guided_regex":"a"})"),
+            "'guided_regex' cannot be combined with 'response_format'");
 }
 
 // "speculative" per request: "off" always works; the server's own proposer may be named; any other
