@@ -6,10 +6,11 @@
 // GrammarCompiler holds one tokenizer's vocabulary (each token's bytes, sorted so that shared
 // prefixes are walked once) and a cache of compiled grammars; a CompiledGrammar is immutable and
 // shared by every request that uses it (thread-safe), and a GrammarMatcher is one request's state.
-// The token mask is XGrammar's idea: per position of the grammar (the top of a stack) the tokens
-// that are accepted or rejected whatever lies below the top are decided once (lazily, then kept);
-// only the rest, tokens that finish the top rule and go on into the rule below, are checked at
-// run time against the real stack. ARCHITECTURE.md, "Constrained decoding", says more.
+// The token mask: the vocabulary is walked in byte order (a trie without the nodes: each token
+// shares the matcher states of its common prefix with the one before, so shared prefixes are
+// walked once and a dead prefix skips every token under it), and the result is cached per
+// matcher state in the compiled grammar, so a schema served many times computes each state's
+// mask once. ARCHITECTURE.md, "Constrained decoding", says why not XGrammar's split by rule.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -79,22 +80,26 @@ class GrammarCompiler {
   std::unordered_map<std::string, std::shared_ptr<const CompiledGrammar>> cache_;
 };
 
-// A grammar bound to a vocabulary, with its per-position mask cache (filled lazily, each entry
-// once, under a lock per entry; precompute() fills all of them ahead).
+// A grammar bound to a vocabulary, with its mask cache: the allowed tokens of each matcher state
+// met so far (a state: the set of stacks, written as the grammar positions of each stack from
+// top to bottom), shared by every matcher of the grammar. Thread-safe.
 class CompiledGrammar {
  public:
   CompiledGrammar(std::shared_ptr<const Grammar> g, std::shared_ptr<const TokenTable> tokens);
   ~CompiledGrammar();
   const Grammar& grammar() const { return *g_; }
   const TokenTable& tokens() const { return *tokens_; }
-  void precompute() const;
-  // Tokens decided without the stack at position pos, and those left to the run-time check.
-  struct PositionMasks {
-    std::vector<uint32_t> accepted_bits;  // bitset over the vocabulary, when many are accepted
-    std::vector<int32_t> accepted;        // else the ids, ascending
-    std::vector<int32_t> uncertain;       // ids to check against the stack
+  // The allowed tokens of a state: a bitset over the vocabulary when many are allowed, else the
+  // ids ascending (eos not included: it depends only on whether the state accepts).
+  struct StateMask {
+    std::vector<uint32_t> bits;
+    std::vector<int32_t> ids;
   };
-  const PositionMasks& masks_at(int32_t pos) const;
+  // Null when the state has not been met (or the cache is full).
+  std::shared_ptr<const StateMask> find_state(const std::vector<int32_t>& key) const;
+  void add_state(const std::vector<int32_t>& key, std::shared_ptr<const StateMask> m) const;
+  size_t num_states() const;
+  static constexpr size_t kMaxStates = 8192;
 
  private:
   struct Cache;

@@ -134,93 +134,44 @@ void TokenTable::finish() {
   std::sort(sorted.begin(), sorted.end(), [&](int32_t a, int32_t b) { return bytes[size_t(a)] < bytes[size_t(b)]; });
 }
 
-// ---- per-position masks ----
-
-struct CompiledGrammar::Cache {
-  std::vector<std::unique_ptr<PositionMasks>> masks;  // [elems]
-  std::unique_ptr<std::once_flag[]> once;
-};
-
-CompiledGrammar::CompiledGrammar(std::shared_ptr<const Grammar> g, std::shared_ptr<const TokenTable> tokens)
-    : g_(std::move(g)), tokens_(std::move(tokens)), cache_(std::make_unique<Cache>()) {
-  cache_->masks.resize(g_->elems.size());
-  cache_->once = std::make_unique<std::once_flag[]>(g_->elems.size());
-}
-
-CompiledGrammar::~CompiledGrammar() = default;
+// ---- mask cache ----
 
 namespace {
 
-// Walks the vocabulary in byte order from a stack [pos] alone, sharing each common prefix with
-// the previous token: a token is accepted when some path consumes all its bytes (the rule below
-// is never needed), rejected when every path dies inside the rule, and uncertain when a path
-// ended the rule before the token's end (what follows depends on the stack below).
-CompiledGrammar::PositionMasks compute_masks(const Grammar& g, const TokenTable& t, int32_t pos) {
-  CompiledGrammar::PositionMasks pm;
-  Stacks st(g);
-  size_t max_len = 0;
-  for (const std::string& b : t.bytes) max_len = std::max(max_len, b.size());
-  std::vector<std::vector<int32_t>> level(max_len + 1);
-  std::vector<size_t> arena(max_len + 1);
-  std::vector<char> done(max_len + 1, 0);  // an ended rule on the path to this depth
-  level[0] = {st.add(pos, -1)};
-  arena[0] = st.nodes.size();
-  size_t valid = 0;     // levels [0, valid] hold the prefix of prev
-  size_t dead = 0;      // > 0: level[dead] is empty, so is every token with prev's first dead bytes
-  std::string_view prev;
-  std::vector<int32_t> accepted;
-  for (int32_t id : t.sorted) {
-    std::string_view b = t.bytes[size_t(id)];
-    size_t l = 0, m = std::min(prev.size(), b.size());
-    while (l < m && prev[l] == b[l]) ++l;
-    if (dead > 0 && l >= dead) {
-      if (done[dead]) pm.uncertain.push_back(id);
-      continue;
-    }
-    dead = 0;
-    size_t d = std::min(l, valid);
-    st.nodes.resize(arena[d]);
-    size_t k = d;
-    for (; k < b.size(); ++k) {
-      st.advance(level[k], uint8_t(b[k]), level[k + 1]);
-      arena[k + 1] = st.nodes.size();
-      done[k + 1] = char(done[k] || has_accept(level[k + 1]));
-      valid = k + 1;
-      if (level[k + 1].empty()) {
-        dead = k + 1;
-        break;
-      }
-    }
-    if (dead == 0) {
-      accepted.push_back(id);
-    } else if (done[dead]) {
-      pm.uncertain.push_back(id);
-    }
-    prev = b;
+struct KeyHash {
+  size_t operator()(const std::vector<int32_t>& v) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t x : v) h = (h ^ uint32_t(x)) * 1099511628211ull;
+    return size_t(h);
   }
-  std::sort(accepted.begin(), accepted.end());
-  std::sort(pm.uncertain.begin(), pm.uncertain.end());
-  if (int64_t(accepted.size()) * 32 > t.vocab) {
-    pm.accepted_bits.assign(mask_words(t.vocab), 0);
-    for (int32_t id : accepted) pm.accepted_bits[size_t(id) / 32] |= 1u << (id % 32);
-  } else {
-    pm.accepted = std::move(accepted);
-  }
-  return pm;
-}
+};
 
 }  // namespace
 
-const CompiledGrammar::PositionMasks& CompiledGrammar::masks_at(int32_t pos) const {
-  std::call_once(cache_->once[size_t(pos)], [&] {
-    cache_->masks[size_t(pos)] = std::make_unique<PositionMasks>(compute_masks(*g_, *tokens_, pos));
-  });
-  return *cache_->masks[size_t(pos)];
+struct CompiledGrammar::Cache {
+  mutable std::mutex mu;
+  std::unordered_map<std::vector<int32_t>, std::shared_ptr<const StateMask>, KeyHash> states;
+};
+
+CompiledGrammar::CompiledGrammar(std::shared_ptr<const Grammar> g, std::shared_ptr<const TokenTable> tokens)
+    : g_(std::move(g)), tokens_(std::move(tokens)), cache_(std::make_unique<Cache>()) {}
+
+CompiledGrammar::~CompiledGrammar() = default;
+
+std::shared_ptr<const CompiledGrammar::StateMask> CompiledGrammar::find_state(const std::vector<int32_t>& key) const {
+  std::lock_guard<std::mutex> lock(cache_->mu);
+  auto it = cache_->states.find(key);
+  return it == cache_->states.end() ? nullptr : it->second;
 }
 
-void CompiledGrammar::precompute() const {
-  for (size_t p = 0; p < g_->elems.size(); ++p)
-    if (g_->elems[p].kind == GElem::Bytes) masks_at(int32_t(p));
+void CompiledGrammar::add_state(const std::vector<int32_t>& key, std::shared_ptr<const StateMask> m) const {
+  std::lock_guard<std::mutex> lock(cache_->mu);
+  if (cache_->states.size() < kMaxStates) cache_->states.emplace(key, std::move(m));
+}
+
+size_t CompiledGrammar::num_states() const {
+  std::lock_guard<std::mutex> lock(cache_->mu);
+  return cache_->states.size();
 }
 
 // ---- compiler ----
@@ -279,22 +230,64 @@ struct GrammarMatcher::State {
     tops = scratch_a;
     return true;
   }
-  // Whether bytes continue the stack whose top is id (the arena is left as it was).
-  bool check_from(int32_t id, std::string_view bytes) {
-    size_t mark = st.nodes.size();
-    scratch_a.assign(1, id);
-    bool ok = true;
-    for (char c : bytes) {
-      st.advance(scratch_a, uint8_t(c), scratch_b);
-      if (scratch_b.empty()) {
-        ok = false;
-        break;
+  // The state's cache key: each stack's positions from top to bottom, -2 after each, -1 for
+  // the empty (accepting) stack.
+  void state_key(std::vector<int32_t>& key) const {
+    key.clear();
+    for (int32_t top : tops) {
+      for (int32_t id = top; id >= 0; id = st.nodes[size_t(id)].parent) key.push_back(st.nodes[size_t(id)].pos);
+      if (top == kAccept) key.push_back(-1);
+      key.push_back(-2);
+    }
+  }
+  // The tokens whose bytes continue the current state: the vocabulary in byte order, each token
+  // starting from the states its common prefix with the previous token reached (levels), and
+  // every token under a prefix that died skipped. The arena is left as it was.
+  std::shared_ptr<const CompiledGrammar::StateMask> compute_mask() {
+    const TokenTable& t = cg->tokens();
+    const size_t mark = st.nodes.size();
+    if (level.size() < 2) level.resize(2);
+    level[0] = tops;
+    arena.assign(1, mark);
+    size_t valid = 0, dead = 0;
+    std::string_view prev;
+    std::vector<int32_t> accepted;
+    for (int32_t id : t.sorted) {
+      std::string_view b = t.bytes[size_t(id)];
+      size_t l = 0, m = std::min(prev.size(), b.size());
+      while (l < m && prev[l] == b[l]) ++l;
+      if (dead > 0 && l >= dead) continue;  // under a dead prefix
+      dead = 0;
+      size_t d = std::min(l, valid);
+      st.nodes.resize(arena[d]);
+      if (level.size() < b.size() + 1) level.resize(b.size() + 1);
+      if (arena.size() < b.size() + 1) arena.resize(b.size() + 1);
+      for (size_t k = d; k < b.size(); ++k) {
+        st.advance(level[k], uint8_t(b[k]), level[k + 1]);
+        arena[k + 1] = st.nodes.size();
+        valid = k + 1;
+        if (level[k + 1].empty()) {
+          dead = k + 1;
+          break;
+        }
       }
-      std::swap(scratch_a, scratch_b);
+      if (dead == 0) accepted.push_back(id);
+      prev = b;
     }
     st.nodes.resize(mark);
-    return ok;
+    auto sm = std::make_shared<CompiledGrammar::StateMask>();
+    if (int64_t(accepted.size()) * 32 > t.vocab) {
+      sm->bits.assign(mask_words(t.vocab), 0);
+      for (int32_t id : accepted) sm->bits[size_t(id) / 32] |= 1u << (id % 32);
+    } else {
+      std::sort(accepted.begin(), accepted.end());
+      sm->ids = std::move(accepted);
+    }
+    return sm;
   }
+  std::vector<std::vector<int32_t>> level;  // compute_mask's states per depth
+  std::vector<size_t> arena;                // and the arena size after each
+  std::vector<int32_t> key;
 };
 
 GrammarMatcher::GrammarMatcher(std::shared_ptr<const CompiledGrammar> g) : s_(std::make_unique<State>(std::move(g))) {
@@ -312,30 +305,21 @@ void GrammarMatcher::fill_mask(std::span<uint32_t> mask) {
   auto set = [&](int32_t id) {
     if (size_t(id) / 32 < mask.size()) mask[size_t(id) / 32] |= 1u << (id % 32);
   };
-  if (s_->terminated) {
-    for (int32_t e : t.eos) set(e);
-    return;
-  }
-  std::vector<int32_t> tops = s_->tops;  // check_from reuses the scratch vectors, not tops
-  for (int32_t top : tops) {
-    if (top == kAccept) {
-      for (int32_t e : t.eos) set(e);
-      continue;
+  if (!s_->terminated) {
+    s_->state_key(s_->key);
+    std::shared_ptr<const CompiledGrammar::StateMask> sm = s_->cg->find_state(s_->key);
+    if (!sm) {
+      sm = s_->compute_mask();
+      s_->cg->add_state(s_->key, sm);
     }
-    int32_t pos = s_->st.nodes[size_t(top)].pos;
-    const CompiledGrammar::PositionMasks& pm = s_->cg->masks_at(pos);
-    if (!pm.accepted_bits.empty()) {
-      size_t n = std::min(mask.size(), pm.accepted_bits.size());
-      for (size_t w = 0; w < n; ++w) mask[w] |= pm.accepted_bits[w];
+    if (!sm->bits.empty()) {
+      std::copy_n(sm->bits.begin(), std::min(mask.size(), sm->bits.size()), mask.begin());
     } else {
-      for (int32_t id : pm.accepted) set(id);
-    }
-    if (pm.uncertain.empty()) continue;
-    for (int32_t id : pm.uncertain) {
-      if (size_t(id) / 32 < mask.size() && (mask[size_t(id) / 32] >> (id % 32) & 1u)) continue;
-      if (s_->check_from(top, t.bytes[size_t(id)])) set(id);
+      for (int32_t id : sm->ids) set(id);
     }
   }
+  if (s_->terminated || has_accept(s_->tops))
+    for (int32_t e : t.eos) set(e);
 }
 
 bool GrammarMatcher::accept_token(int32_t id) {
