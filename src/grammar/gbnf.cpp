@@ -19,7 +19,9 @@ namespace {
 // Bounds that keep a hostile grammar from taking the memory: a repetition count and the total
 // number of elements.
 constexpr int64_t kMaxRepeat = 10000;
-constexpr size_t kMaxElems = 4000000;
+constexpr size_t kMaxElems = 1000000;
+// Rules entered one inside another before any byte: the matcher expands them recursively.
+constexpr int32_t kMaxLeftDepth = 2000;
 
 using Seq = std::vector<GElem>;
 using ByteRanges = std::vector<std::pair<uint8_t, uint8_t>>;
@@ -453,6 +455,7 @@ void check_left_recursion(const Builder& b) {
         if (!nullable[e.arg]) break;
       }
   std::vector<uint8_t> color(n, 0);  // 0 new, 1 on the path, 2 done
+  std::vector<int32_t> height(n, 0);  // longest left-corner chain below a rule (the matcher's expansion depth)
   for (size_t start = 0; start < n; ++start) {
     if (color[start]) continue;
     std::vector<std::pair<uint32_t, size_t>> st{{uint32_t(start), 0}};
@@ -467,6 +470,9 @@ void check_left_recursion(const Builder& b) {
           st.emplace_back(nx, 0);
         }
       } else {
+        for (uint32_t nx : left[r]) height[r] = std::max(height[r], height[nx] + 1);
+        if (height[r] > kMaxLeftDepth)
+          throw Error("grammar: rules nest more than " + std::to_string(kMaxLeftDepth) + " deep before a byte");
         color[r] = 2;
         st.pop_back();
       }
