@@ -56,6 +56,11 @@ struct TokenTable {
   std::vector<std::string> bytes;     // [vocab]; empty for special ids, holes and padding
   std::vector<int32_t> sorted;        // ids with non-empty bytes, ascending by bytes
   std::vector<int32_t> eos;           // ids allowed (only) where the grammar accepts
+  // The sorted tokens' bytes back to back (a walk reads them in order), where each starts, and
+  // how many leading bytes each shares with the one before.
+  std::string sorted_bytes;
+  std::vector<uint32_t> sorted_off;   // [sorted + 1]
+  std::vector<uint32_t> sorted_lcp;   // [sorted]
   TokenTable(const Tokenizer& tok, int64_t vocab, std::vector<int32_t> eos_ids);
   // For tests and benchmarks without a tokenizer.
   TokenTable(std::vector<std::string> token_bytes, std::vector<int32_t> eos_ids);

@@ -33,8 +33,16 @@ class Stacks {
  public:
   explicit Stacks(const Grammar& g) : g_(g) {}
   std::vector<Node> nodes;
+  // While set (mask walks), equal (pos, parent) nodes are one node, so equal states have equal
+  // ids and the walk can remember transitions between them.
+  std::unordered_map<uint64_t, int32_t>* intern = nullptr;
 
   int32_t add(int32_t pos, int32_t parent) {
+    if (intern) {
+      uint64_t k = (uint64_t(uint32_t(pos)) << 32) | uint32_t(parent);
+      auto [it, fresh] = intern->try_emplace(k, int32_t(nodes.size()));
+      if (!fresh) return it->second;
+    }
     nodes.push_back(Node{pos, parent});
     return int32_t(nodes.size() - 1);
   }
@@ -132,6 +140,19 @@ void TokenTable::finish() {
   for (size_t id = 0; id < bytes.size(); ++id)
     if (!bytes[id].empty()) sorted.push_back(int32_t(id));
   std::sort(sorted.begin(), sorted.end(), [&](int32_t a, int32_t b) { return bytes[size_t(a)] < bytes[size_t(b)]; });
+  sorted_bytes.clear();
+  sorted_off.assign(1, 0);
+  sorted_lcp.clear();
+  std::string_view prev;
+  for (int32_t id : sorted) {
+    const std::string& b = bytes[size_t(id)];
+    size_t l = 0, m = std::min(prev.size(), b.size());
+    while (l < m && prev[l] == b[l]) ++l;
+    sorted_lcp.push_back(uint32_t(l));
+    sorted_bytes += b;
+    sorted_off.push_back(uint32_t(sorted_bytes.size()));
+    prev = b;
+  }
 }
 
 // ---- mask cache ----
@@ -241,39 +262,58 @@ struct GrammarMatcher::State {
     }
   }
   // The tokens whose bytes continue the current state: the vocabulary in byte order, each token
-  // starting from the states its common prefix with the previous token reached (levels), and
-  // every token under a prefix that died skipped. The arena is left as it was.
+  // starting from the state its common prefix with the previous token reached, and every token
+  // under a prefix that died skipped. States are interned (their nodes hash-consed) and their
+  // transitions remembered, a DFA built lazily for this walk: a string's loop is expanded once,
+  // then each byte is a look-up. The arena is left as it was.
   std::shared_ptr<const CompiledGrammar::StateMask> compute_mask() {
     const TokenTable& t = cg->tokens();
     const size_t mark = st.nodes.size();
-    if (level.size() < 2) level.resize(2);
-    level[0] = tops;
-    arena.assign(1, mark);
+    std::unordered_map<uint64_t, int32_t> node_ids;
+    std::unordered_map<std::vector<int32_t>, int32_t, KeyHash> set_ids;
+    std::vector<std::vector<int32_t>> sets;
+    std::vector<int32_t> trans;  // [sets * 256]: set * 256 + byte -> set; -1 dead, -2 not known yet
+    auto intern_set = [&](std::vector<int32_t>& v) {
+      auto [it, fresh] = set_ids.try_emplace(v, int32_t(sets.size()));
+      if (fresh) {
+        sets.push_back(v);
+        trans.resize(trans.size() + 256, -2);
+      }
+      return it->second;
+    };
+    st.intern = &node_ids;
+    std::vector<int32_t> start = tops, next;
+    std::vector<int32_t> lv(1, intern_set(start));
     size_t valid = 0, dead = 0;
-    std::string_view prev;
     std::vector<int32_t> accepted;
-    for (int32_t id : t.sorted) {
-      std::string_view b = t.bytes[size_t(id)];
-      size_t l = 0, m = std::min(prev.size(), b.size());
-      while (l < m && prev[l] == b[l]) ++l;
+    const char* all = t.sorted_bytes.data();
+    for (size_t i = 0; i < t.sorted.size(); ++i) {
+      const int32_t id = t.sorted[i];
+      std::string_view b(all + t.sorted_off[i], t.sorted_off[i + 1] - t.sorted_off[i]);
+      // Its common prefix with the token before is its common prefix with the last one walked
+      // too (sorted order), unless both lie under the dead prefix.
+      size_t l = t.sorted_lcp[i];
       if (dead > 0 && l >= dead) continue;  // under a dead prefix
       dead = 0;
-      size_t d = std::min(l, valid);
-      st.nodes.resize(arena[d]);
-      if (level.size() < b.size() + 1) level.resize(b.size() + 1);
-      if (arena.size() < b.size() + 1) arena.resize(b.size() + 1);
-      for (size_t k = d; k < b.size(); ++k) {
-        st.advance(level[k], uint8_t(b[k]), level[k + 1]);
-        arena[k + 1] = st.nodes.size();
+      if (lv.size() < b.size() + 1) lv.resize(b.size() + 1);
+      for (size_t k = std::min(l, valid); k < b.size(); ++k) {
+        const size_t key = size_t(lv[k]) * 256 + uint8_t(b[k]);
+        int32_t nx = trans[key];
+        if (nx == -2) {
+          st.advance(sets[size_t(lv[k])], uint8_t(b[k]), next);
+          nx = next.empty() ? -1 : intern_set(next);
+          trans[key] = nx;
+        }
+        lv[k + 1] = nx;
         valid = k + 1;
-        if (level[k + 1].empty()) {
+        if (nx < 0) {
           dead = k + 1;
           break;
         }
       }
       if (dead == 0) accepted.push_back(id);
-      prev = b;
     }
+    st.intern = nullptr;
     st.nodes.resize(mark);
     auto sm = std::make_shared<CompiledGrammar::StateMask>();
     if (int64_t(accepted.size()) * 32 > t.vocab) {
@@ -285,8 +325,6 @@ struct GrammarMatcher::State {
     }
     return sm;
   }
-  std::vector<std::vector<int32_t>> level;  // compute_mask's states per depth
-  std::vector<size_t> arena;                // and the arena size after each
   std::vector<int32_t> key;
 };
 
