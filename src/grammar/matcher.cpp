@@ -230,7 +230,21 @@ struct GrammarMatcher::State {
   };
   std::vector<Saved> history;  // before each accepted token
   bool terminated = false;
-  explicit State(std::shared_ptr<const CompiledGrammar> g) : cg(std::move(g)), st(cg->grammar()) {}
+  // Every node is hash-consed (Stacks::intern), so that equal stacks are one stack here as in the
+  // mask walks: the matcher and its masks then agree even where a grammar is ambiguous enough
+  // to reach kMaxStacks.
+  std::unordered_map<uint64_t, int32_t> node_ids;
+  explicit State(std::shared_ptr<const CompiledGrammar> g) : cg(std::move(g)), st(cg->grammar()) {
+    st.intern = &node_ids;
+  }
+  // Drops the nodes from n on (and their hash-consing entries).
+  void truncate(size_t n) {
+    for (size_t id = n; id < st.nodes.size(); ++id) {
+      const Node& nd = st.nodes[id];
+      node_ids.erase((uint64_t(uint32_t(nd.pos)) << 32) | uint32_t(nd.parent));
+    }
+    st.nodes.resize(n);
+  }
 
   bool is_eos(int32_t id) const {
     const auto& e = cg->tokens().eos;
@@ -243,7 +257,7 @@ struct GrammarMatcher::State {
     for (char c : bytes) {
       st.advance(scratch_a, uint8_t(c), scratch_b);
       if (scratch_b.empty()) {
-        st.nodes.resize(mark);
+        truncate(mark);
         return false;
       }
       std::swap(scratch_a, scratch_b);
@@ -269,7 +283,6 @@ struct GrammarMatcher::State {
   std::shared_ptr<const CompiledGrammar::StateMask> compute_mask() {
     const TokenTable& t = cg->tokens();
     const size_t mark = st.nodes.size();
-    std::unordered_map<uint64_t, int32_t> node_ids;
     std::unordered_map<std::vector<int32_t>, int32_t, KeyHash> set_ids;
     std::vector<std::vector<int32_t>> sets;
     std::vector<int32_t> trans;  // [sets * 256]: set * 256 + byte -> set; -1 dead, -2 not known yet
@@ -281,7 +294,6 @@ struct GrammarMatcher::State {
       }
       return it->second;
     };
-    st.intern = &node_ids;
     std::vector<int32_t> start = tops, next;
     std::vector<int32_t> lv(1, intern_set(start));
     size_t valid = 0, dead = 0;
@@ -313,8 +325,7 @@ struct GrammarMatcher::State {
       }
       if (dead == 0) accepted.push_back(id);
     }
-    st.intern = nullptr;
-    st.nodes.resize(mark);
+    truncate(mark);
     auto sm = std::make_shared<CompiledGrammar::StateMask>();
     if (int64_t(accepted.size()) * 32 > t.vocab) {
       sm->bits.assign(mask_words(t.vocab), 0);
@@ -390,7 +401,7 @@ void GrammarMatcher::rollback(int n) {
     throw Error("grammar: cannot roll back " + std::to_string(n) + " tokens of " + std::to_string(s_->history.size()));
   if (n == 0) return;
   State::Saved& sv = s_->history[s_->history.size() - size_t(n)];
-  s_->st.nodes.resize(sv.arena);
+  s_->truncate(sv.arena);
   s_->tops = std::move(sv.tops);
   s_->terminated = sv.terminated;
   s_->history.resize(s_->history.size() - size_t(n));
