@@ -25,3 +25,7 @@ fi
 # when node_modules is newer than the lock file.
 (cd "$(dirname "$0")/../tests/tokenizers" && { [ node_modules/.package-lock.json -nt package-lock.json ] ||
   npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; })
+# ajv, the independent JSON-schema validator of tests/grammar (schema conformance of constrained
+# decoding), pinned by tests/grammar/package-lock.json; same rule.
+(cd "$(dirname "$0")/../tests/grammar" && { [ node_modules/.package-lock.json -nt package-lock.json ] ||
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; })

@@ -24,6 +24,12 @@ struct EngineBenchOptions {
   Transformer* draft = nullptr;
   std::string speculative = "off";
   int reps = 1;
+  // Constrained decoding (--json-schema): every request constrained to this grammar, each
+  // concurrency also run unconstrained (alternating `reps` times, best of each kept). Requests
+  // stop where the grammar ends, so a schema whose outputs outlast --gen compares like with like.
+  std::shared_ptr<const CompiledGrammar> grammar;
+  double grammar_compile_ms = 0;  // vocabulary view + schema compile, as measured by the caller
+  std::vector<int32_t> eos_ids;
 };
 
 // Each returns the JSON object that --json prints (for --record).

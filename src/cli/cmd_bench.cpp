@@ -42,6 +42,7 @@ struct BenchOptions {
   int64_t prefix = 1000, suffix = 16;
   std::string record;  // --record: "" = kDefaultBenchRecord
   std::string prompts_file;  // throughput: prompts cut from this text (tokenized) instead of random ids
+  std::string json_schema_file;  // throughput: every request constrained to this schema, against unconstrained
 };
 
 // The activations' dtype as the flags leave it: a GPU runs bf16 whatever --dtype says.
@@ -134,6 +135,9 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   add_engine_options(sub, o->engine);
   sub->add_option("--requests", o->requests, "Engine modes: requests (default 32 throughput, 64 shared-prefix)");
   sub->add_option("--concurrency", o->concurrency, "throughput: max-num-seqs values to try (default 1,2,4,8,16)");
+  sub->add_option("--json-schema", o->json_schema_file,
+                  "throughput: constrain every request to this JSON schema (a file) and compare with the same "
+                  "requests unconstrained, alternating (best of --reps)");
   sub->add_option("--prompts-file", o->prompts_file,
                   "throughput: cut the prompts from this text file (tokenized with the model's tokenizer) instead of "
                   "random ids; speculative decoding needs real text to guess")
@@ -178,6 +182,23 @@ CommandRegistrar reg{40, [](CLI::App& root) {
         ss << in.rdbuf();
         b.prompt_source = Tokenizer::load(path)->encode(ss.str(), /*add_special_tokens=*/false);
         if (b.prompt_source.empty()) throw gale::Error("--prompts-file " + o->prompts_file + " holds no tokens");
+      }
+      if (!o->json_schema_file.empty()) {
+        if (o->mode != "throughput") throw gale::Error("--json-schema is for --mode throughput");
+        if (lm.synthetic || !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json"))
+          throw gale::Error("--json-schema needs the model's tokenizer.json");
+        std::ifstream in(o->json_schema_file, std::ios::binary);
+        if (!in) throw gale::Error("--json-schema: cannot read " + o->json_schema_file);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto tok = Tokenizer::load(path);
+        std::vector<int32_t> eos = load_generation_defaults(path, lm.model->config()).eos_token_ids;
+        auto t0 = std::chrono::steady_clock::now();
+        GrammarCompiler gc(std::make_shared<const TokenTable>(*tok, lm.model->config().vocab_size, eos));
+        b.grammar = gc.compile({ConstraintSpec::Kind::JsonSchema, ss.str()});
+        b.grammar_compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        b.eos_ids = eos;
+        b.reps = o->reps;
       }
       if (o->mode == "throughput") {
         b.requests = o->requests > 0 ? o->requests : 32;

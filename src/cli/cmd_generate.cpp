@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -35,7 +37,32 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   bool json = false;
+  // Constrained decoding (at most one): a JSON schema file, json_object, a regex, a GBNF file,
+  // or a list of choices.
+  std::string json_schema_file, regex, grammar_file;
+  bool json_object = false;
+  std::vector<std::string> choice;
 };
+
+std::string read_text_file(const std::string& path, const char* flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(std::string(flag) + ": cannot read " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+ConstraintSpec constraint_of(const GenerateOptions& o) {
+  ConstraintSpec c;
+  int n = 0;
+  if (!o.json_schema_file.empty()) ++n, c = {ConstraintSpec::Kind::JsonSchema, read_text_file(o.json_schema_file, "--json-schema")};
+  if (o.json_object) ++n, c = {ConstraintSpec::Kind::JsonObject, ""};
+  if (!o.regex.empty()) ++n, c = {ConstraintSpec::Kind::Regex, o.regex};
+  if (!o.grammar_file.empty()) ++n, c = {ConstraintSpec::Kind::Grammar, read_text_file(o.grammar_file, "--grammar")};
+  if (!o.choice.empty()) ++n, c = {ConstraintSpec::Kind::Choice, nlohmann::json(o.choice).dump()};
+  if (n > 1) throw Error("give at most one of --json-schema, --json-object, --regex, --grammar and --choice");
+  return c;
+}
 
 void run_generate(const GenerateOptions& o) {
   using clock = std::chrono::steady_clock;
@@ -74,6 +101,8 @@ void run_generate(const GenerateOptions& o) {
   sp.seed = o.seed ? *o.seed : std::random_device{}();
   req.ignore_eos = o.ignore_eos;
   req.stop = o.stop;
+  req.constraint = constraint_of(o);
+  if (req.constraint.active() && !tok) throw Error("--json-schema, --regex, --grammar and --choice need a tokenizer");
 
   // One request through the Engine (the same path as batch mode and the server).
   EngineConfig ec = engine_config(o.engine, !lm.model->backend().is_cpu());
@@ -182,6 +211,12 @@ CommandRegistrar reg{10, [](CLI::App& root) {
   sub->add_option("--stop", o->stop, "Stop string (repeatable); never printed");
   sub->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-sequence tokens");
   sub->add_flag("--json", o->json, "Print one JSON object {ids, text, usage, timings} at the end");
+  sub->add_option("--json-schema", o->json_schema_file, "Constrain the output to this JSON schema (a file)");
+  sub->add_flag("--json-object", o->json_object, "Constrain the output to a JSON object");
+  sub->add_option("--regex", o->regex, "Constrain the output to match this regex (whole output)");
+  sub->add_option("--grammar", o->grammar_file, "Constrain the output to this GBNF grammar (a file; rule root)");
+  sub->add_option("--choice", o->choice, "Constrain the output to one of these strings (comma-separated; repeatable)")
+      ->delimiter(',');
   sub->callback([o, sub] {
     if (sub->count("--prompt") == 0 && sub->count("--ids") == 0) throw Error("give a prompt with -p TEXT or --ids 1,2,3");
     run_generate(*o);

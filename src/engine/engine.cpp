@@ -23,6 +23,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -122,7 +123,9 @@ struct Engine::Impl {
     std::string text;      // generated text so far (cut at a stop string)
     size_t emitted = 0;    // bytes of text already returned
     size_t max_stop = 0;   // longest stop string
-    bool host_logits = false;  // its steps need the logits on the host (logprobs, CPU sampling)
+    bool host_logits = false;  // its steps need the logits on the host (logprobs, CPU sampling, a grammar)
+    std::unique_ptr<GrammarMatcher> matcher;  // constrained decoding: the grammar's state
+    std::vector<uint32_t> mask;               // its token mask [words of vocab]
     // Prefix-cache hits as the last schedule before the step in flight left them (an abort
     // while the step is in flight reports these, as it would have without overlap).
     uint64_t flight = 0;   // serial of the last step that scheduled or preempted it
@@ -182,6 +185,15 @@ struct Engine::Impl {
   std::optional<Flight> flight;
   uint64_t flight_serial = 0;
   int64_t n_host_logits = 0;                   // live requests with host_logits
+  // Constrained decoding: one compiler (vocabulary view + cache of compiled grammars) per set of
+  // eos ids (the ids a grammar allows where it is complete); usually one.
+  std::map<std::vector<int32_t>, std::unique_ptr<GrammarCompiler>> grammar_compilers;
+  std::shared_ptr<const CompiledGrammar> compile_constraint(const ConstraintSpec& c, const std::vector<int32_t>& eos) {
+    if (!tok) throw Error("constrained decoding needs the model's tokenizer");
+    auto& gc = grammar_compilers[eos];
+    if (!gc) gc = std::make_unique<GrammarCompiler>(std::make_shared<const TokenTable>(*tok, model.config().vocab_size, eos));
+    return gc->compile(c);
+  }
   std::vector<Produced> produced;              // the step being finished
   std::vector<std::unique_ptr<Request>> done;  // finished in it, kept until their text is out
   // GALE_PROFILE=1: where a step's wall time goes, printed when the engine is destroyed.
@@ -366,8 +378,8 @@ struct Engine::Impl {
     for (const ScheduledSeq& s : f.so.seqs) {
       if (!s.sample) continue;
       const Request& r = *reqs.at(s.id);
-      greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0;
-      on_device = on_device && r.p.top_logprobs < 0;
+      greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0 && !r.matcher;
+      on_device = on_device && r.p.top_logprobs < 0 && !r.matcher;  // the mask is applied on the host
     }
     // A verify needs each position's full distribution (speculative sampling) unless greedy:
     // the device's one draw per row is not enough.
@@ -497,7 +509,15 @@ struct Engine::Impl {
     const size_t V = size_t(model.config().vocab_size);
     std::span<float> lg(logits.data() + at * V, V);
     if (r.p.top_logprobs >= 0) raw.assign(lg.begin(), lg.end());
-    return r.sampler->sample(lg);
+    if (!r.matcher) return r.sampler->sample(lg);
+    r.mask.resize(mask_words(int64_t(V)));
+    r.matcher->fill_mask(r.mask);
+    apply_token_mask(lg, r.mask);
+    const int32_t id = r.sampler->sample(lg);
+    // Every id was masked (a grammar complete where the request's eos ids are not in the
+    // vocabulary): nothing valid can follow.
+    if (!r.matcher->accept_token(id)) throw Error("grammar: no token of the vocabulary can continue the output");
+    return id;
   }
 
   // Rolls r back by r.rollback_pending generated tokens, plus `dropped` when the step just
@@ -510,6 +530,7 @@ struct Engine::Impl {
     std::vector<int32_t> gone(r.out_ids.end() - n, r.out_ids.end());
     if (dropped) gone.push_back(*dropped);
     r.sampler->rollback(gone);
+    if (r.matcher) r.matcher->rollback(int(gone.size()));
     r.out_ids.resize(r.out_ids.size() - size_t(n));
     r.draft_logits.clear();
     const int64_t left = int64_t(sched->tokens(r.id).size()) - (n + 1);
@@ -564,7 +585,7 @@ struct Engine::Impl {
     d.o.new_ids.push_back(id);
     if (r.p.top_logprobs >= 0) d.o.logprobs.push_back(logprob_of(raw, id, r.p.top_logprobs));
     const bool eos = std::find(r.p.eos_ids.begin(), r.p.eos_ids.end(), id) != r.p.eos_ids.end();
-    if (eos && !r.p.ignore_eos) {  // the eos token adds no text
+    if ((eos && !r.p.ignore_eos) || (r.matcher && r.matcher->is_terminated())) {  // the eos token adds no text
       d.flush = true;
       return "stop";
     }
@@ -629,7 +650,7 @@ struct Engine::Impl {
   void propose() {
     std::vector<Request*> cands;
     for (auto& [id, r] : reqs)
-      if (r->p.speculative && r->rollback_pending == 0 && sched->can_propose(id)) cands.push_back(r.get());
+      if (r->p.speculative && !r->matcher && r->rollback_pending == 0 && sched->can_propose(id)) cands.push_back(r.get());
     if (cands.empty()) return;
     // Deterministic order (the map's is not): the draft's batch, hence its numerics, and the
     // proposer's calls do not depend on hashing.
@@ -960,7 +981,14 @@ uint64_t Engine::add_request(RequestParams p) {
   r->sampler = std::make_unique<Sampler>(p.sampling, p.prompt);
   if (m.tok) r->stream = std::make_unique<StreamDecoder>(*m.tok, p.skip_special_tokens);
   for (const std::string& s : p.stop) r->max_stop = std::max(r->max_stop, s.size());
-  r->host_logits = p.top_logprobs >= 0 || (!r->sampler->plain_greedy() && !m.model.backend().has_sample_rows());
+  if (p.constraint.active() && !p.grammar) p.grammar = m.compile_constraint(p.constraint, p.eos_ids);
+  if (p.grammar) {
+    if (p.grammar->tokens().vocab != mc.vocab_size)
+      throw Error("the request's grammar was compiled for another vocabulary size");
+    r->matcher = std::make_unique<GrammarMatcher>(p.grammar);
+  }
+  r->host_logits = p.top_logprobs >= 0 || r->matcher ||
+                   (!r->sampler->plain_greedy() && !m.model.backend().has_sample_rows());
   r->p = std::move(p);
   const uint64_t id = r->id;
   m.prompt_tokens_total += int64_t(r->p.prompt.size());

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "grammar/grammar.h"
 #include "model/transformer.h"
 #include "runtime/sampler.h"
 
@@ -83,6 +84,14 @@ struct RequestParams {
   int top_logprobs = -1;            // -1: no logprobs; k >= 0: the chosen token's + top k
   bool speculative = true;          // false: never speculates ("speculative": "off" per request)
   bool skip_special_tokens = true;  // false: special tokens stay in the text (Mistral's [TOOL_CALLS])
+  // Constrained decoding (src/grammar): the output must match this. The engine compiles it against
+  // its tokenizer (cached by text, so repeated schemas compile once); or `grammar`, compiled
+  // already, is used instead. Each sampled row is masked on the host before sampling (the
+  // device-argmax and device-sampling shortcuts are skipped for the request), speculation is off
+  // for it, and it finishes with "stop" once the grammar is complete and eos is sampled (eos is
+  // the only token allowed where nothing can follow). Needs an engine with a tokenizer.
+  ConstraintSpec constraint;
+  std::shared_ptr<const CompiledGrammar> grammar;
 };
 
 struct TokenLogprob {

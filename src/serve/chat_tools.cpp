@@ -2,6 +2,7 @@
 #include "serve/chat_tools.h"
 
 #include "serve/openai_api.h"
+#include "grammar/grammar.h"
 #include "serve/tool_grammar.h"
 
 namespace gale::serve {
@@ -93,8 +94,20 @@ void parse_tool_choice(const ojson& body, const ojson& tools, ToolCallFormat mod
   if ((p.tool_choice == "required" || p.tool_choice == "function") && model_format == ToolCallFormat::None)
     throw ApiError(400, "'tool_choice' '" + p.tool_choice + "' needs the model's tool-call format, which its chat "
                         "template does not show: start the server with --tool-call-parser", "tool_choice");
-  if (p.tool_choice == "required" || p.tool_choice == "function")
-    p.tool_grammar = tool_call_grammar(p.tool_format, tools, p.tool_name, {}, /*single=*/!p.parallel);
+  if (p.tool_choice == "required" || p.tool_choice == "function") {
+    // The arguments follow each tool's `parameters` schema, through the grammar engine's JSON
+    // schema front end (what it refuses, e.g. numeric bounds, is a 400 naming the tools).
+    const SchemaToGbnf args = schema_converter(
+        [](const ojson& schema) { return json_schema_to_gbnf(nlohmann::json::parse(schema.dump())); });
+    try {
+      p.tool_grammar = tool_call_grammar(p.tool_format, tools, p.tool_name, args, /*single=*/!p.parallel);
+    } catch (const ApiError&) {
+      throw;
+    } catch (const Error& e) {
+      throw ApiError(400, std::string("'tool_choice' '") + p.tool_choice + "' needs a grammar of the tools' parameters: " +
+                              e.what(), "tools");
+    }
+  }
 }
 
 void prepare_tool_messages(ojson& messages) {

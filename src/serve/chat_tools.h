@@ -26,7 +26,7 @@ struct ChatParsing {
   ReasoningFormat reasoning = ReasoningFormat::None;
   bool reasoning_starts_inside = false;               // the prompt opened <think>
   // tool_choice "required" / a named function: the GBNF grammar of the allowed calls in the
-  // model's format (tool_grammar.h). Built and kept; not yet attached to decoding (see README).
+  // model's format (tool_grammar.h); parse_chat_request makes it the request's constraint.
   std::string tool_grammar;
   bool active() const { return tool_format != ToolCallFormat::None || reasoning != ReasoningFormat::None; }
   // Mistral's [TOOL_CALLS] is a special token: the request keeps special tokens in its text.

@@ -138,6 +138,60 @@ std::vector<int32_t> token_list(const json& a, const ModelInfo& info, const char
   return ids;
 }
 
+// Structured output (issue 22): response_format json_object / json_schema and vLLM's guided_json,
+// guided_regex, guided_choice and guided_grammar, at most one of them. The constraint is compiled
+// to a grammar here once, so that a bad schema, regex or grammar is a 400 naming the field (the
+// engine compiles it again against the vocabulary, from its cache when the text repeats).
+void parse_constraint(const json& body, ApiRequest& r) {
+  ConstraintSpec c;
+  const char* param = nullptr;
+  auto set = [&](ConstraintSpec::Kind k, std::string text, const char* name) {
+    if (c.active())
+      throw ApiError(400, std::string("'") + name + "' cannot be combined with '" + param + "'", name);
+    c = {k, std::move(text)};
+    param = name;
+  };
+  if (const json* rf = field(body, "response_format")) {
+    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
+    if (!rf->is_object() || !type || !type->is_string())
+      throw ApiError(400, "'response_format' must be an object with a 'type'", "response_format");
+    const std::string t = type->get<std::string>();
+    if (t == "json_object") {
+      set(ConstraintSpec::Kind::JsonObject, "", "response_format");
+    } else if (t == "json_schema") {
+      const json* js = field(*rf, "json_schema");
+      const json* schema = js && js->is_object() ? field(*js, "schema") : nullptr;
+      if (!schema || !(schema->is_object() || schema->is_boolean()))
+        throw ApiError(400, "'response_format' json_schema needs 'json_schema': {'name': ..., 'schema': {...}}",
+                       "response_format");
+      set(ConstraintSpec::Kind::JsonSchema, schema->dump(), "response_format");
+    } else if (t != "text") {
+      throw ApiError(400, "'response_format' type must be text, json_object or json_schema", "response_format");
+    }
+  }
+  if (const json* v = field(body, "guided_json")) {
+    if (v->is_string()) set(ConstraintSpec::Kind::JsonSchema, v->get<std::string>(), "guided_json");
+    else if (v->is_object()) set(ConstraintSpec::Kind::JsonSchema, v->dump(), "guided_json");
+    else throw ApiError(400, "'guided_json' must be a JSON schema (an object or its text)", "guided_json");
+  }
+  if (auto v = opt_string(body, "guided_regex")) set(ConstraintSpec::Kind::Regex, *v, "guided_regex");
+  if (const json* v = field(body, "guided_choice")) {
+    bool ok = v->is_array() && !v->empty();
+    if (ok)
+      for (auto& x : *v) ok = ok && x.is_string();
+    if (!ok) throw ApiError(400, "'guided_choice' must be a non-empty list of strings", "guided_choice");
+    set(ConstraintSpec::Kind::Choice, v->dump(), "guided_choice");
+  }
+  if (auto v = opt_string(body, "guided_grammar")) set(ConstraintSpec::Kind::Grammar, *v, "guided_grammar");
+  if (!c.active()) return;
+  try {
+    parse_gbnf(constraint_to_gbnf(c));
+  } catch (const Error& e) {
+    throw ApiError(400, std::string("'") + param + "': " + e.what(), param);
+  }
+  r.constraint = std::move(c);
+}
+
 // Sampling, stop, n, seed, ignore_eos: shared by both endpoints.
 void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
   SamplingParams& s = r.sampling;
@@ -203,11 +257,7 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
   }
   if (const json* lb = field(body, "logit_bias"); lb && !(lb->is_object() && lb->empty()))
     throw ApiError(400, "'logit_bias' is not supported", "logit_bias");
-  if (const json* rf = field(body, "response_format")) {
-    const json* type = rf->is_object() ? field(*rf, "type") : nullptr;
-    if (!rf->is_object() || (type && *type != "text"))
-      throw ApiError(400, "only the 'text' response_format is supported", "response_format");
-  }
+  parse_constraint(body, r);
 }
 
 // max_tokens against the context: the prompt must leave room for at least one token.
@@ -246,6 +296,7 @@ std::vector<RequestParams> ApiRequest::engine_requests() const {
       p.top_logprobs = logprobs;
       p.speculative = speculative;
       p.skip_special_tokens = !parsing.keep_special_tokens();
+      p.constraint = constraint;
       out.push_back(std::move(p));
     }
   return out;
@@ -372,6 +423,13 @@ ApiRequest parse_chat_request(const json& body, const ModelInfo& info, const Tok
   if (r.prompts.back().empty()) throw ApiError(400, "the rendered conversation is empty", "messages");
   parse_common(body, info, r);
   chat_parsing(body, info, text, r.parsing);
+  // tool_choice required or a named function: the output must be the calls, in the model's format.
+  if (!r.parsing.tool_grammar.empty()) {
+    if (r.constraint.active())
+      throw ApiError(400, "'tool_choice' '" + r.parsing.tool_choice + "' cannot be combined with 'response_format' or "
+                          "a guided_* field (the calls already follow the tools' schemas)", "tool_choice");
+    r.constraint = {ConstraintSpec::Kind::Grammar, r.parsing.tool_grammar};
+  }
   bool lp = opt_bool(body, "logprobs").value_or(false);
   auto top = opt_int(body, "top_logprobs", 0, 20);
   if (top && !lp) throw ApiError(400, "'top_logprobs' requires 'logprobs' to be true", "top_logprobs");

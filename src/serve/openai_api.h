@@ -82,6 +82,7 @@ struct ApiRequest {
   bool include_usage = false;
   bool speculative = true;                    // false: "speculative": "off"
   ChatParsing parsing;                        // chat: tool calls / reasoning parsed from the output
+  ConstraintSpec constraint;                  // response_format json_object/json_schema, guided_*
   // The engine requests: prompt i, sample j at index i * n + j (OpenAI's choice order).
   std::vector<RequestParams> engine_requests() const;
 };

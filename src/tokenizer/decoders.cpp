@@ -34,6 +34,7 @@ class ByteLevelDec final : public Decoder {
     }
     tokens.assign(1, utf8_lossy(bytes));
   }
+  bool byte_level() const override { return true; }
 };
 
 enum class Scheme { First, Always, Never };
@@ -214,6 +215,11 @@ class SequenceDec final : public Decoder {
   bool groups_byte_tokens() const override {
     for (const auto& d : steps_)
       if (d->groups_byte_tokens()) return true;
+    return false;
+  }
+  bool byte_level() const override {
+    for (const auto& d : steps_)
+      if (d->byte_level()) return true;
     return false;
   }
 

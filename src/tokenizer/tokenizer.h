@@ -33,6 +33,10 @@ class Tokenizer {
   // True when the decoded text of `id` may still change depending on the ids that follow
   // (a <0xNN> byte token under a ByteFallback decoder); StreamDecoder holds such text back.
   virtual bool stream_holds(int32_t id) const { (void)id; return false; }
+  // The bytes token `id` adds to the output, where decode() of one id would lose them (a byte-level
+  // token holding part of a UTF-8 character; SentencePiece's <0xNN> byte tokens): the grammar
+  // engine's view of the vocabulary. Empty for ids without text.
+  virtual std::string token_bytes(int32_t id) const { return decode(std::span<const int32_t>(&id, 1)); }
 };
 
 // Streaming detokenization: push ids one at a time; each call returns only text that is

@@ -93,6 +93,8 @@ class Decoder {
   // True when the text of a token can still change with the tokens that follow it, beyond
   // trailing incomplete UTF-8 (ByteFallback groups consecutive <0xNN> tokens).
   virtual bool groups_byte_tokens() const { return false; }
+  // True for ByteLevel (alone or in a Sequence): token strings are bytes through GPT-2's map.
+  virtual bool byte_level() const { return false; }
 };
 std::unique_ptr<Decoder> make_decoder(const json& j);
 
@@ -260,6 +262,7 @@ class HfTokenizer final : public Tokenizer {
   std::optional<int32_t> token_to_id(std::string_view token) const override;
   bool is_special(int32_t id) const override;
   bool stream_holds(int32_t id) const override;
+  std::string token_bytes(int32_t id) const override;
 
  private:
   std::unique_ptr<Normalizer> normalizer_;

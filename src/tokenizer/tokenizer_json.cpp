@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/json_depth.h"
 #include "core/mapped_file.h"
+#include "tokenizer/byte_level.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/unicode_util.h"
 
@@ -152,6 +153,43 @@ bool HfTokenizer::stream_holds(int32_t id) const {
   if (!decoder_ || !decoder_->groups_byte_tokens() || added_.by_id(id)) return false;
   std::optional<std::string_view> s = model_->id_to_token(id);
   return s && s->size() == 6 && s->starts_with("<0x") && (*s)[5] == '>';
+}
+
+std::string HfTokenizer::token_bytes(int32_t id) const {
+  if (id < 0) return {};
+  if (const AddedToken* a = added_.by_id(id)) return added_.decode_form(*a);
+  std::optional<std::string_view> s = model_->id_to_token(id);
+  if (!s) return {};
+  if (decoder_ && decoder_->byte_level()) {
+    const auto& t = byte_level_tables();
+    std::string out;
+    size_t i = 0;
+    while (i < s->size()) {
+      uint32_t cp = utf8_next(*s, i);
+      if (cp >= t.cp_to_byte.size() || t.cp_to_byte[cp] < 0) return std::string(*s);  // not a byte-level string
+      out.push_back(char(t.cp_to_byte[cp]));
+    }
+    return out;
+  }
+  if (decoder_ && decoder_->groups_byte_tokens() && s->size() == 6 && s->starts_with("<0x") && (*s)[5] == '>') {
+    unsigned v = 0;
+    for (size_t k = 3; k < 5; ++k) {
+      char c = (*s)[k];
+      v = v * 16 + unsigned(c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c - 'a' + 10);
+    }
+    return std::string(1, char(v));
+  }
+  // SentencePiece-style: the metaspace stands for a space.
+  std::string out;
+  for (size_t i = 0; i < s->size();) {
+    if (s->compare(i, 3, "\xE2\x96\x81") == 0) {
+      out += ' ';
+      i += 3;
+    } else {
+      out += (*s)[i++];
+    }
+  }
+  return out;
 }
 
 }  // namespace gale::tok

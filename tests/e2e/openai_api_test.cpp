@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "grammar/grammar.h"
 #include "serve/openai_batch.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -121,8 +122,57 @@ TEST_F(OpenAiApi, WrongTypesInsideObjectsAre400s) {
             "only text content parts are supported");
   EXPECT_EQ(chat_error(R"({"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]})"), "");
   EXPECT_EQ(completion_error(R"({"prompt":"x","response_format":{"type":1}})"),
-            "only the 'text' response_format is supported");
+            "'response_format' must be an object with a 'type'");
   EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"response_format":{"type":"text"}})"), "");
+}
+
+// Structured output: response_format json_object / json_schema and the guided_* fields become
+// the engine requests' constraint; a bad schema, regex or grammar, a wrong type or two at once is
+// one 400 naming the field.
+TEST_F(OpenAiApi, StructuredOutputFields) {
+  auto constraint = [&](const std::string& body) {
+    ApiRequest r = parse_chat_request(parse_json_body(body), info_, tok_, tmpl_);
+    auto reqs = r.engine_requests();
+    EXPECT_EQ(reqs.size(), size_t(r.n));
+    for (auto& p : reqs) EXPECT_EQ(p.constraint.text, r.constraint.text);
+    return reqs.front().constraint;
+  };
+  const std::string msg = R"("messages":[{"role":"user","content":"hi"}],"max_tokens":4)";
+  ConstraintSpec c = constraint("{" + msg + R"(,"response_format":{"type":"json_object"}})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonObject);
+  c = constraint("{" + msg + R"(,"n":2,"response_format":{"type":"json_schema","json_schema":{"name":"p","strict":true,
+      "schema":{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}}}})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonSchema);
+  EXPECT_EQ(nlohmann::json::parse(c.text)["properties"]["a"]["type"], "integer");
+  c = constraint("{" + msg + R"(,"guided_json":"{\"type\":\"string\"}"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::JsonSchema);
+  EXPECT_EQ(c.text, R"({"type":"string"})");
+  c = constraint("{" + msg + R"(,"guided_regex":"[a-z]+@[a-z]+\\.com"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Regex);
+  EXPECT_EQ(c.text, "[a-z]+@[a-z]+\\.com");
+  c = constraint("{" + msg + R"(,"guided_choice":["yes","no"]})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Choice);
+  c = constraint("{" + msg + R"(,"guided_grammar":"root ::= \"a\" [0-9]+"})");
+  EXPECT_EQ(c.kind, ConstraintSpec::Kind::Grammar);
+  c = constraint("{" + msg + R"(,"response_format":{"type":"text"}})");
+  EXPECT_FALSE(c.active());
+  EXPECT_EQ(completion_error(R"({"prompt":"x","max_tokens":2,"guided_choice":["a"]})"), "");
+
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"xml"}})"),
+            "'response_format' type must be text, json_object or json_schema");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"json_schema"}})"),
+            "'response_format' json_schema needs 'json_schema': {'name': ..., 'schema': {...}}");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_regex":"a(b"})"), "'guided_regex': regex: missing ')' at offset 3");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":{"type":"object","not":{}}})"),
+            "'guided_json': json schema: keyword 'not' is not supported");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":"{bad"})").rfind("'guided_json': json schema: invalid JSON", 0), 0u);
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_grammar":"root ::= missing"})"),
+            "'guided_grammar': grammar: rule 'missing' is used but not defined");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_choice":[]})"), "'guided_choice' must be a non-empty list of strings");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_choice":["a",1]})"), "'guided_choice' must be a non-empty list of strings");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"guided_json":7})"), "'guided_json' must be a JSON schema (an object or its text)");
+  EXPECT_EQ(chat_error("{" + msg + R"(,"response_format":{"type":"json_object"},"guided_regex":"a"})"),
+            "'guided_regex' cannot be combined with 'response_format'");
 }
 
 // "speculative" per request: "off" always works; the server's own proposer may be named; any other
@@ -330,6 +380,45 @@ TEST_F(OpenAiApi, ParsingFollowsToolChoiceAndThinking) {
   EXPECT_NE(req.parsing.tool_grammar.find("[TOOL_CALLS]"), std::string::npos);
   ApiRequest plain = parsing("{" + m + "}");
   EXPECT_EQ(plain.parsing.tool_format, ToolCallFormat::None);
+}
+
+// tool_choice required / named is enforced: the request carries the tool grammar as its
+// constraint, which the grammar engine compiles, and it admits the calls the tools' schemas allow
+// (arguments through json_schema_to_gbnf) and nothing else; with response_format it is a 400.
+TEST_F(OpenAiApi, ToolChoiceRequiredIsAConstraint) {
+  info_.tool_format = ToolCallFormat::Hermes;
+  const std::string m = R"("messages":[{"role":"user","content":"hi"}])";
+  const std::string t = R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object",
+    "properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}}}])";
+  auto chat = [&](const std::string& body) { return parse_chat_request(parse_json_body(body), info_, tok_, tmpl_); };
+  const ApiRequest req = chat("{" + m + "," + t + R"(,"tool_choice":"required"})");
+  const RequestParams p = req.engine_requests()[0];
+  ASSERT_EQ(p.constraint.kind, ConstraintSpec::Kind::Grammar);
+  EXPECT_EQ(p.constraint.text, req.parsing.tool_grammar);
+  EXPECT_FALSE(chat("{" + m + "," + t + "}").engine_requests()[0].constraint.active());  // auto: free text
+  // The grammar engine over a vocabulary of single bytes.
+  std::vector<std::string> bytes;
+  for (int b = 0; b < 256; ++b) bytes.push_back(std::string(1, char(b)));
+  GrammarCompiler compiler(std::make_shared<const TokenTable>(std::move(bytes), std::vector<int32_t>{}));
+  const auto grammar = compiler.compile(p.constraint);
+  auto allows = [&](const std::string& text) {
+    GrammarMatcher mt(grammar);
+    return mt.accept_bytes(text) && mt.can_terminate();
+  };
+  const std::string call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": ";
+  EXPECT_TRUE(allows(call + "{\"city\": \"Paris\"}}\n</tool_call>"));
+  EXPECT_FALSE(allows(call + "{\"city\": 5}}\n</tool_call>"));      // the schema's type
+  EXPECT_FALSE(allows(call + "{\"town\": \"Paris\"}}\n</tool_call>"));  // no other keys
+  EXPECT_FALSE(allows("Sure. " + call + "{\"city\": \"Paris\"}}\n</tool_call>"));
+  EXPECT_FALSE(allows(""));
+  // A constraint of its own besides: refused, naming tool_choice.
+  try {
+    chat("{" + m + "," + t + R"(,"tool_choice":"required","response_format":{"type":"json_object"}})");
+    ADD_FAILURE() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, "tool_choice");
+  }
 }
 
 TEST_F(OpenAiApi, FullResponseSplitsToolCallsAndReasoning) {
