@@ -247,6 +247,11 @@ void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
       throw ApiError(400, "'speculative' " + s + " is not available here: this server runs " + served +
                               " (a request may ask for \"off\" or for that)", "speculative");
     r.speculative = s != "off";
+  } else if (r.seed_given && r.sampling.temperature > 0) {
+    // A seed promises the same samples on a rerun. With speculation a sampled request's draws
+    // depend on how many tokens each step proposed, which the auto controller picks from measured
+    // step times, so a seeded sampled request does not speculate unless it asks to.
+    r.speculative = false;
   }
   if (auto v = opt_string(body, "user")) (void)v;
   r.stream = opt_bool(body, "stream").value_or(false);
