@@ -123,9 +123,12 @@ class RegexParser {
         continue;
       }
       std::string atom_text = atom();
-      // quantifiers
-      while (i_ < s_.size()) {
+      // One quantifier, then at most a lazy / possessive mark: a quantifier of a quantifier ("a+++",
+      // "a*{2}") is Python's "multiple repeat" error, and nested repetition without a group is
+      // what made the matcher's stack sets explode (a fuzz timeout).
+      if (i_ < s_.size()) {
         char c = s_[i_];
+        bool quantified = true;
         if (c == '*' || c == '+' || c == '?') {
           ++i_;
           atom_text = "(" + atom_text + ")" + c;
@@ -135,9 +138,12 @@ class RegexParser {
           i_ = end + 1;
           atom_text = "(" + atom_text + ")" + body;
         } else {
-          break;
+          quantified = false;
         }
-        if (i_ < s_.size() && (s_[i_] == '?' || s_[i_] == '+')) ++i_;  // lazy / possessive: no preference
+        if (quantified && i_ < s_.size() && (s_[i_] == '?' || s_[i_] == '+')) ++i_;  // lazy / possessive: no preference
+        if (quantified && i_ < s_.size() &&
+            (s_[i_] == '*' || s_[i_] == '+' || s_[i_] == '?' || (s_[i_] == '{' && is_brace_quantifier())))
+          fail("a quantifier after a quantifier (multiple repeat); group it: (a+)*");
       }
       out += " " + atom_text;
     }

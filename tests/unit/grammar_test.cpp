@@ -115,6 +115,12 @@ TEST(Grammar, ErrorsAreClear) {
   EXPECT_THROW(regex_to_gbnf("(a"), Error);
   EXPECT_THROW(regex_to_gbnf("a(?=b)"), Error);
   EXPECT_THROW(regex_to_gbnf("(a)\\1"), Error);
+  // A quantifier of a quantifier is Python's "multiple repeat" (a fuzz timeout when it nested);
+  // a lazy or possessive mark after one is not.
+  EXPECT_THROW(regex_to_gbnf("a+++"), Error);
+  EXPECT_THROW(regex_to_gbnf("a*{2}"), Error);
+  EXPECT_THROW(regex_to_gbnf("a?*"), Error);
+  EXPECT_NO_THROW(regex_to_gbnf("a+?b*+c{1,2}?"));
   EXPECT_THROW(json_schema_to_gbnf(nlohmann::json::parse(R"({"not": {}})")), Error);
   EXPECT_THROW(json_schema_to_gbnf(nlohmann::json::parse(R"({"$ref": "#/$defs/x"})")), Error);
   EXPECT_THROW(choice_to_gbnf({}), Error);
