@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "grammar/grammar.h"
 #include "grammar/grammar_ir.h"
+#include "tokenizer/unicode_util.h"
 
 namespace gale {
 
@@ -26,23 +27,6 @@ constexpr int32_t kMaxLeftDepth = 2000;
 using Seq = std::vector<GElem>;
 using ByteRanges = std::vector<std::pair<uint8_t, uint8_t>>;
 
-void utf8_encode(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out.push_back(char(cp));
-  } else if (cp < 0x800) {
-    out.push_back(char(0xC0 | (cp >> 6)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(char(0xE0 | (cp >> 12)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(char(0xF0 | (cp >> 18)));
-    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  }
-}
 
 int utf8_len(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 
@@ -66,8 +50,8 @@ void utf8_split(uint32_t lo, uint32_t hi, std::vector<ByteRanges>& out) {
     }
   }
   std::string a, b;
-  utf8_encode(lo, a);
-  utf8_encode(hi, b);
+  tok::utf8_append(a, lo);
+  tok::utf8_append(b, hi);
   ByteRanges r;
   for (size_t k = 0; k < a.size(); ++k) r.emplace_back(uint8_t(a[k]), uint8_t(b[k]));
   out.push_back(std::move(r));
@@ -229,7 +213,7 @@ class Parser {
             ++i_;
             break;
           }
-          utf8_encode(parse_char(), lit);
+          tok::utf8_append(lit, parse_char());
         }
         for (char ch : lit) seq.push_back(b_.byte(uint8_t(ch)));
         if (lit.empty()) continue;  // "" matches nothing: no element to repeat

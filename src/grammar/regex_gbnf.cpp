@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "grammar/grammar.h"
 #include "grammar/regex_gbnf.h"
+#include "tokenizer/unicode_util.h"
 
 namespace gale {
 
@@ -70,23 +71,6 @@ std::string class_text(const Ranges& r) {
   return s + "]";
 }
 
-void utf8_put(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out.push_back(char(cp));
-  } else if (cp < 0x800) {
-    out.push_back(char(0xC0 | (cp >> 6)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(char(0xE0 | (cp >> 12)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(char(0xF0 | (cp >> 18)));
-    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  }
-}
 
 class RegexParser {
  public:
@@ -185,7 +169,7 @@ class RegexParser {
         default: raw = std::string("\\u00") + hex[cp >> 4] + hex[cp & 15];
       }
     } else {
-      utf8_put(cp, raw);
+      tok::utf8_append(raw, cp);
     }
     std::string out = "\"";
     for (unsigned char c : raw) {
