@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_runner.h"
 #include "test_util.h"
 
 using nlohmann::json;
@@ -19,26 +20,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
-
-Result gale(const std::string& args) {
-  fs::path err_file = fs::temp_directory_path() / ("gale-cli-prune-err-" + std::to_string(::getpid()));
-  std::string cmd = "timeout 300 " + std::string(GALE_BINARY) + " " + args + " 2>" + err_file.string() + " </dev/null";
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  std::ifstream e(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  fs::remove(err_file);
-  return r;
-}
+using Result = gale::test::CliResult;
+Result gale(const std::string& args) { return gale::test::run_gale(args); }
 
 std::string fixture(const std::string& name) { return gale::test::fixtures_dir() + "/models/" + name; }
 fs::path temp_dir(const std::string& tag) {
