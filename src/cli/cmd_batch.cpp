@@ -292,7 +292,7 @@ void BatchJob::write_error(const Pending& p, const std::string& code, const std:
 void BatchJob::admit(Engine& engine, Pending p, std::unordered_map<uint64_t, Running>& running) {
   Running r;
   try {
-    serve::BatchRequest br = serve::batch_request(p.req, info_, tok_.get(), chat_ ? &*chat_ : nullptr, gd_.eos_token_ids);
+    serve::BatchRequest br = serve::batch_request(p.req, info_, tok_.get(), chat_ ? &*chat_ : nullptr);
     r.choice.prompt_tokens = int64_t(br.params.prompt.size());
     r.api = std::move(br.api);
     uint64_t id = engine.add_request(std::move(br.params));
@@ -432,6 +432,7 @@ int BatchJob::run() {
   // Sampling: the body wins; otherwise generation_config.json's defaults, greedy where it does
   // not sample (as gale generate; the server falls back to OpenAI's temperature 1 instead).
   gd_ = lm_.synthetic ? GenerationDefaults{} : load_generation_defaults(model_dir_, cfg);
+  info_.eos_ids = gd_.eos_token_ids;
   SamplingParams& dflt = info_.defaults;
   dflt.temperature = gd_.do_sample ? gd_.temperature : 0.0f;
   dflt.top_p = gd_.do_sample ? gd_.top_p : 1.0f;

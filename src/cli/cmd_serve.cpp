@@ -113,6 +113,7 @@ void run_serve(ServeOptions& o) {
   info.defaults.top_p = gd.do_sample ? gd.top_p : 1.0f;
   info.defaults.min_p = gd.do_sample ? gd.min_p : 0.0f;
   info.defaults.repetition_penalty = gd.repetition_penalty;
+  info.eos_ids = gd.eos_token_ids;
 
   EngineConfig ec = engine_config(o.engine, !lm.model->backend().is_cpu());
   ec.followers = par.followers();

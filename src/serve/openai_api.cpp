@@ -196,6 +196,7 @@ void parse_constraint(const json& body, ApiRequest& r) {
 void parse_common(const json& body, const ModelInfo& info, ApiRequest& r) {
   SamplingParams& s = r.sampling;
   s = info.defaults;
+  r.eos_ids = info.eos_ids;
   if (auto v = opt_number(body, "temperature", 0, 2)) s.temperature = float(*v);
   if (auto v = opt_number(body, "top_p", 0, 1, /*lo_open=*/true)) s.top_p = float(*v);
   if (auto v = opt_int(body, "top_k", -1, 1 << 30)) s.top_k = *v < 0 ? 0 : int(*v);
@@ -297,6 +298,7 @@ std::vector<RequestParams> ApiRequest::engine_requests() const {
       p.sampling = sampling;
       p.sampling.seed = sampling.seed + uint64_t(i * size_t(n) + size_t(j));
       p.ignore_eos = ignore_eos;
+      p.eos_ids = eos_ids;
       p.stop = stop;
       p.top_logprobs = logprobs;
       p.speculative = speculative;

@@ -58,6 +58,10 @@ struct ModelInfo {
   // request's "speculative" may say "off" or repeat this (or "draft" for any draft); another
   // proposer is a 400 (one engine holds one proposer).
   std::string speculative = "off";
+  // The ids that end a completion (generation_config.json's eos_token_id, else the config's):
+  // every request the server or a batch builds stops on them unless it sets ignore_eos, and a
+  // grammar allows them where it is complete.
+  std::vector<int32_t> eos_ids;
   // Chat output parsing (--tool-call-parser / --reasoning-parser, else detected from the chat
   // template): the format tool calls are parsed in when a request has tools, and reasoning's.
   ToolCallFormat tool_format = ToolCallFormat::None;
@@ -76,6 +80,7 @@ struct ApiRequest {
   bool seed_given = false;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  std::vector<int32_t> eos_ids;  // the model's (ModelInfo::eos_ids)
   int logprobs = -1;                          // -1: none; k >= 0: chosen token + top k
   bool echo = false;
   bool stream = false;

@@ -55,7 +55,7 @@ BatchLine parse_batch_line(std::string_view text) {
 }
 
 BatchRequest batch_request(const BatchLine& line, const ModelInfo& info, const Tokenizer* tok,
-                           const ChatTemplate* tmpl, const std::vector<int32_t>& eos_ids) {
+                           const ChatTemplate* tmpl) {
   BatchRequest r;
   r.api = line.endpoint == Endpoint::Chat ? parse_chat_request(line.body, info, tok, tmpl)
                                           : parse_completion_request(line.body, info, tok);
@@ -67,7 +67,6 @@ BatchRequest batch_request(const BatchLine& line, const ModelInfo& info, const T
   r.api.include_usage = false;
   if (!r.api.seed_given) r.api.sampling.seed = fnv1a(line.custom_id);
   r.params = std::move(r.api.engine_requests().front());
-  r.params.eos_ids = eos_ids;
   return r;
 }
 

@@ -36,7 +36,7 @@ struct BatchRequest {
   RequestParams params;  // the one engine request
 };
 BatchRequest batch_request(const BatchLine& line, const ModelInfo& info, const Tokenizer* tok,
-                           const ChatTemplate* tmpl, const std::vector<int32_t>& eos_ids);
+                           const ChatTemplate* tmpl);
 
 // Output lines. Ids are derived from the custom_id, so a rerun writes the same ids.
 nlohmann::ordered_json batch_result_line(const std::string& custom_id, const ApiRequest& req, const ModelInfo& info,

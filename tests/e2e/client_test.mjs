@@ -171,6 +171,74 @@ test('chat: logprobs, stop, n, template kwargs', async () => {
   }
 });
 
+// Structured output over HTTP (issue 22): each output checked by rules written out here and by
+// JavaScript's own JSON parser and RegExp, never by Gale's matcher.
+const citySchema = {
+  type: 'object',
+  properties: { city: { type: 'string', maxLength: 12 }, pop: { type: 'integer', minimum: 0 },
+                tags: { type: 'array', items: { enum: ['old', 'new'] }, maxItems: 3 } },
+  required: ['city', 'pop'],
+  additionalProperties: false,
+};
+function checkCity(text) {
+  const j = JSON.parse(text);
+  assert.equal(typeof j, 'object');
+  assert.ok(j !== null && !Array.isArray(j), text);
+  assert.equal(typeof j.city, 'string', text);
+  assert.ok([...j.city].length <= 12, text);
+  assert.ok(Number.isInteger(j.pop) && j.pop >= 0, text);
+  if ('tags' in j) {
+    assert.ok(Array.isArray(j.tags) && j.tags.length <= 3, text);
+    for (const t of j.tags) assert.ok(t === 'old' || t === 'new', text);
+  }
+  for (const k of Object.keys(j)) assert.ok(['city', 'pop', 'tags'].includes(k), text);
+}
+
+test('structured output: response_format json_schema, chat and completions, streamed and not', async () => {
+  const response_format = { type: 'json_schema', json_schema: { name: 'city', strict: true, schema: citySchema } };
+  const msgs = [{ role: 'user', content: 'A city as JSON' }];
+  for (const temperature of [0, 1]) {
+    const r = await client.chat.completions.create({ model, messages: msgs, max_tokens: 200, temperature, seed: 11, response_format });
+    assert.equal(r.choices[0].finish_reason, 'stop', r.choices[0].message.content);
+    checkCity(r.choices[0].message.content);
+    const chunks = await collect(await client.chat.completions.create({
+      model, messages: msgs, max_tokens: 200, temperature, seed: 11, response_format, stream: true }));
+    const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    checkCity(text);
+    if (temperature === 0) assert.equal(text, r.choices[0].message.content, 'streamed = full');
+  }
+  const c = await client.completions.create({ model, prompt: 'City:', max_tokens: 200, temperature: 1, seed: 3, response_format, n: 3 });
+  assert.equal(c.choices.length, 3);
+  for (const ch of c.choices) checkCity(ch.text);
+  const o = await client.completions.create({ model, prompt: 'x', max_tokens: 200, temperature: 1, seed: 4, response_format: { type: 'json_object' } });
+  if (o.choices[0].finish_reason === 'stop') {
+    const v = JSON.parse(o.choices[0].text);
+    assert.ok(v !== null && typeof v === 'object' && !Array.isArray(v), o.choices[0].text);
+  }
+});
+
+test('structured output: guided_regex, guided_choice and guided_grammar', async () => {
+  const re = await client.completions.create({ model, prompt: 'x', max_tokens: 30, temperature: 1, seed: 5, guided_regex: '[a-c]{2}-[0-9]{1,3}' });
+  assert.match(re.choices[0].text, /^[a-c]{2}-[0-9]{1,3}$/);
+  const ch = await client.completions.create({ model, prompt: 'x', max_tokens: 30, temperature: 1, seed: 6, guided_choice: ['red', 'blue sky'] });
+  assert.ok(['red', 'blue sky'].includes(ch.choices[0].text), ch.choices[0].text);
+  const g = await client.completions.create({ model, prompt: 'x', max_tokens: 40, temperature: 1, seed: 7,
+                                              guided_grammar: 'root ::= "<" [a-z]{1,5} ">"' });
+  assert.match(g.choices[0].text, /^<[a-z]{1,5}>$/);
+});
+
+test('structured output: bad constraints are 400s naming the field', async () => {
+  await expectApiError(client.completions.create({ model, prompt, response_format: { type: 'xml' } }), 400, 'response_format');
+  await expectApiError(client.completions.create({ model, prompt, response_format: { type: 'json_schema' } }), 400, 'response_format');
+  await expectApiError(client.completions.create({ model, prompt, guided_regex: 'a(b' }), 400, 'guided_regex');
+  await expectApiError(client.completions.create({ model, prompt, guided_choice: [] }), 400, 'guided_choice');
+  await expectApiError(client.completions.create({ model, prompt, guided_grammar: 'root ::= undefined_rule' }), 400, 'guided_grammar');
+  await expectApiError(client.completions.create({ model, prompt, guided_regex: 'a', guided_choice: ['b'] }), 400);
+  // The server still answers normally afterwards.
+  const r = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0 });
+  assert.equal(r.choices.length, 1);
+});
+
 test('errors: OpenAI-style 4xx bodies', async () => {
   await expectApiError(client.completions.create({ model: 'no-such-model', prompt }), 404, 'model');
   await expectApiError(client.completions.create({ model, prompt, temperature: 5 }), 400, 'temperature');

@@ -177,6 +177,24 @@ TEST_F(OpenAiApi, StructuredOutputFields) {
 
 // "speculative" per request: "off" always works; the server's own proposer may be named; any other
 // proposer, an unknown value or a non-string is one 400 naming the field.
+// Every engine request the server or a batch builds stops on the model's eos ids (a server that
+// dropped them ran every completion to max_tokens, and a grammar had no token to end with).
+TEST_F(OpenAiApi, EngineRequestsCarryTheModelsEosIds) {
+  info_.eos_ids = {2, 7};
+  for (const auto& p : parse_completion_request(parse_json_body(R"({"model":"m","prompt":["a","b"],"n":2})"), info_, tok_)
+                           .engine_requests())
+    EXPECT_EQ(p.eos_ids, (std::vector<int32_t>{2, 7}));
+  EXPECT_EQ(parse_chat_request(parse_json_body(R"({"model":"m","messages":[{"role":"user","content":"hi"}]})"), info_,
+                               tok_, tmpl_)
+                .engine_requests()
+                .front()
+                .eos_ids,
+            (std::vector<int32_t>{2, 7}));
+  info_.check_model_name = false;
+  BatchLine l = parse_batch_line(R"({"custom_id":"a","method":"POST","url":"/v1/completions","body":{"prompt":"x"}})");
+  EXPECT_EQ(batch_request(l, info_, tok_, tmpl_).params.eos_ids, (std::vector<int32_t>{2, 7}));
+}
+
 TEST_F(OpenAiApi, SpeculativePerRequest) {
   info_.speculative = "draft:models/draft";
   auto spec_of = [&](const std::string& body) {
@@ -201,7 +219,7 @@ TEST_F(OpenAiApi, BatchLinesUseTheServersRules) {
     BatchLine l = parse_batch_line(text);
     if (!l.error.empty()) return "line: " + l.error;
     try {
-      batch_request(l, info_, tok_, tmpl_, {});
+      batch_request(l, info_, tok_, tmpl_);
       return "";
     } catch (const ApiError& e) {
       return e.what();
@@ -231,17 +249,17 @@ TEST_F(OpenAiApi, BatchSeedComesFromTheCustomId) {
   BatchLine a = parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":2,"temperature":1}})");
   BatchLine b = parse_batch_line(R"({"custom_id":"b","body":{"prompt":"x","max_tokens":2,"temperature":1}})");
   BatchLine s = parse_batch_line(R"({"custom_id":"a","body":{"prompt":"x","max_tokens":2,"seed":5}})");
-  EXPECT_EQ(batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed,
-            batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed);
-  EXPECT_NE(batch_request(a, info_, tok_, tmpl_, {}).params.sampling.seed,
-            batch_request(b, info_, tok_, tmpl_, {}).params.sampling.seed);
-  EXPECT_EQ(batch_request(s, info_, tok_, tmpl_, {}).params.sampling.seed, 5u);
+  EXPECT_EQ(batch_request(a, info_, tok_, tmpl_).params.sampling.seed,
+            batch_request(a, info_, tok_, tmpl_).params.sampling.seed);
+  EXPECT_NE(batch_request(a, info_, tok_, tmpl_).params.sampling.seed,
+            batch_request(b, info_, tok_, tmpl_).params.sampling.seed);
+  EXPECT_EQ(batch_request(s, info_, tok_, tmpl_).params.sampling.seed, 5u);
 }
 
 // Resume trusts only whole lines this format wrote: a result or a recorded error.
 TEST_F(OpenAiApi, ResumeTrustsOnlyRecordedResults) {
   BatchLine l = parse_batch_line(R"({"custom_id":"r1","body":{"prompt":"x","max_tokens":2}})");
-  BatchRequest r = batch_request(l, info_, tok_, tmpl_, {});
+  BatchRequest r = batch_request(l, info_, tok_, tmpl_);
   ChoiceState c;
   c.text = "y";
   c.finish_reason = "length";
@@ -268,7 +286,7 @@ TEST_F(OpenAiApi, ResumeTrustsOnlyRecordedResults) {
 // line, which resume then counts as done: it is not retried on every rerun.
 TEST_F(OpenAiApi, EngineFailureIsARecordedError) {
   BatchLine l = parse_batch_line(R"({"custom_id":"f","body":{"prompt":"x","max_tokens":2}})");
-  BatchRequest r = batch_request(l, info_, tok_, tmpl_, {});
+  BatchRequest r = batch_request(l, info_, tok_, tmpl_);
   ChoiceState c;
   RequestOutput fin;
   fin.finished = true;

@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gale::serve::BatchLine line = gale::serve::parse_batch_line(text);
   if (!line.error.empty()) return 0;
   try {
-    gale::serve::BatchRequest r = gale::serve::batch_request(line, t.info, t.tok.get(), t.tmpl.get(), {});
+    gale::serve::BatchRequest r = gale::serve::batch_request(line, t.info, t.tok.get(), t.tmpl.get());
     if (r.params.max_tokens < 1 || int64_t(r.params.prompt.size()) + r.params.max_tokens > t.info.max_model_len)
       __builtin_trap();
     gale::serve::ChoiceState c;
