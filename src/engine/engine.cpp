@@ -123,7 +123,7 @@ struct Engine::Impl {
     std::string text;      // generated text so far (cut at a stop string)
     size_t emitted = 0;    // bytes of text already returned
     size_t max_stop = 0;   // longest stop string
-    bool host_logits = false;  // its steps need the logits on the host (logprobs, CPU sampling, a grammar)
+    bool host_logits = false;  // its steps need the logits on the host (logprobs; sampling or a grammar on the CPU backend)
     std::unique_ptr<GrammarMatcher> matcher;  // constrained decoding: the grammar's state
     std::vector<uint32_t> mask;               // its token mask [words of vocab]
     // Prefix-cache hits as the last schedule before the step in flight left them (an abort
@@ -379,7 +379,7 @@ struct Engine::Impl {
       if (!s.sample) continue;
       const Request& r = *reqs.at(s.id);
       greedy = greedy && r.sampler->plain_greedy() && r.p.top_logprobs < 0 && !r.matcher;
-      on_device = on_device && r.p.top_logprobs < 0 && !r.matcher;  // the mask is applied on the host
+      on_device = on_device && r.p.top_logprobs < 0;  // a grammar's mask goes with the row (RowSampling::allowed)
     }
     // A verify needs each position's full distribution (speculative sampling) unless greedy:
     // the device's one draw per row is not enough.
@@ -391,8 +391,16 @@ struct Engine::Impl {
         f.launched = true;
       } else if (f.path == Flight::Path::Device) {
         device_rows.clear();
-        for (const ScheduledSeq& s : f.so.seqs)
-          if (s.sample) device_rows.push_back(row_sampling(*reqs.at(s.id)->sampler));
+        for (const ScheduledSeq& s : f.so.seqs) {
+          if (!s.sample) continue;
+          Request& r = *reqs.at(s.id);
+          device_rows.push_back(row_sampling(*r.sampler));
+          if (r.matcher) {  // the mask of the state after the last collected token (collect() ran before this launch)
+            r.mask.resize(mask_words(model.config().vocab_size));
+            r.matcher->fill_mask(r.mask);
+            device_rows.back().allowed = r.mask;
+          }
+        }
         model.launch_sample(steps, *kv, device_rows);
         f.launched = true;
       } else {
@@ -503,8 +511,12 @@ struct Engine::Impl {
   // The sequence's token of this step (logit row `at`), sampled or accepted.
   int32_t token_of(Request& r, Flight::Path path, size_t at) {
     if (path != Flight::Path::Host) {
-      r.sampler->accept(device_ids[at]);
-      return device_ids[at];
+      const int32_t id = device_ids[at];
+      r.sampler->accept(id);
+      // The device drew under the row's mask; a mask that allowed nothing gave a token the
+      // grammar refuses, as on the host.
+      if (r.matcher && !r.matcher->accept_token(id)) throw Error("grammar: no token of the vocabulary can continue the output");
+      return id;
     }
     const size_t V = size_t(model.config().vocab_size);
     std::span<float> lg(logits.data() + at * V, V);
@@ -987,8 +999,7 @@ uint64_t Engine::add_request(RequestParams p) {
       throw Error("the request's grammar was compiled for another vocabulary size");
     r->matcher = std::make_unique<GrammarMatcher>(p.grammar);
   }
-  r->host_logits = p.top_logprobs >= 0 || r->matcher ||
-                   (!r->sampler->plain_greedy() && !m.model.backend().has_sample_rows());
+  r->host_logits = p.top_logprobs >= 0 || ((r->matcher || !r->sampler->plain_greedy()) && !m.model.backend().has_sample_rows());
   r->p = std::move(p);
   const uint64_t id = r->id;
   m.prompt_tokens_total += int64_t(r->p.prompt.size());

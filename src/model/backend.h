@@ -70,6 +70,10 @@ struct RowSampling {
   std::span<const int32_t> seen_ids;       // distinct prompt + output ids (repetition penalty)
   std::span<const int32_t> output_ids;     // distinct output ids (presence / frequency penalty)
   std::span<const int32_t> output_counts;  // their counts
+  // Constrained decoding's token mask (grammar/grammar.h's layout: bit i % 32 of word i / 32 set
+  // = token i allowed; ceil(vocab / 32) words), or empty for none. Disallowed tokens are never
+  // drawn; a mask that allows nothing gives token 0 (the engine's matcher refuses it).
+  std::span<const uint32_t> allowed;
 };
 
 // Which layer's paged K/V an attention call reads and writes.

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -354,6 +355,71 @@ TEST(GpuEngine, DeviceSamplingMatchesTheHostSampler) {
     differs = differs || run(hot, -1) != a;
   }
   EXPECT_TRUE(differs) << "other seeds drew the same 24 tokens";
+}
+
+// Constrained decoding on the GPU: the grammar's mask goes with the row to the sampling kernel
+// (RowSampling::allowed) and only ids come back. Greedy, the device path must give the host
+// path's tokens (a request with logprobs takes the host path: logits to the host, masked by
+// apply_token_mask, Sampler); sampled, every output must match its constraint; several
+// constrained requests batched with a free one keep their outputs valid while steps overlap.
+TEST(GpuEngine, DeviceMaskMatchesTheHostMask) {
+  GALE_REQUIRE_GPU();
+  LoadedModel lm = load_model(bundled_model(), cuda());
+  ASSERT_TRUE(lm.model->backend().has_sample_rows());
+  auto tok = Tokenizer::load(bundled_model());
+  const std::string re = "(yes|no|[0-9]{2,4}(\\.[0-9])?) [a-z]{1,5}!";
+  auto run = [&](std::vector<RequestParams> ps) {
+    EngineConfig ec;
+    ec.kv_cache_bytes = 64 << 20;
+    Engine e(*lm.model, tok.get(), ec);
+    std::map<uint64_t, size_t> index;
+    for (size_t i = 0; i < ps.size(); ++i) index[e.add_request(ps[i])] = i;
+    std::vector<std::pair<std::vector<int32_t>, std::string>> out(ps.size());
+    while (e.has_unfinished())
+      for (RequestOutput& o : e.step()) {
+        EXPECT_TRUE(o.error.empty()) << o.error;
+        auto& [ids, text] = out[index.at(o.id)];
+        ids.insert(ids.end(), o.new_ids.begin(), o.new_ids.end());
+        text += o.new_text;
+      }
+    return out;
+  };
+  auto req = [&](const char* prompt, ConstraintSpec c, float temperature, uint64_t seed, int top_logprobs) {
+    RequestParams p;
+    p.prompt = tok->encode(prompt);
+    p.max_tokens = 200;
+    p.eos_ids = {0};
+    p.sampling.temperature = temperature;
+    p.sampling.seed = seed;
+    p.top_logprobs = top_logprobs;
+    p.constraint = c;
+    return p;
+  };
+  const ConstraintSpec regex{ConstraintSpec::Kind::Regex, re};
+  const ConstraintSpec schema{ConstraintSpec::Kind::JsonSchema,
+                              R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"string","maxLength":8}},"required":["a","b"]})"};
+  for (const ConstraintSpec& c : {regex, schema}) {
+    const auto device = run({req("The answer is", c, 0.0f, 0, -1)});
+    const auto host = run({req("The answer is", c, 0.0f, 0, 0)});
+    EXPECT_EQ(device[0].first, host[0].first) << device[0].second << " vs " << host[0].second;
+  }
+  std::vector<RequestParams> mixed;
+  for (uint64_t s = 0; s < 6; ++s) mixed.push_back(req(s % 2 ? "def f(x):" : "Answer:", s < 3 ? regex : schema, 1.2f, s, -1));
+  RequestParams free = req("def fibonacci(n):", {}, 0.0f, 0, -1);
+  free.max_tokens = 64;
+  free.ignore_eos = true;
+  mixed.push_back(free);
+  const auto out = run(mixed);
+  for (size_t i = 0; i < 6; ++i) {
+    SCOPED_TRACE(out[i].second);
+    if (i < 3) {
+      EXPECT_TRUE(std::regex_match(out[i].second, std::regex(re)));
+    } else {
+      auto j = nlohmann::json::parse(out[i].second);
+      EXPECT_TRUE(j["a"].is_number_integer() && j["b"].is_string() && j.size() == 2);
+    }
+  }
+  EXPECT_EQ(out[6].first.size(), size_t(64));
 }
 
 TEST(GpuModel, BadDeviceIsAClearError) {

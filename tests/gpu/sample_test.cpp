@@ -92,9 +92,11 @@ Kept reference(const std::vector<float>& row, const Case& c) {
 
 // Runs the kernel over rows[i] applied to logit row i (each row ld floats apart); returns the
 // ids, and the logits as the kernel left them (penalized) in *after.
+// masks: per row, its token mask (ceil(vocab / 32) words) or empty for none.
 std::vector<int32_t> sample(const std::vector<float>& logits, int64_t vocab, int64_t ld, const std::vector<Case>& rows,
-                            std::vector<float>* after = nullptr) {
+                            std::vector<float>* after = nullptr, const std::vector<std::vector<uint32_t>>* masks = nullptr) {
   std::vector<SampleRow> srows;
+  std::vector<uint32_t> mask_pool;
   std::vector<int32_t> seen, out_ids, counts;
   for (const Case& c : rows) {
     SampleRow s = c.s;
@@ -105,14 +107,20 @@ std::vector<int32_t> sample(const std::vector<float>& logits, int64_t vocab, int
     seen.insert(seen.end(), c.seen.begin(), c.seen.end());
     out_ids.insert(out_ids.end(), c.out_ids.begin(), c.out_ids.end());
     counts.insert(counts.end(), c.counts.begin(), c.counts.end());
+    if (masks && !(*masks)[srows.size()].empty()) {
+      s.mask_off = int64_t(mask_pool.size());
+      mask_pool.insert(mask_pool.end(), (*masks)[srows.size()].begin(), (*masks)[srows.size()].end());
+    }
     srows.push_back(s);
   }
   const int64_t n = int64_t(rows.size());
   DevBuf d_l = to_device(logits), d_rows = to_device(srows), d_seen = to_device(seen), d_ids = to_device(out_ids),
-         d_counts = to_device(counts), d_out(size_t(n) * 4);
+         d_counts = to_device(counts), d_out(size_t(n) * 4), d_masks = to_device(mask_pool);
   cuda::SampleParams p{d_l.as<float>(),           ld,       n, vocab, d_rows.as<SampleRow>(), d_seen.as<int32_t>(),
                        int64_t(seen.size()),      d_ids.as<int32_t>(), d_counts.as<int32_t>(), int64_t(out_ids.size()),
                        d_out.as<int32_t>()};
+  p.masks = d_masks.as<uint32_t>();
+  p.n_mask_words = int64_t(mask_pool.size());
   EXPECT_EQ(cuda::sample(p, nullptr), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   if (after) *after = d_l.download<float>(logits.size());
@@ -153,6 +161,40 @@ void expect_intervals(const std::vector<float>& row, const Case& c) {
     cum += k.p[j];
   }
   EXPECT_EQ(sample_each_u(row, c, us), want);
+}
+
+// expect_intervals for a masked row: `row` has the masked logits at -inf already (the
+// reference's input); the kernel gets the original logits with the mask. Only tokens of mass
+// >= 1e-5 are probed, so the -inf ones (mass 0) never are.
+void expect_intervals_masked(const std::vector<float>& masked_row, const Case& c, const std::vector<uint32_t>& mask) {
+  const Kept k = reference(masked_row, c);
+  std::vector<double> us;
+  std::vector<int32_t> want;
+  double cum = 0;
+  for (size_t j = 0; j < k.ids.size(); ++j) {
+    if (k.p[j] >= 1e-5) {
+      us.push_back(cum + k.p[j] / 2);
+      want.push_back(k.ids[j]);
+    }
+    cum += k.p[j];
+  }
+  // The kernel sees random logits where the mask is 0: fill them with garbage to prove they
+  // are ignored.
+  std::vector<float> logits;
+  std::vector<Case> rows;
+  std::vector<std::vector<uint32_t>> masks;
+  for (double u : us) {
+    std::vector<float> r = masked_row;
+    for (float& x : r)
+      if (x == -INFINITY) x = 50.0f;
+    logits.insert(logits.end(), r.begin(), r.end());
+    Case cu = c;
+    cu.s.u = u;
+    rows.push_back(cu);
+    masks.push_back(mask);
+  }
+  if (mask.empty()) return;  // an unmasked row: expect_intervals covers it
+  EXPECT_EQ(sample(logits, int64_t(masked_row.size()), int64_t(masked_row.size()), rows, nullptr, &masks), want);
 }
 
 Case plain(float temperature, int top_k = 0, float top_p = 1.0f, float min_p = 0.0f) {
@@ -384,6 +426,73 @@ TEST(CudaSample, TiesAtTheCutKeepTheLowerIds) {
   }
 }
 
+// Constrained decoding's token mask (SampleRow::mask_off): a masked token is never drawn, and
+// the draw follows the reference over the logits with the masked ones at -inf (the host's
+// apply_token_mask before Sampler::sample), penalties and filters included; temperature 0 is
+// the argmax over the allowed tokens; unmasked rows beside masked ones are untouched.
+TEST(CudaSample, MaskedTokensAreNeverDrawnAndTheRestFollowTheReference) {
+  GALE_REQUIRE_GPU();
+  const uint32_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  for (int64_t V : {50, 3001, 151936}) {
+    SCOPED_TRACE(V);
+    const int64_t n = 24, ld = V + 1, words = (V + 31) / 32;
+    auto logits = randn(size_t(n * ld), g, 3.0f);
+    std::vector<Case> rows;
+    std::vector<std::vector<uint32_t>> masks(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      Case c = plain(r % 4 == 0 ? 0.0f : 0.5f + float(U(g)), r % 3 == 1 ? 20 : 0, r % 5 == 2 ? 0.8f : 1.0f,
+                     r % 7 == 3 ? 0.05f : 0.0f);
+      if (r % 6 == 5) {
+        c.s.repetition_penalty = 1.3f;
+        c.seen = {1, 7, 30};
+      }
+      c.s.u = U(g);
+      rows.push_back(c);
+      if (r % 8 == 7) continue;  // no mask
+      std::vector<uint32_t>& m = masks[size_t(r)];
+      m.assign(size_t(words), 0u);
+      const double density = r % 8 == 1 ? 0.0 : r % 8 == 2 ? 0.5 : 0.03;  // 0: exactly one token allowed
+      for (int64_t i = 0; i < V; ++i)
+        if (U(g) < density) m[size_t(i / 32)] |= 1u << (i % 32);
+      const int64_t one = int64_t(g() % uint32_t(V));
+      m[size_t(one / 32)] |= 1u << (one % 32);
+    }
+    auto got = sample(logits, V, ld, rows, nullptr, &masks);
+    for (int64_t r = 0; r < n; ++r) {
+      SCOPED_TRACE(r);
+      std::vector<float> row(logits.begin() + r * ld, logits.begin() + r * ld + V);
+      const auto& m = masks[size_t(r)];
+      if (!m.empty())
+        for (int64_t i = 0; i < V; ++i)
+          if (!((m[size_t(i / 32)] >> (i % 32)) & 1u)) row[size_t(i)] = -INFINITY;
+      const int32_t id = got[size_t(r)];
+      ASSERT_TRUE(id >= 0 && id < V) << id;
+      if (!m.empty()) EXPECT_TRUE((m[size_t(id / 32)] >> (id % 32)) & 1u) << "drew masked token " << id;
+      const Kept k = reference(row, rows[size_t(r)]);
+      bool kept = false;
+      for (size_t j = 0; j < k.ids.size(); ++j) kept = kept || (k.ids[j] == id && k.p[j] > 0);
+      EXPECT_TRUE(kept) << "drew " << id << " outside the reference's kept set";
+      if (r < 6) expect_intervals_masked(row, rows[size_t(r)], m);
+    }
+  }
+}
+
+// A mask that allows nothing: every logit is -inf, and the row gives token 0 (the engine's
+// matcher refuses it and fails the request with one error).
+TEST(CudaSample, AnEmptyMaskGivesTokenZero) {
+  GALE_REQUIRE_GPU();
+  const int64_t V = 300;
+  std::mt19937 g(3);
+  auto logits = randn(size_t(2 * V), g);
+  std::vector<Case> rows = {plain(0.0f), plain(1.0f)};
+  rows[1].s.u = 0.5;
+  std::vector<std::vector<uint32_t>> masks(2, std::vector<uint32_t>(size_t((V + 31) / 32), 0u));
+  EXPECT_EQ(sample(logits, V, V, rows, nullptr, &masks), (std::vector<int32_t>{0, 0}));
+}
+
 TEST(CudaSample, BadParametersAreRejected) {
   GALE_REQUIRE_GPU();
   const int64_t V = 16;
@@ -405,6 +514,16 @@ TEST(CudaSample, BadParametersAreRejected) {
   rejects([](cuda::SampleParams& p) { p.seen_ids = nullptr; }, "no seen ids");
   rejects([](cuda::SampleParams& p) { p.output_counts = nullptr; }, "no counts");
   rejects([](cuda::SampleParams& p) { p.n_output_ids = -2; }, "negative pool");
+  rejects([](cuda::SampleParams& p) { p.n_mask_words = 1; }, "masks without a pointer");
+  rejects([](cuda::SampleParams& p) { p.n_mask_words = -1; }, "negative mask pool");
+  SampleRow m;
+  m.mask_off = 0;
+  EXPECT_TRUE(cuda::sample_mask_valid(m, 64, 2));
+  EXPECT_FALSE(cuda::sample_mask_valid(m, 65, 2)) << "mask shorter than the vocabulary";
+  m.mask_off = 1;
+  EXPECT_FALSE(cuda::sample_mask_valid(m, 64, 2)) << "mask past the pool";
+  m.mask_off = -1;
+  EXPECT_TRUE(cuda::sample_mask_valid(m, 64, 0)) << "no mask";
 
   const auto bad_row = [](auto change) {
     SampleRow r;

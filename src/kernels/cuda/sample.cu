@@ -208,12 +208,18 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleParams p) {
   __shared__ Shared sh;
   const int64_t r = blockIdx.x;
   const SampleRow s = p.rows[r];
-  if (!sample_row_valid(s, p.n_seen_ids, p.n_output_ids)) {
+  if (!sample_row_valid(s, p.n_seen_ids, p.n_output_ids) || !sample_mask_valid(s, p.vocab, p.n_mask_words)) {
     if (threadIdx.x == 0) p.out[r] = -1;
     return;
   }
   float* l = p.logits + r * p.ld;
   const int V = int(p.vocab);
+  if (s.mask_off >= 0) {  // the grammar's mask first: a masked token is -inf for every filter below
+    const uint32_t* m = p.masks + s.mask_off;
+    for (int i = threadIdx.x; i < V; i += kThreads)
+      if (!((m[i >> 5] >> (i & 31)) & 1u)) l[i] = -INFINITY;
+    __syncthreads();
+  }
   // Penalties on the raw logits, repetition first (Sampler::sample's order); each list holds
   // distinct ids, so no two threads touch one logit. The _rn intrinsics keep nvcc from fusing
   // presence + frequency * count into an FMA the CPU does not do.
@@ -276,7 +282,8 @@ cudaError_t sample(const SampleParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   if (!p.logits || !p.rows || !p.out || (p.n_seen_ids > 0 && !p.seen_ids) ||
-      (p.n_output_ids > 0 && (!p.output_ids || !p.output_counts)))
+      (p.n_output_ids > 0 && (!p.output_ids || !p.output_counts)) || p.n_mask_words < 0 ||
+      (p.n_mask_words > 0 && !p.masks))
     return cudaErrorInvalidValue;
   return launch(sample_kernel, unsigned(p.n), kThreads, 0, stream, p);
 }

@@ -9,6 +9,11 @@
 // the tokens with p >= min_p * p(max); the draw picks by r = u * kept mass. Temperature 0 is
 // the argmax of the penalized logits (first maximum), u unused.
 //
+// A row may carry a token mask (constrained decoding, grammar/grammar.h): bit i % 32 of word
+// i / 32 set means token i may be drawn; the others are -inf before anything else looks at the
+// row (the host's apply_token_mask then Sampler::sample, as one pass). A row whose mask allows
+// nothing gives its argmax over -inf, token 0; the engine's matcher then refuses it.
+//
 // The kept set is the same as the CPU's; the draw walks the kept tokens in id order (the CPU
 // walks them in sorted order), so a given u may pick another token than the CPU, from the same
 // distribution. Probabilities are 2^-40 fixed-point masses (exp(x - max) <= 1, rounded), so the
@@ -31,6 +36,7 @@ struct SampleRow {
   int32_t seen_off = 0, n_seen = 0;        // seen_ids[seen_off, +n_seen): distinct prompt + output ids
   int32_t output_off = 0, n_output = 0;    // output_ids / output_counts[output_off, +n_output)
   double u = 0.0;                   // [0, 1): the row's uniform draw (from the sequence's Rng)
+  int64_t mask_off = -1;            // masks[mask_off, + ceil(vocab / 32)): the row's token mask; -1: none
 };
 
 struct SampleParams {
@@ -43,7 +49,14 @@ struct SampleParams {
   const int32_t* output_counts;  // [n_output_ids]
   int64_t n_output_ids;
   int32_t* out;                // [n]: the chosen id, or -1 where the row's parameters are invalid
+  const uint32_t* masks = nullptr;  // [n_mask_words]: the rows' token masks (SampleRow::mask_off)
+  int64_t n_mask_words = 0;
 };
+
+// Whether a row's mask (if it has one) lies inside the masks of p.
+__host__ __device__ inline bool sample_mask_valid(const SampleRow& r, int64_t vocab, int64_t n_mask_words) {
+  return r.mask_off < 0 || (r.mask_off <= n_mask_words && (vocab + 31) / 32 <= n_mask_words - r.mask_off);
+}
 
 // Whether a row's parameters are in range and its lists lie inside the pools of p (the
 // launcher cannot read rows in device memory: callers check them on the host first; the
