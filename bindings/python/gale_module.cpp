@@ -12,6 +12,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,30 @@ using nlohmann::ordered_json;
 
 namespace {
 
+// vLLM's StructuredOutputsParams (GuidedDecodingParams before vLLM 0.10): at most one of json
+// (a schema: a dict or its JSON text), json_object, regex, choice (a list of strings), grammar
+// (GBNF).
+struct StructuredOutputsParams {
+  std::optional<std::string> json, regex, grammar;  // json: the schema's JSON text
+  std::optional<std::vector<std::string>> choice;
+  bool json_object = false;
+
+  gale::ConstraintSpec spec() const {
+    using K = gale::ConstraintSpec::Kind;
+    gale::ConstraintSpec c;
+    int given = 0;
+    if (json) c = {K::JsonSchema, *json}, ++given;
+    if (json_object) c = {K::JsonObject, ""}, ++given;
+    if (regex) c = {K::Regex, *regex}, ++given;
+    if (choice) c = {K::Choice, nlohmann::json(*choice).dump()}, ++given;
+    if (grammar) c = {K::Grammar, *grammar}, ++given;
+    if (given > 1)
+      throw gale::InvalidArgument("StructuredOutputsParams: give one of json, json_object, regex, choice, grammar");
+    if (choice && choice->empty()) throw gale::InvalidArgument("StructuredOutputsParams: choice is empty");
+    return c;
+  }
+};
+
 // vLLM's SamplingParams defaults (temperature 1, max_tokens 16), every field explicit.
 struct SamplingParams {
   int n = 1;
@@ -34,10 +59,15 @@ struct SamplingParams {
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  std::optional<int> logprobs;
+  std::optional<StructuredOutputsParams> structured_outputs;
 
   gale::GenerationParams to_params() const {
-    if (n != 1) throw gale::InvalidArgument("SamplingParams: only n=1 is supported (got n=" + std::to_string(n) + ")");
+    if (n < 1 || n > 128) throw gale::InvalidArgument("SamplingParams: n must be between 1 and 128 (got " + std::to_string(n) + ")");
     gale::GenerationParams g;
+    g.logprobs = logprobs.value_or(-1);
+    if (logprobs && *logprobs < 0) throw gale::InvalidArgument("SamplingParams: logprobs must be >= 0 or None");
+    if (structured_outputs) g.constraint = structured_outputs->spec();
     g.max_tokens = max_tokens;
     g.temperature = temperature;
     g.top_p = top_p;
@@ -53,10 +83,22 @@ struct SamplingParams {
   }
 };
 
+// vLLM's Logprob: one token's log-probability, its rank in the distribution (1 = the most
+// likely; None where it is not among the top ones asked for) and its text.
+struct Logprob {
+  float logprob = 0;
+  std::optional<int> rank;
+  std::optional<std::string> decoded_token;
+};
+
 struct CompletionOutput {
   int index = 0;
   std::string text;
   std::vector<int32_t> token_ids;
+  // With SamplingParams.logprobs = k: per token, {id: Logprob} for the chosen token and the k
+  // most likely (vLLM's layout); cumulative_logprob sums the chosen ones.
+  std::optional<std::vector<std::map<int32_t, Logprob>>> logprobs;
+  std::optional<double> cumulative_logprob;
   std::optional<std::string> finish_reason;
 };
 
@@ -245,7 +287,9 @@ class PyLLM {
       ids = to_ids(prompt.cast<py::dict>()["prompt_token_ids"]);
     else
       throw gale::InvalidArgument("a prompt is a str or a dict with 'prompt_token_ids'");
-    gale::GenerationParams g = params_list(sampling_params, 1)[0];
+    const PromptParams pp = params_list(sampling_params, 1)[0];
+    if (pp.n != 1) throw gale::InvalidArgument("generate_stream: n must be 1 (one stream per request)");
+    gale::GenerationParams g = pp.g;
     uint64_t id;
     {
       py::gil_scoped_release nogil;
@@ -268,15 +312,24 @@ class PyLLM {
     return v;
   }
 
+  struct PromptParams {
+    gale::GenerationParams g;
+    int n = 1;  // completions of the prompt (SamplingParams.n)
+  };
   // None: the model's generation_config defaults; a SamplingParams for all; or a list, one each.
-  static std::vector<gale::GenerationParams> params_list(py::object sp, size_t n) {
-    if (sp.is_none()) return {gale::GenerationParams{}};
-    if (py::isinstance<SamplingParams>(sp)) return {sp.cast<const SamplingParams&>().to_params()};
+  // The result has one entry per prompt.
+  static std::vector<PromptParams> params_list(py::object sp, size_t n) {
+    auto one = [](py::handle h) {
+      const SamplingParams& s = h.cast<const SamplingParams&>();
+      return PromptParams{s.to_params(), s.n};
+    };
+    if (sp.is_none()) return std::vector<PromptParams>(n);
+    if (py::isinstance<SamplingParams>(sp)) return std::vector<PromptParams>(n, one(sp));
     if (py::isinstance<py::list>(sp)) {
-      std::vector<gale::GenerationParams> v;
+      std::vector<PromptParams> v;
       for (py::handle h : sp) {
         if (!py::isinstance<SamplingParams>(h)) throw gale::InvalidArgument("sampling_params must be SamplingParams");
-        v.push_back(h.cast<const SamplingParams&>().to_params());
+        v.push_back(one(h));
       }
       if (v.size() != n)
         throw gale::InvalidArgument("sampling_params: " + std::to_string(v.size()) + " for " + std::to_string(n) + " prompts");
@@ -285,26 +338,67 @@ class PyLLM {
     throw gale::InvalidArgument("sampling_params must be a SamplingParams or a list of them");
   }
 
+  // vLLM's per-token logprobs: {id: Logprob} for the chosen token and the top ones.
+  std::vector<std::map<int32_t, Logprob>> logprob_maps(const std::vector<gale::TokenLogprob>& lps, double& cumulative) const {
+    std::vector<std::map<int32_t, Logprob>> out;
+    cumulative = 0;
+    auto text = [&](int32_t id) -> std::optional<std::string> {
+      if (!llm_->has_tokenizer()) return std::nullopt;
+      return llm_->decode(std::vector<int32_t>{id});
+    };
+    for (const gale::TokenLogprob& t : lps) {
+      std::map<int32_t, Logprob> m;
+      std::optional<int> chosen_rank;
+      for (size_t k = 0; k < t.top.size(); ++k) {
+        m[t.top[k].first] = Logprob{t.top[k].second, int(k + 1), text(t.top[k].first)};
+        if (t.top[k].first == t.id) chosen_rank = int(k + 1);
+      }
+      m[t.id] = Logprob{t.logprob, chosen_rank, text(t.id)};
+      cumulative += double(t.logprob);
+      out.push_back(std::move(m));
+    }
+    return out;
+  }
+
+  // Each prompt i runs params[i].n times (seeds seed, seed + 1, ... when a seed is given, as the
+  // server's n does); its completions come back together in one RequestOutput, index 0..n-1.
   std::vector<RequestOutput> run(const std::vector<std::optional<std::string>>& texts,
-                                 const std::vector<std::vector<int32_t>>& ids,
-                                 const std::vector<gale::GenerationParams>& params) {
+                                 const std::vector<std::vector<int32_t>>& ids, const std::vector<PromptParams>& params) {
+    std::vector<std::vector<int32_t>> all_ids;
+    std::vector<gale::GenerationParams> all_params;
+    for (size_t i = 0; i < ids.size(); ++i)
+      for (int j = 0; j < params[i].n; ++j) {
+        all_ids.push_back(ids[i]);
+        gale::GenerationParams g = params[i].g;
+        if (g.seed) g.seed = *g.seed + uint64_t(j);
+        all_params.push_back(std::move(g));
+      }
     std::vector<gale::Completion> done;
     {
       py::gil_scoped_release nogil;
-      done = llm_->generate(ids, params);
+      done = llm_->generate(all_ids, all_params);
     }
-    std::vector<RequestOutput> out(done.size());
-    for (size_t i = 0; i < done.size(); ++i) {
+    std::vector<RequestOutput> out(ids.size());
+    size_t k = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
       RequestOutput& r = out[i];
-      r.request_id = std::to_string(done[i].id);
+      r.request_id = std::to_string(done[k].id);
       r.prompt = texts[i];
-      r.prompt_token_ids = std::move(done[i].prompt_ids);
-      r.num_cached_tokens = done[i].cached_prompt_tokens;
-      CompletionOutput c;
-      c.text = std::move(done[i].text);
-      c.token_ids = std::move(done[i].ids);
-      c.finish_reason = done[i].finish_reason;
-      r.outputs.push_back(std::move(c));
+      r.prompt_token_ids = done[k].prompt_ids;
+      r.num_cached_tokens = done[k].cached_prompt_tokens;
+      for (int j = 0; j < params[i].n; ++j, ++k) {
+        CompletionOutput c;
+        c.index = j;
+        c.text = std::move(done[k].text);
+        c.token_ids = std::move(done[k].ids);
+        c.finish_reason = done[k].finish_reason;
+        if (params[i].g.logprobs >= 0) {
+          double cum = 0;
+          c.logprobs = logprob_maps(done[k].logprobs, cum);
+          c.cumulative_logprob = cum;
+        }
+        r.outputs.push_back(std::move(c));
+      }
     }
     return out;
   }
@@ -331,11 +425,50 @@ PYBIND11_MODULE(gale, m) {
     }
   });
 
+  py::class_<StructuredOutputsParams>(m, "StructuredOutputsParams")
+      .def(py::init([](py::object json_, std::optional<std::string> regex, std::optional<std::vector<std::string>> choice,
+                       std::optional<std::string> grammar, bool json_object) {
+             StructuredOutputsParams p;
+             if (py::isinstance<py::str>(json_)) p.json = json_.cast<std::string>();
+             else if (!json_.is_none()) p.json = to_json(json_).dump();
+             p.regex = std::move(regex);
+             p.choice = std::move(choice);
+             p.grammar = std::move(grammar);
+             p.json_object = json_object;
+             p.spec();  // one of them at most, checked now
+             return p;
+           }),
+           py::kw_only(), py::arg("json") = py::none(), py::arg("regex") = py::none(), py::arg("choice") = py::none(),
+           py::arg("grammar") = py::none(), py::arg("json_object") = false,
+           "Structured output (vLLM's StructuredOutputsParams): one of json (a schema, dict or text), regex, "
+           "choice, grammar (GBNF) or json_object=True")
+      .def_readonly("json", &StructuredOutputsParams::json)
+      .def_readonly("regex", &StructuredOutputsParams::regex)
+      .def_readonly("choice", &StructuredOutputsParams::choice)
+      .def_readonly("grammar", &StructuredOutputsParams::grammar)
+      .def_readonly("json_object", &StructuredOutputsParams::json_object);
+  m.attr("GuidedDecodingParams") = m.attr("StructuredOutputsParams");  // vLLM's name before 0.10
+
+  py::class_<Logprob>(m, "Logprob")
+      .def_readonly("logprob", &Logprob::logprob)
+      .def_readonly("rank", &Logprob::rank)
+      .def_readonly("decoded_token", &Logprob::decoded_token)
+      .def("__repr__", [](const Logprob& l) {
+        return "Logprob(logprob=" + py::repr(py::float_(l.logprob)).cast<std::string>() +
+               ", rank=" + (l.rank ? std::to_string(*l.rank) : "None") + ", decoded_token=" + py_quote(l.decoded_token) + ")";
+      });
+
   py::class_<SamplingParams>(m, "SamplingParams")
       .def(py::init([](int n, int64_t max_tokens, float temperature, float top_p, int top_k, float min_p,
                        std::optional<uint64_t> seed, py::object stop, float presence_penalty, float frequency_penalty,
-                       float repetition_penalty, bool ignore_eos) {
+                       float repetition_penalty, bool ignore_eos, std::optional<int> logprobs,
+                       std::optional<StructuredOutputsParams> structured_outputs,
+                       std::optional<StructuredOutputsParams> guided_decoding) {
+             if (structured_outputs && guided_decoding)
+               throw gale::InvalidArgument("SamplingParams: give structured_outputs or guided_decoding, not both");
              SamplingParams s;
+             s.logprobs = logprobs;
+             s.structured_outputs = structured_outputs ? structured_outputs : guided_decoding;
              s.n = n;
              s.max_tokens = max_tokens;
              s.temperature = temperature;
@@ -354,7 +487,8 @@ PYBIND11_MODULE(gale, m) {
            py::kw_only(), py::arg("n") = 1, py::arg("max_tokens") = 16, py::arg("temperature") = 1.0f,
            py::arg("top_p") = 1.0f, py::arg("top_k") = 0, py::arg("min_p") = 0.0f, py::arg("seed") = py::none(),
            py::arg("stop") = py::none(), py::arg("presence_penalty") = 0.0f, py::arg("frequency_penalty") = 0.0f,
-           py::arg("repetition_penalty") = 1.0f, py::arg("ignore_eos") = false)
+           py::arg("repetition_penalty") = 1.0f, py::arg("ignore_eos") = false, py::arg("logprobs") = py::none(),
+           py::arg("structured_outputs") = py::none(), py::arg("guided_decoding") = py::none())
       .def_readwrite("n", &SamplingParams::n)
       .def_readwrite("max_tokens", &SamplingParams::max_tokens)
       .def_readwrite("temperature", &SamplingParams::temperature)
@@ -367,6 +501,8 @@ PYBIND11_MODULE(gale, m) {
       .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
       .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
       .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
+      .def_readwrite("logprobs", &SamplingParams::logprobs)
+      .def_readwrite("structured_outputs", &SamplingParams::structured_outputs)
       .def("__repr__", [](const SamplingParams& s) {
         return "SamplingParams(max_tokens=" + std::to_string(s.max_tokens) + ", temperature=" +
                py::repr(py::float_(s.temperature)).cast<std::string>() + ", top_p=" +
@@ -379,6 +515,8 @@ PYBIND11_MODULE(gale, m) {
       .def_readonly("text", &CompletionOutput::text)
       .def_readonly("token_ids", &CompletionOutput::token_ids)
       .def_readonly("finish_reason", &CompletionOutput::finish_reason)
+      .def_readonly("logprobs", &CompletionOutput::logprobs)
+      .def_readonly("cumulative_logprob", &CompletionOutput::cumulative_logprob)
       .def("__repr__", [](const CompletionOutput& c) {
         return "CompletionOutput(index=" + std::to_string(c.index) + ", text=" + py_quote(c.text) +
                ", finish_reason=" + py_quote(c.finish_reason) + ")";

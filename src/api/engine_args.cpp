@@ -69,6 +69,10 @@ std::shared_ptr<TokenProposer> model_free_proposer(const std::string& name) {
 
 }  // namespace
 
+bool request_speculates(const EngineOptions& o, bool seed_given, float temperature) {
+  return !(seed_given && temperature > 0 && o.speculative.empty());
+}
+
 std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
                               std::string* name) {
   const std::string& v = o.speculative;

@@ -61,6 +61,12 @@ LoadOptions load_options(const ModelOptions& o);
 // supported yet: off unless asked for, and asked for it is an error.
 std::string apply_speculation(const EngineOptions& o, const std::string& model_dir, EngineConfig& ec,
                               std::string* name = nullptr);
+// Whether a request with these sampling settings may speculate. A seed promises the same
+// samples on a rerun, and with speculation a sampled request's draws depend on how many tokens
+// each step proposed, which the auto controller picks from measured step times; so a seeded
+// sampled request speculates only when the user named a proposer (o.speculative set), not under
+// the bundled default. The server's per-request "speculative" field follows the same rule.
+bool request_speculates(const EngineOptions& o, bool seed_given, float temperature);
 // gpu: the model runs on a GPU (the defaults of --max-num-seqs and --max-num-batched-tokens
 // differ: 64 and 512 on the CPU, 256 and 8,192 on a GPU).
 EngineConfig engine_config(const EngineOptions& o, bool gpu);

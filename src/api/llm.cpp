@@ -143,6 +143,7 @@ struct LLM::Impl {
   std::unique_ptr<Tokenizer> tok;
   std::optional<ChatTemplate> tmpl;
   GenerationDefaults defaults;
+  EngineOptions engine_opts;  // as given (request_speculates: was a proposer named?)
   std::unique_ptr<Engine> engine;
   struct Pending {
     std::deque<RequestOutput> outs;  // what the engine returned for it, not yet handed out
@@ -167,6 +168,7 @@ struct LLM::Impl {
     for (RequestOutput& o : p.outs) {
       d.ids.insert(d.ids.end(), o.new_ids.begin(), o.new_ids.end());
       d.text += o.new_text;
+      d.logprobs.insert(d.logprobs.end(), std::make_move_iterator(o.logprobs.begin()), std::make_move_iterator(o.logprobs.end()));
       d.prompt_tokens = o.prompt_tokens;
       d.completion_tokens = o.completion_tokens;
       d.cached_prompt_tokens = o.cached_prompt_tokens;
@@ -199,9 +201,14 @@ struct LLM::Impl {
     sp.frequency_penalty = g.frequency_penalty;
     sp.seed = g.seed ? *g.seed : std::random_device{}();
     r.ignore_eos = g.ignore_eos;
+    r.speculative = request_speculates(engine_opts, g.seed.has_value(), sp.temperature);
     for (const std::string& s : g.stop)
       if (s.empty()) throw InvalidArgument("stop strings must not be empty");
     r.stop = g.stop;
+    if (g.logprobs < -1 || g.logprobs > 20)
+      throw InvalidArgument("logprobs must be between 0 and 20, or unset (got " + std::to_string(g.logprobs) + ")");
+    r.top_logprobs = g.logprobs;
+    r.constraint = g.constraint;
     try {
       validate(sp);
     } catch (const Error& e) {
@@ -218,6 +225,7 @@ struct LLM::Impl {
 LLM::LLM(const LLMOptions& o) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.dir = resolve_model(o.model);
+  m.engine_opts = o.engine;
   m.lm = load_model(m.dir, backend_options(o.model), load_options(o.model));
   const ModelConfig& cfg = m.lm.model->config();
   if (!m.lm.synthetic && fs::exists(fs::path(m.dir) / "tokenizer.json")) m.tok = Tokenizer::load(m.dir);
@@ -349,6 +357,7 @@ std::vector<Completion> LLM::generate(const std::vector<std::vector<int32_t>>& p
         Completion& c = out[i];
         c.ids.insert(c.ids.end(), d.ids.begin(), d.ids.end());
         c.text += d.text;
+        c.logprobs.insert(c.logprobs.end(), std::make_move_iterator(d.logprobs.begin()), std::make_move_iterator(d.logprobs.end()));
         c.prompt_tokens = d.prompt_tokens;
         c.completion_tokens = d.completion_tokens;
         c.cached_prompt_tokens = d.cached_prompt_tokens;

@@ -67,6 +67,12 @@ struct GenerationParams {
   std::optional<uint64_t> seed;  // unset: a random seed per request
   std::vector<std::string> stop;  // never part of the text; finish_reason "stop"
   bool ignore_eos = false;
+  // -1: none; k >= 0: each new token's log-probability (of the distribution it was sampled
+  // from, before temperature and filters) and the k most likely (vLLM's SamplingParams.logprobs).
+  int logprobs = -1;
+  // Structured output: JSON schema, json_object, regex, choice (a JSON array of strings) or a
+  // GBNF grammar (grammar/grammar.h); a bad one is an InvalidArgument at submit.
+  ConstraintSpec constraint;
 };
 
 // What a request produced since the previous Delta (next(), generate()'s callback).
@@ -74,6 +80,7 @@ struct Delta {
   uint64_t id = 0;
   std::vector<int32_t> ids;   // new tokens
   std::string text;           // new final text (stop strings cut; UTF-8 held back until complete)
+  std::vector<TokenLogprob> logprobs;  // one per new token when GenerationParams::logprobs >= 0
   bool finished = false;
   std::string finish_reason;  // once finished: "stop", "length", "abort" or "error"
   std::string error;          // finish_reason "error": what failed
@@ -86,6 +93,7 @@ struct Completion {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> ids;
   std::string text;
+  std::vector<TokenLogprob> logprobs;  // one per id when GenerationParams::logprobs >= 0
   std::string finish_reason;
   int64_t prompt_tokens = 0, completion_tokens = 0, cached_prompt_tokens = 0;
 };

@@ -100,6 +100,7 @@ void run_generate(const GenerateOptions& o) {
   sp.frequency_penalty = o.frequency_penalty;
   sp.seed = o.seed ? *o.seed : std::random_device{}();
   req.ignore_eos = o.ignore_eos;
+  req.speculative = request_speculates(o.engine, o.seed.has_value(), sp.temperature);
   req.stop = o.stop;
   req.constraint = constraint_of(o);
   if (req.constraint.active() && !tok) throw Error("--json-schema, --regex, --grammar and --choice need a tokenizer");

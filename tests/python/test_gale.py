@@ -5,8 +5,10 @@ Run by ctest (Python.Api) with PYTHONPATH, GALE_BINARY and GALE_MODEL_DIR set; b
     PYTHONPATH=build/python GALE_BINARY=build/gale GALE_MODEL_DIR=models/default python3 -m pytest tests/python
 """
 import json
+import math
 import os
 import pathlib
+import re
 import subprocess
 import threading
 
@@ -220,8 +222,18 @@ def test_bad_inputs_raise(llm, tmp_path):
         llm.generate("x", gale.SamplingParams(max_tokens=-1))
     with pytest.raises(ValueError):
         llm.generate("x", gale.SamplingParams(max_tokens=10**9))  # past the context
-    with pytest.raises(ValueError, match="n=1"):
-        llm.generate("x", gale.SamplingParams(n=2))
+    with pytest.raises(ValueError, match="n must be"):
+        llm.generate("x", gale.SamplingParams(n=0))
+    with pytest.raises(ValueError, match="n must be 1"):
+        llm.generate_stream("x", gale.SamplingParams(n=2))
+    with pytest.raises(ValueError, match="logprobs"):
+        llm.generate("x", gale.SamplingParams(logprobs=21))
+    with pytest.raises(ValueError, match="one of"):
+        gale.StructuredOutputsParams(regex="a", choice=["b"])
+    with pytest.raises(ValueError, match="regex"):
+        llm.generate("x", gale.SamplingParams(structured_outputs=gale.StructuredOutputsParams(regex="a(b")))
+    with pytest.raises(ValueError, match="not supported"):
+        llm.generate("x", gale.SamplingParams(structured_outputs=gale.StructuredOutputsParams(json={"type": "object", "if": {}})))
     with pytest.raises(ValueError):
         llm.generate({"prompt_token_ids": [10**6]})
     with pytest.raises(ValueError):
@@ -241,3 +253,74 @@ def test_bad_inputs_raise(llm, tmp_path):
     # Nothing above broke the engine.
     assert llm.generate([], gale.SamplingParams()) == []
     assert len(llm.generate("x", gale.SamplingParams(max_tokens=2, temperature=0))[0].outputs[0].token_ids) == 2
+
+
+def test_n_completions_are_the_seeded_runs(llm):
+    """n=3 with a seed: completions 0..2 are the runs with seeds seed, seed+1, seed+2 (the server's rule)."""
+    many = llm.generate(PROMPTS[:2], gale.SamplingParams(n=3, max_tokens=12, temperature=1.0, seed=40))
+    assert [len(o.outputs) for o in many] == [3, 3]
+    for prompt, out in zip(PROMPTS, many):
+        assert [c.index for c in out.outputs] == [0, 1, 2]
+        for j, c in enumerate(out.outputs):
+            alone = llm.generate(prompt, gale.SamplingParams(max_tokens=12, temperature=1.0, seed=40 + j))[0].outputs[0]
+            assert c.token_ids == alone.token_ids
+    assert len({tuple(c.token_ids) for c in many[0].outputs}) > 1, "three seeds drew the same tokens"
+
+
+def log_softmax(row):
+    m = max(row)
+    z = m + math.log(sum(math.exp(x - m) for x in row))
+    return [x - z for x in row]
+
+
+def test_logprobs_equal_the_cli_logits(llm):
+    """Each token's logprob and the top 3 against log_softmax of `gale logits` over the same prefix."""
+    prompt_ids = llm.get_tokenizer().encode(PROMPTS[0])
+    out = llm.generate({"prompt_token_ids": prompt_ids}, gale.SamplingParams(max_tokens=5, temperature=0, logprobs=3))[0]
+    c = out.outputs[0]
+    assert len(c.logprobs) == len(c.token_ids) == 5
+    total = 0.0
+    for t, (tok, lp) in enumerate(zip(c.token_ids, c.logprobs)):
+        ids = prompt_ids + c.token_ids[:t]
+        ref = log_softmax(cli("logits", "-m", MODEL, "--ids", ",".join(map(str, ids)), "--json")["last"])
+        top = sorted(range(len(ref)), key=lambda i: (-ref[i], i))[:3]
+        assert set(lp) == set(top) | {tok}
+        assert lp[tok].logprob == pytest.approx(ref[tok], abs=1e-4)
+        assert lp[tok].rank == 1  # greedy: the chosen token is the most likely
+        for r, i in enumerate(top):
+            assert lp[i].rank == r + 1
+            assert lp[i].logprob == pytest.approx(ref[i], abs=1e-4)
+        assert lp[tok].decoded_token == llm.get_tokenizer().decode([tok])
+        total += lp[tok].logprob
+    assert c.cumulative_logprob == pytest.approx(total, abs=1e-4)
+    assert llm.generate(PROMPTS[0], gale.SamplingParams(max_tokens=2))[0].outputs[0].logprobs is None
+
+
+def test_structured_outputs(llm):
+    """Outputs follow their constraint, checked by Python's json and re, not by Gale's matcher."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "n": {"type": "integer", "minimum": 0}},
+              "required": ["name", "n"], "additionalProperties": False}
+    cases = [
+        (gale.StructuredOutputsParams(json=schema), lambda t: set(json.loads(t)) == {"name", "n"}
+         and isinstance(json.loads(t)["n"], int) and len(json.loads(t)["name"]) <= 8),
+        (gale.StructuredOutputsParams(json=json.dumps(schema)), lambda t: set(json.loads(t)) == {"name", "n"}),
+        (gale.StructuredOutputsParams(regex=r"[a-c]{2}-[0-9]{1,3}"), lambda t: re.fullmatch(r"[a-c]{2}-[0-9]{1,3}", t)),
+        (gale.StructuredOutputsParams(choice=["red", "blue sky"]), lambda t: t in ("red", "blue sky")),
+        (gale.StructuredOutputsParams(grammar='root ::= "<" [a-z]{1,5} ">"'), lambda t: re.fullmatch(r"<[a-z]{1,5}>", t)),
+        (gale.GuidedDecodingParams(choice=["up", "down"]), lambda t: t in ("up", "down")),
+    ]
+    for so, ok in cases:
+        params = gale.SamplingParams(n=2, max_tokens=200, temperature=1.0, seed=9, structured_outputs=so)
+        for c in llm.generate("Answer:", params)[0].outputs:
+            assert c.finish_reason == "stop", (so, c.text)
+            assert ok(c.text), (so, c.text)
+    # json_object bounds nothing (strings, nesting): an output cut by max_tokens is not checked.
+    obj = gale.SamplingParams(max_tokens=200, temperature=1.0, seed=3,
+                              structured_outputs=gale.StructuredOutputsParams(json_object=True))
+    c = llm.generate("Answer:", obj)[0].outputs[0]
+    assert c.text.startswith("{")
+    if c.finish_reason == "stop":
+        assert isinstance(json.loads(c.text), dict), c.text
+    legacy = gale.SamplingParams(max_tokens=50, guided_decoding=gale.GuidedDecodingParams(regex="(yes|no)"))
+    assert llm.generate("x", legacy)[0].outputs[0].text in ("yes", "no")
