@@ -34,7 +34,7 @@ struct TuneOptions {
   int64_t ctx = 256;
   int64_t requests = 0;  // 0: the workload's
   int64_t gen = 0;       // 0: the workload's
-  int reps = 2;
+  int reps = 3;
   int64_t max_points = 0;
   std::string draft;
   int threads = 0;
@@ -218,7 +218,7 @@ CommandRegistrar reg{28, [](CLI::App& root) {
   sub->add_option("--ctx", o->ctx, "Window of the perplexity evaluation (default 256)")->check(CLI::Range(2, 1 << 20));
   sub->add_option("--requests", o->requests, "Requests of the workload (default: the workload's)")->check(CLI::Range(1, 100000));
   sub->add_option("--gen", o->gen, "Tokens generated per request (default: the workload's)")->check(CLI::Range(1, 100000));
-  sub->add_option("--reps", o->reps, "Runs of the workload per configuration, the best kept (default 2)")->check(CLI::Range(1, 100));
+  sub->add_option("--reps", o->reps, "Runs of the workload per configuration, the best kept (default 3)")->check(CLI::Range(1, 100));
   sub->add_option("--max-points", o->max_points, "Stop after this many configurations (measured or kept; for tests)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--draft", o->draft, "Draft model for speculative decoding (default: the bundled draft with the bundled model)");

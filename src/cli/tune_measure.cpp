@@ -214,17 +214,19 @@ TunePoint TuneMeter::measure(const TuneConfig& c, const std::string& weights_dir
   } else {
     eo.speculative = c.speculative;
   }
-  EngineConfig ec = engine_config(eo, !lm.model->backend().is_cpu());
   LoadedModel draft;
-  if (const std::string dd = apply_speculation(eo, weights_dir, ec); !dd.empty())
-    draft = load_model(dd, backend_options(mo), load_options(mo));
-  p.weight_bytes = double(lm.model->weights().total_bytes) + (draft.model ? double(draft.model->weights().total_bytes) : 0.0);
   for (int rep = 0; rep < reps_; ++rep) {
+    // A fresh proposer each run: the suffix proposer learns from the requests it has seen, and
+    // a second run of the same prompts would be proposed the first run's outputs verbatim.
+    EngineConfig ec = engine_config(eo, !lm.model->backend().is_cpu());
+    if (const std::string dd = apply_speculation(eo, weights_dir, ec); !dd.empty() && !draft.model)
+      draft = load_model(dd, backend_options(mo), load_options(mo));
     double kv = 0;
     TuneSpeed s = run_workload(*lm.model, draft.model.get(), ec, workload_, &kv);
     if (rep == 0 || better_run(s, p.speed, workload_.objective)) p.speed = s;
     p.kv_bytes = kv;
   }
+  p.weight_bytes = double(lm.model->weights().total_bytes) + (draft.model ? double(draft.model->weights().total_bytes) : 0.0);
   p.measure_seconds = seconds_since(t0);
   return p;
 }
