@@ -124,11 +124,17 @@ std::string tune_report_html(const TuneReportInfo& info, const TuneSweepResult& 
   // The plot: the objective across, quality loss up; the limit as a dashed line.
   const double W = 720, H = 420, L = 70, R = 20, T = 20, B = 50;
   double xmin = 1e300, xmax = -1e300, ymin = 0, ymax = info.limits.max_quality_loss_pct;
+  // Losses far past the limit (a pruning that costs 50 %) would squash the points that matter
+  // into a line: the axis stops at twice the limit or the largest loss within it, and points
+  // above are drawn on the top edge (their value in the tooltip and the table).
+  double ycap = 2.0 * info.limits.max_quality_loss_pct;
+  for (const TunePoint& p : r.points)
+    if (p.quality.loss_pct <= info.limits.max_quality_loss_pct) ycap = std::max(ycap, p.quality.loss_pct);
   for (const TunePoint& p : r.points) {
     xmin = std::min(xmin, objective_value(p, info.objective));
     xmax = std::max(xmax, objective_value(p, info.objective));
     ymin = std::min(ymin, p.quality.loss_pct);
-    ymax = std::max(ymax, p.quality.loss_pct);
+    ymax = std::max(ymax, std::min(p.quality.loss_pct, ycap));
   }
   if (r.points.empty()) xmin = 0, xmax = 1;
   if (xmax - xmin < 1e-9) xmin -= 1, xmax += 1;
@@ -161,9 +167,10 @@ std::string tune_report_html(const TuneReportInfo& info, const TuneSweepResult& 
     const bool front = f.front.count(i) > 0, chosen = r.chosen && *r.chosen == i;
     const std::string fill = !f.feasible[i] ? "#ccc" : front ? "#1f6fd0" : "#fff";
     svg += "<circle cx=\"" + fmt("%.1f", X(objective_value(p, info.objective))) + "\" cy=\"" +
-           fmt("%.1f", Y(p.quality.loss_pct)) + "\" r=\"" + (chosen ? "8" : "5") + "\" fill=\"" + fill +
+           fmt("%.1f", Y(std::min(p.quality.loss_pct, ycap))) + "\" r=\"" + (chosen ? "8" : "5") + "\" fill=\"" + fill +
            "\" stroke=\"" + (chosen ? "#c00" : "#1f6fd0") + "\" stroke-width=\"" + (chosen ? "3" : "1.5") +
-           "\"><title>" + html_escape(p.config.key()) + "</title></circle>\n";
+           "\"><title>" + html_escape(p.config.key()) + ": loss " + fmt("%.3f", p.quality.loss_pct) + " %" +
+           (p.quality.loss_pct > ycap ? " (above the axis)" : "") + "</title></circle>\n";
   }
   svg += "</svg>\n";
 
