@@ -34,6 +34,7 @@
 #include <unordered_set>
 
 #include "cli/command.h"
+#include "cli/config_options.h"
 #include "cli/engine_options.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
@@ -61,6 +62,7 @@ struct BatchOptions {
   EngineOptions engine;
   ParallelOptions parallel;
   std::string input, output, errors;
+  std::string config;  // --config FILE (cli/config_options.h)
 };
 
 // A request read from the input, not yet handed to the engine.
@@ -518,7 +520,9 @@ CommandRegistrar reg{15, [](CLI::App& root) {
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")
       ->required();
   sub->add_option("--errors", o->errors, "Malformed input lines with their line numbers (default OUTPUT.errors.jsonl)");
-  sub->callback([o] {
+  add_config_option(sub, o->config);
+  sub->callback([o, sub] {
+    apply_config_file(sub, o->config);
     int code;
     {
       BatchJob job(*o);  // closes (and syncs) the results before exiting

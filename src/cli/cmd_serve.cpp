@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli/command.h"
+#include "cli/config_options.h"
 #include "cli/engine_options.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
@@ -34,6 +35,7 @@ struct ServeOptions {
   int64_t max_model_len = 0;
   std::string tool_call_parser = "auto";
   std::string reasoning_parser = "auto";
+  std::string config;  // --config FILE (cli/config_options.h)
 };
 
 // The real Engine behind the server's engine thread.
@@ -166,7 +168,11 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   sub->add_option("--http-threads", s.io_threads, "Threads serving connections (default 1; the engine has its own)")
       ->check(CLI::Range(1, 64));
   sub->add_flag("--log-requests", s.log_requests, "Print one line per request on stderr");
-  sub->callback([o] { run_serve(*o); });
+  add_config_option(sub, o->config);
+  sub->callback([o, sub] {
+    apply_config_file(sub, o->config);
+    run_serve(*o);
+  });
 }};
 
 }  // namespace
