@@ -35,6 +35,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_options.h"
+#include "cli/kv_events_option.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
@@ -61,6 +62,7 @@ struct BatchOptions {
   EngineOptions engine;
   ParallelOptions parallel;
   std::string input, output, errors;
+  KvEventsOptions kv_events;
 };
 
 // A request read from the input, not yet handed to the engine.
@@ -442,6 +444,8 @@ int BatchJob::run() {
   ec.followers = par.followers();
   if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
     draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
+  if (par.replicas() > 1 && !o_.kv_events.endpoint.empty()) throw Error("--kv-events with --dp is not supported yet");
+  std::unique_ptr<KvEventPublisher> kv_events = start_kv_events(o_.kv_events, ec);  // outlives the engine
   Engine engine(*lm_.model, tok_.get(), ec, draft_.model.get());
 
   struct sigaction sa {};
@@ -517,6 +521,7 @@ CommandRegistrar reg{15, [](CLI::App& root) {
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")
       ->required();
   sub->add_option("--errors", o->errors, "Malformed input lines with their line numbers (default OUTPUT.errors.jsonl)");
+  add_kv_events_options(sub, o->kv_events);
   sub->callback([o] {
     int code;
     {

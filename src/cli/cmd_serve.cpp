@@ -9,6 +9,7 @@
 
 #include "cli/command.h"
 #include "cli/engine_options.h"
+#include "cli/kv_events_option.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
@@ -34,20 +35,26 @@ struct ServeOptions {
   int64_t max_model_len = 0;
   std::string tool_call_parser = "auto";
   std::string reasoning_parser = "auto";
+  KvEventsOptions kv_events;
 };
 
 // The real Engine behind the server's engine thread.
 class EngineAdapter : public serve::StepEngine {
  public:
-  explicit EngineAdapter(Engine& e) : e_(e) {}
+  EngineAdapter(Engine& e, const KvEventPublisher* kv_events) : e_(e), kv_events_(kv_events) {}
   uint64_t add_request(RequestParams p) override { return e_.add_request(std::move(p)); }
   void abort(uint64_t id) override { e_.abort(id); }
   std::vector<RequestOutput> step() override { return e_.step(); }
   bool has_unfinished() const override { return e_.has_unfinished(); }
-  EngineStats stats() const override { return e_.stats(); }
+  EngineStats stats() const override {
+    EngineStats s = e_.stats();
+    if (kv_events_) s.kv_events_sent = kv_events_->num_sent(), s.kv_events_dropped = kv_events_->num_dropped();
+    return s;
+  }
 
  private:
   Engine& e_;
+  const KvEventPublisher* kv_events_;
 };
 
 std::string read_file(const std::string& path) {
@@ -119,8 +126,9 @@ void run_serve(ServeOptions& o) {
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
   if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
     draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  std::unique_ptr<KvEventPublisher> kv_events = start_kv_events(o.kv_events, ec);  // outlives the engine
   Engine engine(*lm.model, tok.get(), ec, draft.model.get());
-  EngineAdapter adapter(engine);
+  EngineAdapter adapter(engine, kv_events.get());
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
   server.start();
   std::fprintf(stderr, "gale serve: model %s (context %lld), KV cache %s, %lld tokens, listening on http://%s:%d%s\n",
@@ -165,6 +173,7 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   sub->add_option("--http-threads", s.io_threads, "Threads serving connections (default 1; the engine has its own)")
       ->check(CLI::Range(1, 64));
   sub->add_flag("--log-requests", s.log_requests, "Print one line per request on stderr");
+  add_kv_events_options(sub, o->kv_events);
   sub->callback([o] { run_serve(*o); });
 }};
 

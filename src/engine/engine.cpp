@@ -902,6 +902,7 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Trans
   sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic &&
                     !(draft && draft->config().rope.type == RopeType::Dynamic);
   impl_->sched = std::make_unique<Scheduler>(sc);
+  if (cfg.kv_event_sink) impl_->sched->set_kv_event_sink(cfg.kv_event_sink);
   if (cfg.num_speculative_tokens < 0 || cfg.num_speculative_tokens > kMaxSpeculativeTokens)
     throw Error("--num-speculative-tokens must be in [0, " + std::to_string(kMaxSpeculativeTokens) + "] (got " +
                 std::to_string(cfg.num_speculative_tokens) + ")");

@@ -13,6 +13,7 @@
 
 #include "grammar/grammar.h"
 #include "model/transformer.h"
+#include "runtime/kv_cache_event.h"
 #include "runtime/sampler.h"
 
 namespace gale {
@@ -71,6 +72,9 @@ struct EngineConfig {
   // Rank 0 of a tensor-parallel group: the other ranks to tell of every step (null: one rank).
   // Not with a draft model.
   StepFollowers* followers = nullptr;
+  // The prefix cache's events (blocks stored, removed, cleared), called on the thread that calls
+  // step(); null: none. `--kv-events` sets a publisher here (src/kv_events).
+  KvCacheEventSink kv_event_sink;
 };
 
 struct RequestParams {
@@ -129,6 +133,8 @@ struct EngineStats {
   int64_t spec_proposed_tokens = 0, spec_accepted_tokens = 0;
   double spec_proposer_seconds = 0;     // wall time proposing (draft forwards or model-free lookups)
   int64_t spec_k = 0;                   // k chosen for the last step that could speculate
+  // KV events (--kv-events): filled by the front end that publishes them, 0 otherwise.
+  int64_t kv_events_sent = 0, kv_events_dropped = 0;
   double acceptance_rate() const {      // accepted / proposed (0 before the first verify)
     return spec_proposed_tokens > 0 ? double(spec_accepted_tokens) / double(spec_proposed_tokens) : 0.0;
   }

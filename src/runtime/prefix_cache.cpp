@@ -79,6 +79,7 @@ int32_t PrefixCache::insert(int32_t from, std::span<const int32_t> tokens, std::
   GALE_ASSERT(int64_t(tokens.size()) >= int64_t(blocks.size()) * block_size_);
   const uint64_t now = ++clock_;
   int32_t node = from;
+  KvCacheEvent stored;  // the new nodes: once one is new, every one after it is (its children)
   for (size_t i = 0; i < blocks.size(); ++i) {
     std::span<const int32_t> bt = tokens.subspan(i * size_t(block_size_), size_t(block_size_));
     int32_t c = find_child(node, bt);
@@ -97,12 +98,23 @@ int32_t PrefixCache::insert(int32_t from, std::span<const int32_t> tokens, std::
       n.parent = node;
       n.children.clear();
       n.live = true;
+      n.hash = kv_block_hash(nodes_[size_t(node)].hash, bt.data(), block_size_);
+      if (sink_) {
+        if (stored.block_hashes.empty() && node != kRoot) stored.parent_hash = nodes_[size_t(node)].hash;
+        stored.block_hashes.push_back(n.hash);
+        stored.token_ids.insert(stored.token_ids.end(), bt.begin(), bt.end());
+      }
       pool_.retain(blocks[i]);
       nodes_[size_t(node)].children.push_back(c);
       ++num_nodes_;
     }
     nodes_[size_t(c)].last_access = now;
     node = c;
+  }
+  if (sink_ && !stored.block_hashes.empty()) {
+    stored.kind = KvCacheEvent::Kind::Stored;
+    stored.block_size = block_size_;
+    sink_(std::move(stored));
   }
   return node;
 }
@@ -125,7 +137,40 @@ void PrefixCache::remove_leaf(int32_t id) {
   --num_nodes_;
 }
 
+uint64_t PrefixCache::block_hash(int32_t node) const {
+  GALE_ASSERT(node != kRoot && nodes_[size_t(node)].live);
+  return nodes_[size_t(node)].hash;
+}
+
 int64_t PrefixCache::evict(int64_t want) {
+  std::vector<uint64_t> removed;
+  const int64_t freed = evict_leaves(want, removed);
+  if (sink_ && !removed.empty()) {
+    KvCacheEvent e;
+    e.kind = KvCacheEvent::Kind::Removed;
+    e.block_hashes = std::move(removed);
+    sink_(std::move(e));
+  }
+  return freed;
+}
+
+void PrefixCache::clear() {
+  std::vector<uint64_t> removed;
+  evict_leaves(num_nodes_, removed);
+  if (!sink_) return;
+  KvCacheEvent e;
+  if (num_nodes_ == 0) {
+    e.kind = KvCacheEvent::Kind::Cleared;
+  } else if (!removed.empty()) {
+    e.kind = KvCacheEvent::Kind::Removed;
+    e.block_hashes = std::move(removed);
+  } else {
+    return;
+  }
+  sink_(std::move(e));
+}
+
+int64_t PrefixCache::evict_leaves(int64_t want, std::vector<uint64_t>& removed) {
   auto evictable_leaf = [&](int32_t id) {
     const Node& n = nodes_[size_t(id)];
     return id != kRoot && n.live && n.children.empty() && pool_.ref_count(n.block) == 1;
@@ -139,6 +184,7 @@ int64_t PrefixCache::evict(int64_t want) {
     int32_t id = heap.top().second;
     heap.pop();
     int32_t parent = nodes_[size_t(id)].parent;
+    removed.push_back(nodes_[size_t(id)].hash);
     remove_leaf(id);
     ++freed;
     if (evictable_leaf(parent)) heap.push({nodes_[size_t(parent)].last_access, parent});

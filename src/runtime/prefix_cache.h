@@ -9,6 +9,10 @@
 // inserted the whole path; insert() swaps a duplicate block for the cached one). So a node held by
 // the cache alone has only such nodes below it, and every one of them can be evicted.
 //
+// Events (runtime/kv_cache_event.h): with a sink set, every block that enters the cache is told
+// (one Stored event per insert() that adds blocks, each with its chained hash), every block that
+// leaves it (one Removed event per evict() that frees any), and clear() emptying it (Cleared).
+//
 // Knows ids and token counts only, never tensors.
 #pragma once
 #include <cstdint>
@@ -16,6 +20,7 @@
 #include <vector>
 
 #include "runtime/block_pool.h"
+#include "runtime/kv_cache_event.h"
 
 namespace gale {
 
@@ -53,8 +58,15 @@ class PrefixCache {
   // Blocks that evict() could free right now.
   int64_t num_evictable() const;
   int64_t num_cached_blocks() const { return num_nodes_; }
-  // Drops every unreferenced block (all of them when no sequence holds any).
-  void clear() { evict(num_nodes_); }
+  // Drops every unreferenced block (all of them when no sequence holds any): a Cleared event
+  // when the cache is empty afterwards, else a Removed event for what left.
+  void clear();
+
+  // Where events go (none by default). Set before the first insert(): a router must see a
+  // block stored before it sees it removed.
+  void set_event_sink(KvCacheEventSink sink) { sink_ = std::move(sink); }
+  // The chained hash of `node`'s block (what its events name).
+  uint64_t block_hash(int32_t node) const;
 
  private:
   struct Node {
@@ -63,11 +75,14 @@ class PrefixCache {
     int32_t parent = -1;
     std::vector<int32_t> children;   // node ids
     uint64_t last_access = 0;
+    uint64_t hash = kKvRootHash;     // chained over the path's tokens (kv_block_hash)
     bool live = false;
   };
   int32_t new_node();
   int32_t find_child(int32_t node, std::span<const int32_t> block_tokens) const;
   void remove_leaf(int32_t id);
+  // evict() without its event: the hashes of the freed blocks go to `removed`.
+  int64_t evict_leaves(int64_t n, std::vector<uint64_t>& removed);
 
   BlockPool& pool_;
   int64_t block_size_;
@@ -75,6 +90,7 @@ class PrefixCache {
   std::vector<int32_t> free_nodes_;
   int64_t num_nodes_ = 0;  // live nodes below the root
   uint64_t clock_ = 0;
+  KvCacheEventSink sink_;
 };
 
 }  // namespace gale

@@ -339,4 +339,8 @@ void Scheduler::clear_prefix_cache() {
   if (cache_) cache_->clear();
 }
 
+void Scheduler::set_kv_event_sink(KvCacheEventSink sink) {
+  if (cache_) cache_->set_event_sink(std::move(sink));
+}
+
 }  // namespace gale

@@ -135,6 +135,8 @@ class Scheduler {
   const BlockPool& pool() const { return pool_; }
   // Drops every unreferenced cached block (all blocks are free afterwards when nothing runs).
   void clear_prefix_cache();
+  // The prefix cache's events go to `sink` (runtime/kv_cache_event.h); none without a prefix cache.
+  void set_kv_event_sink(KvCacheEventSink sink);
 
  private:
   struct Seq {
