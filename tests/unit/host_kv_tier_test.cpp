@@ -5,6 +5,7 @@
 // the host tier, counted, and greedy outputs equal those of an engine without the tier.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <numeric>
 
 #include "core/error.h"
@@ -217,25 +218,36 @@ TEST(HostKvTier, KvCacheCopiesBlocksToTheHostAndBack) {
       }
 }
 
-// Greedy tokens of each request run one after another on one engine.
-std::vector<std::vector<int32_t>> run_in_turn(Transformer& m, const std::vector<RequestParams>& reqs, EngineConfig ec,
-                                              EngineStats* st) {
-  Engine e(m, nullptr, ec);
-  std::vector<std::vector<int32_t>> out;
+// Greedy tokens of each request run one after another on one engine; with a draft model beside
+// the target, also the draft's logits at every returned token but the last (draft_logits()).
+struct InTurn {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<float>> draft_logits;
+  EngineStats stats;
+};
+
+InTurn run_in_turn(Transformer& m, Transformer* draft, const std::vector<RequestParams>& reqs, EngineConfig ec) {
+  Engine e(m, nullptr, ec, draft);
+  InTurn r;
   for (const RequestParams& p : reqs) {
     uint64_t id = e.add_request(p);
     std::vector<int32_t> ids;
     while (e.has_unfinished())
-      for (RequestOutput& o : e.step())
-        if (o.id == id) ids.insert(ids.end(), o.new_ids.begin(), o.new_ids.end());
-    out.push_back(ids);
+      for (RequestOutput& o : e.step()) {
+        if (o.id != id) continue;
+        ids.insert(ids.end(), o.new_ids.begin(), o.new_ids.end());
+        std::span<const float> dl = e.draft_logits(id);
+        if (!o.finished && !dl.empty()) r.draft_logits.emplace_back(dl.begin(), dl.end());
+      }
+    r.tokens.push_back(ids);
   }
-  *st = e.stats();
-  return out;
+  r.stats = e.stats();
+  return r;
 }
 
 TEST(HostKvTier, EngineBringsAnEvictedPrefixBackWithTheSameTokens) {
   LoadedModel lm = load_model(std::string(GALE_SOURCE_DIR) + "/models/default", ActDType::F32);
+  LoadedModel dm = load_model(std::string(GALE_SOURCE_DIR) + "/models/draft", ActDType::F32);
   const int64_t bs = 16;
   // A: a 64-token prefix P (4 blocks) and a tail; B: 100 other tokens, which need all of A's
   // blocks (the device pool holds 7); C: P again with another tail.
@@ -246,23 +258,42 @@ TEST(HostKvTier, EngineBringsAnEvictedPrefixBackWithTheSameTokens) {
   for (int i = 0; i < 100; ++i) b.prompt.push_back(5000 + i);
   c.prompt = prefix, c.prompt.push_back(21);
   for (RequestParams* p : {&a, &b, &c}) p->max_tokens = 6, p->ignore_eos = true;
-  EngineConfig ec;
-  ec.block_size = bs;
-  ec.max_num_seqs = 1;
-  ec.overlap = false;
-  ec.kv_cache_bytes = 7 * bs * int64_t(KVCache::bytes_per_token(lm.model->config(), lm.model->kv_dtype()));
-  EngineStats off, on;
-  auto expect = run_in_turn(*lm.model, {a, b, c}, ec, &off);
-  EXPECT_EQ(off.prefix_cache_host_hit_tokens, 0);
-  EXPECT_EQ(off.prefix_cache_hit_tokens, 0);  // without the tier, B pushed P out
-  ec.host_kv_cache_bytes = 64 << 20;
-  auto got = run_in_turn(*lm.model, {a, b, c}, ec, &on);
-  EXPECT_EQ(got, expect);
-  EXPECT_EQ(on.prefix_cache_host_hit_tokens, 64);  // P's four blocks came back
-  EXPECT_EQ(on.prefix_cache_hit_tokens, 64);
-  EXPECT_GT(on.kv_host_spilled_blocks, 0);
-  EXPECT_EQ(on.kv_host_loaded_blocks, 4);
-  EXPECT_LT(on.computed_tokens, off.computed_tokens);
+  // With a draft model (its own KV cache under the same block tables: one host slot holds both
+  // blocks), and with overlap on and off.
+  for (Transformer* draft : {static_cast<Transformer*>(nullptr), dm.model.get()}) {
+    for (bool overlap : {false, true}) {
+      SCOPED_TRACE(std::string(draft ? "draft" : "no draft") + (overlap ? ", overlap" : ""));
+      EngineConfig ec;
+      ec.block_size = bs;
+      ec.max_num_seqs = 1;
+      ec.overlap = overlap;
+      size_t per_token = KVCache::bytes_per_token(lm.model->config(), lm.model->kv_dtype());
+      if (draft) per_token += KVCache::bytes_per_token(draft->config(), draft->kv_dtype());
+      ec.kv_cache_bytes = 7 * bs * int64_t(per_token);
+      InTurn off = run_in_turn(*lm.model, draft, {a, b, c}, ec);
+      EXPECT_EQ(off.stats.prefix_cache_host_hit_tokens, 0);
+      EXPECT_EQ(off.stats.prefix_cache_hit_tokens, 0);  // without the tier, B pushed P out
+      ec.host_kv_cache_bytes = 64 << 20;
+      InTurn on = run_in_turn(*lm.model, draft, {a, b, c}, ec);
+      EXPECT_EQ(on.tokens, off.tokens);
+      EXPECT_EQ(on.stats.prefix_cache_host_hit_tokens, 64);  // P's four blocks came back
+      EXPECT_EQ(on.stats.prefix_cache_hit_tokens, 64);
+      EXPECT_GT(on.stats.kv_host_spilled_blocks, 0);
+      EXPECT_EQ(on.stats.kv_host_loaded_blocks, 4);
+      EXPECT_LT(on.stats.computed_tokens, off.stats.computed_tokens);
+      // The draft's cache came back too: its logits after C's restored prefix are those of the
+      // recomputed one (up to the order of float sums: 1 row against 65).
+      ASSERT_EQ(on.draft_logits.size(), off.draft_logits.size());
+      if (draft) EXPECT_EQ(on.draft_logits.size(), 15u);  // 5 per request
+      for (size_t i = 0; i < on.draft_logits.size(); ++i) {
+        ASSERT_EQ(on.draft_logits[i].size(), off.draft_logits[i].size());
+        float worst = 0;
+        for (size_t k = 0; k < on.draft_logits[i].size(); ++k)
+          worst = std::max(worst, std::abs(on.draft_logits[i][k] - off.draft_logits[i][k]));
+        EXPECT_LT(worst, 1e-3f) << "draft logits " << i;
+      }
+    }
+  }
 }
 
 TEST(HostKvTier, EngineRefusesATierThatHoldsNoBlock) {
