@@ -81,11 +81,14 @@ PrefixCache::Match PrefixCache::match(int32_t from, std::span<const int32_t> tok
     int32_t c = find_child(at, tokens.subspan(size_t(pos), size_t(block_size_)));
     if (c < 0) break;
     Node& n = nodes_[size_t(c)];
-    n.last_access = now;
     if (on_host(c)) {
+      unlist(c);
+      n.last_access = now;
+      relist(c);
       n.pinned = true;
       host_path.push_back(c);
     } else {
+      n.last_access = now;
       GALE_ASSERT(host_path.empty());
       pool_.retain(n.block);
       m.blocks.push_back(n.block);
@@ -110,6 +113,7 @@ PrefixCache::Match PrefixCache::match(int32_t from, std::span<const int32_t> tok
     std::vector<int32_t> loaded;
     for (int64_t i = 0; i < n_load; ++i) {
       Node& n = nodes_[size_t(host_path[size_t(i)])];
+      unlist(host_path[size_t(i)]);
       loads_.push_back({got[size_t(i)], n.slot});
       slots_to_free_.push_back(n.slot);
       n.slot = -1;
@@ -165,6 +169,7 @@ int32_t PrefixCache::insert(int32_t from, std::span<const int32_t> tokens, std::
     if (c >= 0 && on_host(c)) {
       // The caller computed a block the host tier holds: its device block replaces the host copy.
       Node& n = nodes_[size_t(c)];
+      unlist(c);
       host_pool_->release(n.slot);  // no load pending from it (a load moves the node to the device)
       n.slot = -1;
       n.block = blocks[i];
@@ -216,8 +221,10 @@ uint64_t PrefixCache::block_hash(int32_t node) const {
 void PrefixCache::remove_leaf(int32_t id) {
   Node& n = nodes_[size_t(id)];
   GALE_ASSERT(n.children.empty() && id != kRoot);
+  unlist(id);
   auto& sib = nodes_[size_t(n.parent)].children;
   sib.erase(std::find(sib.begin(), sib.end(), id));
+  relist(n.parent);  // a host parent may be a leaf now
   if (n.slot >= 0) {
     host_pool_->release(n.slot);
     --num_host_nodes_;
@@ -254,12 +261,11 @@ int32_t PrefixCache::take_host_slot(std::vector<uint64_t>& removed_host) {
   if (host_pool_->allocate(1, slot)) return slot[0];
   // Full: drop the least recently used host leaf that no match is loading.
   int32_t victim = -1;
-  for (size_t i = 1; i < nodes_.size(); ++i) {
-    const Node& n = nodes_[i];
-    if (n.live && n.slot >= 0 && n.children.empty() && !n.pinned &&
-        (victim < 0 || n.last_access < nodes_[size_t(victim)].last_access))
-      victim = int32_t(i);
-  }
+  for (const auto& [access, id] : host_leaves_)
+    if (!nodes_[size_t(id)].pinned) {
+      victim = id;
+      break;
+    }
   if (victim < 0) return -1;
   removed_host.push_back(nodes_[size_t(victim)].hash);
   remove_leaf(victim);
@@ -279,6 +285,7 @@ bool PrefixCache::spill(int32_t id, std::vector<uint64_t>& removed_host) {
     pool_.release(node.block);
     node.block = -1;
     node.slot = slot;
+    relist(id);
     ++num_host_nodes_;
     --num_loaded_;
     return true;
@@ -290,6 +297,7 @@ bool PrefixCache::spill(int32_t id, std::vector<uint64_t>& removed_host) {
   pool_.release(n.block);  // free for the step: the spill runs before anything writes it
   n.block = -1;
   n.slot = slot;
+  relist(id);
   ++num_host_nodes_;
   ++num_spilled_;
   return true;

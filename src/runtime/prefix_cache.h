@@ -27,7 +27,9 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "runtime/block_pool.h"
@@ -117,6 +119,12 @@ class PrefixCache {
   bool spill(int32_t id, std::vector<uint64_t>& host_stored);
   // Drops a node and everything below it (host nodes only below): hashes to removed_host.
   void drop_host_subtree(int32_t id, std::vector<uint64_t>& removed_host);
+  // host_leaves_ bookkeeping: unlist before a node's last_access, tier or children change, relist after.
+  void unlist(int32_t id) { host_leaves_.erase({nodes_[size_t(id)].last_access, id}); }
+  void relist(int32_t id) {
+    const Node& n = nodes_[size_t(id)];
+    if (n.live && n.slot >= 0 && n.children.empty()) host_leaves_.insert({n.last_access, id});
+  }
   // A free host slot, dropping the LRU unpinned host leaf when none is free; -1 when none can be had.
   int32_t take_host_slot(std::vector<uint64_t>& removed_host);
   void emit_hashes(KvCacheEvent::Kind kind, KvCacheMedium medium, std::vector<uint64_t>& hashes);
@@ -138,6 +146,10 @@ class PrefixCache {
   uint64_t clock_ = 0;
   KvCacheEventSink sink_;
   std::unique_ptr<BlockPool> host_pool_;   // host slots (ref count 1 while a node holds one)
+  // Host nodes without children, oldest access first: what a full tier drops. (A host node's
+  // children are host nodes, and it gains none: a spill or a load never puts a device node
+  // under a host one.)
+  std::set<std::pair<uint64_t, int32_t>> host_leaves_;
   int64_t num_host_nodes_ = 0;
   std::vector<HostCopy> spills_, loads_;   // decided, not yet taken
   std::vector<int32_t> slots_to_free_;     // emptied by loads_: free after take_host_copies()
