@@ -41,20 +41,15 @@ struct ServeOptions {
 // The real Engine behind the server's engine thread.
 class EngineAdapter : public serve::StepEngine {
  public:
-  EngineAdapter(Engine& e, const KvEventPublisher* kv_events) : e_(e), kv_events_(kv_events) {}
+  explicit EngineAdapter(Engine& e) : e_(e) {}
   uint64_t add_request(RequestParams p) override { return e_.add_request(std::move(p)); }
   void abort(uint64_t id) override { e_.abort(id); }
   std::vector<RequestOutput> step() override { return e_.step(); }
   bool has_unfinished() const override { return e_.has_unfinished(); }
-  EngineStats stats() const override {
-    EngineStats s = e_.stats();
-    if (kv_events_) s.kv_events_sent = kv_events_->num_sent(), s.kv_events_dropped = kv_events_->num_dropped();
-    return s;
-  }
+  EngineStats stats() const override { return e_.stats(); }
 
  private:
   Engine& e_;
-  const KvEventPublisher* kv_events_;
 };
 
 std::string read_file(const std::string& path) {
@@ -128,7 +123,12 @@ void run_serve(ServeOptions& o) {
     draft = load_model(dd, backend_options(o.model), load_options(o.model));
   std::unique_ptr<KvEventPublisher> kv_events = start_kv_events(o.kv_events, ec);  // outlives the engine
   Engine engine(*lm.model, tok.get(), ec, draft.model.get());
-  EngineAdapter adapter(engine, kv_events.get());
+  EngineAdapter adapter(engine);
+  if (kv_events)  // the publisher's counters move on its own thread, between engine steps
+    o.server.live_stats = [p = kv_events.get()](EngineStats& s) {
+      s.kv_events_sent = p->num_sent();
+      s.kv_events_dropped = p->num_dropped();
+    };
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
   server.start();
   std::fprintf(stderr, "gale serve: model %s (context %lld), KV cache %s, %lld tokens, listening on http://%s:%d%s\n",

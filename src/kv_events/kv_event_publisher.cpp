@@ -80,13 +80,17 @@ void KvEventPublisher::send_batch(const std::vector<KvCacheEvent>& events) {
   const std::string payload = encode_kv_event_batch(ts, events, cfg_.data_parallel_rank);
   unsigned char seq[8];
   for (int i = 0; i < 8; ++i) seq[i] = uint8_t(seq_ >> (8 * (7 - i)));
+  // Counted before the send, so that a subscriber that has the batch never reads a count
+  // without it in /metrics; taken back if the socket refuses it.
+  const int64_t n = int64_t(events.size());
+  sent_.fetch_add(n);
   // A PUB socket never blocks (it drops for subscribers past their high-water mark); DONTWAIT
   // makes sure of it.
   const bool ok = zmq_send(sock_, cfg_.topic.data(), cfg_.topic.size(), ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
                   zmq_send(sock_, seq, sizeof seq, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
                   zmq_send(sock_, payload.data(), payload.size(), ZMQ_DONTWAIT) >= 0;
   ++seq_;  // a refused batch leaves a gap: the subscriber can tell
-  (ok ? sent_ : dropped_).fetch_add(int64_t(events.size()));
+  if (!ok) sent_.fetch_sub(n), dropped_.fetch_add(n);
 }
 
 #else  // built without libzmq
