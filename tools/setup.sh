@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
       libgtest-dev libgmock-dev clang lld libclang-rt-dev python3
-      libboost-dev curl
+      libboost-dev curl libzmq3-dev python3-zmq python3-msgpack
       pybind11-dev python3-dev python3-pytest
       libopenmpi-dev openmpi-bin)
 missing=()

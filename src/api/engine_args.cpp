@@ -144,6 +144,7 @@ EngineConfig engine_config(const EngineOptions& o, bool gpu) {
                                                           : kCpuMaxNumBatchedTokens;
   c.kv_cache_bytes = o.kv_cache_memory.empty() ? 0 : parse_bytes(o.kv_cache_memory);
   c.prefix_cache = !o.no_prefix_cache;
+  c.host_kv_cache_bytes = o.host_kv_cache.empty() ? 0 : parse_bytes(o.host_kv_cache);
   return c;
 }
 

@@ -35,6 +35,7 @@ struct EngineOptions {
   int64_t max_num_batched_tokens = 0;
   std::string kv_cache_memory;   // bytes, or with a unit: 512MiB, 2GiB, 1.5GB ("" = default)
   bool no_prefix_cache = false;
+  std::string host_kv_cache;     // --host-kv-cache: bytes or with a unit ("" = none)
   int64_t block_size = 16;
   // Speculative decoding: off, draft:DIR, ngram or suffix ("" = the bundled draft when the
   // bundled model runs, else off); K in [1, 16] or auto.

@@ -90,7 +90,7 @@ const std::vector<std::string>& LLMOptions::keys() {
   static const std::vector<std::string> k = {
       "device", "dtype", "threads", "gpu_memory_utilization", "quantization", "quantization_group",
       "quantize_lm_head", "keep_16bit", "kv_cache_dtype", "max_num_seqs", "max_num_batched_tokens",
-      "kv_cache_memory", "enable_prefix_caching", "block_size", "speculative", "num_speculative_tokens",
+      "kv_cache_memory", "host_kv_cache", "enable_prefix_caching", "block_size", "speculative", "num_speculative_tokens",
       "chat_template"};
   return k;
 }
@@ -124,6 +124,13 @@ void LLMOptions::set(const std::string& key, const std::string& v) {
       throw InvalidArgument(std::string("kv_cache_memory: ") + err.what());
     }
     e.kv_cache_memory = v;
+  } else if (key == "host_kv_cache") {
+    try {
+      parse_bytes(v);
+    } catch (const Error& err) {
+      throw InvalidArgument(std::string("host_kv_cache: ") + err.what());
+    }
+    e.host_kv_cache = v;
   } else if (key == "enable_prefix_caching") e.no_prefix_cache = !parse_bool(key, v);
   else if (key == "block_size") e.block_size = parse_int(key, v, 1);
   else if (key == "speculative") e.speculative = v;

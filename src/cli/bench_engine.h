@@ -37,5 +37,9 @@ struct EngineBenchOptions {
 nlohmann::json bench_throughput(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
 // Requests sharing a long prefix, with and without the prefix cache: prefill saved, speed-up.
 nlohmann::json bench_shared_prefix(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
+// The host KV tier: a prefix pushed out of a device pool sized for one request at a time by a
+// request of other tokens, then asked for again: its prefill with the tier (brought back from
+// host memory) against without (recomputed). --host-kv-cache sizes the tier (default 1 GiB).
+nlohmann::json bench_host_tier(Transformer& m, const std::string& model_name, const EngineBenchOptions& o);
 
 }  // namespace gale::cli

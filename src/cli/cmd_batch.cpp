@@ -36,6 +36,7 @@
 #include "cli/command.h"
 #include "cli/config_options.h"
 #include "cli/engine_options.h"
+#include "cli/kv_events_option.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
@@ -63,6 +64,7 @@ struct BatchOptions {
   ParallelOptions parallel;
   std::string input, output, errors;
   std::string config;  // --config FILE (cli/config_options.h)
+  KvEventsOptions kv_events;
 };
 
 // A request read from the input, not yet handed to the engine.
@@ -445,6 +447,8 @@ int BatchJob::run() {
   ec.followers = par.followers();
   if (std::string dd = apply_speculation(o_.engine, model_dir_, ec, &info_.speculative); !dd.empty())
     draft_ = load_model(dd, backend_options(o_.model), load_options(o_.model));
+  if (par.replicas() > 1 && !o_.kv_events.endpoint.empty()) throw Error("--kv-events with --dp is not supported yet");
+  std::unique_ptr<KvEventPublisher> kv_events = start_kv_events(o_.kv_events, ec);  // outlives the engine
   Engine engine(*lm_.model, tok_.get(), ec, draft_.model.get());
 
   struct sigaction sa {};
@@ -520,6 +524,7 @@ CommandRegistrar reg{15, [](CLI::App& root) {
                   "Results (JSONL), appended; requests with a result (or recorded error) there are skipped")
       ->required();
   sub->add_option("--errors", o->errors, "Malformed input lines with their line numbers (default OUTPUT.errors.jsonl)");
+  add_kv_events_options(sub, o->kv_events);
   add_config_option(sub, o->config);
   sub->callback([o, sub] {
     apply_config_file(sub, o->config);

@@ -130,10 +130,11 @@ CommandRegistrar reg{40, [](CLI::App& root) {
   sub->add_flag("--json", o->json, "JSON output");
   sub->add_option("--mode", o->mode,
                   "kernels: prefill/decode of one sequence vs the machine (default); throughput: Engine output tok/s "
-                  "against --concurrency; shared-prefix: requests sharing a --prefix, prefix cache off vs on")
-      ->check(CLI::IsMember({"kernels", "throughput", "shared-prefix"}));
+                  "against --concurrency; shared-prefix: requests sharing a --prefix, prefix cache off vs on; host-tier: a "
+                  "--prefix pushed out of the device KV pool and asked for again, host KV tier off vs on")
+      ->check(CLI::IsMember({"kernels", "throughput", "shared-prefix", "host-tier"}));
   add_engine_options(sub, o->engine);
-  sub->add_option("--requests", o->requests, "Engine modes: requests (default 32 throughput, 64 shared-prefix)");
+  sub->add_option("--requests", o->requests, "Engine modes: requests (default 32 throughput, 64 shared-prefix; host-tier: rounds, default 4)");
   sub->add_option("--concurrency", o->concurrency, "throughput: max-num-seqs values to try (default 1,2,4,8,16)");
   sub->add_option("--json-schema", o->json_schema_file,
                   "throughput: constrain every request to this JSON schema (a file) and compare with the same "
@@ -142,8 +143,8 @@ CommandRegistrar reg{40, [](CLI::App& root) {
                   "throughput: cut the prompts from this text file (tokenized with the model's tokenizer) instead of "
                   "random ids; speculative decoding needs real text to guess")
       ->check(CLI::ExistingFile);
-  sub->add_option("--prefix", o->prefix, "shared-prefix: shared tokens (default 1000)")->check(CLI::PositiveNumber);
-  sub->add_option("--suffix", o->suffix, "shared-prefix: distinct tokens per request (default 16)")->check(CLI::PositiveNumber);
+  sub->add_option("--prefix", o->prefix, "shared-prefix, host-tier: shared tokens (default 1000)")->check(CLI::PositiveNumber);
+  sub->add_option("--suffix", o->suffix, "shared-prefix, host-tier: distinct tokens per request (default 16)")->check(CLI::PositiveNumber);
   sub->add_option("--record", o->record,
                   std::string("Append one JSON line per run (the --json object plus commit, date, machine) to FILE "
                               "(default ") + kDefaultBenchRecord + ", relative to the current directory); compare "
@@ -210,6 +211,11 @@ CommandRegistrar reg{40, [](CLI::App& root) {
           b.concurrency.push_back(c);
         }
         append_record(bench_throughput(*lm.model, lm.source, b), *lm.model);
+      } else if (o->mode == "host-tier") {
+        b.requests = o->requests > 0 ? o->requests : 4;
+        b.prefix = o->prefix;
+        b.suffix = o->suffix;
+        append_record(bench_host_tier(*lm.model, lm.source, b), *lm.model);
       } else {
         b.requests = o->requests > 0 ? o->requests : 64;
         b.prefix = o->prefix;

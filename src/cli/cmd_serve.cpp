@@ -10,6 +10,7 @@
 #include "cli/command.h"
 #include "cli/config_options.h"
 #include "cli/engine_options.h"
+#include "cli/kv_events_option.h"
 #include "cli/parallel_options.h"
 #include "cli/model_options.h"
 #include "core/error.h"
@@ -36,6 +37,7 @@ struct ServeOptions {
   std::string tool_call_parser = "auto";
   std::string reasoning_parser = "auto";
   std::string config;  // --config FILE (cli/config_options.h)
+  KvEventsOptions kv_events;
 };
 
 // The real Engine behind the server's engine thread.
@@ -122,8 +124,14 @@ void run_serve(ServeOptions& o) {
   LoadedModel draft;  // speculative decoding's draft model, when one proposes
   if (std::string dd = apply_speculation(o.engine, dir, ec, &info.speculative); !dd.empty())
     draft = load_model(dd, backend_options(o.model), load_options(o.model));
+  std::unique_ptr<KvEventPublisher> kv_events = start_kv_events(o.kv_events, ec);  // outlives the engine
   Engine engine(*lm.model, tok.get(), ec, draft.model.get());
   EngineAdapter adapter(engine);
+  if (kv_events)  // the publisher's counters move on its own thread, between engine steps
+    o.server.live_stats = [p = kv_events.get()](EngineStats& s) {
+      s.kv_events_sent = p->num_sent();
+      s.kv_events_dropped = p->num_dropped();
+    };
   serve::Server server(adapter, tok.get(), tmpl ? &*tmpl : nullptr, info, o.server);
   server.start();
   std::fprintf(stderr, "gale serve: model %s (context %lld), KV cache %s, %lld tokens, listening on http://%s:%d%s\n",
@@ -168,6 +176,7 @@ CommandRegistrar reg{60, [](CLI::App& root) {
   sub->add_option("--http-threads", s.io_threads, "Threads serving connections (default 1; the engine has its own)")
       ->check(CLI::Range(1, 64));
   sub->add_flag("--log-requests", s.log_requests, "Print one line per request on stderr");
+  add_kv_events_options(sub, o->kv_events);
   add_config_option(sub, o->config);
   sub->callback([o, sub] {
     apply_config_file(sub, o->config);

@@ -13,6 +13,9 @@ void add_engine_options(CLI::App* sub, EngineOptions& o, bool many_seqs) {
                   "KV cache size in bytes or with a unit (2GiB, 512MiB); default: what --max-num-seqs full-context "
                   "sequences need, at most 40% of available memory");
   sub->add_flag("--no-prefix-cache", o.no_prefix_cache, "Do not share KV blocks of common prompt prefixes");
+  sub->add_option("--host-kv-cache", o.host_kv_cache,
+                  "Host memory (4GiB, 512MiB; pinned on a GPU) that keeps prefix-cache blocks evicted from the KV "
+                  "cache and copies them back on a prefix hit instead of recomputing them (default: none)");
   sub->add_option("--block-size", o.block_size, "Tokens per KV block (default 16)")->check(CLI::PositiveNumber);
   sub->add_option("--speculative", o.speculative,
                   "Speculative decoding: off, draft:DIR (a small model with the same tokenizer), ngram or suffix "

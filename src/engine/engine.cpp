@@ -170,6 +170,7 @@ struct Engine::Impl {
   const Tokenizer* tok;
   EngineConfig cfg;
   std::vector<std::pair<int32_t, int32_t>> follower_copies;  // tell_followers' scratch
+  std::vector<std::pair<int32_t, int32_t>> host_copy_pairs;  // launch()'s scratch: (block, slot)
   Transformer* draft = nullptr;
   std::unique_ptr<KVCache> kv;
   std::unique_ptr<KVCache> draft_kv;  // same blocks and block tables as kv (see Engine's constructor)
@@ -350,6 +351,18 @@ struct Engine::Impl {
   // The block copies and the forward of a scheduled step: launched, or run to the logits.
   void launch(Flight& f) {
     if (cfg.followers && (!f.so.copies.empty() || !f.so.seqs.empty())) tell_followers(f);
+    // The host tier's copies first: a spill reads a block before this step's loads, copies and
+    // forward may write it; a load fills a block before the forward reads it.
+    for (auto* list : {&f.so.host_spills, &f.so.host_loads}) {
+      if (list->empty()) continue;
+      host_copy_pairs.clear();
+      for (const PrefixCache::HostCopy& c : *list) host_copy_pairs.emplace_back(c.block, c.slot);
+      for (KVCache* cache : {kv.get(), draft_kv.get()}) {
+        if (!cache) continue;
+        if (list == &f.so.host_spills) cache->copy_to_host(host_copy_pairs);
+        else cache->copy_from_host(host_copy_pairs);
+      }
+    }
     for (const BlockCopy& c : f.so.copies) {
       kv->copy_block(c.src, c.dst);
       if (draft_kv) draft_kv->copy_block(c.src, c.dst);
@@ -913,7 +926,22 @@ Engine::Engine(Transformer& model, const Tokenizer* tok, EngineConfig cfg, Trans
   // another prompt would be rotated differently, so it is never reused.
   sc.prefix_cache = cfg.prefix_cache && mc.rope.type != RopeType::Dynamic &&
                     !(draft && draft->config().rope.type == RopeType::Dynamic);
+  if (cfg.host_kv_cache_bytes < 0) throw Error("--host-kv-cache must be >= 0");
+  if (cfg.host_kv_cache_bytes > 0) {
+    if (!sc.prefix_cache) throw Error("--host-kv-cache needs the prefix cache (it keeps the prefix cache's blocks)");
+    if (cfg.followers) throw Error("--host-kv-cache with tensor or pipeline parallelism is not supported yet");
+    // One host slot holds a block of the target's cache and of the draft's (one block table).
+    const int64_t per_block =
+        int64_t(impl_->kv->bytes_per_block() + (impl_->draft_kv ? impl_->draft_kv->bytes_per_block() : 0));
+    sc.num_host_blocks = std::min<int64_t>(cfg.host_kv_cache_bytes / per_block, kMaxKvBlocks);
+    if (sc.num_host_blocks < 1)
+      throw Error("--host-kv-cache " + std::to_string(cfg.host_kv_cache_bytes) + " bytes holds no block (one is " +
+                  std::to_string(per_block) + " bytes)");
+    impl_->kv->set_host_tier(sc.num_host_blocks);
+    if (impl_->draft_kv) impl_->draft_kv->set_host_tier(sc.num_host_blocks);
+  }
   impl_->sched = std::make_unique<Scheduler>(sc);
+  if (cfg.kv_event_sink) impl_->sched->set_kv_event_sink(cfg.kv_event_sink);
   if (cfg.num_speculative_tokens < 0 || cfg.num_speculative_tokens > kMaxSpeculativeTokens)
     throw Error("--num-speculative-tokens must be in [0, " + std::to_string(kMaxSpeculativeTokens) + "] (got " +
                 std::to_string(cfg.num_speculative_tokens) + ")");
@@ -1073,6 +1101,11 @@ EngineStats Engine::stats() const {
   e.kv_blocks_cached = s.blocks_cached;
   e.prefix_cache_queried_tokens = s.prefix_queried_tokens;
   e.prefix_cache_hit_tokens = s.prefix_hit_tokens;
+  e.prefix_cache_host_hit_tokens = s.prefix_host_hit_tokens;
+  e.kv_host_blocks_total = s.host_blocks_total;
+  e.kv_host_blocks_cached = s.host_blocks_cached;
+  e.kv_host_spilled_blocks = s.host_spilled_blocks;
+  e.kv_host_loaded_blocks = s.host_loaded_blocks;
   e.preemptions = s.preemptions;
   e.computed_tokens = s.computed_tokens;
   e.prompt_tokens_total = impl_->prompt_tokens_total;

@@ -13,6 +13,7 @@
 
 #include "grammar/grammar.h"
 #include "model/transformer.h"
+#include "runtime/kv_cache_event.h"
 #include "runtime/sampler.h"
 
 namespace gale {
@@ -54,6 +55,9 @@ struct EngineConfig {
   int64_t max_num_seqs = 64;             // sequences running at once (--max-num-seqs)
   int64_t max_num_batched_tokens = 512;  // tokens per forward pass (--max-num-batched-tokens)
   bool prefix_cache = true;              // --no-prefix-cache turns it off
+  // The prefix cache's host tier (--host-kv-cache): bytes of host memory (pinned on CUDA) that
+  // keep blocks evicted from the device KV cache, copied back on a prefix hit; 0 = none.
+  int64_t host_kv_cache_bytes = 0;
   // Launch step N+1 before finishing step N's text and outputs, so the host's work overlaps
   // the device's (engine.cpp says how). GALE_OVERLAP=0 in the environment turns it off for
   // every engine (A/B runs); outputs are the same either way.
@@ -71,6 +75,9 @@ struct EngineConfig {
   // Rank 0 of a tensor-parallel group: the other ranks to tell of every step (null: one rank).
   // Not with a draft model.
   StepFollowers* followers = nullptr;
+  // The prefix cache's events (blocks stored, removed, cleared), called on the thread that calls
+  // step(); null: none. `--kv-events` sets a publisher here (src/kv_events).
+  KvCacheEventSink kv_event_sink;
 };
 
 struct RequestParams {
@@ -120,6 +127,11 @@ struct EngineStats {
   int64_t kv_capacity_tokens = 0;       // tokens the KV cache holds (blocks x block size)
   std::string kv_cache_dtype;           // "f32", "bf16" or "fp8" (model/kv_cache.h kv_cache_dtype_name)
   int64_t prefix_cache_queried_tokens = 0, prefix_cache_hit_tokens = 0;
+  // The host tier (--host-kv-cache): prompt tokens brought back from it, its blocks, and the
+  // blocks copied out (spilled) and back (loaded) since the start.
+  int64_t prefix_cache_host_hit_tokens = 0;
+  int64_t kv_host_blocks_total = 0, kv_host_blocks_cached = 0;
+  int64_t kv_host_spilled_blocks = 0, kv_host_loaded_blocks = 0;
   int64_t preemptions = 0;
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   int64_t computed_tokens = 0;          // tokens run through the model (prefill, decode, recompute)
@@ -129,6 +141,8 @@ struct EngineStats {
   int64_t spec_proposed_tokens = 0, spec_accepted_tokens = 0;
   double spec_proposer_seconds = 0;     // wall time proposing (draft forwards or model-free lookups)
   int64_t spec_k = 0;                   // k chosen for the last step that could speculate
+  // KV events (--kv-events): filled by the front end that publishes them, 0 otherwise.
+  int64_t kv_events_sent = 0, kv_events_dropped = 0;
   double acceptance_rate() const {      // accepted / proposed (0 before the first verify)
     return spec_proposed_tokens > 0 ? double(spec_accepted_tokens) / double(spec_proposed_tokens) : 0.0;
   }

@@ -1,5 +1,7 @@
 #include "model/backend.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,6 +17,27 @@ bool Backend::supports(const Linear& l) const {
 void Backend::download(void* host, const void* src, size_t bytes) {
   if (!is_cpu()) throw Error(name() + ": download is not implemented");
   std::memcpy(host, src, bytes);
+}
+
+void* Backend::alloc_host(size_t bytes) {
+  // Anonymous mapping: pages are committed on first touch, so a large tier costs what it holds.
+  void* p = ::mmap(nullptr, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("cannot allocate " + std::to_string(bytes >> 20) + " MiB of host memory for the KV host tier");
+  return p;
+}
+
+void Backend::release_host(void* p, size_t bytes) {
+  if (p) ::munmap(p, bytes ? bytes : 1);
+}
+
+void Backend::copy_to_host_async(void* host_dst, const void* src, size_t bytes) {
+  if (!is_cpu()) throw Error(name() + ": copy_to_host_async is not implemented (host KV tier)");
+  std::memcpy(host_dst, src, bytes);
+}
+
+void Backend::copy_from_host_async(void* dst, const void* host_src, size_t bytes) {
+  if (!is_cpu()) throw Error(name() + ": copy_from_host_async is not implemented (host KV tier)");
+  std::memcpy(dst, host_src, bytes);
 }
 
 void Backend::fill_zero(Act) { throw Error(name() + ": fill_zero is not implemented (partial residuals)"); }

@@ -119,6 +119,15 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
   // Copies backend memory to the host (waits for the device). Default: memcpy on a CPU backend.
   virtual void download(void* host, const void* src, size_t bytes);
+  // The host tier of the KV cache (--host-kv-cache, model/kv_cache.h): host memory the device
+  // copies to and from without the host waiting (pinned on CUDA; plain pages by default), and
+  // copies between it and backend memory ordered with this backend's ops: a copy issued before
+  // a forward is complete before that forward's ops touch either side, and the host memory is
+  // not read by the host. Defaults (CPU backend): mmap and memcpy; other backends must override.
+  virtual void* alloc_host(size_t bytes);
+  virtual void release_host(void* p, size_t bytes);
+  virtual void copy_to_host_async(void* host_dst, const void* src, size_t bytes);
+  virtual void copy_from_host_async(void* dst, const void* host_src, size_t bytes);
 
   // Whether linear / linear_fused (and the fused ops built on them) run a matrix stored as l
   // is: its dtype, scheme and row stride (model/weights.h). The model asks for every matrix

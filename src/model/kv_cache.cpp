@@ -60,7 +60,53 @@ void KVCache::copy_block(int32_t src, int32_t dst) {
   }
 }
 
+void KVCache::set_host_tier(int64_t n) {
+  GALE_ASSERT(n > 0 && !host_base_);
+  host_bytes_ = size_t(n) * bytes_per_block();
+  if (device_) {
+    host_base_ = static_cast<uint8_t*>(device_->alloc_host(host_bytes_));
+  } else {
+    void* p = ::mmap(nullptr, host_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw Error("cannot allocate " + std::to_string(host_bytes_ >> 20) + " MiB for the KV host tier");
+    host_base_ = static_cast<uint8_t*>(p);
+  }
+  num_host_blocks_ = n;
+}
+
+template <bool kToHost>
+void KVCache::copy_host(std::span<const std::pair<int32_t, int32_t>> block_slot) {
+  const size_t host_layer_bytes = block_bytes_ * size_t(num_host_blocks_);
+  for (size_t i = 0; i < block_slot.size();) {
+    auto [block, slot] = block_slot[i];
+    GALE_ASSERT(block >= 0 && block < num_blocks_ && slot >= 0 && slot < num_host_blocks_);
+    size_t run = 1;  // consecutive blocks into consecutive slots: one copy per layer
+    while (i + run < block_slot.size() && block_slot[i + run].first == block + int32_t(run) &&
+           block_slot[i + run].second == slot + int32_t(run))
+      ++run;
+    const size_t bytes = run * block_bytes_;
+    for (int64_t l = 0; l < 2 * num_layers_; ++l) {
+      uint8_t* dev = base_ + size_t(l) * layer_bytes_ + size_t(block) * block_bytes_;
+      uint8_t* host = host_base_ + size_t(l) * host_layer_bytes + size_t(slot) * block_bytes_;
+      if (device_) {
+        if constexpr (kToHost) device_->copy_to_host_async(host, dev, bytes);
+        else device_->copy_from_host_async(dev, host, bytes);
+      } else {
+        if constexpr (kToHost) std::memcpy(host, dev, bytes);
+        else std::memcpy(dev, host, bytes);
+      }
+    }
+    i += run;
+  }
+}
+
+void KVCache::copy_to_host(std::span<const std::pair<int32_t, int32_t>> block_slot) { copy_host<true>(block_slot); }
+void KVCache::copy_from_host(std::span<const std::pair<int32_t, int32_t>> block_slot) { copy_host<false>(block_slot); }
+
 KVCache::~KVCache() {
+  if (host_base_) {
+    if (device_) device_->release_host(host_base_, host_bytes_);
+    else ::munmap(host_base_, host_bytes_);
+  }
   if (device_) device_->release(base_, total_bytes_ ? total_bytes_ : 1);
   else if (base_) ::munmap(base_, total_bytes_ ? total_bytes_ : 1);
 }

@@ -2,6 +2,8 @@
 // Which block belongs to which sequence is the runtime's business (block tables).
 #pragma once
 #include <cstdint>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -53,6 +55,18 @@ class KVCache {
   size_t bytes() const { return total_bytes_; }
   // Copies block src's K and V into block dst in every layer (copy-on-write of a shared block).
   void copy_block(int32_t src, int32_t dst);
+  // The host tier (--host-kv-cache): room for n blocks in host memory (pinned on CUDA: the
+  // backend's alloc_host), laid out like the cache's own. Prefix-cache blocks evicted from the
+  // device are copied there and back (runtime/prefix_cache.h decides which). Call once.
+  void set_host_tier(int64_t num_host_blocks);
+  int64_t num_host_blocks() const { return num_host_blocks_; }
+  // Bytes one block occupies across all layers (K and V): the host tier's unit.
+  size_t bytes_per_block() const { return block_bytes_ * size_t(2 * num_layers_); }
+  // (device block, host slot) pairs: copies the blocks' K and V of every layer to the host slots,
+  // or back. Issued on the backend's stream (Backend::copy_to_host_async): ordered with the
+  // forwards around them, not waited for. Runs of consecutive blocks and slots go as one copy.
+  void copy_to_host(std::span<const std::pair<int32_t, int32_t>> block_slot);
+  void copy_from_host(std::span<const std::pair<int32_t, int32_t>> block_slot);
   // Bytes one token occupies across all layers (K and V): F8_E4M3 half of BF16.
   static size_t bytes_per_token(const ModelConfig& cfg, DType dtype);
   // Tokens the cache holds (num_blocks * block_size).
@@ -65,6 +79,11 @@ class KVCache {
   size_t layer_bytes_ = 0, block_bytes_ = 0, total_bytes_ = 0;
   uint8_t* base_ = nullptr;
   Backend* device_ = nullptr;  // owner of base_ when not host memory
+  int64_t num_host_blocks_ = 0;
+  uint8_t* host_base_ = nullptr;  // [2 * num_layers][num_host_blocks] blocks; device_'s alloc_host or mmap
+  size_t host_bytes_ = 0;
+  template <bool kToHost>
+  void copy_host(std::span<const std::pair<int32_t, int32_t>> block_slot);
 };
 
 }  // namespace gale

@@ -12,7 +12,9 @@ Scheduler::Scheduler(SchedulerConfig cfg) : cfg_(cfg), pool_(cfg.num_blocks) {
   if (cfg_.num_blocks <= 0) throw Error("the KV cache has no blocks");
   if (cfg_.max_num_seqs <= 0) throw Error("max_num_seqs must be > 0");
   if (cfg_.max_num_batched_tokens <= 0) throw Error("max_num_batched_tokens must be > 0");
+  if (cfg_.num_host_blocks < 0) throw Error("the host KV tier's size must be >= 0");
   if (cfg_.prefix_cache) cache_ = std::make_unique<PrefixCache>(pool_, cfg_.block_size);
+  if (cache_ && cfg_.num_host_blocks > 0) cache_->set_host_tier(cfg_.num_host_blocks);
 }
 
 Scheduler::~Scheduler() {
@@ -91,6 +93,7 @@ void Scheduler::match_prefix(Seq& s, SchedulerOutput& out, int64_t& matched) {
   if (!cache_ || s.num_inserted != first) return;
   std::span<const int32_t> rest = std::span<const int32_t>(s.tokens).subspan(size_t(first * bs));
   PrefixCache::Match m = cache_->match(s.cache_node, rest, len - 1 - first * bs);
+  stats_.prefix_host_hit_tokens += m.host_blocks * bs;
   const int64_t before = s.num_computed;
   for (size_t j = 0; j < m.blocks.size(); ++j) {
     size_t idx = size_t(first) + j;
@@ -224,6 +227,7 @@ SchedulerOutput Scheduler::schedule() {
   for (uint64_t id : order)  // proposals of sequences this step left out are void
     if (auto it = seqs_.find(id); it != seqs_.end() && !scheduled.count(id)) drop_proposals(it->second);
   stats_.computed_tokens += out.num_batched_tokens;
+  if (cache_) cache_->take_host_copies(out.host_spills, out.host_loads);
   return out;
 }
 
@@ -332,11 +336,19 @@ SchedulerStats Scheduler::stats() const {
   st.blocks_total = pool_.num_blocks();
   st.blocks_free = pool_.num_free();
   st.blocks_cached = cache_ ? cache_->num_cached_blocks() : 0;
+  st.host_blocks_total = cache_ ? cfg_.num_host_blocks : 0;
+  st.host_blocks_cached = cache_ ? cache_->num_host_cached_blocks() : 0;
+  st.host_spilled_blocks = cache_ ? cache_->num_spilled_blocks() : 0;
+  st.host_loaded_blocks = cache_ ? cache_->num_loaded_blocks() : 0;
   return st;
 }
 
 void Scheduler::clear_prefix_cache() {
   if (cache_) cache_->clear();
+}
+
+void Scheduler::set_kv_event_sink(KvCacheEventSink sink) {
+  if (cache_) cache_->set_event_sink(std::move(sink));
 }
 
 }  // namespace gale

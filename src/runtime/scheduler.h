@@ -51,6 +51,9 @@ struct SchedulerConfig {
   int64_t max_num_seqs = 64;
   int64_t max_num_batched_tokens = 512;
   bool prefix_cache = true;
+  // The prefix cache's host tier (--host-kv-cache): blocks evicted from the pool are kept in this
+  // many host slots and brought back on a hit (runtime/prefix_cache.h); 0 = none.
+  int64_t num_host_blocks = 0;
 };
 
 struct ScheduledSeq {
@@ -71,6 +74,9 @@ struct BlockCopy {
 struct SchedulerOutput {
   std::vector<ScheduledSeq> seqs;    // decodes first, then prefill chunks
   std::vector<BlockCopy> copies;     // to run before the forward
+  // The host tier's copies, to run before `copies` and the forward: spills (device block -> host
+  // slot) first, then loads (host slot -> device block).
+  std::vector<PrefixCache::HostCopy> host_spills, host_loads;
   std::vector<uint64_t> preempted;   // lost their blocks in this step; they will be recomputed
   int64_t num_batched_tokens = 0;
   int64_t num_decode_tokens = 0, num_prefill_tokens = 0;
@@ -80,6 +86,9 @@ struct SchedulerStats {
   int64_t running = 0, waiting = 0;
   int64_t blocks_total = 0, blocks_free = 0, blocks_cached = 0;
   int64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // first admissions only
+  int64_t prefix_host_hit_tokens = 0;  // tokens brought back from the host tier (every match)
+  int64_t host_blocks_total = 0, host_blocks_cached = 0;
+  int64_t host_spilled_blocks = 0, host_loaded_blocks = 0;  // since the start
   int64_t preemptions = 0;
   int64_t computed_tokens = 0;  // tokens run through the model (prefill + decode + recompute)
 };
@@ -135,6 +144,8 @@ class Scheduler {
   const BlockPool& pool() const { return pool_; }
   // Drops every unreferenced cached block (all blocks are free afterwards when nothing runs).
   void clear_prefix_cache();
+  // The prefix cache's events go to `sink` (runtime/kv_cache_event.h); none without a prefix cache.
+  void set_kv_event_sink(KvCacheEventSink sink);
 
  private:
   struct Seq {

@@ -148,8 +148,10 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (path == "/metrics") {
       need(http::verb::get);
+      EngineStats st = srv_.loop.stats();
+      if (srv_.cfg.live_stats) srv_.cfg.live_stats(st);
       return send(200, "text/plain; version=0.0.4; charset=utf-8",
-                  srv_.metrics.render(srv_.loop.stats(), srv_.loop.in_flight(), srv_.connections.load()));
+                  srv_.metrics.render(st, srv_.loop.in_flight(), srv_.connections.load()));
     }
     if (path == "/v1/models") {
       need(http::verb::get);

@@ -80,6 +80,13 @@ std::string Metrics::render(const EngineStats& s, int64_t in_flight, int64_t ope
   gauge("gale_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", double(s.prefix_cache_hit_tokens), "counter");
   gauge("gale_prefix_cache_hit_rate", "Prefix-cache hits / queries since start (0-1).",
         s.prefix_cache_queried_tokens > 0 ? double(s.prefix_cache_hit_tokens) / double(s.prefix_cache_queried_tokens) : 0.0);
+  gauge("gale_prefix_cache_host_hits_total", "Prompt tokens brought back from the host KV tier (--host-kv-cache).",
+        double(s.prefix_cache_host_hit_tokens), "counter");
+  gauge("gale_kv_cache_host_blocks_total", "Blocks the host KV tier holds at most.", double(s.kv_host_blocks_total));
+  gauge("gale_kv_cache_host_blocks_cached", "Prefix-cache blocks on the host KV tier.", double(s.kv_host_blocks_cached));
+  gauge("gale_kv_events_sent_total", "KV events (--kv-events) handed to the ZeroMQ socket.", double(s.kv_events_sent), "counter");
+  gauge("gale_kv_events_dropped_total", "KV events (--kv-events) dropped: the queue was full or the socket refused them.",
+        double(s.kv_events_dropped), "counter");
   gauge("gale_num_preemptions_total", "Sequences preempted for lack of KV blocks.", double(s.preemptions), "counter");
   gauge("gale_prompt_tokens_total", "Prompt tokens processed.", double(s.prompt_tokens_total), "counter");
   gauge("gale_generation_tokens_total", "Tokens generated.", double(s.generation_tokens_total), "counter");

@@ -30,6 +30,10 @@ struct ServerConfig {
   double drain_timeout_s = 30;          // SIGTERM: finish in-flight requests up to this, then exit
   int io_threads = 1;
   bool log_requests = false;
+  // Called when /metrics is rendered, on an HTTP thread (so it must be thread-safe), over the
+  // engine thread's last snapshot: figures that move between steps (the --kv-events publisher's
+  // counters, which its own thread advances). Null: the snapshot as it is.
+  std::function<void(EngineStats&)> live_stats;
 };
 
 class Server {

@@ -25,7 +25,9 @@ struct Req {
 // Drives a Scheduler the way the engine does; the "model" makes token = f(last token, position).
 class Sim {
  public:
-  explicit Sim(SchedulerConfig cfg) : cfg_(cfg), sched_(cfg), slots_(size_t(cfg.num_blocks * cfg.block_size), -1) {}
+  explicit Sim(SchedulerConfig cfg)
+      : cfg_(cfg), sched_(cfg), slots_(size_t(cfg.num_blocks * cfg.block_size), -1),
+        host_slots_(size_t(cfg.num_host_blocks * cfg.block_size), -1) {}
 
   void add(uint64_t id, const Req& r) {
     sched_.add(id, r.prompt, r.priority);
@@ -40,6 +42,11 @@ class Sim {
     EXPECT_LE(so.num_batched_tokens, c.max_num_batched_tokens);
     EXPECT_LE(sched_.num_running(), c.max_num_seqs);
     EXPECT_EQ(so.num_batched_tokens, so.num_decode_tokens + so.num_prefill_tokens);
+    // The host tier's copies, in the engine's order: spills, loads, then copy-on-write.
+    for (const PrefixCache::HostCopy& h : so.host_spills)
+      std::copy_n(slots_.begin() + h.block * c.block_size, c.block_size, host_slots_.begin() + h.slot * c.block_size);
+    for (const PrefixCache::HostCopy& h : so.host_loads)
+      std::copy_n(host_slots_.begin() + h.slot * c.block_size, c.block_size, slots_.begin() + h.block * c.block_size);
     for (const BlockCopy& cp : so.copies)
       for (int64_t i = 0; i < c.block_size; ++i)
         slots_[size_t(cp.dst * c.block_size + i)] = slots_[size_t(cp.src * c.block_size + i)];
@@ -106,7 +113,8 @@ class Sim {
  private:
   SchedulerConfig cfg_;
   Scheduler sched_;
-  std::vector<int32_t> slots_;  // mock KV: the token id written at every slot
+  std::vector<int32_t> slots_;       // mock KV: the token id written at every slot
+  std::vector<int32_t> host_slots_;  // the host tier's, likewise
   std::map<uint64_t, int64_t> want_;
   std::map<uint64_t, std::vector<int32_t>> out_;
   std::map<uint64_t, int32_t> salt_;
@@ -316,6 +324,51 @@ TEST(Scheduler, RandomWorkloadsUnderPressureMatchARoomyRun) {
   }
   EXPECT_GT(preemptions, 20);
   EXPECT_GT(hits, 100);
+}
+
+// The same with a host tier (--host-kv-cache) of a few blocks: evicted prefix blocks are spilled,
+// dropped from the tier when it is full and loaded back, within steps that also preempt, share
+// and copy; every token read must be the one written (the Sim runs the spills, loads and copies
+// on its mock KV in the engine's order) and every output equals the roomy run's.
+TEST(Scheduler, RandomWorkloadsWithAHostTierMatchARoomyRun) {
+  std::mt19937 rng(11);
+  int64_t host_hits = 0, spilled = 0;
+  for (int trial = 0; trial < 30; ++trial) {
+    const int64_t bs = 1 + int64_t(rng() % 6);
+    std::vector<Req> reqs;
+    std::vector<std::vector<int32_t>> prefixes = {tokens(int(rng() % 40), 1), tokens(int(rng() % 40), 2),
+                                                  tokens(int(rng() % 40), 3)};
+    int64_t longest = 0;
+    for (int i = 0; i < 14; ++i) {
+      Req r;
+      r.prompt = prefixes[rng() % 3];
+      std::vector<int32_t> tail = tokens(1 + int(rng() % 30), 100 + i + trial);
+      r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+      r.gen = 1 + int64_t(rng() % 20);
+      r.priority = int(rng() % 2);
+      longest = std::max<int64_t>(longest, int64_t(r.prompt.size()) + r.gen);
+      reqs.push_back(r);
+    }
+    const int64_t need = (longest + bs - 1) / bs;
+    SCOPED_TRACE("trial " + std::to_string(trial) + " bs " + std::to_string(bs));
+    SchedulerConfig tc = config(need + int64_t(rng() % 4), 1 + int64_t(rng() % 6), 1 + int64_t(rng() % 48), true, bs);
+    tc.num_host_blocks = 1 + int64_t(rng() % 24);
+    Sim tight(tc);
+    Sim roomy(config(4096, 64, 4096, false, bs));
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      tight.add(i + 1, reqs[i]);
+      roomy.add(i + 1, reqs[i]);
+    }
+    tight.run();
+    roomy.run();
+    EXPECT_EQ(tight.outputs(), roomy.outputs());
+    host_hits += tight.sched().stats().prefix_host_hit_tokens;
+    spilled += tight.sched().stats().host_spilled_blocks;
+    expect_all_blocks_free(tight.sched());
+    EXPECT_EQ(tight.sched().stats().host_blocks_cached, 0);  // clear_prefix_cache() empties the tier too
+  }
+  EXPECT_GT(spilled, 100);
+  EXPECT_GT(host_hits, 100);
 }
 
 // ---- rollback -------------------------------------------------------------------------------

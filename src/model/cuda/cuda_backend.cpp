@@ -121,6 +121,31 @@ void CudaBackend::download(void* host, const void* src, size_t bytes) {
   cuda_check(cudaStreamSynchronize(stream_), "download");
 }
 
+// The host KV tier: pinned memory, so that cudaMemcpyAsync runs as a DMA on the stream, in order
+// with the forwards around it, while the host goes on.
+void* CudaBackend::alloc_host(size_t bytes) {
+  void* p = nullptr;
+  if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("cannot pin " + gib(bytes) + " of host memory for the KV host tier (--host-kv-cache)");
+  }
+  return p;
+}
+
+void CudaBackend::release_host(void* p, size_t) {
+  if (!p) return;
+  cudaStreamSynchronize(stream_);  // a copy in flight may still read or write it
+  cudaFreeHost(p);
+}
+
+void CudaBackend::copy_to_host_async(void* host_dst, const void* src, size_t bytes) {
+  cuda_check(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "copy_to_host_async");
+}
+
+void CudaBackend::copy_from_host_async(void* dst, const void* host_src, size_t bytes) {
+  cuda_check(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_), "copy_from_host_async");
+}
+
 // ---- ops -------------------------------------------------------------------------------------
 
 void CudaBackend::embedding(const ModelWeights& w, Act out) {

@@ -78,6 +78,10 @@ class CudaBackend final : public Backend {
   void release(void* p, size_t) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void download(void* host, const void* src, size_t bytes) override;
+  void* alloc_host(size_t bytes) override;  // pinned (cudaMallocHost): the async copies need it
+  void release_host(void* p, size_t bytes) override;
+  void copy_to_host_async(void* host_dst, const void* src, size_t bytes) override;
+  void copy_from_host_async(void* dst, const void* host_src, size_t bytes) override;
 
   // cuda_weights.cpp
   void prepare(const ModelConfig& cfg, const ModelWeights& w) override;
