@@ -56,19 +56,23 @@ TEST(CliGrammar, GenerateFlags) {
                     " --json --json-schema " + (d.p / "s.json").string());
     ASSERT_EQ(r.code, 0) << r.err;
     json j = json::parse(r.out);
-    EXPECT_EQ(j["finish_reason"], "stop");
+    EXPECT_EQ(j["finish_reason"], "stop") << r.out;
     check_city(j["text"]);
   }
-  Result r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --json --regex '[a-c]{2}-\\d{1,3}'");
+  // Sampled runs are seeded: the same draws in every run (an unseeded draw could run a grammar
+  // with an unbounded repetition to -n and fail for no fault of the matcher).
+  Result r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --seed 3 --json --regex '[a-c]{2}-\\d{1,3}'");
   ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["finish_reason"], "stop") << r.out;
   EXPECT_TRUE(std::regex_match(json::parse(r.out)["text"].get<std::string>(), std::regex("[a-c]{2}-\\d{1,3}"))) << r.out;
-  r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --json --choice 'red,green,blue sky'");
+  r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --seed 3 --json --choice 'red,green,blue sky'");
   ASSERT_EQ(r.code, 0) << r.err;
   std::string t = json::parse(r.out)["text"];
   EXPECT_TRUE(t == "red" || t == "green" || t == "blue sky") << t;
   write(d.p / "g.gbnf", "root ::= \"(\" num (\"+\" num)* \")\"\nnum ::= [1-9] [0-9]?\n");
-  r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --json --grammar " + (d.p / "g.gbnf").string());
+  r = gale("generate -m " + model() + " -p 'x' -n 50 --temperature 1 --seed 3 --json --grammar " + (d.p / "g.gbnf").string());
   ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["finish_reason"], "stop") << r.out;
   EXPECT_TRUE(std::regex_match(json::parse(r.out)["text"].get<std::string>(), std::regex("\\([1-9][0-9]?(\\+[1-9][0-9]?)*\\)")))
       << r.out;
   // Errors: one clear line, exit 1.
