@@ -139,6 +139,19 @@ std::vector<int32_t> sample_each_u(const std::vector<float>& row, Case c, const 
   return sample(logits, int64_t(row.size()), int64_t(row.size()), rows);
 }
 
+// For each kept token (in id order) of mass >= 1e-5: the u in the middle of its interval, and
+// the token a draw there must give.
+void add_midpoints(const Kept& k, std::vector<double>& us, std::vector<int32_t>& want) {
+  double cum = 0;
+  for (size_t j = 0; j < k.ids.size(); ++j) {
+    if (k.p[j] >= 1e-5) {
+      us.push_back(cum + k.p[j] / 2);
+      want.push_back(k.ids[j]);
+    }
+    cum += k.p[j];
+  }
+}
+
 // The kernel's draw for u in the middle of each kept token's interval (in id order) is that
 // token; u = 0 gives the first kept id, u just below 1 the last. Tokens too unlikely for a
 // float-precision boundary to be 1e-5 of mass away are not probed in the middle, and the ends
@@ -152,14 +165,7 @@ void expect_intervals(const std::vector<float>& row, const Case& c) {
     us = {0.0, std::nextafter(1.0, 0.0)};
     want = {k.ids.front(), k.ids.back()};
   }
-  double cum = 0;
-  for (size_t j = 0; j < k.ids.size(); ++j) {
-    if (k.p[j] >= 1e-5) {
-      us.push_back(cum + k.p[j] / 2);
-      want.push_back(k.ids[j]);
-    }
-    cum += k.p[j];
-  }
+  add_midpoints(k, us, want);
   EXPECT_EQ(sample_each_u(row, c, us), want);
 }
 
@@ -167,17 +173,11 @@ void expect_intervals(const std::vector<float>& row, const Case& c) {
 // reference's input); the kernel gets the original logits with the mask. Only tokens of mass
 // >= 1e-5 are probed, so the -inf ones (mass 0) never are.
 void expect_intervals_masked(const std::vector<float>& masked_row, const Case& c, const std::vector<uint32_t>& mask) {
+  if (mask.empty()) return;  // an unmasked row: expect_intervals covers it
   const Kept k = reference(masked_row, c);
   std::vector<double> us;
   std::vector<int32_t> want;
-  double cum = 0;
-  for (size_t j = 0; j < k.ids.size(); ++j) {
-    if (k.p[j] >= 1e-5) {
-      us.push_back(cum + k.p[j] / 2);
-      want.push_back(k.ids[j]);
-    }
-    cum += k.p[j];
-  }
+  add_midpoints(k, us, want);
   // The kernel sees random logits where the mask is 0: fill them with garbage to prove they
   // are ignored.
   std::vector<float> logits;
@@ -193,7 +193,6 @@ void expect_intervals_masked(const std::vector<float>& masked_row, const Case& c
     rows.push_back(cu);
     masks.push_back(mask);
   }
-  if (mask.empty()) return;  // an unmasked row: expect_intervals covers it
   EXPECT_EQ(sample(logits, int64_t(masked_row.size()), int64_t(masked_row.size()), rows, nullptr, &masks), want);
 }
 
