@@ -7,9 +7,12 @@
 #include <set>
 
 #include "api/config_file.h"
+#include "serve/bench_serve.h"
 
 namespace gale::cli {
 namespace {
+
+using serve::html_escape;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -18,18 +21,6 @@ std::string fmt(const char* f, double v) {
   char b[64];
   std::snprintf(b, sizeof b, f, v);
   return b;
-}
-
-std::string html_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
-  }
-  return o;
 }
 
 std::string absolute(const std::string& p) { return fs::absolute(p).lexically_normal().string(); }

@@ -341,17 +341,6 @@ struct Series {
   std::vector<std::pair<double, double>> pts;
 };
 
-std::string esc(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
-  }
-  return o;
-}
 
 std::string fmt(double v) {
   char b[32];
@@ -378,7 +367,7 @@ std::string svg_chart(const std::string& title, const std::string& xlabel, const
   auto Y = [&](double y) { return H - B - y / ymax * (H - T - B); };
   std::string o = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + fmt(W) + "\" height=\"" + fmt(H) +
                   "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-  o += "<text x=\"" + fmt(W / 2 - R / 2) + "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">" + esc(title) + "</text>\n";
+  o += "<text x=\"" + fmt(W / 2 - R / 2) + "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">" + html_escape(title) + "</text>\n";
   for (int i = 0; i <= 5; ++i) {
     double yv = ymax * i / 5, xv = xmin + (xmax - xmin) * i / 5;
     o += "<line x1=\"" + fmt(L) + "\" x2=\"" + fmt(W - R) + "\" y1=\"" + fmt(Y(yv)) + "\" y2=\"" + fmt(Y(yv)) + "\" stroke=\"#ddd\"/>\n";
@@ -387,8 +376,8 @@ std::string svg_chart(const std::string& title, const std::string& xlabel, const
   }
   o += "<line x1=\"" + fmt(L) + "\" x2=\"" + fmt(W - R) + "\" y1=\"" + fmt(H - B) + "\" y2=\"" + fmt(H - B) + "\" stroke=\"#333\"/>\n";
   o += "<line x1=\"" + fmt(L) + "\" x2=\"" + fmt(L) + "\" y1=\"" + fmt(T) + "\" y2=\"" + fmt(H - B) + "\" stroke=\"#333\"/>\n";
-  o += "<text x=\"" + fmt((L + W - R) / 2) + "\" y=\"" + fmt(H - 12) + "\" text-anchor=\"middle\">" + esc(xlabel) + "</text>\n";
-  o += "<text transform=\"translate(16," + fmt((T + H - B) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" + esc(ylabel) + "</text>\n";
+  o += "<text x=\"" + fmt((L + W - R) / 2) + "\" y=\"" + fmt(H - 12) + "\" text-anchor=\"middle\">" + html_escape(xlabel) + "</text>\n";
+  o += "<text transform=\"translate(16," + fmt((T + H - B) / 2) + ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(ylabel) + "</text>\n";
   int k = 0;
   for (auto& s : series) {
     auto pts = s.pts;
@@ -400,10 +389,10 @@ std::string svg_chart(const std::string& title, const std::string& xlabel, const
     }
     for (auto [x, y] : pts)
       o += "<circle cx=\"" + fmt(X(x)) + "\" cy=\"" + fmt(Y(y)) + "\" r=\"" + (lines ? "3.5" : "2") + "\" fill=\"" + s.color +
-           "\"><title>" + esc(s.name) + ": " + fmt(x) + ", " + fmt(y) + "</title></circle>\n";
+           "\"><title>" + html_escape(s.name) + ": " + fmt(x) + ", " + fmt(y) + "</title></circle>\n";
     double ly = T + 10 + 18 * k++;
     o += "<rect x=\"" + fmt(W - R + 12) + "\" y=\"" + fmt(ly - 9) + "\" width=\"12\" height=\"12\" fill=\"" + s.color + "\"/>";
-    o += "<text x=\"" + fmt(W - R + 30) + "\" y=\"" + fmt(ly + 1) + "\">" + esc(s.name) + "</text>\n";
+    o += "<text x=\"" + fmt(W - R + 30) + "\" y=\"" + fmt(ly + 1) + "\">" + html_escape(s.name) + "</text>\n";
   }
   return o + "</svg>\n";
 }
@@ -483,9 +472,9 @@ std::string bench_html(const BenchServeConfig& c, const std::vector<BenchRun>& r
                   "<style>body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;font-size:13px}"
                   "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
                   ".plots{display:flex;flex-wrap:wrap;gap:12px}</style></head><body>\n";
-  h += "<h1>gale bench serve</h1>\n<p>" + esc(c.base_url) + " &middot; model " + esc(runs.empty() ? c.model : runs[0].model) + " &middot; endpoint " + esc(c.endpoint) + " &middot; " +
+  h += "<h1>gale bench serve</h1>\n<p>" + html_escape(c.base_url) + " &middot; model " + html_escape(runs.empty() ? c.model : runs[0].model) + " &middot; endpoint " + html_escape(c.endpoint) + " &middot; " +
        std::to_string(c.num_prompts) + " requests per run &middot; " +
-       (c.dataset.empty() ? "synthetic prompts of ~" + std::to_string(c.input_len) + " tokens" : "dataset " + esc(c.dataset)) +
+       (c.dataset.empty() ? "synthetic prompts of ~" + std::to_string(c.input_len) + " tokens" : "dataset " + html_escape(c.dataset)) +
        ", " + std::to_string(c.output_len) + " output tokens" +
        (c.range_ratio > 0 ? " (&plusmn;" + fmt(c.range_ratio * 100) + "%)" : "") + "</p>\n";
   h += "<table><tr><th>rate (req/s)</th><th>concurrency</th><th>ok</th><th>failed</th><th>time (s)</th><th>req/s</th>"
@@ -519,6 +508,18 @@ std::string bench_html(const BenchServeConfig& c, const std::vector<BenchRun>& r
   for (size_t i = 0; i < runs.size() && i < 6; ++i) tl.push_back({"rate " + rate_text(runs[i].rate), colors[i], runs[i].ttft_timeline});
   h += svg_chart("TTFT of each request over the run", "request start (s)", "TTFT (ms)", tl, /*lines=*/false);
   return h + "</div>\n</body></html>\n";
+}
+
+std::string html_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '<') o += "&lt;";
+    else if (c == '>') o += "&gt;";
+    else if (c == '&') o += "&amp;";
+    else if (c == '"') o += "&quot;";
+    else o += c;
+  }
+  return o;
 }
 
 }  // namespace gale::serve

@@ -52,5 +52,7 @@ void print_bench_table(const std::vector<BenchRun>& runs);
 nlohmann::ordered_json bench_json(const BenchServeConfig& cfg, const std::vector<BenchRun>& runs);
 // A self-contained HTML page: the table and inline SVG plots (latency and throughput vs rate).
 std::string bench_html(const BenchServeConfig& cfg, const std::vector<BenchRun>& runs);
+// Text for HTML element content and attribute values: < > & " escaped (the reports' SVG and tables).
+std::string html_escape(const std::string& s);
 
 }  // namespace gale::serve
